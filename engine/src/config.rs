@@ -1,0 +1,110 @@
+//! How a store is opened: durability mode, clock, sizes.
+//!
+//! A `Config` is a plain value built with chained setters; `Store::open_with` checks it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+
+/// When an acknowledged record is on stable storage, and so what a crash can lose.
+///
+/// | mode | a call returns | a crash (kill -9, power loss) can lose |
+/// |---|---|---|
+/// | `Sync` (default) | after its record is fsynced (shared by concurrent callers: group commit) | nothing acknowledged |
+/// | `Periodic(d)` | at once; a background fsync runs at least every `d` | acknowledged records of about the last `d` (power loss); after kill -9 of the process only the last few milliseconds that were still in idem's buffer |
+/// | `Never` | at once; idem writes to the OS in the background, fsyncs only on `flush`, segment roll and close | power loss: everything since the last `flush`; kill -9: the last few milliseconds still in idem's buffer |
+///
+/// A lost dedup record does not lose a message: it lets one duplicate slip through once (the
+/// retried message is seen as new). Choose `Sync` when a duplicate costs money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every call returns only after its record is on stable storage. In this mode idem also never
+    /// answers `Duplicate` for a record that is not yet durable: it waits for that record's commit.
+    #[default]
+    Sync,
+    /// Calls return at once; the log is fsynced at least every given interval.
+    Periodic(Duration),
+    /// Calls return at once; fsync happens only on [`crate::Store::flush`], segment roll and close.
+    Never,
+}
+
+/// Options for [`crate::Store::open_with`].
+///
+/// ```
+/// use std::time::Duration;
+/// let config = idem::Config::default()
+///     .durability(idem::Durability::Periodic(Duration::from_millis(10)))
+///     .clock(idem::ManualClock::new());
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) durability: Durability,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) segment_size_bytes: u32,
+    pub(crate) shard_count: usize,
+    pub(crate) hash_mask_for_testing: u64,
+    pub(crate) write_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            durability: Durability::Sync,
+            clock: Arc::new(SystemClock::default()),
+            segment_size_bytes: 64 << 20,
+            shard_count: 256,
+            hash_mask_for_testing: u64::MAX,
+            write_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// The smallest segment size accepted: it must hold the largest record.
+    pub const MIN_SEGMENT_SIZE_BYTES: u32 = 1 << 20;
+
+    /// Sets the durability mode (default [`Durability::Sync`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the clock that decides expiry (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the size at which the log rolls to a new segment file (default 64 MiB, at least
+    /// [`Config::MIN_SEGMENT_SIZE_BYTES`], at most 4 GiB - 1).
+    pub fn segment_size_bytes(mut self, bytes: u32) -> Self {
+        self.segment_size_bytes = bytes.max(Self::MIN_SEGMENT_SIZE_BYTES);
+        self
+    }
+
+    /// Sets the number of index shards (rounded up to a power of two, 1 to 65536; default 256).
+    /// More shards mean less lock contention and a finer resize granularity.
+    pub fn shard_count(mut self, shards: usize) -> Self {
+        self.shard_count = shards.clamp(1, 1 << 16).next_power_of_two();
+        self
+    }
+
+    /// How many bytes the write buffer gathers before the background writer hands them to the OS
+    /// in the non-`Sync` modes (default 1 MiB).
+    pub fn write_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.write_buffer_bytes = bytes.max(4096);
+        self
+    }
+
+    /// Keeps only the bits of `mask` of every key hash, so that distinct keys collide.
+    ///
+    /// For tests and fuzzing only: it proves that keys sharing a hash are kept apart. A mask of
+    /// `0` makes every key hash alike. Never use it in production: lookups become linear scans.
+    #[doc(hidden)]
+    pub fn hash_mask_for_testing(mut self, mask: u64) -> Self {
+        self.hash_mask_for_testing = mask;
+        self
+    }
+}

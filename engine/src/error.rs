@@ -1,0 +1,108 @@
+//! Every failure the store reports, as one typed enum.
+//!
+//! Invariant: an error returned for bad input (key, value, TTL) means nothing was written and no
+//! state changed. An error for damage names the file and the byte offset where it was found.
+
+use std::path::PathBuf;
+
+/// The result type of every fallible idem call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+///
+/// The variants are the diagnosis: input errors (`EmptyKey`, `KeyTooLarge`, `ValueTooLarge`,
+/// `ZeroTtl`, `TtlTooLarge`) change nothing; `Locked` means another owner holds the directory;
+/// `NotASegment`, `UnsupportedVersion` and `Corrupt` describe damaged files; `Poisoned` means an
+/// earlier write or fsync failed and the store no longer acknowledges anything as durable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key was empty; idempotency keys must identify something.
+    #[error("key is empty: an idempotency key must have at least one byte")]
+    EmptyKey,
+    /// The key is longer than [`crate::MAX_KEY_BYTES`].
+    #[error("key is {len} bytes, over the limit of {max} bytes")]
+    KeyTooLarge {
+        /// Length of the rejected key.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than [`crate::MAX_VALUE_BYTES`].
+    #[error("value is {len} bytes, over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Length of the rejected value.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A TTL of zero would record an entry that is expired on arrival.
+    #[error("ttl is zero: an entry must live for some time")]
+    ZeroTtl,
+    /// The TTL is longer than [`crate::MAX_TTL`].
+    #[error("ttl of {ttl_secs} s is over the limit of {max_secs} s")]
+    TtlTooLarge {
+        /// The rejected TTL in whole seconds.
+        ttl_secs: u64,
+        /// The limit in seconds.
+        max_secs: u64,
+    },
+    /// Another process, or another `Store` in this process, has the directory open.
+    #[error("store directory {dir} is already open (lock file {lock_file} is held)")]
+    Locked {
+        /// The store directory.
+        dir: PathBuf,
+        /// The lock file that is held.
+        lock_file: PathBuf,
+    },
+    /// A file named like a segment does not start with the idem segment magic.
+    #[error("{path} is not an idem segment file (bad magic)")]
+    NotASegment {
+        /// The offending file.
+        path: PathBuf,
+    },
+    /// A segment or checkpoint was written by a format version this build cannot read.
+    #[error("{path} has format version {found}, this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The offending file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A file is damaged somewhere other than the torn tail of the newest segment.
+    #[error("{path} is corrupt at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the first damaged structure.
+        offset: u64,
+        /// What was wrong there.
+        reason: String,
+    },
+    /// A write or fsync failed earlier; nothing more is acknowledged as durable.
+    #[error("store is poisoned after an earlier I/O failure ({cause}); reopen it to recover")]
+    Poisoned {
+        /// A description of the first failure.
+        cause: String,
+    },
+    /// An operating-system I/O error, with what idem was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What idem was doing, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

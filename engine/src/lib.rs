@@ -1,0 +1,45 @@
+//! # idem: an embedded dedup store for exactly-once consumers
+//!
+//! Networks deliver at least once: a producer retries until acknowledged, so a consumer sees some
+//! messages twice. "Exactly once" is at-least-once delivery plus an idempotent consumer: a table of
+//! idempotency keys, each kept longer than the longest retry window (its TTL), checked before the
+//! side effect. idem is that table, embedded in the consumer's process: a log-structured store with
+//! a sharded hash index and one atomic primitive, [`Store::check_or_insert`].
+//!
+//! ```
+//! use std::time::Duration;
+//! let dir = tempfile::tempdir()?;
+//! let store = idem::Store::open(dir.path())?; // Sync durability: answers survive kill -9
+//! let key = b"payments/42:seq-1001";
+//! match store.check_or_insert(key, Duration::from_secs(24 * 3600), b"charge-ok:tx-9")? {
+//!     idem::Outcome::Inserted => { /* first delivery: the record is durable, go on */ }
+//!     idem::Outcome::Duplicate(result) => { /* a retry: answer with the recorded result */
+//!         let _ = result.as_ref();
+//!     }
+//! }
+//! # Ok::<(), idem::Error>(())
+//! ```
+//!
+//! Module map: [`record`] is the on-disk format (spec in `engine/FORMAT.md`); `log` owns segment
+//! files, the write buffer and the group-commit writer; `index` the sharded hash index; `recovery`
+//! replay on open; `store` the public [`Store`]; [`Config`], [`Durability`], [`Clock`] and
+//! [`Error`] are the knobs and answers.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod config;
+mod error;
+mod index;
+mod log;
+pub mod record;
+mod recovery;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, Durability};
+pub use error::{Error, Result};
+pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use recovery::{RecoveryReport, TruncatedTail};
+pub use store::{Outcome, Stats, Store, Value, MAX_TTL};

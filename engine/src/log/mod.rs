@@ -1,0 +1,356 @@
+//! The log: one append-only stream of records laid over numbered segment files, with an
+//! in-memory write buffer and a single background writer that writes and fsyncs for everyone.
+//!
+//! A record's *location* is `segment_id << 32 | byte_offset`. Locations only grow, so "everything
+//! before location L" is well defined across segments.
+//!
+//! Invariants:
+//! - `durable <= written <= tail`: every byte before `written` is in the file (the OS has it),
+//!   every byte before `durable` was covered by a completed fsync.
+//! - A location handed out by [`Log::append`] is readable at once (from the pending buffer, the
+//!   buffer being written, or the file) and never changes meaning.
+//! - A segment is fsynced before the log moves on to the next one, so only the newest segment can
+//!   hold bytes that a crash may tear.
+//! - After a failed write or fsync the log is poisoned: `durable` never moves again, every waiter
+//!   and every later append gets [`Error::Poisoned`].
+
+pub(crate) mod segment;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::record::{self, Record, SEGMENT_HEADER_LEN};
+use segment::SegmentFile;
+
+pub(crate) use writer::spawn_writer;
+
+/// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
+pub(crate) type Location = u64;
+
+pub(crate) fn location(segment_id: u32, offset: u32) -> Location {
+    (u64::from(segment_id) << 32) | u64::from(offset)
+}
+
+pub(crate) fn segment_of(location: Location) -> u32 {
+    (location >> 32) as u32
+}
+
+pub(crate) fn offset_of(location: Location) -> u32 {
+    location as u32
+}
+
+/// A run of appended bytes bound for one segment, contiguous from `start_offset`.
+#[derive(Debug)]
+struct Chunk {
+    segment_id: u32,
+    start_offset: u32,
+    bytes: Vec<u8>,
+    /// The writer must create this segment (after fsyncing the previous one) before writing.
+    opens_segment: bool,
+}
+
+impl Chunk {
+    fn holds(&self, segment_id: u32, offset: u32) -> bool {
+        self.segment_id == segment_id
+            && offset >= self.start_offset
+            && ((offset - self.start_offset) as usize) < self.bytes.len()
+    }
+}
+
+#[derive(Debug)]
+struct LogState {
+    /// Appended bytes not yet taken by the writer, oldest first.
+    pending: Vec<Chunk>,
+    pending_bytes: usize,
+    /// Bytes the writer is writing now; readable until `written` passes them.
+    in_flight: Option<Arc<Vec<Chunk>>>,
+    tail_segment: u32,
+    tail_offset: u32,
+    written: Location,
+    durable: Location,
+    /// A `flush` asks the writer to make everything before this location durable.
+    flush_target: Location,
+    poisoned: Option<String>,
+    shutting_down: bool,
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+/// Counters the log keeps for [`crate::Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct LogCounters {
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) bytes_appended: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Log {
+    dir: PathBuf,
+    durability: Durability,
+    segment_size_bytes: u32,
+    write_buffer_bytes: usize,
+    max_pending_bytes: usize,
+    state: Mutex<LogState>,
+    /// The writer sleeps on this until there is work.
+    work_ready: Condvar,
+    /// Callers sleep on this until `written`/`durable` move or the log is poisoned.
+    progress: Condvar,
+    segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
+    /// A copy of `state.durable`, stored after it, for the lock-free fast path of `is_durable`.
+    durable_hint: AtomicU64,
+    /// Set once the log is poisoned, for a lock-free check on every call.
+    poisoned_hint: AtomicBool,
+    pub(crate) counters: LogCounters,
+}
+
+/// Options the log takes from the store's config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogOptions {
+    pub(crate) durability: Durability,
+    pub(crate) segment_size_bytes: u32,
+    pub(crate) write_buffer_bytes: usize,
+}
+
+impl Log {
+    /// A log over already-recovered segments; appends continue in `tail` at `tail_offset`.
+    ///
+    /// Everything in `segments` up to the tail is durable (recovery read it from the files).
+    pub(crate) fn new(
+        dir: &Path,
+        options: LogOptions,
+        segments: Vec<SegmentFile>,
+        tail_offset: u32,
+    ) -> Log {
+        let tail_segment = segments.last().expect("recovery leaves a tail segment").id;
+        assert!(tail_offset as usize >= SEGMENT_HEADER_LEN);
+        let tail = location(tail_segment, tail_offset);
+        Log {
+            dir: dir.to_path_buf(),
+            durability: options.durability,
+            segment_size_bytes: options.segment_size_bytes,
+            write_buffer_bytes: options.write_buffer_bytes,
+            max_pending_bytes: (options.write_buffer_bytes * 16).max(16 << 20),
+            state: Mutex::new(LogState {
+                pending: Vec::new(),
+                pending_bytes: 0,
+                in_flight: None,
+                tail_segment,
+                tail_offset,
+                written: tail,
+                durable: tail,
+                flush_target: 0,
+                poisoned: None,
+                shutting_down: false,
+                spare_buffers: Vec::new(),
+            }),
+            work_ready: Condvar::new(),
+            progress: Condvar::new(),
+            segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
+            durable_hint: AtomicU64::new(tail),
+            poisoned_hint: AtomicBool::new(false),
+            counters: LogCounters::default(),
+        }
+    }
+
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Appends `record`; returns its location and the location just past it.
+    ///
+    /// Does no I/O: the bytes go to the write buffer, which the writer drains. Waits only when
+    /// the buffer is over its limit (back-pressure) .
+    pub(crate) fn append(&self, record: &Record<'_>) -> Result<(Location, Location)> {
+        let len = record.encoded_len() as u32;
+        let mut state = self.state.lock();
+        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
+            self.work_ready.notify_one();
+            self.progress.wait(&mut state);
+        }
+        if let Some(cause) = &state.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let opens_segment =
+            u64::from(state.tail_offset) + u64::from(len) > u64::from(self.segment_size_bytes);
+        if opens_segment {
+            state.tail_segment = state
+                .tail_segment
+                .checked_add(1)
+                .expect("segment ids exhausted (2^32 segments)");
+            state.tail_offset = SEGMENT_HEADER_LEN as u32;
+        }
+        let (segment_id, offset) = (state.tail_segment, state.tail_offset);
+        let contiguous = !opens_segment
+            && state.pending.last().is_some_and(|chunk| {
+                chunk.segment_id == segment_id
+                    && chunk.start_offset as usize + chunk.bytes.len() == offset as usize
+            });
+        if !contiguous {
+            let bytes = state
+                .spare_buffers
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.write_buffer_bytes));
+            state.pending.push(Chunk {
+                segment_id,
+                start_offset: offset,
+                bytes,
+                opens_segment,
+            });
+        }
+        let chunk = state.pending.last_mut().expect("a chunk was just ensured");
+        record::encode_into(&mut chunk.bytes, record);
+        state.tail_offset += len;
+        state.pending_bytes += len as usize;
+        let wake_writer = match self.durability {
+            Durability::Sync => true,
+            Durability::Periodic(_) | Durability::Never => {
+                state.pending_bytes >= self.write_buffer_bytes
+            }
+        };
+        drop(state);
+        if wake_writer {
+            self.work_ready.notify_one();
+        }
+        self.counters
+            .bytes_appended
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        let at = location(segment_id, offset);
+        Ok((at, at + u64::from(len)))
+    }
+
+    /// Whether every byte before `end` is durable.
+    pub(crate) fn is_durable(&self, end: Location) -> bool {
+        self.durable_hint.load(Ordering::Acquire) >= end
+    }
+
+    /// Records that everything before `durable` is durable (the writer calls it after an fsync).
+    fn set_durable(&self, state: &mut LogState, durable: Location) {
+        debug_assert!(durable >= state.durable, "durable position only grows");
+        state.durable = durable;
+        self.durable_hint.store(durable, Ordering::Release);
+    }
+
+    /// Waits until every byte before `end` is durable (in any mode this forces an fsync).
+    pub(crate) fn wait_durable(&self, end: Location) -> Result<()> {
+        if self.is_durable(end) {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        loop {
+            if state.durable >= end {
+                return Ok(());
+            }
+            if let Some(cause) = &state.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if state.flush_target < end {
+                state.flush_target = end;
+                self.work_ready.notify_one();
+            }
+            self.progress.wait(&mut state);
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let tail = {
+            let state = self.state.lock();
+            location(state.tail_segment, state.tail_offset)
+        };
+        self.wait_durable(tail)
+    }
+
+    /// Reads and checks the record at `at` into `buf`, returning it decoded.
+    pub(crate) fn read<'b>(&self, at: Location, buf: &'b mut Vec<u8>) -> Result<Record<'b>> {
+        let (segment_id, offset) = (segment_of(at), offset_of(at));
+        buf.clear();
+        let in_memory = {
+            let state = self.state.lock();
+            if at >= state.written {
+                let chunk = state
+                    .in_flight
+                    .iter()
+                    .flat_map(|chunks| chunks.iter())
+                    .chain(state.pending.iter())
+                    .find(|chunk| chunk.holds(segment_id, offset));
+                let Some(chunk) = chunk else {
+                    return Err(self.corrupt(segment_id, offset, "location is past the log's end"));
+                };
+                let bytes = &chunk.bytes[(offset - chunk.start_offset) as usize..];
+                let len = record::peek_len(bytes)
+                    .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))?;
+                buf.extend_from_slice(&bytes[..len.min(bytes.len())]);
+                true
+            } else {
+                false
+            }
+        };
+        if !in_memory {
+            let file = self.segments.read().get(&segment_id).cloned();
+            let Some(file) = file else {
+                return Err(self.corrupt(segment_id, offset, "segment file is missing"));
+            };
+            const FIRST_READ_BYTES: usize = 256;
+            buf.resize(FIRST_READ_BYTES, 0);
+            let got = file.read_at(buf, u64::from(offset))?;
+            buf.truncate(got);
+            let len = record::peek_len(buf)
+                .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))?;
+            if len > got {
+                buf.resize(len, 0);
+                let more = file.read_at(&mut buf[got..], u64::from(offset) + got as u64)?;
+                buf.truncate(got + more);
+            }
+        }
+        record::decode(buf).map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))
+    }
+
+    fn corrupt(&self, segment_id: u32, offset: u32, reason: &str) -> Error {
+        Error::Corrupt {
+            path: self.dir.join(segment::segment_file_name(segment_id)),
+            offset: u64::from(offset),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Total bytes of all segment files, and how many there are.
+    pub(crate) fn disk_usage(&self) -> (u64, u64) {
+        let segments = self.segments.read();
+        let written: u64 = segments.values().filter_map(|s| s.len().ok()).sum();
+        let state = self.state.lock();
+        (written + state.pending_bytes as u64, segments.len() as u64)
+    }
+
+    /// Ends the writer after it has written and fsynced everything appended.
+    pub(crate) fn begin_shutdown(&self) {
+        self.state.lock().shutting_down = true;
+        self.work_ready.notify_all();
+    }
+
+    /// Poisons the log with `cause` (used by the writer on a failed write or fsync).
+    fn poison(&self, state: &mut LogState, cause: String) {
+        if state.poisoned.is_none() {
+            state.poisoned = Some(cause);
+        }
+        self.poisoned_hint.store(true, Ordering::Release);
+        self.progress.notify_all();
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        if !self.poisoned_hint.load(Ordering::Acquire) {
+            return None;
+        }
+        self.state.lock().poisoned.clone()
+    }
+}

@@ -1,0 +1,259 @@
+//! Recovery on open: read every segment in order, rebuild the index, and cut a torn tail.
+//!
+//! What recovery does with each kind of damage (also in `engine/FORMAT.md`):
+//! - The newest segment may end in a torn write (a crash during an append): replay stops at the
+//!   first record that does not decode, and the file is truncated there. Nothing after that point
+//!   was acknowledged in `Sync` mode, because the writer fsyncs before acknowledging.
+//! - The newest segment shorter than a header, or with a zero-filled header (a crash while it was
+//!   being created, before any record went into it) is deleted.
+//! - Any damage in an older segment, which was fsynced whole before the log moved on, is an
+//!   [`Error::Corrupt`] naming the file and offset: recovery never serves a guess.
+//! - A segment-named file without the magic is [`Error::NotASegment`]; a newer format version is
+//!   [`Error::UnsupportedVersion`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::index::{Index, KeyCheck, Probe, Slot};
+use crate::log::segment::{self, SegmentFile};
+use crate::log::{location, offset_of, segment_of, Location};
+use crate::record::{self, HeaderError, Record, RecordKind, SEGMENT_HEADER_LEN};
+
+/// What recovery found and did, for operators and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files read.
+    pub segments_replayed: u64,
+    /// Records decoded and applied (inserts and removals, live or expired).
+    pub records_replayed: u64,
+    /// Insert records skipped because their deadline had passed.
+    pub expired_records_skipped: u64,
+    /// Where the newest segment was cut because of a torn write, and how many bytes were cut.
+    pub truncated_tail: Option<TruncatedTail>,
+    /// A newest segment deleted because it was torn while being created.
+    pub removed_empty_segment: Option<PathBuf>,
+}
+
+/// A torn tail that recovery cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// The offset of the first record that did not decode; the file now ends here.
+    pub offset: u64,
+    /// Bytes removed.
+    pub bytes_cut: u64,
+    /// Why the record there did not decode.
+    pub reason: String,
+}
+
+/// The recovered log: its segment files (oldest first) and where appends continue.
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<SegmentFile>,
+    pub(crate) tail_offset: u32,
+    pub(crate) report: RecoveryReport,
+}
+
+pub(crate) fn recover(dir: &Path, index: &Index, now_millis: u64) -> Result<Recovered> {
+    let ids = segment::list_segments(dir)?;
+    let mut report = RecoveryReport::default();
+    let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
+    let mut tail_offset = SEGMENT_HEADER_LEN as u32;
+    for (position, &id) in ids.iter().enumerate() {
+        let newest = position + 1 == ids.len();
+        let file = SegmentFile::open(dir, id)?;
+        let bytes = read_whole(&file)?;
+        match check_header(&file, &bytes, newest)? {
+            HeaderVerdict::Valid => {}
+            HeaderVerdict::TornCreation => {
+                drop(file);
+                let path = dir.join(segment::segment_file_name(id));
+                std::fs::remove_file(&path).map_err(|e| {
+                    Error::io(format!("removing torn segment {}", path.display()), e)
+                })?;
+                segment::sync_dir(dir)?;
+                report.removed_empty_segment = Some(path);
+                continue;
+            }
+        }
+        report.segments_replayed += 1;
+        let mut offset = SEGMENT_HEADER_LEN;
+        while offset < bytes.len() {
+            match record::decode(&bytes[offset..]) {
+                Ok(record) => {
+                    let at = location(id, offset as u32);
+                    apply(
+                        index,
+                        &opened,
+                        (id, &bytes),
+                        at,
+                        &record,
+                        now_millis,
+                        &mut report,
+                    )?;
+                    offset += record.encoded_len();
+                }
+                Err(error) if newest => {
+                    file.truncate(offset as u64)?;
+                    report.truncated_tail = Some(TruncatedTail {
+                        path: file.path.clone(),
+                        offset: offset as u64,
+                        bytes_cut: (bytes.len() - offset) as u64,
+                        reason: error.to_string(),
+                    });
+                    break;
+                }
+                Err(error) => {
+                    return Err(Error::Corrupt {
+                        path: file.path.clone(),
+                        offset: offset as u64,
+                        reason: error.to_string(),
+                    })
+                }
+            }
+        }
+        tail_offset = offset as u32;
+        opened.insert(id, file);
+    }
+    if opened.is_empty() {
+        let id = ids.last().map_or(1, |last| last + 1);
+        opened.insert(id, SegmentFile::create(dir, id)?);
+        tail_offset = SEGMENT_HEADER_LEN as u32;
+    }
+    Ok(Recovered {
+        segments: opened.into_values().collect(),
+        tail_offset,
+        report,
+    })
+}
+
+enum HeaderVerdict {
+    Valid,
+    TornCreation,
+}
+
+fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<HeaderVerdict> {
+    let torn_creation = bytes.len() < SEGMENT_HEADER_LEN
+        || bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
+            && bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0);
+    match record::decode_segment_header(bytes) {
+        Ok(id) if id == u64::from(file.id) => Ok(HeaderVerdict::Valid),
+        Ok(id) => Err(Error::Corrupt {
+            path: file.path.clone(),
+            offset: 0,
+            reason: format!(
+                "header names segment {id}, the file name segment {}",
+                file.id
+            ),
+        }),
+        Err(_) if newest && torn_creation => Ok(HeaderVerdict::TornCreation),
+        Err(HeaderError::BadMagic) => Err(Error::NotASegment {
+            path: file.path.clone(),
+        }),
+        Err(HeaderError::UnsupportedVersion(found)) => Err(Error::UnsupportedVersion {
+            path: file.path.clone(),
+            found,
+            supported: record::FORMAT_VERSION,
+        }),
+        Err(HeaderError::Truncated) => Err(Error::Corrupt {
+            path: file.path.clone(),
+            offset: 0,
+            reason: format!(
+                "file is {} bytes, shorter than a segment header",
+                bytes.len()
+            ),
+        }),
+        Err(HeaderError::BadChecksum) => Err(Error::Corrupt {
+            path: file.path.clone(),
+            offset: 0,
+            reason: "segment header checksum mismatch".into(),
+        }),
+    }
+}
+
+fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
+    let len = file.len()?;
+    let mut bytes = vec![0u8; len as usize];
+    let got = file.read_at(&mut bytes, 0)?;
+    bytes.truncate(got);
+    Ok(bytes)
+}
+
+/// Applies one replayed record to the index: the log order is the per-key operation order, so
+/// the last insert or removal of a key wins.
+fn apply(
+    index: &Index,
+    earlier: &BTreeMap<u32, SegmentFile>,
+    current: (u32, &[u8]),
+    at: Location,
+    record: &Record<'_>,
+    now_millis: u64,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    report.records_replayed += 1;
+    let hash = index.hash(record.key);
+    let mut table = index.lock(hash);
+    let mut buf = Vec::new();
+    let probe = table.probe(hash.tag, now_millis, |candidate| {
+        let other = read_replayed(earlier, current, candidate, &mut buf)?;
+        Ok::<_, Error>(if other.key != record.key {
+            KeyCheck::Other
+        } else if other.expires_at_millis <= now_millis {
+            KeyCheck::Expired
+        } else {
+            KeyCheck::Live
+        })
+    })?;
+    let live = record.expires_at_millis > now_millis;
+    match (record.kind, probe) {
+        (RecordKind::Insert, Probe::Found(slot) | Probe::Vacant(slot)) if live => {
+            let entry = Slot {
+                tag: hash.tag,
+                expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
+                location: at,
+            };
+            table.put(slot, entry, now_millis);
+        }
+        (RecordKind::Insert, Probe::Found(slot)) | (RecordKind::Remove, Probe::Found(slot)) => {
+            table.remove(slot);
+        }
+        (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
+        (RecordKind::Remove, Probe::Vacant(_)) => {}
+    }
+    Ok(())
+}
+
+/// Reads an already-replayed record: from the segment being replayed, or an earlier one.
+fn read_replayed<'b>(
+    earlier: &BTreeMap<u32, SegmentFile>,
+    (current_id, current_bytes): (u32, &'b [u8]),
+    at: Location,
+    buf: &'b mut Vec<u8>,
+) -> Result<Record<'b>> {
+    let (id, offset) = (segment_of(at), offset_of(at));
+    let corrupt = |path: PathBuf, reason: String| Error::Corrupt {
+        path,
+        offset: u64::from(offset),
+        reason,
+    };
+    if id == current_id {
+        return record::decode(&current_bytes[offset as usize..])
+            .map_err(|e| corrupt(PathBuf::from(segment::segment_file_name(id)), e.to_string()));
+    }
+    let file = earlier.get(&id).ok_or_else(|| {
+        corrupt(
+            PathBuf::from(segment::segment_file_name(id)),
+            "segment missing".into(),
+        )
+    })?;
+    buf.clear();
+    buf.resize(record::RECORD_HEADER_LEN, 0);
+    let got = file.read_at(buf, u64::from(offset))?;
+    buf.truncate(got);
+    let len = record::peek_len(buf).map_err(|e| corrupt(file.path.clone(), e.to_string()))?;
+    buf.resize(len, 0);
+    let got = file.read_at(buf, u64::from(offset))?;
+    buf.truncate(got);
+    record::decode(buf).map_err(|e| corrupt(file.path.clone(), e.to_string()))
+}

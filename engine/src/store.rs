@@ -1,0 +1,550 @@
+//! The public [`Store`]: open, check-or-insert (single and batch), get, remove, flush, stats.
+//!
+//! The path of one `check_or_insert`: validate → hash → lock the key's shard → probe, comparing
+//! the full key of each tag match from the log → on a miss append the record to the log buffer
+//! and put its entry in the shard → unlock → in `Sync` mode wait for the group commit.
+//!
+//! Invariants:
+//! - Bad input is rejected before any lock is taken or byte appended.
+//! - In `Sync` mode no call answers `Duplicate` (or `get` → `Some`) for a record that is not yet
+//!   durable: it waits for that record's commit first. Otherwise a second consumer could skip its
+//!   work for a record that a crash then loses, and nobody would do the work.
+//! - A live key's first value is never overwritten by a later `check_or_insert`.
+//! - Expiry is decided at every read from the record's exact deadline and the store's clock.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::config::{Config, Durability};
+use crate::error::{Error, Result};
+use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
+use crate::log::{self, Location, Log, LogOptions};
+use crate::record::{self, Record, RecordKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::recovery::{self, RecoveryReport};
+
+/// The longest TTL accepted: ten years. Retry windows are hours or days; this bound keeps every
+/// deadline inside the index's 32-bit seconds.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+const LOCK_FILE_NAME: &str = "LOCK";
+
+/// A stored value: the result recorded with a key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Value(Box<[u8]>);
+
+impl Value {
+    /// The bytes, owned.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into_vec()
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&[u8]> for Value {
+    fn eq(&self, other: &&[u8]) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Value {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        *self.0 == other[..]
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => write!(f, "Value({text:?})"),
+            Err(_) => write!(f, "Value({:02x?})", &self.0),
+        }
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(bytes: &[u8]) -> Self {
+        Value(bytes.into())
+    }
+}
+
+/// The answer of a check-or-insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key was new (or its earlier entry had expired): key and value are now recorded.
+    Inserted,
+    /// The key was seen and has not expired: here is the value recorded with it first.
+    Duplicate(Value),
+}
+
+impl Outcome {
+    /// Whether this is [`Outcome::Duplicate`].
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Outcome::Duplicate(_))
+    }
+}
+
+/// Counters and sizes, read with [`Store::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Index entries: live keys plus expired ones not yet reclaimed (expired entries are never
+    /// served; they are dropped when their slot is reused or the shard is rebuilt).
+    pub live_keys: u64,
+    /// Bytes of all segment files, plus bytes buffered for them.
+    pub disk_bytes: u64,
+    /// Number of segment files.
+    pub segments: u64,
+    /// Bytes of RAM held by index slots.
+    pub index_bytes: u64,
+    /// Completed fsyncs of the log since open.
+    pub fsyncs: u64,
+    /// Write calls the log writer made since open.
+    pub log_writes: u64,
+    /// Bytes appended to the log since open.
+    pub bytes_appended: u64,
+}
+
+/// An open dedup store. `Send + Sync`: share it by reference or `Arc` across threads.
+///
+/// ```
+/// use std::time::Duration;
+/// let dir = tempfile::tempdir()?;
+/// let store = idem::Store::open(dir.path())?;
+/// let ttl = Duration::from_secs(3600);
+/// assert_eq!(store.check_or_insert(b"order-17", ttl, b"charged 5 EUR")?, idem::Outcome::Inserted);
+/// match store.check_or_insert(b"order-17", ttl, b"charged again?")? {
+///     idem::Outcome::Duplicate(first) => assert_eq!(first.as_ref(), b"charged 5 EUR"),
+///     idem::Outcome::Inserted => unreachable!("the key is live"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    index: Index,
+    log: Arc<Log>,
+    writer: Option<JoinHandle<()>>,
+    recovery: RecoveryReport,
+    /// Held for the store's life: an exclusive advisory lock on `LOCK` in the directory.
+    _lock_file: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("durability", &self.log.durability())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` with the default [`Config`]: `Sync`
+    /// durability and the system clock.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(dir, Config::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Fails with [`Error::Locked`] if another process or another `Store` of this process has
+    /// it open, and with [`Error::Corrupt`], [`Error::NotASegment`] or
+    /// [`Error::UnsupportedVersion`] on damaged files; a torn tail of the newest segment is
+    /// cut off instead (see [`Store::recovery_report`]).
+    pub fn open_with(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating store directory {}", dir.display()), e))?;
+        let lock_file = lock_directory(&dir)?;
+        let index = Index::new(config.shard_count, config.hash_mask_for_testing);
+        let recovered = recovery::recover(&dir, &index, config.clock.now_millis())?;
+        let options = LogOptions {
+            durability: config.durability,
+            segment_size_bytes: config.segment_size_bytes,
+            write_buffer_bytes: config.write_buffer_bytes,
+        };
+        let log = Arc::new(Log::new(
+            &dir,
+            options,
+            recovered.segments,
+            recovered.tail_offset,
+        ));
+        let writer = log::spawn_writer(Arc::clone(&log))?;
+        Ok(Store {
+            dir,
+            clock: config.clock,
+            index,
+            log,
+            writer: Some(writer),
+            recovery: recovered.report,
+            _lock_file: lock_file,
+        })
+    }
+
+    /// Records `key` with `value` for `ttl` unless a live entry for `key` exists, in which case
+    /// that entry's value is returned and nothing is written.
+    ///
+    /// In [`Durability::Sync`] mode it returns only once the answer cannot be undone by a crash.
+    pub fn check_or_insert(&self, key: &[u8], ttl: Duration, value: &[u8]) -> Result<Outcome> {
+        validate_key(key)?;
+        validate_value(value)?;
+        let ttl_millis = validate_ttl(ttl)?;
+        self.check_live()?;
+        let now = self.clock.now_millis();
+        let hash = self.index.hash(key);
+        let mut buf = Vec::new();
+        let mut table = self.index.lock(hash);
+        let (outcome, wait_for) = self.check_or_insert_locked(
+            &mut table,
+            hash,
+            key,
+            now + ttl_millis,
+            value,
+            now,
+            &mut buf,
+        )?;
+        drop(table);
+        self.wait_if_sync(wait_for)?;
+        Ok(outcome)
+    }
+
+    /// [`Store::check_or_insert`] for many items with one commit (one fsync in `Sync` mode).
+    ///
+    /// The answers come back in order. A key repeated inside the batch is a `Duplicate` of its
+    /// first occurrence. All items are validated before anything is written. A crash before the
+    /// call returns may keep any subset of the batch's records.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// let ttl = Duration::from_secs(60);
+    /// let items: Vec<(&[u8], Duration, &[u8])> = vec![(b"a", ttl, b"1"), (b"b", ttl, b"2"), (b"a", ttl, b"3")];
+    /// let results = store.check_or_insert_batch(&items)?;
+    /// assert_eq!(results[0], idem::Outcome::Inserted);
+    /// assert_eq!(results[2], idem::Outcome::Duplicate(idem::Value::from(&b"1"[..])));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, Duration, V)],
+    ) -> Result<Vec<Outcome>> {
+        let mut ttls = Vec::with_capacity(items.len());
+        for (key, ttl, value) in items {
+            validate_key(key.as_ref())?;
+            validate_value(value.as_ref())?;
+            ttls.push(validate_ttl(*ttl)?);
+        }
+        self.check_live()?;
+        let now = self.clock.now_millis();
+        let mut buf = Vec::new();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut wait_for: Option<Location> = None;
+        for ((key, _, value), ttl_millis) in items.iter().zip(ttls) {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let hash = self.index.hash(key);
+            let mut table = self.index.lock(hash);
+            let (outcome, end) = self.check_or_insert_locked(
+                &mut table,
+                hash,
+                key,
+                now + ttl_millis,
+                value,
+                now,
+                &mut buf,
+            )?;
+            drop(table);
+            wait_for = wait_for.max(end);
+            outcomes.push(outcome);
+        }
+        self.wait_if_sync(wait_for)?;
+        Ok(outcomes)
+    }
+
+    /// The value recorded with `key`, or `None` if it is absent or expired.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+        validate_key(key)?;
+        self.check_live()?;
+        let now = self.clock.now_millis();
+        let hash = self.index.hash(key);
+        let mut buf = Vec::new();
+        let table = self.index.lock(hash);
+        let found = match self.probe(&table, hash, key, now, &mut buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(&buf).expect("checked during the probe");
+                Some((
+                    Value::from(record.value),
+                    self.end_of(&table, slot, &record),
+                ))
+            }
+            Probe::Vacant(_) => None,
+        };
+        drop(table);
+        match found {
+            Some((value, end)) => {
+                self.wait_if_sync(end)?;
+                Ok(Some(value))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the live entry for `key`; returns whether there was one. The removal is logged
+    /// and as durable as an insert.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        validate_key(key)?;
+        self.check_live()?;
+        let now = self.clock.now_millis();
+        let hash = self.index.hash(key);
+        let mut buf = Vec::new();
+        let mut table = self.index.lock(hash);
+        let Probe::Found(slot) = self.probe(&table, hash, key, now, &mut buf)? else {
+            return Ok(false);
+        };
+        let removed = record::decode(&buf).expect("checked during the probe");
+        let tombstone = Record {
+            kind: RecordKind::Remove,
+            key,
+            value: &[],
+            expires_at_millis: removed.expires_at_millis,
+        };
+        let (_, end) = self.log.append(&tombstone)?;
+        table.remove(slot);
+        drop(table);
+        self.wait_if_sync(Some(end))?;
+        Ok(true)
+    }
+
+    /// Makes everything acknowledged so far durable, in any mode.
+    pub fn flush(&self) -> Result<()> {
+        self.log.flush()
+    }
+
+    /// Current counters and sizes.
+    pub fn stats(&self) -> Stats {
+        let (live_keys, index_bytes) = self.index.usage();
+        let (disk_bytes, segments) = self.log.disk_usage();
+        let counters = &self.log.counters;
+        Stats {
+            live_keys,
+            disk_bytes,
+            segments,
+            index_bytes,
+            fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+            log_writes: counters.writes.load(Ordering::Relaxed),
+            bytes_appended: counters.bytes_appended.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What recovery found when this store was opened (torn tail cut, records replayed).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Flushes, stops the background writer and releases the directory, reporting any error
+    /// that a plain drop would have to swallow.
+    pub fn close(mut self) -> Result<()> {
+        let flushed = self.log.flush();
+        self.stop_writer();
+        flushed?;
+        match self.log.poisoned() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_writer(&mut self) {
+        self.log.begin_shutdown();
+        if let Some(writer) = self.writer.take() {
+            // A panic in the writer poisons nothing more: the log was already marked.
+            let _ = writer.join();
+        }
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if let Some(cause) = self.log.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    /// The core of check-or-insert, under the key's shard lock. Returns the outcome and the log
+    /// location that must be durable before the outcome may be reported in `Sync` mode.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one internal call site per public entry"
+    )]
+    fn check_or_insert_locked(
+        &self,
+        table: &mut ShardTable,
+        hash: KeyHash,
+        key: &[u8],
+        expires_at_millis: u64,
+        value: &[u8],
+        now: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Outcome, Option<Location>)> {
+        match self.probe(table, hash, key, now, buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(buf).expect("checked during the probe");
+                let end = self.end_of(table, slot, &record);
+                Ok((Outcome::Duplicate(Value::from(record.value)), end))
+            }
+            Probe::Vacant(slot) => {
+                let record = Record {
+                    kind: RecordKind::Insert,
+                    key,
+                    value,
+                    expires_at_millis,
+                };
+                let (at, end) = self.log.append(&record)?;
+                let entry = Slot {
+                    tag: hash.tag,
+                    expires_at_secs: Slot::deadline_secs(expires_at_millis),
+                    location: at,
+                };
+                table.put(slot, entry, now);
+                Ok((Outcome::Inserted, Some(end)))
+            }
+        }
+    }
+
+    /// Finds `key` in its shard; on `Found`, `buf` holds the entry's record.
+    fn probe(
+        &self,
+        table: &ShardTable,
+        hash: KeyHash,
+        key: &[u8],
+        now: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Probe> {
+        let mut found_at = 0;
+        let probe = table.probe(hash.tag, now, |at| {
+            let record = self.log.read(at, buf)?;
+            if record.key != key {
+                return Ok(KeyCheck::Other);
+            }
+            if record.kind != RecordKind::Insert {
+                return Err(Error::Corrupt {
+                    path: self.dir.clone(),
+                    offset: at,
+                    reason: "index entry points at a removal record".into(),
+                });
+            }
+            found_at = at;
+            Ok(if record.expires_at_millis <= now {
+                KeyCheck::Expired
+            } else {
+                KeyCheck::Live
+            })
+        })?;
+        if let Probe::Found(slot) = probe {
+            // `buf` holds the last record read, which is the found one.
+            debug_assert_eq!(table.slot(slot).location, found_at);
+        }
+        Ok(probe)
+    }
+
+    /// The location just past the found record in `slot`, if it is not yet durable: a `Sync`
+    /// caller must wait for it before answering (the not-reading-uncommitted-data rule).
+    fn end_of(&self, table: &ShardTable, slot: usize, record: &Record<'_>) -> Option<Location> {
+        let end = table.slot(slot).location + record.encoded_len() as u64;
+        (!self.log.is_durable(end)).then_some(end)
+    }
+
+    fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
+        match (self.log.durability(), end) {
+            (Durability::Sync, Some(end)) => self.log.wait_durable(end),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+fn lock_directory(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+            dir: dir.to_path_buf(),
+            lock_file: path,
+        }),
+        Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
+    }
+}
+
+fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn validate_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a TTL and returns it in whole milliseconds, rounded up (a 1 ns TTL lives 1 ms).
+fn validate_ttl(ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::ZeroTtl);
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::TtlTooLarge {
+            ttl_secs: ttl.as_secs(),
+            max_secs: MAX_TTL.as_secs(),
+        });
+    }
+    Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
+}
