@@ -1,1 +1,119 @@
 //! Shared helpers for idem's integration, crash and concurrency tests.
+//!
+//! Everything here goes through idem's public API or plain file-system calls: the tests must see
+//! the store as a user does. Randomness is always seeded; [`seeded_rng`] prints the seed so that a
+//! failing run (whose output cargo shows) can be replayed with `IDEM_TEST_SEED=<seed>`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// A TTL long enough that nothing expires during a test that uses the system clock.
+pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The environment variable that replays a seed.
+pub const SEED_VARIABLE: &str = "IDEM_TEST_SEED";
+
+/// A generator seeded from `IDEM_TEST_SEED` if set, else from the OS. The seed is printed with
+/// `what` so that a failure can be replayed.
+pub fn seeded_rng(what: &str) -> (StdRng, u64) {
+    let seed = match std::env::var(SEED_VARIABLE) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_VARIABLE}={text:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("{what}: seed {seed} (replay with {SEED_VARIABLE}={seed})");
+    (StdRng::seed_from_u64(seed), seed)
+}
+
+/// The segment files of a store directory, keyed by segment number, oldest first.
+pub fn segment_files(dir: &Path) -> BTreeMap<u32, PathBuf> {
+    let mut segments = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("listing the store directory") {
+        let path = entry.expect("reading a directory entry").path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(digits) = name
+            .strip_prefix("segment-")
+            .and_then(|rest| rest.strip_suffix(".idem"))
+        else {
+            continue;
+        };
+        if let Ok(id) = digits.parse() {
+            segments.insert(id, path);
+        }
+    }
+    segments
+}
+
+/// The newest (highest-numbered) segment file of a store directory.
+pub fn newest_segment(dir: &Path) -> PathBuf {
+    segment_files(dir)
+        .into_values()
+        .next_back()
+        .expect("a store directory holds at least one segment")
+}
+
+/// Copies every regular file of `source` into `target` (created if needed). Store directories
+/// are flat, so no recursion is needed.
+pub fn copy_dir(source: &Path, target: &Path) {
+    std::fs::create_dir_all(target).expect("creating the copy's directory");
+    for entry in std::fs::read_dir(source).expect("listing the source directory") {
+        let entry = entry.expect("reading a directory entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), target.join(entry.file_name())).expect("copying a file");
+        }
+    }
+}
+
+/// One record found by [`parse_segment`]: where it starts and ends, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedRecord {
+    /// Byte offset of the record's first byte in its segment file.
+    pub start: u64,
+    /// Byte offset just past the record.
+    pub end: u64,
+    /// Whether this is an insert (else a removal).
+    pub insert: bool,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// Decodes every record of an undamaged segment file with idem's public record codec, in order.
+///
+/// # Panics
+/// If the segment does not decode to its end: callers parse files idem wrote and closed.
+pub fn parse_segment(bytes: &[u8]) -> Vec<ParsedRecord> {
+    let mut records = Vec::new();
+    let mut offset = idem::record::SEGMENT_HEADER_LEN;
+    while offset < bytes.len() {
+        let record = idem::record::decode(&bytes[offset..])
+            .unwrap_or_else(|e| panic!("an intact segment failed to decode at {offset}: {e}"));
+        let end = offset + record.encoded_len();
+        records.push(ParsedRecord {
+            start: offset as u64,
+            end: end as u64,
+            insert: record.kind == idem::record::RecordKind::Insert,
+            key: record.key.to_vec(),
+            value: record.value.to_vec(),
+        });
+        offset = end;
+    }
+    records
+}
+
+/// The inserted value of an outcome: the caller's own value for `Inserted`, the stored one for
+/// `Duplicate`.
+pub fn value_of(outcome: &idem::Outcome, own: &[u8]) -> Vec<u8> {
+    match outcome {
+        idem::Outcome::Inserted => own.to_vec(),
+        idem::Outcome::Duplicate(value) => value.to_vec(),
+    }
+}
