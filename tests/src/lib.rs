@@ -117,3 +117,69 @@ pub fn value_of(outcome: &idem::Outcome, own: &[u8]) -> Vec<u8> {
         idem::Outcome::Duplicate(value) => value.to_vec(),
     }
 }
+
+/// The protocol between the crash test and its child process (`src/bin/crash_child.rs`).
+///
+/// The child writes one line per event to stdout and flushes it before going on, so whatever it
+/// printed before a SIGKILL is still in the pipe for the parent to read:
+/// - `READY` once the store is open;
+/// - `ATTEMPT <key>` *before* the key is offered to the store (so a key the parent never saw
+///   attempted must be absent after the crash);
+/// - `ACK <key> <value>` after the store answered, with the value it answered (the child's own
+///   value for `Inserted`, the stored one for `Duplicate`): this key must survive the crash.
+pub mod crash {
+    /// The mode that inserts until killed: `crash_child insert <dir> <round> <threads>`.
+    pub const MODE_INSERT: &str = "insert";
+    /// The mode that only tries to open: `crash_child open <dir>`; prints one of the
+    /// `OPEN_*` answers below.
+    pub const MODE_OPEN: &str = "open";
+    /// The store opened.
+    pub const OPEN_OK: &str = "OPENED";
+    /// Opening failed with `Error::Locked`.
+    pub const OPEN_LOCKED: &str = "LOCKED";
+    /// Opening failed otherwise; the error's Display follows.
+    pub const OPEN_ERROR: &str = "ERROR";
+
+    /// Segment size the child uses, small so that the rounds cross segment rolls.
+    pub const SEGMENT_SIZE_BYTES: u32 = 1 << 20;
+
+    /// The key thread `thread` inserts as its `i`-th own key in `round`.
+    pub fn own_key(round: u32, thread: u32, i: u64) -> String {
+        format!("r{round}/t{thread}/{i}")
+    }
+
+    /// The `j`-th key that every thread of `round` offers.
+    pub fn shared_key(round: u32, j: u64) -> String {
+        format!("r{round}/shared/{j}")
+    }
+
+    /// The value `offerer` (a thread name like `t3`) offers for `key`: it names the offerer and
+    /// the key, padded to a length that varies with the key so records differ in size.
+    pub fn value(offerer: &str, key: &str) -> String {
+        let pad = key.bytes().map(u64::from).sum::<u64>() % 300;
+        format!("{offerer}:{key}:{}", ".".repeat(pad as usize))
+    }
+
+    /// One event the child reported.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Event {
+        /// The store is open.
+        Ready,
+        /// A key is about to be offered.
+        Attempt(String),
+        /// A key was answered with this value.
+        Ack(String, String),
+    }
+
+    /// Parses one complete line (without its newline).
+    pub fn parse(line: &str) -> Option<Event> {
+        let mut parts = line.split(' ');
+        let event = match (parts.next()?, parts.next(), parts.next()) {
+            ("READY", None, None) => Event::Ready,
+            ("ATTEMPT", Some(key), None) => Event::Attempt(key.to_string()),
+            ("ACK", Some(key), Some(value)) => Event::Ack(key.to_string(), value.to_string()),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(event)
+    }
+}
