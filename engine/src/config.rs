@@ -46,6 +46,10 @@ pub struct Config {
     pub(crate) shard_count: usize,
     pub(crate) hash_mask_for_testing: u64,
     pub(crate) write_buffer_bytes: usize,
+    pub(crate) expiry_tick: Duration,
+    pub(crate) compaction_live_ratio: f64,
+    pub(crate) checkpoint_every_bytes: u64,
+    pub(crate) background_maintenance: bool,
 }
 
 impl Default for Config {
@@ -57,6 +61,10 @@ impl Default for Config {
             shard_count: 256,
             hash_mask_for_testing: u64::MAX,
             write_buffer_bytes: 1 << 20,
+            expiry_tick: Duration::from_secs(1),
+            compaction_live_ratio: 0.5,
+            checkpoint_every_bytes: 256 << 20,
+            background_maintenance: true,
         }
     }
 }
@@ -95,6 +103,37 @@ impl Config {
     /// in the non-`Sync` modes (default 1 MiB).
     pub fn write_buffer_bytes(mut self, bytes: usize) -> Self {
         self.write_buffer_bytes = bytes.max(4096);
+        self
+    }
+
+    /// The expiry wheel's tick (default 1 s, clamped to 100 ms ..= 60 s): an expired entry leaves
+    /// the index within one tick of its deadline. (Lookups never serve an expired entry, whatever
+    /// the wheel has done yet; the tick only bounds how long its memory is held.)
+    pub fn expiry_tick(mut self, tick: Duration) -> Self {
+        self.expiry_tick = tick.clamp(Duration::from_millis(100), Duration::from_secs(60));
+        self
+    }
+
+    /// A sealed segment whose share of live records falls below `ratio` is compacted: its live
+    /// records are copied forward and the file deleted (default 0.5; 0 turns compaction off).
+    /// Segments whose records have all expired are deleted whole whatever this says.
+    pub fn compaction_live_ratio(mut self, ratio: f64) -> Self {
+        self.compaction_live_ratio = ratio.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Writes an index checkpoint after this many bytes were appended to the log since the last
+    /// one (default 256 MiB; 0 turns periodic checkpoints off). A checkpoint is also written on
+    /// `close`. Reopening reads the checkpoint and only the log written after it.
+    pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_every_bytes = bytes;
+        self
+    }
+
+    /// Whether a background thread runs expiry, reclamation, compaction and checkpoints
+    /// (default true). Without it, call [`crate::Store::maintain`] yourself.
+    pub fn background_maintenance(mut self, enabled: bool) -> Self {
+        self.background_maintenance = enabled;
         self
     }
 

@@ -28,18 +28,24 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod clock;
 mod config;
 mod error;
 mod index;
 mod log;
+mod maintenance;
 pub mod record;
 mod recovery;
+mod single_flight;
 mod store;
+mod store_with;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
 pub use error::{Error, Result};
+pub use maintenance::MaintenanceReport;
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
+pub use single_flight::WithError;
 pub use store::{Outcome, Stats, Store, Value, MAX_TTL};

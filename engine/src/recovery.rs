@@ -14,10 +14,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::index::{Index, KeyCheck, Probe, Slot};
 use crate::log::segment::{self, SegmentFile};
-use crate::log::{location, offset_of, segment_of, Location};
+use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
 use crate::record::{self, HeaderError, Record, RecordKind, SEGMENT_HEADER_LEN};
 
 /// What recovery found and did, for operators and tests.
@@ -33,6 +34,10 @@ pub struct RecoveryReport {
     pub truncated_tail: Option<TruncatedTail>,
     /// A newest segment deleted because it was torn while being created.
     pub removed_empty_segment: Option<PathBuf>,
+    /// Index entries loaded from the checkpoint (0 without one).
+    pub checkpoint_entries_loaded: u64,
+    /// Why a checkpoint present in the directory was not used (the log was replayed instead).
+    pub checkpoint_ignored: Option<String>,
 }
 
 /// A torn tail that recovery cut off.
@@ -51,16 +56,61 @@ pub struct TruncatedTail {
 /// The recovered log: its segment files (oldest first) and where appends continue.
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<SegmentFile>,
+    pub(crate) segment_stats: BTreeMap<u32, SegmentStats>,
     pub(crate) tail_offset: u32,
     pub(crate) report: RecoveryReport,
 }
 
-pub(crate) fn recover(dir: &Path, index: &Index, now_millis: u64) -> Result<Recovered> {
+pub(crate) fn recover(
+    dir: &Path,
+    index: &Index,
+    now_millis: u64,
+    checkpoint: std::result::Result<Option<Checkpoint>, String>,
+) -> Result<Recovered> {
     let ids = segment::list_segments(dir)?;
     let mut report = RecoveryReport::default();
     let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
     let mut tail_offset = SEGMENT_HEADER_LEN as u32;
+    let mut segment_stats: BTreeMap<u32, SegmentStats> = BTreeMap::new();
+    let checkpoint = match checkpoint {
+        Ok(Some(checkpoint)) => match usable(&checkpoint, &ids) {
+            Ok(()) => Some(checkpoint),
+            Err(reason) => {
+                report.checkpoint_ignored = Some(reason);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(reason) => {
+            report.checkpoint_ignored = Some(reason);
+            None
+        }
+    };
+    let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from_segment);
+    if let Some(checkpoint) = &checkpoint {
+        // Segments before the replay start are sealed and summarised by the checkpoint: open
+        // them (their headers are checked) but do not read them.
+        for &id in ids.iter().filter(|&&id| id < replay_from) {
+            let file = SegmentFile::open(dir, id)?;
+            let mut header = [0u8; SEGMENT_HEADER_LEN];
+            let got = file.read_at(&mut header, 0)?;
+            if let HeaderVerdict::TornCreation = check_header(&file, &header[..got], false)? {
+                unreachable!("only the newest segment may be a torn creation");
+            }
+            segment_stats.insert(id, checkpoint.sealed[&id]);
+            opened.insert(id, file);
+        }
+        report.checkpoint_entries_loaded = checkpoint::install(
+            checkpoint,
+            index,
+            |id| ids.binary_search(&id).is_ok(),
+            now_millis,
+        );
+    }
     for (position, &id) in ids.iter().enumerate() {
+        if id < replay_from {
+            continue;
+        }
         let newest = position + 1 == ids.len();
         let file = SegmentFile::open(dir, id)?;
         let bytes = read_whole(&file)?;
@@ -83,6 +133,7 @@ pub(crate) fn recover(dir: &Path, index: &Index, now_millis: u64) -> Result<Reco
             match record::decode(&bytes[offset..]) {
                 Ok(record) => {
                     let at = location(id, offset as u32);
+                    segment_stats.entry(id).or_default().add_record(&record);
                     apply(
                         index,
                         &opened,
@@ -114,18 +165,58 @@ pub(crate) fn recover(dir: &Path, index: &Index, now_millis: u64) -> Result<Reco
             }
         }
         tail_offset = offset as u32;
+        segment_stats.entry(id).or_default();
         opened.insert(id, file);
     }
+    count_live_entries(index, &mut segment_stats);
     if opened.is_empty() {
         let id = ids.last().map_or(1, |last| last + 1);
         opened.insert(id, SegmentFile::create(dir, id)?);
         tail_offset = SEGMENT_HEADER_LEN as u32;
     }
+    segment_stats
+        .entry(opened.keys().next_back().copied().unwrap_or(1))
+        .or_default();
     Ok(Recovered {
         segments: opened.into_values().collect(),
+        segment_stats,
         tail_offset,
         report,
     })
+}
+
+/// Whether a checkpoint fits the segments on disk: every segment before its replay start must be
+/// one it summarises (segments it lists may have been deleted since).
+fn usable(checkpoint: &Checkpoint, ids: &[u32]) -> std::result::Result<(), String> {
+    for &id in ids
+        .iter()
+        .filter(|&&id| id < checkpoint.replay_from_segment)
+    {
+        if !checkpoint.sealed.contains_key(&id) {
+            return Err(format!(
+                "checkpoint does not list segment {id}, which is on disk"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sets each segment's live count to the number of index entries pointing into it (replay drops
+/// and replaces entries freely, so the counts are taken once at the end).
+fn count_live_entries(index: &Index, segment_stats: &mut BTreeMap<u32, SegmentStats>) {
+    for stats in segment_stats.values_mut() {
+        stats.live = 0;
+    }
+    for shard in index.shards() {
+        let mut table = shard.lock();
+        table.released.clear();
+        for (_, slot) in table.occupied() {
+            segment_stats
+                .entry(segment_of(slot.location))
+                .or_default()
+                .live += 1;
+        }
+    }
 }
 
 enum HeaderVerdict {

@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::checkpoint;
 use crate::clock::Clock;
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
 use crate::log::{self, Location, Log, LogOptions};
+use crate::maintenance::{self, MaintenanceReport, MaintenanceState};
 use crate::record::{self, Record, RecordKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::recovery::{self, RecoveryReport};
 
@@ -117,7 +119,7 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// Number of segment files.
     pub segments: u64,
-    /// Bytes of RAM held by index slots.
+    /// Bytes of RAM held by the index: slots and expiry wheels.
     pub index_bytes: u64,
     /// Completed fsyncs of the log since open.
     pub fsyncs: u64,
@@ -125,6 +127,16 @@ pub struct Stats {
     pub log_writes: u64,
     /// Bytes appended to the log since open.
     pub bytes_appended: u64,
+    /// Entries waiting in the expiry wheels (stale ones included; 4 bytes each, in `index_bytes`).
+    pub wheel_entries: u64,
+    /// Expired entries the wheels removed from the index since open.
+    pub entries_expired: u64,
+    /// Segments deleted whole because every record in them had expired, since open.
+    pub segments_deleted: u64,
+    /// Segments compacted (live records copied forward, file deleted) since open.
+    pub segments_compacted: u64,
+    /// Index checkpoints written since open.
+    pub checkpoints_written: u64,
 }
 
 /// An open dedup store. `Send + Sync`: share it by reference or `Arc` across threads.
@@ -142,21 +154,31 @@ pub struct Stats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
-    dir: PathBuf,
-    clock: Arc<dyn Clock>,
-    index: Index,
-    log: Arc<Log>,
+    shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    maintainer: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
+    /// Keys whose `check_or_insert_with` closure is running (see `single_flight`).
+    pub(crate) in_flight: crate::single_flight::InFlightTable,
     /// Held for the store's life: an exclusive advisory lock on `LOCK` in the directory.
     _lock_file: File,
+}
+
+/// The parts of a store that its background threads share with callers.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) index: Index,
+    pub(crate) log: Arc<Log>,
+    pub(crate) config: Config,
+    pub(crate) maintenance: MaintenanceState,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.dir)
-            .field("durability", &self.log.durability())
+            .field("dir", &self.shared.dir)
+            .field("durability", &self.shared.log.durability())
             .finish_non_exhaustive()
     }
 }
@@ -179,8 +201,21 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating store directory {}", dir.display()), e))?;
         let lock_file = lock_directory(&dir)?;
-        let index = Index::new(config.shard_count, config.hash_mask_for_testing);
-        let recovered = recovery::recover(&dir, &index, config.clock.now_millis())?;
+        let now = config.clock.now_millis();
+        let tick_millis = config.expiry_tick.as_millis() as u64;
+        let checkpoint = checkpoint::load(&dir, &config);
+        let seeds = match &checkpoint {
+            Ok(Some(checkpoint)) => checkpoint.seeds,
+            _ => Index::random_seeds(),
+        };
+        let index = Index::new(
+            config.shard_count,
+            config.hash_mask_for_testing,
+            seeds,
+            tick_millis,
+            now,
+        );
+        let recovered = recovery::recover(&dir, &index, now, checkpoint)?;
         let options = LogOptions {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
@@ -190,16 +225,29 @@ impl Store {
             &dir,
             options,
             recovered.segments,
+            recovered.segment_stats,
             recovered.tail_offset,
         ));
         let writer = log::spawn_writer(Arc::clone(&log))?;
-        Ok(Store {
+        let shared = Arc::new(Shared {
             dir,
-            clock: config.clock,
+            clock: Arc::clone(&config.clock),
             index,
             log,
+            maintenance: MaintenanceState::default(),
+            config,
+        });
+        let maintainer = if shared.config.background_maintenance {
+            Some(maintenance::spawn(Arc::clone(&shared))?)
+        } else {
+            None
+        };
+        Ok(Store {
+            shared,
             writer: Some(writer),
+            maintainer,
             recovery: recovered.report,
+            in_flight: crate::single_flight::InFlightTable::default(),
             _lock_file: lock_file,
         })
     }
@@ -212,12 +260,13 @@ impl Store {
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
-        self.check_live()?;
-        let now = self.clock.now_millis();
-        let hash = self.index.hash(key);
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
+        let hash = shared.index.hash(key);
         let mut buf = Vec::new();
-        let mut table = self.index.lock(hash);
-        let (outcome, wait_for) = self.check_or_insert_locked(
+        let mut table = shared.index.lock(hash);
+        let (outcome, wait_for) = shared.check_or_insert_locked(
             &mut table,
             hash,
             key,
@@ -227,7 +276,7 @@ impl Store {
             &mut buf,
         )?;
         drop(table);
-        self.wait_if_sync(wait_for)?;
+        shared.wait_if_sync(wait_for)?;
         Ok(outcome)
     }
 
@@ -258,16 +307,17 @@ impl Store {
             validate_value(value.as_ref())?;
             ttls.push(validate_ttl(*ttl)?);
         }
-        self.check_live()?;
-        let now = self.clock.now_millis();
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
         let mut buf = Vec::new();
         let mut outcomes = Vec::with_capacity(items.len());
         let mut wait_for: Option<Location> = None;
         for ((key, _, value), ttl_millis) in items.iter().zip(ttls) {
             let (key, value) = (key.as_ref(), value.as_ref());
-            let hash = self.index.hash(key);
-            let mut table = self.index.lock(hash);
-            let (outcome, end) = self.check_or_insert_locked(
+            let hash = shared.index.hash(key);
+            let mut table = shared.index.lock(hash);
+            let (outcome, end) = shared.check_or_insert_locked(
                 &mut table,
                 hash,
                 key,
@@ -280,24 +330,25 @@ impl Store {
             wait_for = wait_for.max(end);
             outcomes.push(outcome);
         }
-        self.wait_if_sync(wait_for)?;
+        shared.wait_if_sync(wait_for)?;
         Ok(outcomes)
     }
 
     /// The value recorded with `key`, or `None` if it is absent or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         validate_key(key)?;
-        self.check_live()?;
-        let now = self.clock.now_millis();
-        let hash = self.index.hash(key);
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
+        let hash = shared.index.hash(key);
         let mut buf = Vec::new();
-        let table = self.index.lock(hash);
-        let found = match self.probe(&table, hash, key, now, &mut buf)? {
+        let table = shared.index.lock(hash);
+        let found = match shared.probe(&table, hash, key, now, &mut buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
                 Some((
                     Value::from(record.value),
-                    self.end_of(&table, slot, &record),
+                    shared.end_of(&table, slot, &record),
                 ))
             }
             Probe::Vacant(_) => None,
@@ -305,7 +356,7 @@ impl Store {
         drop(table);
         match found {
             Some((value, end)) => {
-                self.wait_if_sync(end)?;
+                shared.wait_if_sync(end)?;
                 Ok(Some(value))
             }
             None => Ok(None),
@@ -316,12 +367,13 @@ impl Store {
     /// and as durable as an insert.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         validate_key(key)?;
-        self.check_live()?;
-        let now = self.clock.now_millis();
-        let hash = self.index.hash(key);
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
+        let hash = shared.index.hash(key);
         let mut buf = Vec::new();
-        let mut table = self.index.lock(hash);
-        let Probe::Found(slot) = self.probe(&table, hash, key, now, &mut buf)? else {
+        let mut table = shared.index.lock(hash);
+        let Probe::Found(slot) = shared.probe(&table, hash, key, now, &mut buf)? else {
             return Ok(false);
         };
         let removed = record::decode(&buf).expect("checked during the probe");
@@ -331,31 +383,51 @@ impl Store {
             value: &[],
             expires_at_millis: removed.expires_at_millis,
         };
-        let (_, end) = self.log.append(&tombstone)?;
+        let (_, end) = shared.log.append(&tombstone)?;
         table.remove(slot);
+        shared.settle(&mut table);
         drop(table);
-        self.wait_if_sync(Some(end))?;
+        shared.wait_if_sync(Some(end))?;
         Ok(true)
     }
 
     /// Makes everything acknowledged so far durable, in any mode.
     pub fn flush(&self) -> Result<()> {
-        self.log.flush()
+        self.shared.log.flush()
+    }
+
+    /// Runs one round of maintenance now, in this thread: fires the expiry wheels up to the
+    /// clock's time, deletes segments whose records all expired, compacts sparse segments, and
+    /// writes a checkpoint if one is due. The background thread does the same every fraction of
+    /// a tick; call this yourself when it is turned off, or in tests with a [`crate::ManualClock`].
+    pub fn maintain(&self) -> Result<MaintenanceReport> {
+        maintenance::run_once(&self.shared)
+    }
+
+    /// Writes an index checkpoint now, so the next open reads it instead of replaying the log.
+    pub fn checkpoint(&self) -> Result<()> {
+        maintenance::write_checkpoint(&self.shared)
     }
 
     /// Current counters and sizes.
     pub fn stats(&self) -> Stats {
-        let (live_keys, index_bytes) = self.index.usage();
-        let (disk_bytes, segments) = self.log.disk_usage();
-        let counters = &self.log.counters;
+        let usage = self.shared.index.usage();
+        let (disk_bytes, segments) = self.shared.log.disk_usage();
+        let counters = &self.shared.log.counters;
+        let maintenance = &self.shared.maintenance.totals;
         Stats {
-            live_keys,
+            live_keys: usage.entries,
             disk_bytes,
             segments,
-            index_bytes,
+            index_bytes: usage.heap_bytes,
+            wheel_entries: usage.wheel_entries,
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
             log_writes: counters.writes.load(Ordering::Relaxed),
             bytes_appended: counters.bytes_appended.load(Ordering::Relaxed),
+            entries_expired: maintenance.entries_expired.load(Ordering::Relaxed),
+            segments_deleted: maintenance.segments_deleted.load(Ordering::Relaxed),
+            segments_compacted: maintenance.segments_compacted.load(Ordering::Relaxed),
+            checkpoints_written: maintenance.checkpoints_written.load(Ordering::Relaxed),
         }
     }
 
@@ -366,34 +438,57 @@ impl Store {
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
-    /// Flushes, stops the background writer and releases the directory, reporting any error
-    /// that a plain drop would have to swallow.
+    /// Flushes, writes a checkpoint, stops the background threads and releases the directory,
+    /// reporting any error that a plain drop would have to swallow.
     pub fn close(mut self) -> Result<()> {
-        let flushed = self.log.flush();
+        self.stop_maintainer();
+        let flushed = self.shared.log.flush();
+        let checkpointed = match flushed {
+            Ok(()) => maintenance::write_checkpoint(&self.shared),
+            Err(_) => Ok(()),
+        };
         self.stop_writer();
         flushed?;
-        match self.log.poisoned() {
+        checkpointed?;
+        match self.shared.log.poisoned() {
             Some(cause) => Err(Error::Poisoned { cause }),
             None => Ok(()),
         }
     }
 
+    fn stop_maintainer(&mut self) {
+        self.shared.maintenance.stop();
+        if let Some(maintainer) = self.maintainer.take() {
+            let _ = maintainer.join();
+        }
+    }
+
     fn stop_writer(&mut self) {
-        self.log.begin_shutdown();
+        self.shared.log.begin_shutdown();
         if let Some(writer) = self.writer.take() {
             // A panic in the writer poisons nothing more: the log was already marked.
             let _ = writer.join();
         }
     }
+}
 
-    fn check_live(&self) -> Result<()> {
+impl Shared {
+    pub(crate) fn check_live(&self) -> Result<()> {
         if let Some(cause) = self.log.poisoned() {
             return Err(Error::Poisoned { cause });
         }
         Ok(())
+    }
+
+    /// Hands the locations of entries the table dropped to the log's per-segment live counts.
+    pub(crate) fn settle(&self, table: &mut ShardTable) {
+        if !table.released.is_empty() {
+            self.log.release(&table.released);
+            table.released.clear();
+        }
     }
 
     /// The core of check-or-insert, under the key's shard lock. Returns the outcome and the log
@@ -432,13 +527,14 @@ impl Store {
                     location: at,
                 };
                 table.put(slot, entry, now);
+                self.settle(table);
                 Ok((Outcome::Inserted, Some(end)))
             }
         }
     }
 
     /// Finds `key` in its shard; on `Found`, `buf` holds the entry's record.
-    fn probe(
+    pub(crate) fn probe(
         &self,
         table: &ShardTable,
         hash: KeyHash,
@@ -446,9 +542,11 @@ impl Store {
         now: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Probe> {
-        let mut found_at = 0;
-        let probe = table.probe(hash.tag, now, |at| {
-            let record = self.log.read(at, buf)?;
+        table.probe(hash.tag, now, |at| {
+            let Some(record) = self.log.read(at, buf)? else {
+                // Its segment was reclaimed: it had expired.
+                return Ok(KeyCheck::Expired);
+            };
             if record.key != key {
                 return Ok(KeyCheck::Other);
             }
@@ -459,18 +557,12 @@ impl Store {
                     reason: "index entry points at a removal record".into(),
                 });
             }
-            found_at = at;
             Ok(if record.expires_at_millis <= now {
                 KeyCheck::Expired
             } else {
                 KeyCheck::Live
             })
-        })?;
-        if let Probe::Found(slot) = probe {
-            // `buf` holds the last record read, which is the found one.
-            debug_assert_eq!(table.slot(slot).location, found_at);
-        }
-        Ok(probe)
+        })
     }
 
     /// The location just past the found record in `slot`, if it is not yet durable: a `Sync`
@@ -490,6 +582,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.stop_maintainer();
         self.stop_writer();
     }
 }

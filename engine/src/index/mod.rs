@@ -9,6 +9,7 @@
 //! changed only under the key's shard lock, so per key the log order is the operation order.
 
 mod shard;
+mod wheel;
 
 pub(crate) use shard::{KeyCheck, Probe, ShardTable, Slot};
 
@@ -19,6 +20,7 @@ pub(crate) struct Index {
     shards: Box<[Mutex<ShardTable>]>,
     shard_bits: u32,
     hasher: ahash::RandomState,
+    seeds: [u64; 4],
     hash_mask: u64,
 }
 
@@ -30,14 +32,38 @@ pub(crate) struct KeyHash {
 }
 
 impl Index {
-    pub(crate) fn new(shard_count: usize, hash_mask: u64) -> Index {
+    /// Four fresh random hash seeds.
+    pub(crate) fn random_seeds() -> [u64; 4] {
+        use std::hash::{BuildHasher, Hasher};
+        let std_random = std::collections::hash_map::RandomState::new();
+        [0u64, 1, 2, 3].map(|i| {
+            let mut hasher = std_random.build_hasher();
+            hasher.write_u64(i);
+            hasher.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            hasher.finish()
+        })
+    }
+
+    pub(crate) fn new(
+        shard_count: usize,
+        hash_mask: u64,
+        seeds: [u64; 4],
+        tick_millis: u64,
+        now_millis: u64,
+    ) -> Index {
         assert!(shard_count.is_power_of_two());
         Index {
             shards: (0..shard_count)
-                .map(|_| Mutex::new(ShardTable::new()))
+                .map(|_| Mutex::new(ShardTable::new(tick_millis, now_millis)))
                 .collect(),
             shard_bits: shard_count.trailing_zeros(),
-            hasher: ahash::RandomState::new(),
+            hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
+            seeds,
             hash_mask,
         }
     }
@@ -54,19 +80,39 @@ impl Index {
         KeyHash { shard, tag }
     }
 
+    pub(crate) fn seeds(&self) -> [u64; 4] {
+        self.seeds
+    }
+
+    pub(crate) fn hash_mask(&self) -> u64 {
+        self.hash_mask
+    }
+
     pub(crate) fn lock(&self, hash: KeyHash) -> MutexGuard<'_, ShardTable> {
         self.shards[hash.shard].lock()
     }
 
-    /// Occupied entries (including expired ones not yet reclaimed) and bytes of slot memory.
-    pub(crate) fn usage(&self) -> (u64, u64) {
-        let mut entries = 0;
-        let mut bytes = 0;
+    pub(crate) fn shards(&self) -> &[Mutex<ShardTable>] {
+        &self.shards
+    }
+
+    /// Sizes summed over all shards.
+    pub(crate) fn usage(&self) -> IndexUsage {
+        let mut usage = IndexUsage::default();
         for shard in self.shards.iter() {
             let table = shard.lock();
-            entries += table.len() as u64;
-            bytes += (table.capacity() * std::mem::size_of::<Slot>()) as u64;
+            usage.entries += table.len() as u64;
+            usage.heap_bytes += table.heap_bytes() as u64;
+            usage.wheel_entries += table.wheel_entries() as u64;
         }
-        (entries, bytes)
+        usage
     }
+}
+
+/// Sizes of the index, for [`crate::Stats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IndexUsage {
+    pub(crate) entries: u64,
+    pub(crate) heap_bytes: u64,
+    pub(crate) wheel_entries: u64,
 }

@@ -10,6 +10,7 @@
 //! - A tag match is only a candidate: the caller compares the full key from the log.
 //! - `len` counts occupied slots and stays at most 3/4 of the capacity.
 
+use super::wheel::{BucketWork, ExpiryWheel};
 use crate::log::Location;
 
 /// One index entry. 16 bytes: see the module doc.
@@ -68,21 +69,39 @@ pub(crate) enum Probe {
 pub(crate) struct ShardTable {
     slots: Box<[Slot]>,
     len: usize,
+    wheel: ExpiryWheel,
+    tick_millis: u64,
+    /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
+    /// the owner to release in the log's per-segment live counts. Drained by the owner.
+    pub(crate) released: Vec<Location>,
 }
 
 const MIN_CAPACITY: usize = 64;
 
 impl ShardTable {
-    pub(crate) fn new() -> ShardTable {
-        Self::with_capacity(MIN_CAPACITY)
+    pub(crate) fn new(tick_millis: u64, now_millis: u64) -> ShardTable {
+        ShardTable {
+            slots: vec![Slot::EMPTY; MIN_CAPACITY].into_boxed_slice(),
+            len: 0,
+            wheel: ExpiryWheel::new(now_millis / tick_millis),
+            tick_millis,
+            released: Vec::new(),
+        }
     }
 
-    fn with_capacity(capacity: usize) -> ShardTable {
-        assert!(capacity.is_power_of_two());
-        ShardTable {
-            slots: vec![Slot::EMPTY; capacity].into_boxed_slice(),
-            len: 0,
-        }
+    /// The wheel tick on which an entry with this slot deadline is dead.
+    fn deadline_tick(&self, slot: &Slot) -> u64 {
+        (u64::from(slot.expires_at_secs) * 1000).div_ceil(self.tick_millis)
+    }
+
+    /// Entries waiting in the expiry wheel (stale ones included).
+    pub(crate) fn wheel_entries(&self) -> usize {
+        self.wheel.entries()
+    }
+
+    /// Bytes of memory held by the slots and the wheel.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>() + self.wheel.heap_bytes()
     }
 
     fn mask(&self) -> usize {
@@ -93,6 +112,7 @@ impl ShardTable {
         self.len
     }
 
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.slots.len()
     }
@@ -137,12 +157,72 @@ impl ShardTable {
     /// it passes the load limit. Entries dead at `now_millis` are shed when the table is rebuilt.
     pub(crate) fn put(&mut self, index: usize, slot: Slot, now_millis: u64) {
         debug_assert!(!slot.is_empty());
-        if self.slots[index].is_empty() {
+        let previous = self.slots[index];
+        if previous.is_empty() {
             self.len += 1;
+        } else {
+            self.released.push(previous.location);
         }
         self.slots[index] = slot;
+        let deadline_tick = self.deadline_tick(&slot);
+        self.wheel.schedule(slot.tag, deadline_tick);
         if self.len * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
+        }
+    }
+
+    /// Points the entry at `index` to a copy of its record at `location` (compaction); the
+    /// deadline is unchanged, so the wheel needs no new entry.
+    pub(crate) fn relocate(&mut self, index: usize, location: Location) {
+        let slot = &mut self.slots[index];
+        assert!(!slot.is_empty(), "relocating an empty slot");
+        self.released.push(slot.location);
+        slot.location = location;
+    }
+
+    /// Fires the expiry wheel up to `now_millis`, removing dead entries, in a slice of about
+    /// `budget` wheel entries. Returns whether the wheel caught up and how many entries it removed.
+    pub(crate) fn reap(&mut self, now_millis: u64, budget: usize) -> (bool, usize) {
+        let to_tick = now_millis / self.tick_millis;
+        let mut wheel = std::mem::replace(&mut self.wheel, ExpiryWheel::new(0));
+        let mut removed = 0;
+        let done = wheel.advance(to_tick, budget, |wheel, tag, work| {
+            removed += self.sweep_tag(wheel, tag, work, now_millis);
+        });
+        self.wheel = wheel;
+        (done, removed)
+    }
+
+    /// Handles one fired or cascaded tag: removes this tag's dead entries; on a cascade also
+    /// re-schedules its entries due within the cascaded bucket's range.
+    fn sweep_tag(
+        &mut self,
+        wheel: &mut ExpiryWheel,
+        tag: u32,
+        work: BucketWork,
+        now_millis: u64,
+    ) -> usize {
+        let mask = self.mask();
+        let mut index = tag as usize & mask;
+        let mut removed = 0;
+        loop {
+            let slot = self.slots[index];
+            if slot.is_empty() {
+                return removed;
+            }
+            if slot.tag == tag && slot.is_dead(now_millis) {
+                // Backward shift may move a later entry into `index`: look at it again.
+                self.remove(index);
+                removed += 1;
+                continue;
+            }
+            if let BucketWork::Cascade { from, to } = work {
+                let deadline_tick = self.deadline_tick(&slot);
+                if slot.tag == tag && (from..to).contains(&deadline_tick) {
+                    wheel.schedule(tag, deadline_tick);
+                }
+            }
+            index = (index + 1) & mask;
         }
     }
 
@@ -150,6 +230,7 @@ impl ShardTable {
     /// reachable from its home bucket.
     pub(crate) fn remove(&mut self, index: usize) {
         assert!(!self.slots[index].is_empty(), "removing an empty slot");
+        let removed_location = self.slots[index].location;
         let mask = self.mask();
         let mut hole = index;
         let mut next = index;
@@ -169,25 +250,39 @@ impl ShardTable {
         }
         self.slots[hole] = Slot::EMPTY;
         self.len -= 1;
+        self.released.push(removed_location);
     }
 
     /// Re-lays the table at a size fit for its live entries (dropping dead ones): doubles when
     /// most entries are live, stays or shrinks when many had expired.
     fn rebuild(&mut self, now_millis: u64) {
-        let live: Vec<Slot> = self
-            .slots
-            .iter()
-            .copied()
-            .filter(|slot| !slot.is_empty() && !slot.is_dead(now_millis))
-            .collect();
-        let capacity = (live.len() * 2).next_power_of_two().max(MIN_CAPACITY);
-        let mut table = ShardTable::with_capacity(capacity);
-        for slot in live {
-            table.insert_unchecked(slot);
+        let mut live = Vec::with_capacity(self.len);
+        for slot in self.slots.iter().filter(|slot| !slot.is_empty()) {
+            if slot.is_dead(now_millis) {
+                self.released.push(slot.location);
+            } else {
+                live.push(*slot);
+            }
         }
-        *self = table;
+        let capacity = (live.len() * 2).next_power_of_two().max(MIN_CAPACITY);
+        self.slots = vec![Slot::EMPTY; capacity].into_boxed_slice();
+        self.len = 0;
+        for slot in live {
+            self.insert_unchecked(slot);
+        }
     }
 
+    /// Puts a checkpointed entry, known not to be in the table, and schedules its expiry.
+    pub(crate) fn install(&mut self, slot: Slot, now_millis: u64) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.rebuild(now_millis);
+        }
+        self.insert_unchecked(slot);
+        let deadline_tick = self.deadline_tick(&slot);
+        self.wheel.schedule(slot.tag, deadline_tick);
+    }
+
+    /// Puts a slot known not to be in the table (rebuilds): no probe, no wheel entry.
     fn insert_unchecked(&mut self, slot: Slot) {
         let mask = self.mask();
         let mut index = slot.tag as usize & mask;
@@ -198,8 +293,7 @@ impl ShardTable {
         self.len += 1;
     }
 
-    /// Every occupied slot with its index (for audits and tests).
-    #[cfg(test)]
+    /// Every occupied slot with its index.
     pub(crate) fn occupied(&self) -> impl Iterator<Item = (usize, Slot)> + '_ {
         self.slots
             .iter()
@@ -220,7 +314,7 @@ mod tests {
     fn probing_and_backward_shift_deletion_match_a_model() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut table = ShardTable::new();
+        let mut table = ShardTable::new(1000, 0);
         // location doubles as the key id; tags collide a lot (8 distinct values).
         let mut model: HashMap<u64, u32> = HashMap::new();
         let now = 0;
@@ -265,7 +359,7 @@ mod tests {
 
     #[test]
     fn dead_entries_are_reused_and_shed_on_rebuild() {
-        let mut table = ShardTable::new();
+        let mut table = ShardTable::new(1000, 0);
         for key in 1..=40u64 {
             let Probe::Vacant(index) = table.probe::<()>(5, 0, |_| Ok(KeyCheck::Other)).unwrap()
             else {

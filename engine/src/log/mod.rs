@@ -64,6 +64,34 @@ impl Chunk {
     }
 }
 
+/// What the log knows about one segment's contents, for reclamation decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SegmentStats {
+    /// Records in the segment (inserts and removals).
+    pub(crate) records: u64,
+    /// Index entries that point into the segment.
+    pub(crate) live: u64,
+    /// The latest deadline of any record in it, rounded up to whole seconds: once the clock
+    /// passes it, nothing in the segment can be live or needed.
+    pub(crate) max_deadline_secs: u32,
+}
+
+impl SegmentStats {
+    pub(crate) fn add_record(&mut self, record: &Record<'_>) {
+        self.records += 1;
+        self.max_deadline_secs = self
+            .max_deadline_secs
+            .max(crate::index::Slot::deadline_secs(record.expires_at_millis));
+    }
+}
+
+/// A sealed segment's stats, as maintenance sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SealedSegment {
+    pub(crate) id: u32,
+    pub(crate) stats: SegmentStats,
+}
+
 #[derive(Debug)]
 struct LogState {
     /// Appended bytes not yet taken by the writer, oldest first.
@@ -80,6 +108,7 @@ struct LogState {
     poisoned: Option<String>,
     shutting_down: bool,
     spare_buffers: Vec<Vec<u8>>,
+    segment_stats: BTreeMap<u32, SegmentStats>,
 }
 
 /// Counters the log keeps for [`crate::Stats`].
@@ -103,6 +132,10 @@ pub(crate) struct Log {
     /// Callers sleep on this until `written`/`durable` move or the log is poisoned.
     progress: Condvar,
     segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
+    /// Segments deleted by reclamation in this process. A location in one of them can only be
+    /// held by an entry that expired (its reader saw it live a moment before), so reads of it
+    /// answer "expired" rather than "corrupt".
+    retired: RwLock<std::collections::BTreeSet<u32>>,
     /// A copy of `state.durable`, stored after it, for the lock-free fast path of `is_durable`.
     durable_hint: AtomicU64,
     /// Set once the log is poisoned, for a lock-free check on every call.
@@ -126,6 +159,7 @@ impl Log {
         dir: &Path,
         options: LogOptions,
         segments: Vec<SegmentFile>,
+        segment_stats: BTreeMap<u32, SegmentStats>,
         tail_offset: u32,
     ) -> Log {
         let tail_segment = segments.last().expect("recovery leaves a tail segment").id;
@@ -149,10 +183,12 @@ impl Log {
                 poisoned: None,
                 shutting_down: false,
                 spare_buffers: Vec::new(),
+                segment_stats,
             }),
             work_ready: Condvar::new(),
             progress: Condvar::new(),
             segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
+            retired: RwLock::new(Default::default()),
             durable_hint: AtomicU64::new(tail),
             poisoned_hint: AtomicBool::new(false),
             counters: LogCounters::default(),
@@ -208,6 +244,12 @@ impl Log {
         }
         let chunk = state.pending.last_mut().expect("a chunk was just ensured");
         record::encode_into(&mut chunk.bytes, record);
+        let stats = state.segment_stats.entry(segment_id).or_default();
+        stats.add_record(record);
+        if record.kind == record::RecordKind::Insert {
+            // Every appended insert is put into the index by the caller, under its shard lock.
+            stats.live += 1;
+        }
         state.tail_offset += len;
         state.pending_bytes += len as usize;
         let wake_writer = match self.durability {
@@ -271,8 +313,13 @@ impl Log {
         self.wait_durable(tail)
     }
 
-    /// Reads and checks the record at `at` into `buf`, returning it decoded.
-    pub(crate) fn read<'b>(&self, at: Location, buf: &'b mut Vec<u8>) -> Result<Record<'b>> {
+    /// Reads and checks the record at `at` into `buf`, returning it decoded, or `None` if its
+    /// segment was reclaimed (so the record had expired).
+    pub(crate) fn read<'b>(
+        &self,
+        at: Location,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<Option<Record<'b>>> {
         let (segment_id, offset) = (segment_of(at), offset_of(at));
         buf.clear();
         let in_memory = {
@@ -299,6 +346,9 @@ impl Log {
         if !in_memory {
             let file = self.segments.read().get(&segment_id).cloned();
             let Some(file) = file else {
+                if self.retired.read().contains(&segment_id) {
+                    return Ok(None);
+                }
                 return Err(self.corrupt(segment_id, offset, "segment file is missing"));
             };
             const FIRST_READ_BYTES: usize = 256;
@@ -313,7 +363,77 @@ impl Log {
                 buf.truncate(got + more);
             }
         }
-        record::decode(buf).map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))
+        record::decode(buf)
+            .map(Some)
+            .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))
+    }
+
+    /// Lowers the live counts of the segments holding these (dropped) index entries.
+    pub(crate) fn release(&self, locations: &[Location]) {
+        if locations.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock();
+        for &at in locations {
+            if let Some(stats) = state.segment_stats.get_mut(&segment_of(at)) {
+                debug_assert!(
+                    stats.live > 0,
+                    "live count of segment {} underflows",
+                    segment_of(at)
+                );
+                stats.live = stats.live.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Segments that are complete on disk (fsynced whole, never written again), oldest first.
+    pub(crate) fn sealed_segments(&self) -> Vec<SealedSegment> {
+        let state = self.state.lock();
+        let first_open = segment_of(state.written);
+        state
+            .segment_stats
+            .range(..first_open)
+            .map(|(&id, &stats)| SealedSegment { id, stats })
+            .collect()
+    }
+
+    /// Every segment's stats (for checkpoints).
+    pub(crate) fn segment_stats(&self) -> BTreeMap<u32, SegmentStats> {
+        self.state.lock().segment_stats.clone()
+    }
+
+    /// The open segment file `id`, if it exists.
+    pub(crate) fn segment_file(&self, id: u32) -> Option<Arc<SegmentFile>> {
+        self.segments.read().get(&id).cloned()
+    }
+
+    /// The location where the next record will go.
+    pub(crate) fn tail(&self) -> Location {
+        let state = self.state.lock();
+        location(state.tail_segment, state.tail_offset)
+    }
+
+    /// Deletes sealed segment `id`: no index entry may need it any more (all its records expired,
+    /// or were copied forward and the copies are durable).
+    pub(crate) fn retire(&self, id: u32) -> Result<()> {
+        {
+            let mut state = self.state.lock();
+            assert!(
+                id < segment_of(state.written),
+                "retiring segment {id}, which is not sealed"
+            );
+            state.segment_stats.remove(&id);
+        }
+        self.retired.write().insert(id);
+        let removed = self.segments.write().remove(&id);
+        let path = match &removed {
+            Some(file) => file.path.clone(),
+            None => self.dir.join(segment::segment_file_name(id)),
+        };
+        drop(removed);
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("deleting segment {}", path.display()), e))?;
+        segment::sync_dir(&self.dir)
     }
 
     fn corrupt(&self, segment_id: u32, offset: u32, reason: &str) -> Error {

@@ -1,0 +1,545 @@
+//! Background upkeep: the expiry wheels, space reclamation (whole-segment deletion and
+//! compaction) and index checkpoints, in bounded slices so no caller waits behind them.
+//!
+//! Invariants:
+//! - Maintenance only reclaims: it never changes an answer. Expiry is decided at every read from
+//!   the record's deadline; reaping removes entries that are already dead.
+//! - A segment is deleted only when no index entry can need it: every record in it has expired
+//!   (its rounded-up latest deadline has passed), or compaction copied each record still needed
+//!   forward, switched the index entry under the key's shard lock, and made the copies durable.
+//! - Compaction writes each copy before switching its entry; a crash at any point leaves either
+//!   the old record or both (and replay keeps the later one), so nothing is lost or twice-live.
+//! - One round runs at a time (`round_lock`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::index::Probe;
+use crate::log::segment::SegmentFile;
+use crate::log::{location, Location};
+use crate::record::{self, RecordKind, SEGMENT_HEADER_LEN};
+use crate::store::Shared;
+
+/// How many wheel entries one shard-lock hold may process.
+const REAP_SLICE: usize = 4096;
+
+/// What one round of maintenance did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceReport {
+    /// Expired entries removed from the index.
+    pub entries_expired: u64,
+    /// Segments deleted whole because all their records had expired.
+    pub segments_deleted: u64,
+    /// Segments compacted.
+    pub segments_compacted: u64,
+    /// Records copied forward by compaction.
+    pub records_copied: u64,
+    /// Whether an index checkpoint was written.
+    pub checkpoint_written: bool,
+}
+
+/// Totals since open, for [`crate::Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct MaintenanceTotals {
+    pub(crate) entries_expired: AtomicU64,
+    pub(crate) segments_deleted: AtomicU64,
+    pub(crate) segments_compacted: AtomicU64,
+    pub(crate) checkpoints_written: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MaintenanceState {
+    round_lock: Mutex<()>,
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    /// `bytes_appended` when the last checkpoint was taken.
+    checkpointed_at_bytes: AtomicU64,
+    pub(crate) totals: MaintenanceTotals,
+}
+
+impl MaintenanceState {
+    pub(crate) fn stop(&self) {
+        *self.stopping.lock() = true;
+        self.wake.notify_all();
+    }
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
+    let interval = (shared.config.expiry_tick / 4).min(Duration::from_millis(250));
+    std::thread::Builder::new()
+        .name("idem-maintenance".into())
+        .spawn(move || loop {
+            {
+                let mut stopping = shared.maintenance.stopping.lock();
+                if !*stopping {
+                    shared.maintenance.wake.wait_for(&mut stopping, interval);
+                }
+                if *stopping {
+                    return;
+                }
+            }
+            if run_once(&shared).is_err() && shared.log.poisoned().is_some() {
+                // Nothing more can be written; the callers see the poison.
+                return;
+            }
+        })
+        .map_err(|e| Error::io("spawning the idem maintenance thread", e))
+}
+
+/// One round: reap, delete expired segments, compact one sparse segment, checkpoint if due.
+pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
+    let _round = shared.maintenance.round_lock.lock();
+    shared.check_live()?;
+    let mut report = MaintenanceReport {
+        entries_expired: reap(shared),
+        ..MaintenanceReport::default()
+    };
+    report.segments_deleted = delete_expired_segments(shared)?;
+    if let Some(copied) = compact_sparsest(shared)? {
+        report.segments_compacted = 1;
+        report.records_copied = copied;
+    }
+    let every = shared.config.checkpoint_every_bytes;
+    let appended = shared.log.counters.bytes_appended.load(Ordering::Relaxed);
+    let since = appended
+        - shared
+            .maintenance
+            .checkpointed_at_bytes
+            .load(Ordering::Relaxed);
+    if every > 0 && since >= every {
+        write_checkpoint_locked(shared)?;
+        report.checkpoint_written = true;
+    }
+    let totals = &shared.maintenance.totals;
+    totals
+        .entries_expired
+        .fetch_add(report.entries_expired, Ordering::Relaxed);
+    totals
+        .segments_deleted
+        .fetch_add(report.segments_deleted, Ordering::Relaxed);
+    totals
+        .segments_compacted
+        .fetch_add(report.segments_compacted, Ordering::Relaxed);
+    Ok(report)
+}
+
+/// Writes a checkpoint now (outside the background schedule).
+pub(crate) fn write_checkpoint(shared: &Shared) -> Result<()> {
+    let _round = shared.maintenance.round_lock.lock();
+    write_checkpoint_locked(shared)
+}
+
+fn write_checkpoint_locked(shared: &Shared) -> Result<()> {
+    let appended = shared.log.counters.bytes_appended.load(Ordering::Relaxed);
+    checkpoint::write(shared)?;
+    shared
+        .maintenance
+        .checkpointed_at_bytes
+        .store(appended, Ordering::Relaxed);
+    shared
+        .maintenance
+        .totals
+        .checkpoints_written
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Fires every shard's wheel up to now, one bounded slice per lock hold.
+fn reap(shared: &Shared) -> u64 {
+    let now = shared.clock.now_millis();
+    let mut removed_total = 0;
+    for shard in shared.index.shards() {
+        loop {
+            let mut table = shard.lock();
+            let (done, removed) = table.reap(now, REAP_SLICE);
+            shared.settle(&mut table);
+            drop(table);
+            removed_total += removed as u64;
+            if done {
+                break;
+            }
+        }
+    }
+    removed_total
+}
+
+/// Deletes sealed segments whose every record has expired, without reading them.
+fn delete_expired_segments(shared: &Shared) -> Result<u64> {
+    let now = shared.clock.now_millis();
+    let mut deleted = 0;
+    for segment in shared.log.sealed_segments() {
+        if u64::from(segment.stats.max_deadline_secs) * 1000 <= now {
+            shared.log.retire(segment.id)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Compacts the sealed segment with the lowest live share, if it is below the threshold.
+/// Returns the number of records copied forward.
+fn compact_sparsest(shared: &Shared) -> Result<Option<u64>> {
+    let threshold = shared.config.compaction_live_ratio;
+    if threshold <= 0.0 {
+        return Ok(None);
+    }
+    let candidate = shared
+        .log
+        .sealed_segments()
+        .into_iter()
+        .filter(|s| s.stats.records > 0)
+        .map(|s| (s.stats.live as f64 / s.stats.records as f64, s.id))
+        .filter(|&(ratio, _)| ratio < threshold)
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let Some((_, id)) = candidate else {
+        return Ok(None);
+    };
+    compact(shared, id).map(Some)
+}
+
+/// Copies the records of sealed segment `id` that are still needed to the log's tail, switches
+/// their index entries, makes the copies durable and deletes the segment.
+pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
+    let Some(file) = shared.log.segment_file(id) else {
+        return Ok(0);
+    };
+    let bytes = read_sealed(&file)?;
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut copied = 0;
+    let mut last_end: Option<Location> = None;
+    let mut buf = Vec::new();
+    while offset < bytes.len() {
+        let record = record::decode(&bytes[offset..]).map_err(|e| Error::Corrupt {
+            path: file.path.clone(),
+            offset: offset as u64,
+            reason: e.to_string(),
+        })?;
+        let at = location(id, offset as u32);
+        offset += record.encoded_len();
+        let now = shared.clock.now_millis();
+        if record.expires_at_millis <= now {
+            continue;
+        }
+        let hash = shared.index.hash(record.key);
+        let mut table = shared.index.lock(hash);
+        let probe = shared.probe(&table, hash, record.key, now, &mut buf)?;
+        let copy = match (record.kind, probe) {
+            // Still the key's live entry: copy it and point the entry at the copy.
+            (RecordKind::Insert, Probe::Found(slot)) if table.slot(slot).location == at => {
+                let (new_at, end) = shared.log.append(&record)?;
+                table.relocate(slot, new_at);
+                Some(end)
+            }
+            // A removal still hides an older insert only while the key has no newer entry; a
+            // copy placed after a newer insert would wrongly remove it on replay.
+            (RecordKind::Remove, Probe::Vacant(_)) => Some(shared.log.append(&record)?.1),
+            _ => None,
+        };
+        shared.settle(&mut table);
+        drop(table);
+        if let Some(end) = copy {
+            copied += 1;
+            last_end = Some(end);
+        }
+    }
+    if let Some(end) = last_end {
+        shared.log.wait_durable(end)?;
+    }
+    shared.log.retire(id)?;
+    Ok(copied)
+}
+
+fn read_sealed(file: &SegmentFile) -> Result<Vec<u8>> {
+    let len = file.len()?;
+    let mut bytes = vec![0u8; len as usize];
+    let got = file.read_at(&mut bytes, 0)?;
+    if (got as u64) < len || got < SEGMENT_HEADER_LEN {
+        return Err(Error::Corrupt {
+            path: file.path.clone(),
+            offset: got as u64,
+            reason: "sealed segment shorter than its size".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Durability, ManualClock, Outcome, Store};
+    use std::time::Duration;
+
+    fn config(clock: &ManualClock) -> Config {
+        Config::default()
+            .durability(Durability::Never)
+            .clock(clock.clone())
+            .background_maintenance(false)
+            .segment_size_bytes(1 << 20)
+            .checkpoint_every_bytes(0)
+    }
+
+    fn key(i: u64) -> [u8; 16] {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        key[8..].copy_from_slice(&(i * 31).to_le_bytes());
+        key
+    }
+
+    /// After a maintenance round at time T every entry whose deadline is at least one tick
+    /// before T has left the index, and every entry still live is there.
+    #[test]
+    fn wheels_reap_expired_entries_within_a_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let start = crate::Clock::now_millis(&clock);
+        let mut deadlines = Vec::new();
+        for i in 0..20_000u64 {
+            let ttl_millis = 1 + (i * 7919) % 600_000; // up to 10 minutes, millisecond spread
+            store
+                .check_or_insert(&key(i), Duration::from_millis(ttl_millis), b"v")
+                .unwrap();
+            deadlines.push(start + ttl_millis);
+        }
+        for step in 0..70 {
+            clock.advance(Duration::from_millis(9_973));
+            let now = crate::Clock::now_millis(&clock);
+            store.maintain().unwrap();
+            let live = deadlines.iter().filter(|&&d| d > now).count() as u64;
+            let within_tick = deadlines.iter().filter(|&&d| d > now - 1000).count() as u64;
+            let entries = store.stats().live_keys;
+            assert!(
+                (live..=within_tick).contains(&entries),
+                "step {step}: {entries} entries, {live} live, {within_tick} within a tick"
+            );
+        }
+        assert_eq!(store.stats().live_keys, 0);
+        assert_eq!(store.stats().entries_expired, 20_000);
+    }
+
+    /// A key re-inserted after it expired keeps its new entry although the old one's wheel entry
+    /// fires later; a removed key's wheel entry drops nothing.
+    #[test]
+    fn stale_wheel_entries_never_drop_live_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let ttl = Duration::from_secs(5);
+        store.check_or_insert(b"k", ttl, b"old").unwrap();
+        store
+            .check_or_insert(b"gone", Duration::from_secs(3), b"x")
+            .unwrap();
+        assert!(store.remove(b"gone").unwrap());
+        store
+            .check_or_insert(b"gone", Duration::from_secs(100), b"back")
+            .unwrap();
+        clock.advance(Duration::from_secs(6));
+        // Expired but not reaped: re-inserting reuses the dead entry.
+        assert_eq!(
+            store
+                .check_or_insert(b"k", Duration::from_secs(100), b"new")
+                .unwrap(),
+            Outcome::Inserted
+        );
+        for _ in 0..20 {
+            clock.advance(Duration::from_secs(1));
+            store.maintain().unwrap();
+        }
+        assert_eq!(store.get(b"k").unwrap().unwrap(), b"new");
+        assert_eq!(store.get(b"gone").unwrap().unwrap(), b"back");
+        assert_eq!(store.stats().live_keys, 2);
+    }
+
+    /// Segments whose records all expired are deleted whole; live data stays.
+    #[test]
+    fn expired_segments_are_deleted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let value = [9u8; 200];
+        for i in 0..20_000u64 {
+            store
+                .check_or_insert(&key(i), Duration::from_secs(60), &value)
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(30));
+        for i in 20_000..20_100u64 {
+            store
+                .check_or_insert(&key(i), Duration::from_secs(3600), &value)
+                .unwrap();
+        }
+        store.flush().unwrap();
+        let before = store.stats();
+        assert!(before.segments >= 4, "{before:?}");
+        clock.advance(Duration::from_secs(31));
+        let report = store.maintain().unwrap();
+        let after = store.stats();
+        assert!(
+            report.segments_deleted >= before.segments - 2,
+            "{report:?} {before:?}"
+        );
+        assert!(
+            after.disk_bytes < before.disk_bytes / 2,
+            "{before:?} -> {after:?}"
+        );
+        for i in 20_000..20_100u64 {
+            assert_eq!(store.get(&key(i)).unwrap().unwrap(), &value[..]);
+        }
+        for i in (0..20_000u64).step_by(97) {
+            assert_eq!(store.get(&key(i)).unwrap(), None);
+        }
+        drop(store);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        assert_eq!(store.stats().live_keys, 100);
+    }
+
+    /// Compaction copies the live records of sparse segments forward and deletes them; every
+    /// live key keeps its value, across reopen, and removed keys stay removed.
+    #[test]
+    fn compaction_keeps_live_keys_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store =
+            Store::open_with(dir.path(), config(&clock).compaction_live_ratio(0.5)).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let value = |i: u64| format!("value-{i:>120}").into_bytes();
+        for i in 0..12_000u64 {
+            store.check_or_insert(&key(i), ttl, &value(i)).unwrap();
+        }
+        // Remove 3 of every 4 keys: old segments fall to about 25% live.
+        for i in (0..12_000u64).filter(|i| i % 4 != 0) {
+            assert!(store.remove(&key(i)).unwrap());
+        }
+        store.flush().unwrap();
+        let before = store.stats();
+        let mut compacted = 0;
+        for _ in 0..before.segments {
+            compacted += store.maintain().unwrap().segments_compacted;
+        }
+        let after = store.stats();
+        assert!(compacted >= 2, "{before:?} -> {after:?}");
+        assert!(
+            after.disk_bytes < before.disk_bytes,
+            "{before:?} -> {after:?}"
+        );
+        let check = |store: &Store| {
+            for i in 0..12_000u64 {
+                let got = store.get(&key(i)).unwrap();
+                if i % 4 == 0 {
+                    assert_eq!(got.unwrap(), &value(i)[..], "key {i}");
+                } else {
+                    assert_eq!(got, None, "removed key {i} came back");
+                }
+            }
+        };
+        check(&store);
+        drop(store);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        check(&store);
+        assert_eq!(store.stats().live_keys, 3_000);
+    }
+
+    /// A checkpoint makes reopen read only the log after it, with the same answers; a damaged
+    /// checkpoint is ignored and the log replayed.
+    #[test]
+    fn checkpoint_reopen_matches_full_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let ttl = Duration::from_secs(3600);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        for i in 0..30_000u64 {
+            store
+                .check_or_insert(&key(i), ttl, &i.to_le_bytes())
+                .unwrap();
+        }
+        store.checkpoint().unwrap();
+        for i in 30_000..31_000u64 {
+            store
+                .check_or_insert(&key(i), ttl, &i.to_le_bytes())
+                .unwrap();
+        }
+        for i in 0..500u64 {
+            assert!(store.remove(&key(i)).unwrap());
+        }
+        store.flush().unwrap();
+        drop(store); // no close: no checkpoint at the end
+
+        let check = |store: &Store| {
+            for i in 0..31_000u64 {
+                let got = store.get(&key(i)).unwrap();
+                if i < 500 {
+                    assert_eq!(got, None, "removed key {i}");
+                } else {
+                    assert_eq!(got.unwrap(), &i.to_le_bytes()[..], "key {i}");
+                }
+            }
+            assert_eq!(store.stats().live_keys, 30_500);
+        };
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let report = store.recovery_report().clone();
+        assert!(report.checkpoint_entries_loaded >= 29_000, "{report:?}");
+        assert!(
+            report.records_replayed < 31_500,
+            "replayed everything: {report:?}"
+        );
+        check(&store);
+        drop(store);
+
+        let path = dir.path().join(crate::checkpoint::CHECKPOINT_FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let report = store.recovery_report().clone();
+        assert_eq!(report.checkpoint_entries_loaded, 0);
+        assert!(
+            report
+                .checkpoint_ignored
+                .as_deref()
+                .unwrap_or("")
+                .contains("checksum"),
+            "{report:?}"
+        );
+        check(&store);
+    }
+
+    /// Compaction and segment deletion after a checkpoint: entries pointing into deleted
+    /// segments are dropped on load and the copies replayed.
+    #[test]
+    fn checkpoint_survives_later_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let ttl = Duration::from_secs(3600);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        let value = [5u8; 150];
+        for i in 0..15_000u64 {
+            store.check_or_insert(&key(i), ttl, &value).unwrap();
+        }
+        store.checkpoint().unwrap();
+        // Thin out only the oldest third: those segments get compacted, the rest stay.
+        for i in (0..5_000u64).filter(|i| i % 3 != 0) {
+            store.remove(&key(i)).unwrap();
+        }
+        store.flush().unwrap();
+        while store.maintain().unwrap().segments_compacted > 0 {}
+        assert!(store.stats().segments_compacted > 0);
+        drop(store);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        assert!(store.recovery_report().checkpoint_entries_loaded > 0);
+        for i in 0..15_000u64 {
+            assert_eq!(
+                store.get(&key(i)).unwrap().is_some(),
+                i >= 5_000 || i % 3 == 0,
+                "key {i}"
+            );
+        }
+        assert_eq!(store.stats().live_keys, 10_000 + 1_667);
+    }
+}
