@@ -1,5 +1,114 @@
-//! The `idem` command-line tool (being written: `idem demo`, `idem bench`).
-fn main() {
-    eprintln!("idem: the command-line tool is not written yet");
-    std::process::exit(2);
+//! The `idem` command-line tool.
+//!
+//! - `idem demo`: the problem idem exists for, end to end. A producer sends charge events over an
+//!   at-least-once channel that re-sends some of them; a consumer *process* charges each one
+//!   through idem into a ledger and is killed with SIGKILL midway; at the end the ledger is
+//!   checked for double and lost charges, next to the same run without idem.
+//! - `idem bench`: a load generator to size idem for your own workload (throughput, latency, RAM
+//!   and disk per key).
+//! - `idem demo-consumer` (hidden): the consumer process that `idem demo` spawns.
+//!
+//! Module map: `args` parses flag values, `cli_error` is the error type printed to the user,
+//! `hist` the latency histogram, `workload` the demo's producer and channel, `protocol` the pipe
+//! protocol between the demo and its consumer, `consumer` the consumer process (and the one
+//! function that charges a batch), `demo` the parent side and its report, `bench` the load
+//! generator, `fmt` number formatting.
+
+mod args;
+mod bench;
+mod cli_error;
+mod consumer;
+mod demo;
+mod fmt;
+mod hist;
+mod protocol;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// idem: an embedded dedup store for exactly-once consumers.
+///
+/// Networks deliver at least once, so consumers see some messages twice. idem is the table of
+/// idempotency keys a consumer checks before its side effect: one durable check-or-insert with a
+/// TTL, embedded in the consumer's process.
+#[derive(Debug, Parser)]
+#[command(name = "idem", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the double-charge incident end to end: a consumer process charges 1M events through
+    /// idem, gets killed with SIGKILL midway and restarts; then check the ledger for double and
+    /// lost charges, next to the same run without idem.
+    #[command(long_about = demo::LONG_ABOUT)]
+    Demo(demo::DemoArgs),
+    /// Generate load against a store to size idem for your workload: ops/s, latency
+    /// percentiles, RAM and disk per key.
+    #[command(long_about = bench::LONG_ABOUT)]
+    Bench(bench::BenchArgs),
+    /// The consumer process of `idem demo` (internal: speaks a line protocol on stdin/stdout).
+    #[command(hide = true)]
+    DemoConsumer(consumer::ConsumerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::main(&args),
+        Command::Bench(args) => bench::main(&args),
+        Command::DemoConsumer(args) => consumer::main(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("idem: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_flags_are_errors_not_panics() {
+        for argv in [
+            &["idem", "demo", "--events", "many"][..],
+            &["idem", "demo", "--durability", "sometimes"],
+            &["idem", "demo", "--dup-rate", "2"],
+            &["idem", "demo", "--kill-at", "1.5"],
+            &["idem", "demo", "--batch", "0"],
+            &["idem", "bench", "--ttl", "0s"],
+            &["idem", "bench", "--threads", "0"],
+            &["idem", "bench", "--dup-ratio", "-0.1"],
+            &["idem", "frobnicate"],
+        ] {
+            let parsed = Cli::try_parse_from(argv);
+            assert!(parsed.is_err(), "{argv:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["idem", "demo"]).unwrap();
+        let Command::Demo(args) = cli.command else {
+            panic!("not demo")
+        };
+        assert_eq!(args.events, 1_000_000);
+        assert_eq!(args.batch, 1000);
+        let cli = Cli::try_parse_from(["idem", "bench", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench(_)));
+    }
 }

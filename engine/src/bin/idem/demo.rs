@@ -1,0 +1,992 @@
+//! `idem demo`: the producer's side of the double-charge incident, run end to end.
+//!
+//! The parent process is the producer and its at-least-once channel ([`crate::workload`]). It
+//! spawns the consumer as a real child process (`idem demo-consumer`), streams batches of
+//! deliveries to its stdin with a few batches in flight, and counts a batch delivered only when
+//! the consumer acknowledges it on stdout. At `--kill-at` of the deliveries it kills the consumer
+//! with SIGKILL, starts a new one, and re-sends every batch not acknowledged. At the end it reads
+//! the ledger and counts double and lost charges. Then it runs the same workload through the naive
+//! consumer (no idem) for contrast.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::args::{parse_fraction, parse_open_fraction, DurabilityArg};
+use crate::cli_error::{CliError, CliResult, Context};
+use crate::consumer::{read_ledger, ConsumerArgs, LedgerEntry};
+use crate::fmt;
+use crate::hist::Histogram;
+use crate::protocol::{self, BatchReport, ToProducer};
+use crate::workload::{self, Workload};
+
+pub const LONG_ABOUT: &str = "\
+Run the problem idem exists for, end to end, on this machine.
+
+A producer emits charge events over an at-least-once channel that retries: a network blip makes a \
+slice of the events arrive twice or more (--dup-rate, default 0.2%, as in the incident where 0.2% \
+of charge events arrived twice and customers were double-charged), plus scattered late retries. A \
+consumer process charges each event through idem into a ledger file: one check_or_insert_batch per \
+batch, then the ledger append and fsync, then the acknowledgement. Midway (--kill-at) the consumer \
+is killed with SIGKILL and restarted; the producer re-sends everything not acknowledged.
+
+At the end the ledger is checked: every event must be charged exactly once (no double charge, no \
+lost charge). The same run without idem (a consumer that charges every delivery) shows what the \
+duplicates cost. Exit status 1 if the run with idem double-charged or lost anything.";
+
+/// The TTL of each event's idempotency key: longer than any retry window.
+const TTL_SECS: u64 = 24 * 3600;
+/// Batches the producer has in flight before it waits for an acknowledgement.
+const WINDOW: usize = 4;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Number of charge events the producer emits.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub events: u32,
+    /// Fraction of events the channel delivers more than once (0.002 or 0.2%).
+    #[arg(long, default_value = "0.002", value_parser = parse_fraction)]
+    pub dup_rate: f64,
+    /// Durability of the consumer's idem store: sync, periodic-MS (e.g. periodic-10) or never.
+    #[arg(long, default_value = "sync")]
+    pub durability: DurabilityArg,
+    /// Directory for the store and the ledgers (must be empty or absent; kept afterwards).
+    /// Default: a temporary directory, removed at the end.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Deliveries per batch (one idem commit and one ledger fsync each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch: u32,
+    /// When to kill the consumer: after this fraction of the deliveries is acknowledged.
+    #[arg(long, default_value = "0.5", value_parser = parse_open_fraction)]
+    pub kill_at: f64,
+    /// Do not kill the consumer.
+    #[arg(long)]
+    pub no_kill: bool,
+    /// Skip the contrast run without idem.
+    #[arg(long)]
+    pub no_naive: bool,
+    /// Seed of the workload (amounts, which events are duplicated) and of the kill's timing.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// No progress bar or progress lines; only the report.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// How the demo starts a consumer process.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    /// `<exe> demo-consumer <args>`: the idem binary itself.
+    Subcommand(PathBuf),
+    /// A test harness running one test that serves as the consumer; the consumer's arguments
+    /// go in the environment variable `env`, one per line.
+    #[cfg(test)]
+    TestHarness {
+        exe: PathBuf,
+        test: &'static str,
+        env: &'static str,
+    },
+}
+
+impl Launcher {
+    pub fn this_executable() -> CliResult<Launcher> {
+        let exe = std::env::current_exe().context("finding the idem executable")?;
+        Ok(Launcher::Subcommand(exe))
+    }
+
+    fn spawn(&self, args: &ConsumerArgs) -> CliResult<ConsumerProcess> {
+        let mut command = match self {
+            Launcher::Subcommand(exe) => {
+                let mut command = Command::new(exe);
+                command.arg("demo-consumer").args(args.to_argv());
+                command
+            }
+            #[cfg(test)]
+            Launcher::TestHarness { exe, test, env } => {
+                let mut lines = Vec::new();
+                for arg in args.to_argv() {
+                    lines.push(arg.into_string().map_err(|a| {
+                        CliError::new(format!("non-UTF-8 consumer argument {a:?}"))
+                    })?);
+                }
+                let mut command = Command::new(exe);
+                command
+                    .args([*test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+                    .env(env, lines.join("\n"));
+                command
+            }
+        };
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().context("starting the consumer process")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        Ok(ConsumerProcess {
+            child,
+            stdin: BufWriter::with_capacity(64 << 10, stdin),
+            stdout: BufReader::new(stdout),
+        })
+    }
+}
+
+struct ConsumerProcess {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ConsumerProcess {
+    /// Turns a failure to talk to the consumer into an error that says how it ended.
+    fn failed(&mut self, what: impl std::fmt::Display) -> CliError {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => format!("it exited with {status}"),
+            Ok(None) => "it is still running".to_string(),
+            Err(e) => format!("its status is unknown: {e}"),
+        };
+        CliError::new(format!("consumer process: {what} ({status})"))
+    }
+
+    fn read(&mut self) -> CliResult<ToProducer> {
+        match protocol::read_to_producer(&mut self.stdout) {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => {
+                let _ = self.child.wait();
+                Err(self.failed("closed its output unexpectedly"))
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn wait_ready(&mut self, spawned: Instant) -> CliResult<Ready> {
+        match self.read()? {
+            ToProducer::Ready {
+                ledger_entries,
+                records_replayed,
+                bytes_cut,
+                open_micros,
+            } => Ok(Ready {
+                ledger_entries,
+                records_replayed,
+                bytes_cut,
+                open: Duration::from_micros(open_micros),
+                spawn_to_ready: spawned.elapsed(),
+            }),
+            other => Err(self.failed(format!("expected ready, got {other:?}"))),
+        }
+    }
+
+    fn kill(mut self) -> CliResult<()> {
+        // SIGKILL: no destructor, no flush, no goodbye.
+        self.child.kill().context("killing the consumer process")?;
+        self.child.wait().context("reaping the consumer process")?;
+        Ok(())
+    }
+}
+
+/// A consumer that came up: what it recovered and how long that took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub ledger_entries: u64,
+    pub records_replayed: u64,
+    pub bytes_cut: u64,
+    /// Time to open the store and load the ledger, measured by the consumer.
+    pub open: Duration,
+    /// Time from spawning the process to its ready message.
+    pub spawn_to_ready: Duration,
+}
+
+/// What the ledger holds, against what the producer sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Ledger lines.
+    pub charges: u64,
+    /// Events charged more than once (customers double-charged).
+    pub double_charged_events: u64,
+    /// Charges beyond the first of each event.
+    pub extra_charges: u64,
+    /// The sum of those extra charges.
+    pub overcharged_cents: u64,
+    /// Events never charged.
+    pub lost: u64,
+    /// Charges whose amount is not the event's.
+    pub wrong_amount: u64,
+    /// Charges for events the producer never sent.
+    pub unknown_events: u64,
+}
+
+impl Verdict {
+    pub fn exactly_once(&self) -> bool {
+        self.double_charged_events == 0
+            && self.lost == 0
+            && self.wrong_amount == 0
+            && self.unknown_events == 0
+    }
+}
+
+/// Checks a ledger against the events' amounts.
+pub fn verify(amounts: &[u32], ledger: &[LedgerEntry]) -> Verdict {
+    let mut times = vec![0u32; amounts.len()];
+    let mut verdict = Verdict {
+        charges: ledger.len() as u64,
+        ..Verdict::default()
+    };
+    for entry in ledger {
+        let Some(&amount) = amounts.get(entry.event as usize) else {
+            verdict.unknown_events += 1;
+            continue;
+        };
+        if entry.amount_cents != amount {
+            verdict.wrong_amount += 1;
+        }
+        let seen = &mut times[entry.event as usize];
+        if *seen >= 1 {
+            verdict.extra_charges += 1;
+            verdict.overcharged_cents += u64::from(entry.amount_cents);
+            if *seen == 1 {
+                verdict.double_charged_events += 1;
+            }
+        }
+        *seen += 1;
+    }
+    verdict.lost = times.iter().filter(|&&t| t == 0).count() as u64;
+    verdict
+}
+
+/// One run of the workload through one kind of consumer.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub wall: Duration,
+    /// Deliveries sent: the channel's schedule plus the re-sends after a crash.
+    pub sent_deliveries: u64,
+    /// Deliveries acknowledged (each batch is acknowledged once: the channel's schedule).
+    pub acked_deliveries: u64,
+    /// Deliveries re-sent because the consumer died before acknowledging them.
+    pub resent_after_crash: u64,
+    pub restarts: u32,
+    /// Acknowledged deliveries when the consumer was killed.
+    pub killed_after: Option<u64>,
+    /// The consumer's counts, summed over acknowledged batches.
+    pub totals: BatchReport,
+    /// Latency of idem's `check_or_insert_batch`, one sample per acknowledged batch.
+    pub commit_latency: Histogram,
+    /// The first start, then each restart.
+    pub starts: Vec<Ready>,
+    /// The store's counters at the end (of the last consumer process): fsyncs, disk bytes, keys.
+    pub final_fsyncs: u64,
+    pub final_disk_bytes: u64,
+    pub final_live_keys: u64,
+    pub verdict: Verdict,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub events: u32,
+    pub dup_rate: f64,
+    pub durability: DurabilityArg,
+    pub batch: u32,
+    pub seed: u64,
+    pub kill_at: Option<f64>,
+    pub dir: PathBuf,
+    pub dir_kept: bool,
+    pub channel_extra_deliveries: u64,
+    pub duplicated_events: u64,
+    pub blip: std::ops::Range<u32>,
+    pub total_cents: u64,
+    pub dedup: RunResult,
+    pub naive: Option<RunResult>,
+}
+
+struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool, prefix: &'static str, len: u64) -> Progress {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        };
+        let style = ProgressStyle::with_template(
+            "{prefix:>13} [{bar:36}] {human_pos:>9}/{human_len:9} deliveries  {per_sec:>14}  eta {eta:>3}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(prefix);
+        Progress { bar, quiet }
+    }
+
+    /// A line of news: above the bar when it is drawn, else on stderr unless quiet.
+    fn say(&self, line: &str) {
+        if !self.bar.is_hidden() {
+            self.bar.println(line);
+        } else if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Runs `workload` through the consumer `args` describe, killing it once at `kill_at`.
+fn run_once(
+    workload: &Workload,
+    batch: usize,
+    args: &ConsumerArgs,
+    launcher: &Launcher,
+    kill_at: Option<f64>,
+    seed: u64,
+    progress: &Progress,
+) -> CliResult<RunResult> {
+    let batches: Vec<&[u32]> = workload.deliveries.chunks(batch).collect();
+    let kill_after = kill_at.map(|f| (f * workload.deliveries.len() as f64) as u64);
+    let mut kill_rng = StdRng::seed_from_u64(seed ^ 0x6b69_6c6c);
+    let started = Instant::now();
+    let mut consumer = launcher.spawn(args)?;
+    let mut starts = vec![consumer.wait_ready(started)?];
+    let mut result = RunResult {
+        wall: Duration::ZERO,
+        sent_deliveries: 0,
+        acked_deliveries: 0,
+        resent_after_crash: 0,
+        restarts: 0,
+        killed_after: None,
+        totals: BatchReport::default(),
+        commit_latency: Histogram::default(),
+        starts: Vec::new(),
+        final_fsyncs: 0,
+        final_disk_bytes: 0,
+        final_live_keys: 0,
+        verdict: Verdict::default(),
+    };
+    let (mut acked, mut sent) = (0usize, 0usize);
+    let mut last_ack = Instant::now();
+    while acked < batches.len() {
+        while sent < batches.len() && sent - acked < WINDOW {
+            let wrote = protocol::write_batch(
+                &mut consumer.stdin,
+                sent as u64,
+                batches[sent],
+                &workload.amounts,
+            );
+            if let Err(e) = wrote {
+                return Err(consumer.failed(format_args!("sending batch {sent}: {e}")));
+            }
+            sent += 1;
+        }
+        if let Err(e) = consumer.stdin.flush() {
+            return Err(consumer.failed(format_args!("sending batches: {e}")));
+        }
+        let (seq, report) = match consumer.read()? {
+            ToProducer::Ack { seq, report } => (seq, report),
+            other => return Err(consumer.failed(format!("expected an ack, got {other:?}"))),
+        };
+        if seq != acked as u64 {
+            return Err(consumer.failed(format!("acknowledged batch {seq}, expected {acked}")));
+        }
+        let now = Instant::now();
+        let ack_interval = now - last_ack;
+        last_ack = now;
+        let delivered = batches[acked].len() as u64;
+        acked += 1;
+        result.acked_deliveries += delivered;
+        add(&mut result.totals, &report);
+        if args.store.is_some() {
+            result.commit_latency.record(report.commit_nanos);
+        }
+        progress.bar.inc(delivered);
+
+        let due = kill_after.is_some_and(|k| result.acked_deliveries >= k);
+        if due && result.killed_after.is_none() && acked < batches.len() {
+            // Kill somewhere inside the next batch's work: a random moment within one
+            // batch's time after this acknowledgement.
+            let nanos = ack_interval.as_nanos() as u64;
+            std::thread::sleep(Duration::from_nanos(kill_rng.gen_range(0..=nanos)));
+            consumer.kill()?;
+            let resent: u64 = batches[acked..sent].iter().map(|b| b.len() as u64).sum();
+            result.killed_after = Some(result.acked_deliveries);
+            result.resent_after_crash += resent;
+            result.restarts += 1;
+            progress.say(&format!(
+                "  consumer killed with SIGKILL after {} acknowledged deliveries; restarting, {} unacknowledged deliveries to re-send",
+                fmt::count(result.acked_deliveries),
+                fmt::count(resent)
+            ));
+            sent = acked;
+            let respawned = Instant::now();
+            consumer = launcher.spawn(args)?;
+            let ready = consumer.wait_ready(respawned)?;
+            progress.say(&format!(
+                "  consumer restarted in {} (store reopened, {} records replayed; ledger of {} charges reloaded)",
+                fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
+                fmt::count(ready.records_replayed),
+                fmt::count(ready.ledger_entries)
+            ));
+            starts.push(ready);
+        }
+    }
+    if let Err(e) = protocol::write_end(&mut consumer.stdin).and_then(|()| consumer.stdin.flush()) {
+        return Err(consumer.failed(format_args!("sending the end: {e}")));
+    }
+    match consumer.read()? {
+        ToProducer::Summary {
+            fsyncs,
+            disk_bytes,
+            live_keys,
+        } => {
+            result.final_fsyncs = fsyncs;
+            result.final_disk_bytes = disk_bytes;
+            result.final_live_keys = live_keys;
+        }
+        other => return Err(consumer.failed(format!("expected the summary, got {other:?}"))),
+    }
+    let status = consumer
+        .child
+        .wait()
+        .context("waiting for the consumer process")?;
+    if !status.success() {
+        return Err(CliError::new(format!(
+            "consumer process exited with {status}"
+        )));
+    }
+    result.wall = started.elapsed();
+    result.starts = starts;
+    result.sent_deliveries = workload.deliveries.len() as u64 + result.resent_after_crash;
+    let ledger = read_ledger(&args.ledger)?;
+    result.verdict = verify(&workload.amounts, &ledger);
+    Ok(result)
+}
+
+fn add(total: &mut BatchReport, batch: &BatchReport) {
+    total.inserted += batch.inserted;
+    total.duplicates += batch.duplicates;
+    total.in_doubt += batch.in_doubt;
+    total.charged_blindly += batch.charged_blindly;
+    total.commit_nanos += batch.commit_nanos;
+}
+
+/// Prepares the demo's directory: the one given (must be empty or absent), else a temporary one.
+fn workspace(dir: Option<&Path>) -> CliResult<(Option<tempfile::TempDir>, PathBuf)> {
+    match dir {
+        Some(dir) => {
+            if let Ok(mut entries) = std::fs::read_dir(dir) {
+                if entries.next().is_some() {
+                    return Err(CliError::new(format!(
+                        "--dir {} is not empty: the demo needs a fresh directory (it keeps the store and ledgers there)",
+                        dir.display()
+                    )));
+                }
+            }
+            std::fs::create_dir_all(dir).context(format_args!("creating {}", dir.display()))?;
+            Ok((None, dir.to_path_buf()))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("idem-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            let path = temp.path().to_path_buf();
+            Ok((Some(temp), path))
+        }
+    }
+}
+
+/// Runs the demo and returns its report (does not print it).
+pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
+    let (temp, root) = workspace(args.dir.as_deref())?;
+    let workload = workload::generate(args.events, args.dup_rate, args.seed);
+    let kill_at = (!args.no_kill).then_some(args.kill_at);
+    let batch = args.batch as usize;
+    let deliveries = workload.deliveries.len() as u64;
+
+    let dedup_args = ConsumerArgs {
+        ledger: root.join("ledger.txt"),
+        store: Some(root.join("store")),
+        durability: args.durability,
+        ttl_secs: TTL_SECS,
+    };
+    let progress = Progress::new(args.quiet, "with idem", deliveries);
+    progress.say(&format!(
+        "idem demo: {} charge events, {} deliveries; consumer with idem ({})",
+        fmt::count(u64::from(args.events)),
+        fmt::count(deliveries),
+        args.durability
+    ));
+    let dedup = run_once(
+        &workload,
+        batch,
+        &dedup_args,
+        launcher,
+        kill_at,
+        args.seed,
+        &progress,
+    );
+    progress.bar.finish_and_clear();
+    let dedup = dedup?;
+
+    let naive = if args.no_naive {
+        None
+    } else {
+        let naive_args = ConsumerArgs {
+            ledger: root.join("naive-ledger.txt"),
+            store: None,
+            ..dedup_args.clone()
+        };
+        let progress = Progress::new(args.quiet, "without idem", deliveries);
+        progress.say("same run, naive consumer without idem (charges every delivery)");
+        let naive = run_once(
+            &workload,
+            batch,
+            &naive_args,
+            launcher,
+            kill_at,
+            args.seed,
+            &progress,
+        );
+        progress.bar.finish_and_clear();
+        Some(naive?)
+    };
+
+    let dir_kept = temp.is_none();
+    drop(temp);
+    Ok(DemoReport {
+        events: args.events,
+        dup_rate: args.dup_rate,
+        durability: args.durability,
+        batch: args.batch,
+        seed: args.seed,
+        kill_at,
+        dir: root,
+        dir_kept,
+        channel_extra_deliveries: workload.extra_deliveries(),
+        duplicated_events: workload.duplicated_events,
+        blip: workload.blip.clone(),
+        total_cents: workload.total_cents(),
+        dedup,
+        naive,
+    })
+}
+
+/// The printed report.
+pub fn render(r: &DemoReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let d = &r.dedup;
+    let _ = writeln!(
+        out,
+        "idem demo: exactly-once charging over an at-least-once channel"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  {} charge events ({} in total). The channel delivered {} of them ({:.2}%) twice or more:",
+        fmt::count(u64::from(r.events)),
+        fmt::cents(r.total_cents),
+        fmt::count(r.duplicated_events),
+        r.duplicated_events as f64 * 100.0 / f64::from(r.events),
+    );
+    let _ = writeln!(
+        out,
+        "  a network blip re-sent events {}..{}, and {} scattered retries arrived late.",
+        fmt::count(u64::from(r.blip.start)),
+        fmt::count(u64::from(r.blip.end)),
+        fmt::count(r.duplicated_events - r.blip.len() as u64),
+    );
+    match (r.kill_at, d.killed_after) {
+        (Some(at), Some(after)) => {
+            let _ = writeln!(
+                out,
+                "  The consumer process was killed with SIGKILL at {:.0}% ({} deliveries acknowledged) and",
+                at * 100.0,
+                fmt::count(after)
+            );
+            let _ = writeln!(
+                out,
+                "  restarted; the producer re-sent every delivery it had not seen acknowledged."
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "  The consumer ran without being killed (--no-kill).");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  Consumer: check_or_insert_batch (durability {}, batches of {}), ledger append + fsync, ack.",
+        r.durability,
+        fmt::count(u64::from(r.batch))
+    );
+    let _ = writeln!(
+        out,
+        "  Files: {}{}   (--dup-rate {}, --seed {})",
+        r.dir.display(),
+        if r.dir_kept { " (kept)" } else { " (removed)" },
+        r.dup_rate,
+        r.seed
+    );
+    let _ = writeln!(out);
+
+    let naive = r.naive.as_ref();
+    let row = |out: &mut String, label: &str, with: String, without: Option<String>| {
+        let without = without.unwrap_or_default();
+        let _ = writeln!(out, "  {label:<34}{with:>14}   {without:>14}");
+    };
+    let n = |f: &dyn Fn(&RunResult) -> String| naive.map(f);
+    row(
+        &mut out,
+        "",
+        "with idem".into(),
+        naive.map(|_| "without idem".into()),
+    );
+    row(
+        &mut out,
+        "events",
+        fmt::count(u64::from(r.events)),
+        n(&|_| fmt::count(u64::from(r.events))),
+    );
+    row(
+        &mut out,
+        "deliveries",
+        fmt::count(d.sent_deliveries),
+        n(&|x| fmt::count(x.sent_deliveries)),
+    );
+    row(
+        &mut out,
+        "  re-sent by the channel",
+        fmt::count(r.channel_extra_deliveries),
+        n(&|_| fmt::count(r.channel_extra_deliveries)),
+    );
+    row(
+        &mut out,
+        "  re-sent after the crash",
+        fmt::count(d.resent_after_crash),
+        n(&|x| fmt::count(x.resent_after_crash)),
+    );
+    row(
+        &mut out,
+        "consumer restarts",
+        fmt::count(u64::from(d.restarts)),
+        n(&|x| fmt::count(u64::from(x.restarts))),
+    );
+    row(
+        &mut out,
+        "duplicates caught by idem",
+        fmt::count(d.totals.duplicates),
+        n(&|_| "-".into()),
+    );
+    row(
+        &mut out,
+        "in-doubt charges recovered",
+        fmt::count(d.totals.in_doubt),
+        n(&|_| "-".into()),
+    );
+    row(
+        &mut out,
+        "charges in the ledger",
+        fmt::count(d.verdict.charges),
+        n(&|x| fmt::count(x.verdict.charges)),
+    );
+    row(
+        &mut out,
+        "double charges (customers)",
+        fmt::count(d.verdict.double_charged_events),
+        n(&|x| fmt::count(x.verdict.double_charged_events)),
+    );
+    row(
+        &mut out,
+        "lost charges",
+        fmt::count(d.verdict.lost),
+        n(&|x| fmt::count(x.verdict.lost)),
+    );
+    row(
+        &mut out,
+        "overcharged",
+        fmt::cents(d.verdict.overcharged_cents),
+        n(&|x| fmt::cents(x.verdict.overcharged_cents)),
+    );
+    if d.verdict.wrong_amount + d.verdict.unknown_events > 0 {
+        row(
+            &mut out,
+            "wrong amounts / unknown events",
+            format!("{} / {}", d.verdict.wrong_amount, d.verdict.unknown_events),
+            None,
+        );
+    }
+    let per_sec = |x: &RunResult| u64::from(r.events) as f64 / x.wall.as_secs_f64();
+    row(
+        &mut out,
+        "throughput (events/s)",
+        fmt::rate(per_sec(d)),
+        n(&|x| fmt::rate(per_sec(x))),
+    );
+    row(
+        &mut out,
+        "wall time",
+        fmt::nanos(d.wall.as_nanos() as u64),
+        n(&|x| fmt::nanos(x.wall.as_nanos() as u64)),
+    );
+    let _ = writeln!(out);
+
+    let h = &d.commit_latency;
+    let _ = writeln!(
+        out,
+        "  idem batch commit latency ({} batches): p50 {}  p99 {}  p999 {}  max {}",
+        fmt::count(h.count()),
+        fmt::nanos(h.quantile(0.50)),
+        fmt::nanos(h.quantile(0.99)),
+        fmt::nanos(h.quantile(0.999)),
+        fmt::nanos(h.max()),
+    );
+    for ready in d.starts.iter().skip(1) {
+        let _ = writeln!(
+            out,
+            "  restart: consumer up in {} (store reopened replaying {} records{}, ledger of {} charges reloaded)",
+            fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
+            fmt::count(ready.records_replayed),
+            if ready.bytes_cut > 0 {
+                format!(", torn tail of {} bytes cut", ready.bytes_cut)
+            } else {
+                String::new()
+            },
+            fmt::count(ready.ledger_entries),
+        );
+    }
+    if d.final_live_keys > 0 {
+        let _ = writeln!(
+            out,
+            "  idem store at the end: {} keys, {} on disk ({:.1} bytes/key), {} fsyncs by the last consumer",
+            fmt::count(d.final_live_keys),
+            fmt::bytes(d.final_disk_bytes as f64),
+            d.final_disk_bytes as f64 / d.final_live_keys as f64,
+            fmt::count(d.final_fsyncs),
+        );
+    }
+    let _ = writeln!(out);
+    if d.verdict.exactly_once() {
+        let _ = write!(out, "  OK: with idem every event was charged exactly once");
+        match naive {
+            Some(x) if x.verdict.double_charged_events > 0 => {
+                let _ = writeln!(
+                    out,
+                    "; without it {} customers were charged twice or more ({} overcharged).",
+                    fmt::count(x.verdict.double_charged_events),
+                    fmt::cents(x.verdict.overcharged_cents)
+                );
+            }
+            _ => {
+                let _ = writeln!(out, ".");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "  FAILED: with idem {} double charges and {} lost charges (durability {}).",
+            fmt::count(d.verdict.double_charged_events),
+            fmt::count(d.verdict.lost),
+            r.durability
+        );
+        if r.durability.0 != idem::Durability::Sync {
+            let _ = writeln!(
+                out,
+                "  Only sync durability survives kill -9 with nothing lost; this mode can lose the last records."
+            );
+        }
+    }
+    out
+}
+
+pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
+    let report = run(args, &Launcher::this_executable()?)?;
+    print!("{}", render(&report));
+    Ok(if report.dedup.verdict.exactly_once() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Parses the consumer arguments the test harness passes in the environment.
+#[cfg(test)]
+fn consumer_args_from_env(lines: &str) -> CliResult<ConsumerArgs> {
+    use clap::Parser;
+    use std::ffi::OsString;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ConsumerArgs,
+    }
+    let argv =
+        std::iter::once(OsString::from("demo-consumer")).chain(lines.lines().map(OsString::from));
+    Wrap::try_parse_from(argv)
+        .map(|w| w.args)
+        .map_err(|e| CliError::new(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD_ENV: &str = "IDEM_DEMO_TEST_CONSUMER_ARGS";
+    const CHILD_TEST: &str = "demo::tests::consumer_child_process";
+
+    /// Not a test of its own: the consumer process of `tiny_demo_end_to_end`, which spawns this
+    /// test binary running only this test with the consumer's arguments in the environment.
+    #[test]
+    fn consumer_child_process() {
+        let Ok(lines) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let args = consumer_args_from_env(&lines).unwrap();
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        if let Err(e) = crate::consumer::run(&args, &mut stdin.lock(), &mut stdout.lock()) {
+            eprintln!("consumer: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    fn tiny(dir: &Path) -> DemoArgs {
+        DemoArgs {
+            events: 3_000,
+            dup_rate: 0.02,
+            durability: "sync".parse().unwrap(),
+            dir: Some(dir.to_path_buf()),
+            batch: 50,
+            kill_at: 0.5,
+            no_kill: false,
+            no_naive: false,
+            seed: 7,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn tiny_demo_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = Launcher::TestHarness {
+            exe: std::env::current_exe().unwrap(),
+            test: CHILD_TEST,
+            env: CHILD_ENV,
+        };
+        let args = tiny(&dir.path().join("run"));
+        let report = run(&args, &launcher).unwrap();
+        let d = &report.dedup;
+        assert!(d.verdict.exactly_once(), "{:?}", d.verdict);
+        assert_eq!(d.verdict.charges, 3_000);
+        assert_eq!(d.restarts, 1);
+        assert!(d.resent_after_crash > 0);
+        assert_eq!(d.totals.inserted + d.totals.in_doubt, 3_000);
+        assert_eq!(
+            d.totals.inserted + d.totals.in_doubt + d.totals.duplicates,
+            d.acked_deliveries
+        );
+        assert_eq!(d.sent_deliveries, d.acked_deliveries + d.resent_after_crash);
+        let batches = (3_000 + report.channel_extra_deliveries).div_ceil(50);
+        assert_eq!(d.commit_latency.count(), batches);
+        assert!((1..=WINDOW as u64 * 50).contains(&d.resent_after_crash));
+        assert_eq!(d.final_live_keys, 3_000);
+        assert_eq!(d.starts.len(), 2);
+        assert_eq!(
+            d.starts[1].ledger_entries,
+            d.starts[1].ledger_entries.min(3_000)
+        );
+        let naive = report.naive.as_ref().unwrap();
+        assert!(naive.verdict.double_charged_events >= report.duplicated_events);
+        assert_eq!(naive.verdict.lost, 0);
+        assert_eq!(d.acked_deliveries, 3_000 + report.channel_extra_deliveries);
+        assert!(naive.verdict.charges >= naive.acked_deliveries);
+        assert!(naive.verdict.charges <= naive.sent_deliveries);
+        let text = render(&report);
+        assert!(text.contains("double charges"), "{text}");
+        assert!(
+            text.contains("OK: with idem every event was charged exactly once"),
+            "{text}"
+        );
+        // The directory was given, so it is kept; a second run there is refused.
+        assert!(report.dir_kept);
+        let again = run(&args, &launcher).unwrap_err().to_string();
+        assert!(again.contains("not empty"), "{again}");
+    }
+
+    #[test]
+    fn verify_counts_double_lost_and_wrong() {
+        let amounts = [100, 200, 300, 400];
+        let entry = |event, amount_cents| LedgerEntry {
+            event,
+            amount_cents,
+        };
+        let ok = verify(
+            &amounts,
+            &[entry(0, 100), entry(2, 300), entry(1, 200), entry(3, 400)],
+        );
+        assert!(ok.exactly_once());
+        assert_eq!(ok.charges, 4);
+        let bad = verify(
+            &amounts,
+            &[
+                entry(0, 100),
+                entry(0, 100),
+                entry(0, 100),
+                entry(1, 200),
+                entry(1, 200),
+                entry(2, 999),
+                entry(9, 1),
+            ],
+        );
+        assert_eq!(bad.double_charged_events, 2);
+        assert_eq!(bad.extra_charges, 3);
+        assert_eq!(bad.overcharged_cents, 400);
+        assert_eq!(bad.lost, 1);
+        assert_eq!(bad.wrong_amount, 1);
+        assert_eq!(bad.unknown_events, 1);
+        assert!(!bad.exactly_once());
+    }
+
+    #[test]
+    fn render_shows_a_failure() {
+        let mut dedup = RunResult {
+            wall: Duration::from_secs(2),
+            sent_deliveries: 10,
+            acked_deliveries: 10,
+            resent_after_crash: 0,
+            restarts: 0,
+            killed_after: None,
+            totals: BatchReport::default(),
+            commit_latency: Histogram::default(),
+            starts: Vec::new(),
+            final_fsyncs: 0,
+            final_disk_bytes: 0,
+            final_live_keys: 0,
+            verdict: Verdict::default(),
+        };
+        dedup.verdict.double_charged_events = 1;
+        let report = DemoReport {
+            events: 10,
+            dup_rate: 0.1,
+            durability: "never".parse().unwrap(),
+            batch: 5,
+            seed: 1,
+            kill_at: None,
+            dir: PathBuf::from("/nowhere"),
+            dir_kept: false,
+            channel_extra_deliveries: 0,
+            duplicated_events: 1,
+            blip: 0..1,
+            total_cents: 1000,
+            dedup,
+            naive: None,
+        };
+        let text = render(&report);
+        assert!(text.contains("FAILED"), "{text}");
+        assert!(text.contains("throughput (events/s)"), "{text}");
+        assert!(text.contains("5"), "{text}");
+    }
+}

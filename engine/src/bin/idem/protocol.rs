@@ -1,0 +1,292 @@
+//! The line protocol between `idem demo` (the producer's side) and its consumer process.
+//!
+//! Producer → consumer, on the consumer's stdin:
+//! - `B <seq> <n>` followed by `n` lines `<event-id> <amount-cents>`: a batch of deliveries;
+//! - `E`: no more deliveries; close the store and report.
+//!
+//! Consumer → producer, on the consumer's stdout, each line starting with `@idem ` (anything
+//! else on stdout is ignored, so a test harness may share the stream):
+//! - `@idem R <ledger-entries> <records-replayed> <bytes-cut> <open-micros>`: ready, after
+//!   recovery;
+//! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <commit-nanos>`: batch `seq` is charged
+//!   and in the ledger (fsynced): acknowledged;
+//! - `@idem S <fsyncs> <disk-bytes> <live-keys>`: the store's final stats, before exit.
+
+use std::io::{self, BufRead, Write};
+
+use crate::workload::event_id;
+
+pub const PREFIX: &str = "@idem ";
+
+/// One delivery of a charge event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub event_id: String,
+    pub amount_cents: u32,
+}
+
+/// What a consumer says about one acknowledged batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Deliveries idem answered `Inserted`: first seen, charged.
+    pub inserted: u64,
+    /// Deliveries idem answered `Duplicate` whose charge is in the ledger: not charged again.
+    pub duplicates: u64,
+    /// Deliveries idem answered `Duplicate` whose charge was missing from the ledger (the
+    /// previous consumer crashed between idem's commit and the ledger write): charged now.
+    pub in_doubt: u64,
+    /// Deliveries charged without asking idem (the naive consumer).
+    pub charged_blindly: u64,
+    /// Time spent in idem's `check_or_insert_batch` (0 for the naive consumer).
+    pub commit_nanos: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToConsumer {
+    Batch { seq: u64, items: Vec<Delivery> },
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToProducer {
+    Ready {
+        ledger_entries: u64,
+        records_replayed: u64,
+        bytes_cut: u64,
+        open_micros: u64,
+    },
+    Ack {
+        seq: u64,
+        report: BatchReport,
+    },
+    Summary {
+        fsyncs: u64,
+        disk_bytes: u64,
+        live_keys: u64,
+    },
+}
+
+/// Writes batch `seq` of the given event indices (amounts looked up in `amounts`).
+pub fn write_batch(
+    out: &mut impl Write,
+    seq: u64,
+    events: &[u32],
+    amounts: &[u32],
+) -> io::Result<()> {
+    writeln!(out, "B {seq} {}", events.len())?;
+    for &event in events {
+        writeln!(out, "{} {}", event_id(event), amounts[event as usize])?;
+    }
+    Ok(())
+}
+
+pub fn write_end(out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "E")
+}
+
+fn bad(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("protocol error: {what}"),
+    )
+}
+
+fn number<'a>(parts: &mut impl Iterator<Item = &'a str>, line: &str) -> io::Result<u64> {
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| bad(format!("malformed line {line:?}")))
+}
+
+/// Reads the next message for the consumer; `None` at end of input.
+pub fn read_to_consumer(
+    input: &mut impl BufRead,
+    line: &mut String,
+) -> io::Result<Option<ToConsumer>> {
+    line.clear();
+    if input.read_line(line)? == 0 {
+        return Ok(None);
+    }
+    let header = line.trim_end().to_string();
+    let mut parts = header.split(' ');
+    match parts.next() {
+        Some("E") => Ok(Some(ToConsumer::End)),
+        Some("B") => {
+            let seq = number(&mut parts, &header)?;
+            let n = number(&mut parts, &header)? as usize;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                line.clear();
+                if input.read_line(line)? == 0 {
+                    return Err(bad(format!("input ended inside batch {seq}")));
+                }
+                let text = line.trim_end();
+                let (id, amount) = text
+                    .split_once(' ')
+                    .ok_or_else(|| bad(format!("malformed delivery {text:?}")))?;
+                let amount_cents = amount
+                    .parse()
+                    .map_err(|_| bad(format!("malformed amount in {text:?}")))?;
+                items.push(Delivery {
+                    event_id: id.to_string(),
+                    amount_cents,
+                });
+            }
+            Ok(Some(ToConsumer::Batch { seq, items }))
+        }
+        _ => Err(bad(format!("unknown message {header:?}"))),
+    }
+}
+
+pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Result<()> {
+    match message {
+        ToProducer::Ready {
+            ledger_entries,
+            records_replayed,
+            bytes_cut,
+            open_micros,
+        } => writeln!(
+            out,
+            "{PREFIX}R {ledger_entries} {records_replayed} {bytes_cut} {open_micros}"
+        )?,
+        ToProducer::Ack { seq, report } => writeln!(
+            out,
+            "{PREFIX}A {seq} {} {} {} {} {}",
+            report.inserted,
+            report.duplicates,
+            report.in_doubt,
+            report.charged_blindly,
+            report.commit_nanos
+        )?,
+        ToProducer::Summary {
+            fsyncs,
+            disk_bytes,
+            live_keys,
+        } => writeln!(out, "{PREFIX}S {fsyncs} {disk_bytes} {live_keys}")?,
+    }
+    out.flush()
+}
+
+/// Reads the next consumer message, skipping lines without the prefix; `None` at end of input.
+pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProducer>> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let Some(body) = line.trim_end().strip_prefix(PREFIX) else {
+            continue;
+        };
+        let body = body.to_string();
+        let mut parts = body.split(' ');
+        let message = match parts.next() {
+            Some("R") => ToProducer::Ready {
+                ledger_entries: number(&mut parts, &body)?,
+                records_replayed: number(&mut parts, &body)?,
+                bytes_cut: number(&mut parts, &body)?,
+                open_micros: number(&mut parts, &body)?,
+            },
+            Some("A") => ToProducer::Ack {
+                seq: number(&mut parts, &body)?,
+                report: BatchReport {
+                    inserted: number(&mut parts, &body)?,
+                    duplicates: number(&mut parts, &body)?,
+                    in_doubt: number(&mut parts, &body)?,
+                    charged_blindly: number(&mut parts, &body)?,
+                    commit_nanos: number(&mut parts, &body)?,
+                },
+            },
+            Some("S") => ToProducer::Summary {
+                fsyncs: number(&mut parts, &body)?,
+                disk_bytes: number(&mut parts, &body)?,
+                live_keys: number(&mut parts, &body)?,
+            },
+            _ => return Err(bad(format!("unknown message {body:?}"))),
+        };
+        return Ok(Some(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_messages_round_trip() {
+        let mut wire = Vec::new();
+        write_batch(&mut wire, 7, &[2, 0], &[100, 200, 300]).unwrap();
+        write_end(&mut wire).unwrap();
+        let mut input = &wire[..];
+        let mut line = String::new();
+        assert_eq!(
+            read_to_consumer(&mut input, &mut line).unwrap(),
+            Some(ToConsumer::Batch {
+                seq: 7,
+                items: vec![
+                    Delivery {
+                        event_id: "evt-0000000002".into(),
+                        amount_cents: 300
+                    },
+                    Delivery {
+                        event_id: "evt-0000000000".into(),
+                        amount_cents: 100
+                    },
+                ]
+            })
+        );
+        assert_eq!(
+            read_to_consumer(&mut input, &mut line).unwrap(),
+            Some(ToConsumer::End)
+        );
+        assert_eq!(read_to_consumer(&mut input, &mut line).unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_batch_is_an_error() {
+        let mut input = &b"B 1 2\nevt-0000000001 5\n"[..];
+        let mut line = String::new();
+        assert!(read_to_consumer(&mut input, &mut line).is_err());
+        let mut input = &b"Q\n"[..];
+        assert!(read_to_consumer(&mut input, &mut line).is_err());
+    }
+
+    #[test]
+    fn producer_messages_round_trip_and_skip_noise() {
+        let messages = [
+            ToProducer::Ready {
+                ledger_entries: 1,
+                records_replayed: 2,
+                bytes_cut: 3,
+                open_micros: 4,
+            },
+            ToProducer::Ack {
+                seq: 9,
+                report: BatchReport {
+                    inserted: 5,
+                    duplicates: 6,
+                    in_doubt: 7,
+                    charged_blindly: 8,
+                    commit_nanos: 123_456,
+                },
+            },
+            ToProducer::Summary {
+                fsyncs: 10,
+                disk_bytes: 11,
+                live_keys: 12,
+            },
+        ];
+        let mut wire = b"running 1 test\n".to_vec();
+        for m in &messages {
+            write_to_producer(&mut wire, m).unwrap();
+            wire.extend_from_slice(b"noise\n");
+        }
+        let mut input = &wire[..];
+        for m in &messages {
+            assert_eq!(read_to_producer(&mut input).unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(read_to_producer(&mut input).unwrap(), None);
+        let mut input = &b"@idem A 1 2\n"[..];
+        assert!(read_to_producer(&mut input).is_err());
+    }
+}
