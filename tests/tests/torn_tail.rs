@@ -1,0 +1,538 @@
+//! Guards recovery from damaged files: a torn or garbled tail of the newest segment is cut back to
+//! a prefix of whole records (never a panic, never an invented key or value), while damage in an
+//! older segment or a foreign file named like a segment is refused with a typed error that names
+//! the file and the offset.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idem::record::SEGMENT_HEADER_LEN;
+use idem::{Config, Durability, Error, Outcome, Store};
+use idem_tests::{
+    copy_dir, newest_segment, parse_segment, seeded_rng, segment_files, ParsedRecord, LONG_TTL,
+};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+const CASES: usize = 100;
+const HEADER_LEN: u64 = SEGMENT_HEADER_LEN as u64;
+
+fn config() -> Config {
+    Config::default()
+        .durability(Durability::Never)
+        .segment_size_bytes(1 << 20)
+}
+
+/// A closed store of two segments (a full older one and a newest of about a hundred KiB), with
+/// removals and re-inserts among the inserts, and its records as parsed from the files.
+struct Base {
+    _scratch: tempfile::TempDir,
+    dir: PathBuf,
+    /// The records of every segment but the newest, in log order.
+    older: Vec<ParsedRecord>,
+    /// The records of the newest segment, in order.
+    newest: Vec<ParsedRecord>,
+}
+
+impl Base {
+    fn build(rng: &mut StdRng) -> Base {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("base");
+        let store = Store::open_with(&dir, config()).unwrap();
+        let mut live: Vec<usize> = Vec::new();
+        let mut after_roll = 0;
+        let mut i = 0;
+        while after_roll < 400 {
+            let key = format!("torn/{i}");
+            let len = rng.gen_range(0..400);
+            let value: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            assert_eq!(
+                store
+                    .check_or_insert(key.as_bytes(), LONG_TTL, &value)
+                    .unwrap(),
+                Outcome::Inserted
+            );
+            live.push(i);
+            if i % 9 == 0 {
+                let victim = live.swap_remove(rng.gen_range(0..live.len()));
+                let key = format!("torn/{victim}");
+                assert!(store.remove(key.as_bytes()).unwrap());
+                if rng.gen_bool(0.5) {
+                    store
+                        .check_or_insert(key.as_bytes(), LONG_TTL, b"second life")
+                        .unwrap();
+                    live.push(victim);
+                }
+            }
+            if store.stats().segments >= 2 {
+                after_roll += 1;
+            }
+            i += 1;
+        }
+        store.close().unwrap();
+        let segments = segment_files(&dir);
+        assert_eq!(segments.len(), 2, "the base store has two segments");
+        let mut parsed: Vec<Vec<ParsedRecord>> = segments
+            .values()
+            .map(|path| parse_segment(&std::fs::read(path).unwrap()))
+            .collect();
+        let newest = parsed.pop().unwrap();
+        Base {
+            _scratch: scratch,
+            dir,
+            older: parsed.concat(),
+            newest,
+        }
+    }
+
+    /// The key → value map after replaying the older segments and the first `kept` records of
+    /// the newest one.
+    fn state_after(&self, kept: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut state = BTreeMap::new();
+        for record in self.older.iter().chain(&self.newest[..kept]) {
+            if record.insert {
+                state.insert(record.key.clone(), record.value.clone());
+            } else {
+                state.remove(&record.key);
+            }
+        }
+        state
+    }
+
+    /// Every key any record names.
+    fn all_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .older
+            .iter()
+            .chain(&self.newest)
+            .map(|r| r.key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Asserts that `store` holds exactly `expected` among `keys`, and nothing else.
+fn assert_holds(
+    store: &Store,
+    keys: &[Vec<u8>],
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    context: &str,
+) {
+    for key in keys {
+        let got = store.get(key).unwrap().map(idem::Value::into_vec);
+        assert_eq!(
+            got.as_ref(),
+            expected.get(key),
+            "{context}: key {}",
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(store.stats().live_keys, expected.len() as u64, "{context}");
+}
+
+/// How a case damages the newest segment.
+#[derive(Debug)]
+struct Damage {
+    /// The file is cut to this length.
+    cut_to: Option<u64>,
+    /// Bytes appended after the (possibly cut) end: zeros, as a file system may leave after a
+    /// crash, or garbage.
+    appended: Vec<u8>,
+    /// Offsets whose byte is XORed with a nonzero mask, within the last 4 KiB.
+    flips: Vec<(u64, u8)>,
+}
+
+impl Damage {
+    fn random(rng: &mut StdRng, len: u64) -> Damage {
+        let mut damage = Damage {
+            cut_to: None,
+            appended: Vec::new(),
+            flips: Vec::new(),
+        };
+        match rng.gen_range(0..5) {
+            0 => damage.cut_to = Some(rng.gen_range(0..=len)),
+            1 => damage.cut_to = Some(rng.gen_range(len.saturating_sub(4096)..=len)),
+            2 => {}
+            3 => damage.appended = vec![0; rng.gen_range(1..4096)],
+            _ => damage.appended = (0..rng.gen_range(1..4096)).map(|_| rng.gen()).collect(),
+        }
+        let end = damage.cut_to.unwrap_or(len);
+        if damage.appended.is_empty() && (damage.cut_to.is_none() || rng.gen_bool(0.5)) {
+            for _ in 0..rng.gen_range(1..=8) {
+                if end == 0 {
+                    break;
+                }
+                let at = rng.gen_range(end.saturating_sub(4096)..end);
+                damage.flips.push((at, rng.gen_range(1..=255)));
+            }
+        }
+        damage
+    }
+
+    fn apply(&self, bytes: &mut Vec<u8>) {
+        if let Some(cut) = self.cut_to {
+            bytes.truncate(cut as usize);
+        }
+        bytes.extend_from_slice(&self.appended);
+        for &(at, mask) in &self.flips {
+            bytes[at as usize] ^= mask;
+        }
+    }
+
+    /// The first byte offset that differs from the intact file (or its end, if only cut).
+    fn first_damaged_offset(&self, len: u64) -> u64 {
+        let end = self.cut_to.unwrap_or(len);
+        self.flips.iter().map(|&(at, _)| at).fold(end, u64::min)
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a.file_name() == b.file_name()
+}
+
+/// Many random damages of the newest segment: open succeeds with a prefix of its records that
+/// includes every record before the first damaged byte, or (only when the header itself was
+/// hit) fails with a typed damage error.
+#[test]
+fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
+    let (mut rng, seed) = seeded_rng("a_damaged_newest_segment_recovers_a_prefix");
+    let base = Base::build(&mut rng);
+    let keys = base.all_keys();
+    // Reading every key is slow in a debug build; most cases read the keys the newest segment
+    // names and a tenth of the others (`live_keys` still counts them all).
+    let newest_keys: std::collections::BTreeSet<&Vec<u8>> =
+        base.newest.iter().map(|r| &r.key).collect();
+    let some_keys: Vec<Vec<u8>> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, key)| i % 10 == 0 || newest_keys.contains(key))
+        .map(|(_, key)| key.clone())
+        .collect();
+    let base_newest = newest_segment(&base.dir);
+    let original = std::fs::read(&base_newest).unwrap();
+    let len = original.len() as u64;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut outcomes = BTreeMap::<&str, usize>::new();
+
+    for case in 0..CASES {
+        let damage = Damage::random(&mut rng, len);
+        let context = format!("seed {seed}, case {case}, {damage:?}");
+        let dir = scratch.path().join(format!("case-{case}"));
+        copy_dir(&base.dir, &dir);
+        let newest = newest_segment(&dir);
+        let mut bytes = original.clone();
+        damage.apply(&mut bytes);
+        std::fs::write(&newest, &bytes).unwrap();
+
+        let first_damaged = damage.first_damaged_offset(len);
+        // Records wholly before the first damaged byte must survive; records cut off must not.
+        let kept_min = base
+            .newest
+            .iter()
+            .filter(|r| r.end <= first_damaged)
+            .count();
+        let kept_max = match damage.cut_to {
+            Some(cut) => base.newest.iter().filter(|r| r.end <= cut).count(),
+            None => base.newest.len(),
+        };
+
+        let opened = catch_unwind(AssertUnwindSafe(|| Store::open_with(&dir, config())))
+            .unwrap_or_else(|_| panic!("{context}: open panicked"));
+        let store = match opened {
+            Ok(store) => store,
+            Err(error) => {
+                assert!(
+                    first_damaged < HEADER_LEN,
+                    "{context}: only a damaged header may refuse to open, got {error}"
+                );
+                match &error {
+                    Error::Corrupt { path, .. }
+                    | Error::NotASegment { path }
+                    | Error::UnsupportedVersion { path, .. } => {
+                        assert!(same_file(path, &newest), "{context}: {error}")
+                    }
+                    other => panic!("{context}: unexpected error {other:?}"),
+                }
+                *outcomes.entry("refused").or_default() += 1;
+                std::fs::remove_dir_all(&dir).unwrap();
+                continue;
+            }
+        };
+        let report = store.recovery_report().clone();
+        let kept = if let Some(removed) = &report.removed_empty_segment {
+            assert!(same_file(removed, &newest), "{context}: {report:?}");
+            assert!(first_damaged < HEADER_LEN, "{context}: {report:?}");
+            *outcomes.entry("segment removed").or_default() += 1;
+            0
+        } else if let Some(tail) = &report.truncated_tail {
+            assert!(same_file(&tail.path, &newest), "{context}: {report:?}");
+            assert_eq!(
+                tail.bytes_cut,
+                bytes.len() as u64 - tail.offset,
+                "{context}"
+            );
+            assert!(!tail.reason.is_empty());
+            assert_eq!(
+                std::fs::metadata(&newest).unwrap().len(),
+                tail.offset,
+                "{context}: the file ends where the tail was cut"
+            );
+            *outcomes.entry("tail cut").or_default() += 1;
+            if tail.offset == HEADER_LEN {
+                0
+            } else {
+                1 + base
+                    .newest
+                    .iter()
+                    .position(|r| r.end == tail.offset)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{context}: tail cut at {}, not a record boundary",
+                            tail.offset
+                        )
+                    })
+            }
+        } else {
+            *outcomes.entry("nothing cut").or_default() += 1;
+            kept_max
+        };
+        assert!(
+            (kept_min..=kept_max).contains(&kept),
+            "{context}: kept {kept} records of the newest segment, expected {kept_min}..={kept_max}"
+        );
+        let mut expected = base.state_after(kept);
+        let checked = if case % 10 == 0 { &keys } else { &some_keys };
+        assert_holds(&store, checked, &expected, &context);
+
+        // The recovered store goes on: a new key lands after the cut and survives reopen.
+        if case % 4 == 0 {
+            let key = format!("after-recovery/{case}").into_bytes();
+            assert_eq!(
+                store.check_or_insert(&key, LONG_TTL, b"new").unwrap(),
+                Outcome::Inserted
+            );
+            expected.insert(key.clone(), b"new".to_vec());
+            store.close().unwrap();
+            let store = Store::open_with(&dir, config()).unwrap();
+            assert_eq!(store.recovery_report().truncated_tail, None, "{context}");
+            let mut checked = checked.clone();
+            checked.push(key);
+            assert_holds(&store, &checked, &expected, &format!("{context}, reopened"));
+        } else {
+            drop(store);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!("outcomes over {CASES} cases: {outcomes:?}");
+}
+
+/// Damage to the middle of an older segment (which was fsynced whole before the log moved on)
+/// is corruption, reported with the file and the offset of the damaged record.
+#[test]
+fn damage_in_an_older_segment_is_corrupt_with_file_and_offset() {
+    let (mut rng, seed) = seeded_rng("damage_in_an_older_segment_is_corrupt");
+    let base = Base::build(&mut rng);
+    let older_path = segment_files(&base.dir).into_values().next().unwrap();
+    let original = std::fs::read(&older_path).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // (what, how to damage, expected offset in the error)
+    let victim = &base.older[rng.gen_range(1..base.older.len() - 1)];
+    let flip_at = rng.gen_range(victim.start..victim.end);
+    let cut_at = rng.gen_range(victim.start + 1..victim.end);
+    type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    let cases: Vec<(&str, Damage, u64)> = vec![
+        (
+            "a flipped byte in a record",
+            Box::new(|b: &mut Vec<u8>| b[flip_at as usize] ^= 0x40),
+            victim.start,
+        ),
+        (
+            "a cut inside a record",
+            Box::new(|b: &mut Vec<u8>| b.truncate(cut_at as usize)),
+            victim.start,
+        ),
+        (
+            "a zeroed run from a record on",
+            Box::new(|b: &mut Vec<u8>| {
+                b[victim.start as usize..victim.start as usize + 512].fill(0)
+            }),
+            victim.start,
+        ),
+        (
+            "a flipped byte in the header",
+            Box::new(|b: &mut Vec<u8>| b[20] ^= 0x01),
+            0,
+        ),
+    ];
+    for (case, (what, damage, expected_offset)) in cases.into_iter().enumerate() {
+        let context = format!("seed {seed}: {what}");
+        let dir = scratch.path().join(format!("case-{case}"));
+        copy_dir(&base.dir, &dir);
+        let target = segment_files(&dir).into_values().next().unwrap();
+        let mut bytes = original.clone();
+        damage(&mut bytes);
+        std::fs::write(&target, &bytes).unwrap();
+        let newest_before = std::fs::read(newest_segment(&dir)).unwrap();
+
+        let error = Store::open_with(&dir, config()).expect_err(&context);
+        match &error {
+            Error::Corrupt {
+                path,
+                offset,
+                reason,
+            } => {
+                assert!(same_file(path, &older_path), "{context}: {error}");
+                assert_eq!(*offset, expected_offset, "{context}: {error}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{context}: expected Corrupt, got {other:?}"),
+        }
+        let message = error.to_string();
+        let name = older_path.file_name().unwrap().to_str().unwrap();
+        assert!(message.contains(name), "{context}: {message}");
+        assert!(
+            message.contains(&expected_offset.to_string()),
+            "{context}: {message}"
+        );
+        // A refused open changes no file: the damaged segment is not "repaired" by cutting it,
+        // and the newest segment is untouched.
+        assert_eq!(std::fs::read(&target).unwrap(), bytes, "{context}");
+        assert_eq!(
+            std::fs::read(newest_segment(&dir)).unwrap(),
+            newest_before,
+            "{context}"
+        );
+    }
+}
+
+/// A sealed (older) segment cut exactly at a record boundary loses its last records; recovery
+/// should notice that a segment it did not expect to end there is short.
+#[test]
+#[ignore = "engine bug: an older segment cut at a record boundary opens silently without its \
+            tail records (no per-segment length or seal record to check against)"]
+fn an_older_segment_cut_at_a_record_boundary_is_corrupt() {
+    let (mut rng, _) = seeded_rng("an_older_segment_cut_at_a_record_boundary");
+    let base = Base::build(&mut rng);
+    let older_path = segment_files(&base.dir).into_values().next().unwrap();
+    let mut bytes = std::fs::read(&older_path).unwrap();
+    let cut = base.older[base.older.len() - 10].start;
+    bytes.truncate(cut as usize);
+    std::fs::write(&older_path, &bytes).unwrap();
+    match Store::open_with(&base.dir, config()) {
+        Err(Error::Corrupt { path, .. }) => assert!(same_file(&path, &older_path)),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("opened a store whose sealed segment lost its last records"),
+    }
+}
+
+/// A file named like a segment that is not one is refused as `NotASegment`, whether it sorts
+/// before, among or after the real segments, and it is not deleted.
+#[test]
+fn a_foreign_file_named_like_a_segment_is_not_a_segment() {
+    let (mut rng, seed) = seeded_rng("a_foreign_file_named_like_a_segment");
+    let garbage: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
+    let mut text = b"these are not the records you are looking for\n".repeat(40);
+    text.truncate(1000);
+
+    // Alone in a fresh directory.
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("segment-00000001.idem");
+    std::fs::write(&foreign, &garbage).unwrap();
+    let error = Store::open_with(dir.path(), config()).expect_err("garbage segment");
+    match &error {
+        Error::NotASegment { path } => assert!(same_file(path, &foreign), "{error}"),
+        other => panic!("seed {seed}: expected NotASegment, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains("segment-00000001.idem"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), garbage, "left as it was");
+
+    // Beside a real store, as the oldest and as the newest file.
+    let base = Base::build(&mut rng);
+    let scratch = tempfile::tempdir().unwrap();
+    for (case, (name, content)) in [
+        ("segment-00000000.idem", &garbage),
+        ("segment-00000009.idem", &garbage),
+        ("segment-00000009.idem", &text),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = scratch.path().join(format!("case-{case}"));
+        copy_dir(&base.dir, &dir);
+        let foreign = dir.join(name);
+        std::fs::write(&foreign, content).unwrap();
+        match Store::open_with(&dir, config()) {
+            Err(Error::NotASegment { path }) => assert!(same_file(&path, &foreign)),
+            Err(other) => panic!("seed {seed}, {name}: expected NotASegment, got {other:?}"),
+            Ok(_) => panic!("seed {seed}, {name}: opened with a foreign segment file"),
+        }
+        assert_eq!(&std::fs::read(&foreign).unwrap(), content, "{name} kept");
+    }
+}
+
+/// A record cut in half at the end of the newest segment is cut off and reported; the next open
+/// finds a clean log.
+#[test]
+fn a_truncated_tail_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    for i in 0..100 {
+        let value = format!("value {i}").repeat(5);
+        store
+            .check_or_insert(format!("key {i}").as_bytes(), LONG_TTL, value.as_bytes())
+            .unwrap();
+    }
+    store.close().unwrap();
+    let newest = newest_segment(dir.path());
+    let bytes = std::fs::read(&newest).unwrap();
+    let records = parse_segment(&bytes);
+    let last = records.last().unwrap().clone();
+    assert_eq!(last.key, b"key 99");
+    let cut = last.start + (last.end - last.start) / 2;
+    std::fs::write(&newest, &bytes[..cut as usize]).unwrap();
+
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    let tail = store
+        .recovery_report()
+        .truncated_tail
+        .clone()
+        .expect("a truncated tail is reported");
+    assert!(same_file(&tail.path, &newest), "{tail:?}");
+    assert_eq!(tail.offset, last.start);
+    assert_eq!(tail.bytes_cut, cut - last.start);
+    assert!(!tail.reason.is_empty());
+    assert_eq!(
+        store.get(b"key 99").unwrap(),
+        None,
+        "the torn record is gone"
+    );
+    assert_eq!(
+        store.get(b"key 98").unwrap().as_deref(),
+        Some("value 98".repeat(5).as_bytes())
+    );
+    assert_eq!(store.stats().live_keys, 99);
+    assert_eq!(store.recovery_report().records_replayed, 99);
+    // The key can be inserted again, and the log is clean from now on.
+    assert_eq!(
+        store
+            .check_or_insert(b"key 99", Duration::from_secs(60), b"again")
+            .unwrap(),
+        Outcome::Inserted
+    );
+    store.close().unwrap();
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    assert_eq!(store.recovery_report().truncated_tail, None);
+    assert_eq!(
+        store.get(b"key 99").unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    assert_eq!(store.stats().live_keys, 100);
+}
