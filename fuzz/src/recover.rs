@@ -1,0 +1,785 @@
+//! The `recover` target: arbitrary bytes laid out as segment files, opened as a store.
+//!
+//! # Input layout
+//!
+//! `[flags, options, p0, p1, body...]`. `flags`:
+//! - bits 0-1: the first segment id: 1, 0, 41, or the largest 8-digit id (then ids count down so
+//!   the newest file is `segment-99999999.idem`);
+//! - bit 2: fix up record CRCs (walk each file from its header, rewrite every record CRC while
+//!   the lengths decode), so mutated keys, values, deadlines and lengths still replay;
+//! - bit 3: fix up headers (write a valid header for the file's id over its first 32 bytes);
+//! - bit 4: ids step by 2 instead of 1 (gaps);
+//! - bits 5-6: damage after the fix-ups, at position `p = p0 | p1 << 8`: none, flip bit `p` of the
+//!   newest file, cut `p % 64` bytes off the newest file, flip bit `p` of the oldest file;
+//! - bit 7: the body is a [`Structured`] description (via `arbitrary`) instead of raw bytes.
+//!
+//! `options`: bit 0 `Sync` (else `Never`) durability; bit 1 `hash_mask_for_testing(0)`;
+//! bits 2-4 how far the clock moves after open (see [`ADVANCES_MS`]); bits 5-7 the TTL of the
+//! records written after open.
+//!
+//! In raw mode the body is the files' bytes separated by [`SEPARATOR`]; a real store's segment
+//! file prefixed by 4 control bytes is a valid input.
+//!
+//! # Oracle
+//!
+//! An independent model of recovery ([`replay`], written from `engine/FORMAT.md`) decides what
+//! open must do: fail (and with which error), or succeed with an exact set of live keys and an
+//! exact recovery report, leaving an exact set of files. The store must agree: every key the
+//! model knows, every key found at any offset of the input, and keys never in the input are
+//! asked for. Then the clock moves, keys are re-inserted and removed, the store is closed, the
+//! files on disk must be exactly the model's, and a reopen must agree again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+use idem::record::{
+    self, decode, decode_segment_header, encode_into, encode_segment_header, peek_len, HeaderError,
+    Record, RecordKind, FORMAT_VERSION, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use idem::{Config, Durability, Error, ManualClock, Outcome, Store};
+
+/// The store's clock at open.
+pub const NOW: u64 = ManualClock::DEFAULT_START_MILLIS;
+/// Separates files in a raw body.
+pub const SEPARATOR: &[u8] = b"\n%%IDEM-NEXT-SEGMENT%%\n";
+/// The segment size of the store (the smallest allowed).
+pub const SEGMENT_SIZE: u32 = Config::MIN_SEGMENT_SIZE_BYTES;
+/// The largest id with an 8-digit file name.
+pub const MAX_NAMED_ID: u32 = 99_999_999;
+/// Clock steps after open, in ms.
+pub const ADVANCES_MS: [u64; 8] = [0, 1, 999, 1000, 1001, 10_000, 3_600_000, 86_400_000];
+/// TTLs of the records written after open, in ms.
+pub const TTLS_MS: [u64; 8] = [1, 2, 1000, 1001, 10_000, 3_600_000, 86_400_000, 1];
+
+/// A decoded input: files by id, and how to open them.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Segment files, by id.
+    pub files: BTreeMap<u32, Vec<u8>>,
+    /// `Sync` durability instead of `Never`.
+    pub sync: bool,
+    /// Force every key hash alike.
+    pub mask_zero: bool,
+    /// Clock step after open.
+    pub advance_ms: u64,
+    /// TTL of the records written after open.
+    pub ttl_ms: u64,
+}
+
+/// A structured body: files built from records the harness encodes itself (valid CRCs), with
+/// damage placed on purpose.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Structured {
+    /// One to a few files, oldest first.
+    pub files: Vec<FileSpec>,
+}
+
+/// One structured file.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct FileSpec {
+    /// Its header.
+    pub header: HeaderSpec,
+    /// Its body.
+    pub records: Vec<RecordSpec>,
+    /// Bytes cut off its end (0: none).
+    pub cut: u8,
+}
+
+/// How a structured file starts.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum HeaderSpec {
+    /// The right header.
+    Valid,
+    /// A valid header naming another segment id.
+    WrongId,
+    /// A bad header CRC.
+    BadCrc,
+    /// Not the magic.
+    BadMagic,
+    /// A valid header of the next format version.
+    NewerVersion,
+    /// 32 zero bytes.
+    Zero,
+    /// Only this many (< 32) bytes of the right header.
+    Short(u8),
+}
+
+/// One structured record, or junk.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum RecordSpec {
+    /// A valid insert.
+    Insert {
+        /// One of a few keys.
+        key: u8,
+        /// Up to 16 bytes.
+        value: Vec<u8>,
+        /// Its deadline.
+        expires: Expiry,
+    },
+    /// A valid removal.
+    Remove {
+        /// One of a few keys.
+        key: u8,
+        /// Its deadline.
+        expires: Expiry,
+    },
+    /// An insert with one bit flipped.
+    Flipped {
+        /// One of a few keys.
+        key: u8,
+        /// The bit.
+        bit: u16,
+    },
+    /// Junk bytes.
+    Junk(Vec<u8>),
+    /// Zero bytes.
+    Zeros(u8),
+}
+
+/// A deadline relative to [`NOW`].
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Expiry {
+    /// `NOW - ms`.
+    Past(u16),
+    /// Exactly `NOW` (expired: live iff now < deadline).
+    Now,
+    /// `NOW + 1 + ms`.
+    Future(u16),
+    /// Zero.
+    Epoch,
+    /// `u64::MAX`.
+    Max,
+    /// Beyond the index's 32-bit seconds.
+    Beyond32BitSeconds,
+}
+
+impl Expiry {
+    fn millis(self) -> u64 {
+        match self {
+            Expiry::Past(ms) => NOW - u64::from(ms),
+            Expiry::Now => NOW,
+            Expiry::Future(ms) => NOW + 1 + u64::from(ms),
+            Expiry::Epoch => 0,
+            Expiry::Max => u64::MAX,
+            Expiry::Beyond32BitSeconds => (u64::from(u32::MAX) + 5) * 1000,
+        }
+    }
+}
+
+fn structured_key(key: u8) -> Vec<u8> {
+    match key % 8 {
+        7 => vec![b'K'; record::MAX_KEY_BYTES],
+        n => format!("key-{n}").into_bytes(),
+    }
+}
+
+fn header_bytes(spec: HeaderSpec, id: u32) -> Vec<u8> {
+    let mut header = encode_segment_header(u64::from(id)).to_vec();
+    match spec {
+        HeaderSpec::Valid => {}
+        HeaderSpec::WrongId => {
+            header = encode_segment_header(u64::from(id) + 1).to_vec();
+        }
+        HeaderSpec::BadCrc => header[29] ^= 0x40,
+        HeaderSpec::BadMagic => header[0] = b'X',
+        HeaderSpec::NewerVersion => {
+            header[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+            let crc = crc32fast::hash(&header[..28]);
+            header[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
+        HeaderSpec::Zero => header = vec![0; SEGMENT_HEADER_LEN],
+        HeaderSpec::Short(len) => header.truncate(usize::from(len) % SEGMENT_HEADER_LEN),
+    }
+    header
+}
+
+fn encode(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(
+        &mut out,
+        &Record {
+            kind,
+            key,
+            value,
+            expires_at_millis,
+        },
+    );
+    out
+}
+
+impl Structured {
+    fn bodies(&self, ids: &[u32]) -> Vec<Vec<u8>> {
+        self.files
+            .iter()
+            .zip(ids)
+            .map(|(file, &id)| {
+                let mut bytes = header_bytes(file.header, id);
+                for spec in file.records.iter().take(64) {
+                    match spec {
+                        RecordSpec::Insert {
+                            key,
+                            value,
+                            expires,
+                        } => {
+                            let value = &value[..value.len().min(16)];
+                            bytes.extend(encode(
+                                RecordKind::Insert,
+                                &structured_key(*key),
+                                value,
+                                expires.millis(),
+                            ));
+                        }
+                        RecordSpec::Remove { key, expires } => bytes.extend(encode(
+                            RecordKind::Remove,
+                            &structured_key(*key),
+                            &[],
+                            expires.millis(),
+                        )),
+                        RecordSpec::Flipped { key, bit } => {
+                            let mut encoded = encode(
+                                RecordKind::Insert,
+                                &structured_key(*key),
+                                b"flipped",
+                                NOW + 5000,
+                            );
+                            let bit = usize::from(*bit) % (encoded.len() * 8);
+                            encoded[bit / 8] ^= 1 << (bit % 8);
+                            bytes.extend(encoded);
+                        }
+                        RecordSpec::Junk(junk) => bytes.extend(junk.iter().take(64)),
+                        RecordSpec::Zeros(n) => {
+                            bytes.extend(std::iter::repeat_n(0, usize::from(*n)))
+                        }
+                    }
+                }
+                let cut = usize::from(file.cut).min(bytes.len());
+                bytes.truncate(bytes.len() - cut);
+                bytes
+            })
+            .collect()
+    }
+}
+
+/// Splits `body` at every [`SEPARATOR`].
+fn split_files(body: &[u8]) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest
+        .windows(SEPARATOR.len())
+        .position(|window| window == SEPARATOR)
+    {
+        files.push(rest[..at].to_vec());
+        rest = &rest[at + SEPARATOR.len()..];
+    }
+    files.push(rest.to_vec());
+    files
+}
+
+/// Rewrites the CRC of every record whose lengths decode, from the header on.
+pub fn fix_record_crcs(bytes: &mut [u8]) {
+    let mut offset = SEGMENT_HEADER_LEN;
+    while offset < bytes.len() {
+        let Ok(len) = peek_len(&bytes[offset..]) else {
+            return;
+        };
+        if offset + len > bytes.len() {
+            return;
+        }
+        let crc = crc32fast::hash(&bytes[offset + 4..offset + len]);
+        bytes[offset..offset + 4].copy_from_slice(&crc.to_le_bytes());
+        offset += len;
+    }
+}
+
+impl Input {
+    /// Decodes a fuzz input. At most 8 files.
+    pub fn parse(data: &[u8]) -> Input {
+        let (control, body) = if data.len() >= 4 {
+            data.split_at(4)
+        } else {
+            (&[0u8, 0, 0, 0][..], data)
+        };
+        let (flags, options) = (control[0], control[1]);
+        let param = u16::from_le_bytes([control[2], control[3]]) as usize;
+        let structured = flags & 0x80 != 0;
+        let step = if flags & 0x10 != 0 { 2 } else { 1 };
+        let spec = structured
+            .then(|| Structured::arbitrary_take_rest(Unstructured::new(body)).ok())
+            .flatten();
+        let raw = if structured {
+            Vec::new()
+        } else {
+            split_files(body)
+        };
+        let count = spec
+            .as_ref()
+            .map_or(raw.len(), |spec| spec.files.len())
+            .clamp(1, 8);
+        let ids: Vec<u32> = match flags & 0x3 {
+            0 => (0..count).map(|k| 1 + step * k as u32).collect(),
+            1 => (0..count).map(|k| step * k as u32).collect(),
+            2 => (0..count).map(|k| 41 + step * k as u32).collect(),
+            _ => (0..count)
+                .map(|k| MAX_NAMED_ID - step * (count - 1 - k) as u32)
+                .collect(),
+        };
+        let mut bodies = match &spec {
+            Some(spec) => spec.bodies(&ids),
+            None => raw,
+        };
+        bodies.truncate(count);
+        bodies.resize(count, Vec::new());
+        for (body, &id) in bodies.iter_mut().zip(&ids) {
+            if flags & 0x08 != 0 && body.len() >= SEGMENT_HEADER_LEN {
+                body[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_segment_header(u64::from(id)));
+            }
+            if flags & 0x04 != 0 {
+                fix_record_crcs(body);
+            }
+        }
+        let damaged = match (flags >> 5) & 0x3 {
+            1 | 2 => bodies.last_mut(),
+            3 => bodies.first_mut(),
+            _ => None,
+        };
+        if let Some(body) = damaged {
+            if !body.is_empty() {
+                if (flags >> 5) & 0x3 == 2 {
+                    let cut = (param % 64).min(body.len());
+                    body.truncate(body.len() - cut);
+                } else {
+                    let bit = param % (body.len() * 8);
+                    body[bit / 8] ^= 1 << (bit % 8);
+                }
+            }
+        }
+        Input {
+            files: ids.into_iter().zip(bodies).collect(),
+            sync: options & 0x1 != 0,
+            mask_zero: options & 0x2 != 0,
+            advance_ms: ADVANCES_MS[usize::from((options >> 2) & 0x7)],
+            ttl_ms: TTLS_MS[usize::from(options >> 5)],
+        }
+    }
+}
+
+/// How open must fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedError {
+    /// `Error::Corrupt`.
+    Corrupt,
+    /// `Error::NotASegment`.
+    NotASegment,
+    /// `Error::UnsupportedVersion`.
+    UnsupportedVersion,
+}
+
+impl ExpectedError {
+    fn matches(self, error: &Error) -> bool {
+        matches!(
+            (self, error),
+            (ExpectedError::Corrupt, Error::Corrupt { .. })
+                | (ExpectedError::NotASegment, Error::NotASegment { .. })
+                | (
+                    ExpectedError::UnsupportedVersion,
+                    Error::UnsupportedVersion { .. }
+                )
+        )
+    }
+}
+
+/// A live entry after replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Its deadline (after the replay clock).
+    pub expires_at_millis: u64,
+}
+
+/// What a successful open must produce.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// Live entries at the replay clock.
+    pub live: HashMap<Vec<u8>, Live>,
+    /// Every key of every replayed record.
+    pub keys: BTreeSet<Vec<u8>>,
+    /// `RecoveryReport::segments_replayed`.
+    pub segments_replayed: u64,
+    /// `RecoveryReport::records_replayed`.
+    pub records_replayed: u64,
+    /// `RecoveryReport::expired_records_skipped`.
+    pub expired_records_skipped: u64,
+    /// `(segment id, offset, bytes cut)` of a torn tail.
+    pub truncated_tail: Option<(u32, u64, u64)>,
+    /// A deleted torn newest segment.
+    pub removed_empty_segment: Option<u32>,
+    /// The files as open leaves them.
+    pub files: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Replayed {
+    /// The value a store must answer for `key` at `now`.
+    pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.live
+            .get(key)
+            .filter(|live| now < live.expires_at_millis)
+            .map(|live| live.value.as_slice())
+    }
+
+    /// Appends `record` where the store appends: at the end of the newest file, or in a new
+    /// segment when it would pass the segment size.
+    pub fn append(&mut self, record: &Record<'_>) {
+        let (&tail_id, tail) = self.files.last_key_value().expect("a tail segment");
+        let tail_id = if tail.len() + record.encoded_len() > SEGMENT_SIZE as usize {
+            self.files.insert(
+                tail_id + 1,
+                encode_segment_header(u64::from(tail_id) + 1).to_vec(),
+            );
+            tail_id + 1
+        } else {
+            tail_id
+        };
+        let tail = self.files.get_mut(&tail_id).expect("tail");
+        encode_into(tail, record);
+    }
+}
+
+/// The model of recovery: what open does with `files` at `now`, from FORMAT.md's table.
+pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, ExpectedError> {
+    let mut out = Replayed {
+        live: HashMap::new(),
+        keys: BTreeSet::new(),
+        segments_replayed: 0,
+        records_replayed: 0,
+        expired_records_skipped: 0,
+        truncated_tail: None,
+        removed_empty_segment: None,
+        files: BTreeMap::new(),
+    };
+    let newest_id = files.keys().next_back().copied();
+    for (&id, bytes) in files {
+        let newest = Some(id) == newest_id;
+        let torn_creation = bytes.len() < SEGMENT_HEADER_LEN || bytes.iter().all(|&b| b == 0);
+        match decode_segment_header(bytes) {
+            Ok(named) if named == u64::from(id) => {}
+            Ok(_) => return Err(ExpectedError::Corrupt),
+            Err(_) if newest && torn_creation => {
+                out.removed_empty_segment = Some(id);
+                continue;
+            }
+            Err(HeaderError::BadMagic) => return Err(ExpectedError::NotASegment),
+            Err(HeaderError::UnsupportedVersion(_)) => {
+                return Err(ExpectedError::UnsupportedVersion)
+            }
+            Err(HeaderError::Truncated | HeaderError::BadChecksum) => {
+                return Err(ExpectedError::Corrupt)
+            }
+        }
+        out.segments_replayed += 1;
+        let mut offset = SEGMENT_HEADER_LEN;
+        while offset < bytes.len() {
+            let Ok(record) = decode(&bytes[offset..]) else {
+                if !newest {
+                    return Err(ExpectedError::Corrupt);
+                }
+                let cut = (bytes.len() - offset) as u64;
+                out.truncated_tail = Some((id, offset as u64, cut));
+                break;
+            };
+            out.records_replayed += 1;
+            out.keys.insert(record.key.to_vec());
+            let live = now < record.expires_at_millis;
+            match record.kind {
+                RecordKind::Insert if live => {
+                    let entry = Live {
+                        value: record.value.to_vec(),
+                        expires_at_millis: record.expires_at_millis,
+                    };
+                    out.live.insert(record.key.to_vec(), entry);
+                }
+                RecordKind::Insert => {
+                    if out.live.remove(record.key).is_none() {
+                        out.expired_records_skipped += 1;
+                    }
+                }
+                RecordKind::Remove => {
+                    out.live.remove(record.key);
+                }
+            }
+            offset += record.encoded_len();
+        }
+        out.files
+            .insert(id, bytes[..offset.min(bytes.len())].to_vec());
+    }
+    if out.files.is_empty() {
+        let id = newest_id.map_or(1, |id| id + 1);
+        out.files
+            .insert(id, encode_segment_header(u64::from(id)).to_vec());
+    }
+    Ok(out)
+}
+
+/// Keys of records that decode at any offset of any file (torn tails, junk, broken files too):
+/// none of them may be served unless the model replayed it.
+pub fn keys_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> BTreeSet<Vec<u8>> {
+    let mut keys = BTreeSet::new();
+    for bytes in files.values() {
+        for offset in 0..bytes.len().saturating_sub(RECORD_HEADER_LEN) {
+            if let Ok(record) = decode(&bytes[offset..]) {
+                keys.insert(record.key.to_vec());
+            }
+        }
+    }
+    keys
+}
+
+/// The files of a store directory (every name but `LOCK`), by name.
+fn files_on_disk(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("listing the store directory")
+        .map(|entry| entry.expect("listing the store directory"))
+        .filter(|entry| entry.file_name() != "LOCK")
+        .map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(entry.path()).expect("reading a file"))
+        })
+        .collect()
+}
+
+fn named(files: &BTreeMap<u32, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|(&id, bytes)| (crate::segment_file_name(id), bytes.clone()))
+        .collect()
+}
+
+fn assert_same_files(dir: &Path, expected: &BTreeMap<u32, Vec<u8>>, when: &str) {
+    let actual = files_on_disk(dir);
+    let expected = named(expected);
+    if actual != expected {
+        let describe = |files: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize)> {
+            files.iter().map(|(n, b)| (n.clone(), b.len())).collect()
+        };
+        panic!(
+            "{when}: files on disk differ from the model\n  disk:  {:?}\n  model: {:?}",
+            describe(&actual),
+            describe(&expected)
+        );
+    }
+}
+
+fn config(input: &Input, clock: &ManualClock) -> Config {
+    let config = Config::default()
+        .durability(if input.sync {
+            Durability::Sync
+        } else {
+            Durability::Never
+        })
+        .clock(clock.clone())
+        .segment_size_bytes(SEGMENT_SIZE);
+    if input.mask_zero {
+        config.hash_mask_for_testing(0)
+    } else {
+        config
+    }
+}
+
+/// Asks `store` about every key in `probe` and compares with the model at `now`.
+fn check_answers(store: &Store, model: &Replayed, probe: &BTreeSet<Vec<u8>>, now: u64, when: &str) {
+    for key in probe {
+        let got = store
+            .get(key)
+            .unwrap_or_else(|e| panic!("{when}: get({key:?}) failed: {e}"));
+        let want = model.get(key, now);
+        assert_eq!(
+            got.as_deref(),
+            want,
+            "{when}: get({:?}) at now={now}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+fn check_report(store: &Store, model: &Replayed, dir: &Path, when: &str) {
+    let report = store.recovery_report();
+    assert_eq!(
+        report.segments_replayed, model.segments_replayed,
+        "{when}: segments_replayed ({report:?})"
+    );
+    assert_eq!(
+        report.records_replayed, model.records_replayed,
+        "{when}: records_replayed ({report:?})"
+    );
+    assert_eq!(
+        report.expired_records_skipped, model.expired_records_skipped,
+        "{when}: expired_records_skipped ({report:?})"
+    );
+    let tail = report.truncated_tail.as_ref().map(|t| {
+        assert!(!t.reason.is_empty());
+        let name = t.path.file_name().expect("a file name").to_string_lossy();
+        (name.into_owned(), t.offset, t.bytes_cut)
+    });
+    let want_tail = model
+        .truncated_tail
+        .map(|(id, offset, cut)| (crate::segment_file_name(id), offset, cut));
+    assert_eq!(tail, want_tail, "{when}: truncated_tail ({report:?})");
+    assert_eq!(
+        report.removed_empty_segment,
+        model
+            .removed_empty_segment
+            .map(|id| dir.join(crate::segment_file_name(id))),
+        "{when}: removed_empty_segment ({report:?})"
+    );
+    let stats = store.stats();
+    assert_eq!(stats.segments, model.files.len() as u64, "{when}: segments");
+    let bytes: usize = model.files.values().map(Vec::len).sum();
+    assert_eq!(stats.disk_bytes, bytes as u64, "{when}: disk bytes");
+    assert_eq!(
+        stats.live_keys,
+        model.live.len() as u64,
+        "{when}: index entries after replay"
+    );
+}
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let input = Input::parse(data);
+    let dir = crate::scratch_dir();
+    for (&id, bytes) in &input.files {
+        std::fs::write(dir.path().join(crate::segment_file_name(id)), bytes)
+            .expect("writing a segment file");
+    }
+    let clock = ManualClock::new();
+    let expected = replay(&input.files, NOW);
+    let opened = Store::open_with(dir.path(), config(&input, &clock));
+    let (store, mut model) = match (expected, opened) {
+        (Err(want), Err(error)) => {
+            assert!(
+                want.matches(&error),
+                "open failed with {error:?}, the model expected {want:?}"
+            );
+            // A failed open changes no file.
+            assert_same_files(dir.path(), &input.files, "after a failed open");
+            return;
+        }
+        (Err(want), Ok(store)) => panic!(
+            "open succeeded ({:?}), the model expected {want:?}",
+            store.recovery_report()
+        ),
+        (Ok(model), Err(error)) => panic!(
+            "open failed with {error}; the model expected success: {:?}",
+            (
+                model.records_replayed,
+                model.truncated_tail,
+                model.removed_empty_segment
+            )
+        ),
+        (Ok(model), Ok(store)) => (store, model),
+    };
+
+    // Every key the input could be read to contain, plus keys never in it.
+    let mut probe = keys_anywhere(&input.files);
+    probe.extend(model.keys.iter().cloned());
+    let mut never = Vec::new();
+    for key in probe.iter().take(32) {
+        let mut longer = key.clone();
+        longer.push(0);
+        never.push(longer);
+        if key.len() > 1 {
+            never.push(key[..key.len() - 1].to_vec());
+        }
+    }
+    never.push(b"never-in-the-input".to_vec());
+    for key in never {
+        if !probe.contains(&key) {
+            assert!(model.get(&key, NOW).is_none());
+            probe.insert(key);
+        }
+    }
+
+    check_report(&store, &model, dir.path(), "after open");
+    assert_same_files(dir.path(), &model.files, "after open");
+    check_answers(&store, &model, &probe, NOW, "after open");
+
+    // Time passes; every key re-checked.
+    clock.advance(Duration::from_millis(input.advance_ms));
+    let now = NOW + input.advance_ms;
+    check_answers(&store, &model, &probe, now, "after the clock moved");
+
+    // Writes after recovery: a fresh key, re-inserts of a few known keys, one removal.
+    let ttl = Duration::from_millis(input.ttl_ms);
+    let mut fresh = b"fresh".to_vec();
+    while probe.contains(&fresh) {
+        fresh.push(b'!');
+    }
+    let mut written: Vec<Vec<u8>> = vec![fresh];
+    written.extend(model.keys.iter().take(3).cloned());
+    for key in &written {
+        let got = store
+            .check_or_insert(key, ttl, b"after-open")
+            .expect("check_or_insert after open");
+        match model.get(key, now) {
+            Some(value) => assert_eq!(
+                got,
+                Outcome::Duplicate(idem::Value::from(value)),
+                "check_or_insert of a live key"
+            ),
+            None => {
+                assert_eq!(got, Outcome::Inserted, "check_or_insert of an absent key");
+                let expires_at_millis = now + input.ttl_ms;
+                model.append(&Record {
+                    kind: RecordKind::Insert,
+                    key,
+                    value: b"after-open",
+                    expires_at_millis,
+                });
+                model.live.insert(
+                    key.clone(),
+                    Live {
+                        value: b"after-open".to_vec(),
+                        expires_at_millis,
+                    },
+                );
+            }
+        }
+    }
+    probe.extend(written);
+    let removable = probe
+        .iter()
+        .find(|key| model.get(key, now).is_some())
+        .cloned();
+    if let Some(key) = removable {
+        assert!(store.remove(&key).expect("remove"), "remove of a live key");
+        let expires_at_millis = model.live[&key].expires_at_millis;
+        model.append(&Record {
+            kind: RecordKind::Remove,
+            key: &key,
+            value: &[],
+            expires_at_millis,
+        });
+        model.live.remove(&key);
+    }
+    check_answers(&store, &model, &probe, now, "after the writes");
+    store.close().expect("close");
+    assert_same_files(dir.path(), &model.files, "after close");
+
+    // Known engine bug (fuzz/regressions/recover/segment-id-past-8-digits): past segment
+    // 99999999 the store creates `segment-100000000.idem`, a name its own listing ignores, so
+    // a reopen loses those records. Checked only with IDEM_FUZZ_STRICT=1 until the engine is
+    // fixed; then drop this guard.
+    if !crate::strict() && model.files.keys().any(|&id| id > MAX_NAMED_ID) {
+        return;
+    }
+
+    // A reopen replays exactly the model's files.
+    let again = replay(&model.files, now).expect("the files a store leaves always open");
+    let store = Store::open_with(dir.path(), config(&input, &clock))
+        .unwrap_or_else(|e| panic!("reopen failed: {e}"));
+    assert_eq!(again.truncated_tail, None);
+    check_report(&store, &again, dir.path(), "after reopen");
+    check_answers(&store, &again, &probe, now, "after reopen");
+    store.close().expect("close after reopen");
+}
