@@ -2,15 +2,14 @@
 //! reopening reads the checkpoint and only the log written after it instead of all history.
 //!
 //! Layout (little-endian; spec in `engine/FORMAT.md`): a header with the hash seeds, shard count,
-//! hash mask and the segment replay starts from; a table of sealed segments' stats; then one
+//! hash mask and the log location replay starts from; a table of segments' stats; then one
 //! block per shard: entry count, CRC of the entries, and 16-byte entries (tag, deadline secs,
 //! location) exactly as the shard's slots hold them.
 //!
 //! Invariants:
 //! - A checkpoint taken at log position P holds exactly the entries with location < P, and
-//!   every byte before P was durable before the checkpoint was written. Replay starts at the
-//!   first byte of P's segment; re-applying records the checkpoint already reflects is harmless
-//!   (per key, the last insert or removal wins).
+//!   every byte before P was durable before the checkpoint was written. Replay starts at P; the
+//!   segment table counts exactly the records before P.
 //! - The file appears only by rename after it was fsynced, then the directory is fsynced.
 //! - A checkpoint is never trusted over the log: any failed check (magic, version, CRC, length,
 //!   a shard count or hash mask other than the config's) means it is ignored and the whole log is
@@ -39,11 +38,11 @@ const SHARD_COUNT_OFFSET: usize = VERSION_OFFSET + 4;
 const HASH_MASK_OFFSET: usize = SHARD_COUNT_OFFSET + 4;
 const SEEDS_OFFSET: usize = HASH_MASK_OFFSET + 8;
 const REPLAY_FROM_OFFSET: usize = SEEDS_OFFSET + 32;
-const SEGMENT_COUNT_OFFSET: usize = REPLAY_FROM_OFFSET + 4;
+const SEGMENT_COUNT_OFFSET: usize = REPLAY_FROM_OFFSET + 8;
 const ENTRY_COUNT_OFFSET: usize = SEGMENT_COUNT_OFFSET + 4;
 const HEADER_CRC_OFFSET: usize = ENTRY_COUNT_OFFSET + 8;
 const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
-const _: () = assert!(HEADER_LEN == 76);
+const _: () = assert!(HEADER_LEN == 80);
 
 /// id u32, reserved u32, records u64, max_deadline_secs u32, reserved u32.
 const SEGMENT_ROW_LEN: usize = 24;
@@ -56,10 +55,10 @@ const SHARD_BLOCK_HEADER_LEN: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
     pub(crate) seeds: [u64; 4],
-    /// Replay starts at the first byte of this segment.
-    pub(crate) replay_from_segment: u32,
-    /// Stats of the sealed segments before `replay_from_segment`, as they were when it was taken.
-    pub(crate) sealed: BTreeMap<u32, SegmentStats>,
+    /// Replay starts at this log location.
+    pub(crate) replay_from: Location,
+    /// Stats of the segments up to and including `replay_from`'s, counting the records before it.
+    pub(crate) segments: BTreeMap<u32, SegmentStats>,
     /// Entries per shard.
     pub(crate) shards: Vec<Vec<Slot>>,
 }
@@ -67,15 +66,8 @@ pub(crate) struct Checkpoint {
 /// Writes a checkpoint of the store's index.
 pub(crate) fn write(shared: &Shared) -> Result<()> {
     // Everything before P must be durable before entries pointing there are recorded as facts.
-    let replay_from: Location = shared.log.tail();
+    let (replay_from, segments) = shared.log.tail_and_stats();
     shared.log.wait_durable(replay_from)?;
-    let replay_from_segment = segment_of(replay_from);
-    let sealed: BTreeMap<u32, SegmentStats> = shared
-        .log
-        .segment_stats()
-        .into_iter()
-        .filter(|&(id, _)| id < replay_from_segment)
-        .collect();
     let now = shared.clock.now_millis();
 
     let dir = &shared.dir;
@@ -101,12 +93,12 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     for (i, seed) in shared.index.seeds().iter().enumerate() {
         put_u64(&mut header, SEEDS_OFFSET + 8 * i, *seed);
     }
-    put_u32(&mut header, REPLAY_FROM_OFFSET, replay_from_segment);
-    put_u32(&mut header, SEGMENT_COUNT_OFFSET, sealed.len() as u32);
+    put_u64(&mut header, REPLAY_FROM_OFFSET, replay_from);
+    put_u32(&mut header, SEGMENT_COUNT_OFFSET, segments.len() as u32);
     out.write_all(&header).map_err(io("writing"))?;
 
-    let mut table_bytes = Vec::with_capacity(sealed.len() * SEGMENT_ROW_LEN + 4);
-    for (&id, stats) in &sealed {
+    let mut table_bytes = Vec::with_capacity(segments.len() * SEGMENT_ROW_LEN + 4);
+    for (&id, stats) in &segments {
         let mut row = [0u8; SEGMENT_ROW_LEN];
         put_u32(&mut row, 0, id);
         put_u64(&mut row, 8, stats.records);
@@ -196,7 +188,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         return Err("hash mask differs from the config's".into());
     }
     let seeds = [0, 1, 2, 3].map(|i| get_u64(bytes, SEEDS_OFFSET + 8 * i));
-    let replay_from_segment = get_u32(bytes, REPLAY_FROM_OFFSET);
+    let replay_from = get_u64(bytes, REPLAY_FROM_OFFSET);
     let segment_count = get_u32(bytes, SEGMENT_COUNT_OFFSET) as usize;
     let entry_count = get_u64(bytes, ENTRY_COUNT_OFFSET);
 
@@ -209,20 +201,18 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
     if get_u32(bytes, at + table_len) != crc32fast::hash(table) {
         return Err(format!("segment table checksum mismatch at offset {at}"));
     }
-    let mut sealed = BTreeMap::new();
+    let mut segments = BTreeMap::new();
     for row in table.chunks_exact(SEGMENT_ROW_LEN) {
         let id = get_u32(row, 0);
-        if id >= replay_from_segment {
-            return Err(format!(
-                "segment {id} listed as sealed is not before the replay start"
-            ));
+        if id > segment_of(replay_from) {
+            return Err(format!("segment {id} is listed but lies after the replay start"));
         }
         let stats = SegmentStats {
             records: get_u64(row, 8),
             live: 0,
             max_deadline_secs: get_u32(row, 16),
         };
-        sealed.insert(id, stats);
+        segments.insert(id, stats);
     }
     at += table_len + 4;
 
@@ -250,9 +240,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
                 expires_at_secs: get_u32(entry, 4),
                 location: get_u64(entry, 8),
             };
-            if slot.location == 0
-                || segment_of(slot.location) >= replay_from_segment.saturating_add(1)
-            {
+            if slot.location == 0 || slot.location >= replay_from {
                 return Err(format!(
                     "shard {shard} has an entry outside the checkpointed log"
                 ));
@@ -272,10 +260,13 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
     if total != entry_count {
         return Err(format!("{total} entries, the header says {entry_count}"));
     }
+    if !segments.contains_key(&segment_of(replay_from)) {
+        return Err("the replay start's segment is not listed".into());
+    }
     Ok(Checkpoint {
         seeds,
-        replay_from_segment,
-        sealed,
+        replay_from,
+        segments,
         shards,
     })
 }

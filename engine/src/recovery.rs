@@ -86,19 +86,24 @@ pub(crate) fn recover(
             None
         }
     };
-    let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from_segment);
+    // Replay starts at the checkpoint's location, or at the very beginning.
+    let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from);
+    let first_replayed = segment_of(replay_from);
     if let Some(checkpoint) = &checkpoint {
-        // Segments before the replay start are sealed and summarised by the checkpoint: open
-        // them (their headers are checked) but do not read them.
-        for &id in ids.iter().filter(|&&id| id < replay_from) {
+        // Segments before the replay start are summarised by the checkpoint: open them (their
+        // headers are checked) but do not read them.
+        for &id in ids.iter().filter(|&&id| id < first_replayed) {
             let file = SegmentFile::open(dir, id)?;
             let mut header = [0u8; SEGMENT_HEADER_LEN];
             let got = file.read_at(&mut header, 0)?;
             if let HeaderVerdict::TornCreation = check_header(&file, &header[..got], false)? {
                 unreachable!("only the newest segment may be a torn creation");
             }
-            segment_stats.insert(id, checkpoint.sealed[&id]);
+            segment_stats.insert(id, checkpoint.segments[&id]);
             opened.insert(id, file);
+        }
+        if ids.binary_search(&first_replayed).is_ok() {
+            segment_stats.insert(first_replayed, checkpoint.segments[&first_replayed]);
         }
         report.checkpoint_entries_loaded = checkpoint::install(
             checkpoint,
@@ -108,7 +113,7 @@ pub(crate) fn recover(
         );
     }
     for (position, &id) in ids.iter().enumerate() {
-        if id < replay_from {
+        if id < first_replayed {
             continue;
         }
         let newest = position + 1 == ids.len();
@@ -119,16 +124,26 @@ pub(crate) fn recover(
             HeaderVerdict::TornCreation => {
                 drop(file);
                 let path = dir.join(segment::segment_file_name(id));
-                std::fs::remove_file(&path).map_err(|e| {
-                    Error::io(format!("removing torn segment {}", path.display()), e)
-                })?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing torn segment {}", path.display()), e))?;
                 segment::sync_dir(dir)?;
                 report.removed_empty_segment = Some(path);
                 continue;
             }
         }
         report.segments_replayed += 1;
-        let mut offset = SEGMENT_HEADER_LEN;
+        let mut offset = if id == first_replayed && replay_from != 0 {
+            offset_of(replay_from) as usize
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        if offset > bytes.len() {
+            return Err(Error::Corrupt {
+                path: file.path.clone(),
+                offset: bytes.len() as u64,
+                reason: format!("file ends before the checkpoint's replay start {offset}"),
+            });
+        }
         while offset < bytes.len() {
             match record::decode(&bytes[offset..]) {
                 Ok(record) => {
@@ -190,9 +205,9 @@ pub(crate) fn recover(
 fn usable(checkpoint: &Checkpoint, ids: &[u32]) -> std::result::Result<(), String> {
     for &id in ids
         .iter()
-        .filter(|&&id| id < checkpoint.replay_from_segment)
+        .filter(|&&id| id <= segment_of(checkpoint.replay_from))
     {
-        if !checkpoint.sealed.contains_key(&id) {
+        if !checkpoint.segments.contains_key(&id) {
             return Err(format!(
                 "checkpoint does not list segment {id}, which is on disk"
             ));

@@ -397,20 +397,17 @@ impl Log {
             .collect()
     }
 
-    /// Every segment's stats (for checkpoints).
-    pub(crate) fn segment_stats(&self) -> BTreeMap<u32, SegmentStats> {
-        self.state.lock().segment_stats.clone()
+    /// The tail location and every segment's stats, taken together: the stats count exactly the
+    /// records before the tail (for checkpoints).
+    pub(crate) fn tail_and_stats(&self) -> (Location, BTreeMap<u32, SegmentStats>) {
+        let state = self.state.lock();
+        let tail = location(state.tail_segment, state.tail_offset);
+        (tail, state.segment_stats.clone())
     }
 
     /// The open segment file `id`, if it exists.
     pub(crate) fn segment_file(&self, id: u32) -> Option<Arc<SegmentFile>> {
         self.segments.read().get(&id).cloned()
-    }
-
-    /// The location where the next record will go.
-    pub(crate) fn tail(&self) -> Location {
-        let state = self.state.lock();
-        location(state.tail_segment, state.tail_offset)
     }
 
     /// Deletes sealed segment `id`: no index entry may need it any more (all its records expired,
