@@ -39,7 +39,7 @@ throughput grows with --threads and --batch.";
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Number of check-or-insert operations (new keys plus repeats).
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
     /// Bytes of the value stored with each key.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=idem::MAX_VALUE_BYTES as i64))]
@@ -242,7 +242,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> CliResult<BenchReport> {
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{prefix} [{bar:36}] {human_pos:>11}/{human_len:11} ops  {per_sec:>14}  eta {eta:>3}",
+            "{prefix} [{bar:36}] {human_pos:>11}/{human_len:11} ops  {per_sec:0}  eta {eta:>3}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),

@@ -318,7 +318,7 @@ impl Progress {
             ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
         };
         let style = ProgressStyle::with_template(
-            "{prefix:>13} [{bar:36}] {human_pos:>9}/{human_len:9} deliveries  {per_sec:>14}  eta {eta:>3}  {msg}",
+            "{prefix:>13} [{bar:36}] {human_pos:>9}/{human_len:9} deliveries  {per_sec:0}  eta {eta:>3}  {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
@@ -425,10 +425,17 @@ fn run_once(
             let respawned = Instant::now();
             consumer = launcher.spawn(args)?;
             let ready = consumer.wait_ready(respawned)?;
+            let store_note = if args.store.is_some() {
+                format!(
+                    "store reopened, {} records replayed; ",
+                    fmt::count(ready.records_replayed)
+                )
+            } else {
+                String::new()
+            };
             progress.say(&format!(
-                "  consumer restarted in {} (store reopened, {} records replayed; ledger of {} charges reloaded)",
+                "  consumer restarted in {} ({store_note}ledger of {} charges reloaded)",
                 fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
-                fmt::count(ready.records_replayed),
                 fmt::count(ready.ledger_entries)
             ));
             starts.push(ready);
@@ -748,8 +755,9 @@ pub fn render(r: &DemoReport) -> String {
     for ready in d.starts.iter().skip(1) {
         let _ = writeln!(
             out,
-            "  restart: consumer up in {} (store reopened replaying {} records{}, ledger of {} charges reloaded)",
+            "  restart: consumer up in {} (of which {} to reopen the store, replaying {} records{}, and reload the ledger of {} charges)",
             fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
+            fmt::nanos(ready.open.as_nanos() as u64),
             fmt::count(ready.records_replayed),
             if ready.bytes_cut > 0 {
                 format!(", torn tail of {} bytes cut", ready.bytes_cut)

@@ -34,7 +34,14 @@ use clap::{Parser, Subcommand};
 /// idempotency keys a consumer checks before its side effect: one durable check-or-insert with a
 /// TTL, embedded in the consumer's process.
 #[derive(Debug, Parser)]
-#[command(name = "idem", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "idem",
+    version,
+    about,
+    long_about,
+    propagate_version = true,
+    after_help = "Examples:\n  idem demo                      the incident, 1M events, consumer killed midway\n  idem demo --events 100000 --durability never\n  idem bench --keys 1000000 --threads 8 --batch 100 --durability sync\n  idem bench --json              one JSON object, for scripts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
