@@ -41,3 +41,13 @@ pub fn strict() -> bool {
 pub fn segment_file_name(id: u32) -> String {
     format!("segment-{id:08}.idem")
 }
+
+/// A key for messages: text if it is text, shortened if it is long.
+pub fn show(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&key[..key.len().min(24)]);
+    if key.len() > 24 {
+        format!("{text:?}…({} bytes)", key.len())
+    } else {
+        format!("{text:?}")
+    }
+}

@@ -440,7 +440,13 @@ impl Harness {
                 let key = key.bytes();
                 let got = self.store().remove(&key).expect("remove");
                 let want = self.model.remove(&key);
-                assert_eq!(got, want, "step {}: remove({})", self.step, show(&key));
+                assert_eq!(
+                    got,
+                    want,
+                    "step {}: remove({})",
+                    self.step,
+                    crate::show(&key)
+                );
             }
             Op::Advance(by) => {
                 let by = by.duration();
@@ -477,7 +483,7 @@ impl Harness {
             want,
             "step {}: check_or_insert({}, {ttl:?})",
             self.step,
-            show(&key)
+            crate::show(&key)
         );
     }
 
@@ -503,7 +509,7 @@ impl Harness {
     fn get(&self, key: &[u8]) {
         let got = self.store().get(key).expect("get").map(|v| v.into_vec());
         let want = self.model.get(key);
-        assert_eq!(got, want, "step {}: get({})", self.step, show(key));
+        assert_eq!(got, want, "step {}: get({})", self.step, crate::show(key));
     }
 
     fn invalid(&mut self, op: &InvalidOp) {
@@ -586,19 +592,6 @@ impl Harness {
         self.sweep();
         let store = self.store.take().expect("open");
         store.close().expect("close");
-    }
-}
-
-/// A key for messages.
-fn show(key: &[u8]) -> String {
-    if key.len() > 16 {
-        format!(
-            "{}…({} bytes)",
-            String::from_utf8_lossy(&key[..16]),
-            key.len()
-        )
-    } else {
-        String::from_utf8_lossy(key).into_owned()
     }
 }
 
