@@ -61,6 +61,8 @@ pub(crate) struct Checkpoint {
     pub(crate) segments: BTreeMap<u32, SegmentStats>,
     /// Entries per shard.
     pub(crate) shards: Vec<Vec<Slot>>,
+    /// Keys that held an open claim when the checkpoint was taken (to find claims in doubt).
+    pub(crate) claim_keys: Vec<Box<[u8]>>,
 }
 
 /// Writes a checkpoint of the store's index.
@@ -131,6 +133,17 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         put_u32(&mut block, 4, crc);
         out.write_all(&block).map_err(io("writing"))?;
     }
+    // Open claims: their records may lie before P, where replay will not see them.
+    let mut claims = Vec::new();
+    let claim_keys = shared.claims.live_keys(now);
+    claims.extend_from_slice(&(claim_keys.len() as u32).to_le_bytes());
+    for key in &claim_keys {
+        claims.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        claims.extend_from_slice(key);
+    }
+    let crc = crc32fast::hash(&claims);
+    claims.extend_from_slice(&crc.to_le_bytes());
+    out.write_all(&claims).map_err(io("writing"))?;
     let mut file = out
         .into_inner()
         .map_err(|e| io("writing")(e.into_error()))?;
@@ -205,7 +218,9 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
     for row in table.chunks_exact(SEGMENT_ROW_LEN) {
         let id = get_u32(row, 0);
         if id > segment_of(replay_from) {
-            return Err(format!("segment {id} is listed but lies after the replay start"));
+            return Err(format!(
+                "segment {id} is listed but lies after the replay start"
+            ));
         }
         let stats = SegmentStats {
             records: get_u64(row, 8),
@@ -251,9 +266,37 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         shards.push(slots);
         at += len;
     }
+    let claims_start = at;
+    let claim_count = bytes
+        .get(at..at + 4)
+        .map(|count| get_u32(count, 0))
+        .ok_or("truncated before the claims section")?;
+    at += 4;
+    let mut claim_keys = Vec::new();
+    for _ in 0..claim_count {
+        let len = bytes
+            .get(at..at + 2)
+            .map(|len| u16::from_le_bytes([len[0], len[1]]) as usize)
+            .ok_or("truncated in the claims section")?;
+        let key = bytes
+            .get(at + 2..at + 2 + len)
+            .ok_or("truncated in the claims section")?;
+        claim_keys.push(key.into());
+        at += 2 + len;
+    }
+    let stored_crc = bytes
+        .get(at..at + 4)
+        .map(|crc| get_u32(crc, 0))
+        .ok_or("truncated in the claims section")?;
+    if crc32fast::hash(&bytes[claims_start..at]) != stored_crc {
+        return Err(format!(
+            "claims section checksum mismatch at offset {claims_start}"
+        ));
+    }
+    at += 4;
     if at != bytes.len() {
         return Err(format!(
-            "{} unexpected bytes after the last shard",
+            "{} unexpected bytes after the claims section",
             bytes.len() - at
         ));
     }
@@ -268,6 +311,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         replay_from,
         segments,
         shards,
+        claim_keys,
     })
 }
 

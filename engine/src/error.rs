@@ -47,6 +47,37 @@ pub enum Error {
         /// The limit in seconds.
         max_secs: u64,
     },
+    /// A fingerprint is longer than [`crate::record::MAX_FINGERPRINT_BYTES`].
+    #[error("fingerprint is {len} bytes, over the limit of {max} bytes")]
+    FingerprintTooLarge {
+        /// Length of the rejected fingerprint.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key was recorded (or claimed) by a request with another fingerprint: this request
+    /// reuses an idempotency key for different content, and gets no other request's result.
+    #[error(
+        "idempotency key ({key_len} bytes) was used before with a different request fingerprint"
+    )]
+    FingerprintMismatch {
+        /// Length of the key, to help find it without logging its bytes.
+        key_len: usize,
+    },
+    /// The key is claimed by a side effect in progress (see [`crate::Store::claim`]); it has no
+    /// result yet. Retry after `until`, when the lease ends.
+    #[error("key is claimed by a side effect in progress until {until:?}")]
+    ClaimInFlight {
+        /// When the current claim's lease ends.
+        until: std::time::SystemTime,
+    },
+    /// A claim token no longer holds its key: its lease ended, or the key was completed,
+    /// released, removed or claimed again. The holder must not record a result.
+    #[error("stale claim: {reason}")]
+    StaleClaim {
+        /// What happened to the claim.
+        reason: String,
+    },
     /// Another process, or another `Store` in this process, has the directory open.
     #[error("store directory {dir} is already open (lock file {lock_file} is held)")]
     Locked {

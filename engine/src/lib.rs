@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod claim;
 mod clock;
 mod config;
 mod error;
@@ -41,6 +42,7 @@ mod single_flight;
 mod store;
 mod store_with;
 
+pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
 pub use error::{Error, Result};

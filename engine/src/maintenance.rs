@@ -232,7 +232,9 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
         let probe = shared.probe(&table, hash, record.key, now, &mut buf)?;
         let copy = match (record.kind, probe) {
             // Still the key's live entry: copy it and point the entry at the copy.
-            (RecordKind::Insert, Probe::Found(slot)) if table.slot(slot).location == at => {
+            (RecordKind::Insert | RecordKind::Claim, Probe::Found(slot))
+                if table.slot(slot).location == at =>
+            {
                 let (new_at, end) = shared.log.append(&record)?;
                 table.relocate(slot, new_at);
                 Some(end)

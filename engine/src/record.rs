@@ -37,8 +37,15 @@ const _: () = assert!(RECORD_EXPIRES_OFFSET + 8 == RECORD_HEADER_LEN);
 pub const MAX_KEY_BYTES: usize = 1024;
 /// The largest value a record can carry.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The largest request fingerprint a record can carry.
+pub const MAX_FINGERPRINT_BYTES: usize = 32;
 /// The largest encoded record.
-pub const MAX_RECORD_BYTES: usize = RECORD_HEADER_LEN + MAX_KEY_BYTES + MAX_VALUE_BYTES;
+pub const MAX_RECORD_BYTES: usize =
+    RECORD_HEADER_LEN + MAX_KEY_BYTES + MAX_VALUE_BYTES + 1 + MAX_FINGERPRINT_BYTES;
+
+/// Flag bit: a fingerprint (length byte, then bytes) follows the value.
+const FLAG_FINGERPRINT: u8 = 0x01;
+const KNOWN_FLAGS: u8 = FLAG_FINGERPRINT;
 
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +56,9 @@ pub enum RecordKind {
     /// The key's live entry was removed. Its deadline is the removed entry's deadline, so the
     /// tombstone may be forgotten once the record it hides would have expired anyway.
     Remove = 2,
+    /// The key was claimed for a side effect outside the store, until the deadline (the lease).
+    /// The value is the 8-byte claim id (little-endian) that fences stale holders.
+    Claim = 3,
 }
 
 impl RecordKind {
@@ -56,6 +66,7 @@ impl RecordKind {
         match byte {
             1 => Some(RecordKind::Insert),
             2 => Some(RecordKind::Remove),
+            3 => Some(RecordKind::Claim),
             _ => None,
         }
     }
@@ -113,22 +124,29 @@ pub struct Record<'a> {
     pub kind: RecordKind,
     /// The key.
     pub key: &'a [u8],
-    /// The value (empty for a removal).
+    /// The value (empty for a removal, the claim id for a claim).
     pub value: &'a [u8],
     /// Absolute deadline in milliseconds since the Unix epoch.
     pub expires_at_millis: u64,
+    /// The request fingerprint recorded with the key (empty: none).
+    pub fingerprint: &'a [u8],
 }
 
 impl Record<'_> {
     /// Bytes this record occupies when encoded.
     pub fn encoded_len(&self) -> usize {
-        encoded_len(self.key.len(), self.value.len())
+        encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
     }
 }
 
 /// Bytes a record with these lengths occupies.
-pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
-    RECORD_HEADER_LEN + key_len + value_len
+pub fn encoded_len(key_len: usize, value_len: usize, fingerprint_len: usize) -> usize {
+    let fingerprint = if fingerprint_len == 0 {
+        0
+    } else {
+        1 + fingerprint_len
+    };
+    RECORD_HEADER_LEN + key_len + value_len + fingerprint
 }
 
 /// Appends the encoding of `record` to `out`.
@@ -138,15 +156,24 @@ pub fn encoded_len(key_len: usize, value_len: usize) -> usize {
 pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
     assert!(record.value.len() <= MAX_VALUE_BYTES);
+    assert!(record.fingerprint.len() <= MAX_FINGERPRINT_BYTES);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.push(record.kind as u8);
-    out.push(0);
+    out.push(if record.fingerprint.is_empty() {
+        0
+    } else {
+        FLAG_FINGERPRINT
+    });
     out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(record.value.len() as u32).to_le_bytes());
     out.extend_from_slice(&record.expires_at_millis.to_le_bytes());
     out.extend_from_slice(record.key);
     out.extend_from_slice(record.value);
+    if !record.fingerprint.is_empty() {
+        out.push(record.fingerprint.len() as u8);
+        out.extend_from_slice(record.fingerprint);
+    }
     let crc = crc32fast::hash(&out[start + RECORD_KIND_OFFSET..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(out.len() - start, record.encoded_len());
@@ -167,7 +194,7 @@ pub fn peek_len(bytes: &[u8]) -> Result<usize, DecodeError> {
         return Err(DecodeError::BadKind(kind));
     }
     let flags = bytes[RECORD_FLAGS_OFFSET];
-    if flags != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(DecodeError::BadFlags(flags));
     }
     let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
@@ -178,7 +205,20 @@ pub fn peek_len(bytes: &[u8]) -> Result<usize, DecodeError> {
     if value_len > MAX_VALUE_BYTES {
         return Err(DecodeError::BadLength("value length"));
     }
-    Ok(encoded_len(key_len, value_len))
+    if flags & FLAG_FINGERPRINT == 0 {
+        return Ok(encoded_len(key_len, value_len, 0));
+    }
+    let at = RECORD_HEADER_LEN + key_len + value_len;
+    let Some(&fingerprint_len) = bytes.get(at) else {
+        return Err(DecodeError::Truncated {
+            needed: at + 1,
+            available: bytes.len(),
+        });
+    };
+    if fingerprint_len == 0 || fingerprint_len as usize > MAX_FINGERPRINT_BYTES {
+        return Err(DecodeError::BadLength("fingerprint length"));
+    }
+    Ok(encoded_len(key_len, value_len, fingerprint_len as usize))
 }
 
 /// Decodes the record at the start of `bytes`, checking lengths and the CRC.
@@ -197,13 +237,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     }
     let kind = RecordKind::from_byte(bytes[RECORD_KIND_OFFSET]).expect("checked by peek_len");
     let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
+    let value_len = u32_at(bytes, RECORD_VALUE_LEN_OFFSET) as usize;
     let key_range = RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len;
-    let value_range: Range<usize> = key_range.end..len;
+    let value_range: Range<usize> = key_range.end..key_range.end + value_len;
+    let fingerprint = if bytes[RECORD_FLAGS_OFFSET] & FLAG_FINGERPRINT == 0 {
+        &[][..]
+    } else {
+        &bytes[value_range.end + 1..len]
+    };
     Ok(Record {
         kind,
         key: &bytes[key_range],
         value: &bytes[value_range],
         expires_at_millis: u64_at(bytes, RECORD_EXPIRES_OFFSET),
+        fingerprint,
     })
 }
 
@@ -300,10 +347,11 @@ mod tests {
             key in proptest::collection::vec(any::<u8>(), 1..64),
             value in proptest::collection::vec(any::<u8>(), 0..128),
             expires in any::<u64>(),
-            remove in any::<bool>(),
+            kind in 1u8..=3,
+            fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
         ) {
-            let kind = if remove { RecordKind::Remove } else { RecordKind::Insert };
-            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires };
+            let kind = RecordKind::from_byte(kind).unwrap();
+            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint };
             let mut bytes = vec![0xAA];
             encode_into(&mut bytes, &record);
             prop_assert_eq!(decode(&bytes[1..]), Ok(record));
@@ -316,7 +364,7 @@ mod tests {
             value in proptest::collection::vec(any::<u8>(), 0..32),
             bit in any::<prop::sample::Index>(),
         ) {
-            let record = Record { kind: RecordKind::Insert, key: &key, value: &value, expires_at_millis: 7 };
+            let record = Record { kind: RecordKind::Insert, key: &key, value: &value, expires_at_millis: 7, fingerprint: b"fp" };
             let mut bytes = Vec::new();
             encode_into(&mut bytes, &record);
             let bit = bit.index(bytes.len() * 8);

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::claim::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
 use crate::index::{Index, KeyCheck, Probe, Slot};
 use crate::log::segment::{self, SegmentFile};
@@ -59,6 +60,8 @@ pub(crate) struct Recovered {
     pub(crate) segment_stats: BTreeMap<u32, SegmentStats>,
     pub(crate) tail_offset: u32,
     pub(crate) report: RecoveryReport,
+    /// Claims whose key still holds them after replay: their side effect is in doubt.
+    pub(crate) in_doubt: Vec<ClaimToken>,
 }
 
 pub(crate) fn recover(
@@ -88,6 +91,10 @@ pub(crate) fn recover(
     };
     // Replay starts at the checkpoint's location, or at the very beginning.
     let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from);
+    let mut claim_keys: Vec<Box<[u8]>> = checkpoint
+        .as_ref()
+        .map(|c| c.claim_keys.clone())
+        .unwrap_or_default();
     let first_replayed = segment_of(replay_from);
     if let Some(checkpoint) = &checkpoint {
         // Segments before the replay start are summarised by the checkpoint: open them (their
@@ -124,8 +131,9 @@ pub(crate) fn recover(
             HeaderVerdict::TornCreation => {
                 drop(file);
                 let path = dir.join(segment::segment_file_name(id));
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io(format!("removing torn segment {}", path.display()), e))?;
+                std::fs::remove_file(&path).map_err(|e| {
+                    Error::io(format!("removing torn segment {}", path.display()), e)
+                })?;
                 segment::sync_dir(dir)?;
                 report.removed_empty_segment = Some(path);
                 continue;
@@ -156,7 +164,7 @@ pub(crate) fn recover(
                         at,
                         &record,
                         now_millis,
-                        &mut report,
+                        (&mut report, &mut claim_keys),
                     )?;
                     offset += record.encoded_len();
                 }
@@ -184,6 +192,7 @@ pub(crate) fn recover(
         opened.insert(id, file);
     }
     count_live_entries(index, &mut segment_stats);
+    let in_doubt = claims_still_open(index, &opened, claim_keys, now_millis)?;
     if opened.is_empty() {
         let id = ids.last().map_or(1, |last| last + 1);
         opened.insert(id, SegmentFile::create(dir, id)?);
@@ -197,7 +206,42 @@ pub(crate) fn recover(
         segment_stats,
         tail_offset,
         report,
+        in_doubt,
     })
+}
+
+/// The claims that are still their key's live entry after replay, among the keys claimed in the
+/// replayed log or listed open by the checkpoint.
+fn claims_still_open(
+    index: &Index,
+    opened: &BTreeMap<u32, SegmentFile>,
+    mut claim_keys: Vec<Box<[u8]>>,
+    now_millis: u64,
+) -> Result<Vec<ClaimToken>> {
+    claim_keys.sort_unstable();
+    claim_keys.dedup();
+    let mut in_doubt = Vec::new();
+    let mut buf = Vec::new();
+    for key in claim_keys {
+        let hash = index.hash(&key);
+        let table = index.lock(hash);
+        let mut found = None;
+        let probe = table.probe(hash.tag, now_millis, |candidate| {
+            let record = read_replayed(opened, (0, &[]), candidate, &mut buf)?;
+            if record.key != &key[..] {
+                return Ok::<_, Error>(KeyCheck::Other);
+            }
+            if record.expires_at_millis <= now_millis {
+                return Ok(KeyCheck::Expired);
+            }
+            found = claim_of(&record);
+            Ok(KeyCheck::Live)
+        })?;
+        if let (Probe::Found(_), Some(token)) = (probe, found) {
+            in_doubt.push(token);
+        }
+    }
+    Ok(in_doubt)
 }
 
 /// Whether a checkpoint fits the segments on disk: every segment before its replay start must be
@@ -295,7 +339,7 @@ fn apply(
     at: Location,
     record: &Record<'_>,
     now_millis: u64,
-    report: &mut RecoveryReport,
+    (report, claim_keys): (&mut RecoveryReport, &mut Vec<Box<[u8]>>),
 ) -> Result<()> {
     report.records_replayed += 1;
     let hash = index.hash(record.key);
@@ -312,7 +356,15 @@ fn apply(
         })
     })?;
     let live = record.expires_at_millis > now_millis;
-    match (record.kind, probe) {
+    if record.kind == RecordKind::Claim && live {
+        claim_keys.push(record.key.into());
+    }
+    let kind = match record.kind {
+        // A claim occupies its key like an insert until its lease ends.
+        RecordKind::Claim => RecordKind::Insert,
+        kind => kind,
+    };
+    match (kind, probe) {
         (RecordKind::Insert, Probe::Found(slot) | Probe::Vacant(slot)) if live => {
             let entry = Slot {
                 tag: hash.tag,
@@ -326,6 +378,7 @@ fn apply(
         }
         (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
         (RecordKind::Remove, Probe::Vacant(_)) => {}
+        (RecordKind::Claim, _) => unreachable!("claims are applied as inserts"),
     }
     Ok(())
 }
@@ -353,13 +406,6 @@ fn read_replayed<'b>(
             "segment missing".into(),
         )
     })?;
-    buf.clear();
-    buf.resize(record::RECORD_HEADER_LEN, 0);
-    let got = file.read_at(buf, u64::from(offset))?;
-    buf.truncate(got);
-    let len = record::peek_len(buf).map_err(|e| corrupt(file.path.clone(), e.to_string()))?;
-    buf.resize(len, 0);
-    let got = file.read_at(buf, u64::from(offset))?;
-    buf.truncate(got);
+    file.read_record(u64::from(offset), buf)?;
     record::decode(buf).map_err(|e| corrupt(file.path.clone(), e.to_string()))
 }

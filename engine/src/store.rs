@@ -154,7 +154,7 @@ pub struct Stats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     maintainer: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
@@ -172,6 +172,8 @@ pub(crate) struct Shared {
     pub(crate) log: Arc<Log>,
     pub(crate) config: Config,
     pub(crate) maintenance: MaintenanceState,
+    /// Claims open in this process or recovered in doubt (see `claim`).
+    pub(crate) claims: crate::claim::ClaimRegistry,
 }
 
 impl std::fmt::Debug for Store {
@@ -235,6 +237,7 @@ impl Store {
             index,
             log,
             maintenance: MaintenanceState::default(),
+            claims: crate::claim::ClaimRegistry::recovered(recovered.in_doubt),
             config,
         });
         let maintainer = if shared.config.background_maintenance {
@@ -257,6 +260,46 @@ impl Store {
     ///
     /// In [`Durability::Sync`] mode it returns only once the answer cannot be undone by a crash.
     pub fn check_or_insert(&self, key: &[u8], ttl: Duration, value: &[u8]) -> Result<Outcome> {
+        self.check_or_insert_inner(key, ttl, value, None)
+    }
+
+    /// [`Store::check_or_insert`] that also records a fingerprint of the request (for example a
+    /// digest of its parameters, at most [`crate::record::MAX_FINGERPRINT_BYTES`] bytes). A later
+    /// call with the same key but another fingerprint fails with
+    /// [`Error::FingerprintMismatch`] instead of returning another request's result, as Stripe's
+    /// idempotency keys do. (A plain `check_or_insert` of the key ignores fingerprints.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// let ttl = Duration::from_secs(60);
+    /// store.check_or_insert_fingerprinted(b"req-1", ttl, b"ok", b"amount=5")?;
+    /// assert!(store.check_or_insert_fingerprinted(b"req-1", ttl, b"ok", b"amount=5")?.is_duplicate());
+    /// assert!(matches!(
+    ///     store.check_or_insert_fingerprinted(b"req-1", ttl, b"ok", b"amount=500"),
+    ///     Err(idem::Error::FingerprintMismatch { .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_or_insert_fingerprinted(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        value: &[u8],
+        fingerprint: &[u8],
+    ) -> Result<Outcome> {
+        validate_fingerprint(fingerprint)?;
+        self.check_or_insert_inner(key, ttl, value, Some(fingerprint))
+    }
+
+    fn check_or_insert_inner(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        value: &[u8],
+        fingerprint: Option<&[u8]>,
+    ) -> Result<Outcome> {
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
@@ -274,6 +317,7 @@ impl Store {
             value,
             now,
             &mut buf,
+            fingerprint,
         )?;
         drop(table);
         shared.wait_if_sync(wait_for)?;
@@ -325,6 +369,7 @@ impl Store {
                 value,
                 now,
                 &mut buf,
+                None,
             )?;
             drop(table);
             wait_for = wait_for.max(end);
@@ -346,10 +391,13 @@ impl Store {
         let found = match shared.probe(&table, hash, key, now, &mut buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
-                Some((
-                    Value::from(record.value),
-                    shared.end_of(&table, slot, &record),
-                ))
+                // A claimed key has no result yet.
+                (record.kind == RecordKind::Insert).then(|| {
+                    (
+                        Value::from(record.value),
+                        shared.end_of(&table, slot, &record),
+                    )
+                })
             }
             Probe::Vacant(_) => None,
         };
@@ -382,11 +430,13 @@ impl Store {
             key,
             value: &[],
             expires_at_millis: removed.expires_at_millis,
+            fingerprint: &[],
         };
         let (_, end) = shared.log.append(&tombstone)?;
         table.remove(slot);
         shared.settle(&mut table);
         drop(table);
+        shared.claims.forget(key);
         shared.wait_if_sync(Some(end))?;
         Ok(true)
     }
@@ -506,10 +556,17 @@ impl Shared {
         value: &[u8],
         now: u64,
         buf: &mut Vec<u8>,
+        fingerprint: Option<&[u8]>,
     ) -> Result<(Outcome, Option<Location>)> {
         match self.probe(table, hash, key, now, buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(buf).expect("checked during the probe");
+                check_fingerprint(&record, fingerprint)?;
+                if record.kind == RecordKind::Claim {
+                    return Err(Error::ClaimInFlight {
+                        until: crate::claim::system_time(record.expires_at_millis),
+                    });
+                }
                 let end = self.end_of(table, slot, &record);
                 Ok((Outcome::Duplicate(Value::from(record.value)), end))
             }
@@ -519,6 +576,7 @@ impl Shared {
                     key,
                     value,
                     expires_at_millis,
+                    fingerprint: fingerprint.unwrap_or(&[]),
                 };
                 let (at, end) = self.log.append(&record)?;
                 let entry = Slot {
@@ -528,6 +586,7 @@ impl Shared {
                 };
                 table.put(slot, entry, now);
                 self.settle(table);
+                self.claims.forget(key);
                 Ok((Outcome::Inserted, Some(end)))
             }
         }
@@ -550,7 +609,7 @@ impl Shared {
             if record.key != key {
                 return Ok(KeyCheck::Other);
             }
-            if record.kind != RecordKind::Insert {
+            if record.kind == RecordKind::Remove {
                 return Err(Error::Corrupt {
                     path: self.dir.clone(),
                     offset: at,
@@ -567,12 +626,17 @@ impl Shared {
 
     /// The location just past the found record in `slot`, if it is not yet durable: a `Sync`
     /// caller must wait for it before answering (the not-reading-uncommitted-data rule).
-    fn end_of(&self, table: &ShardTable, slot: usize, record: &Record<'_>) -> Option<Location> {
+    pub(crate) fn end_of(
+        &self,
+        table: &ShardTable,
+        slot: usize,
+        record: &Record<'_>,
+    ) -> Option<Location> {
         let end = table.slot(slot).location + record.encoded_len() as u64;
         (!self.log.is_durable(end)).then_some(end)
     }
 
-    fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
+    pub(crate) fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
         match (self.log.durability(), end) {
             (Durability::Sync, Some(end)) => self.log.wait_durable(end),
             _ => Ok(()),
@@ -605,7 +669,27 @@ fn lock_directory(dir: &Path) -> Result<File> {
     }
 }
 
-fn validate_key(key: &[u8]) -> Result<()> {
+/// With a fingerprint given, a found record must carry the same one.
+pub(crate) fn check_fingerprint(record: &Record<'_>, fingerprint: Option<&[u8]>) -> Result<()> {
+    match fingerprint {
+        Some(fingerprint) if record.fingerprint != fingerprint => Err(Error::FingerprintMismatch {
+            key_len: record.key.len(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn validate_fingerprint(fingerprint: &[u8]) -> Result<()> {
+    if fingerprint.len() > record::MAX_FINGERPRINT_BYTES {
+        return Err(Error::FingerprintTooLarge {
+            len: fingerprint.len(),
+            max: record::MAX_FINGERPRINT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::EmptyKey);
     }
@@ -618,7 +702,7 @@ fn validate_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn validate_value(value: &[u8]) -> Result<()> {
+pub(crate) fn validate_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(Error::ValueTooLarge {
             len: value.len(),
@@ -629,7 +713,7 @@ fn validate_value(value: &[u8]) -> Result<()> {
 }
 
 /// Checks a TTL and returns it in whole milliseconds, rounded up (a 1 ns TTL lives 1 ms).
-fn validate_ttl(ttl: Duration) -> Result<u64> {
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<u64> {
     if ttl.is_zero() {
         return Err(Error::ZeroTtl);
     }

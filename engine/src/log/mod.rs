@@ -246,8 +246,9 @@ impl Log {
         record::encode_into(&mut chunk.bytes, record);
         let stats = state.segment_stats.entry(segment_id).or_default();
         stats.add_record(record);
-        if record.kind == record::RecordKind::Insert {
-            // Every appended insert is put into the index by the caller, under its shard lock.
+        if record.kind != record::RecordKind::Remove {
+            // Every appended insert or claim is put into the index by the caller, under its
+            // shard lock.
             stats.live += 1;
         }
         state.tail_offset += len;
@@ -351,17 +352,7 @@ impl Log {
                 }
                 return Err(self.corrupt(segment_id, offset, "segment file is missing"));
             };
-            const FIRST_READ_BYTES: usize = 256;
-            buf.resize(FIRST_READ_BYTES, 0);
-            let got = file.read_at(buf, u64::from(offset))?;
-            buf.truncate(got);
-            let len = record::peek_len(buf)
-                .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))?;
-            if len > got {
-                buf.resize(len, 0);
-                let more = file.read_at(&mut buf[got..], u64::from(offset) + got as u64)?;
-                buf.truncate(got + more);
-            }
+            file.read_record(u64::from(offset), buf)?;
         }
         record::decode(buf)
             .map(Some)

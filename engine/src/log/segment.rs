@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::record::encode_segment_header;
+use crate::record::{self, encode_segment_header};
 
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".idem";
@@ -123,6 +123,35 @@ impl SegmentFile {
             }
         }
         Ok(filled)
+    }
+
+    /// Reads the bytes of the record at `offset` into `buf` (not yet checked: decode it). Reads a
+    /// short prefix first and the rest once the header says how long the record is.
+    pub(crate) fn read_record(&self, offset: u64, buf: &mut Vec<u8>) -> Result<()> {
+        const FIRST_READ_BYTES: usize = 256;
+        buf.resize(FIRST_READ_BYTES, 0);
+        let got = self.read_at(buf, offset)?;
+        buf.truncate(got);
+        loop {
+            let needed = match record::peek_len(buf) {
+                Ok(len) => len,
+                Err(record::DecodeError::Truncated { needed, .. }) => needed,
+                // Bad bytes: let the caller's decode report them with their location.
+                Err(_) => return Ok(()),
+            };
+            if needed <= buf.len() {
+                buf.truncate(needed);
+                return Ok(());
+            }
+            let have = buf.len();
+            buf.resize(needed, 0);
+            let more = self.read_at(&mut buf[have..], offset + have as u64)?;
+            buf.truncate(have + more);
+            if more == 0 {
+                // End of file: decode reports the truncation.
+                return Ok(());
+            }
+        }
     }
 
     /// Makes every byte written so far durable (fdatasync: enough for appends, whose size

@@ -1,0 +1,567 @@
+//! Durable claims for side effects outside the store (two-phase: claim, then complete or release).
+//!
+//! `claim` records, durably in `Sync` mode, that a key's side effect is in progress until a lease
+//! ends; `complete` replaces the claim with the result; `release` gives it up. After a crash the
+//! claims still open are reported by `in_doubt`: their side effect may or may not have happened,
+//! and the application reconciles them (then completes or releases the token it is given).
+//!
+//! Invariants:
+//! - A claim is an index entry like an insert, pointing at a `Claim` record whose deadline is the
+//!   lease end and whose value is the claim id; it answers `InFlight` until the lease ends, and
+//!   after that the key is absent (claimable again).
+//! - Fencing: `complete` and `release` succeed only while the key's current entry is the token's
+//!   own live claim (same claim id, lease not ended). A holder whose lease ended, or whose key was
+//!   completed, released, removed or claimed again, gets [`Error::StaleClaim`] and writes nothing.
+//! - Claim ids are unique per store: the clock's milliseconds times 2^20 plus a counter; two
+//!   claims of one key are at least a lease apart, so their ids differ.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::index::{Probe, Slot};
+use crate::record::{self, Record, RecordKind};
+use crate::store::{
+    check_fingerprint, validate_fingerprint, validate_key, validate_ttl, validate_value, Store,
+    Value,
+};
+
+/// The answer of [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free: it is now claimed by this token until its lease ends. Do the side
+    /// effect, then [`Store::complete`] (or [`Store::release`]) the token.
+    Acquired(ClaimToken),
+    /// The side effect was done before: here is its recorded result.
+    Duplicate(Value),
+    /// Another holder's side effect is in progress; retry after `until`.
+    InFlight {
+        /// When that holder's lease ends.
+        until: SystemTime,
+    },
+}
+
+/// Proof of holding a claim: pass it to [`Store::complete`] or [`Store::release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    key: Box<[u8]>,
+    claim_id: u64,
+    lease_until_millis: u64,
+    fingerprint: Box<[u8]>,
+}
+
+impl ClaimToken {
+    /// The claimed key.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// When the lease ends: after it the token can no longer complete or release.
+    pub fn lease_until(&self) -> SystemTime {
+        system_time(self.lease_until_millis)
+    }
+
+    /// The request fingerprint the claim was made with (empty if none).
+    pub fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
+    }
+
+    fn from_record(record: &Record<'_>) -> Option<ClaimToken> {
+        let claim_id = u64::from_le_bytes(record.value.try_into().ok()?);
+        Some(ClaimToken {
+            key: record.key.into(),
+            claim_id,
+            lease_until_millis: record.expires_at_millis,
+            fingerprint: record.fingerprint.into(),
+        })
+    }
+}
+
+pub(crate) fn system_time(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+#[derive(Debug)]
+struct OpenClaim {
+    token: ClaimToken,
+    /// Found open by recovery: its side effect is in doubt.
+    recovered: bool,
+}
+
+/// Claims opened in this process, and claims recovered open at startup (in doubt).
+#[derive(Debug, Default)]
+pub(crate) struct ClaimRegistry {
+    open: Mutex<HashMap<Box<[u8]>, OpenClaim>>,
+    /// `open.len()`, readable without the lock: the insert path checks it on every call.
+    count: AtomicUsize,
+    next_sequence: AtomicU64,
+}
+
+impl ClaimRegistry {
+    pub(crate) fn recovered(in_doubt: Vec<ClaimToken>) -> ClaimRegistry {
+        let registry = ClaimRegistry::default();
+        {
+            let mut open = registry.open.lock();
+            for token in in_doubt {
+                let key = token.key.clone();
+                open.insert(
+                    key,
+                    OpenClaim {
+                        token,
+                        recovered: true,
+                    },
+                );
+            }
+            registry.count.store(open.len(), Ordering::Release);
+        }
+        registry
+    }
+
+    fn next_claim_id(&self, now_millis: u64) -> u64 {
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
+        (now_millis << 20) | (sequence & ((1 << 20) - 1))
+    }
+
+    fn remember(&self, token: &ClaimToken) {
+        let mut open = self.open.lock();
+        let claim = OpenClaim {
+            token: token.clone(),
+            recovered: false,
+        };
+        open.insert(token.key.clone(), claim);
+        self.count.store(open.len(), Ordering::Release);
+    }
+
+    /// Drops the key's claim, if any: it was completed, released, superseded or removed.
+    pub(crate) fn forget(&self, key: &[u8]) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut open = self.open.lock();
+        open.remove(key);
+        self.count.store(open.len(), Ordering::Release);
+    }
+
+    /// Keys of the claims open now whose lease has not ended (for checkpoints).
+    pub(crate) fn live_keys(&self, now_millis: u64) -> Vec<Box<[u8]>> {
+        let mut open = self.open.lock();
+        // Claims whose lease ended and that were never recovered in doubt are forgotten here.
+        open.retain(|_, claim| claim.recovered || claim.token.lease_until_millis > now_millis);
+        self.count.store(open.len(), Ordering::Release);
+        open.iter()
+            .filter(|(_, claim)| claim.token.lease_until_millis > now_millis)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    fn in_doubt(&self) -> Vec<ClaimToken> {
+        let open = self.open.lock();
+        let mut tokens: Vec<ClaimToken> = open
+            .values()
+            .filter(|claim| claim.recovered)
+            .map(|claim| claim.token.clone())
+            .collect();
+        tokens.sort_by(|a, b| a.key.cmp(&b.key));
+        tokens
+    }
+}
+
+/// Reads the claim a found record holds, if it is one.
+pub(crate) fn claim_of(record: &Record<'_>) -> Option<ClaimToken> {
+    (record.kind == RecordKind::Claim)
+        .then(|| ClaimToken::from_record(record))
+        .flatten()
+}
+
+impl Store {
+    /// Claims `key` for a side effect outside the store, for `lease` (two-phase idempotency).
+    ///
+    /// In `Sync` mode the claim is durable before this returns, so a crash during the side
+    /// effect leaves it visible: after reopen the key answers `InFlight` until the lease ends
+    /// and is listed by [`Store::in_doubt`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// match store.claim(b"charge:order-17", Duration::from_secs(30))? {
+    ///     idem::Claim::Acquired(token) => {
+    ///         let receipt = b"charged 5 EUR, tx 991"; // ...call the payment provider here...
+    ///         store.complete(token, Duration::from_secs(24 * 3600), receipt)?;
+    ///     }
+    ///     idem::Claim::Duplicate(receipt) => { let _ = receipt; /* done before */ }
+    ///     idem::Claim::InFlight { until } => { let _ = until; /* someone is on it */ }
+    /// }
+    /// assert!(matches!(store.claim(b"charge:order-17", Duration::from_secs(30))?, idem::Claim::Duplicate(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn claim(&self, key: &[u8], lease: Duration) -> Result<Claim> {
+        self.claim_inner(key, lease, None)
+    }
+
+    /// [`Store::claim`] with a request fingerprint (see
+    /// [`Store::check_or_insert_fingerprinted`]): a claim or result of the key made with another
+    /// fingerprint fails with [`Error::FingerprintMismatch`]. The result recorded by `complete`
+    /// carries the same fingerprint.
+    pub fn claim_fingerprinted(
+        &self,
+        key: &[u8],
+        lease: Duration,
+        fingerprint: &[u8],
+    ) -> Result<Claim> {
+        validate_fingerprint(fingerprint)?;
+        self.claim_inner(key, lease, Some(fingerprint))
+    }
+
+    fn claim_inner(
+        &self,
+        key: &[u8],
+        lease: Duration,
+        fingerprint: Option<&[u8]>,
+    ) -> Result<Claim> {
+        validate_key(key)?;
+        let lease_millis = validate_ttl(lease)?;
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
+        let hash = shared.index.hash(key);
+        let mut buf = Vec::new();
+        let mut table = shared.index.lock(hash);
+        let (answer, wait_for) = match shared.probe(&table, hash, key, now, &mut buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(&buf).expect("checked during the probe");
+                check_fingerprint(&record, fingerprint)?;
+                match record.kind {
+                    RecordKind::Claim => (
+                        Claim::InFlight {
+                            until: system_time(record.expires_at_millis),
+                        },
+                        None,
+                    ),
+                    _ => (
+                        Claim::Duplicate(Value::from(record.value)),
+                        shared.end_of(&table, slot, &record),
+                    ),
+                }
+            }
+            Probe::Vacant(slot) => {
+                let claim_id = shared.claims.next_claim_id(now);
+                let claim_id_bytes = claim_id.to_le_bytes();
+                let record = Record {
+                    kind: RecordKind::Claim,
+                    key,
+                    value: &claim_id_bytes,
+                    expires_at_millis: now + lease_millis,
+                    fingerprint: fingerprint.unwrap_or(&[]),
+                };
+                let (at, end) = shared.log.append(&record)?;
+                let entry = Slot {
+                    tag: hash.tag,
+                    expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
+                    location: at,
+                };
+                table.put(slot, entry, now);
+                shared.settle(&mut table);
+                let token = ClaimToken::from_record(&record).expect("an 8-byte claim id");
+                shared.claims.remember(&token);
+                (Claim::Acquired(token), Some(end))
+            }
+        };
+        drop(table);
+        shared.wait_if_sync(wait_for)?;
+        Ok(answer)
+    }
+
+    /// Records `result` for the claimed key for `ttl`, replacing the claim: later claims and
+    /// check-or-inserts of the key answer `Duplicate(result)`.
+    ///
+    /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
+    pub fn complete(&self, token: ClaimToken, ttl: Duration, result: &[u8]) -> Result<()> {
+        let ttl_millis = validate_ttl(ttl)?;
+        validate_value(result)?;
+        self.resolve(&token, |now| Record {
+            kind: RecordKind::Insert,
+            key: &token.key,
+            value: result,
+            expires_at_millis: now + ttl_millis,
+            fingerprint: &token.fingerprint,
+        })
+    }
+
+    /// Gives up the claim without a result: the key is free again at once.
+    ///
+    /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
+    pub fn release(&self, token: ClaimToken) -> Result<()> {
+        self.resolve(&token, |_| Record {
+            kind: RecordKind::Remove,
+            key: &token.key,
+            value: &[],
+            expires_at_millis: token.lease_until_millis,
+            fingerprint: &[],
+        })
+    }
+
+    /// Claims that were open when the store was last closed or crashed, and that nobody has
+    /// completed, released or replaced since: their side effect may or may not have happened.
+    /// Reconcile each with the system the side effect went to, then `complete` or `release` it
+    /// (possible while its lease lasts; after it, the key is free and the entry drops out).
+    pub fn in_doubt(&self) -> Result<Vec<ClaimToken>> {
+        self.shared.check_live()?;
+        let now = self.shared.clock.now_millis();
+        let mut tokens = self.shared.claims.in_doubt();
+        tokens.retain(|token| token.lease_until_millis > now);
+        Ok(tokens)
+    }
+
+    /// Replaces the token's claim by the record `make` builds, if the token still holds the key.
+    fn resolve<'r>(
+        &self,
+        token: &'r ClaimToken,
+        make: impl FnOnce(u64) -> Record<'r>,
+    ) -> Result<()> {
+        let shared = &*self.shared;
+        shared.check_live()?;
+        let now = shared.clock.now_millis();
+        let hash = shared.index.hash(&token.key);
+        let mut buf = Vec::new();
+        let mut table = shared.index.lock(hash);
+        let slot = match shared.probe(&table, hash, &token.key, now, &mut buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(&buf).expect("checked during the probe");
+                match claim_of(&record) {
+                    Some(current) if current.claim_id == token.claim_id => slot,
+                    Some(_) => return Err(stale("the key was claimed again by another holder")),
+                    None => return Err(stale("the key already has a recorded result")),
+                }
+            }
+            Probe::Vacant(_) if now >= token.lease_until_millis => {
+                return Err(stale("the lease ended"));
+            }
+            Probe::Vacant(_) => return Err(stale("the claim was released or removed")),
+        };
+        let record = make(now);
+        let (at, end) = shared.log.append(&record)?;
+        match record.kind {
+            RecordKind::Remove => table.remove(slot),
+            _ => {
+                let entry = Slot {
+                    tag: hash.tag,
+                    expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
+                    location: at,
+                };
+                table.put(slot, entry, now);
+            }
+        }
+        shared.settle(&mut table);
+        drop(table);
+        shared.claims.forget(&token.key);
+        shared.wait_if_sync(Some(end))
+    }
+}
+
+fn stale(reason: &str) -> Error {
+    Error::StaleClaim {
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Durability, ManualClock, Outcome};
+
+    fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
+        let config = Config::default()
+            .durability(Durability::Sync)
+            .clock(clock.clone())
+            .background_maintenance(false)
+            .checkpoint_every_bytes(0);
+        Store::open_with(dir, config).unwrap()
+    }
+
+    fn acquired(claim: Claim) -> ClaimToken {
+        match claim {
+            Claim::Acquired(token) => token,
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const TTL: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn claim_then_complete_answers_duplicate_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let token = acquired(store.claim(b"k", LEASE).unwrap());
+        assert!(
+            matches!(store.claim(b"k", LEASE).unwrap(), Claim::InFlight { until } if until == token.lease_until())
+        );
+        assert!(matches!(
+            store.check_or_insert(b"k", TTL, b"x"),
+            Err(Error::ClaimInFlight { .. })
+        ));
+        assert_eq!(store.get(b"k").unwrap(), None, "a claim has no result yet");
+        store.complete(token.clone(), TTL, b"receipt").unwrap();
+        assert_eq!(
+            store.claim(b"k", LEASE).unwrap(),
+            Claim::Duplicate(Value::from(&b"receipt"[..]))
+        );
+        assert_eq!(
+            store.check_or_insert(b"k", TTL, b"x").unwrap(),
+            Outcome::Duplicate(Value::from(&b"receipt"[..]))
+        );
+        assert_eq!(store.get(b"k").unwrap().unwrap(), b"receipt");
+        assert!(matches!(
+            store.complete(token, TTL, b"again"),
+            Err(Error::StaleClaim { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lapsed_lease_frees_the_key_and_fences_the_old_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let old = acquired(store.claim(b"k", LEASE).unwrap());
+        clock.advance(LEASE);
+        let new = acquired(store.claim(b"k", LEASE).unwrap());
+        assert_ne!(old, new);
+        for attempt in [
+            store.complete(old.clone(), TTL, b"late"),
+            store.release(old.clone()),
+        ] {
+            let Err(Error::StaleClaim { reason }) = attempt else {
+                panic!("stale token accepted")
+            };
+            assert!(reason.contains("claimed again"), "{reason}");
+        }
+        store.complete(new, TTL, b"fresh").unwrap();
+        assert_eq!(store.get(b"k").unwrap().unwrap(), b"fresh");
+
+        // A lapsed lease with nobody else: the holder is told its lease ended.
+        let lonely = acquired(store.claim(b"other", LEASE).unwrap());
+        clock.advance(LEASE + Duration::from_millis(1));
+        let Err(Error::StaleClaim { reason }) = store.complete(lonely, TTL, b"late") else {
+            panic!("completed after the lease")
+        };
+        assert!(reason.contains("lease ended"), "{reason}");
+        assert_eq!(store.get(b"other").unwrap(), None, "nothing was written");
+    }
+
+    #[test]
+    fn release_frees_the_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let token = acquired(store.claim(b"k", LEASE).unwrap());
+        store.release(token.clone()).unwrap();
+        assert!(matches!(
+            store.release(token),
+            Err(Error::StaleClaim { .. })
+        ));
+        assert_eq!(
+            store.check_or_insert(b"k", TTL, b"v").unwrap(),
+            Outcome::Inserted
+        );
+    }
+
+    #[test]
+    fn open_claims_survive_reopen_in_doubt_with_and_without_a_checkpoint() {
+        for checkpoint in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new();
+            let store = open(dir.path(), &clock);
+            let open_claim = acquired(store.claim(b"in-doubt", LEASE).unwrap());
+            let done = acquired(store.claim(b"done", LEASE).unwrap());
+            store.complete(done, TTL, b"ok").unwrap();
+            let released = acquired(store.claim(b"released", LEASE).unwrap());
+            store.release(released).unwrap();
+            if checkpoint {
+                store.checkpoint().unwrap();
+                store.check_or_insert(b"after", TTL, b"x").unwrap();
+            }
+            drop(store); // as if the process died during the side effect
+
+            let store = open(dir.path(), &clock);
+            assert_eq!(
+                store.recovery_report().checkpoint_entries_loaded > 0,
+                checkpoint
+            );
+            let in_doubt = store.in_doubt().unwrap();
+            assert_eq!(
+                in_doubt,
+                vec![open_claim.clone()],
+                "checkpoint: {checkpoint}"
+            );
+            assert!(matches!(
+                store.claim(b"in-doubt", LEASE).unwrap(),
+                Claim::InFlight { .. }
+            ));
+            assert!(
+                store.claim(b"done", LEASE).unwrap() == Claim::Duplicate(Value::from(&b"ok"[..]))
+            );
+            // Reconciled: the side effect did happen.
+            store
+                .complete(in_doubt[0].clone(), TTL, b"reconciled")
+                .unwrap();
+            assert!(store.in_doubt().unwrap().is_empty());
+            assert_eq!(store.get(b"in-doubt").unwrap().unwrap(), b"reconciled");
+        }
+    }
+
+    #[test]
+    fn an_in_doubt_claim_becomes_claimable_after_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        acquired(store.claim(b"k", LEASE).unwrap());
+        drop(store);
+        let store = open(dir.path(), &clock);
+        assert_eq!(store.in_doubt().unwrap().len(), 1);
+        clock.advance(LEASE);
+        assert!(store.in_doubt().unwrap().is_empty(), "the lease ended");
+        acquired(store.claim(b"k", LEASE).unwrap());
+    }
+
+    #[test]
+    fn fingerprints_refuse_a_reused_key_with_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let token = acquired(store.claim_fingerprinted(b"k", LEASE, b"amount=5").unwrap());
+        assert!(matches!(
+            store.claim_fingerprinted(b"k", LEASE, b"amount=6"),
+            Err(Error::FingerprintMismatch { .. })
+        ));
+        assert!(matches!(
+            store.claim_fingerprinted(b"k", LEASE, b"amount=5").unwrap(),
+            Claim::InFlight { .. }
+        ));
+        store.complete(token, TTL, b"paid").unwrap();
+        assert!(matches!(
+            store.check_or_insert_fingerprinted(b"k", TTL, b"x", b"amount=6"),
+            Err(Error::FingerprintMismatch { .. })
+        ));
+        assert_eq!(
+            store
+                .check_or_insert_fingerprinted(b"k", TTL, b"x", b"amount=5")
+                .unwrap(),
+            Outcome::Duplicate(Value::from(&b"paid"[..]))
+        );
+        assert!(matches!(
+            store.check_or_insert_fingerprinted(b"k", TTL, b"x", &[0u8; 33]),
+            Err(Error::FingerprintTooLarge { len: 33, max: 32 })
+        ));
+        drop(store);
+        let store = open(dir.path(), &clock);
+        assert!(matches!(
+            store.claim_fingerprinted(b"k", LEASE, b"amount=6"),
+            Err(Error::FingerprintMismatch { .. })
+        ));
+    }
+}
