@@ -16,13 +16,12 @@
 //!   replayed. Entries pointing into segments deleted since are dropped on load.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::index::{Index, Slot};
+use crate::io::{Storage, StorageFile};
 use crate::log::segment::sync_dir;
 use crate::log::{segment_of, Location, SegmentStats};
 use crate::store::Shared;
@@ -79,8 +78,13 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         let path = tmp_path.display().to_string();
         move |e| Error::io(format!("{what} checkpoint {path}"), e)
     };
-    let file = File::create(&tmp_path).map_err(io("creating"))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let storage = &*shared.log.storage;
+    let file = storage.create_truncate(&tmp_path).map_err(io("creating"))?;
+    let mut out = Appender {
+        file: &*file,
+        offset: 0,
+        buffer: Vec::with_capacity(Appender::BUFFER_BYTES),
+    };
 
     // The header's entry count is only known at the end: write a placeholder, patch it after.
     let mut header = [0u8; HEADER_LEN];
@@ -144,27 +148,61 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     let crc = crc32fast::hash(&claims);
     claims.extend_from_slice(&crc.to_le_bytes());
     out.write_all(&claims).map_err(io("writing"))?;
-    let mut file = out
-        .into_inner()
-        .map_err(|e| io("writing")(e.into_error()))?;
+    out.flush().map_err(io("writing"))?;
     put_u64(&mut header, ENTRY_COUNT_OFFSET, entry_count);
     let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
     put_u32(&mut header, HEADER_CRC_OFFSET, crc);
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0)).map_err(io("writing"))?;
-    file.write_all(&header).map_err(io("writing"))?;
-    file.sync_all().map_err(io("fsync of"))?;
+    file.write_all_at(&header, 0).map_err(io("writing"))?;
+    file.sync_data().map_err(io("fsync of"))?;
     drop(file);
-    std::fs::rename(&tmp_path, &final_path).map_err(io("renaming"))?;
-    sync_dir(dir)
+    storage
+        .rename(&tmp_path, &final_path)
+        .map_err(io("renaming"))?;
+    sync_dir(storage, dir)
+}
+
+/// Buffers sequential writes to a file into large positioned writes.
+struct Appender<'f> {
+    file: &'f dyn StorageFile,
+    offset: u64,
+    buffer: Vec<u8>,
+}
+
+impl Appender<'_> {
+    const BUFFER_BYTES: usize = 1 << 20;
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= Self::BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.buffer, self.offset)?;
+        self.offset += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
 }
 
 /// Reads the checkpoint in `dir`: `Ok(None)` if there is none, `Err(reason)` if it must be
 /// ignored, with the reason for the recovery report.
-pub(crate) fn load(dir: &Path, config: &Config) -> std::result::Result<Option<Checkpoint>, String> {
-    let _ = std::fs::remove_file(dir.join(CHECKPOINT_TMP_FILE_NAME));
+pub(crate) fn load(
+    storage: &dyn Storage,
+    dir: &Path,
+    config: &Config,
+) -> std::result::Result<Option<Checkpoint>, String> {
+    let _ = storage.remove(&dir.join(CHECKPOINT_TMP_FILE_NAME));
     let path = dir.join(CHECKPOINT_FILE_NAME);
-    let bytes = match std::fs::read(&path) {
+    let read = |file: Box<dyn StorageFile>| {
+        let mut bytes = vec![0u8; file.len()? as usize];
+        let got = file.read_at(&mut bytes, 0)?;
+        bytes.truncate(got);
+        Ok::<_, std::io::Error>(bytes)
+    };
+    let bytes = match storage.open(&path).and_then(read) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),

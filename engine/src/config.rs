@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
+use crate::io::{FileSystem, Storage};
 
 /// When an acknowledged record is on stable storage, and so what a crash can lose.
 ///
@@ -50,6 +51,7 @@ pub struct Config {
     pub(crate) compaction_live_ratio: f64,
     pub(crate) checkpoint_every_bytes: u64,
     pub(crate) background_maintenance: bool,
+    pub(crate) storage: Arc<dyn Storage>,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             compaction_live_ratio: 0.5,
             checkpoint_every_bytes: 256 << 20,
             background_maintenance: true,
+            storage: Arc::new(FileSystem),
         }
     }
 }
@@ -134,6 +137,13 @@ impl Config {
     /// (default true). Without it, call [`crate::Store::maintain`] yourself.
     pub fn background_maintenance(mut self, enabled: bool) -> Self {
         self.background_maintenance = enabled;
+        self
+    }
+
+    /// Where the files live (default: the operating system's file system). Tests pass a
+    /// [`crate::sim::SimStorage`] to inject faults and simulate crashes.
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Arc::new(storage);
         self
     }
 

@@ -17,13 +17,16 @@
 //!         let _ = result.as_ref();
 //!     }
 //! }
-//! # Ok::<(), idem::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Module map: [`record`] is the on-disk format (spec in `engine/FORMAT.md`); `log` owns segment
-//! files, the write buffer and the group-commit writer; `index` the sharded hash index; `recovery`
-//! replay on open; `store` the public [`Store`]; [`Config`], [`Durability`], [`Clock`] and
-//! [`Error`] are the knobs and answers.
+//! files, the write buffer and the group-commit writer; `index` the sharded hash index and its
+//! expiry wheels; `recovery` replay on open; `checkpoint` index snapshots; `maintenance` expiry,
+//! reclamation and compaction; `claim` two-phase claims; `single_flight` the in-process
+//! single-flight table behind `check_or_insert_with`; `io` the file-system seam and [`sim`] a
+//! fault-injecting simulated disk; `store` the public [`Store`]; [`Config`], [`Durability`],
+//! [`Clock`] and [`Error`] are the knobs and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,10 +37,12 @@ mod clock;
 mod config;
 mod error;
 mod index;
+mod io;
 mod log;
 mod maintenance;
 pub mod record;
 mod recovery;
+pub mod sim;
 mod single_flight;
 mod store;
 mod store_with;

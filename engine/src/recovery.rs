@@ -18,6 +18,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::claim::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
 use crate::index::{Index, KeyCheck, Probe, Slot};
+use crate::io::Storage;
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
 use crate::record::{self, HeaderError, Record, RecordKind, SEGMENT_HEADER_LEN};
@@ -65,12 +66,13 @@ pub(crate) struct Recovered {
 }
 
 pub(crate) fn recover(
+    storage: &dyn Storage,
     dir: &Path,
     index: &Index,
     now_millis: u64,
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
 ) -> Result<Recovered> {
-    let ids = segment::list_segments(dir)?;
+    let ids = segment::list_segments(storage, dir)?;
     let mut report = RecoveryReport::default();
     let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
     let mut tail_offset = SEGMENT_HEADER_LEN as u32;
@@ -100,7 +102,7 @@ pub(crate) fn recover(
         // Segments before the replay start are summarised by the checkpoint: open them (their
         // headers are checked) but do not read them.
         for &id in ids.iter().filter(|&&id| id < first_replayed) {
-            let file = SegmentFile::open(dir, id)?;
+            let file = SegmentFile::open(storage, dir, id)?;
             let mut header = [0u8; SEGMENT_HEADER_LEN];
             let got = file.read_at(&mut header, 0)?;
             if let HeaderVerdict::TornCreation = check_header(&file, &header[..got], false)? {
@@ -124,17 +126,17 @@ pub(crate) fn recover(
             continue;
         }
         let newest = position + 1 == ids.len();
-        let file = SegmentFile::open(dir, id)?;
+        let file = SegmentFile::open(storage, dir, id)?;
         let bytes = read_whole(&file)?;
         match check_header(&file, &bytes, newest)? {
             HeaderVerdict::Valid => {}
             HeaderVerdict::TornCreation => {
                 drop(file);
                 let path = dir.join(segment::segment_file_name(id));
-                std::fs::remove_file(&path).map_err(|e| {
+                storage.remove(&path).map_err(|e| {
                     Error::io(format!("removing torn segment {}", path.display()), e)
                 })?;
-                segment::sync_dir(dir)?;
+                segment::sync_dir(storage, dir)?;
                 report.removed_empty_segment = Some(path);
                 continue;
             }
@@ -195,7 +197,7 @@ pub(crate) fn recover(
     let in_doubt = claims_still_open(index, &opened, claim_keys, now_millis)?;
     if opened.is_empty() {
         let id = ids.last().map_or(1, |last| last + 1);
-        opened.insert(id, SegmentFile::create(dir, id)?);
+        opened.insert(id, SegmentFile::create(storage, dir, id)?);
         tail_offset = SEGMENT_HEADER_LEN as u32;
     }
     segment_stats

@@ -12,7 +12,6 @@
 //! - A live key's first value is never overwritten by a later `check_or_insert`.
 //! - Expiry is decided at every read from the record's exact deadline and the store's clock.
 
-use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -160,8 +159,8 @@ pub struct Store {
     recovery: RecoveryReport,
     /// Keys whose `check_or_insert_with` closure is running (see `single_flight`).
     pub(crate) in_flight: crate::single_flight::InFlightTable,
-    /// Held for the store's life: an exclusive advisory lock on `LOCK` in the directory.
-    _lock_file: File,
+    /// Held for the store's life: the exclusive lock on the directory.
+    _lock: crate::io::DirLock,
 }
 
 /// The parts of a store that its background threads share with callers.
@@ -200,12 +199,23 @@ impl Store {
     /// cut off instead (see [`Store::recovery_report`]).
     pub fn open_with(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
+        let storage = Arc::clone(&config.storage);
+        storage
+            .create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating store directory {}", dir.display()), e))?;
-        let lock_file = lock_directory(&dir)?;
+        let lock = match storage.lock_dir(&dir) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return Err(Error::Locked {
+                    lock_file: dir.join(LOCK_FILE_NAME),
+                    dir,
+                })
+            }
+            Err(e) => return Err(Error::io(format!("locking {}", dir.display()), e)),
+        };
         let now = config.clock.now_millis();
         let tick_millis = config.expiry_tick.as_millis() as u64;
-        let checkpoint = checkpoint::load(&dir, &config);
+        let checkpoint = checkpoint::load(&*storage, &dir, &config);
         let seeds = match &checkpoint {
             Ok(Some(checkpoint)) => checkpoint.seeds,
             _ => Index::random_seeds(),
@@ -217,13 +227,14 @@ impl Store {
             tick_millis,
             now,
         );
-        let recovered = recovery::recover(&dir, &index, now, checkpoint)?;
+        let recovered = recovery::recover(&*storage, &dir, &index, now, checkpoint)?;
         let options = LogOptions {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
             write_buffer_bytes: config.write_buffer_bytes,
         };
         let log = Arc::new(Log::new(
+            storage,
             &dir,
             options,
             recovered.segments,
@@ -251,7 +262,7 @@ impl Store {
             maintainer,
             recovery: recovered.report,
             in_flight: crate::single_flight::InFlightTable::default(),
-            _lock_file: lock_file,
+            _lock: lock,
         })
     }
 
@@ -648,24 +659,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop_maintainer();
         self.stop_writer();
-    }
-}
-
-fn lock_directory(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE_NAME);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked {
-            dir: dir.to_path_buf(),
-            lock_file: path,
-        }),
-        Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
     }
 }
 

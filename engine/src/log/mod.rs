@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::io::Storage;
 use crate::record::{self, Record, SEGMENT_HEADER_LEN};
 use segment::SegmentFile;
 
@@ -122,6 +123,7 @@ pub(crate) struct LogCounters {
 #[derive(Debug)]
 pub(crate) struct Log {
     dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
     durability: Durability,
     segment_size_bytes: u32,
     write_buffer_bytes: usize,
@@ -156,6 +158,7 @@ impl Log {
     ///
     /// Everything in `segments` up to the tail is durable (recovery read it from the files).
     pub(crate) fn new(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         options: LogOptions,
         segments: Vec<SegmentFile>,
@@ -167,6 +170,7 @@ impl Log {
         let tail = location(tail_segment, tail_offset);
         Log {
             dir: dir.to_path_buf(),
+            storage,
             durability: options.durability,
             segment_size_bytes: options.segment_size_bytes,
             write_buffer_bytes: options.write_buffer_bytes,
@@ -419,9 +423,10 @@ impl Log {
             None => self.dir.join(segment::segment_file_name(id)),
         };
         drop(removed);
-        std::fs::remove_file(&path)
+        self.storage
+            .remove(&path)
             .map_err(|e| Error::io(format!("deleting segment {}", path.display()), e))?;
-        segment::sync_dir(&self.dir)
+        segment::sync_dir(&*self.storage, &self.dir)
     }
 
     fn corrupt(&self, segment_id: u32, offset: u32, reason: &str) -> Error {

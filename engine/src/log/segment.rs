@@ -6,11 +6,10 @@
 //!   written to it (so a crash leaves either no file, a header-only file, or a short file with no
 //!   acknowledged record in it).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::io::{Storage, StorageFile};
 use crate::record::{self, encode_segment_header};
 
 const SEGMENT_PREFIX: &str = "segment-";
@@ -33,24 +32,22 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u32> {
 }
 
 /// The ids of the segment files in `dir`, ascending.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
-            ids.push(id);
-        }
-    }
+pub(crate) fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<u32>> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut ids: Vec<u32> = names
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .collect();
     ids.sort_unstable();
     Ok(ids)
 }
 
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage
+        .sync_dir(dir)
         .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
 }
 
@@ -59,32 +56,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 pub(crate) struct SegmentFile {
     pub(crate) id: u32,
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    file: Box<dyn StorageFile>,
 }
 
 impl SegmentFile {
     /// Creates segment `id` in `dir` with its header, fsyncs it and the directory.
-    pub(crate) fn create(dir: &Path, id: u32) -> Result<SegmentFile> {
+    pub(crate) fn create(storage: &dyn Storage, dir: &Path, id: u32) -> Result<SegmentFile> {
         let path = dir.join(segment_file_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = storage
+            .create_new(&path)
             .map_err(|e| Error::io(format!("creating segment {}", path.display()), e))?;
         let segment = SegmentFile { id, path, file };
         segment.write_at(&encode_segment_header(u64::from(id)), 0)?;
         segment.sync()?;
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
         Ok(segment)
     }
 
     /// Opens an existing segment for reading and appending.
-    pub(crate) fn open(dir: &Path, id: u32) -> Result<SegmentFile> {
+    pub(crate) fn open(storage: &dyn Storage, dir: &Path, id: u32) -> Result<SegmentFile> {
         let path = dir.join(segment_file_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = storage
             .open(&path)
             .map_err(|e| Error::io(format!("opening segment {}", path.display()), e))?;
         Ok(SegmentFile { id, path, file })
@@ -164,8 +156,7 @@ impl SegmentFile {
 
     pub(crate) fn len(&self) -> Result<u64> {
         self.file
-            .metadata()
-            .map(|m| m.len())
+            .len()
             .map_err(|e| Error::io(format!("stat of {}", self.path.display()), e))
     }
 
@@ -173,7 +164,7 @@ impl SegmentFile {
     pub(crate) fn truncate(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
-            .and_then(|()| self.file.sync_all())
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io(format!("truncating {} to {len}", self.path.display()), e))
     }
 }

@@ -135,7 +135,11 @@ fn write_chunks(log: &Log, active: &mut Arc<SegmentFile>, chunks: &[Chunk]) -> R
             // in any segment but the newest as corruption, not as a torn tail.
             active.sync()?;
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let created = Arc::new(SegmentFile::create(&log.dir, chunk.segment_id)?);
+            let created = Arc::new(SegmentFile::create(
+                &*log.storage,
+                &log.dir,
+                chunk.segment_id,
+            )?);
             log.segments
                 .write()
                 .insert(chunk.segment_id, Arc::clone(&created));

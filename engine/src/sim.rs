@@ -1,0 +1,379 @@
+//! A deterministic in-memory [`Storage`] that injects faults and simulates crashes, for tests of
+//! idem and of applications built on it.
+//!
+//! Every file has two contents: what the OS shows (*volatile*) and what a crash would leave
+//! (*durable*); `sync_data` copies the first to the second. Names likewise: creations, renames and
+//! removals become durable only at `sync_dir`. [`SimStorage::crash`] models power loss: names go
+//! back to their durable set, each file to its durable content plus, at random, a torn prefix of
+//! what was written after its last sync, and every handle opened before the crash fails from then
+//! on (the process that held them is gone). Faults come from a seeded generator, so a seed
+//! replays the same run.
+//!
+//! ```
+//! use idem::sim::{Faults, SimStorage};
+//! use std::time::Duration;
+//! let storage = SimStorage::new(42);
+//! let config = idem::Config::default().storage(storage.clone()).background_maintenance(false);
+//! let store = idem::Store::open_with("/sim/store", config.clone())?;
+//! store.check_or_insert(b"k", Duration::from_secs(60), b"v")?; // Sync: durable when it returns
+//! storage.crash();
+//! drop(store);
+//! let store = idem::Store::open_with("/sim/store", config)?;
+//! assert!(store.get(b"k")?.is_some());
+//! # Ok::<(), idem::Error>(())
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+pub use crate::io::{DirLock, Storage, StorageFile};
+
+/// Which faults to inject, as chances per million operations of the kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// A write fails with an I/O error and changes nothing.
+    pub write_error_per_million: u32,
+    /// A write applies only a prefix of its bytes, then fails.
+    pub short_write_per_million: u32,
+    /// An fsync (of a file or a directory) fails and makes nothing durable.
+    pub sync_error_per_million: u32,
+    /// Writes that would take all files past this many bytes fail with "no space left".
+    pub space_limit_bytes: Option<u64>,
+}
+
+/// A fault that was injected, for test reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InjectedFault {
+    /// A write failed.
+    WriteError,
+    /// A write was cut short.
+    ShortWrite,
+    /// An fsync failed.
+    SyncError,
+    /// A write found no space.
+    NoSpace,
+}
+
+#[derive(Debug, Default)]
+struct FileData {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+type SharedFile = Arc<Mutex<FileData>>;
+
+#[derive(Debug)]
+struct SimState {
+    generation: u64,
+    names: HashMap<PathBuf, SharedFile>,
+    durable_names: HashMap<PathBuf, SharedFile>,
+    dirs: HashSet<PathBuf>,
+    locked: HashSet<PathBuf>,
+    rng: u64,
+    faults: Faults,
+    injected: HashMap<InjectedFault, u64>,
+}
+
+impl SimState {
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: small, fast, and the same on every machine.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn chance(&mut self, per_million: u32) -> bool {
+        per_million > 0 && self.next_random() % 1_000_000 < u64::from(per_million)
+    }
+
+    fn inject(&mut self, fault: InjectedFault) -> io::Error {
+        *self.injected.entry(fault).or_default() += 1;
+        match fault {
+            InjectedFault::NoSpace => io::Error::from(io::ErrorKind::StorageFull),
+            _ => io::Error::other(format!("injected {fault:?}")),
+        }
+    }
+
+    fn volatile_bytes(&self) -> u64 {
+        self.names
+            .values()
+            .map(|file| file.lock().volatile.len() as u64)
+            .sum()
+    }
+}
+
+/// The simulated storage. Clones share one simulated machine.
+#[derive(Debug, Clone)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimStorage {
+    /// An empty simulated disk whose faults and torn writes follow `seed`.
+    pub fn new(seed: u64) -> SimStorage {
+        SimStorage {
+            state: Arc::new(Mutex::new(SimState {
+                generation: 0,
+                names: HashMap::new(),
+                durable_names: HashMap::new(),
+                dirs: HashSet::new(),
+                locked: HashSet::new(),
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                faults: Faults::default(),
+                injected: HashMap::new(),
+            })),
+        }
+    }
+
+    /// Sets the faults to inject from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().faults = faults;
+    }
+
+    /// How many faults of each kind were injected so far.
+    pub fn injected(&self) -> HashMap<InjectedFault, u64> {
+        self.state.lock().injected.clone()
+    }
+
+    /// Power loss: only what was made durable survives, plus random torn prefixes of unsynced
+    /// appends; handles and locks from before the crash are dead.
+    pub fn crash(&self) {
+        let mut state = self.state.lock();
+        state.generation += 1;
+        state.locked.clear();
+        state.names = state.durable_names.clone();
+        let files: Vec<SharedFile> = state.names.values().cloned().collect();
+        for file in files {
+            let mut data = file.lock();
+            let durable_len = data.durable.len();
+            let appended = data.volatile.len() > durable_len
+                && data.volatile[..durable_len] == data.durable[..];
+            let mut survivor = data.durable.clone();
+            if appended && state.next_random() % 2 == 0 {
+                let unsynced = data.volatile.len() - durable_len;
+                let kept = (state.next_random() % (unsynced as u64 + 1)) as usize;
+                survivor.extend_from_slice(&data.volatile[durable_len..durable_len + kept]);
+                if kept > 0 && state.next_random() % 4 == 0 {
+                    // A torn sector: the last bytes that reached the disk are garbage.
+                    let garbage = (kept.min(16)).max(1);
+                    let end = survivor.len();
+                    for byte in &mut survivor[end - garbage..] {
+                        *byte = state.next_random() as u8;
+                    }
+                }
+            }
+            data.volatile = survivor.clone();
+            data.durable = survivor;
+        }
+    }
+
+    fn handle(&self, data: SharedFile) -> Box<dyn StorageFile> {
+        let generation = self.state.lock().generation;
+        Box::new(SimFile {
+            storage: self.clone(),
+            data,
+            generation,
+        })
+    }
+
+    fn check_alive(&self, generation: u64) -> io::Result<()> {
+        if self.state.lock().generation != generation {
+            return Err(io::Error::other("simulated process died in a crash"));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.state.lock().dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        let mut state = self.state.lock();
+        if !state.locked.insert(dir.to_path_buf()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(SimLock {
+            storage: self.clone(),
+            dir: dir.to_path_buf(),
+            generation: state.generation,
+        })))
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state.lock();
+        Ok(state
+            .names
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_string))
+            .collect())
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let data = {
+            let mut state = self.state.lock();
+            if state.names.contains_key(path) {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            let data = SharedFile::default();
+            state.names.insert(path.to_path_buf(), Arc::clone(&data));
+            data
+        };
+        Ok(self.handle(data))
+    }
+
+    fn create_truncate(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let data = {
+            let mut state = self.state.lock();
+            let data = state.names.entry(path.to_path_buf()).or_default().clone();
+            data.lock().volatile.clear();
+            data
+        };
+        Ok(self.handle(data))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let data = self.state.lock().names.get(path).cloned();
+        match data {
+            Some(data) => Ok(self.handle(data)),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        match self.state.lock().names.remove(path) {
+            Some(_) => Ok(()),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let data = state
+            .names
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.names.insert(to.to_path_buf(), data);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let chance = state.faults.sync_error_per_million;
+        if state.chance(chance) {
+            return Err(state.inject(InjectedFault::SyncError));
+        }
+        // Names in `dir` become durable as they are now.
+        state
+            .durable_names
+            .retain(|path, _| path.parent() != Some(dir));
+        let current: Vec<(PathBuf, SharedFile)> = state
+            .names
+            .iter()
+            .filter(|(path, _)| path.parent() == Some(dir))
+            .map(|(path, data)| (path.clone(), Arc::clone(data)))
+            .collect();
+        state.durable_names.extend(current);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SimLock {
+    storage: SimStorage,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut state = self.storage.state.lock();
+        // A lock from before a crash died with its process; it must not free a new owner's.
+        if state.generation == self.generation {
+            state.locked.remove(&self.dir);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    storage: SimStorage,
+    data: SharedFile,
+    generation: u64,
+}
+
+impl StorageFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.storage.check_alive(self.generation)?;
+        let data = self.data.lock();
+        let start = (offset as usize).min(data.volatile.len());
+        let n = buf.len().min(data.volatile.len() - start);
+        buf[..n].copy_from_slice(&data.volatile[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.storage.check_alive(self.generation)?;
+        let mut state = self.storage.state.lock();
+        let faults = state.faults;
+        if let Some(limit) = faults.space_limit_bytes {
+            let len = self.data.lock().volatile.len() as u64;
+            let growth = (offset + buf.len() as u64).saturating_sub(len);
+            if state.volatile_bytes() + growth > limit {
+                return Err(state.inject(InjectedFault::NoSpace));
+            }
+        }
+        if state.chance(faults.write_error_per_million) {
+            return Err(state.inject(InjectedFault::WriteError));
+        }
+        let mut written = buf.len();
+        let short = state.chance(faults.short_write_per_million) && !buf.is_empty();
+        if short {
+            written = (state.next_random() % buf.len() as u64) as usize;
+        }
+        drop(state);
+        let mut data = self.data.lock();
+        let start = offset as usize;
+        if data.volatile.len() < start + written {
+            data.volatile.resize(start + written, 0);
+        }
+        data.volatile[start..start + written].copy_from_slice(&buf[..written]);
+        drop(data);
+        if short {
+            return Err(self.storage.state.lock().inject(InjectedFault::ShortWrite));
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.storage.check_alive(self.generation)?;
+        let mut state = self.storage.state.lock();
+        let chance = state.faults.sync_error_per_million;
+        if state.chance(chance) {
+            return Err(state.inject(InjectedFault::SyncError));
+        }
+        drop(state);
+        let mut data = self.data.lock();
+        data.durable = data.volatile.clone();
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.storage.check_alive(self.generation)?;
+        Ok(self.data.lock().volatile.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.storage.check_alive(self.generation)?;
+        self.data.lock().volatile.resize(len as usize, 0);
+        Ok(())
+    }
+}
