@@ -38,8 +38,9 @@ throughput grows with --threads and --batch.";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Number of check-or-insert operations (new keys plus repeats).
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Number of check-or-insert operations (new keys plus repeats); set it near your live key
+    /// count for a faithful RAM and disk per key.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
     /// Bytes of the value stored with each key.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=idem::MAX_VALUE_BYTES as i64))]

@@ -80,22 +80,12 @@ fn parse_ledger_line(line: &str) -> Option<LedgerEntry> {
     })
 }
 
-/// Reads a ledger's complete lines (a torn last line, from a crash mid-write, is not a charge).
-pub fn read_ledger(path: &Path) -> CliResult<Vec<LedgerEntry>> {
-    let mut text = String::new();
-    match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_string(&mut text)
-                .context(format_args!("reading ledger {}", path.display()))?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).context(format_args!("opening ledger {}", path.display())),
-    }
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..=end],
-        None => "",
-    };
-    complete
+/// Parses a ledger's bytes: its charges, and the length of its complete lines (a torn last
+/// line, from a crash mid-write, is not a charge).
+fn parse_ledger(bytes: &[u8], path: &Path) -> CliResult<(Vec<LedgerEntry>, usize)> {
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&bytes[..complete]);
+    let entries = text
         .lines()
         .enumerate()
         .map(|(n, line)| {
@@ -107,7 +97,17 @@ pub fn read_ledger(path: &Path) -> CliResult<Vec<LedgerEntry>> {
                 ))
             })
         })
-        .collect()
+        .collect::<CliResult<_>>()?;
+    Ok((entries, complete))
+}
+
+/// Reads a ledger's charges (none if the file does not exist).
+pub fn read_ledger(path: &Path) -> CliResult<Vec<LedgerEntry>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(parse_ledger(&bytes, path)?.0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).context(format_args!("reading ledger {}", path.display())),
+    }
 }
 
 /// The ledger: an append-only file of applied charges, `<event-id> <amount-cents> <receipt>`.
@@ -124,7 +124,6 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the ledger, cutting a torn last line left by a crash, and loads its event ids.
     pub fn open(path: &Path) -> CliResult<Ledger> {
-        let entries = read_ledger(path)?;
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -135,7 +134,7 @@ impl Ledger {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .context(format_args!("reading ledger {}", path.display()))?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let (entries, complete) = parse_ledger(&bytes, path)?;
         if complete < bytes.len() {
             file.set_len(complete as u64)
                 .and_then(|()| file.sync_data())
