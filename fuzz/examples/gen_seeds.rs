@@ -142,37 +142,47 @@ fn recover_input(flags: u8, options: u8, param: u16, files: &[&[u8]]) -> Vec<u8>
     input
 }
 
+/// The options byte of a recover input: durability, hash mask 0, index into
+/// `recover::ADVANCES_MS` and into `recover::TTLS_MS`.
+fn options(sync: bool, mask_zero: bool, advance: u8, ttl: u8) -> u8 {
+    u8::from(sync) | u8::from(mask_zero) << 1 | (advance & 0x7) << 2 | (ttl & 0x7) << 5
+}
+
 fn recover_seeds() {
     let segment = real_segment();
-    // Options: bit 0 Sync, bit 1 mask 0, bits 2-4 clock step, bits 5-7 TTL of later writes.
     write_seed(
         "recover",
         "real-segment",
-        &recover_input(0, 0b001_010_00, 0, &[&segment]),
+        &recover_input(0, options(false, false, 2, 1), 0, &[&segment]),
     );
     // With CRC fix-ups on, so byte mutations of keys and lengths still replay.
     write_seed(
         "recover",
         "real-segment-fixups-sync",
-        &recover_input(0x0C, 0b011_101_11, 0, &[&segment]),
+        &recover_input(0x0C, options(true, true, 5, 3), 0, &[&segment]),
     );
     // A torn tail: the last record cut short.
     write_seed(
         "recover",
         "real-segment-torn",
-        &recover_input(0x40, 0b010_001_00, 7, &[&segment]),
+        &recover_input(0x40, options(false, false, 1, 2), 7, &[&segment]),
     );
     let (first, second) = split_in_two(&segment);
     write_seed(
         "recover",
         "two-segments",
-        &recover_input(0x0C, 0b100_011_10, 0, &[&first, &second]),
+        &recover_input(0x0C, options(false, true, 3, 4), 0, &[&first, &second]),
     );
     // Two segments and a third torn at creation (zero-filled).
     write_seed(
         "recover",
         "two-segments-and-torn-creation",
-        &recover_input(0x04, 0b000_110_01, 0, &[&first, &second, &[0; 32]]),
+        &recover_input(
+            0x04,
+            options(true, false, 6, 0),
+            0,
+            &[&first, &second, &[0; 32]],
+        ),
     );
     // Structured bodies (flag bit 7): files built by the harness from an arbitrary description.
     let mut rng = Rng(0x5EED);

@@ -51,3 +51,61 @@ pub fn show(key: &[u8]) -> String {
         format!("{text:?}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `cargo test --manifest-path fuzz/Cargo.toml`: every committed seed and regression input
+    //! passes its target's harness (the known-bug guards on), without libFuzzer.
+
+    use std::path::{Path, PathBuf};
+
+    fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(kind)
+            .join(target);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .map(|entry| entry.expect("listing inputs").path())
+            .filter(|path| kind != "corpus" || path.to_string_lossy().contains("/seed-"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|path| {
+                let bytes = std::fs::read(&path).expect("reading an input");
+                (path, bytes)
+            })
+            .collect()
+    }
+
+    fn run_all(target: &str, run: impl Fn(&[u8])) {
+        for kind in ["corpus", "regressions"] {
+            for (path, bytes) in inputs(kind, target) {
+                eprintln!("{}", path.display());
+                run(&bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn record_inputs_pass() {
+        run_all("record", crate::record::run);
+    }
+
+    #[test]
+    fn recover_inputs_pass() {
+        run_all("recover", crate::recover::run);
+    }
+
+    #[test]
+    fn ops_inputs_pass() {
+        use arbitrary::{Arbitrary, Unstructured};
+        run_all("ops", |bytes| {
+            if let Ok(input) = crate::ops::OpsInput::arbitrary_take_rest(Unstructured::new(bytes)) {
+                crate::ops::run(&input);
+            }
+        });
+    }
+}

@@ -279,6 +279,14 @@ pub enum Op {
     DropReopen,
     /// Bad input.
     Invalid(InvalidOp),
+    /// Inserts 17 fresh keys with values at the 64 KiB limit, past the 1 MiB segment size: the
+    /// log rolls to a new segment (one batch, or one call per key).
+    Fill {
+        /// As one batch.
+        batch: bool,
+        /// Their TTL.
+        ttl: TtlId,
+    },
     /// `get` of every key, and stats invariants.
     Sweep,
 }
@@ -389,6 +397,8 @@ pub struct Harness {
     pub model: Model,
     /// Index of the op being run, for messages.
     step: usize,
+    /// Fill ops so far (their keys are fresh).
+    fills: u32,
 }
 
 impl Harness {
@@ -403,6 +413,7 @@ impl Harness {
             store: None,
             model,
             step: 0,
+            fills: 0,
         };
         harness.open();
         harness
@@ -465,6 +476,7 @@ impl Harness {
                 self.open();
             }
             Op::Invalid(invalid) => self.invalid(invalid),
+            Op::Fill { batch, ttl } => self.fill(*batch, ttl.duration()),
             Op::Sweep => self.sweep(),
         }
         self.step += 1;
@@ -504,6 +516,39 @@ impl Harness {
             .map(|(key, ttl, value)| self.model.check_or_insert(key, *ttl, value))
             .collect();
         assert_eq!(got, want, "step {}: batch of {}", self.step, owned.len());
+    }
+
+    fn fill(&mut self, batch: bool, ttl: Duration) {
+        self.fills += 1;
+        let owned: Vec<(Vec<u8>, Duration, Vec<u8>)> = (0..17u8)
+            .map(|i| {
+                let key = format!("fill-{}-{i}", self.fills).into_bytes();
+                let fill = i.wrapping_add(self.fills as u8);
+                (key, ttl, ValueSpec::Big { fill, size: 2 }.bytes())
+            })
+            .collect();
+        let got: Vec<Answer> = if batch {
+            self.store()
+                .check_or_insert_batch(&owned)
+                .expect("check_or_insert_batch")
+                .into_iter()
+                .map(Answer::from)
+                .collect()
+        } else {
+            owned
+                .iter()
+                .map(|(key, ttl, value)| {
+                    self.store()
+                        .check_or_insert(key, *ttl, value)
+                        .expect("check_or_insert")
+                        .into()
+                })
+                .collect()
+        };
+        for ((key, ttl, value), got) in owned.iter().zip(got) {
+            let want = self.model.check_or_insert(key, *ttl, value);
+            assert_eq!(got, want, "step {}: fill {}", self.step, crate::show(key));
+        }
     }
 
     fn get(&self, key: &[u8]) {
@@ -567,10 +612,13 @@ impl Harness {
         // The model is unchanged; the next ops (and the final sweep) check the store is too.
     }
 
-    /// Gets every key, and checks the stats against the model.
+    /// Gets every key (of the key space and of the model), and checks the stats.
     pub fn sweep(&self) {
         for key in KeyId::all() {
             self.get(&key.bytes());
+        }
+        for key in self.model.entries.keys() {
+            self.get(key);
         }
         let stats = self.store().stats();
         assert!(
