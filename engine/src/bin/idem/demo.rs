@@ -601,13 +601,21 @@ pub fn render(r: &DemoReport) -> String {
         fmt::count(r.duplicated_events),
         r.duplicated_events as f64 * 100.0 / f64::from(r.events),
     );
-    let _ = writeln!(
-        out,
-        "  a network blip re-sent events {}..{}, and {} scattered retries arrived late.",
-        fmt::count(u64::from(r.blip.start)),
-        fmt::count(u64::from(r.blip.end)),
-        fmt::count(r.duplicated_events - r.blip.len() as u64),
-    );
+    let retries = fmt::count(r.duplicated_events - r.blip.len() as u64);
+    if r.blip.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no network blip, and {retries} scattered retries arrived late."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  a network blip re-sent the {} events #{} to #{}, and {retries} scattered retries arrived late.",
+            fmt::count(r.blip.len() as u64),
+            fmt::count(u64::from(r.blip.start)),
+            fmt::count(u64::from(r.blip.end - 1)),
+        );
+    }
     match (r.kill_at, d.killed_after) {
         (Some(at), Some(after)) => {
             let _ = writeln!(
@@ -621,7 +629,13 @@ pub fn render(r: &DemoReport) -> String {
                 "  restarted; the producer re-sent every delivery it had not seen acknowledged."
             );
         }
-        _ => {
+        (Some(_), None) => {
+            let _ = writeln!(
+                out,
+                "  The consumer was not killed: the run ended within the batch that reached --kill-at."
+            );
+        }
+        (None, _) => {
             let _ = writeln!(out, "  The consumer ran without being killed (--no-kill).");
         }
     }
@@ -745,8 +759,9 @@ pub fn render(r: &DemoReport) -> String {
     let h = &d.commit_latency;
     let _ = writeln!(
         out,
-        "  idem batch commit latency ({} batches): p50 {}  p99 {}  p999 {}  max {}",
+        "  idem batch commit latency ({} batch{}): p50 {}  p99 {}  p999 {}  max {}",
         fmt::count(h.count()),
+        if h.count() == 1 { "" } else { "es" },
         fmt::nanos(h.quantile(0.50)),
         fmt::nanos(h.quantile(0.99)),
         fmt::nanos(h.quantile(0.999)),
