@@ -6,6 +6,8 @@
 //!   was acknowledged in `Sync` mode, because the writer fsyncs before acknowledging.
 //! - The newest segment shorter than a header, or with a zero-filled header (a crash while it was
 //!   being created, before any record went into it) is deleted.
+//! - Everything replayed is made durable before the store opens (fsync of the newest segment and
+//!   of the directory): an earlier process of this boot may have left bytes only in the cache.
 //! - Any damage in an older segment, which was fsynced whole before the log moved on, is an
 //!   [`Error::Corrupt`] naming the file and offset: recovery never serves a guess.
 //! - A segment-named file without the magic is [`Error::NotASegment`]; a newer format version is
@@ -195,6 +197,13 @@ pub(crate) fn recover(
     }
     count_live_entries(index, &mut segment_stats);
     let in_doubt = claims_still_open(index, &opened, claim_keys, now_millis)?;
+    // What was read may include bytes that are only in the OS cache: written by an earlier
+    // process of this boot whose fsync failed or never ran. The log starts out declaring all of
+    // it durable, so make it so (older segments were fsynced before the log moved past them).
+    if let Some(newest) = opened.values().next_back() {
+        newest.sync()?;
+        segment::sync_dir(storage, dir)?;
+    }
     if opened.is_empty() {
         let id = ids.last().map_or(1, |last| last + 1);
         opened.insert(id, SegmentFile::create(storage, dir, id)?);
