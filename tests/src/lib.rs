@@ -183,3 +183,37 @@ pub mod crash {
         parts.next().is_none().then_some(event)
     }
 }
+
+/// Shared definitions of the crash torture test and its child process.
+pub mod torture {
+    use std::time::Duration;
+
+    use idem::{Config, Durability};
+
+    /// TTL of every record: nothing expires during the test.
+    pub const TTL: Duration = Duration::from_secs(24 * 3600);
+    /// Lease of claims: open claims stay in flight for the whole test.
+    pub const LEASE: Duration = Duration::from_secs(3600);
+
+    /// The store configuration: durable, small segments, frequent checkpoints.
+    pub fn config() -> Config {
+        Config::default()
+            .durability(Durability::Sync)
+            .segment_size_bytes(1 << 20)
+            .compaction_live_ratio(0.6)
+            .checkpoint_every_bytes(64 << 10)
+    }
+
+    /// Key number `i` of round `round`.
+    pub fn key(round: u64, i: u64) -> Vec<u8> {
+        format!("r{round}-{i}").into_bytes()
+    }
+
+    /// The value of a key: derived from it, so a wrong value is detectable.
+    pub fn value(key: &[u8]) -> Vec<u8> {
+        let mut value = b"value-of-".to_vec();
+        value.extend_from_slice(key);
+        value.extend(key.iter().rev());
+        value
+    }
+}

@@ -1,7 +1,11 @@
 //! Guards recovery from damaged files: a torn or garbled tail of the newest segment is cut back to
 //! a prefix of whole records (never a panic, never an invented key or value), while damage in an
 //! older segment or a foreign file named like a segment is refused with a typed error that names
-//! the file and the offset.
+//! the file and the offset, and a damaged checkpoint is ignored in favour of the log.
+//!
+//! Each scenario runs on a store left as a crash leaves it (dropped, no checkpoint: recovery
+//! replays the log) and, where it matters, on a cleanly closed one (whose checkpoint recovery
+//! trusts for everything before the newest segment).
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,16 +24,23 @@ const CASES: usize = 100;
 const HEADER_LEN: u64 = SEGMENT_HEADER_LEN as u64;
 
 fn config() -> Config {
+    // No background maintenance: the files must stay exactly as the test parsed them.
     Config::default()
         .durability(Durability::Never)
         .segment_size_bytes(1 << 20)
+        .background_maintenance(false)
 }
 
-/// A closed store of two segments (a full older one and a newest of about a hundred KiB), with
+const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
+
+/// A store of two segments (a full older one and a newest of about a hundred KiB), with
 /// removals and re-inserts among the inserts, and its records as parsed from the files.
 struct Base {
     _scratch: tempfile::TempDir,
+    /// The store as a crash leaves it: everything written, no checkpoint.
     dir: PathBuf,
+    /// The same store after a clean open and close: with a checkpoint.
+    closed_dir: PathBuf,
     /// The records of every segment but the newest, in log order.
     older: Vec<ParsedRecord>,
     /// The records of the newest segment, in order.
@@ -66,12 +77,22 @@ impl Base {
                     live.push(victim);
                 }
             }
-            if store.stats().segments >= 2 {
+            // `stats` visits every shard: ask now and then until the log has rolled.
+            if after_roll > 0 || (i % 32 == 0 && store.stats().segments >= 2) {
                 after_roll += 1;
             }
             i += 1;
         }
-        store.close().unwrap();
+        // Dropped, not closed: the writer writes everything, but no checkpoint is taken.
+        drop(store);
+        assert!(!dir.join(CHECKPOINT_FILE_NAME).exists());
+        let closed_dir = scratch.path().join("closed");
+        copy_dir(&dir, &closed_dir);
+        Store::open_with(&closed_dir, config())
+            .unwrap()
+            .close()
+            .unwrap();
+        assert!(closed_dir.join(CHECKPOINT_FILE_NAME).exists());
         let segments = segment_files(&dir);
         assert_eq!(segments.len(), 2, "the base store has two segments");
         let mut parsed: Vec<Vec<ParsedRecord>> = segments
@@ -82,6 +103,7 @@ impl Base {
         Base {
             _scratch: scratch,
             dir,
+            closed_dir,
             older: parsed.concat(),
             newest,
         }
@@ -102,6 +124,29 @@ impl Base {
     }
 
     /// Every key any record names.
+    fn source(&self, checkpoint: bool) -> &Path {
+        if checkpoint {
+            &self.closed_dir
+        } else {
+            &self.dir
+        }
+    }
+
+    /// Insert records of the older segment(s) that hold their key's live entry (no later record
+    /// names the key), so reading the key reads that very record.
+    fn live_older_inserts(&self) -> Vec<&ParsedRecord> {
+        let mut last_of_key: BTreeMap<&[u8], u64> = BTreeMap::new();
+        for (i, record) in self.older.iter().chain(&self.newest).enumerate() {
+            last_of_key.insert(&record.key, i as u64);
+        }
+        self.older
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.insert && last_of_key[&r.key[..]] == *i as u64)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
     fn all_keys(&self) -> Vec<Vec<u8>> {
         let mut keys: Vec<Vec<u8>> = self
             .older
@@ -123,7 +168,10 @@ fn assert_holds(
     context: &str,
 ) {
     for key in keys {
-        let got = store.get(key).unwrap().map(idem::Value::into_vec);
+        let got = store
+            .get(key)
+            .unwrap_or_else(|e| panic!("{context}: get {}: {e}", String::from_utf8_lossy(key)))
+            .map(idem::Value::into_vec);
         assert_eq!(
             got.as_ref(),
             expected.get(key),
@@ -195,12 +243,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Many random damages of the newest segment: open succeeds with a prefix of its records that
-/// includes every record before the first damaged byte, or (only when the header itself was
-/// hit) fails with a typed damage error.
-#[test]
-fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
-    let (mut rng, seed) = seeded_rng("a_damaged_newest_segment_recovers_a_prefix");
+/// includes every record before the first damaged byte, or fails with a typed damage error
+/// (without a checkpoint, only when the segment header itself was hit).
+fn damaged_newest_segment_cases(checkpoint: bool) {
+    let (mut rng, seed) = seeded_rng(&format!("damaged newest segment, checkpoint {checkpoint}"));
     let base = Base::build(&mut rng);
+    let source = base.source(checkpoint);
     let keys = base.all_keys();
     // Reading every key is slow in a debug build; most cases read the keys the newest segment
     // names and a tenth of the others (`live_keys` still counts them all).
@@ -212,7 +260,7 @@ fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
         .filter(|(i, key)| i % 10 == 0 || newest_keys.contains(key))
         .map(|(_, key)| key.clone())
         .collect();
-    let base_newest = newest_segment(&base.dir);
+    let base_newest = newest_segment(source);
     let original = std::fs::read(&base_newest).unwrap();
     let len = original.len() as u64;
     let scratch = tempfile::tempdir().unwrap();
@@ -220,9 +268,9 @@ fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
 
     for case in 0..CASES {
         let damage = Damage::random(&mut rng, len);
-        let context = format!("seed {seed}, case {case}, {damage:?}");
+        let context = format!("seed {seed}, checkpoint {checkpoint}, case {case}, {damage:?}");
         let dir = scratch.path().join(format!("case-{case}"));
-        copy_dir(&base.dir, &dir);
+        copy_dir(source, &dir);
         let newest = newest_segment(&dir);
         let mut bytes = original.clone();
         damage.apply(&mut bytes);
@@ -245,8 +293,10 @@ fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
         let store = match opened {
             Ok(store) => store,
             Err(error) => {
+                // Bytes a checkpoint vouched for are gone: refusing to open is fair. Without a
+                // checkpoint, a torn tail must always be cut, so only a bad header refuses.
                 assert!(
-                    first_damaged < HEADER_LEN,
+                    checkpoint || first_damaged < HEADER_LEN,
                     "{context}: only a damaged header may refuse to open, got {error}"
                 );
                 match &error {
@@ -330,21 +380,44 @@ fn a_damaged_newest_segment_recovers_a_prefix_or_fails_cleanly() {
     eprintln!("outcomes over {CASES} cases: {outcomes:?}");
 }
 
+#[test]
+fn a_torn_newest_segment_recovers_a_prefix() {
+    damaged_newest_segment_cases(false);
+}
+
+/// The same damage after a clean close, whose checkpoint lists entries in the newest segment:
+/// recovery must not keep entries for records it has just cut off.
+#[test]
+#[ignore = "engine bug: recovery installs checkpoint entries that point past a cut tail of the \
+            newest segment; get then fails with Corrupt 'location is past the log's end' and \
+            live_keys counts the lost records"]
+fn a_torn_newest_segment_under_a_checkpoint_recovers_a_prefix_or_fails_cleanly() {
+    damaged_newest_segment_cases(true);
+}
+
 /// Damage to the middle of an older segment (which was fsynced whole before the log moved on)
-/// is corruption, reported with the file and the offset of the damaged record.
+/// is corruption, reported with the file and the offset of the damaged record: at open when
+/// recovery replays that segment, or, when a checkpoint spares recovery from reading it, at the
+/// latest when the damaged record is read. Never a wrong value.
 #[test]
 fn damage_in_an_older_segment_is_corrupt_with_file_and_offset() {
     let (mut rng, seed) = seeded_rng("damage_in_an_older_segment_is_corrupt");
     let base = Base::build(&mut rng);
-    let older_path = segment_files(&base.dir).into_values().next().unwrap();
-    let original = std::fs::read(&older_path).unwrap();
+    let older_name = segment_files(&base.dir).into_values().next().unwrap();
+    let original = std::fs::read(&older_name).unwrap();
     let scratch = tempfile::tempdir().unwrap();
 
-    // (what, how to damage, expected offset in the error)
-    let victim = &base.older[rng.gen_range(1..base.older.len() - 1)];
+    // A record holding its key's live entry, not the first, with 512 bytes after its start.
+    let candidates: Vec<&ParsedRecord> = base
+        .live_older_inserts()
+        .into_iter()
+        .filter(|r| r.start > HEADER_LEN && r.start + 512 < original.len() as u64)
+        .collect();
+    let victim = candidates[rng.gen_range(0..candidates.len())];
     let flip_at = rng.gen_range(victim.start..victim.end);
     let cut_at = rng.gen_range(victim.start + 1..victim.end);
     type Damage<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    // (what, how to damage, expected offset in the error)
     let cases: Vec<(&str, Damage, u64)> = vec![
         (
             "a flipped byte in a record",
@@ -370,48 +443,60 @@ fn damage_in_an_older_segment_is_corrupt_with_file_and_offset() {
         ),
     ];
     for (case, (what, damage, expected_offset)) in cases.into_iter().enumerate() {
-        let context = format!("seed {seed}: {what}");
-        let dir = scratch.path().join(format!("case-{case}"));
-        copy_dir(&base.dir, &dir);
-        let target = segment_files(&dir).into_values().next().unwrap();
-        let mut bytes = original.clone();
-        damage(&mut bytes);
-        std::fs::write(&target, &bytes).unwrap();
-        let newest_before = std::fs::read(newest_segment(&dir)).unwrap();
+        for checkpoint in [false, true] {
+            let context = format!("seed {seed}, checkpoint {checkpoint}: {what}");
+            let dir = scratch.path().join(format!("case-{case}-{checkpoint}"));
+            copy_dir(base.source(checkpoint), &dir);
+            let target = segment_files(&dir).into_values().next().unwrap();
+            let mut bytes = original.clone();
+            damage(&mut bytes);
+            std::fs::write(&target, &bytes).unwrap();
+            let newest_before = std::fs::read(newest_segment(&dir)).unwrap();
 
-        let error = Store::open_with(&dir, config()).expect_err(&context);
-        match &error {
-            Error::Corrupt {
-                path,
-                offset,
-                reason,
-            } => {
-                assert!(same_file(path, &older_path), "{context}: {error}");
-                assert_eq!(*offset, expected_offset, "{context}: {error}");
-                assert!(!reason.is_empty());
+            let error = match Store::open_with(&dir, config()) {
+                Err(error) => error,
+                Ok(store) if checkpoint && expected_offset != 0 => {
+                    // The checkpoint spared recovery from reading the segment; the read must
+                    // find the damage.
+                    match store.get(&victim.key) {
+                        Err(error) => error,
+                        Ok(value) => panic!("{context}: damaged record read as {value:?}"),
+                    }
+                }
+                Ok(_) => panic!("{context}: opened a store with a damaged older segment"),
+            };
+            match &error {
+                Error::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                } => {
+                    assert!(same_file(path, &older_name), "{context}: {error}");
+                    assert_eq!(*offset, expected_offset, "{context}: {error}");
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{context}: expected Corrupt, got {other:?}"),
             }
-            other => panic!("{context}: expected Corrupt, got {other:?}"),
+            let message = error.to_string();
+            let name = older_name.file_name().unwrap().to_str().unwrap();
+            assert!(message.contains(name), "{context}: {message}");
+            assert!(
+                message.contains(&expected_offset.to_string()),
+                "{context}: {message}"
+            );
+            // No file is "repaired" by cutting it, and the newest segment is untouched.
+            assert_eq!(std::fs::read(&target).unwrap(), bytes, "{context}");
+            assert_eq!(
+                std::fs::read(newest_segment(&dir)).unwrap(),
+                newest_before,
+                "{context}"
+            );
         }
-        let message = error.to_string();
-        let name = older_path.file_name().unwrap().to_str().unwrap();
-        assert!(message.contains(name), "{context}: {message}");
-        assert!(
-            message.contains(&expected_offset.to_string()),
-            "{context}: {message}"
-        );
-        // A refused open changes no file: the damaged segment is not "repaired" by cutting it,
-        // and the newest segment is untouched.
-        assert_eq!(std::fs::read(&target).unwrap(), bytes, "{context}");
-        assert_eq!(
-            std::fs::read(newest_segment(&dir)).unwrap(),
-            newest_before,
-            "{context}"
-        );
     }
 }
 
 /// A sealed (older) segment cut exactly at a record boundary loses its last records; recovery
-/// should notice that a segment it did not expect to end there is short.
+/// (replaying the log, no checkpoint) should notice that a sealed segment is short.
 #[test]
 #[ignore = "engine bug: an older segment cut at a record boundary opens silently without its \
             tail records (no per-segment length or seal record to check against)"]
@@ -421,6 +506,7 @@ fn an_older_segment_cut_at_a_record_boundary_is_corrupt() {
     let older_path = segment_files(&base.dir).into_values().next().unwrap();
     let mut bytes = std::fs::read(&older_path).unwrap();
     let cut = base.older[base.older.len() - 10].start;
+    assert!(!base.dir.join(CHECKPOINT_FILE_NAME).exists());
     bytes.truncate(cut as usize);
     std::fs::write(&older_path, &bytes).unwrap();
     match Store::open_with(&base.dir, config()) {
@@ -478,8 +564,8 @@ fn a_foreign_file_named_like_a_segment_is_not_a_segment() {
     }
 }
 
-/// A record cut in half at the end of the newest segment is cut off and reported; the next open
-/// finds a clean log.
+/// A record cut in half at the end of the newest segment (as a crash during a write leaves it) is
+/// cut off and reported; the next open finds a clean log.
 #[test]
 fn a_truncated_tail_is_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -490,7 +576,8 @@ fn a_truncated_tail_is_reported() {
             .check_or_insert(format!("key {i}").as_bytes(), LONG_TTL, value.as_bytes())
             .unwrap();
     }
-    store.close().unwrap();
+    // Dropped as a crash would leave it: no checkpoint, recovery replays the log.
+    drop(store);
     let newest = newest_segment(dir.path());
     let bytes = std::fs::read(&newest).unwrap();
     let records = parse_segment(&bytes);
@@ -535,4 +622,49 @@ fn a_truncated_tail_is_reported() {
         Some(&b"again"[..])
     );
     assert_eq!(store.stats().live_keys, 100);
+}
+
+/// A damaged or cut checkpoint is never trusted: it is ignored (with the reason reported) and
+/// the whole log is replayed, giving the same keys.
+#[test]
+fn a_damaged_checkpoint_is_ignored_and_the_log_replayed() {
+    let (mut rng, seed) = seeded_rng("a_damaged_checkpoint_is_ignored");
+    let base = Base::build(&mut rng);
+    let keys = base.all_keys();
+    let expected = base.state_after(base.newest.len());
+    let original = std::fs::read(base.closed_dir.join(CHECKPOINT_FILE_NAME)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("cut in half", original[..original.len() / 2].to_vec()),
+        ("one byte short", original[..original.len() - 1].to_vec()),
+        ("a flipped byte", {
+            let mut bytes = original.clone();
+            let at = rng.gen_range(0..bytes.len());
+            bytes[at] ^= 0x10;
+            bytes
+        }),
+        ("garbage", (0..original.len()).map(|_| rng.gen()).collect()),
+    ];
+    for (case, (what, bytes)) in cases.into_iter().enumerate() {
+        let context = format!("seed {seed}: checkpoint {what}");
+        let dir = scratch.path().join(format!("case-{case}"));
+        copy_dir(&base.closed_dir, &dir);
+        std::fs::write(dir.join(CHECKPOINT_FILE_NAME), &bytes).unwrap();
+        let store = Store::open_with(&dir, config()).unwrap_or_else(|e| panic!("{context}: {e}"));
+        let report = store.recovery_report();
+        assert!(report.checkpoint_ignored.is_some(), "{context}: {report:?}");
+        assert_eq!(report.checkpoint_entries_loaded, 0, "{context}");
+        assert_holds(&store, &keys, &expected, &context);
+    }
+    // The intact checkpoint is used, and gives the same keys.
+    let store = Store::open_with(&base.closed_dir, config()).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_ignored, None);
+    assert!(store.recovery_report().checkpoint_entries_loaded > 0);
+    assert_holds(
+        &store,
+        &keys,
+        &expected,
+        &format!("seed {seed}: intact checkpoint"),
+    );
 }
