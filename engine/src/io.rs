@@ -50,6 +50,10 @@ pub trait StorageFile: Send + Sync + Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// The file's length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Cuts or extends the file to `len` bytes (durable after the next `sync_data`).
     fn set_len(&self, len: u64) -> io::Result<()>;
 }

@@ -154,11 +154,11 @@ impl SimStorage {
             let appended = data.volatile.len() > durable_len
                 && data.volatile[..durable_len] == data.durable[..];
             let mut survivor = data.durable.clone();
-            if appended && state.next_random() % 2 == 0 {
+            if appended && state.next_random().is_multiple_of(2) {
                 let unsynced = data.volatile.len() - durable_len;
                 let kept = (state.next_random() % (unsynced as u64 + 1)) as usize;
                 survivor.extend_from_slice(&data.volatile[durable_len..durable_len + kept]);
-                if kept > 0 && state.next_random() % 4 == 0 {
+                if kept > 0 && state.next_random().is_multiple_of(4) {
                     // A torn sector: the last bytes that reached the disk are garbage.
                     let garbage = (kept.min(16)).max(1);
                     let end = survivor.len();

@@ -648,11 +648,14 @@ mod loom_models {
     /// checks: exactly one success if any caller plans one, every `Inserted` is the recorded
     /// value's maker, every `Duplicate` carries the recorded value, every error is its caller's
     /// own, and the table is empty at the end. A lost wake-up or a deadlock fails the model.
+    ///
+    /// `preemption_bound` bounds models too large to explore exhaustively (`None`: explore every
+    /// interleaving); `LOOM_MAX_PREEMPTIONS` overrides it.
     fn handoff_model(name: &'static str, plans: &'static [Plan], preemption_bound: Option<usize>) {
         let iterations = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = std::sync::Arc::clone(&iterations);
         let mut builder = loom::model::Builder::new();
-        if preemption_bound.is_some() {
+        if builder.preemption_bound.is_none() {
             builder.preemption_bound = preemption_bound;
         }
         builder.check(move || {
@@ -697,6 +700,14 @@ mod loom_models {
                     (other, _) => panic!("caller {i} got {other:?}"),
                 }
             }
+            let closure_errors = outcomes
+                .iter()
+                .filter(|o| matches!(o, Err(WithError::Closure(_))))
+                .count();
+            assert_eq!(
+                world.counters.failures.load(Ordering::SeqCst),
+                closure_errors
+            );
             assert_eq!(world.table.len(), 0, "an in-flight entry was left behind");
         });
         println!(

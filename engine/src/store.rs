@@ -718,3 +718,32 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<u64> {
     }
     Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Sync` batch is committed by one fsync: appends do not wake the writer, the wait does.
+    #[test]
+    fn a_sync_batch_costs_about_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_with(dir.path(), Config::default().background_maintenance(false)).unwrap();
+        let ttl = Duration::from_secs(60);
+        for round in 0..5u32 {
+            let keys: Vec<Vec<u8>> = (0..1000u32)
+                .map(|i| format!("{round}-{i}").into_bytes())
+                .collect();
+            let items: Vec<(&[u8], Duration, &[u8])> =
+                keys.iter().map(|k| (&k[..], ttl, &b"v"[..])).collect();
+            let before = store.stats().fsyncs;
+            store.check_or_insert_batch(&items).unwrap();
+            let fsyncs = store.stats().fsyncs - before;
+            // One, or two if the writer's idle timer fired in the middle of the batch.
+            assert!(
+                (1..=2).contains(&fsyncs),
+                "round {round}: {fsyncs} fsyncs for one batch"
+            );
+        }
+    }
+}

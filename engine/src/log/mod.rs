@@ -257,12 +257,9 @@ impl Log {
         }
         state.tail_offset += len;
         state.pending_bytes += len as usize;
-        let wake_writer = match self.durability {
-            Durability::Sync => true,
-            Durability::Periodic(_) | Durability::Never => {
-                state.pending_bytes >= self.write_buffer_bytes
-            }
-        };
+        // In `Sync` mode the caller wakes the writer when it starts to wait (`wait_durable`),
+        // so that a batch appended record by record is committed by one fsync, not several.
+        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
         drop(state);
         if wake_writer {
             self.work_ready.notify_one();
@@ -303,8 +300,8 @@ impl Log {
             }
             if state.flush_target < end {
                 state.flush_target = end;
-                self.work_ready.notify_one();
             }
+            self.work_ready.notify_one();
             self.progress.wait(&mut state);
         }
     }

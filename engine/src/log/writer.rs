@@ -56,7 +56,10 @@ fn run(log: &Log) {
                 break true;
             }
             let (write, sync, wait) = match log.durability {
-                Durability::Sync => (has_pending || flush_wanted, true, Duration::from_secs(1)),
+                // Only on demand: a caller waiting for durability, or a full buffer. Writing
+                // whatever is pending would commit a batch that is still being appended in
+                // several pieces, each with its own fsync.
+                Durability::Sync => (flush_wanted || buffer_full, true, Duration::from_secs(1)),
                 Durability::Periodic(interval) => {
                     let sync_due =
                         (has_pending || unsynced_bytes) && last_sync.elapsed() >= interval;
