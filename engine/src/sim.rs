@@ -160,7 +160,7 @@ impl SimStorage {
                 survivor.extend_from_slice(&data.volatile[durable_len..durable_len + kept]);
                 if kept > 0 && state.next_random().is_multiple_of(4) {
                     // A torn sector: the last bytes that reached the disk are garbage.
-                    let garbage = (kept.min(16)).max(1);
+                    let garbage = kept.clamp(1, 16);
                     let end = survivor.len();
                     for byte in &mut survivor[end - garbage..] {
                         *byte = state.next_random() as u8;

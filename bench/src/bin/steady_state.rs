@@ -80,7 +80,7 @@ fn main() {
         }
         clock.advance(Duration::from_secs(1));
         store.maintain().expect("maintain");
-        if inserted % 1_000_000 == 0 {
+        if inserted.is_multiple_of(1_000_000) {
             store.flush().expect("flush");
             let stats = store.stats();
             let live_bytes = stats.live_keys * RECORD_BYTES;
