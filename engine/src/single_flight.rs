@@ -109,7 +109,7 @@ mod sync {
 /// match store.check_or_insert_with(b"order-17", ttl, charge) {
 ///     Ok(outcome) => unreachable!("the closure failed: {outcome:?}"),
 ///     Err(idem::WithError::Closure(reason)) => assert_eq!(reason, "card declined"),
-///     Err(other) => return Err(other.into()),
+///     Err(other) => panic!("not the closure's error: {other}"),
 /// }
 /// assert_eq!(store.get(b"order-17")?, None); // a failed closure records nothing
 /// # Ok::<(), Box<dyn std::error::Error>>(())
