@@ -149,6 +149,7 @@ pub struct Histogram {
     counts: Box<[u64; HIST_BUCKETS]>,
     total: u64,
     max: u64,
+    sum: u128,
 }
 
 const SUB_BITS: u32 = 6;
@@ -169,6 +170,7 @@ impl Default for Histogram {
             counts: Box::new([0; HIST_BUCKETS]),
             total: 0,
             max: 0,
+            sum: 0,
         }
     }
 }
@@ -199,6 +201,7 @@ impl Histogram {
         self.counts[bucket_of(nanos)] += 1;
         self.total += 1;
         self.max = self.max.max(nanos);
+        self.sum += u128::from(nanos);
     }
 
     /// Records a duration.
@@ -213,6 +216,7 @@ impl Histogram {
         }
         self.total += other.total;
         self.max = self.max.max(other.max);
+        self.sum += other.sum;
     }
 
     /// How many values were recorded.
@@ -236,6 +240,22 @@ impl Histogram {
         self.max
     }
 
+    /// The sum of all values recorded, in nanoseconds.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// About how much of the recorded time was spent in values of at least `threshold` (the
+    /// bucket upper edges of those values, capped at the maximum): where the stalls went.
+    pub fn sum_at_least(&self, threshold: u64) -> u128 {
+        let first = bucket_of(threshold);
+        self.counts[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| u128::from(c) * u128::from(bucket_high(first + i).min(self.max)))
+            .sum()
+    }
+
     /// The largest value recorded.
     pub fn max(&self) -> u64 {
         self.max
@@ -254,6 +274,24 @@ pub fn rss_bytes_of(pid: &str) -> Option<u64> {
 /// This process's resident set size in bytes.
 pub fn rss_bytes() -> Option<u64> {
     rss_bytes_of("self")
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in seconds, from
+/// `/proc/<pid>/stat` (resolution: one clock tick, 10 ms); `None` if it cannot be read.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux configuration that matters here.
+    Some((utime + stime) / 100.0)
+}
+
+/// This process's CPU time in seconds (see [`cpu_seconds_of`]).
+pub fn cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("self")
 }
 
 /// Bytes of disk a directory tree occupies: the blocks allocated to its files (like `du`), so

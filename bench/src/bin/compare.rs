@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redb::ReadableTable as _;
 
 use idem_bench::{
-    dir_apparent_bytes, dir_disk_bytes, rss_bytes, rss_bytes_of, value_for, Histogram, Key,
-    Workload, DUP_PER_10K, RETRY_WINDOW, SEED, SOURCES, TTL,
+    cpu_seconds, cpu_seconds_of, dir_apparent_bytes, dir_disk_bytes, rss_bytes, rss_bytes_of,
+    value_for, Histogram, Key, Workload, DUP_PER_10K, RETRY_WINDOW, SEED, SOURCES, TTL,
 };
 
 /// Operations per run by default (`--ops`).
@@ -396,6 +396,8 @@ struct Measured {
     disk_apparent_bytes: u64,
     /// Peers with no files (memory only) report no disk.
     has_disk: bool,
+    /// CPU seconds used outside this process (the Redis server's).
+    server_cpu_secs: f64,
     note: String,
 }
 
@@ -410,13 +412,23 @@ fn run_child(args: &Args, name: &str) -> Result<(), String> {
         Size::RamKeys => args.ram_keys,
     };
     let mut workload = Workload::new(SEED);
-    let keys = workload.keys(ops);
+    let keys = if spec.size == Size::RamKeys {
+        // The RAM target is stated per live key: run until exactly `ops` distinct keys exist.
+        let mut keys = Vec::with_capacity(ops + ops / 50);
+        while workload.new_keys < ops as u64 {
+            keys.push(workload.next_key());
+        }
+        keys
+    } else {
+        workload.keys(ops)
+    };
     let expected_dups = workload.duplicates;
     std::fs::create_dir_all(&args.scratch)
         .map_err(|e| format!("creating {}: {e}", args.scratch.display()))?;
     let dir = args.scratch.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let cpu_before = cpu_seconds().unwrap_or(0.0);
     let result = match spec.name {
         "idem-never-1t" | "idem-never-2t" | "idem-ram" => {
             idem_single(&dir, &keys, idem::Durability::Never, spec.threads)
@@ -434,6 +446,7 @@ fn run_child(args: &Args, name: &str) -> Result<(), String> {
         "hashmap-1t" | "hashmap-2t" => hashmap_run(&keys, spec.threads),
         other => return Err(format!("peer {other} has no runner")),
     };
+    let cpu_secs = cpu_seconds().unwrap_or(0.0) - cpu_before;
     if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -446,11 +459,15 @@ fn run_child(args: &Args, name: &str) -> Result<(), String> {
                 );
             }
             format!(
-                "RESULT\tpeer={name}\tops={}\tsecs={:.6}\tp50={}\tp99={}\tmax={}\tlat_n={}\tdups={}\texpected_dups={expected_dups}\tlive={}\trss_before={}\trss_after={}\tdisk={}\tdisk_apparent={}\thas_disk={}\tnote={}",
+                "RESULT\tpeer={name}\tops={}\tsecs={:.6}\tcpu={:.2}\tp50={}\tp99={}\tp999={}\tmean={:.0}\tstall_1ms={}\tmax={}\tlat_n={}\tdups={}\texpected_dups={expected_dups}\tlive={}\trss_before={}\trss_after={}\tdisk={}\tdisk_apparent={}\thas_disk={}\tnote={}",
                 m.ops,
                 m.secs,
+                cpu_secs + m.server_cpu_secs,
                 m.latency.quantile(0.50),
                 m.latency.quantile(0.99),
+                m.latency.quantile(0.999),
+                m.latency.sum() as f64 / m.latency.count().max(1) as f64,
+                m.latency.sum_at_least(1_000_000),
                 m.latency.max(),
                 m.latency.count(),
                 m.duplicates,
@@ -564,9 +581,15 @@ fn idem_single(
         disk_bytes: dir_disk_bytes(dir),
         disk_apparent_bytes: dir_apparent_bytes(dir),
         has_disk: true,
+        server_cpu_secs: 0.0,
         note: format!(
-            "stats: live_keys={} index_bytes={} segments={} fsyncs={}",
-            stats.live_keys, stats.index_bytes, stats.segments, stats.fsyncs
+            "stats: live_keys={} index_bytes={} ({:.1} B/key) segments={} fsyncs={}; files: {}",
+            stats.live_keys,
+            stats.index_bytes,
+            stats.index_bytes as f64 / stats.live_keys.max(1) as f64,
+            stats.segments,
+            stats.fsyncs,
+            file_breakdown(dir, stats.live_keys)
         ),
     })
 }
@@ -595,11 +618,41 @@ fn idem_batch(dir: &Path, keys: &[Key], durability: idem::Durability) -> PeerRes
         disk_bytes: dir_disk_bytes(dir),
         disk_apparent_bytes: dir_apparent_bytes(dir),
         has_disk: true,
+        server_cpu_secs: 0.0,
         note: format!(
-            "stats: live_keys={} index_bytes={} segments={} fsyncs={}",
-            stats.live_keys, stats.index_bytes, stats.segments, stats.fsyncs
+            "stats: live_keys={} index_bytes={} ({:.1} B/key) segments={} fsyncs={}; files: {}",
+            stats.live_keys,
+            stats.index_bytes,
+            stats.index_bytes as f64 / stats.live_keys.max(1) as f64,
+            stats.segments,
+            stats.fsyncs,
+            file_breakdown(dir, stats.live_keys)
         ),
     })
+}
+
+/// Bytes per live key of each kind of file in an idem directory (segments, checkpoints, ...).
+fn file_breakdown(dir: &Path, live_keys: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut kinds: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = name.split(['-', '.']).next().unwrap_or("?").to_string();
+        if let Ok(meta) = entry.metadata() {
+            *kinds.entry(kind).or_default() += meta.blocks() * 512;
+        }
+    }
+    kinds
+        .iter()
+        .filter(|(_, bytes)| **bytes > 0)
+        .map(|(kind, bytes)| {
+            format!(
+                "{kind} {:.1} B/key",
+                *bytes as f64 / live_keys.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sled_run(dir: &Path, keys: &[Key]) -> PeerResult {
@@ -623,6 +676,7 @@ fn sled_run(dir: &Path, keys: &[Key]) -> PeerResult {
         disk_bytes: dir_disk_bytes(dir),
         disk_apparent_bytes: dir_apparent_bytes(dir),
         has_disk: true,
+        server_cpu_secs: 0.0,
         note: "compare_and_swap(key, None, Some(value)); default config (flush every 500 ms)"
             .into(),
     })
@@ -653,6 +707,7 @@ fn fjall_run(dir: &Path, keys: &[Key]) -> PeerResult {
         disk_bytes: dir_disk_bytes(dir),
         disk_apparent_bytes: dir_apparent_bytes(dir),
         has_disk: true,
+        server_cpu_secs: 0.0,
         note: "get + insert (not atomic across threads; 1 thread here); default config: journal written to the OS per insert, no fsync".into(),
     })
 }
@@ -700,6 +755,7 @@ fn redb_run(dir: &Path, keys: &[Key], durability: redb::Durability, batch: usize
         disk_bytes: dir_disk_bytes(dir),
         disk_apparent_bytes: dir_apparent_bytes(dir),
         has_disk: true,
+        server_cpu_secs: 0.0,
         note: format!(
             "get + insert in a write transaction of {batch} op(s); {durability:?} commits"
         ),
@@ -829,6 +885,7 @@ fn redis_run(dir: &Path, keys: &[Key]) -> PeerResult {
             .to_string()
     };
     let rss_before = rss_bytes_of(&server_pid).unwrap_or(0);
+    let server_cpu_before = cpu_seconds_of(&server_pid).unwrap_or(0.0);
     let ttl_ms = TTL.as_millis().to_string();
     let ttl_arg = format!("${}\r\n{ttl_ms}\r\n", ttl_ms.len()).into_bytes();
     let mut out = Vec::with_capacity(BATCH * 96);
@@ -861,6 +918,7 @@ fn redis_run(dir: &Path, keys: &[Key]) -> PeerResult {
         Ok(dups)
     })?;
     let rss_after = rss_bytes_of(&server_pid).unwrap_or(0);
+    let server_cpu_secs = cpu_seconds_of(&server_pid).unwrap_or(0.0) - server_cpu_before;
     drop(guard);
     Ok(Measured {
         ops: keys.len() as u64,
@@ -870,6 +928,7 @@ fn redis_run(dir: &Path, keys: &[Key]) -> PeerResult {
         rss_before,
         rss_after,
         has_disk: false,
+        server_cpu_secs,
         note: format!(
             "redis-server {version} on 127.0.0.1, --save '' --appendonly no; 1 connection, pipelines of {BATCH}; RSS is the server's"
         ),
@@ -951,6 +1010,7 @@ fn run_parent(args: &Args) -> Result<(), String> {
     };
     std::fs::create_dir_all(&args.scratch)
         .map_err(|e| format!("creating {}: {e}", args.scratch.display()))?;
+    let load_before = read_trim("/proc/loadavg");
     let mut rows = Vec::new();
     for spec in selected {
         eprint!("compare: {:<20} ", spec.name);
@@ -999,7 +1059,8 @@ fn run_parent(args: &Args) -> Result<(), String> {
         }
         rows.push(row);
     }
-    let report = Report::new(args, rows);
+    let load = (load_before, read_trim("/proc/loadavg"));
+    let report = Report::new(args, rows, load);
     let markdown = report.markdown();
     print!("{markdown}");
     std::fs::create_dir_all(&args.out_dir)
@@ -1021,6 +1082,8 @@ fn run_parent(args: &Args) -> Result<(), String> {
 struct Report<'a> {
     args: &'a Args,
     rows: Vec<Row>,
+    /// `/proc/loadavg` before the first peer and after the last.
+    load: (String, String),
 }
 
 /// One target of the issue and whether it was met.
@@ -1028,11 +1091,13 @@ struct Target {
     text: String,
     measured: String,
     verdict: &'static str,
+    /// The same ratio by CPU time per operation, where that comparison means something.
+    by_cpu: String,
 }
 
 impl<'a> Report<'a> {
-    fn new(args: &'a Args, rows: Vec<Row>) -> Self {
-        Report { args, rows }
+    fn new(args: &'a Args, rows: Vec<Row>, load: (String, String)) -> Self {
+        Report { args, rows, load }
     }
 
     fn row(&self, name: &str) -> Option<&Row> {
@@ -1049,7 +1114,20 @@ impl<'a> Report<'a> {
         Some(self.rate(a)? / self.rate(b)?)
     }
 
-    fn ratios(&self) -> Vec<(String, Option<f64>)> {
+    /// CPU seconds per operation of a peer.
+    fn cpu_per_op(&self, name: &str) -> Option<f64> {
+        let row = self.row(name)?;
+        let cpu = row.num("cpu");
+        (cpu > 0.0).then(|| cpu / row.num("ops").max(1.0))
+    }
+
+    /// How many times less CPU per operation `a` needs than `b` (like `ratio`, bigger is better
+    /// for `a`). Independent of other load on the machine, blind to time spent waiting for disk.
+    fn cpu_ratio(&self, a: &str, b: &str) -> Option<f64> {
+        Some(self.cpu_per_op(b)? / self.cpu_per_op(a)?)
+    }
+
+    fn ratios(&self) -> Vec<(String, Option<f64>, Option<f64>)> {
         [
             ("idem Never 1 thread / sled", "idem-never-1t", "sled"),
             ("idem Never 1 thread / fjall", "idem-never-1t", "fjall"),
@@ -1092,7 +1170,13 @@ impl<'a> Report<'a> {
             ),
         ]
         .into_iter()
-        .map(|(text, a, b)| (text.to_string(), self.ratio(a, b)))
+        .map(|(text, a, b)| {
+            // Thread scaling of one engine is not a CPU-time comparison.
+            let cpu = (!text.contains("threads /"))
+                .then(|| self.cpu_ratio(a, b))
+                .flatten();
+            (text.to_string(), self.ratio(a, b), cpu)
+        })
         .collect()
     }
 
@@ -1103,10 +1187,26 @@ impl<'a> Report<'a> {
                 Some(r) => (format!("{r:.2}x"), if r >= want { "PASS" } else { "MISS" }),
                 None => ("not measured (peer skipped)".to_string(), "N/A"),
             };
+            // Same-engine thread scaling and fsync-bound rows are not comparable by CPU time.
+            let cpu_comparable = !a.starts_with("idem-sync") && !b.starts_with("idem");
+            let by_cpu = match self.cpu_ratio(a, b) {
+                Some(r) if cpu_comparable => {
+                    format!(
+                        "{r:.2}x ({})",
+                        if r >= want {
+                            "would pass"
+                        } else {
+                            "would miss"
+                        }
+                    )
+                }
+                _ => "-".to_string(),
+            };
             targets.push(Target {
                 text: text.to_string(),
                 measured,
                 verdict,
+                by_cpu,
             });
         };
         ratio_target(
@@ -1156,6 +1256,7 @@ impl<'a> Report<'a> {
             text: format!("idem Sync single-key, {SYNC_THREADS} threads >= 50,000 ops/s"),
             measured,
             verdict,
+            by_cpu: "-".into(),
         });
         let ram = self.row("idem-ram");
         let (measured, verdict) = match ram.and_then(|r| Some((r, r.rss_per_key()?))) {
@@ -1177,6 +1278,7 @@ impl<'a> Report<'a> {
             text: "RAM <= 32 B per live key at 10M keys".into(),
             measured,
             verdict,
+            by_cpu: "-".into(),
         });
         let disk = self.row("idem-ram").or(self.row("idem-never-1t"));
         let (measured, verdict) = match disk.and_then(|r| Some((r, r.disk_per_key()?))) {
@@ -1194,6 +1296,7 @@ impl<'a> Report<'a> {
             text: "disk <= 64 B per live key".into(),
             measured,
             verdict,
+            by_cpu: "-".into(),
         });
         targets
     }
@@ -1224,6 +1327,10 @@ impl<'a> Report<'a> {
             display_path(&a.scratch),
             fs_type_of(&a.scratch)
         ));
+        md.push_str(&format!(
+            "- Load average (`/proc/loadavg`) before the first peer: `{}`; after the last: `{}` (other work on the machine makes numbers noisier)\n",
+            self.load.0, self.load.1
+        ));
         md.push_str(&format!("- idem commit: {}\n", git_commit()));
         md.push_str(&format!("- Crates: {}\n\n", crate_versions()));
         md.push_str("## Workload\n\n");
@@ -1243,13 +1350,13 @@ impl<'a> Report<'a> {
             TTL.as_secs()
         ));
         md.push_str("## Results\n\n");
-        md.push_str("| peer | group | threads | ops/call | ops/s | p50 | p99 | latency of | live keys | RSS B/key | disk B/key | dups |\n");
-        md.push_str("|---|:-:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|\n");
+        md.push_str("| peer | group | threads | ops/call | ops/s | CPU µs/op | p50 | p99 | latency of | live keys | RSS B/key | disk B/key | dups |\n");
+        md.push_str("|---|:-:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|\n");
         for row in &self.rows {
             let spec = &row.spec;
             if let Some(why) = row.skipped() {
                 md.push_str(&format!(
-                    "| {} (`{}`) | {} | {} | {} | skipped: {} | | | | | | | |\n",
+                    "| {} (`{}`) | {} | {} | {} | skipped: {} | | | | | | | | |\n",
                     spec.label,
                     spec.name,
                     spec.group.code(),
@@ -1266,13 +1373,14 @@ impl<'a> Report<'a> {
             };
             let dups_ok = row.num("dups") == row.num("expected_dups");
             md.push_str(&format!(
-                "| {} (`{}`) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |\n",
+                "| {} (`{}`) | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {}{} |\n",
                 spec.label,
                 spec.name,
                 spec.group.code(),
                 row.threads_label(),
                 spec.batch,
                 row.ops_per_sec().map(fmt_int).unwrap_or_default(),
+                row.num("cpu") * 1e6 / row.num("ops").max(1.0),
                 fmt_nanos(row.num("p50")),
                 fmt_nanos(row.num("p99")),
                 unit,
@@ -1303,25 +1411,35 @@ impl<'a> Report<'a> {
         );
         md.push_str(
             "Columns: *ops/s* = operations / wall time of the run (a batch of 1000 counts 1000). \
+             *CPU µs/op* = CPU time (user + system, all threads, including open and close; Redis: server + client) / operations: \
+             less sensitive than ops/s to other load on the machine. \
              *p50/p99* = latency of one operation, or of one batch call where *latency of* says so; \
              every operation (batch) is timed. *RSS B/key* = (VmRSS after the run − VmRSS before opening) / live keys \
              (Redis: the server process). *disk B/key* = bytes allocated to the data directory after flush and close / live keys. \
              *dups* = operations answered \"duplicate\" (must equal the workload's re-sends).\n\n",
         );
-        md.push_str("## Ratios\n\n");
-        for (text, ratio) in self.ratios() {
+        md.push_str(
+            "## Ratios\n\nBy throughput (ops/s); in parentheses the same ratio by CPU time per operation \
+             (which other load on the machine disturbs less, but which does not see time spent waiting for the disk).\n\n",
+        );
+        for (text, ratio, cpu) in self.ratios() {
             md.push_str(&format!(
-                "- {text}: {}\n",
+                "- {text}: {}{}\n",
                 ratio
                     .map(|r| format!("**{r:.2}x**"))
-                    .unwrap_or_else(|| "n/a (peer skipped)".into())
+                    .unwrap_or_else(|| "n/a (peer skipped)".into()),
+                cpu.map(|r| format!(" (CPU/op: {r:.2}x)"))
+                    .unwrap_or_default()
             ));
         }
-        md.push_str("\n## Targets\n\n| target | measured | verdict |\n|---|---|:-:|\n");
+        md.push_str(
+            "\n## Targets\n\nThe verdict is by throughput; *by CPU/op* says what the same ratio is by CPU time per operation.\n\n\
+             | target | measured | verdict | by CPU/op |\n|---|---|:-:|---|\n",
+        );
         for t in self.targets() {
             md.push_str(&format!(
-                "| {} | {} | **{}** |\n",
-                t.text, t.measured, t.verdict
+                "| {} | {} | **{}** | {} |\n",
+                t.text, t.measured, t.verdict, t.by_cpu
             ));
         }
         md.push_str("\n## Notes per peer\n\n");
@@ -1329,11 +1447,15 @@ impl<'a> Report<'a> {
             let note = match row.skipped() {
                 Some(why) => format!("skipped: {why}"),
                 None => format!(
-                    "{}; wall {:.2} s; p99 {}, max {}; RSS {} -> {}; disk {} allocated, {} apparent",
+                    "{}; wall {:.2} s, CPU {:.2} s; latency mean {}, p99 {}, p99.9 {}, max {}; {:.0}% of the time in calls of 1 ms or more; RSS {} -> {}; disk {} allocated, {} apparent",
                     row.fields.get("note").map(String::as_str).unwrap_or(""),
                     row.num("secs"),
+                    row.num("cpu"),
+                    fmt_nanos(row.num("mean")),
                     fmt_nanos(row.num("p99")),
+                    fmt_nanos(row.num("p999")),
                     fmt_nanos(row.num("max")),
+                    100.0 * row.num("stall_1ms") / (row.num("mean") * row.num("lat_n")).max(1.0),
                     fmt_bytes(row.num("rss_before")),
                     fmt_bytes(row.num("rss_after")),
                     fmt_bytes(row.num("disk")),
@@ -1646,7 +1768,7 @@ fn crate_versions() -> String {
             })
             .unwrap_or_else(|| "?".into())
     };
-    ["idem", "sled", "fjall", "redb", "moka", "parking_lot"]
+    ["idem", "sled", "fjall", "redb", "moka", "criterion"]
         .iter()
         .map(|c| format!("{c} {}", version_of(c)))
         .collect::<Vec<_>>()
