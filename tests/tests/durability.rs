@@ -70,22 +70,9 @@ fn fsyncs_of_a_batch_of_1000() -> u64 {
     spent
 }
 
-/// A batch shares commits: far fewer fsyncs than items, whatever the timing.
-#[test]
-fn a_sync_batch_shares_fsyncs() {
-    let spent = fsyncs_of_a_batch_of_1000();
-    assert!(
-        spent <= 50,
-        "a batch of 1000 Sync inserts cost {spent} fsyncs"
-    );
-}
-
 /// The documented promise of `check_or_insert_batch`: "many items with one commit (one fsync in
 /// `Sync` mode)". Ten rounds, so a timing-dependent extra fsync shows.
 #[test]
-#[ignore = "engine bug: in Sync mode every append wakes the writer, which fsyncs whatever part \
-            of a batch is already buffered; a batch of 1000 costs 1 to 7 fsyncs (timing-dependent) \
-            instead of one"]
 fn a_sync_batch_of_1000_costs_one_fsync() {
     for round in 0..10 {
         let spent = fsyncs_of_a_batch_of_1000();

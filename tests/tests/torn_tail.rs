@@ -112,10 +112,19 @@ impl Base {
     /// The key → value map after replaying the older segments and the first `kept` records of
     /// the newest one.
     fn state_after(&self, kept: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.live_records_after(kept)
+            .into_iter()
+            .map(|(key, record)| (key, record.value.clone()))
+            .collect()
+    }
+
+    /// The record holding each live key's entry after replaying the older segments and the
+    /// first `kept` records of the newest one.
+    fn live_records_after(&self, kept: usize) -> BTreeMap<Vec<u8>, &ParsedRecord> {
         let mut state = BTreeMap::new();
         for record in self.older.iter().chain(&self.newest[..kept]) {
             if record.insert {
-                state.insert(record.key.clone(), record.value.clone());
+                state.insert(record.key.clone(), record);
             } else {
                 state.remove(&record.key);
             }
@@ -123,7 +132,7 @@ impl Base {
         state
     }
 
-    /// Every key any record names.
+    /// The store directory to damage: crash-like (no checkpoint) or cleanly closed.
     fn source(&self, checkpoint: bool) -> &Path {
         if checkpoint {
             &self.closed_dir
@@ -147,6 +156,7 @@ impl Base {
             .collect()
     }
 
+    /// Every key any record names.
     fn all_keys(&self) -> Vec<Vec<u8>> {
         let mut keys: Vec<Vec<u8>> = self
             .older
@@ -167,11 +177,38 @@ fn assert_holds(
     expected: &BTreeMap<Vec<u8>, Vec<u8>>,
     context: &str,
 ) {
+    assert_holds_or_reports(store, keys, expected, &Damaged::default(), context);
+}
+
+/// Records whose damage recovery did not look at (a checkpoint vouched for them), which reading
+/// may therefore report: their file and, per key, the offset of the key's damaged record.
+#[derive(Debug, Default)]
+struct Damaged {
+    path: PathBuf,
+    record_start_of_key: BTreeMap<Vec<u8>, u64>,
+}
+
+/// Like [`assert_holds`], but a key whose record is in `damaged` may instead answer
+/// `Error::Corrupt` naming that file and the record's offset. Never a wrong value.
+fn assert_holds_or_reports(
+    store: &Store,
+    keys: &[Vec<u8>],
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    damaged: &Damaged,
+    context: &str,
+) {
     for key in keys {
-        let got = store
-            .get(key)
-            .unwrap_or_else(|e| panic!("{context}: get {}: {e}", String::from_utf8_lossy(key)))
-            .map(idem::Value::into_vec);
+        let name = String::from_utf8_lossy(key);
+        let got = match store.get(key) {
+            Ok(got) => got.map(idem::Value::into_vec),
+            Err(Error::Corrupt { path, offset, .. })
+                if same_file(&path, &damaged.path)
+                    && damaged.record_start_of_key.get(key) == Some(&offset) =>
+            {
+                continue;
+            }
+            Err(error) => panic!("{context}: get {name}: {error}"),
+        };
         assert_eq!(
             got.as_ref(),
             expected.get(key),
@@ -356,7 +393,25 @@ fn damaged_newest_segment_cases(checkpoint: bool) {
         );
         let mut expected = base.state_after(kept);
         let checked = if case % 10 == 0 { &keys } else { &some_keys };
-        assert_holds(&store, checked, &expected, &context);
+        // Recovery replays the newest segment only from where the checkpoint was taken, so
+        // damage before that point (which a crash cannot cause: those bytes were fsynced) is
+        // found when the record is read instead.
+        let damaged = Damaged {
+            path: newest.clone(),
+            record_start_of_key: if checkpoint {
+                base.live_records_after(kept)
+                    .into_iter()
+                    .filter(|(_, r)| {
+                        base.newest.as_ptr_range().contains(&std::ptr::from_ref(*r))
+                            && r.end > first_damaged
+                    })
+                    .map(|(key, r)| (key, r.start))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+        };
+        assert_holds_or_reports(&store, checked, &expected, &damaged, &context);
 
         // The recovered store goes on: a new key lands after the cut and survives reopen.
         if case % 6 == 0 {
@@ -371,7 +426,8 @@ fn damaged_newest_segment_cases(checkpoint: bool) {
             assert_eq!(store.recovery_report().truncated_tail, None, "{context}");
             let mut checked = checked.clone();
             checked.push(key);
-            assert_holds(&store, &checked, &expected, &format!("{context}, reopened"));
+            let context = format!("{context}, reopened");
+            assert_holds_or_reports(&store, &checked, &expected, &damaged, &context);
         } else {
             drop(store);
         }
@@ -386,11 +442,9 @@ fn a_torn_newest_segment_recovers_a_prefix() {
 }
 
 /// The same damage after a clean close, whose checkpoint lists entries in the newest segment:
-/// recovery must not keep entries for records it has just cut off.
+/// recovery must not keep entries for records it cuts off (it may refuse to open instead), and a
+/// damaged record it did not replay must be reported as corrupt when read, never served.
 #[test]
-#[ignore = "engine bug: recovery installs checkpoint entries that point past a cut tail of the \
-            newest segment; get then fails with Corrupt 'location is past the log's end' and \
-            live_keys counts the lost records"]
 fn a_torn_newest_segment_under_a_checkpoint_recovers_a_prefix_or_fails_cleanly() {
     damaged_newest_segment_cases(true);
 }
