@@ -258,8 +258,9 @@ fn fully_colliding_hashes_never_give_a_false_duplicate() {
 
 /// The rule "never answer Duplicate for a record that could still be lost": in `Sync` mode, a
 /// caller that finds another caller's not-yet-durable record waits for its fsync before it
-/// answers (and so does `get`). Observed through the fsync counter: when a Duplicate (or a found
-/// value) is returned, an fsync must have completed since the key's first insert began.
+/// answers (and so does `get`). Observed through the fsync counter, which counts an fsync once it
+/// has completed: when a Duplicate (or a found value) is returned, an fsync must have completed
+/// since the round began, before which the key did not exist.
 #[test]
 fn sync_duplicates_are_answered_only_once_durable() {
     const ROUNDS: usize = 100;
