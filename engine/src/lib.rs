@@ -46,6 +46,7 @@ pub mod sim;
 mod single_flight;
 mod store;
 mod store_with;
+mod sync;
 
 pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -154,7 +154,7 @@ pub struct Stats {
 /// ```
 pub struct Store {
     pub(crate) shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<log::WriterHandle>,
     maintainer: Option<JoinHandle<()>>,
     recovery: RecoveryReport,
     /// Keys whose `check_or_insert_with` closure is running (see `single_flight`).

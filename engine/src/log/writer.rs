@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+#[cfg(not(loom))]
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,16 @@ use crate::error::{Error, Result};
 /// modes: bounds what a kill -9 of the process can lose there.
 const IDLE_WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
-pub(crate) fn spawn_writer(log: Arc<Log>) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("idem-writer".into())
-        .spawn(move || run(&log))
+pub(crate) fn spawn_writer(log: Arc<Log>) -> Result<WriterHandle> {
+    crate::sync::spawn("idem-writer", move || run(&log))
         .map_err(|e| Error::io("spawning the idem writer thread", e))
 }
+
+/// The writer thread's handle.
+#[cfg(not(loom))]
+pub(crate) type WriterHandle = JoinHandle<()>;
+#[cfg(loom)]
+pub(crate) type WriterHandle = crate::sync::JoinHandle;
 
 fn run(log: &Log) {
     let mut active = {
