@@ -36,6 +36,7 @@ fn encode(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64) ->
             key,
             value,
             expires_at_millis,
+            fingerprint: &[],
         },
     );
     out

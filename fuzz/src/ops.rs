@@ -23,6 +23,12 @@ pub const KEY_SPACE: u8 = 16;
 /// The segment size used: the smallest allowed, so big values roll segments quickly.
 pub const SEGMENT_SIZE: u32 = Config::MIN_SEGMENT_SIZE_BYTES;
 
+/// Fill ops that run in one input; later ones do nothing.
+pub const MAX_FILLS: u32 = 1;
+
+/// Sweep ops that run in one input (each gets every key); later ones do nothing.
+pub const MAX_SWEEPS: u32 = 8;
+
 /// The whole input of one run.
 #[derive(Arbitrary, Debug, Clone)]
 pub struct OpsInput {
@@ -43,6 +49,12 @@ pub struct StoreSpec {
     pub shards: ShardSpec,
     /// The smallest write buffer (4 KiB) instead of the default 1 MiB.
     pub small_write_buffer: bool,
+    /// Runs the background maintenance thread (expiry, segment deletion, compaction,
+    /// checkpoints) concurrently with the ops; otherwise only the `Maintain` op does that.
+    pub background_maintenance: bool,
+    /// Compacts eagerly (a segment is compacted when fewer than 90% of its records are live)
+    /// instead of at the default 50%.
+    pub eager_compaction: bool,
 }
 
 /// [`Durability`] without parameters.
@@ -57,7 +69,7 @@ pub enum DurabilitySpec {
 }
 
 /// The `hash_mask_for_testing` knob.
-#[derive(Arbitrary, Debug, Clone, Copy)]
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaskSpec {
     /// No masking (production).
     Full,
@@ -69,7 +81,7 @@ pub enum MaskSpec {
 }
 
 /// The `shard_count` knob.
-#[derive(Arbitrary, Debug, Clone, Copy)]
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardSpec {
     /// One shard.
     One,
@@ -89,7 +101,11 @@ impl StoreSpec {
                 DurabilitySpec::Periodic => Durability::Periodic(Duration::from_millis(1)),
             })
             .clock(clock.clone())
-            .segment_size_bytes(SEGMENT_SIZE);
+            .segment_size_bytes(SEGMENT_SIZE)
+            .background_maintenance(self.background_maintenance);
+        if self.eager_compaction {
+            config = config.compaction_live_ratio(0.9);
+        }
         config = match self.mask {
             MaskSpec::Full => config,
             MaskSpec::Zero => config.hash_mask_for_testing(0),
@@ -280,15 +296,20 @@ pub enum Op {
     /// Bad input.
     Invalid(InvalidOp),
     /// Inserts 17 fresh keys with values at the 64 KiB limit, past the 1 MiB segment size: the
-    /// log rolls to a new segment (one batch, or one call per key).
+    /// log rolls to a new segment (one batch, or one call per key). At most [`MAX_FILLS`] a run,
+    /// and only without a colliding hash mask.
     Fill {
         /// As one batch.
         batch: bool,
         /// Their TTL.
         ttl: TtlId,
     },
-    /// `get` of every key, and stats invariants.
+    /// `get` of every key, and stats invariants. At most [`MAX_SWEEPS`] a run.
     Sweep,
+    /// `maintain`: expiry, deletion of expired segments, compaction, a due checkpoint.
+    Maintain,
+    /// `checkpoint`: the next open starts from it.
+    Checkpoint,
 }
 
 /// What the model answers to a check-or-insert.
@@ -399,6 +420,8 @@ pub struct Harness {
     step: usize,
     /// Fill ops so far (their keys are fresh).
     fills: u32,
+    /// Sweep ops so far.
+    sweeps: u32,
 }
 
 impl Harness {
@@ -414,6 +437,7 @@ impl Harness {
             model,
             step: 0,
             fills: 0,
+            sweeps: 0,
         };
         harness.open();
         harness
@@ -468,8 +492,16 @@ impl Harness {
             Op::Reopen(spec) => {
                 let store = self.store.take().expect("open");
                 store.close().expect("close");
+                let same_index = (self.spec.mask, self.spec.shards) == (spec.mask, spec.shards);
                 self.spec = *spec;
                 self.open();
+                // close wrote a checkpoint; it fits an index of the same shape.
+                let ignored = &self.store().recovery_report().checkpoint_ignored;
+                assert!(
+                    !same_index || ignored.is_none(),
+                    "step {}: the checkpoint written at close was ignored: {ignored:?}",
+                    self.step
+                );
             }
             Op::DropReopen => {
                 drop(self.store.take());
@@ -477,7 +509,16 @@ impl Harness {
             }
             Op::Invalid(invalid) => self.invalid(invalid),
             Op::Fill { batch, ttl } => self.fill(*batch, ttl.duration()),
-            Op::Sweep => self.sweep(),
+            Op::Maintain => {
+                self.store().maintain().expect("maintain");
+            }
+            Op::Checkpoint => self.store().checkpoint().expect("checkpoint"),
+            Op::Sweep => {
+                if self.sweeps < MAX_SWEEPS {
+                    self.sweeps += 1;
+                    self.sweep(false);
+                }
+            }
         }
         self.step += 1;
     }
@@ -519,6 +560,14 @@ impl Harness {
     }
 
     fn fill(&mut self, batch: bool, ttl: Duration) {
+        // Each fill writes 1.1 MiB: a few per run are enough to roll segments and keep the
+        // target fast.
+        // One fill rolls the log. More, or fills under a colliding hash mask, would slow runs
+        // down: there a probe reads and checksums the whole 64 KiB record of every key sharing
+        // its tag.
+        if self.fills >= MAX_FILLS || !matches!(self.spec.mask, MaskSpec::Full) {
+            return;
+        }
         self.fills += 1;
         let owned: Vec<(Vec<u8>, Duration, Vec<u8>)> = (0..17u8)
             .map(|i| {
@@ -612,13 +661,16 @@ impl Harness {
         // The model is unchanged; the next ops (and the final sweep) check the store is too.
     }
 
-    /// Gets every key (of the key space and of the model), and checks the stats.
-    pub fn sweep(&self) {
+    /// Gets every key of the key space (and with `fills`, every key of the model: the fill keys
+    /// hold 64 KiB each, so only the final sweeps read them all), and checks the stats.
+    pub fn sweep(&self, fills: bool) {
         for key in KeyId::all() {
             self.get(&key.bytes());
         }
-        for key in self.model.entries.keys() {
-            self.get(key);
+        if fills {
+            for key in self.model.entries.keys() {
+                self.get(key);
+            }
         }
         let stats = self.store().stats();
         assert!(
@@ -633,11 +685,11 @@ impl Harness {
 
     /// The end of a run: a sweep, a clean close and reopen, another sweep, a close.
     pub fn finish(mut self) {
-        self.sweep();
+        self.sweep(true);
         let store = self.store.take().expect("open");
         store.close().expect("close");
         self.open();
-        self.sweep();
+        self.sweep(true);
         let store = self.store.take().expect("open");
         store.close().expect("close");
     }

@@ -12,8 +12,8 @@
 use arbitrary::Unstructured;
 use idem::record::{
     decode, decode_segment_header, encode_into, encode_segment_header, encoded_len, peek_len,
-    DecodeError, HeaderError, Record, RecordKind, FORMAT_VERSION, MAX_KEY_BYTES, MAX_VALUE_BYTES,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    DecodeError, HeaderError, Record, RecordKind, FORMAT_VERSION, MAX_FINGERPRINT_BYTES,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 
 /// Runs every check on one input.
@@ -34,6 +34,9 @@ pub fn run(data: &[u8]) {
     assert_eq!(decode_segment_header(&encode_segment_header(id)), Ok(id));
 }
 
+/// Flags bit 0: a fingerprint follows the value (FORMAT.md).
+const FLAG_FINGERPRINT: u8 = 0x01;
+
 fn u32_le(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(bytes[..4].try_into().unwrap())
 }
@@ -53,7 +56,12 @@ pub fn check_raw_decode(data: &[u8]) {
             assert!(len <= data.len());
             assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
             assert!(record.value.len() <= MAX_VALUE_BYTES);
+            assert!(record.fingerprint.len() <= MAX_FINGERPRINT_BYTES);
             assert_eq!(data[4], record.kind as u8);
+            assert_eq!(
+                data[5] & FLAG_FINGERPRINT != 0,
+                !record.fingerprint.is_empty()
+            );
             let mut again = Vec::with_capacity(len);
             encode_into(&mut again, record);
             assert_eq!(
@@ -71,7 +79,18 @@ pub fn check_raw_decode(data: &[u8]) {
             assert_eq!(*available, data.len());
             assert!(needed > available);
             if data.len() >= RECORD_HEADER_LEN {
-                assert_eq!(peeked, Ok(*needed), "truncation must be of a valid header");
+                // Either the header announces more bytes than there are, or the fingerprint
+                // length byte it announces is missing.
+                let missing_fingerprint_len = data[5] & FLAG_FINGERPRINT != 0
+                    && peeked
+                        == Err(DecodeError::Truncated {
+                            needed: *needed,
+                            available: *available,
+                        });
+                assert!(
+                    peeked == Ok(*needed) || missing_fingerprint_len,
+                    "truncation must be of a valid header"
+                );
             } else {
                 assert_eq!(*needed, RECORD_HEADER_LEN);
             }
@@ -79,16 +98,28 @@ pub fn check_raw_decode(data: &[u8]) {
         Err(DecodeError::BadKind(kind)) => {
             assert!(data.len() >= RECORD_HEADER_LEN);
             assert_eq!(*kind, data[4]);
-            assert!(*kind != RecordKind::Insert as u8 && *kind != RecordKind::Remove as u8);
+            assert!(![
+                RecordKind::Insert as u8,
+                RecordKind::Remove as u8,
+                RecordKind::Claim as u8
+            ]
+            .contains(kind));
         }
         Err(DecodeError::BadFlags(flags)) => {
             assert_eq!(*flags, data[5]);
-            assert_ne!(*flags, 0);
+            assert_ne!(*flags & !FLAG_FINGERPRINT, 0);
         }
         Err(DecodeError::BadLength(_)) => {
             let key_len = u16::from_le_bytes([data[6], data[7]]) as usize;
             let value_len = u32_le(&data[8..]) as usize;
-            assert!(key_len == 0 || key_len > MAX_KEY_BYTES || value_len > MAX_VALUE_BYTES);
+            let lengths_bad =
+                key_len == 0 || key_len > MAX_KEY_BYTES || value_len > MAX_VALUE_BYTES;
+            let fingerprint_len = data
+                .get(RECORD_HEADER_LEN + key_len + value_len)
+                .map(|&len| usize::from(len));
+            let fingerprint_bad = data[5] & FLAG_FINGERPRINT != 0
+                && fingerprint_len.is_some_and(|len| len == 0 || len > MAX_FINGERPRINT_BYTES);
+            assert!(lengths_bad || fingerprint_bad);
         }
         Err(DecodeError::BadChecksum { stored, computed }) => {
             assert_ne!(stored, computed);
@@ -134,15 +165,17 @@ pub struct RecordSpec {
     pub value: Vec<u8>,
     /// The deadline.
     pub expires_at_millis: u64,
+    /// 0..=MAX_FINGERPRINT_BYTES bytes (none: no fingerprint).
+    pub fingerprint: Vec<u8>,
 }
 
 impl RecordSpec {
     /// Builds a valid record; lengths span the whole legal range, including both limits.
     pub fn from_unstructured(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        let kind = if u.arbitrary::<bool>()? {
-            RecordKind::Remove
-        } else {
-            RecordKind::Insert
+        let kind = match u.arbitrary::<u8>()? % 3 {
+            0 => RecordKind::Insert,
+            1 => RecordKind::Remove,
+            _ => RecordKind::Claim,
         };
         let key_len = match u.arbitrary::<u8>()? {
             0 => MAX_KEY_BYTES,
@@ -155,14 +188,20 @@ impl RecordSpec {
             2 => MAX_VALUE_BYTES - 1,
             n => usize::from(n % 128),
         };
+        let fingerprint_len = match u.arbitrary::<u8>()? {
+            0 => MAX_FINGERPRINT_BYTES,
+            n => usize::from(n % 4),
+        };
         let key = fill(u, key_len);
         let value = fill(u, value_len);
+        let fingerprint = fill(u, fingerprint_len);
         let expires_at_millis = u.arbitrary()?;
         Ok(RecordSpec {
             kind,
             key,
             value,
             expires_at_millis,
+            fingerprint,
         })
     }
 
@@ -173,6 +212,7 @@ impl RecordSpec {
             key: &self.key,
             value: &self.value,
             expires_at_millis: self.expires_at_millis,
+            fingerprint: &self.fingerprint,
         }
     }
 }
@@ -192,7 +232,10 @@ fn check_round_trip(spec: &RecordSpec, u: &mut Unstructured<'_>) {
     let mut bytes = vec![0xA5; prefix];
     encode_into(&mut bytes, &record);
     let len = bytes.len() - prefix;
-    assert_eq!(len, encoded_len(spec.key.len(), spec.value.len()));
+    assert_eq!(
+        len,
+        encoded_len(spec.key.len(), spec.value.len(), spec.fingerprint.len())
+    );
     assert_eq!(len, record.encoded_len());
     let suffix = u.arbitrary::<u8>().unwrap_or(0) % 8;
     bytes.extend((0..suffix).map(|i| i.wrapping_mul(37)));

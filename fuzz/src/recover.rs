@@ -117,6 +117,19 @@ pub enum RecordSpec {
         value: Vec<u8>,
         /// Its deadline.
         expires: Expiry,
+        /// With a request fingerprint.
+        fingerprinted: bool,
+    },
+    /// A valid claim: the value is a claim id (8 bytes), the deadline the lease end.
+    Claim {
+        /// One of a few keys.
+        key: u8,
+        /// The claim id.
+        id: u64,
+        /// The lease end.
+        expires: Expiry,
+        /// A value of another length than 8 (not a well-formed claim id).
+        odd_value: bool,
     },
     /// A valid removal.
     Remove {
@@ -195,7 +208,13 @@ fn header_bytes(spec: HeaderSpec, id: u32) -> Vec<u8> {
     header
 }
 
-fn encode(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64) -> Vec<u8> {
+fn encode(
+    kind: RecordKind,
+    key: &[u8],
+    value: &[u8],
+    expires_at_millis: u64,
+    fingerprint: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     encode_into(
         &mut out,
@@ -204,6 +223,7 @@ fn encode(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64) ->
             key,
             value,
             expires_at_millis,
+            fingerprint,
         },
     );
     out
@@ -222,13 +242,32 @@ impl Structured {
                             key,
                             value,
                             expires,
+                            fingerprinted,
                         } => {
                             let value = &value[..value.len().min(16)];
+                            let fingerprint: &[u8] = if *fingerprinted { b"fp" } else { &[] };
                             bytes.extend(encode(
                                 RecordKind::Insert,
                                 &structured_key(*key),
                                 value,
                                 expires.millis(),
+                                fingerprint,
+                            ));
+                        }
+                        RecordSpec::Claim {
+                            key,
+                            id,
+                            expires,
+                            odd_value,
+                        } => {
+                            let id = id.to_le_bytes();
+                            let value = if *odd_value { &id[..5] } else { &id[..] };
+                            bytes.extend(encode(
+                                RecordKind::Claim,
+                                &structured_key(*key),
+                                value,
+                                expires.millis(),
+                                &[],
                             ));
                         }
                         RecordSpec::Remove { key, expires } => bytes.extend(encode(
@@ -236,6 +275,7 @@ impl Structured {
                             &structured_key(*key),
                             &[],
                             expires.millis(),
+                            &[],
                         )),
                         RecordSpec::Flipped { key, bit } => {
                             let mut encoded = encode(
@@ -243,6 +283,7 @@ impl Structured {
                                 &structured_key(*key),
                                 b"flipped",
                                 NOW + 5000,
+                                &[],
                             );
                             let bit = usize::from(*bit) % (encoded.len() * 8);
                             encoded[bit / 8] ^= 1 << (bit % 8);
@@ -397,6 +438,9 @@ pub struct Live {
     pub value: Vec<u8>,
     /// Its deadline (after the replay clock).
     pub expires_at_millis: u64,
+    /// A claim (the key is occupied, with no result yet): `get` answers `None`,
+    /// `check_or_insert` fails with `ClaimInFlight`.
+    pub claim: bool,
 }
 
 /// What a successful open must produce.
@@ -423,10 +467,28 @@ pub struct Replayed {
 impl Replayed {
     /// The value a store must answer for `key` at `now`.
     pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.entry(key, now)
+            .filter(|live| !live.claim)
+            .map(|live| live.value.as_slice())
+    }
+
+    /// The live entry of `key` at `now`: a result or a claim.
+    pub fn entry(&self, key: &[u8], now: u64) -> Option<&Live> {
         self.live
             .get(key)
             .filter(|live| now < live.expires_at_millis)
-            .map(|live| live.value.as_slice())
+    }
+
+    /// Keys whose live entry at `now` is a well-formed claim: what `Store::in_doubt` lists.
+    pub fn in_doubt(&self, now: u64) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .live
+            .iter()
+            .filter(|(_, live)| live.claim && live.value.len() == 8 && now < live.expires_at_millis)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Appends `record` where the store appends: at the end of the newest file, or in a new
@@ -493,14 +555,15 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
             out.keys.insert(record.key.to_vec());
             let live = now < record.expires_at_millis;
             match record.kind {
-                RecordKind::Insert if live => {
+                RecordKind::Insert | RecordKind::Claim if live => {
                     let entry = Live {
                         value: record.value.to_vec(),
                         expires_at_millis: record.expires_at_millis,
+                        claim: record.kind == RecordKind::Claim,
                     };
                     out.live.insert(record.key.to_vec(), entry);
                 }
-                RecordKind::Insert => {
+                RecordKind::Insert | RecordKind::Claim => {
                     if out.live.remove(record.key).is_none() {
                         out.expired_records_skipped += 1;
                     }
@@ -536,12 +599,16 @@ pub fn keys_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> BTreeSet<Vec<u8>> {
     keys
 }
 
-/// The files of a store directory (every name but `LOCK`), by name.
+/// The name of the index checkpoint a store may write (FORMAT.md); an optimisation only, so the
+/// file comparisons leave it out.
+pub const CHECKPOINT: &str = "checkpoint.idem";
+
+/// The files of a store directory (every name but `LOCK` and the checkpoint), by name.
 fn files_on_disk(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .expect("listing the store directory")
         .map(|entry| entry.expect("listing the store directory"))
-        .filter(|entry| entry.file_name() != "LOCK")
+        .filter(|entry| entry.file_name() != "LOCK" && entry.file_name() != CHECKPOINT)
         .map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             (name, std::fs::read(entry.path()).expect("reading a file"))
@@ -579,7 +646,9 @@ fn config(input: &Input, clock: &ManualClock) -> Config {
             Durability::Never
         })
         .clock(clock.clone())
-        .segment_size_bytes(SEGMENT_SIZE);
+        .segment_size_bytes(SEGMENT_SIZE)
+        // No background thread: files change only when the harness acts.
+        .background_maintenance(false);
     if input.mask_zero {
         config.hash_mask_for_testing(0)
     } else {
@@ -601,10 +670,58 @@ fn check_answers(store: &Store, model: &Replayed, probe: &BTreeSet<Vec<u8>>, now
             crate::show(key)
         );
     }
+    let mut in_doubt: Vec<Vec<u8>> = store
+        .in_doubt()
+        .unwrap_or_else(|e| panic!("{when}: in_doubt failed: {e}"))
+        .iter()
+        .map(|token| token.key().to_vec())
+        .collect();
+    in_doubt.sort();
+    assert_eq!(in_doubt, model.in_doubt(now), "{when}: claims in doubt");
 }
 
-fn check_report(store: &Store, model: &Replayed, dir: &Path, when: &str) {
+/// Whether the report must match the model's replay exactly (no checkpoint was used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Full,
+    FromCheckpoint,
+}
+
+fn check_report(store: &Store, model: &Replayed, dir: &Path, replay: Replay, when: &str) {
     let report = store.recovery_report();
+    let stats = store.stats();
+    assert_eq!(stats.segments, model.files.len() as u64, "{when}: segments");
+    let bytes: usize = model.files.values().map(Vec::len).sum();
+    assert_eq!(stats.disk_bytes, bytes as u64, "{when}: disk bytes");
+    assert_eq!(
+        report.removed_empty_segment,
+        model
+            .removed_empty_segment
+            .map(|id| dir.join(crate::segment_file_name(id))),
+        "{when}: removed_empty_segment ({report:?})"
+    );
+    let tail = report.truncated_tail.as_ref().map(|t| {
+        assert!(!t.reason.is_empty());
+        let name = t.path.file_name().expect("a file name").to_string_lossy();
+        (name.into_owned(), t.offset, t.bytes_cut)
+    });
+    let want_tail = model
+        .truncated_tail
+        .map(|(id, offset, cut)| (crate::segment_file_name(id), offset, cut));
+    assert_eq!(tail, want_tail, "{when}: truncated_tail ({report:?})");
+    if replay == Replay::FromCheckpoint {
+        assert_eq!(
+            report.checkpoint_ignored, None,
+            "{when}: the checkpoint the store wrote at close was not used"
+        );
+        // Entries expired by milliseconds may stay in the index until their rounded-up second.
+        assert!(
+            stats.live_keys >= model.live.len() as u64,
+            "{when}: index entries after replay"
+        );
+        return;
+    }
+    assert_eq!(report.checkpoint_entries_loaded, 0, "{when}: no checkpoint");
     assert_eq!(
         report.segments_replayed, model.segments_replayed,
         "{when}: segments_replayed ({report:?})"
@@ -617,26 +734,6 @@ fn check_report(store: &Store, model: &Replayed, dir: &Path, when: &str) {
         report.expired_records_skipped, model.expired_records_skipped,
         "{when}: expired_records_skipped ({report:?})"
     );
-    let tail = report.truncated_tail.as_ref().map(|t| {
-        assert!(!t.reason.is_empty());
-        let name = t.path.file_name().expect("a file name").to_string_lossy();
-        (name.into_owned(), t.offset, t.bytes_cut)
-    });
-    let want_tail = model
-        .truncated_tail
-        .map(|(id, offset, cut)| (crate::segment_file_name(id), offset, cut));
-    assert_eq!(tail, want_tail, "{when}: truncated_tail ({report:?})");
-    assert_eq!(
-        report.removed_empty_segment,
-        model
-            .removed_empty_segment
-            .map(|id| dir.join(crate::segment_file_name(id))),
-        "{when}: removed_empty_segment ({report:?})"
-    );
-    let stats = store.stats();
-    assert_eq!(stats.segments, model.files.len() as u64, "{when}: segments");
-    let bytes: usize = model.files.values().map(Vec::len).sum();
-    assert_eq!(stats.disk_bytes, bytes as u64, "{when}: disk bytes");
     assert_eq!(
         stats.live_keys,
         model.live.len() as u64,
@@ -697,12 +794,12 @@ pub fn run(data: &[u8]) {
     never.push(b"never-in-the-input".to_vec());
     for key in never {
         if !probe.contains(&key) {
-            assert!(model.get(&key, NOW).is_none());
+            assert!(model.entry(&key, NOW).is_none());
             probe.insert(key);
         }
     }
 
-    check_report(&store, &model, dir.path(), "after open");
+    check_report(&store, &model, dir.path(), Replay::Full, "after open");
     assert_same_files(dir.path(), &model.files, "after open");
     check_answers(&store, &model, &probe, NOW, "after open");
 
@@ -720,16 +817,19 @@ pub fn run(data: &[u8]) {
     let mut written: Vec<Vec<u8>> = vec![fresh];
     written.extend(model.keys.iter().take(3).cloned());
     for key in &written {
-        let got = store
-            .check_or_insert(key, ttl, b"after-open")
-            .expect("check_or_insert after open");
-        match model.get(key, now) {
-            Some(value) => assert_eq!(
-                got,
-                Outcome::Duplicate(idem::Value::from(value)),
+        let got = store.check_or_insert(key, ttl, b"after-open");
+        match model.entry(key, now) {
+            Some(live) if live.claim => assert!(
+                matches!(got, Err(Error::ClaimInFlight { .. })),
+                "check_or_insert of a claimed key: {got:?}"
+            ),
+            Some(live) => assert_eq!(
+                got.expect("check_or_insert of a live key"),
+                Outcome::Duplicate(idem::Value::from(&live.value[..])),
                 "check_or_insert of a live key"
             ),
             None => {
+                let got = got.expect("check_or_insert of an absent key");
                 assert_eq!(got, Outcome::Inserted, "check_or_insert of an absent key");
                 let expires_at_millis = now + input.ttl_ms;
                 model.append(&Record {
@@ -737,12 +837,14 @@ pub fn run(data: &[u8]) {
                     key,
                     value: b"after-open",
                     expires_at_millis,
+                    fingerprint: &[],
                 });
                 model.live.insert(
                     key.clone(),
                     Live {
                         value: b"after-open".to_vec(),
                         expires_at_millis,
+                        claim: false,
                     },
                 );
             }
@@ -751,7 +853,7 @@ pub fn run(data: &[u8]) {
     probe.extend(written);
     let removable = probe
         .iter()
-        .find(|key| model.get(key, now).is_some())
+        .find(|key| model.entry(key, now).is_some())
         .cloned();
     if let Some(key) = removable {
         assert!(store.remove(&key).expect("remove"), "remove of a live key");
@@ -761,6 +863,7 @@ pub fn run(data: &[u8]) {
             key: &key,
             value: &[],
             expires_at_millis,
+            fingerprint: &[],
         });
         model.live.remove(&key);
     }
@@ -776,12 +879,27 @@ pub fn run(data: &[u8]) {
         return;
     }
 
-    // A reopen replays exactly the model's files.
+    // A reopen agrees with the model: first from the checkpoint written at close (if any), then,
+    // with the checkpoint deleted, by replaying the whole log, which the model predicts exactly.
     let again = replay(&model.files, now).expect("the files a store leaves always open");
-    let store = Store::open_with(dir.path(), config(&input, &clock))
-        .unwrap_or_else(|e| panic!("reopen failed: {e}"));
     assert_eq!(again.truncated_tail, None);
-    check_report(&store, &again, dir.path(), "after reopen");
-    check_answers(&store, &again, &probe, now, "after reopen");
-    store.close().expect("close after reopen");
+    let checkpoint = dir.path().join(CHECKPOINT);
+    for replay in [Replay::FromCheckpoint, Replay::Full] {
+        if replay == Replay::Full {
+            match std::fs::remove_file(&checkpoint) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("removing the checkpoint: {e}"),
+            }
+        } else if !checkpoint.exists() {
+            continue;
+        }
+        let when = format!("after reopen ({replay:?})");
+        let store = Store::open_with(dir.path(), config(&input, &clock))
+            .unwrap_or_else(|e| panic!("{when}: reopen failed: {e}"));
+        check_report(&store, &again, dir.path(), replay, &when);
+        check_answers(&store, &again, &probe, now, &when);
+        store.close().expect("close after reopen");
+        assert_same_files(dir.path(), &model.files, &when);
+    }
 }
