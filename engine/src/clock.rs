@@ -28,8 +28,15 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let previous = self.latest_millis.fetch_max(system, Ordering::Relaxed);
-        previous.max(system)
+        // A plain load on the hot path; the shared line is written only when the
+        // millisecond ticks, not on every call from every thread.
+        let previous = self.latest_millis.load(Ordering::Relaxed);
+        if system <= previous {
+            return previous;
+        }
+        self.latest_millis
+            .fetch_max(system, Ordering::Relaxed)
+            .max(system)
     }
 }
 

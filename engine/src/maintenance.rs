@@ -107,7 +107,7 @@ pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
         report.records_copied = copied;
     }
     let every = shared.config.checkpoint_every_bytes;
-    let appended = shared.log.counters.bytes_appended.load(Ordering::Relaxed);
+    let appended = shared.log.bytes_appended();
     let since = appended
         - shared
             .maintenance
@@ -137,7 +137,7 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<()> {
 }
 
 fn write_checkpoint_locked(shared: &Shared) -> Result<()> {
-    let appended = shared.log.counters.bytes_appended.load(Ordering::Relaxed);
+    let appended = shared.log.bytes_appended();
     checkpoint::write(shared)?;
     shared
         .maintenance

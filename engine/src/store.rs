@@ -484,7 +484,7 @@ impl Store {
             wheel_entries: usage.wheel_entries,
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
             log_writes: counters.writes.load(Ordering::Relaxed),
-            bytes_appended: counters.bytes_appended.load(Ordering::Relaxed),
+            bytes_appended: self.shared.log.bytes_appended(),
             entries_expired: maintenance.entries_expired.load(Ordering::Relaxed),
             segments_deleted: maintenance.segments_deleted.load(Ordering::Relaxed),
             segments_compacted: maintenance.segments_compacted.load(Ordering::Relaxed),

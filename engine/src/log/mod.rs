@@ -109,7 +109,11 @@ struct LogState {
     poisoned: Option<String>,
     shutting_down: bool,
     spare_buffers: Vec<Vec<u8>>,
+    /// Stats of every segment but the tail.
     segment_stats: BTreeMap<u32, SegmentStats>,
+    /// Stats of the tail segment, kept apart so an append touches no map.
+    tail_stats: SegmentStats,
+    bytes_appended: u64,
 }
 
 /// Counters the log keeps for [`crate::Stats`].
@@ -117,7 +121,6 @@ struct LogState {
 pub(crate) struct LogCounters {
     pub(crate) fsyncs: CounterU64,
     pub(crate) writes: CounterU64,
-    pub(crate) bytes_appended: CounterU64,
 }
 
 #[derive(Debug)]
@@ -162,7 +165,7 @@ impl Log {
         dir: &Path,
         options: LogOptions,
         segments: Vec<SegmentFile>,
-        segment_stats: BTreeMap<u32, SegmentStats>,
+        mut segment_stats: BTreeMap<u32, SegmentStats>,
         tail_offset: u32,
     ) -> Log {
         let tail_segment = segments.last().expect("recovery leaves a tail segment").id;
@@ -187,7 +190,9 @@ impl Log {
                 poisoned: None,
                 shutting_down: false,
                 spare_buffers: Vec::new(),
+                tail_stats: segment_stats.remove(&tail_segment).unwrap_or_default(),
                 segment_stats,
+                bytes_appended: 0,
             }),
             work_ready: Condvar::new(),
             progress: Condvar::new(),
@@ -222,6 +227,9 @@ impl Log {
         let opens_segment =
             u64::from(state.tail_offset) + u64::from(len) > u64::from(self.segment_size_bytes);
         if opens_segment {
+            let sealed = std::mem::take(&mut state.tail_stats);
+            let old_tail = state.tail_segment;
+            state.segment_stats.insert(old_tail, sealed);
             state.tail_segment = state
                 .tail_segment
                 .checked_add(1)
@@ -248,7 +256,8 @@ impl Log {
         }
         let chunk = state.pending.last_mut().expect("a chunk was just ensured");
         record::encode_into(&mut chunk.bytes, record);
-        let stats = state.segment_stats.entry(segment_id).or_default();
+        state.bytes_appended += u64::from(len);
+        let stats = &mut state.tail_stats;
         stats.add_record(record);
         if record.kind != record::RecordKind::Remove {
             // Every appended insert or claim is put into the index by the caller, under its
@@ -264,11 +273,13 @@ impl Log {
         if wake_writer {
             self.work_ready.notify_one();
         }
-        self.counters
-            .bytes_appended
-            .fetch_add(u64::from(len), Ordering::Relaxed);
         let at = location(segment_id, offset);
         Ok((at, at + u64::from(len)))
+    }
+
+    /// Bytes appended since the log was opened.
+    pub(crate) fn bytes_appended(&self) -> u64 {
+        self.state.lock().bytes_appended
     }
 
     /// Whether every byte before `end` is durable.
@@ -367,7 +378,13 @@ impl Log {
         }
         let mut state = self.state.lock();
         for &at in locations {
-            if let Some(stats) = state.segment_stats.get_mut(&segment_of(at)) {
+            let segment = segment_of(at);
+            let stats = if segment == state.tail_segment {
+                Some(&mut state.tail_stats)
+            } else {
+                state.segment_stats.get_mut(&segment)
+            };
+            if let Some(stats) = stats {
                 debug_assert!(
                     stats.live > 0,
                     "live count of segment {} underflows",
@@ -394,7 +411,9 @@ impl Log {
     pub(crate) fn tail_and_stats(&self) -> (Location, BTreeMap<u32, SegmentStats>) {
         let state = self.state.lock();
         let tail = location(state.tail_segment, state.tail_offset);
-        (tail, state.segment_stats.clone())
+        let mut stats = state.segment_stats.clone();
+        stats.insert(state.tail_segment, state.tail_stats);
+        (tail, stats)
     }
 
     /// The open segment file `id`, if it exists.
