@@ -87,9 +87,9 @@ fn record_seeds() {
     write_seed("record", "junk", &Rng(7).bytes(64));
 }
 
-/// A real store's segment file: inserts with several TTLs, duplicates, removals, expiry and
-/// re-inserts, written by the engine itself.
-fn real_segment() -> Vec<u8> {
+/// A real store's segment file and the checkpoint its close wrote: inserts with several TTLs,
+/// duplicates, removals, expiry and re-inserts, written by the engine itself.
+fn real_segment() -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new();
     let config = Config::default()
@@ -111,7 +111,11 @@ fn real_segment() -> Vec<u8> {
         clock.advance(Duration::from_millis(400));
     }
     store.close().expect("close");
-    std::fs::read(dir.path().join(idem_fuzz::segment_file_name(1))).expect("segment 1")
+    let segment =
+        std::fs::read(dir.path().join(idem_fuzz::segment_file_name(1))).expect("segment 1");
+    let checkpoint =
+        std::fs::read(dir.path().join(idem_fuzz::recover::CHECKPOINT)).expect("checkpoint");
+    (segment, checkpoint)
 }
 
 /// Splits a segment's records into two segments, ids 1 and 2, at a record boundary.
@@ -150,7 +154,7 @@ fn options(sync: bool, mask_zero: bool, advance: u8, ttl: u8) -> u8 {
 }
 
 fn recover_seeds() {
-    let segment = real_segment();
+    let (segment, checkpoint) = real_segment();
     write_seed(
         "recover",
         "real-segment",
@@ -167,6 +171,12 @@ fn recover_seeds() {
         "recover",
         "real-segment-torn",
         &recover_input(0x40, options(false, false, 1, 2), 7, &[&segment]),
+    );
+    // With the checkpoint the store wrote at close (a section starting with its magic).
+    write_seed(
+        "recover",
+        "real-segment-with-checkpoint",
+        &recover_input(0, options(false, false, 2, 1), 0, &[&segment, &checkpoint]),
     );
     let (first, second) = split_in_two(&segment);
     write_seed(

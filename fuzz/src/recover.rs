@@ -66,6 +66,8 @@ pub struct Input {
     pub advance_ms: u64,
     /// TTL of the records written after open.
     pub ttl_ms: u64,
+    /// A `checkpoint.idem` to lay beside the segments.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// A structured body: files built from records the harness encodes itself (valid CRCs), with
@@ -349,11 +351,16 @@ impl Input {
         let spec = structured
             .then(|| Structured::arbitrary_take_rest(Unstructured::new(body)).ok())
             .flatten();
-        let raw = if structured {
+        let mut raw = if structured {
             Vec::new()
         } else {
             split_files(body)
         };
+        // A raw section that starts with the checkpoint magic is the checkpoint (the last one).
+        let checkpoint = raw
+            .iter()
+            .rposition(|file| file.starts_with(CHECKPOINT_MAGIC))
+            .map(|at| raw.remove(at));
         let count = spec
             .as_ref()
             .map_or(raw.len(), |spec| spec.files.len())
@@ -402,6 +409,7 @@ impl Input {
             mask_zero: options & 0x2 != 0,
             advance_ms: ADVANCES_MS[usize::from((options >> 2) & 0x7)],
             ttl_ms: TTLS_MS[usize::from(options >> 5)],
+            checkpoint,
         }
     }
 }
@@ -602,6 +610,75 @@ pub fn keys_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> BTreeSet<Vec<u8>> {
 /// The name of the index checkpoint a store may write (FORMAT.md); an optimisation only, so the
 /// file comparisons leave it out.
 pub const CHECKPOINT: &str = "checkpoint.idem";
+/// The magic a checkpoint file starts with.
+pub const CHECKPOINT_MAGIC: &[u8] = b"IDEMCKPT";
+
+/// Every value of a well-formed Insert record of each key, at any offset of any file.
+pub fn values_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> HashMap<Vec<u8>, BTreeSet<Vec<u8>>> {
+    let mut values: HashMap<Vec<u8>, BTreeSet<Vec<u8>>> = HashMap::new();
+    for bytes in files.values() {
+        for offset in 0..bytes.len().saturating_sub(RECORD_HEADER_LEN) {
+            if let Ok(record) = decode(&bytes[offset..]) {
+                if record.kind == RecordKind::Insert {
+                    let key = record.key.to_vec();
+                    values.entry(key).or_default().insert(record.value.to_vec());
+                }
+            }
+        }
+    }
+    values
+}
+
+/// The weak oracle for a store opened from a checkpoint of the input: every value it serves is
+/// the value of a well-formed Insert record of that key somewhere in the input (or written by
+/// the harness), and keys never in the input are absent; then writes, close and reopen.
+fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: &Path) {
+    let mut values = values_anywhere(&input.files);
+    let mut probe: BTreeSet<Vec<u8>> = keys_anywhere(&input.files);
+    let mut fresh = b"fresh".to_vec();
+    while probe.contains(&fresh) {
+        fresh.push(b'!');
+    }
+    probe.insert(fresh.clone());
+    let check = |store: &Store, values: &HashMap<Vec<u8>, BTreeSet<Vec<u8>>>, when: &str| {
+        for key in &probe {
+            let got = store
+                .get(key)
+                .unwrap_or_else(|e| panic!("{when}: get({}) failed: {e}", crate::show(key)));
+            if let Some(value) = got {
+                assert!(
+                    values.get(key).is_some_and(|v| v.contains(value.as_ref())),
+                    "{when}: get({}) served a value no Insert record of the key holds",
+                    crate::show(key)
+                );
+            }
+        }
+    };
+    check(&store, &values, "after open from a checkpoint");
+    clock.advance(Duration::from_millis(input.advance_ms));
+    let key = &fresh[..];
+    let ttl = Duration::from_millis(input.ttl_ms);
+    assert_eq!(
+        store
+            .check_or_insert(key, ttl, b"after-open")
+            .expect("insert"),
+        Outcome::Inserted
+    );
+    values
+        .entry(fresh.clone())
+        .or_default()
+        .insert(b"after-open".to_vec());
+    check(&store, &values, "after a write");
+    store.close().expect("close");
+    let store = Store::open_with(dir, config(input, clock)).expect("reopen");
+    check(&store, &values, "after reopen");
+    assert_eq!(
+        store.get(key).expect("get").as_deref(),
+        Some(&b"after-open"[..]),
+        "a key written after open"
+    );
+    store.close().expect("close after reopen");
+}
 
 /// The files of a store directory (every name but `LOCK` and the checkpoint), by name.
 fn files_on_disk(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -749,9 +826,41 @@ pub fn run(data: &[u8]) {
         std::fs::write(dir.path().join(crate::segment_file_name(id)), bytes)
             .expect("writing a segment file");
     }
+    if let Some(checkpoint) = &input.checkpoint {
+        std::fs::write(dir.path().join(CHECKPOINT), checkpoint).expect("writing the checkpoint");
+    }
     let clock = ManualClock::new();
     let expected = replay(&input.files, NOW);
     let opened = Store::open_with(dir.path(), config(&input, &clock));
+    let opened = if input.checkpoint.is_none() {
+        opened
+    } else {
+        match opened {
+            // With the checkpoint used, the log before its replay start is not read: only the
+            // weak oracle holds (see `check_with_checkpoint`).
+            Ok(store) if store.recovery_report().checkpoint_ignored.is_none() => {
+                return check_with_checkpoint(store, &input, &clock, dir.path());
+            }
+            Ok(store) => drop(store),
+            // It may have failed for the checkpoint's sake (a segment shorter than its replay
+            // start); whether it should have is not modelled.
+            Err(_) => return,
+        }
+        // The checkpoint was ignored: the store must be exactly the log's. Open again without
+        // it (the open above changed the files exactly as the model says, or the next checks
+        // fail on those files).
+        std::fs::remove_file(dir.path().join(CHECKPOINT)).expect("removing the checkpoint");
+        for (&id, bytes) in &input.files {
+            let path = dir.path().join(crate::segment_file_name(id));
+            std::fs::write(path, bytes).expect("rewriting a segment file");
+        }
+        for name in files_on_disk(dir.path()).keys() {
+            if !named(&input.files).contains_key(name) {
+                std::fs::remove_file(dir.path().join(name)).expect("removing a created file");
+            }
+        }
+        Store::open_with(dir.path(), config(&input, &clock))
+    };
     let (store, mut model) = match (expected, opened) {
         (Err(want), Err(error)) => {
             assert!(
