@@ -94,7 +94,9 @@ fn real_segment() -> (Vec<u8>, Vec<u8>) {
     let clock = ManualClock::new();
     let config = Config::default()
         .durability(Durability::Never)
-        .clock(clock.clone());
+        .clock(clock.clone())
+        // As the recover target opens it, so the checkpoint is used.
+        .shard_count(idem_fuzz::recover::SHARDS);
     let store = Store::open_with(dir.path(), config).expect("open");
     let ttls = [1, 1000, 5_000, 3_600_000, 86_400_000];
     for i in 0..24u64 {

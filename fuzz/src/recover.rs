@@ -46,6 +46,8 @@ pub const NOW: u64 = ManualClock::DEFAULT_START_MILLIS;
 pub const SEPARATOR: &[u8] = b"\n%%IDEM-NEXT-SEGMENT%%\n";
 /// The segment size of the store (the smallest allowed).
 pub const SEGMENT_SIZE: u32 = Config::MIN_SEGMENT_SIZE_BYTES;
+/// Index shards of the store (a checkpoint is used only by a store with as many).
+pub const SHARDS: usize = 4;
 /// The largest id with an 8-digit file name.
 pub const MAX_NAMED_ID: u32 = 99_999_999;
 /// Clock steps after open, in ms.
@@ -724,6 +726,8 @@ fn config(input: &Input, clock: &ManualClock) -> Config {
         })
         .clock(clock.clone())
         .segment_size_bytes(SEGMENT_SIZE)
+        // Few shards: an open allocates every shard's table, which dominated the run time.
+        .shard_count(SHARDS)
         // No background thread: files change only when the harness acts.
         .background_maintenance(false);
     if input.mask_zero {
