@@ -223,6 +223,9 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
         })?;
         let at = location(id, offset as u32);
         offset += record.encoded_len();
+        if record.kind == RecordKind::Seal {
+            break;
+        }
         let now = shared.clock.now_millis();
         if record.expires_at_millis <= now {
             continue;

@@ -59,6 +59,9 @@ pub enum RecordKind {
     /// The key was claimed for a side effect outside the store, until the deadline (the lease).
     /// The value is the 8-byte claim id (little-endian) that fences stale holders.
     Claim = 3,
+    /// The last record of every sealed segment: key `seal`, value the segment's length before
+    /// the seal (u64), deadline 0. A sealed segment without it was cut short.
+    Seal = 4,
 }
 
 impl RecordKind {
@@ -67,6 +70,7 @@ impl RecordKind {
             1 => Some(RecordKind::Insert),
             2 => Some(RecordKind::Remove),
             3 => Some(RecordKind::Claim),
+            4 => Some(RecordKind::Seal),
             _ => None,
         }
     }
@@ -137,6 +141,35 @@ impl Record<'_> {
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
     }
+}
+
+/// The key of every seal record.
+pub const SEAL_KEY: &[u8] = b"seal";
+/// Bytes of a seal record.
+pub const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
+
+/// Encodes the seal of a segment whose records end at `data_len` (where the seal goes).
+pub fn encode_seal(data_len: u64) -> Vec<u8> {
+    let value = data_len.to_le_bytes();
+    let seal = Record {
+        kind: RecordKind::Seal,
+        key: SEAL_KEY,
+        value: &value,
+        expires_at_millis: 0,
+        fingerprint: &[],
+    };
+    let mut bytes = Vec::with_capacity(SEAL_RECORD_LEN);
+    encode_into(&mut bytes, &seal);
+    debug_assert_eq!(bytes.len(), SEAL_RECORD_LEN);
+    bytes
+}
+
+/// If `record` is a well-formed seal, the segment length it vouches for.
+pub fn seal_length(record: &Record<'_>) -> Option<u64> {
+    if record.kind != RecordKind::Seal || record.key != SEAL_KEY {
+        return None;
+    }
+    Some(u64::from_le_bytes(record.value.try_into().ok()?))
 }
 
 /// Bytes a record with these lengths occupies.
@@ -347,7 +380,7 @@ mod tests {
             key in proptest::collection::vec(any::<u8>(), 1..64),
             value in proptest::collection::vec(any::<u8>(), 0..128),
             expires in any::<u64>(),
-            kind in 1u8..=3,
+            kind in 1u8..=4,
             fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
         ) {
             let kind = RecordKind::from_byte(kind).unwrap();

@@ -94,12 +94,28 @@ pub(crate) fn recover(
         }
     };
     // Replay starts at the checkpoint's location, or at the very beginning.
+    // Every segment file's header first: a foreign file is named as such before anything else
+    // is judged (a newest file that was torn while being created is dealt with below).
+    for (position, &id) in ids.iter().enumerate() {
+        let file = SegmentFile::open(storage, dir, id)?;
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let got = file.read_at(&mut header, 0)?;
+        let newest = position + 1 == ids.len();
+        if newest && got == SEGMENT_HEADER_LEN && header.iter().all(|&b| b == 0) {
+            continue;
+        }
+        if newest && got < SEGMENT_HEADER_LEN {
+            continue;
+        }
+        check_header(&file, &header[..got], newest)?;
+    }
     let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from);
     let mut claim_keys: Vec<Box<[u8]>> = checkpoint
         .as_ref()
         .map(|c| c.claim_keys.clone())
         .unwrap_or_default();
     let first_replayed = segment_of(replay_from);
+    let mut newest_sealed = false;
     if let Some(checkpoint) = &checkpoint {
         // Segments before the replay start are summarised by the checkpoint: open them (their
         // headers are checked) but do not read them.
@@ -110,6 +126,8 @@ pub(crate) fn recover(
             if let HeaderVerdict::TornCreation = check_header(&file, &header[..got], false)? {
                 unreachable!("only the newest segment may be a torn creation");
             }
+            check_seal(&file)?;
+            newest_sealed = true;
             segment_stats.insert(id, checkpoint.segments[&id]);
             opened.insert(id, file);
         }
@@ -156,8 +174,26 @@ pub(crate) fn recover(
                 reason: format!("file ends before the checkpoint's replay start {offset}"),
             });
         }
+        let mut sealed = false;
         while offset < bytes.len() {
             match record::decode(&bytes[offset..]) {
+                Ok(record) if record.kind == RecordKind::Seal => {
+                    let corrupt = |reason: String| Error::Corrupt {
+                        path: file.path.clone(),
+                        offset: offset as u64,
+                        reason,
+                    };
+                    if record::seal_length(&record) != Some(offset as u64) {
+                        return Err(corrupt(
+                            "a seal that does not vouch for its own offset".into(),
+                        ));
+                    }
+                    if offset + record.encoded_len() != bytes.len() {
+                        return Err(corrupt("bytes follow the segment's seal".into()));
+                    }
+                    sealed = true;
+                    break;
+                }
                 Ok(record) => {
                     let at = location(id, offset as u32);
                     segment_stats.entry(id).or_default().add_record(&record);
@@ -191,6 +227,15 @@ pub(crate) fn recover(
                 }
             }
         }
+        if !newest && !sealed {
+            return Err(Error::Corrupt {
+                path: file.path.clone(),
+                offset: bytes.len() as u64,
+                reason: "an older segment ends without its seal: it was cut short".into(),
+            });
+        }
+        // The last segment opened decides whether the log can go on in it.
+        newest_sealed = sealed;
         tail_offset = offset as u32;
         segment_stats.entry(id).or_default();
         opened.insert(id, file);
@@ -204,7 +249,9 @@ pub(crate) fn recover(
         newest.sync()?;
         segment::sync_dir(storage, dir)?;
     }
-    if opened.is_empty() {
+    // No segment, or the newest was sealed but its successor never made it to disk: the log
+    // continues in a new segment.
+    if opened.is_empty() || newest_sealed {
         let id = ids.last().map_or(1, |last| last + 1);
         opened.insert(id, SegmentFile::create(storage, dir, id)?);
         tail_offset = SEGMENT_HEADER_LEN as u32;
@@ -253,6 +300,41 @@ fn claims_still_open(
         }
     }
     Ok(in_doubt)
+}
+
+/// Checks that a sealed segment that is not replayed still ends with its seal. If it does not,
+/// the segment is read to name the first damaged record.
+fn check_seal(file: &SegmentFile) -> Result<()> {
+    let len = file.len()?;
+    let at = len.saturating_sub(record::SEAL_RECORD_LEN as u64);
+    let mut seal = [0u8; record::SEAL_RECORD_LEN];
+    let got = file.read_at(&mut seal, at)?;
+    let vouched = record::decode(&seal[..got])
+        .ok()
+        .as_ref()
+        .and_then(record::seal_length);
+    if vouched == Some(at) && at >= SEGMENT_HEADER_LEN as u64 {
+        return Ok(());
+    }
+    let bytes = read_whole(file)?;
+    let mut offset = SEGMENT_HEADER_LEN;
+    while offset < bytes.len() {
+        match record::decode(&bytes[offset..]) {
+            Ok(record) => offset += record.encoded_len(),
+            Err(error) => {
+                return Err(Error::Corrupt {
+                    path: file.path.clone(),
+                    offset: offset as u64,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+    Err(Error::Corrupt {
+        path: file.path.clone(),
+        offset: len,
+        reason: "an older segment ends without its seal: it was cut short".into(),
+    })
 }
 
 /// Whether a checkpoint fits the segments on disk: every segment before its replay start must be
@@ -389,7 +471,9 @@ fn apply(
         }
         (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
         (RecordKind::Remove, Probe::Vacant(_)) => {}
-        (RecordKind::Claim, _) => unreachable!("claims are applied as inserts"),
+        (RecordKind::Claim | RecordKind::Seal, _) => {
+            unreachable!("claims are applied as inserts; seals are not applied")
+        }
     }
     Ok(())
 }

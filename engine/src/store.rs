@@ -620,11 +620,11 @@ impl Shared {
             if record.key != key {
                 return Ok(KeyCheck::Other);
             }
-            if record.kind == RecordKind::Remove {
+            if matches!(record.kind, RecordKind::Remove | RecordKind::Seal) {
                 return Err(Error::Corrupt {
                     path: self.dir.clone(),
                     offset: at,
-                    reason: "index entry points at a removal record".into(),
+                    reason: "index entry points at a removal or seal record".into(),
                 });
             }
             Ok(if record.expires_at_millis <= now {

@@ -552,8 +552,6 @@ fn damage_in_an_older_segment_is_corrupt_with_file_and_offset() {
 /// A sealed (older) segment cut exactly at a record boundary loses its last records; recovery
 /// (replaying the log, no checkpoint) should notice that a sealed segment is short.
 #[test]
-#[ignore = "engine bug: an older segment cut at a record boundary opens silently without its \
-            tail records (no per-segment length or seal record to check against)"]
 fn an_older_segment_cut_at_a_record_boundary_is_corrupt() {
     let (mut rng, _) = seeded_rng("an_older_segment_cut_at_a_record_boundary");
     let base = Base::build(&mut rng);

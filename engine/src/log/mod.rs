@@ -27,7 +27,7 @@ use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, RwLock};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::io::Storage;
-use crate::record::{self, Record, SEGMENT_HEADER_LEN};
+use crate::record::{self, Record, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
 use segment::SegmentFile;
 
 pub(crate) use writer::{spawn_writer, WriterHandle};
@@ -224,8 +224,9 @@ impl Log {
                 cause: cause.clone(),
             });
         }
-        let opens_segment =
-            u64::from(state.tail_offset) + u64::from(len) > u64::from(self.segment_size_bytes);
+        // Room is always left for the seal that ends the segment when the log moves on.
+        let opens_segment = u64::from(state.tail_offset) + u64::from(len) + SEAL_RECORD_LEN as u64
+            > u64::from(self.segment_size_bytes);
         if opens_segment {
             let sealed = std::mem::take(&mut state.tail_stats);
             let old_tail = state.tail_segment;
@@ -259,7 +260,10 @@ impl Log {
         state.bytes_appended += u64::from(len);
         let stats = &mut state.tail_stats;
         stats.add_record(record);
-        if record.kind != record::RecordKind::Remove {
+        if matches!(
+            record.kind,
+            record::RecordKind::Insert | record::RecordKind::Claim
+        ) {
             // Every appended insert or claim is put into the index by the caller, under its
             // shard lock.
             stats.live += 1;

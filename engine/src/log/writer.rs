@@ -17,6 +17,7 @@ use super::segment::SegmentFile;
 use super::{location, Chunk, Log};
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::record;
 
 /// How long buffered records may wait before the writer hands them to the OS in the non-`Sync`
 /// modes: bounds what a kill -9 of the process can lose there.
@@ -42,6 +43,8 @@ fn run(log: &Log) {
             .cloned()
             .expect("a log always has a tail segment")
     };
+    // Where the active segment's records end: the seal goes there when the log moves on.
+    let mut active_end = u64::from(super::offset_of(log.state.lock().written));
     let mut last_sync = Instant::now();
     let mut last_write = Instant::now();
     let mut unsynced_bytes = false;
@@ -94,7 +97,7 @@ fn run(log: &Log) {
         let target = location(state.tail_segment, state.tail_offset);
         drop(state);
 
-        let outcome = write_chunks(log, &mut active, &chunks).and_then(|()| {
+        let outcome = write_chunks(log, &mut active, &mut active_end, &chunks).and_then(|()| {
             if sync_now {
                 active.sync()?;
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -136,11 +139,17 @@ fn run(log: &Log) {
     }
 }
 
-fn write_chunks(log: &Log, active: &mut Arc<SegmentFile>, chunks: &[Chunk]) -> Result<()> {
+fn write_chunks(
+    log: &Log,
+    active: &mut Arc<SegmentFile>,
+    active_end: &mut u64,
+    chunks: &[Chunk],
+) -> Result<()> {
     for chunk in chunks {
         if chunk.opens_segment {
-            // The old segment must be durable before the log moves on: recovery treats damage
-            // in any segment but the newest as corruption, not as a torn tail.
+            // The old segment is sealed and made durable before the log moves on: recovery
+            // treats damage in any segment but the newest, or a missing seal, as corruption.
+            active.write_at(&record::encode_seal(*active_end), *active_end)?;
             active.sync()?;
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             let created = Arc::new(SegmentFile::create(
@@ -158,6 +167,7 @@ fn write_chunks(log: &Log, active: &mut Arc<SegmentFile>, chunks: &[Chunk]) -> R
             "chunks arrive in segment order"
         );
         active.write_at(&chunk.bytes, u64::from(chunk.start_offset))?;
+        *active_end = u64::from(chunk.start_offset) + chunk.bytes.len() as u64;
         log.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

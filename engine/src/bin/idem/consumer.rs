@@ -2,24 +2,23 @@
 //! deliveries on stdin, charges them into a ledger file, acknowledges each batch on stdout.
 //!
 //! With a store (`--store`), the consumer is exactly-once through idem; without one it is the
-//! naive consumer that charges every delivery. [`Consumer::charge_batch`] holds the whole
-//! protocol, so the way a batch is charged can change in one place.
+//! naive consumer that charges every delivery. [`Consumer::charge_batch`] is where a batch is
+//! charged, in one of two ways (`--mode`):
 //!
-//! The exactly-once protocol, per batch:
-//! 1. `check_or_insert_batch(event ids, ttl, receipts)`: one commit (one fsync in `Sync` mode);
-//! 2. for each `Inserted`, append the charge to the ledger; then fsync the ledger;
-//! 3. acknowledge the batch to the producer.
-//!
-//! A crash between 1 and 2 leaves charges that idem recorded but the ledger never got: on
-//! redelivery idem answers `Duplicate` for them. So on start the consumer loads the ledger's
-//! event ids, and a `Duplicate` for an event missing from the ledger is *in doubt*: it was
-//! recorded and never applied, so the consumer applies it then, with the receipt idem kept.
-//! That check is only sound with one consumer at a time on the ledger, as here.
+//! - `claims` (the default, [`crate::claimer`]): idem's durable claims, the protocol for side
+//!   effects outside the store. Per delivery `claim` → charge into the ledger (one fsync per
+//!   batch) → `complete` with the receipt; after a crash, `in_doubt()` lists the claims whose
+//!   charge may or may not be in the ledger, and only those events are looked up in it.
+//! - `batch`: one `check_or_insert_batch` per batch (one fsync), then the ledger append and
+//!   fsync. A crash between the two leaves charges idem recorded and the ledger never got, and
+//!   nothing in idem says which: so on start this consumer loads *every* event id of the ledger,
+//!   and a `Duplicate` for an event missing from it is charged then, with the receipt idem kept.
+//!   That check is only sound with one consumer at a time on the ledger, as here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -27,9 +26,29 @@ use std::time::{Duration, Instant};
 use idem::{Config, Outcome, Store};
 
 use crate::args::DurabilityArg;
+use crate::claimer::Claimer;
 use crate::cli_error::{CliError, CliResult, Context};
-use crate::protocol::{self, BatchReport, Delivery, ToConsumer, ToProducer};
+use crate::protocol::{self, BatchReport, Delivery, Reconciled, ToConsumer, ToProducer};
 use crate::workload::parse_event_id;
+
+/// How the consumer uses idem (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DedupMode {
+    /// claim → charge → complete per delivery; claims in doubt after a crash are reconciled.
+    Claims,
+    /// One check_or_insert_batch per batch, then the charges; the whole ledger is reloaded on
+    /// start to find the charges a crash left recorded but not applied.
+    Batch,
+}
+
+impl std::fmt::Display for DedupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DedupMode::Claims => "claims",
+            DedupMode::Batch => "batch",
+        })
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerArgs {
@@ -45,6 +64,15 @@ pub struct ConsumerArgs {
     /// TTL of each idempotency key, in seconds (the retry window).
     #[arg(long, default_value_t = 86_400)]
     pub ttl_secs: u64,
+    /// How the consumer uses idem: durable claims, or one check-or-insert batch per batch.
+    #[arg(long, default_value_t = DedupMode::Claims)]
+    pub mode: DedupMode,
+    /// Claims mode: threads making claims and completes (concurrent ones share fsyncs).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: u32,
+    /// Claims mode: the lease of each claim, in seconds; it must outlast a crash and restart.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_secs: u64,
 }
 
 impl ConsumerArgs {
@@ -59,6 +87,12 @@ impl ConsumerArgs {
         argv.push(self.durability.to_string().into());
         argv.push("--ttl-secs".into());
         argv.push(self.ttl_secs.to_string().into());
+        argv.push("--mode".into());
+        argv.push(self.mode.to_string().into());
+        argv.push("--threads".into());
+        argv.push(self.threads.to_string().into());
+        argv.push("--lease-secs".into());
+        argv.push(self.lease_secs.to_string().into());
         argv
     }
 }
@@ -110,19 +144,38 @@ pub fn read_ledger(path: &Path) -> CliResult<Vec<LedgerEntry>> {
     }
 }
 
-/// The ledger: an append-only file of applied charges, `<event-id> <amount-cents> <receipt>`.
+/// The ledger: an append-only file of applied charges, `<event-id> <amount-cents> <receipt>`,
+/// the system of record of the charges. Opening it reads only its tail; [`Ledger::find`] and
+/// [`Ledger::charged_events`] scan it when asked.
 pub struct Ledger {
     file: File,
     path: PathBuf,
-    /// Events charged, loaded on open and kept up to date.
-    charged: HashSet<u32>,
+    /// Length of the complete lines written so far.
+    len: u64,
     /// Lines staged for the next [`Ledger::commit`].
     staged: Vec<u8>,
-    entries: u64,
+}
+
+/// The length of `file`'s complete lines: up to its last newline.
+fn complete_len(file: &mut File, len: u64) -> io::Result<u64> {
+    const CHUNK: u64 = 64 << 10;
+    let mut end = len;
+    let mut buf = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        buf.resize((end - start) as usize, 0);
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 impl Ledger {
-    /// Opens the ledger, cutting a torn last line left by a crash, and loads its event ids.
+    /// Opens the ledger, cutting a torn last line left by a crash (that charge did not happen).
     pub fn open(path: &Path) -> CliResult<Ledger> {
         let mut file = OpenOptions::new()
             .create(true)
@@ -131,42 +184,87 @@ impl Ledger {
             .truncate(false)
             .open(path)
             .context(format_args!("opening ledger {}", path.display()))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .context(format_args!("reading ledger {}", path.display()))?;
-        let (entries, complete) = parse_ledger(&bytes, path)?;
-        if complete < bytes.len() {
-            file.set_len(complete as u64)
+        let len = file
+            .metadata()
+            .and_then(|m| complete_len(&mut file, m.len()).map(|c| (c, m.len())))
+            .context(format_args!("reading ledger {}", path.display()));
+        let (complete, len) = len?;
+        if complete < len {
+            file.set_len(complete)
                 .and_then(|()| file.sync_data())
                 .context(format_args!("cutting the torn tail of {}", path.display()))?;
         }
-        file.seek(SeekFrom::Start(complete as u64))
+        file.seek(SeekFrom::Start(complete))
             .context(format_args!("seeking in {}", path.display()))?;
         Ok(Ledger {
             file,
             path: path.to_path_buf(),
-            charged: entries.iter().map(|e| e.event).collect(),
+            len: complete,
             staged: Vec::new(),
-            entries: entries.len() as u64,
         })
     }
 
-    pub fn contains(&self, event: u32) -> bool {
-        self.charged.contains(&event)
+    /// Calls `each(line number, event id, line)` for every committed line, in order; returns the
+    /// number of lines.
+    fn scan(&self, mut each: impl FnMut(&str, &str)) -> CliResult<u64> {
+        let file = File::open(&self.path)
+            .context(format_args!("reading ledger {}", self.path.display()))?;
+        let mut reader = BufReader::with_capacity(256 << 10, file.take(self.len));
+        let mut line = String::new();
+        let mut lines = 0u64;
+        loop {
+            line.clear();
+            let read = reader
+                .read_line(&mut line)
+                .context(format_args!("reading ledger {}", self.path.display()))?;
+            if read == 0 {
+                return Ok(lines);
+            }
+            lines += 1;
+            let text = line.trim_end_matches('\n');
+            if parse_ledger_line(text).is_none() {
+                return Err(CliError::new(format!(
+                    "ledger {} line {lines} is malformed: {text:?}",
+                    self.path.display()
+                )));
+            }
+            let event_id = text.split(' ').next().unwrap_or_default();
+            each(event_id, text);
+        }
     }
 
-    pub fn entries(&self) -> u64 {
-        self.entries
+    /// Looks the given event ids up in the ledger: the receipt of each one charged (its first
+    /// charge), and the number of lines read. Holds only the events asked for.
+    pub fn find<'k>(
+        &self,
+        event_ids: impl IntoIterator<Item = &'k [u8]>,
+    ) -> CliResult<(HashMap<Vec<u8>, String>, u64)> {
+        let wanted: HashSet<&[u8]> = event_ids.into_iter().collect();
+        let mut found: HashMap<Vec<u8>, String> = HashMap::new();
+        let lines = self.scan(|event_id, line| {
+            if wanted.contains(event_id.as_bytes()) && !found.contains_key(event_id.as_bytes()) {
+                let receipt = line.splitn(3, ' ').nth(2).unwrap_or_default();
+                found.insert(event_id.as_bytes().to_vec(), receipt.to_string());
+            }
+        })?;
+        Ok((found, lines))
+    }
+
+    /// Every event charged in the ledger (batch mode's reload).
+    pub fn charged_events(&self) -> CliResult<HashSet<u32>> {
+        let mut charged = HashSet::new();
+        self.scan(|event_id, _| {
+            charged.extend(parse_event_id(event_id));
+        })?;
+        Ok(charged)
     }
 
     /// Stages a charge; it is applied (durable) at the next [`Ledger::commit`].
-    pub fn stage(&mut self, event: u32, event_id: &str, amount_cents: u32, receipt: &str) {
+    pub fn stage(&mut self, event_id: &str, amount_cents: u32, receipt: &str) {
         use std::fmt::Write as _;
         let mut line = String::with_capacity(48);
         let _ = writeln!(line, "{event_id} {amount_cents} {receipt}");
         self.staged.extend_from_slice(line.as_bytes());
-        self.charged.insert(event);
-        self.entries += 1;
     }
 
     /// Appends the staged charges and fsyncs the file.
@@ -178,6 +276,7 @@ impl Ledger {
             .write_all(&self.staged)
             .and_then(|()| self.file.sync_data())
             .context(format_args!("appending to ledger {}", self.path.display()))?;
+        self.len += self.staged.len() as u64;
         self.staged.clear();
         Ok(())
     }
@@ -195,8 +294,15 @@ fn receipt_amount(receipt: &str) -> Option<u32> {
 
 /// How a consumer decides whether to charge.
 pub enum Mode {
-    /// Exactly once through idem.
-    Dedup { store: Box<Store>, ttl: Duration },
+    /// Exactly once through idem's claims.
+    Claims(Box<Claimer>),
+    /// Exactly once through `check_or_insert_batch`, repaired with the ledger's event ids.
+    Batch {
+        store: Box<Store>,
+        ttl: Duration,
+        /// Every event in the ledger, loaded on start and kept up to date.
+        charged: HashSet<u32>,
+    },
     /// Charge every delivery.
     Naive,
 }
@@ -219,7 +325,6 @@ impl Consumer {
     /// Charges one batch of deliveries; when it returns, every charge it decided on is in the
     /// ledger and fsynced, so the batch may be acknowledged.
     pub fn charge_batch(&mut self, seq: u64, items: &[Delivery]) -> CliResult<BatchReport> {
-        let mut report = BatchReport::default();
         let mut events = Vec::with_capacity(items.len());
         for item in items {
             let event = parse_event_id(&item.event_id).ok_or_else(|| {
@@ -230,16 +335,22 @@ impl Consumer {
             })?;
             events.push(event);
         }
-        match &self.mode {
+        let mut report = BatchReport::default();
+        match &mut self.mode {
+            Mode::Claims(claimer) => return claimer.charge_batch(&mut self.ledger, seq, items),
             Mode::Naive => {
-                for (item, &event) in items.iter().zip(&events) {
+                for item in items {
                     let receipt = receipt(item.amount_cents, self.pid, seq);
                     self.ledger
-                        .stage(event, &item.event_id, item.amount_cents, &receipt);
+                        .stage(&item.event_id, item.amount_cents, &receipt);
                     report.charged_blindly += 1;
                 }
             }
-            Mode::Dedup { store, ttl } => {
+            Mode::Batch {
+                store,
+                ttl,
+                charged,
+            } => {
                 let receipts: Vec<String> = items
                     .iter()
                     .map(|item| receipt(item.amount_cents, self.pid, seq))
@@ -259,11 +370,11 @@ impl Consumer {
                 {
                     match outcome {
                         Outcome::Inserted => {
-                            self.ledger
-                                .stage(event, &item.event_id, item.amount_cents, fresh);
+                            self.ledger.stage(&item.event_id, item.amount_cents, fresh);
+                            charged.insert(event);
                             report.inserted += 1;
                         }
-                        Outcome::Duplicate(_) if self.ledger.contains(event) => {
+                        Outcome::Duplicate(_) if charged.contains(&event) => {
                             report.duplicates += 1;
                         }
                         Outcome::Duplicate(recorded) => {
@@ -275,7 +386,8 @@ impl Consumer {
                                     item.event_id
                                 ))
                             })?;
-                            self.ledger.stage(event, &item.event_id, amount, &recorded);
+                            self.ledger.stage(&item.event_id, amount, &recorded);
+                            charged.insert(event);
                             report.in_doubt += 1;
                         }
                     }
@@ -285,17 +397,42 @@ impl Consumer {
         self.ledger.commit()?;
         Ok(report)
     }
+
+    /// Ends the run: waits for the claims' completes, closes the store and returns its final
+    /// counters (fsyncs, disk bytes, live keys).
+    pub fn finish(self) -> CliResult<(u64, u64, u64)> {
+        let stats = |store: &Store| {
+            let stats = store.stats();
+            (stats.fsyncs, stats.disk_bytes, stats.live_keys)
+        };
+        match self.mode {
+            Mode::Claims(mut claimer) => {
+                claimer.drain()?;
+                let counters = stats(claimer.store());
+                claimer.close()?;
+                Ok(counters)
+            }
+            Mode::Batch { store, .. } => {
+                let counters = stats(&store);
+                store.close().context("closing the idem store")?;
+                Ok(counters)
+            }
+            Mode::Naive => Ok((0, 0, 0)),
+        }
+    }
 }
 
-/// Opens the consumer's store and ledger, then serves batches from `input` until `E` or end of
-/// input, acknowledging each on `output`.
+/// Opens the consumer's store and ledger (reconciling the claims in doubt), then serves batches
+/// from `input` until `E` or end of input, acknowledging each on `output`.
 pub fn run(
     args: &ConsumerArgs,
     input: &mut impl BufRead,
     output: &mut impl Write,
 ) -> CliResult<()> {
     let started = Instant::now();
-    let ledger = Ledger::open(&args.ledger)?;
+    let mut ledger = Ledger::open(&args.ledger)?;
+    let mut reconciled = Reconciled::default();
+    let mut ledger_lines_read = 0;
     let (mode, records_replayed, bytes_cut) = match &args.store {
         Some(dir) => {
             let config = Config::default().durability(args.durability.0);
@@ -305,14 +442,25 @@ pub fn run(
             let replayed = recovery.records_replayed;
             let cut = recovery.truncated_tail.as_ref().map_or(0, |t| t.bytes_cut);
             let ttl = Duration::from_secs(args.ttl_secs.max(1));
-            (
-                Mode::Dedup {
-                    store: Box::new(store),
-                    ttl,
-                },
-                replayed,
-                cut,
-            )
+            let mode = match args.mode {
+                DedupMode::Claims => {
+                    let lease = Duration::from_secs(args.lease_secs.max(1));
+                    let mut claimer = Claimer::start(store, ttl, lease, args.threads as usize)?;
+                    let (found, lines) = claimer.reconcile(&mut ledger)?;
+                    (reconciled, ledger_lines_read) = (found, lines);
+                    Mode::Claims(Box::new(claimer))
+                }
+                DedupMode::Batch => {
+                    let charged = ledger.charged_events()?;
+                    ledger_lines_read = charged.len() as u64;
+                    Mode::Batch {
+                        store: Box::new(store),
+                        ttl,
+                        charged,
+                    }
+                }
+            };
+            (mode, replayed, cut)
         }
         None => (Mode::Naive, 0, 0),
     };
@@ -323,10 +471,11 @@ pub fn run(
     write(
         output,
         &ToProducer::Ready {
-            ledger_entries: consumer.ledger.entries(),
+            ledger_lines_read,
             records_replayed,
             bytes_cut,
             open_micros: started.elapsed().as_micros() as u64,
+            reconciled,
         },
     )?;
     let mut line = String::new();
@@ -343,14 +492,7 @@ pub fn run(
             None => return Ok(()),
         }
     }
-    let (fsyncs, disk_bytes, live_keys) = match consumer.mode {
-        Mode::Dedup { store, .. } => {
-            let stats = store.stats();
-            store.close().context("closing the idem store")?;
-            (stats.fsyncs, stats.disk_bytes, stats.live_keys)
-        }
-        Mode::Naive => (0, 0, 0),
-    };
+    let (fsyncs, disk_bytes, live_keys) = consumer.finish()?;
     write(
         output,
         &ToProducer::Summary {

@@ -19,10 +19,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::args::{parse_fraction, parse_open_fraction, DurabilityArg};
 use crate::cli_error::{CliError, CliResult, Context};
-use crate::consumer::{read_ledger, ConsumerArgs, LedgerEntry};
+use crate::consumer::{read_ledger, ConsumerArgs, DedupMode, LedgerEntry};
 use crate::fmt;
 use crate::hist::Histogram;
-use crate::protocol::{self, BatchReport, ToProducer};
+use crate::protocol::{self, BatchReport, Reconciled, ToProducer};
 use crate::workload::{self, Workload};
 
 pub const LONG_ABOUT: &str = "\
@@ -31,9 +31,18 @@ Run the problem idem exists for, end to end, on this machine.
 A producer emits charge events over an at-least-once channel that retries: a network blip makes a \
 slice of the events arrive twice or more (--dup-rate, default 0.2%, as in the incident where 0.2% \
 of charge events arrived twice and customers were double-charged), plus scattered late retries. A \
-consumer process charges each event through idem into a ledger file: one check_or_insert_batch per \
-batch, then the ledger append and fsync, then the acknowledgement. Midway (--kill-at) the consumer \
-is killed with SIGKILL and restarted; the producer re-sends everything not acknowledged.
+consumer process charges each event through idem's durable claims into a ledger file (--mode \
+claims): claim the event's key (durable before the charge), append the charge to the ledger (one \
+fsync per batch), complete the claim with the charge's receipt, acknowledge the batch. A duplicate \
+delivery's claim answers Duplicate with that receipt and is not charged. Midway (--kill-at) the \
+consumer is killed with SIGKILL and restarted; the new consumer first reconciles the claims left in \
+doubt (claimed, maybe charged, not completed) against the ledger, the system of record of the \
+charges, and the producer re-sends everything not acknowledged.
+
+Claims are single-key calls, each waiting for an fsync; --threads of them run at once and share \
+fsyncs. --mode batch uses one check_or_insert_batch per batch instead (one fsync for a whole \
+batch: faster, but a crash between it and the ledger leaves charges that only a reload of the \
+whole ledger can find).
 
 At the end the ledger is checked: every event must be charged exactly once (no double charge, no \
 lost charge). The same run without idem (a consumer that charges every delivery) shows what the \
@@ -43,6 +52,8 @@ duplicates cost. Exit status 1 if the run with idem double-charged or lost anyth
 const TTL_SECS: u64 = 24 * 3600;
 /// Batches the producer has in flight before it waits for an acknowledgement.
 const WINDOW: usize = 4;
+/// The lease of each claim: longer than a crash and restart of the consumer.
+const LEASE_SECS: u64 = 300;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -59,9 +70,16 @@ pub struct DemoArgs {
     /// Default: a temporary directory, removed at the end.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Deliveries per batch (one idem commit and one ledger fsync each).
+    /// Deliveries per batch (one ledger fsync each; in batch mode also one idem commit).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch: u32,
+    /// How the consumer uses idem: claims (claim, charge, complete per delivery) or batch (one
+    /// check_or_insert_batch per batch).
+    #[arg(long, default_value_t = DedupMode::Claims)]
+    pub mode: DedupMode,
+    /// Claims mode: consumer threads making claims at once (they share fsyncs).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: u32,
     /// When to kill the consumer: after this fraction of the deliveries is acknowledged.
     #[arg(long, default_value = "0.5", value_parser = parse_open_fraction)]
     pub kill_at: f64,
@@ -168,16 +186,18 @@ impl ConsumerProcess {
     fn wait_ready(&mut self, spawned: Instant) -> CliResult<Ready> {
         match self.read()? {
             ToProducer::Ready {
-                ledger_entries,
+                ledger_lines_read,
                 records_replayed,
                 bytes_cut,
                 open_micros,
+                reconciled,
             } => Ok(Ready {
-                ledger_entries,
+                ledger_lines_read,
                 records_replayed,
                 bytes_cut,
                 open: Duration::from_micros(open_micros),
                 spawn_to_ready: spawned.elapsed(),
+                reconciled,
             }),
             other => Err(self.failed(format!("expected ready, got {other:?}"))),
         }
@@ -194,13 +214,17 @@ impl ConsumerProcess {
 /// A consumer that came up: what it recovered and how long that took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ready {
-    pub ledger_entries: u64,
+    /// Ledger lines read on start: to reconcile the claims in doubt (claims mode), or the whole
+    /// ledger (batch mode).
+    pub ledger_lines_read: u64,
     pub records_replayed: u64,
     pub bytes_cut: u64,
-    /// Time to open the store and load the ledger, measured by the consumer.
+    /// Time to open the store and reconcile (or load the ledger), measured by the consumer.
     pub open: Duration,
     /// Time from spawning the process to its ready message.
     pub spawn_to_ready: Duration,
+    /// The claims in doubt it found and how it settled them (claims mode).
+    pub reconciled: Reconciled,
 }
 
 /// What the ledger holds, against what the producer sent.
@@ -293,6 +317,8 @@ pub struct DemoReport {
     pub dup_rate: f64,
     pub durability: DurabilityArg,
     pub batch: u32,
+    pub mode: DedupMode,
+    pub threads: u32,
     pub seed: u64,
     pub kill_at: Option<f64>,
     pub dir: PathBuf,
@@ -425,18 +451,22 @@ fn run_once(
             let respawned = Instant::now();
             consumer = launcher.spawn(args)?;
             let ready = consumer.wait_ready(respawned)?;
-            let store_note = if args.store.is_some() {
-                format!(
-                    "store reopened, {} records replayed; ",
-                    fmt::count(ready.records_replayed)
-                )
-            } else {
-                String::new()
+            let note = match (&args.store, args.mode) {
+                (None, _) => "no store, nothing to recover".to_string(),
+                (Some(_), DedupMode::Claims) => format!(
+                    "store reopened, {} records replayed; {}",
+                    fmt::count(ready.records_replayed),
+                    in_doubt_summary(&ready.reconciled)
+                ),
+                (Some(_), DedupMode::Batch) => format!(
+                    "store reopened, {} records replayed; ledger of {} charges reloaded",
+                    fmt::count(ready.records_replayed),
+                    fmt::count(ready.ledger_lines_read)
+                ),
             };
             progress.say(&format!(
-                "  consumer restarted in {} ({store_note}ledger of {} charges reloaded)",
+                "  consumer restarted in {} ({note})",
                 fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
-                fmt::count(ready.ledger_entries)
             ));
             starts.push(ready);
         }
@@ -478,7 +508,47 @@ fn add(total: &mut BatchReport, batch: &BatchReport) {
     total.duplicates += batch.duplicates;
     total.in_doubt += batch.in_doubt;
     total.charged_blindly += batch.charged_blindly;
+    total.retried += batch.retried;
     total.commit_nanos += batch.commit_nanos;
+}
+
+/// `claims in doubt after the crash: N (M found in the ledger, K charged now)`.
+fn in_doubt_summary(r: &Reconciled) -> String {
+    let released = if r.released > 0 {
+        format!(
+            ", {} released for the re-sent delivery",
+            fmt::count(r.released)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "claims in doubt after the crash: {} ({} found in the ledger, {} charged now{released})",
+        fmt::count(r.in_doubt),
+        fmt::count(r.in_ledger),
+        fmt::count(r.charged_now),
+    )
+}
+
+impl RunResult {
+    /// The claims in doubt found by every restart, summed.
+    pub fn reconciled(&self) -> Reconciled {
+        let mut total = Reconciled::default();
+        for r in self.starts.iter().map(|s| &s.reconciled) {
+            total.in_doubt += r.in_doubt;
+            total.in_ledger += r.in_ledger;
+            total.charged_now += r.charged_now;
+            total.released += r.released;
+        }
+        total
+    }
+}
+
+fn consumer_note(mode: DedupMode, threads: u32) -> String {
+    match mode {
+        DedupMode::Claims => format!("claims on {threads} threads"),
+        DedupMode::Batch => "check_or_insert_batch".to_string(),
+    }
 }
 
 /// Prepares the demo's directory: the one given (must be empty or absent), else a temporary one.
@@ -520,12 +590,16 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         store: Some(root.join("store")),
         durability: args.durability,
         ttl_secs: TTL_SECS,
+        mode: args.mode,
+        threads: args.threads,
+        lease_secs: LEASE_SECS,
     };
     let progress = Progress::new(args.quiet, "with idem", deliveries);
     progress.say(&format!(
-        "idem demo: {} charge events, {} deliveries; consumer with idem ({})",
+        "idem demo: {} charge events, {} deliveries; consumer with idem ({}, {})",
         fmt::count(u64::from(args.events)),
         fmt::count(deliveries),
+        consumer_note(args.mode, args.threads),
         args.durability
     ));
     let dedup = run_once(
@@ -570,6 +644,8 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         dup_rate: args.dup_rate,
         durability: args.durability,
         batch: args.batch,
+        mode: args.mode,
+        threads: args.threads,
         seed: args.seed,
         kill_at,
         dir: root,
@@ -639,12 +715,28 @@ pub fn render(r: &DemoReport) -> String {
             let _ = writeln!(out, "  The consumer ran without being killed (--no-kill).");
         }
     }
-    let _ = writeln!(
-        out,
-        "  Consumer: check_or_insert_batch (durability {}, batches of {}), ledger append + fsync, ack.",
-        r.durability,
-        fmt::count(u64::from(r.batch))
-    );
+    match r.mode {
+        DedupMode::Claims => {
+            let _ = writeln!(
+                out,
+                "  Consumer: per delivery claim → ledger append → complete, {} threads at a time (durability {},",
+                r.threads, r.durability,
+            );
+            let _ = writeln!(
+                out,
+                "  batches of {}, one ledger fsync each), ack; after the restart, claims in doubt reconciled first.",
+                fmt::count(u64::from(r.batch))
+            );
+        }
+        DedupMode::Batch => {
+            let _ = writeln!(
+                out,
+                "  Consumer: check_or_insert_batch (durability {}, batches of {}), ledger append + fsync, ack.",
+                r.durability,
+                fmt::count(u64::from(r.batch))
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  Files: {}{}   (--dup-rate {}, --seed {})",
@@ -703,12 +795,28 @@ pub fn render(r: &DemoReport) -> String {
         fmt::count(d.totals.duplicates),
         n(&|_| "-".into()),
     );
-    row(
-        &mut out,
-        "in-doubt charges recovered",
-        fmt::count(d.totals.in_doubt),
-        n(&|_| "-".into()),
-    );
+    match r.mode {
+        DedupMode::Claims => {
+            row(
+                &mut out,
+                "  answered InFlight first, retried",
+                fmt::count(d.totals.retried),
+                n(&|_| "-".into()),
+            );
+            row(
+                &mut out,
+                "claims in doubt after the crash",
+                fmt::count(d.reconciled().in_doubt),
+                n(&|_| "-".into()),
+            );
+        }
+        DedupMode::Batch => row(
+            &mut out,
+            "in-doubt charges recovered",
+            fmt::count(d.totals.in_doubt),
+            n(&|_| "-".into()),
+        ),
+    }
     row(
         &mut out,
         "charges in the ledger",
@@ -757,9 +865,13 @@ pub fn render(r: &DemoReport) -> String {
     let _ = writeln!(out);
 
     let h = &d.commit_latency;
+    let what = match r.mode {
+        DedupMode::Claims => "idem claims per batch, all of a batch's claims",
+        DedupMode::Batch => "idem batch commit latency",
+    };
     let _ = writeln!(
         out,
-        "  idem batch commit latency ({} batch{}): p50 {}  p99 {}  p999 {}  max {}",
+        "  {what} ({} batch{}): p50 {}  p99 {}  p999 {}  max {}",
         fmt::count(h.count()),
         if h.count() == 1 { "" } else { "es" },
         fmt::nanos(h.quantile(0.50)),
@@ -768,9 +880,19 @@ pub fn render(r: &DemoReport) -> String {
         fmt::nanos(h.max()),
     );
     for ready in d.starts.iter().skip(1) {
+        let ledger = match r.mode {
+            DedupMode::Claims => format!(
+                "reconcile the claims in doubt, reading {} ledger lines",
+                fmt::count(ready.ledger_lines_read)
+            ),
+            DedupMode::Batch => format!(
+                "reload the ledger of {} charges",
+                fmt::count(ready.ledger_lines_read)
+            ),
+        };
         let _ = writeln!(
             out,
-            "  restart: consumer up in {} (of which {} to reopen the store, replaying {} records{}, and reload the ledger of {} charges)",
+            "  restart: consumer up in {} (of which {} to reopen the store, replaying {} records{}, and {ledger})",
             fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
             fmt::nanos(ready.open.as_nanos() as u64),
             fmt::count(ready.records_replayed),
@@ -779,8 +901,10 @@ pub fn render(r: &DemoReport) -> String {
             } else {
                 String::new()
             },
-            fmt::count(ready.ledger_entries),
         );
+        if r.mode == DedupMode::Claims {
+            let _ = writeln!(out, "  {}", in_doubt_summary(&ready.reconciled));
+        }
     }
     if d.final_live_keys > 0 {
         let _ = writeln!(

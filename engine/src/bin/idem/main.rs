@@ -11,11 +11,13 @@
 //! Module map: `args` parses flag values, `cli_error` is the error type printed to the user,
 //! `hist` the latency histogram, `workload` the demo's producer and channel, `protocol` the pipe
 //! protocol between the demo and its consumer, `consumer` the consumer process (and the one
-//! function that charges a batch), `demo` the parent side and its report, `bench` the load
-//! generator, `fmt` number formatting.
+//! function that charges a batch), `claimer` its exactly-once protocol through idem's durable
+//! claims (claim, charge, complete; in-doubt claims reconciled after a crash), `demo` the parent
+//! side and its report, `bench` the load generator, `fmt` number formatting.
 
 mod args;
 mod bench;
+mod claimer;
 mod cli_error;
 mod consumer;
 mod demo;

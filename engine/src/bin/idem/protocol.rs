@@ -6,10 +6,11 @@
 //!
 //! Consumer → producer, on the consumer's stdout, each line starting with `@idem ` (anything
 //! else on stdout is ignored, so a test harness may share the stream):
-//! - `@idem R <ledger-entries> <records-replayed> <bytes-cut> <open-micros>`: ready, after
-//!   recovery;
-//! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <commit-nanos>`: batch `seq` is charged
-//!   and in the ledger (fsynced): acknowledged;
+//! - `@idem R <ledger-lines-read> <records-replayed> <bytes-cut> <open-micros> <in-doubt>
+//!   <in-ledger> <charged-now> <released>`: ready, after recovery and the reconciliation of the
+//!   claims in doubt;
+//! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <charged-blindly> <retried>
+//!   <commit-nanos>`: batch `seq` is charged and in the ledger (fsynced): acknowledged;
 //! - `@idem S <fsyncs> <disk-bytes> <live-keys>`: the store's final stats, before exit.
 
 use std::io::{self, BufRead, Write};
@@ -28,17 +29,36 @@ pub struct Delivery {
 /// What a consumer says about one acknowledged batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchReport {
-    /// Deliveries idem answered `Inserted`: first seen, charged.
+    /// Deliveries charged: first seen (claim `Acquired`, or batch mode's `Inserted`).
     pub inserted: u64,
-    /// Deliveries idem answered `Duplicate` whose charge is in the ledger: not charged again.
+    /// Deliveries idem answered `Duplicate` (batch mode: and whose charge is in the ledger): not
+    /// charged again.
     pub duplicates: u64,
-    /// Deliveries idem answered `Duplicate` whose charge was missing from the ledger (the
-    /// previous consumer crashed between idem's commit and the ledger write): charged now.
+    /// Batch mode only: deliveries idem answered `Duplicate` whose charge was missing from the
+    /// ledger (the previous consumer crashed between idem's commit and the ledger write):
+    /// charged now.
     pub in_doubt: u64,
     /// Deliveries charged without asking idem (the naive consumer).
     pub charged_blindly: u64,
-    /// Time spent in idem's `check_or_insert_batch` (0 for the naive consumer).
+    /// Claims mode: deliveries first answered `InFlight` (their event's claim was not completed
+    /// yet), asked again once it was (then counted in `duplicates`).
+    pub retried: u64,
+    /// Time spent in idem: the batch's claims, or its `check_or_insert_batch` (0 for the naive
+    /// consumer).
     pub commit_nanos: u64,
+}
+
+/// What the reconciliation of the claims left open by a crashed consumer found (claims mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Claims listed by `in_doubt()`.
+    pub in_doubt: u64,
+    /// Of them, charges found in the ledger: completed with the ledger's receipt.
+    pub in_ledger: u64,
+    /// Of them, charges missing from the ledger: charged now, then completed.
+    pub charged_now: u64,
+    /// Of them, claims with no amount to charge: released, for the re-sent delivery to charge.
+    pub released: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +70,12 @@ pub enum ToConsumer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToProducer {
     Ready {
-        ledger_entries: u64,
+        /// Ledger lines the consumer read on start (to reconcile claims, or batch mode's load).
+        ledger_lines_read: u64,
         records_replayed: u64,
         bytes_cut: u64,
         open_micros: u64,
+        reconciled: Reconciled,
     },
     Ack {
         seq: u64,
@@ -141,21 +163,24 @@ pub fn read_to_consumer(
 pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Result<()> {
     match message {
         ToProducer::Ready {
-            ledger_entries,
+            ledger_lines_read,
             records_replayed,
             bytes_cut,
             open_micros,
+            reconciled: r,
         } => writeln!(
             out,
-            "{PREFIX}R {ledger_entries} {records_replayed} {bytes_cut} {open_micros}"
+            "{PREFIX}R {ledger_lines_read} {records_replayed} {bytes_cut} {open_micros} {} {} {} {}",
+            r.in_doubt, r.in_ledger, r.charged_now, r.released
         )?,
         ToProducer::Ack { seq, report } => writeln!(
             out,
-            "{PREFIX}A {seq} {} {} {} {} {}",
+            "{PREFIX}A {seq} {} {} {} {} {} {}",
             report.inserted,
             report.duplicates,
             report.in_doubt,
             report.charged_blindly,
+            report.retried,
             report.commit_nanos
         )?,
         ToProducer::Summary {
@@ -182,10 +207,16 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
         let mut parts = body.split(' ');
         let message = match parts.next() {
             Some("R") => ToProducer::Ready {
-                ledger_entries: number(&mut parts, &body)?,
+                ledger_lines_read: number(&mut parts, &body)?,
                 records_replayed: number(&mut parts, &body)?,
                 bytes_cut: number(&mut parts, &body)?,
                 open_micros: number(&mut parts, &body)?,
+                reconciled: Reconciled {
+                    in_doubt: number(&mut parts, &body)?,
+                    in_ledger: number(&mut parts, &body)?,
+                    charged_now: number(&mut parts, &body)?,
+                    released: number(&mut parts, &body)?,
+                },
             },
             Some("A") => ToProducer::Ack {
                 seq: number(&mut parts, &body)?,
@@ -194,6 +225,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                     duplicates: number(&mut parts, &body)?,
                     in_doubt: number(&mut parts, &body)?,
                     charged_blindly: number(&mut parts, &body)?,
+                    retried: number(&mut parts, &body)?,
                     commit_nanos: number(&mut parts, &body)?,
                 },
             },
@@ -255,10 +287,16 @@ mod tests {
     fn producer_messages_round_trip_and_skip_noise() {
         let messages = [
             ToProducer::Ready {
-                ledger_entries: 1,
+                ledger_lines_read: 1,
                 records_replayed: 2,
                 bytes_cut: 3,
                 open_micros: 4,
+                reconciled: Reconciled {
+                    in_doubt: 13,
+                    in_ledger: 14,
+                    charged_now: 15,
+                    released: 16,
+                },
             },
             ToProducer::Ack {
                 seq: 9,
@@ -267,6 +305,7 @@ mod tests {
                     duplicates: 6,
                     in_doubt: 7,
                     charged_blindly: 8,
+                    retried: 17,
                     commit_nanos: 123_456,
                 },
             },
