@@ -246,13 +246,15 @@ struct Args {
     out_dir: PathBuf,
     scratch: PathBuf,
     keep: bool,
+    /// Runs per peer (in rounds over all peers); the fastest run is reported.
+    repeat: usize,
 }
 
 const USAGE: &str = "\
 compare: idem against its peers on one dedup workload
 
 USAGE: compare [--ops N] [--sync-ops N] [--ram-keys N] [--quick] [--peers a,b,..] [--out-dir DIR]
-               [--scratch DIR] [--keep] [--list]
+               [--scratch DIR] [--keep] [--repeat N] [--list]
 
   --ops N        operations per peer run (default 2000000; --quick: 100000)
   --sync-ops N   operations of the idem Sync single-key 64-thread run (default 50000; --quick: 5000)
@@ -263,6 +265,8 @@ USAGE: compare [--ops N] [--sync-ops N] [--ram-keys N] [--quick] [--peers a,b,..
   --scratch DIR  where data directories are created (default results/tmp/; must be a real disk:
                  fsync on tmpfs is free and would flatter the durable modes)
   --keep         keep the data directories
+  --repeat N     run every peer N times, in N rounds over all peers, and report each peer's
+                 fastest run (default 1): other load on the machine only ever slows a run down
   --list         list the peers
 ";
 
@@ -283,6 +287,7 @@ fn parse_args() -> Result<Args, String> {
     let mut out_dir = None;
     let mut scratch = None;
     let mut keep = false;
+    let mut repeat = 1;
     fn number(v: Option<String>, flag: &str) -> Result<usize, String> {
         let v = v.ok_or(format!("{flag} needs a value"))?;
         let v = v.replace('_', "");
@@ -298,6 +303,7 @@ fn parse_args() -> Result<Args, String> {
             "--ram-keys" => ram_keys = Some(number(args.next(), "--ram-keys")?),
             "--quick" => quick = true,
             "--keep" => keep = true,
+            "--repeat" => repeat = number(args.next(), "--repeat")?,
             "--peers" => {
                 let list = args.next().ok_or("--peers needs a value")?;
                 let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
@@ -357,6 +363,7 @@ fn parse_args() -> Result<Args, String> {
         out_dir: out_dir.unwrap_or(default_out),
         scratch: scratch.unwrap_or(results.join("tmp")),
         keep,
+        repeat,
     })
 }
 
@@ -1011,54 +1018,16 @@ fn run_parent(args: &Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.scratch)
         .map_err(|e| format!("creating {}: {e}", args.scratch.display()))?;
     let load_before = read_trim("/proc/loadavg");
-    let mut rows = Vec::new();
-    for spec in selected {
-        eprint!("compare: {:<20} ", spec.name);
-        let started = Instant::now();
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--peer", spec.name])
-            .args(["--ops", &args.ops.to_string()])
-            .args(["--sync-ops", &args.sync_ops.to_string()])
-            .args(["--ram-keys", &args.ram_keys.to_string()])
-            .arg("--scratch")
-            .arg(&args.scratch)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit());
-        if args.keep {
-            cmd.arg("--keep");
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); selected.len()];
+    for round in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("compare: round {round} of {}", args.repeat);
         }
-        let output = cmd
-            .output()
-            .map_err(|e| format!("running {} --peer {}: {e}", exe.display(), spec.name))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let fields: HashMap<String, String> =
-            match stdout.lines().find(|l| l.starts_with("RESULT\t")) {
-                Some(line) => line
-                    .split('\t')
-                    .skip(1)
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                None => HashMap::from([(
-                    "skipped".to_string(),
-                    format!("child failed ({})", output.status),
-                )]),
-            };
-        let row = Row {
-            spec: *spec,
-            fields,
-        };
-        match (row.skipped(), row.ops_per_sec()) {
-            (Some(why), _) => eprintln!("skipped: {why}"),
-            (None, Some(rate)) => eprintln!(
-                "{:>12} ops/s  ({:.1} s wall)",
-                fmt_int(rate),
-                started.elapsed().as_secs_f64()
-            ),
-            (None, None) => eprintln!("no result"),
+        for (i, spec) in selected.iter().enumerate() {
+            runs[i].push(run_peer_child(&exe, args, spec)?);
         }
-        rows.push(row);
     }
+    let rows: Vec<Row> = runs.into_iter().map(best_run).collect();
     let load = (load_before, read_trim("/proc/loadavg"));
     let report = Report::new(args, rows, load);
     let markdown = report.markdown();
@@ -1077,6 +1046,78 @@ fn run_parent(args: &Args) -> Result<(), String> {
         svg_path.display()
     );
     Ok(())
+}
+
+/// Runs one peer in a child process of this executable and parses its RESULT line.
+fn run_peer_child(exe: &Path, args: &Args, spec: &PeerSpec) -> Result<Row, String> {
+    eprint!("compare: {:<20} ", spec.name);
+    let started = Instant::now();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--peer", spec.name])
+        .args(["--ops", &args.ops.to_string()])
+        .args(["--sync-ops", &args.sync_ops.to_string()])
+        .args(["--ram-keys", &args.ram_keys.to_string()])
+        .arg("--scratch")
+        .arg(&args.scratch)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if args.keep {
+        cmd.arg("--keep");
+    }
+    let output = cmd
+        .output()
+        .map_err(|e| format!("running {} --peer {}: {e}", exe.display(), spec.name))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let fields: HashMap<String, String> = match stdout.lines().find(|l| l.starts_with("RESULT\t")) {
+        Some(line) => line
+            .split('\t')
+            .skip(1)
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        None => HashMap::from([(
+            "skipped".to_string(),
+            format!("child failed ({})", output.status),
+        )]),
+    };
+    let row = Row {
+        spec: *spec,
+        fields,
+    };
+    match (row.skipped(), row.ops_per_sec()) {
+        (Some(why), _) => eprintln!("skipped: {why}"),
+        (None, Some(rate)) => eprintln!(
+            "{:>12} ops/s  ({:.1} s wall)",
+            fmt_int(rate),
+            started.elapsed().as_secs_f64()
+        ),
+        (None, None) => eprintln!("no result"),
+    }
+    Ok(row)
+}
+
+/// The fastest of a peer's runs, with every run's ops/s noted in field `runs`.
+fn best_run(runs: Vec<Row>) -> Row {
+    let rates: Vec<String> = runs
+        .iter()
+        .filter_map(Row::ops_per_sec)
+        .map(fmt_int)
+        .collect();
+    let mut best = runs
+        .iter()
+        .filter(|r| r.ops_per_sec().is_some())
+        .max_by(|a, b| {
+            a.ops_per_sec()
+                .partial_cmp(&b.ops_per_sec())
+                .expect("finite rates")
+        })
+        .or(runs.first())
+        .cloned()
+        .expect("at least one run per peer");
+    if runs.len() > 1 {
+        best.fields.insert("runs".into(), rates.join(" / "));
+    }
+    best
 }
 
 struct Report<'a> {
@@ -1344,10 +1385,15 @@ impl<'a> Report<'a> {
             "- 16-byte keys = source id (u64 BE, {SOURCES} sources) ++ sequence number (u64 BE); 16-byte values (the recorded result)\n\
              - {:.0}% of operations re-send a key drawn from the last {} new keys; TTL {} s; RNG seed `{SEED:#x}` (SplitMix64)\n\
              - Each operation: \"if the key is new, record it with its result; else report the duplicate\". Multi-threaded runs split the operations into contiguous parts.\n\
-             - Each peer runs in a fresh child process (`compare --peer NAME`).\n\n",
+             - Each peer runs in a fresh child process (`compare --peer NAME`){}.\n\n",
             DUP_PER_10K as f64 / 100.0,
             fmt_int(RETRY_WINDOW as f64),
-            TTL.as_secs()
+            TTL.as_secs(),
+            if a.repeat > 1 {
+                format!("; each peer ran {} times, in rounds over all peers, and its fastest run is reported", a.repeat)
+            } else {
+                String::new()
+            }
         ));
         md.push_str("## Results\n\n");
         md.push_str("| peer | group | threads | ops/call | ops/s | CPU µs/op | p50 | p99 | latency of | live keys | RSS B/key | disk B/key | dups |\n");
@@ -1462,7 +1508,12 @@ impl<'a> Report<'a> {
                     fmt_bytes(row.num("disk_apparent")),
                 ),
             };
-            md.push_str(&format!("- `{}`: {}\n", row.spec.name, note));
+            let runs = row
+                .fields
+                .get("runs")
+                .map(|r| format!(". Runs (ops/s): {r}; the fastest is reported"))
+                .unwrap_or_default();
+            md.push_str(&format!("- `{}`: {}{}\n", row.spec.name, note, runs));
         }
         md
     }
@@ -1486,6 +1537,9 @@ impl<'a> Report<'a> {
         }
         if a.ram_keys != ram {
             flags.push_str(&format!(" --ram-keys {}", a.ram_keys));
+        }
+        if a.repeat > 1 {
+            flags.push_str(&format!(" --repeat {}", a.repeat));
         }
         if let Some(peers) = &a.peers {
             flags.push_str(&format!(" --peers {}", peers.join(",")));
