@@ -116,7 +116,8 @@ pub struct Stats {
     pub live_keys: u64,
     /// Bytes of all segment files, plus bytes buffered for them.
     pub disk_bytes: u64,
-    /// Number of segment files.
+    /// Number of segment files (in the non-`Sync` modes the writer creates a segment's file a
+    /// few milliseconds after the log moved on to it; `flush` makes the count exact).
     pub segments: u64,
     /// Bytes of RAM held by the index: slots and expiry wheels.
     pub index_bytes: u64,
