@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use idem::{Config, Durability, Error, ManualClock, Outcome, Store, MAX_KEY_BYTES, MAX_TTL};
+use idem::{
+    Claim, ClaimToken, Config, Durability, Error, ManualClock, Outcome, Store, MAX_KEY_BYTES,
+    MAX_TTL,
+};
 
 /// Distinct keys the ops draw from: few, so keys collide, repeat, expire and come back.
 pub const KEY_SPACE: u8 = 16;
@@ -310,6 +313,27 @@ pub enum Op {
     Maintain,
     /// `checkpoint`: the next open starts from it.
     Checkpoint,
+    /// `claim` with a lease.
+    Claim {
+        /// The key.
+        key: KeyId,
+        /// The lease.
+        lease: TtlId,
+    },
+    /// `complete` of one of the tokens acquired so far (stale ones included).
+    Complete {
+        /// Which token (modulo their number).
+        token: u8,
+        /// The result's TTL.
+        ttl: TtlId,
+        /// The result.
+        value: ValueSpec,
+    },
+    /// `release` of one of the tokens acquired so far.
+    Release {
+        /// Which token (modulo their number).
+        token: u8,
+    },
 }
 
 /// What the model answers to a check-or-insert.
@@ -319,6 +343,29 @@ pub enum Answer {
     Inserted,
     /// The key is live with this first value.
     Duplicate(Vec<u8>),
+    /// The key is claimed (`Error::ClaimInFlight`).
+    ClaimInFlight,
+}
+
+impl Answer {
+    fn of(result: idem::Result<Outcome>) -> Answer {
+        match result {
+            Ok(outcome) => outcome.into(),
+            Err(Error::ClaimInFlight { .. }) => Answer::ClaimInFlight,
+            Err(error) => panic!("check_or_insert failed: {error}"),
+        }
+    }
+}
+
+/// What the model answers to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// The key was free: the model's claim number.
+    Acquired(u64),
+    /// The key holds a result.
+    Duplicate(Vec<u8>),
+    /// The key is claimed until this deadline.
+    InFlight(u64),
 }
 
 impl From<Outcome> for Answer {
@@ -330,13 +377,17 @@ impl From<Outcome> for Answer {
     }
 }
 
-/// A model entry.
+/// A model entry: a result, or a claim.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// The first value.
+    /// The first value (empty for a claim).
     pub value: Vec<u8>,
-    /// Live iff `now < expires_at_millis`.
+    /// Live iff `now < expires_at_millis` (for a claim: its lease end).
     pub expires_at_millis: u64,
+    /// For a claim: the model's claim number (its tokens name it).
+    pub claim: Option<u64>,
+    /// For a claim: it was open when the store was last reopened (so it is in doubt).
+    pub recovered: bool,
 }
 
 /// The reference: a map and a clock.
@@ -380,19 +431,124 @@ impl Model {
     /// Check-or-insert.
     pub fn check_or_insert(&mut self, key: &[u8], ttl: Duration, value: &[u8]) -> Answer {
         if let Some(entry) = self.live(key) {
+            if entry.claim.is_some() {
+                return Answer::ClaimInFlight;
+            }
             return Answer::Duplicate(entry.value.clone());
         }
         let entry = Entry {
             value: value.to_vec(),
             expires_at_millis: self.now_millis + ttl_millis(ttl),
+            claim: None,
+            recovered: false,
         };
         self.entries.insert(key.to_vec(), entry);
         Answer::Inserted
     }
 
-    /// The live value of `key`.
+    /// A batch: the items in order, one clock reading. An item whose key is claimed fails the
+    /// whole call; the items before it stay recorded unless `all_or_nothing` (see
+    /// `regressions/ops/batch-claim-in-flight-keeps-prefix`).
+    pub fn check_or_insert_batch(
+        &mut self,
+        items: &[(Vec<u8>, Duration, Vec<u8>)],
+        all_or_nothing: bool,
+    ) -> Result<Vec<Answer>, Answer> {
+        let before = self.entries.clone();
+        let mut answers = Vec::with_capacity(items.len());
+        for (key, ttl, value) in items {
+            match self.check_or_insert(key, *ttl, value) {
+                Answer::ClaimInFlight => {
+                    if all_or_nothing {
+                        self.entries = before;
+                    }
+                    return Err(Answer::ClaimInFlight);
+                }
+                answer => answers.push(answer),
+            }
+        }
+        Ok(answers)
+    }
+
+    /// The live value of `key` (a claim has none).
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.live(key).map(|entry| entry.value.clone())
+        self.live(key)
+            .filter(|entry| entry.claim.is_none())
+            .map(|entry| entry.value.clone())
+    }
+
+    /// Claims `key` for `lease`; a new claim gets the number `number`.
+    pub fn claim(&mut self, key: &[u8], lease: Duration, number: u64) -> ClaimAnswer {
+        if let Some(entry) = self.live(key) {
+            return match entry.claim {
+                Some(_) => ClaimAnswer::InFlight(entry.expires_at_millis),
+                None => ClaimAnswer::Duplicate(entry.value.clone()),
+            };
+        }
+        let entry = Entry {
+            value: Vec::new(),
+            expires_at_millis: self.now_millis + ttl_millis(lease),
+            claim: Some(number),
+            recovered: false,
+        };
+        self.entries.insert(key.to_vec(), entry);
+        ClaimAnswer::Acquired(number)
+    }
+
+    /// Whether claim `number` of `key` still holds it (live, not replaced).
+    fn holds(&self, key: &[u8], number: u64) -> bool {
+        self.live(key)
+            .is_some_and(|entry| entry.claim == Some(number))
+    }
+
+    /// Completes claim `number`: the result replaces it. False: stale, nothing changes.
+    pub fn complete(&mut self, key: &[u8], number: u64, ttl: Duration, value: &[u8]) -> bool {
+        if !self.holds(key, number) {
+            return false;
+        }
+        let entry = Entry {
+            value: value.to_vec(),
+            expires_at_millis: self.now_millis + ttl_millis(ttl),
+            claim: None,
+            recovered: false,
+        };
+        self.entries.insert(key.to_vec(), entry);
+        true
+    }
+
+    /// Releases claim `number`: the key is free. False: stale, nothing changes.
+    pub fn release(&mut self, key: &[u8], number: u64) -> bool {
+        if !self.holds(key, number) {
+            return false;
+        }
+        self.entries.remove(key);
+        true
+    }
+
+    /// Keys of the claims in doubt: open at the last reopen, live, not replaced since.
+    pub fn in_doubt(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| {
+                entry.recovered
+                    && entry.claim.is_some()
+                    && self.now_millis < entry.expires_at_millis
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// A reopen: every live claim is now in doubt.
+    pub fn reopened(&mut self) {
+        let now = self.now_millis;
+        for entry in self.entries.values_mut() {
+            if entry.claim.is_some() && now < entry.expires_at_millis {
+                entry.recovered = true;
+            }
+        }
     }
 
     /// Removes a live entry; whether there was one.
@@ -422,6 +578,8 @@ pub struct Harness {
     fills: u32,
     /// Sweep ops so far.
     sweeps: u32,
+    /// Tokens acquired so far, with the model's number of each claim.
+    tokens: Vec<(ClaimToken, u64)>,
 }
 
 impl Harness {
@@ -438,6 +596,7 @@ impl Harness {
             step: 0,
             fills: 0,
             sweeps: 0,
+            tokens: Vec::new(),
         };
         harness.open();
         harness
@@ -463,6 +622,19 @@ impl Harness {
             self.step
         );
         self.store = Some(store);
+        self.model.reopened();
+        self.check_in_doubt();
+    }
+
+    fn check_in_doubt(&self) {
+        let got: Vec<Vec<u8>> = self
+            .store()
+            .in_doubt()
+            .expect("in_doubt")
+            .iter()
+            .map(|token| token.key().to_vec())
+            .collect();
+        assert_eq!(got, self.model.in_doubt(), "step {}: in_doubt", self.step);
     }
 
     /// Runs one op on store and model and compares the answers.
@@ -513,6 +685,11 @@ impl Harness {
                 self.store().maintain().expect("maintain");
             }
             Op::Checkpoint => self.store().checkpoint().expect("checkpoint"),
+            Op::Claim { key, lease } => self.claim(&key.bytes(), lease.duration()),
+            Op::Complete { token, ttl, value } => {
+                self.resolve(*token, Some((ttl.duration(), value.bytes())))
+            }
+            Op::Release { token } => self.resolve(*token, None),
             Op::Sweep => {
                 if self.sweeps < MAX_SWEEPS {
                     self.sweeps += 1;
@@ -525,12 +702,15 @@ impl Harness {
 
     fn check_or_insert(&mut self, item: &Item) {
         let (key, ttl, value) = (item.key.bytes(), item.ttl.duration(), item.value.bytes());
-        let got: Answer = self
-            .store()
-            .check_or_insert(&key, ttl, &value)
-            .expect("check_or_insert")
-            .into();
+        let got = Answer::of(self.store().check_or_insert(&key, ttl, &value));
         let want = self.model.check_or_insert(&key, ttl, &value);
+        same(&got, &want, || {
+            format!(
+                "step {}: check_or_insert({}, {ttl:?})",
+                self.step,
+                crate::show(&key)
+            )
+        });
         assert_eq!(
             got,
             want,
@@ -545,18 +725,73 @@ impl Harness {
             .iter()
             .map(|item| (item.key.bytes(), item.ttl.duration(), item.value.bytes()))
             .collect();
-        let got: Vec<Answer> = self
-            .store()
-            .check_or_insert_batch(&owned)
-            .expect("check_or_insert_batch")
-            .into_iter()
-            .map(Answer::from)
-            .collect();
-        let want: Vec<Answer> = owned
-            .iter()
-            .map(|(key, ttl, value)| self.model.check_or_insert(key, *ttl, value))
-            .collect();
-        assert_eq!(got, want, "step {}: batch of {}", self.step, owned.len());
+        let got = match self.store().check_or_insert_batch(&owned) {
+            Ok(outcomes) => Ok(outcomes.into_iter().map(Answer::from).collect()),
+            Err(Error::ClaimInFlight { .. }) => Err(Answer::ClaimInFlight),
+            Err(error) => panic!("step {}: batch failed: {error}", self.step),
+        };
+        let want = self.model.check_or_insert_batch(&owned, crate::strict());
+        same(&got, &want, || {
+            format!("step {}: batch of {}", self.step, owned.len())
+        });
+    }
+
+    fn claim(&mut self, key: &[u8], lease: Duration) {
+        let number = self.tokens.len() as u64;
+        let got = self.store().claim(key, lease).expect("claim");
+        let want = self.model.claim(key, lease, number);
+        match (got, want) {
+            (Claim::Acquired(token), ClaimAnswer::Acquired(number)) => {
+                assert_eq!(token.key(), key);
+                let until = self.model.live(key).expect("claimed").expires_at_millis;
+                assert_eq!(
+                    token.lease_until(),
+                    system_time(until),
+                    "step {}",
+                    self.step
+                );
+                self.tokens.push((token, number));
+            }
+            (Claim::Duplicate(value), ClaimAnswer::Duplicate(want)) => {
+                assert_eq!(value.as_ref(), &want[..], "step {}: claim", self.step)
+            }
+            (Claim::InFlight { until }, ClaimAnswer::InFlight(want)) => {
+                assert_eq!(until, system_time(want), "step {}: claim", self.step)
+            }
+            (got, want) => panic!(
+                "step {}: claim({}) answered {got:?}, the model {want:?}",
+                self.step,
+                crate::show(key)
+            ),
+        }
+    }
+
+    /// Completes (with a result) or releases one of the tokens acquired so far.
+    fn resolve(&mut self, token: u8, result: Option<(Duration, Vec<u8>)>) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        let (token, number) = self.tokens[usize::from(token) % self.tokens.len()].clone();
+        let key = token.key().to_vec();
+        let (got, want) = match &result {
+            Some((ttl, value)) => (
+                self.store().complete(token, *ttl, value),
+                self.model.complete(&key, number, *ttl, value),
+            ),
+            None => (
+                self.store().release(token),
+                self.model.release(&key, number),
+            ),
+        };
+        match got {
+            Ok(()) => assert!(want, "step {}: a stale token resolved", self.step),
+            Err(Error::StaleClaim { reason }) => assert!(
+                !want,
+                "step {}: a holding token was called stale: {reason}",
+                self.step
+            ),
+            Err(error) => panic!("step {}: resolving a claim failed: {error}", self.step),
+        }
     }
 
     fn fill(&mut self, batch: bool, ttl: Duration) {
@@ -579,31 +814,30 @@ impl Harness {
         let got: Vec<Answer> = if batch {
             self.store()
                 .check_or_insert_batch(&owned)
-                .expect("check_or_insert_batch")
+                .expect("check_or_insert_batch (fill keys are never claimed)")
                 .into_iter()
                 .map(Answer::from)
                 .collect()
         } else {
             owned
                 .iter()
-                .map(|(key, ttl, value)| {
-                    self.store()
-                        .check_or_insert(key, *ttl, value)
-                        .expect("check_or_insert")
-                        .into()
-                })
+                .map(|(key, ttl, value)| Answer::of(self.store().check_or_insert(key, *ttl, value)))
                 .collect()
         };
         for ((key, ttl, value), got) in owned.iter().zip(got) {
             let want = self.model.check_or_insert(key, *ttl, value);
-            assert_eq!(got, want, "step {}: fill {}", self.step, crate::show(key));
+            same(&got, &want, || {
+                format!("step {}: fill {}", self.step, crate::show(key))
+            });
         }
     }
 
     fn get(&self, key: &[u8]) {
         let got = self.store().get(key).expect("get").map(|v| v.into_vec());
         let want = self.model.get(key);
-        assert_eq!(got, want, "step {}: get({})", self.step, crate::show(key));
+        same(&got, &want, || {
+            format!("step {}: get({})", self.step, crate::show(key))
+        });
     }
 
     fn invalid(&mut self, op: &InvalidOp) {
@@ -672,6 +906,7 @@ impl Harness {
                 self.get(key);
             }
         }
+        self.check_in_doubt();
         let stats = self.store().stats();
         assert!(
             stats.live_keys >= self.model.live_count() as u64,
@@ -693,6 +928,30 @@ impl Harness {
         let store = self.store.take().expect("open");
         store.close().expect("close");
     }
+}
+
+/// Asserts `got == want`, printing long byte strings shortened.
+fn same<T: PartialEq + std::fmt::Debug>(got: &T, want: &T, what: impl FnOnce() -> String) {
+    if got != want {
+        let short = |text: String| {
+            if text.len() > 600 {
+                let head: String = text.chars().take(600).collect();
+                format!("{head}…({} chars)", text.len())
+            } else {
+                text
+            }
+        };
+        panic!(
+            "{}\n  store: {}\n  model: {}",
+            what(),
+            short(format!("{got:?}")),
+            short(format!("{want:?}"))
+        );
+    }
+}
+
+fn system_time(millis: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 /// Runs one input.

@@ -655,9 +655,13 @@ fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: 
     probe.insert(fresh.clone());
     let check = |store: &Store, values: &HashMap<Vec<u8>, BTreeSet<Vec<u8>>>, when: &str| {
         for key in &probe {
-            let got = store
-                .get(key)
-                .unwrap_or_else(|e| panic!("{when}: get({}) failed: {e}", crate::show(key)));
+            // The log before the checkpoint's replay start is read only when asked: a damaged
+            // record there is reported as `Corrupt` for that call (FORMAT.md), never served.
+            let got = match store.get(key) {
+                Ok(got) => got,
+                Err(Error::Corrupt { .. }) => continue,
+                Err(e) => panic!("{when}: get({}) failed: {e}", crate::show(key)),
+            };
             if let Some(value) = got {
                 assert!(
                     values.get(key).is_some_and(|v| v.contains(value.as_ref())),
@@ -671,25 +675,36 @@ fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: 
     clock.advance(Duration::from_millis(input.advance_ms));
     let key = &fresh[..];
     let ttl = Duration::from_millis(input.ttl_ms);
-    assert_eq!(
-        store
-            .check_or_insert(key, ttl, b"after-open")
-            .expect("insert"),
-        Outcome::Inserted
-    );
+    match store.check_or_insert(key, ttl, b"after-open") {
+        Ok(outcome) => assert_eq!(outcome, Outcome::Inserted, "a fresh key"),
+        // A probe met a damaged record of a key sharing the fresh key's tag.
+        Err(Error::Corrupt { .. }) => return,
+        Err(e) => panic!("check_or_insert of a fresh key failed: {e}"),
+    }
     values
         .entry(fresh.clone())
         .or_default()
         .insert(b"after-open".to_vec());
     check(&store, &values, "after a write");
     store.close().expect("close");
-    let store = Store::open_with(dir, config(input, clock)).expect("reopen");
+    // The reopen starts from the checkpoint close wrote. If it is not used, the whole log is
+    // replayed and may now meet the damage the first open skipped: any error, or a cut tail
+    // that loses the fresh key, is then the documented answer to a damaged log.
+    let Ok(store) = Store::open_with(dir, config(input, clock)) else {
+        return;
+    };
     check(&store, &values, "after reopen");
-    assert_eq!(
-        store.get(key).expect("get").as_deref(),
-        Some(&b"after-open"[..]),
-        "a key written after open"
-    );
+    if store.recovery_report().checkpoint_ignored.is_none() {
+        match store.get(key) {
+            Ok(got) => assert_eq!(
+                got.as_deref(),
+                Some(&b"after-open"[..]),
+                "a key written after open"
+            ),
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => panic!("get of the fresh key failed: {e}"),
+        }
+    }
     store.close().expect("close after reopen");
 }
 
