@@ -58,8 +58,9 @@ pub(crate) struct Checkpoint {
     pub(crate) replay_from: Location,
     /// Stats of the segments up to and including `replay_from`'s, counting the records before it.
     pub(crate) segments: BTreeMap<u32, SegmentStats>,
-    /// Entries per shard.
-    pub(crate) shards: Vec<Vec<Slot>>,
+    /// The file's bytes; each shard's entries are the range of it in `shard_entries`.
+    bytes: Vec<u8>,
+    shard_entries: Vec<std::ops::Range<usize>>,
     /// Keys that held an open claim when the checkpoint was taken (to find claims in doubt).
     pub(crate) claim_keys: Vec<Box<[u8]>>,
 }
@@ -286,22 +287,17 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         if crc32fast::hash(body) != crc {
             return Err(format!("shard {shard} checksum mismatch at offset {at}"));
         }
-        let mut slots = Vec::with_capacity(entries);
-        for entry in body.chunks_exact(ENTRY_LEN) {
-            let slot = Slot {
-                tag: get_u32(entry, 0),
-                expires_at_secs: get_u32(entry, 4),
-                location: get_u64(entry, 8),
-            };
-            if slot.location == 0 || slot.location >= replay_from {
-                return Err(format!(
-                    "shard {shard} has an entry outside the checkpointed log"
-                ));
-            }
-            slots.push(slot);
+        if body
+            .chunks_exact(ENTRY_LEN)
+            .map(entry_slot)
+            .any(|slot| slot.location == 0 || slot.location >= replay_from)
+        {
+            return Err(format!(
+                "shard {shard} has an entry outside the checkpointed log"
+            ));
         }
         total += entries as u64;
-        shards.push(slots);
+        shards.push(at..at + len);
         at += len;
     }
     let claims_start = at;
@@ -348,8 +344,9 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         seeds,
         replay_from,
         segments,
-        shards,
+        shard_entries: shards,
         claim_keys,
+        bytes: bytes.to_vec(),
     })
 }
 
@@ -362,16 +359,27 @@ pub(crate) fn install(
     now_millis: u64,
 ) -> u64 {
     let mut installed = 0;
-    for (shard, slots) in index.shards().iter().zip(&checkpoint.shards) {
+    for (shard, range) in index.shards().iter().zip(&checkpoint.shard_entries) {
+        let entries = &checkpoint.bytes[range.clone()];
         let mut table = shard.lock();
-        for slot in slots {
+        // Sized once for all its entries: no table is rebuilt while loading.
+        table.reserve(entries.len() / ENTRY_LEN, now_millis);
+        for slot in entries.chunks_exact(ENTRY_LEN).map(entry_slot) {
             if !slot.is_dead(now_millis) && segment_exists(segment_of(slot.location)) {
-                table.install(*slot, now_millis);
+                table.install(slot, now_millis);
                 installed += 1;
             }
         }
     }
     installed
+}
+
+fn entry_slot(entry: &[u8]) -> Slot {
+    Slot {
+        tag: get_u32(entry, 0),
+        expires_at_secs: get_u32(entry, 4),
+        location: get_u64(entry, 8),
+    }
 }
 
 fn put_u32(bytes: &mut [u8], at: usize, value: u32) {

@@ -147,8 +147,20 @@ pub(crate) fn recover(
         }
         let newest = position + 1 == ids.len();
         let file = SegmentFile::open(storage, dir, id)?;
-        let bytes = read_whole(&file)?;
-        match check_header(&file, &bytes, newest)? {
+        let start = if id == first_replayed && replay_from != 0 {
+            offset_of(replay_from) as usize
+        } else {
+            0
+        };
+        // Only the bytes from the replay start on are read; the zeroed prefix below it is
+        // never touched (its header was checked above).
+        let bytes = read_from(&file, start)?;
+        let verdict = if start == 0 {
+            check_header(&file, &bytes, newest)?
+        } else {
+            HeaderVerdict::Valid
+        };
+        match verdict {
             HeaderVerdict::Valid => {}
             HeaderVerdict::TornCreation => {
                 drop(file);
@@ -162,11 +174,7 @@ pub(crate) fn recover(
             }
         }
         report.segments_replayed += 1;
-        let mut offset = if id == first_replayed && replay_from != 0 {
-            offset_of(replay_from) as usize
-        } else {
-            SEGMENT_HEADER_LEN
-        };
+        let mut offset = start.max(SEGMENT_HEADER_LEN);
         if offset > bytes.len() {
             return Err(Error::Corrupt {
                 path: file.path.clone(),
@@ -413,6 +421,18 @@ fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<Header
             reason: "segment header checksum mismatch".into(),
         }),
     }
+}
+
+/// The file's bytes from `start` on, at their offsets; the prefix before `start` is zeroes that
+/// were never written (the allocation leaves those pages untouched).
+fn read_from(file: &SegmentFile, start: usize) -> Result<Vec<u8>> {
+    let len = file.len()? as usize;
+    let mut bytes = vec![0u8; len];
+    if start < len {
+        let got = file.read_at(&mut bytes[start..], start as u64)?;
+        bytes.truncate(start + got);
+    }
+    Ok(bytes)
 }
 
 fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {

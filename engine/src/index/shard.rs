@@ -256,6 +256,11 @@ impl ShardTable {
     /// Re-lays the table at a size fit for its live entries (dropping dead ones): doubles when
     /// most entries are live, stays or shrinks when many had expired.
     fn rebuild(&mut self, now_millis: u64) {
+        self.rebuild_to(0, now_millis);
+    }
+
+    /// Re-lays the table with at least `min_capacity` slots, dropping dead entries.
+    fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
         let mut live = Vec::with_capacity(self.len);
         for slot in self.slots.iter().filter(|slot| !slot.is_empty()) {
             if slot.is_dead(now_millis) {
@@ -264,11 +269,24 @@ impl ShardTable {
                 live.push(*slot);
             }
         }
-        let capacity = (live.len() * 2).next_power_of_two().max(MIN_CAPACITY);
+        let capacity = (live.len() * 2)
+            .max(min_capacity)
+            .next_power_of_two()
+            .max(MIN_CAPACITY);
         self.slots = vec![Slot::EMPTY; capacity].into_boxed_slice();
         self.len = 0;
         for slot in live {
             self.insert_unchecked(slot);
+        }
+    }
+
+    /// Makes room for `additional` more entries without a rebuild on the way.
+    pub(crate) fn reserve(&mut self, additional: usize, now_millis: u64) {
+        let wanted = self.len + additional;
+        if wanted * 4 > self.slots.len() * 3 {
+            // The smallest table that holds them under the load limit: as dense as one that
+            // grew to this size entry by entry.
+            self.rebuild_to((wanted * 4).div_ceil(3) + 1, now_millis);
         }
     }
 

@@ -23,12 +23,14 @@
 //! The lease must outlast a crash and restart: an in-doubt claim whose lease ends before the next
 //! consumer reconciles it frees its key, and a re-send would then be charged again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
-use idem::{Claim, ClaimToken, Store};
+use idem::{Claim, ClaimToken, Durability, Store};
+use parking_lot::Mutex;
 
 use crate::cli_error::{CliError, CliResult, Context};
 use crate::consumer::{receipt, Ledger};
@@ -47,12 +49,29 @@ fn fingerprint_amount(fingerprint: &[u8]) -> Option<u32> {
         .ok()
 }
 
+/// The answers to one [`Claimer::claim_all`]: filled in by the workers; the last one to answer
+/// wakes the caller (once per call, not once per claim).
+struct Answers {
+    slots: Mutex<Vec<Option<CliResult<Claim>>>>,
+    remaining: AtomicUsize,
+    done: Sender<()>,
+}
+
+impl Answers {
+    fn put(&self, index: usize, answer: CliResult<Claim>) {
+        self.slots.lock()[index] = Some(answer);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.done.send(());
+        }
+    }
+}
+
 enum Job {
     Claim {
         index: usize,
         key: String,
         fingerprint: String,
-        reply: Sender<(usize, idem::Result<Claim>)>,
+        answers: Arc<Answers>,
     },
     Complete {
         token: ClaimToken,
@@ -63,6 +82,11 @@ enum Job {
 /// A store shared with a pool of threads that make claims and completes.
 pub struct Claimer {
     store: Arc<Store>,
+    ttl: Duration,
+    lease: Duration,
+    /// `Sync` durability: every claim and complete waits for its fsync, so they run on the pool.
+    /// Otherwise they run inline and [`Claimer::make_durable`] flushes before charges.
+    sync: bool,
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// The outcome of each complete, as `Err(message)` on failure.
@@ -73,13 +97,23 @@ pub struct Claimer {
 }
 
 impl Claimer {
-    /// Starts `threads` worker threads on `store`.
-    pub fn start(store: Store, ttl: Duration, lease: Duration, threads: usize) -> CliResult<Self> {
+    /// Starts `threads` worker threads on `store`, opened with `durability`. In a mode other
+    /// than `Sync` claims return at once, so they are made on the calling thread (no pool), and
+    /// the store is flushed before each batch's charges instead.
+    pub fn start(
+        store: Store,
+        durability: Durability,
+        ttl: Duration,
+        lease: Duration,
+        threads: usize,
+    ) -> CliResult<Self> {
         let store = Arc::new(store);
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let (done, completed) = crossbeam_channel::unbounded();
+        let sync = durability == Durability::Sync;
+        let threads = if sync { threads.max(1) } else { 0 };
         let mut workers = Vec::with_capacity(threads);
-        for n in 0..threads.max(1) {
+        for n in 0..threads {
             let (store, queue, done) = (Arc::clone(&store), queue.clone(), done.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("claimer-{n}"))
@@ -90,6 +124,9 @@ impl Claimer {
         }
         Ok(Claimer {
             store,
+            ttl,
+            lease,
+            sync,
             jobs: Some(jobs),
             workers,
             completed,
@@ -115,31 +152,54 @@ impl Claimer {
         items: impl ExactSizeIterator<Item = (&'a str, u32)>,
     ) -> CliResult<Vec<Claim>> {
         let n = items.len();
-        let (reply, answers) = crossbeam_channel::bounded(n);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if self.workers.is_empty() {
+            return items
+                .map(|(key, amount)| {
+                    let fingerprint = fingerprint(amount);
+                    self.store
+                        .claim_fingerprinted(key.as_bytes(), self.lease, fingerprint.as_bytes())
+                        .context(format_args!("idem claim of {key}"))
+                })
+                .collect();
+        }
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let answers = Arc::new(Answers {
+            slots: Mutex::new((0..n).map(|_| None).collect()),
+            remaining: AtomicUsize::new(n),
+            done,
+        });
         for (index, (key, amount)) in items.enumerate() {
             self.send(Job::Claim {
                 index,
                 key: key.to_string(),
                 fingerprint: fingerprint(amount),
-                reply: reply.clone(),
+                answers: Arc::clone(&answers),
             })?;
         }
-        drop(reply);
-        let mut out: Vec<Option<Claim>> = vec![None; n];
-        for _ in 0..n {
-            let (index, answer) = answers
-                .recv()
-                .map_err(|_| CliError::new("a claimer thread died"))?;
-            out[index] = Some(answer.context("idem claim")?);
-        }
-        Ok(out
+        finished
+            .recv()
+            .map_err(|_| CliError::new("a claimer thread died"))?;
+        let slots = std::mem::take(&mut *answers.slots.lock());
+        slots
             .into_iter()
-            .map(|a| a.expect("one answer each"))
-            .collect())
+            .map(|answer| answer.expect("every claim answered"))
+            .collect()
     }
 
     /// Hands completes to the pool without waiting for them.
     fn complete_later(&mut self, charged: Vec<(ClaimToken, String)>) -> CliResult<()> {
+        if self.workers.is_empty() {
+            for (token, receipt) in charged {
+                let key = String::from_utf8_lossy(token.key()).into_owned();
+                self.store
+                    .complete(token, self.ttl, receipt.as_bytes())
+                    .context(format_args!("idem complete of {key}"))?;
+            }
+            return Ok(());
+        }
         for (token, receipt) in charged {
             self.send(Job::Complete { token, receipt })?;
             self.pending_completes += 1;
@@ -170,6 +230,19 @@ impl Claimer {
     /// Waits until every complete handed to the pool is done (and durable in `Sync` mode).
     pub fn drain(&mut self) -> CliResult<()> {
         self.collect_completes(true)
+    }
+
+    /// Makes the claims acquired so far durable before their side effect: a no-op in `Sync`
+    /// mode (each claim returned durable), a flush otherwise. Without it a kill -9 could lose a
+    /// claim (and the complete after it) whose charge is in the ledger, and the re-sent delivery
+    /// would be charged again.
+    fn make_durable(&self) -> CliResult<()> {
+        if self.sync {
+            return Ok(());
+        }
+        self.store
+            .flush()
+            .context("idem flush of the claims before their charges")
     }
 
     /// Charges one batch (see the module documentation); when it returns, every charge it made
@@ -213,7 +286,11 @@ impl Claimer {
                     }
                 }
             }
-            // The charges are durable in the ledger before their claims are completed.
+            // The claims are durable before their charges, and the charges durable in the ledger
+            // before their claims are completed.
+            if !charged.is_empty() {
+                self.make_durable()?;
+            }
             ledger.commit()?;
             self.complete_later(charged)?;
             if in_flight.is_empty() {
@@ -326,11 +403,17 @@ fn work(
                 index,
                 key,
                 fingerprint,
-                reply,
+                answers,
             } => {
-                let answer =
-                    store.claim_fingerprinted(key.as_bytes(), lease, fingerprint.as_bytes());
-                let _ = reply.send((index, answer));
+                // A panic must still answer, or the caller would wait forever.
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.claim_fingerprinted(key.as_bytes(), lease, fingerprint.as_bytes())
+                }));
+                let answer = match answer {
+                    Ok(answer) => answer.context(format_args!("idem claim of {key}")),
+                    Err(_) => Err(CliError::new(format!("idem claim of {key} panicked"))),
+                };
+                answers.put(index, answer);
             }
             Job::Complete { token, receipt } => {
                 let key = String::from_utf8_lossy(token.key()).into_owned();

@@ -445,7 +445,9 @@ pub fn run(
             let mode = match args.mode {
                 DedupMode::Claims => {
                     let lease = Duration::from_secs(args.lease_secs.max(1));
-                    let mut claimer = Claimer::start(store, ttl, lease, args.threads as usize)?;
+                    let threads = args.threads as usize;
+                    let durability = args.durability.0;
+                    let mut claimer = Claimer::start(store, durability, ttl, lease, threads)?;
                     let (found, lines) = claimer.reconcile(&mut ledger)?;
                     (reconciled, ledger_lines_read) = (found, lines);
                     Mode::Claims(Box::new(claimer))
