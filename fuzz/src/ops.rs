@@ -580,6 +580,8 @@ pub struct Harness {
     sweeps: u32,
     /// Tokens acquired so far, with the model's number of each claim.
     tokens: Vec<(ClaimToken, u64)>,
+    /// When the last claim was acquired.
+    last_claim_millis: Option<u64>,
 }
 
 impl Harness {
@@ -597,6 +599,7 @@ impl Harness {
             fills: 0,
             sweeps: 0,
             tokens: Vec::new(),
+            last_claim_millis: None,
         };
         harness.open();
         harness
@@ -624,6 +627,19 @@ impl Harness {
         self.store = Some(store);
         self.model.reopened();
         self.check_in_doubt();
+    }
+
+    /// Known engine bug (fuzz/regressions/ops/claim-id-reused-after-reopen): a claim id is the
+    /// clock's milliseconds << 20 | a counter that restarts at 0 on open, so a claim made in the
+    /// same millisecond as one before a reopen gets the same id, and the old token can complete
+    /// or release the new claim. Unless IDEM_FUZZ_STRICT=1, the clock moves 1 ms before such a
+    /// reopen; drop this once the engine is fixed.
+    fn avoid_known_claim_id_reuse(&mut self) {
+        if !crate::strict() && self.last_claim_millis == Some(self.model.now_millis) {
+            let step = Duration::from_millis(1);
+            self.clock.advance(step);
+            self.model.advance(step);
+        }
     }
 
     fn check_in_doubt(&self) {
@@ -666,6 +682,7 @@ impl Harness {
                 store.close().expect("close");
                 let same_index = (self.spec.mask, self.spec.shards) == (spec.mask, spec.shards);
                 self.spec = *spec;
+                self.avoid_known_claim_id_reuse();
                 self.open();
                 // close wrote a checkpoint; it fits an index of the same shape.
                 let ignored = &self.store().recovery_report().checkpoint_ignored;
@@ -677,6 +694,7 @@ impl Harness {
             }
             Op::DropReopen => {
                 drop(self.store.take());
+                self.avoid_known_claim_id_reuse();
                 self.open();
             }
             Op::Invalid(invalid) => self.invalid(invalid),
@@ -751,6 +769,7 @@ impl Harness {
                     self.step
                 );
                 self.tokens.push((token, number));
+                self.last_claim_millis = Some(self.model.now_millis);
             }
             (Claim::Duplicate(value), ClaimAnswer::Duplicate(want)) => {
                 assert_eq!(value.as_ref(), &want[..], "step {}: claim", self.step)
