@@ -515,7 +515,12 @@ pub fn main(args: &ConsumerArgs) -> CliResult<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claimer::fingerprint;
     use crate::workload::event_id;
+    use idem::{Claim, Durability};
+
+    const TTL: Duration = Duration::from_secs(3600);
+    const LEASE: Duration = Duration::from_secs(300);
 
     fn delivery(event: u32, amount_cents: u32) -> Delivery {
         Delivery {
@@ -524,75 +529,199 @@ mod tests {
         }
     }
 
-    fn dedup(dir: &Path) -> Consumer {
+    fn ledger_events(path: &Path) -> Vec<u32> {
+        read_ledger(path).unwrap().iter().map(|e| e.event).collect()
+    }
+
+    /// A claims consumer on `store`, after reconciling what it finds in doubt.
+    fn claims_on(store: Store, durability: Durability, dir: &Path) -> (Consumer, Reconciled) {
+        let mut ledger = Ledger::open(&dir.join("ledger")).unwrap();
+        let mut claimer = Claimer::start(store, durability, TTL, LEASE, 4).unwrap();
+        let (reconciled, _) = claimer.reconcile(&mut ledger).unwrap();
+        let consumer = Consumer::new(Mode::Claims(Box::new(claimer)), ledger);
+        (consumer, reconciled)
+    }
+
+    fn claims(dir: &Path, durability: Durability) -> (Consumer, Reconciled) {
+        let config = Config::default().durability(durability);
+        let store = Store::open_with(dir.join("store"), config).unwrap();
+        claims_on(store, durability, dir)
+    }
+
+    fn batch(dir: &Path) -> Consumer {
         let store = Box::new(Store::open(dir.join("store")).unwrap());
         let ledger = Ledger::open(&dir.join("ledger")).unwrap();
+        let charged = ledger.charged_events().unwrap();
         Consumer::new(
-            Mode::Dedup {
+            Mode::Batch {
                 store,
-                ttl: Duration::from_secs(3600),
+                ttl: TTL,
+                charged,
             },
             ledger,
         )
     }
 
-    #[test]
-    fn duplicates_are_charged_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut consumer = dedup(dir.path());
-        let first = consumer
-            .charge_batch(0, &[delivery(1, 100), delivery(2, 200), delivery(1, 100)])
-            .unwrap();
-        assert_eq!(
-            (first.inserted, first.duplicates, first.in_doubt),
-            (2, 1, 0)
-        );
-        let again = consumer
-            .charge_batch(1, &[delivery(2, 200), delivery(3, 300)])
-            .unwrap();
-        assert_eq!(
-            (again.inserted, again.duplicates, again.in_doubt),
-            (1, 1, 0)
-        );
-        let ledger = read_ledger(&dir.path().join("ledger")).unwrap();
-        let events: Vec<u32> = ledger.iter().map(|e| e.event).collect();
-        assert_eq!(events, [1, 2, 3]);
+    fn counts(r: &BatchReport) -> (u64, u64, u64) {
+        (r.inserted, r.duplicates, r.in_doubt)
     }
 
     #[test]
-    fn a_crash_between_commit_and_ledger_is_recovered_once() {
+    fn duplicates_are_charged_once_in_every_mode() {
+        for mode in ["claims-sync", "claims-periodic", "batch"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut consumer = match mode {
+                "claims-sync" => claims(dir.path(), Durability::Sync).0,
+                "claims-periodic" => {
+                    let periodic = Durability::Periodic(Duration::from_secs(3600));
+                    claims(dir.path(), periodic).0
+                }
+                _ => batch(dir.path()),
+            };
+            // Event 1 twice in one batch: in claims mode the second claim answers InFlight and
+            // is retried once the first is completed.
+            let first = consumer
+                .charge_batch(0, &[delivery(1, 100), delivery(2, 200), delivery(1, 100)])
+                .unwrap();
+            assert_eq!(counts(&first), (2, 1, 0), "{mode}");
+            let again = consumer
+                .charge_batch(1, &[delivery(2, 200), delivery(3, 300)])
+                .unwrap();
+            assert_eq!(counts(&again), (1, 1, 0), "{mode}");
+            if mode.starts_with("claims") {
+                assert_eq!(first.retried, 1, "{mode}");
+            }
+            assert_eq!(consumer.finish().unwrap().2, 3, "{mode}: live keys");
+            assert_eq!(
+                ledger_events(&dir.path().join("ledger")),
+                [1, 2, 3],
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_in_doubt_are_reconciled_with_the_ledger_once() {
         let dir = tempfile::tempdir().unwrap();
-        let ttl = Duration::from_secs(3600);
+        let ledger_path = dir.path().join("ledger");
         {
-            let mut consumer = dedup(dir.path());
+            // A consumer that dies with: event 1 done; event 2 claimed and charged, its complete
+            // lost; event 3 claimed, not charged yet.
+            let store = Store::open(dir.path().join("store")).unwrap();
+            let mut ledger = Ledger::open(&ledger_path).unwrap();
+            for (event, amount) in [(1, 100), (2, 250), (3, 300)] {
+                let key = event_id(event);
+                let Claim::Acquired(token) = store
+                    .claim_fingerprinted(key.as_bytes(), LEASE, fingerprint(amount).as_bytes())
+                    .unwrap()
+                else {
+                    panic!("fresh key")
+                };
+                if event <= 2 {
+                    ledger.stage(&key, amount, &receipt(amount, 4242, 0));
+                    ledger.commit().unwrap();
+                }
+                if event == 1 {
+                    store.complete(token, TTL, b"100c/pid4242/b0").unwrap();
+                }
+            }
+            drop(store); // as if killed: no close
+        }
+        let (mut consumer, reconciled) = claims(dir.path(), Durability::Sync);
+        assert_eq!(
+            reconciled,
+            Reconciled {
+                in_doubt: 2,
+                in_ledger: 1,
+                charged_now: 1,
+                released: 0
+            }
+        );
+        assert_eq!(ledger_events(&ledger_path), [1, 2, 3]);
+        // The producer re-sends the unacknowledged deliveries: none is charged again.
+        let report = consumer
+            .charge_batch(1, &[delivery(2, 250), delivery(3, 300), delivery(1, 100)])
+            .unwrap();
+        assert_eq!(counts(&report), (0, 3, 0));
+        let report = consumer.charge_batch(2, &[delivery(4, 400)]).unwrap();
+        assert_eq!(counts(&report), (1, 0, 0));
+        consumer.finish().unwrap();
+        let ledger = std::fs::read_to_string(&ledger_path).unwrap();
+        assert_eq!(ledger.lines().count(), 4, "{ledger}");
+        assert!(ledger.contains("evt-0000000002 250 250c/pid4242/b0\n"));
+        assert!(ledger.contains("evt-0000000003 300 300c/pid"), "{ledger}");
+        // Reconciled claims are settled: a restart finds nothing in doubt, and idem answers
+        // each event with the receipt of its one charge.
+        let (consumer, reconciled) = claims(dir.path(), Durability::Sync);
+        assert_eq!(reconciled, Reconciled::default());
+        let Mode::Claims(claimer) = &consumer.mode else {
+            unreachable!()
+        };
+        let receipt2 = claimer
+            .store()
+            .get(event_id(2).as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(receipt2, b"250c/pid4242/b0");
+    }
+
+    /// A store that is not `Sync` loses what it had not fsynced at a power loss; the claims of a
+    /// batch must still be durable before its charges (the consumer flushes), or a re-sent
+    /// batch would be charged again.
+    #[test]
+    fn claims_survive_a_power_loss_in_periodic_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = idem::sim::SimStorage::new(7);
+        let periodic = Durability::Periodic(Duration::from_secs(3600));
+        let config = Config::default()
+            .durability(periodic)
+            .storage(storage.clone())
+            .background_maintenance(false);
+        let store = Store::open_with("/sim/store", config.clone()).unwrap();
+        let (mut consumer, _) = claims_on(store, periodic, dir.path());
+        let items: Vec<Delivery> = (0..20).map(|e| delivery(e, 100 + e)).collect();
+        let report = consumer.charge_batch(0, &items).unwrap();
+        assert_eq!(report.inserted, 20);
+        storage.crash(); // before the batch's completes were made durable
+        drop(consumer);
+
+        let store = Store::open_with("/sim/store", config).unwrap();
+        let (mut consumer, reconciled) = claims_on(store, periodic, dir.path());
+        // Every claim survived (in doubt unless its complete did too), and every one in doubt
+        // is found in the ledger.
+        assert!(reconciled.in_doubt > 0, "{reconciled:?}");
+        assert_eq!(reconciled.in_ledger, reconciled.in_doubt, "{reconciled:?}");
+        let report = consumer.charge_batch(0, &items).unwrap();
+        assert_eq!(counts(&report), (0, 20, 0));
+        assert_eq!(read_ledger(&dir.path().join("ledger")).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn batch_mode_recovers_a_crash_between_commit_and_ledger_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut consumer = batch(dir.path());
             consumer.charge_batch(0, &[delivery(1, 100)]).unwrap();
             // The crash window: idem committed batch 1, the process died before the ledger.
-            let Mode::Dedup { store, .. } = &consumer.mode else {
+            let Mode::Batch { store, .. } = &consumer.mode else {
                 unreachable!()
             };
             let r = receipt(250, 4242, 1);
             let items = [
-                (event_id(2).into_bytes(), ttl, r.clone().into_bytes()),
-                (event_id(3).into_bytes(), ttl, r.into_bytes()),
+                (event_id(2).into_bytes(), TTL, r.clone().into_bytes()),
+                (event_id(3).into_bytes(), TTL, r.into_bytes()),
             ];
             store.check_or_insert_batch(&items).unwrap();
         }
         // Restart: the producer re-sends batch 1 (and 1 again).
-        let mut consumer = dedup(dir.path());
-        assert_eq!(consumer.ledger.entries(), 1);
+        let mut consumer = batch(dir.path());
         let report = consumer
             .charge_batch(1, &[delivery(2, 250), delivery(3, 250), delivery(1, 100)])
             .unwrap();
-        assert_eq!(
-            (report.inserted, report.duplicates, report.in_doubt),
-            (0, 1, 2)
-        );
+        assert_eq!(counts(&report), (0, 1, 2));
         // And a third delivery of the same is a plain duplicate.
         let report = consumer.charge_batch(2, &[delivery(2, 250)]).unwrap();
-        assert_eq!(
-            (report.inserted, report.duplicates, report.in_doubt),
-            (0, 1, 0)
-        );
+        assert_eq!(counts(&report), (0, 1, 0));
         let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
         assert_eq!(ledger.lines().count(), 3);
         assert!(
@@ -614,62 +743,80 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_ledger_line_is_cut() {
+    fn a_torn_ledger_line_is_cut_and_lookups_read_only_what_is_asked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger");
-        std::fs::write(&path, "evt-0000000001 100 r\nevt-0000000002 2").unwrap();
+        std::fs::write(&path, "evt-0000000001 100 r1\nevt-0000000002 2").unwrap();
         assert_eq!(read_ledger(&path).unwrap().len(), 1);
         let mut ledger = Ledger::open(&path).unwrap();
-        assert!(ledger.contains(1) && !ledger.contains(2));
-        ledger.stage(2, &event_id(2), 200, "r");
+        ledger.stage(&event_id(2), 200, "r2");
         ledger.commit().unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "evt-0000000001 100 r\nevt-0000000002 200 r\n"
+            "evt-0000000001 100 r1\nevt-0000000002 200 r2\n"
         );
+        let wanted = [event_id(2), event_id(9)];
+        let (found, lines) = ledger.find(wanted.iter().map(|k| k.as_bytes())).unwrap();
+        assert_eq!(lines, 2);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[event_id(2).as_bytes()], "r2");
+        assert_eq!(ledger.charged_events().unwrap(), HashSet::from([1, 2]));
+        // A ledger with no newline at all is one torn line.
+        std::fs::write(&path, "evt-00000").unwrap();
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.find([]).unwrap().1, 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
         std::fs::write(&path, "garbage\n").unwrap();
         assert!(read_ledger(&path).is_err());
+        assert!(Ledger::open(&path).unwrap().find([]).is_err());
     }
 
     #[test]
     fn serves_the_protocol() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ConsumerArgs {
-            ledger: dir.path().join("ledger"),
-            store: Some(dir.path().join("store")),
-            durability: "sync".parse().unwrap(),
-            ttl_secs: 60,
-        };
-        let mut wire = Vec::new();
-        protocol::write_batch(&mut wire, 0, &[0, 1, 0], &[10, 20]).unwrap();
-        protocol::write_end(&mut wire).unwrap();
-        let mut out = Vec::new();
-        run(&args, &mut &wire[..], &mut out).unwrap();
-        let mut replies = &out[..];
-        let mut next = || protocol::read_to_producer(&mut replies).unwrap().unwrap();
-        assert!(matches!(
-            next(),
-            ToProducer::Ready {
-                ledger_entries: 0,
-                ..
+        for mode in [DedupMode::Claims, DedupMode::Batch] {
+            let dir = tempfile::tempdir().unwrap();
+            let args = ConsumerArgs {
+                ledger: dir.path().join("ledger"),
+                store: Some(dir.path().join("store")),
+                durability: "sync".parse().unwrap(),
+                ttl_secs: 60,
+                mode,
+                threads: 3,
+                lease_secs: 30,
+            };
+            let mut wire = Vec::new();
+            protocol::write_batch(&mut wire, 0, &[0, 1, 0], &[10, 20]).unwrap();
+            protocol::write_end(&mut wire).unwrap();
+            let mut out = Vec::new();
+            run(&args, &mut &wire[..], &mut out).unwrap();
+            let mut replies = &out[..];
+            let mut next = || protocol::read_to_producer(&mut replies).unwrap().unwrap();
+            assert!(matches!(
+                next(),
+                ToProducer::Ready {
+                    ledger_lines_read: 0,
+                    ..
+                }
+            ));
+            let ToProducer::Ack { seq: 0, report } = next() else {
+                panic!("no ack")
+            };
+            assert_eq!((report.inserted, report.duplicates), (2, 1));
+            assert!(matches!(next(), ToProducer::Summary { live_keys: 2, .. }));
+            // The arguments survive the trip through a command line.
+            use clap::Parser;
+            #[derive(Parser)]
+            struct Wrap {
+                #[command(flatten)]
+                args: ConsumerArgs,
             }
-        ));
-        let ToProducer::Ack { seq: 0, report } = next() else {
-            panic!("no ack")
-        };
-        assert_eq!((report.inserted, report.duplicates), (2, 1));
-        assert!(matches!(next(), ToProducer::Summary { live_keys: 2, .. }));
-        // The arguments survive the trip through a command line.
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            args: ConsumerArgs,
+            let argv = std::iter::once(OsString::from("x")).chain(args.to_argv());
+            let back = Wrap::try_parse_from(argv).unwrap().args;
+            assert_eq!(back.store, args.store);
+            assert_eq!(back.ledger, args.ledger);
+            assert_eq!(back.ttl_secs, 60);
+            assert_eq!(back.mode, mode);
+            assert_eq!((back.threads, back.lease_secs), (3, 30));
         }
-        let argv = std::iter::once(OsString::from("x")).chain(args.to_argv());
-        let back = Wrap::try_parse_from(argv).unwrap().args;
-        assert_eq!(back.store, args.store);
-        assert_eq!(back.ledger, args.ledger);
-        assert_eq!(back.ttl_secs, 60);
     }
 }

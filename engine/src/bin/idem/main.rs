@@ -99,6 +99,8 @@ mod tests {
             &["idem", "demo", "--dup-rate", "2"],
             &["idem", "demo", "--kill-at", "1.5"],
             &["idem", "demo", "--batch", "0"],
+            &["idem", "demo", "--mode", "sometimes"],
+            &["idem", "demo", "--threads", "0"],
             &["idem", "bench", "--ttl", "0s"],
             &["idem", "bench", "--threads", "0"],
             &["idem", "bench", "--dup-ratio", "-0.1"],
@@ -117,6 +119,8 @@ mod tests {
         };
         assert_eq!(args.events, 1_000_000);
         assert_eq!(args.batch, 1000);
+        assert_eq!(args.mode, consumer::DedupMode::Claims);
+        assert_eq!(args.durability, None);
         let cli = Cli::try_parse_from(["idem", "bench", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Bench(_)));
     }
