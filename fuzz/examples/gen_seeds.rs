@@ -121,7 +121,8 @@ fn real_segment() -> (Vec<u8>, Vec<u8>) {
     (segment, checkpoint)
 }
 
-/// Splits a segment's records into two segments, ids 1 and 2, at a record boundary.
+/// Splits a segment's records into two segments, ids 1 and 2, at a record boundary; the first
+/// ends with its seal, as every segment but the newest does.
 fn split_in_two(segment: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut offset = SEGMENT_HEADER_LEN;
     let mut boundaries = Vec::new();
@@ -133,6 +134,7 @@ fn split_in_two(segment: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let cut = boundaries[boundaries.len() / 2];
     let mut first = encode_segment_header(1).to_vec();
     first.extend(&segment[SEGMENT_HEADER_LEN..cut]);
+    first.extend(idem::record::encode_seal(first.len() as u64));
     let mut second = encode_segment_header(2).to_vec();
     second.extend(&segment[cut..]);
     (first, second)

@@ -642,6 +642,22 @@ impl Harness {
         }
     }
 
+    /// Known engine bug (fuzz/regressions/ops/checkpoint-then-crash-reopen-fails): an open from
+    /// a checkpoint reads the segment holding the replay start with zeros below that point, and
+    /// a replayed record whose probe meets an index entry down there (the same key written
+    /// before the checkpoint, or any key sharing its tag) fails the open with `Corrupt`. Unless
+    /// IDEM_FUZZ_STRICT=1, a drop-and-reopen (the only reopen that replays past a checkpoint:
+    /// close writes one at the tail) deletes the checkpoint first. Drop this once fixed.
+    fn avoid_known_checkpoint_replay_bug(&self) {
+        if !crate::strict() {
+            match std::fs::remove_file(self.dir.path().join("checkpoint.idem")) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("removing the checkpoint: {e}"),
+            }
+        }
+    }
+
     fn check_in_doubt(&self) {
         let got: Vec<Vec<u8>> = self
             .store()
@@ -695,6 +711,7 @@ impl Harness {
             Op::DropReopen => {
                 drop(self.store.take());
                 self.avoid_known_claim_id_reuse();
+                self.avoid_known_checkpoint_replay_bug();
                 self.open();
             }
             Op::Invalid(invalid) => self.invalid(invalid),

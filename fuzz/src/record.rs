@@ -11,9 +11,10 @@
 
 use arbitrary::Unstructured;
 use idem::record::{
-    decode, decode_segment_header, encode_into, encode_segment_header, encoded_len, peek_len,
-    DecodeError, HeaderError, Record, RecordKind, FORMAT_VERSION, MAX_FINGERPRINT_BYTES,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    decode, decode_segment_header, encode_into, encode_seal, encode_segment_header, encoded_len,
+    peek_len, seal_length, DecodeError, HeaderError, Record, RecordKind, FORMAT_VERSION,
+    MAX_FINGERPRINT_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, RECORD_HEADER_LEN, SEAL_RECORD_LEN,
+    SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 
 /// Runs every check on one input.
@@ -32,6 +33,10 @@ pub fn run(data: &[u8]) {
     }
     let id = u.arbitrary::<u64>().unwrap_or(0);
     assert_eq!(decode_segment_header(&encode_segment_header(id)), Ok(id));
+    // A seal vouches for the length it was made for.
+    let seal = encode_seal(id);
+    assert_eq!(seal.len(), SEAL_RECORD_LEN);
+    assert_eq!(decode(&seal).ok().as_ref().and_then(seal_length), Some(id));
 }
 
 /// Flags bit 0: a fingerprint follows the value (FORMAT.md).
@@ -101,7 +106,8 @@ pub fn check_raw_decode(data: &[u8]) {
             assert!(![
                 RecordKind::Insert as u8,
                 RecordKind::Remove as u8,
-                RecordKind::Claim as u8
+                RecordKind::Claim as u8,
+                RecordKind::Seal as u8
             ]
             .contains(kind));
         }
@@ -172,10 +178,11 @@ pub struct RecordSpec {
 impl RecordSpec {
     /// Builds a valid record; lengths span the whole legal range, including both limits.
     pub fn from_unstructured(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
-        let kind = match u.arbitrary::<u8>()? % 3 {
+        let kind = match u.arbitrary::<u8>()? % 4 {
             0 => RecordKind::Insert,
             1 => RecordKind::Remove,
-            _ => RecordKind::Claim,
+            2 => RecordKind::Claim,
+            _ => RecordKind::Seal,
         };
         let key_len = match u.arbitrary::<u8>()? {
             0 => MAX_KEY_BYTES,

@@ -149,6 +149,8 @@ pub enum RecordSpec {
         /// The bit.
         bit: u16,
     },
+    /// A seal: vouching for its own offset (`true`), or for another one.
+    Seal(bool),
     /// Junk bytes.
     Junk(Vec<u8>),
     /// Zero bytes.
@@ -292,6 +294,10 @@ impl Structured {
                             let bit = usize::from(*bit) % (encoded.len() * 8);
                             encoded[bit / 8] ^= 1 << (bit % 8);
                             bytes.extend(encoded);
+                        }
+                        RecordSpec::Seal(own_offset) => {
+                            let at = bytes.len() as u64;
+                            bytes.extend(record::encode_seal(if *own_offset { at } else { at + 1 }))
                         }
                         RecordSpec::Junk(junk) => bytes.extend(junk.iter().take(64)),
                         RecordSpec::Zeros(n) => {
@@ -501,11 +507,15 @@ impl Replayed {
         keys
     }
 
-    /// Appends `record` where the store appends: at the end of the newest file, or in a new
-    /// segment when it would pass the segment size.
+    /// Appends `record` where the store appends: at the end of the newest file, or, sealing that
+    /// one, in a new segment when it (and a seal after it) would pass the segment size.
     pub fn append(&mut self, record: &Record<'_>) {
         let (&tail_id, tail) = self.files.last_key_value().expect("a tail segment");
-        let tail_id = if tail.len() + record.encoded_len() > SEGMENT_SIZE as usize {
+        let room = tail.len() + record.encoded_len() + record::SEAL_RECORD_LEN;
+        let tail_id = if room > SEGMENT_SIZE as usize {
+            let sealed = self.files.get_mut(&tail_id).expect("tail");
+            let seal = record::encode_seal(sealed.len() as u64);
+            sealed.extend(seal);
             self.files.insert(
                 tail_id + 1,
                 encode_segment_header(u64::from(tail_id) + 1).to_vec(),
@@ -532,6 +542,27 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         files: BTreeMap::new(),
     };
     let newest_id = files.keys().next_back().copied();
+    let header_error = |error: HeaderError| match error {
+        HeaderError::BadMagic => ExpectedError::NotASegment,
+        HeaderError::UnsupportedVersion(_) => ExpectedError::UnsupportedVersion,
+        HeaderError::Truncated | HeaderError::BadChecksum => ExpectedError::Corrupt,
+    };
+    // Every header first: a foreign file is named as such before anything else is judged; the
+    // newest file may be a torn creation (shorter than a header, or a zero header), judged below.
+    for (&id, bytes) in files {
+        let newest = Some(id) == newest_id;
+        let header = &bytes[..bytes.len().min(SEGMENT_HEADER_LEN)];
+        if newest && (header.len() < SEGMENT_HEADER_LEN || header.iter().all(|&b| b == 0)) {
+            continue;
+        }
+        match decode_segment_header(header) {
+            Ok(named) if named == u64::from(id) => {}
+            Ok(_) => return Err(ExpectedError::Corrupt),
+            Err(error) => return Err(header_error(error)),
+        }
+    }
+    // Whether the last segment kept ends with its seal (then the log goes on in a new one).
+    let mut last_sealed = false;
     for (&id, bytes) in files {
         let newest = Some(id) == newest_id;
         let torn_creation = bytes.len() < SEGMENT_HEADER_LEN || bytes.iter().all(|&b| b == 0);
@@ -542,16 +573,11 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 out.removed_empty_segment = Some(id);
                 continue;
             }
-            Err(HeaderError::BadMagic) => return Err(ExpectedError::NotASegment),
-            Err(HeaderError::UnsupportedVersion(_)) => {
-                return Err(ExpectedError::UnsupportedVersion)
-            }
-            Err(HeaderError::Truncated | HeaderError::BadChecksum) => {
-                return Err(ExpectedError::Corrupt)
-            }
+            Err(error) => return Err(header_error(error)),
         }
         out.segments_replayed += 1;
         let mut offset = SEGMENT_HEADER_LEN;
+        let mut sealed = false;
         while offset < bytes.len() {
             let Ok(record) = decode(&bytes[offset..]) else {
                 if !newest {
@@ -561,6 +587,16 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 out.truncated_tail = Some((id, offset as u64, cut));
                 break;
             };
+            if record.kind == RecordKind::Seal {
+                // A seal must vouch for its own offset and end the file, in any segment.
+                if record::seal_length(&record) != Some(offset as u64)
+                    || offset + record.encoded_len() != bytes.len()
+                {
+                    return Err(ExpectedError::Corrupt);
+                }
+                sealed = true;
+                break;
+            }
             out.records_replayed += 1;
             out.keys.insert(record.key.to_vec());
             let live = now < record.expires_at_millis;
@@ -581,13 +617,19 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 RecordKind::Remove => {
                     out.live.remove(record.key);
                 }
+                RecordKind::Seal => unreachable!("handled above"),
             }
             offset += record.encoded_len();
         }
+        if !newest && !sealed {
+            return Err(ExpectedError::Corrupt);
+        }
+        last_sealed = sealed;
+        let kept = if sealed { bytes.len() } else { offset };
         out.files
-            .insert(id, bytes[..offset.min(bytes.len())].to_vec());
+            .insert(id, bytes[..kept.min(bytes.len())].to_vec());
     }
-    if out.files.is_empty() {
+    if out.files.is_empty() || last_sealed {
         let id = newest_id.map_or(1, |id| id + 1);
         out.files
             .insert(id, encode_segment_header(u64::from(id)).to_vec());
