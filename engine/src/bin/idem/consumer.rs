@@ -67,8 +67,9 @@ pub struct ConsumerArgs {
     /// How the consumer uses idem: durable claims, or one check-or-insert batch per batch.
     #[arg(long, default_value_t = DedupMode::Claims)]
     pub mode: DedupMode,
-    /// Claims mode: threads making claims and completes (concurrent ones share fsyncs).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Claims mode with sync durability: threads making claims and completes (each waits for an
+    /// fsync; concurrent ones share it). Other durabilities claim on the main thread.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub threads: u32,
     /// Claims mode: the lease of each claim, in seconds; it must outlast a crash and restart.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -433,6 +434,7 @@ pub fn run(
     let mut ledger = Ledger::open(&args.ledger)?;
     let mut reconciled = Reconciled::default();
     let mut ledger_lines_read = 0;
+    let mut reconcile_micros = 0;
     let (mode, records_replayed, bytes_cut) = match &args.store {
         Some(dir) => {
             let config = Config::default().durability(args.durability.0);
@@ -448,8 +450,10 @@ pub fn run(
                     let threads = args.threads as usize;
                     let durability = args.durability.0;
                     let mut claimer = Claimer::start(store, durability, ttl, lease, threads)?;
+                    let reconciling = Instant::now();
                     let (found, lines) = claimer.reconcile(&mut ledger)?;
                     (reconciled, ledger_lines_read) = (found, lines);
+                    reconcile_micros = reconciling.elapsed().as_micros() as u64;
                     Mode::Claims(Box::new(claimer))
                 }
                 DedupMode::Batch => {
@@ -477,6 +481,7 @@ pub fn run(
             records_replayed,
             bytes_cut,
             open_micros: started.elapsed().as_micros() as u64,
+            reconcile_micros,
             reconciled,
         },
     )?;

@@ -6,8 +6,8 @@
 //!
 //! Consumer → producer, on the consumer's stdout, each line starting with `@idem ` (anything
 //! else on stdout is ignored, so a test harness may share the stream):
-//! - `@idem R <ledger-lines-read> <records-replayed> <bytes-cut> <open-micros> <in-doubt>
-//!   <in-ledger> <charged-now> <released>`: ready, after recovery and the reconciliation of the
+//! - `@idem R <ledger-lines-read> <records-replayed> <bytes-cut> <open-micros>
+//!   <reconcile-micros> <in-doubt> <in-ledger> <charged-now> <released>`: ready, after recovery and the reconciliation of the
 //!   claims in doubt;
 //! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <charged-blindly> <retried>
 //!   <commit-nanos>`: batch `seq` is charged and in the ledger (fsynced): acknowledged;
@@ -75,6 +75,8 @@ pub enum ToProducer {
         records_replayed: u64,
         bytes_cut: u64,
         open_micros: u64,
+        /// Of `open_micros`, the time spent reconciling the claims in doubt.
+        reconcile_micros: u64,
         reconciled: Reconciled,
     },
     Ack {
@@ -167,10 +169,11 @@ pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Resu
             records_replayed,
             bytes_cut,
             open_micros,
+            reconcile_micros,
             reconciled: r,
         } => writeln!(
             out,
-            "{PREFIX}R {ledger_lines_read} {records_replayed} {bytes_cut} {open_micros} {} {} {} {}",
+            "{PREFIX}R {ledger_lines_read} {records_replayed} {bytes_cut} {open_micros} {reconcile_micros} {} {} {} {}",
             r.in_doubt, r.in_ledger, r.charged_now, r.released
         )?,
         ToProducer::Ack { seq, report } => writeln!(
@@ -211,6 +214,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                 records_replayed: number(&mut parts, &body)?,
                 bytes_cut: number(&mut parts, &body)?,
                 open_micros: number(&mut parts, &body)?,
+                reconcile_micros: number(&mut parts, &body)?,
                 reconciled: Reconciled {
                     in_doubt: number(&mut parts, &body)?,
                     in_ledger: number(&mut parts, &body)?,
@@ -291,6 +295,7 @@ mod tests {
                 records_replayed: 2,
                 bytes_cut: 3,
                 open_micros: 4,
+                reconcile_micros: 5,
                 reconciled: Reconciled {
                     in_doubt: 13,
                     in_ledger: 14,
