@@ -1,16 +1,18 @@
 //! The exactly-once consumer through idem's durable claims (`--mode claims`, the default).
 //!
 //! Per batch of deliveries:
-//! 1. `claim(event id, lease)` for every delivery, on a pool of worker threads: in `Sync` mode
-//!    each claim returns once it is durable, and concurrent claims share fsyncs (group commit),
-//!    so the pool's size is the number of claims per fsync;
-//! 2. for each `Acquired`, append the charge to the ledger; then fsync the ledger once;
-//! 3. `complete(token, ttl, receipt)` for each charge, on the pool, without waiting: the
-//!    completes of batch N run while batch N+1 is claimed;
-//! 4. a delivery answered `InFlight` (a claim of this process not completed yet: the same event
+//! 1. `claim(event id, lease)` for every delivery;
+//! 2. the claims are made durable before any charge: in `Sync` mode each claim returned durable
+//!    (and the claims run on a pool of worker threads, so that concurrent claims share fsyncs:
+//!    the pool's size is about the number of claims per fsync); in the other modes claims return
+//!    at once, on the calling thread, and one `flush` makes all of the batch's durable;
+//! 3. for each `Acquired`, append the charge to the ledger; then fsync the ledger once;
+//! 4. `complete(token, ttl, receipt)` for each charge, without waiting for it to be durable (in
+//!    `Sync` mode on the pool: the completes of batch N run while batch N+1 is claimed);
+//! 5. a delivery answered `InFlight` (a claim of this process not completed yet: the same event
 //!    twice in a batch, or a re-send right behind its first delivery) is retried once the
 //!    completes in flight are done; it then answers `Duplicate`;
-//! 5. acknowledge the batch.
+//! 6. acknowledge the batch.
 //!
 //! The batch may be acknowledged before its completes are durable: its charges are in the ledger
 //! and its claims are durable, so a crash leaves them *in doubt*, and the next consumer

@@ -34,7 +34,7 @@ use crate::workload::parse_event_id;
 /// How the consumer uses idem (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DedupMode {
-    /// claim → charge → complete per delivery; claims in doubt after a crash are reconciled.
+    /// Claim, charge, complete per delivery; claims in doubt after a crash are reconciled.
     Claims,
     /// One check_or_insert_batch per batch, then the charges; the whole ledger is reloaded on
     /// start to find the charges a crash left recorded but not applied.

@@ -4,8 +4,9 @@
 //! spawns the consumer as a real child process (`idem demo-consumer`), streams batches of
 //! deliveries to its stdin with a few batches in flight, and counts a batch delivered only when
 //! the consumer acknowledges it on stdout. At `--kill-at` of the deliveries it kills the consumer
-//! with SIGKILL, starts a new one, and re-sends every batch not acknowledged. At the end it reads
-//! the ledger and counts double and lost charges. Then it runs the same workload through the naive
+//! with SIGKILL, starts a new one (which first reconciles the claims the killed one left in
+//! doubt), and re-sends every batch not acknowledged. At the end it reads the ledger and counts
+//! double and lost charges. Then it runs the same workload through the naive
 //! consumer (no idem) for contrast.
 
 use std::io::{BufReader, BufWriter, Write};
@@ -39,10 +40,12 @@ consumer is killed with SIGKILL and restarted; the new consumer first reconciles
 doubt (claimed, maybe charged, not completed) against the ledger, the system of record of the \
 charges, and the producer re-sends everything not acknowledged.
 
-Claims are single-key calls, each waiting for an fsync; --threads of them run at once and share \
-fsyncs. --mode batch uses one check_or_insert_batch per batch instead (one fsync for a whole \
-batch: faster, but a crash between it and the ledger leaves charges that only a reload of the \
-whole ledger can find).
+Claims are single-key calls. By default the store runs with periodic durability and the consumer \
+flushes it once per batch, after the batch's claims and before their charges: one fsync makes the \
+whole batch's claims durable. With --durability sync every claim and complete waits for an fsync \
+of its own (--threads of them at a time share fsyncs): two waits per event, several times slower. \
+--mode batch uses one check_or_insert_batch per batch instead (sync by default; a crash between \
+it and the ledger leaves charges that only a reload of the whole ledger can find).
 
 At the end the ledger is checked: every event must be charged exactly once (no double charge, no \
 lost charge). The same run without idem (a consumer that charges every delivery) shows what the \
