@@ -183,6 +183,17 @@ fn recover_seeds() {
         "real-segment-with-checkpoint",
         &recover_input(0, options(false, false, 2, 1), 0, &[&segment, &checkpoint]),
     );
+    // The same with the checkpoint's CRCs fixed up after mutation (bit 7 of p1).
+    write_seed(
+        "recover",
+        "real-segment-with-checkpoint-fixups",
+        &recover_input(
+            0x04,
+            options(true, false, 3, 2),
+            0x8000,
+            &[&segment, &checkpoint],
+        ),
+    );
     let (first, second) = split_in_two(&segment);
     write_seed(
         "recover",

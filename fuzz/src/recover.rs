@@ -15,10 +15,11 @@
 //!
 //! `options`: bit 0 `Sync` (else `Never`) durability; bit 1 `hash_mask_for_testing(0)`;
 //! bits 2-4 how far the clock moves after open (see [`ADVANCES_MS`]); bits 5-7 the TTL of the
-//! records written after open.
+//! records written after open. Bit 7 of `p1`: fix up the checkpoint's CRCs (and entry count).
 //!
 //! In raw mode the body is the files' bytes separated by [`SEPARATOR`]; a real store's segment
-//! file prefixed by 4 control bytes is a valid input.
+//! file prefixed by 4 control bytes is a valid input. A section starting with the checkpoint
+//! magic `IDEMCKPT` is laid down as `checkpoint.idem` instead of a segment.
 //!
 //! # Oracle
 //!
@@ -328,6 +329,60 @@ fn split_files(body: &[u8]) -> Vec<Vec<u8>> {
     files
 }
 
+/// Rewrites every CRC of a checkpoint (FORMAT.md layout) whose section still fits in the bytes,
+/// and its header's entry count, so that mutations of its fields are parsed deeply.
+pub fn fix_checkpoint_crcs(bytes: &mut [u8]) {
+    const HEADER_LEN: usize = 80;
+    const HEADER_CRC: usize = 76;
+    let u32_at = |bytes: &[u8], at: usize| -> Option<usize> {
+        let word = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes(word.try_into().expect("4 bytes")) as usize)
+    };
+    let put_crc = |bytes: &mut [u8], range: std::ops::Range<usize>, at: usize| {
+        let crc = crc32fast::hash(&bytes[range]);
+        bytes[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    };
+    if bytes.len() < HEADER_LEN {
+        return;
+    }
+    let shard_count = u32_at(bytes, 12).unwrap_or(0);
+    let segment_count = u32_at(bytes, 64).unwrap_or(0);
+    let mut at = HEADER_LEN;
+    let mut total = 0u64;
+    let mut walk = || -> Option<()> {
+        let table_end = at.checked_add(segment_count.checked_mul(24)?)?;
+        bytes.get(table_end..table_end + 4)?;
+        put_crc(bytes, at..table_end, table_end);
+        at = table_end + 4;
+        for _ in 0..shard_count.min(1 << 16) {
+            let entries = u32_at(bytes, at)?;
+            let body = at + 8;
+            let end = body.checked_add(entries.checked_mul(16)?)?;
+            bytes.get(body..end)?;
+            put_crc(bytes, body..end, at + 4);
+            total += entries as u64;
+            at = end;
+        }
+        let claims_start = at;
+        let count = u32_at(bytes, at)?;
+        at += 4;
+        for _ in 0..count.min(1 << 16) {
+            let len = bytes.get(at..at + 2)?;
+            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+            at += 2 + len;
+        }
+        bytes.get(at..at + 4)?;
+        put_crc(bytes, claims_start..at, at);
+        Some(())
+    };
+    let walked = walk().is_some();
+    if walked {
+        bytes[68..76].copy_from_slice(&total.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&bytes[..HEADER_CRC]);
+    bytes[HEADER_CRC..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Rewrites the CRC of every record whose lengths decode, from the header on.
 pub fn fix_record_crcs(bytes: &mut [u8]) {
     let mut offset = SEGMENT_HEADER_LEN;
@@ -365,10 +420,15 @@ impl Input {
             split_files(body)
         };
         // A raw section that starts with the checkpoint magic is the checkpoint (the last one).
-        let checkpoint = raw
+        let mut checkpoint = raw
             .iter()
             .rposition(|file| file.starts_with(CHECKPOINT_MAGIC))
             .map(|at| raw.remove(at));
+        if control[3] & 0x80 != 0 {
+            if let Some(checkpoint) = &mut checkpoint {
+                fix_checkpoint_crcs(checkpoint);
+            }
+        }
         let count = spec
             .as_ref()
             .map_or(raw.len(), |spec| spec.files.len())
