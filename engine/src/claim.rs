@@ -12,8 +12,8 @@
 //! - Fencing: `complete` and `release` succeed only while the key's current entry is the token's
 //!   own live claim (same claim id, lease not ended). A holder whose lease ended, or whose key was
 //!   completed, released, removed or claimed again, gets [`Error::StaleClaim`] and writes nothing.
-//! - Claim ids are unique per store: the clock's milliseconds times 2^20 plus a counter; two
-//!   claims of one key are at least a lease apart, so their ids differ.
+//! - Claim ids are unique: a counter that starts at a random 64-bit point each time the store
+//!   opens (a repeat across opens has odds of about 2^-64 per pair).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -103,6 +103,10 @@ pub(crate) struct ClaimRegistry {
 impl ClaimRegistry {
     pub(crate) fn recovered(in_doubt: Vec<ClaimToken>) -> ClaimRegistry {
         let registry = ClaimRegistry::default();
+        // Ids continue from a random point each time the store opens, so ids of different opens
+        // (even within one millisecond, or with a clock that stands still) do not repeat.
+        let start = crate::index::Index::random_seeds()[0];
+        registry.next_sequence.store(start, Ordering::Relaxed);
         {
             let mut open = registry.open.lock();
             for token in in_doubt {
@@ -120,9 +124,8 @@ impl ClaimRegistry {
         registry
     }
 
-    fn next_claim_id(&self, now_millis: u64) -> u64 {
-        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
-        (now_millis << 20) | (sequence & ((1 << 20) - 1))
+    fn next_claim_id(&self) -> u64 {
+        self.next_sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     fn remember(&self, token: &ClaimToken) {
@@ -133,6 +136,11 @@ impl ClaimRegistry {
         };
         open.insert(token.key.clone(), claim);
         self.count.store(open.len(), Ordering::Release);
+    }
+
+    /// Whether any claim may be live (the batch path checks for claims only then).
+    pub(crate) fn any_open(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
     }
 
     /// Drops the key's claim, if any: it was completed, released, superseded or removed.
@@ -248,7 +256,7 @@ impl Store {
                 }
             }
             Probe::Vacant(slot) => {
-                let claim_id = shared.claims.next_claim_id(now);
+                let claim_id = shared.claims.next_claim_id();
                 let claim_id_bytes = claim_id.to_le_bytes();
                 let record = Record {
                     kind: RecordKind::Claim,
@@ -562,6 +570,62 @@ mod tests {
         assert!(matches!(
             store.claim_fingerprinted(b"k", LEASE, b"amount=6"),
             Err(Error::FingerprintMismatch { .. })
+        ));
+    }
+
+    /// Regression (found by the `ops` fuzz target): ids restarted after a reopen in the same
+    /// millisecond, so a released token could complete the next holder's claim.
+    #[test]
+    fn claim_ids_do_not_repeat_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let old = acquired(store.claim(b"k", LEASE).unwrap());
+        store.close().unwrap();
+        let store = open(dir.path(), &clock);
+        store.release(old.clone()).unwrap();
+        let _new = acquired(store.claim(b"k", LEASE).unwrap());
+        assert!(matches!(
+            store.complete(old, TTL, b"stale"),
+            Err(Error::StaleClaim { .. })
+        ));
+    }
+
+    /// Regression (found by the `ops` fuzz target): a batch that fails on a claimed key must
+    /// not have recorded the items before it.
+    #[test]
+    fn a_batch_with_a_claimed_key_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        let _claim = acquired(store.claim(b"claimed", LEASE).unwrap());
+        let items: Vec<(&[u8], Duration, &[u8])> = vec![(b"a", TTL, b"1"), (b"claimed", TTL, b"2")];
+        let appended = store.stats().bytes_appended;
+        assert!(matches!(
+            store.check_or_insert_batch(&items),
+            Err(Error::ClaimInFlight { .. })
+        ));
+        assert_eq!(store.stats().bytes_appended, appended);
+        assert_eq!(
+            store.check_or_insert(b"a", TTL, b"1").unwrap(),
+            Outcome::Inserted
+        );
+    }
+
+    /// A key recorded without a fingerprint accepts a fingerprinted retry (nothing to compare).
+    #[test]
+    fn a_key_recorded_without_fingerprint_accepts_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        store.check_or_insert(b"k", TTL, b"v").unwrap();
+        assert!(store
+            .check_or_insert_fingerprinted(b"k", TTL, b"x", b"fp")
+            .unwrap()
+            .is_duplicate());
+        assert!(matches!(
+            store.claim_fingerprinted(b"k", LEASE, b"fp").unwrap(),
+            Claim::Duplicate(_)
         ));
     }
 }

@@ -75,6 +75,14 @@ pub(crate) fn recover(
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
 ) -> Result<Recovered> {
     let ids = segment::list_segments(storage, dir)?;
+    if ids.first() == Some(&0) {
+        // Ids start at 1: location 0 means "no record" in the index.
+        return Err(Error::Corrupt {
+            path: dir.join(segment::segment_file_name(0)),
+            offset: 0,
+            reason: "segment id 0 is not a valid segment id".into(),
+        });
+    }
     let mut report = RecoveryReport::default();
     let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
     let mut tail_offset = SEGMENT_HEADER_LEN as u32;
@@ -208,7 +216,11 @@ pub(crate) fn recover(
                     apply(
                         index,
                         &opened,
-                        (id, &bytes),
+                        Some(Current {
+                            file: &file,
+                            start,
+                            bytes: &bytes,
+                        }),
                         at,
                         &record,
                         now_millis,
@@ -293,7 +305,7 @@ fn claims_still_open(
         let table = index.lock(hash);
         let mut found = None;
         let probe = table.probe(hash.tag, now_millis, |candidate| {
-            let record = read_replayed(opened, (0, &[]), candidate, &mut buf)?;
+            let record = read_replayed(opened, None, candidate, &mut buf)?;
             if record.key != &key[..] {
                 return Ok::<_, Error>(KeyCheck::Other);
             }
@@ -448,7 +460,7 @@ fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
 fn apply(
     index: &Index,
     earlier: &BTreeMap<u32, SegmentFile>,
-    current: (u32, &[u8]),
+    current: Option<Current<'_>>,
     at: Location,
     record: &Record<'_>,
     now_millis: u64,
@@ -499,9 +511,18 @@ fn apply(
 }
 
 /// Reads an already-replayed record: from the segment being replayed, or an earlier one.
+/// The segment being replayed: its file, and its bytes from `start` on (those before `start`
+/// were not read: a checkpoint covers them).
+#[derive(Clone, Copy)]
+struct Current<'a> {
+    file: &'a SegmentFile,
+    start: usize,
+    bytes: &'a [u8],
+}
+
 fn read_replayed<'b>(
     earlier: &BTreeMap<u32, SegmentFile>,
-    (current_id, current_bytes): (u32, &'b [u8]),
+    current: Option<Current<'b>>,
     at: Location,
     buf: &'b mut Vec<u8>,
 ) -> Result<Record<'b>> {
@@ -511,9 +532,13 @@ fn read_replayed<'b>(
         offset: u64::from(offset),
         reason,
     };
-    if id == current_id {
-        return record::decode(&current_bytes[offset as usize..])
-            .map_err(|e| corrupt(PathBuf::from(segment::segment_file_name(id)), e.to_string()));
+    if let Some(current) = current.filter(|current| current.file.id == id) {
+        if offset as usize >= current.start {
+            return record::decode(&current.bytes[offset as usize..])
+                .map_err(|e| corrupt(current.file.path.clone(), e.to_string()));
+        }
+        current.file.read_record(u64::from(offset), buf)?;
+        return record::decode(buf).map_err(|e| corrupt(current.file.path.clone(), e.to_string()));
     }
     let file = earlier.get(&id).ok_or_else(|| {
         corrupt(

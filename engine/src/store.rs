@@ -339,8 +339,9 @@ impl Store {
     /// [`Store::check_or_insert`] for many items with one commit (one fsync in `Sync` mode).
     ///
     /// The answers come back in order. A key repeated inside the batch is a `Duplicate` of its
-    /// first occurrence. All items are validated before anything is written. A crash before the
-    /// call returns may keep any subset of the batch's records.
+    /// first occurrence. All items are validated, and checked for claims in flight
+    /// ([`Error::ClaimInFlight`]), before anything is written. A crash before the call returns
+    /// may keep any subset of the batch's records.
     ///
     /// ```
     /// use std::time::Duration;
@@ -367,6 +368,24 @@ impl Store {
         shared.check_live()?;
         let now = shared.clock.now_millis();
         let mut buf = Vec::new();
+        if shared.claims.any_open() {
+            // A claimed key fails the batch: find out before anything is written, so a failed
+            // batch records nothing (a claim taken between this pass and the writes below can
+            // still fail the batch after a prefix was written: the error says which key).
+            for (key, _, _) in items {
+                let key = key.as_ref();
+                let hash = shared.index.hash(key);
+                let table = shared.index.lock(hash);
+                if let Probe::Found(_) = shared.probe(&table, hash, key, now, &mut buf)? {
+                    let record = record::decode(&buf).expect("checked during the probe");
+                    if record.kind == RecordKind::Claim {
+                        return Err(Error::ClaimInFlight {
+                            until: crate::claim::system_time(record.expires_at_millis),
+                        });
+                    }
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(items.len());
         let mut wait_for: Option<Location> = None;
         for ((key, _, value), ttl_millis) in items.iter().zip(ttls) {
@@ -666,9 +685,14 @@ impl Drop for Store {
 /// With a fingerprint given, a found record must carry the same one.
 pub(crate) fn check_fingerprint(record: &Record<'_>, fingerprint: Option<&[u8]>) -> Result<()> {
     match fingerprint {
-        Some(fingerprint) if record.fingerprint != fingerprint => Err(Error::FingerprintMismatch {
-            key_len: record.key.len(),
-        }),
+        // A record stored without a fingerprint cannot be told apart: it is accepted.
+        Some(fingerprint)
+            if !record.fingerprint.is_empty() && record.fingerprint != fingerprint =>
+        {
+            Err(Error::FingerprintMismatch {
+                key_len: record.key.len(),
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -20,15 +20,17 @@ pub(crate) fn segment_file_name(id: u32) -> String {
     format!("{SEGMENT_PREFIX}{id:08}{SEGMENT_SUFFIX}")
 }
 
-/// The segment id a file name denotes, if it is a segment name.
+/// The segment id a file name denotes, if it is a segment name: the exact spelling
+/// `segment_file_name` gives (at least 8 digits, zero-padded; ids past 99,999,999 have more).
 pub(crate) fn parse_segment_file_name(name: &str) -> Option<u32> {
     let digits = name
         .strip_prefix(SEGMENT_PREFIX)?
         .strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    let id: u32 = digits.parse().ok()?;
+    (segment_file_name(id) == name).then_some(id)
 }
 
 /// The ids of the segment files in `dir`, ascending.
@@ -179,6 +181,16 @@ mod tests {
         assert_eq!(parse_segment_file_name("segment-00000007.idem"), Some(7));
         assert_eq!(parse_segment_file_name("segment-7.idem"), None);
         assert_eq!(parse_segment_file_name("segment-0000000x.idem"), None);
+        assert_eq!(segment_file_name(100_000_000), "segment-100000000.idem");
+        assert_eq!(
+            parse_segment_file_name("segment-100000000.idem"),
+            Some(100_000_000)
+        );
+        assert_eq!(parse_segment_file_name("segment-0100000000.idem"), None);
+        assert_eq!(
+            parse_segment_file_name("segment-4294967295.idem"),
+            Some(u32::MAX)
+        );
         assert_eq!(parse_segment_file_name("LOCK"), None);
     }
 }
