@@ -189,7 +189,13 @@ impl Store {
     ///
     /// In `Sync` mode the claim is durable before this returns, so a crash during the side
     /// effect leaves it visible: after reopen the key answers `InFlight` until the lease ends
-    /// and is listed by [`Store::in_doubt`].
+    /// and is listed by [`Store::in_doubt`]. In `Periodic` and `Never` modes it is not: call
+    /// [`Store::flush`] after claiming (once for a whole batch of claims) and before the side
+    /// effect, or a crash can lose a claim whose side effect happened.
+    ///
+    /// The lease bounds everything: choose it longer than the side effect plus the longest
+    /// restart you expect. When it ends the key is free again, the holder can no longer complete
+    /// or release, and a claim left open by a crash is no longer listed in doubt.
     ///
     /// ```
     /// use std::time::Duration;
