@@ -134,8 +134,14 @@ pub(crate) struct Log {
     state: Mutex<LogState>,
     /// The writer sleeps on this until there is work.
     work_ready: Condvar,
-    /// Callers sleep on this until `written`/`durable` move or the log is poisoned.
-    progress: Condvar,
+    /// Appenders held back by a full buffer sleep on this (with `state`) until the writer
+    /// drained it.
+    drained: Condvar,
+    /// Callers waiting for durability sleep on `durable_changed` with this lock, not with
+    /// `state`: woken together after a commit, each checks `durable_hint` and leaves without
+    /// queueing on the lock that appenders need.
+    commit_waiters: Mutex<()>,
+    durable_changed: Condvar,
     segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
     /// Segments deleted by reclamation in this process. A location in one of them can only be
     /// held by an entry that expired (its reader saw it live a moment before), so reads of it
@@ -195,7 +201,9 @@ impl Log {
                 bytes_appended: 0,
             }),
             work_ready: Condvar::new(),
-            progress: Condvar::new(),
+            drained: Condvar::new(),
+            commit_waiters: Mutex::new(()),
+            durable_changed: Condvar::new(),
             segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
             retired: RwLock::new(Default::default()),
             durable_hint: AtomicU64::new(tail),
@@ -217,7 +225,7 @@ impl Log {
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
             self.work_ready.notify_one();
-            self.progress.wait(&mut state);
+            self.drained.wait(&mut state);
         }
         if let Some(cause) = &state.poisoned {
             return Err(Error::Poisoned {
@@ -303,22 +311,35 @@ impl Log {
         if self.is_durable(end) {
             return Ok(());
         }
-        let mut state = self.state.lock();
-        loop {
-            if state.durable >= end {
-                return Ok(());
-            }
-            if let Some(cause) = &state.poisoned {
-                return Err(Error::Poisoned {
-                    cause: cause.clone(),
-                });
-            }
+        {
+            let mut state = self.state.lock();
             if state.flush_target < end {
                 state.flush_target = end;
             }
-            self.work_ready.notify_one();
-            self.progress.wait(&mut state);
         }
+        self.work_ready.notify_one();
+        let mut waiting = self.commit_waiters.lock();
+        loop {
+            // The writer publishes `durable_hint` (or the poison) before it takes
+            // `commit_waiters` to notify, so a check made under that lock cannot miss it.
+            if self.is_durable(end) {
+                return Ok(());
+            }
+            if self.poisoned_hint.load(Ordering::Acquire) {
+                drop(waiting);
+                let cause = self.poisoned().unwrap_or_default();
+                return Err(Error::Poisoned { cause });
+            }
+            self.durable_changed.wait(&mut waiting);
+        }
+    }
+
+    /// Wakes every caller waiting for durability (after `durable` moved or the log was
+    /// poisoned), and appenders waiting for buffer space.
+    fn announce_progress(&self) {
+        self.drained.notify_all();
+        let _waiting = self.commit_waiters.lock();
+        self.durable_changed.notify_all();
     }
 
     /// Makes everything appended so far durable.
@@ -477,7 +498,6 @@ impl Log {
             state.poisoned = Some(cause);
         }
         self.poisoned_hint.store(true, Ordering::Release);
-        self.progress.notify_all();
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {

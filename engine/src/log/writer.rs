@@ -128,11 +128,14 @@ fn run(log: &Log) {
                         }
                     }
                 }
-                log.progress.notify_all();
+                drop(state);
+                log.announce_progress();
             }
             Err(error) => {
                 let cause = error.to_string();
                 log.poison(&mut state, cause);
+                drop(state);
+                log.announce_progress();
                 return;
             }
         }
