@@ -318,20 +318,9 @@ impl Store {
         let shared = &*self.shared;
         shared.check_live()?;
         let now = shared.clock.now_millis();
-        let hash = shared.index.hash(key);
         let mut buf = Vec::new();
-        let mut table = shared.index.lock(hash);
-        let (outcome, wait_for) = shared.check_or_insert_locked(
-            &mut table,
-            hash,
-            key,
-            now + ttl_millis,
-            value,
-            now,
-            &mut buf,
-            fingerprint,
-        )?;
-        drop(table);
+        let (outcome, wait_for) =
+            shared.check_or_insert_one(key, now + ttl_millis, value, now, &mut buf, fingerprint)?;
         shared.wait_if_sync(wait_for)?;
         Ok(outcome)
     }
@@ -390,19 +379,8 @@ impl Store {
         let mut wait_for: Option<Location> = None;
         for ((key, _, value), ttl_millis) in items.iter().zip(ttls) {
             let (key, value) = (key.as_ref(), value.as_ref());
-            let hash = shared.index.hash(key);
-            let mut table = shared.index.lock(hash);
-            let (outcome, end) = shared.check_or_insert_locked(
-                &mut table,
-                hash,
-                key,
-                now + ttl_millis,
-                value,
-                now,
-                &mut buf,
-                None,
-            )?;
-            drop(table);
+            let (outcome, end) =
+                shared.check_or_insert_one(key, now + ttl_millis, value, now, &mut buf, None)?;
             wait_for = wait_for.max(end);
             outcomes.push(outcome);
         }
@@ -570,6 +548,30 @@ impl Shared {
             self.log.release(&table.released);
             table.released.clear();
         }
+    }
+
+    /// Check-or-insert of one key under its shard lock (see `check_or_insert_locked`).
+    fn check_or_insert_one(
+        &self,
+        key: &[u8],
+        expires_at_millis: u64,
+        value: &[u8],
+        now: u64,
+        buf: &mut Vec<u8>,
+        fingerprint: Option<&[u8]>,
+    ) -> Result<(Outcome, Option<Location>)> {
+        let hash = self.index.hash(key);
+        let mut table = self.index.lock(hash);
+        self.check_or_insert_locked(
+            &mut table,
+            hash,
+            key,
+            expires_at_millis,
+            value,
+            now,
+            buf,
+            fingerprint,
+        )
     }
 
     /// The core of check-or-insert, under the key's shard lock. Returns the outcome and the log

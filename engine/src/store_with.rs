@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::single_flight::{self, Recorder, WithError};
-use crate::store::{Outcome, Store, Value, MAX_TTL};
+use crate::store::{Outcome, Store, Value};
 
 impl Store {
     /// Returns the live value of `key` as [`Outcome::Duplicate`], or else runs `make_value` and
@@ -141,21 +141,14 @@ impl Recorder for StoreRecorder<'_> {
 
 /// The TTL rules of [`Store::check_or_insert`], checked before the closure runs.
 fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl.is_zero() {
-        return Err(Error::ZeroTtl);
-    }
-    if ttl > MAX_TTL {
-        return Err(Error::TtlTooLarge {
-            ttl_secs: ttl.as_secs(),
-            max_secs: MAX_TTL.as_secs(),
-        });
-    }
-    Ok(())
+    crate::store::validate_ttl(ttl).map(|_| ())
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::error::Error;
+    use crate::store::MAX_TTL;
     use crate::{Config, Durability};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
