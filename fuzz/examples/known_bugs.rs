@@ -126,6 +126,28 @@ fn segment_id_past_8_digits() -> Option<String> {
     }
 }
 
+/// The newest segment is `segment-4294967295.idem` (the largest id), torn at creation (empty).
+fn segment_id_at_u32_max() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    std::fs::write(dir.path().join("segment-4294967295.idem"), b"").expect("write");
+    let path = dir.path().to_path_buf();
+    let opened = std::panic::catch_unwind(move || {
+        Store::open_with(&path, config(&clock)).map(|store| {
+            let written = store.check_or_insert(b"k", Duration::from_secs(60), b"v");
+            drop(store);
+            let reopened = Store::open_with(&path, config(&clock)).map(|s| s.get(b"k").ok());
+            (written.is_ok(), reopened)
+        })
+    });
+    match opened {
+        Err(_) => Some("open panicked (segment id overflow)".into()),
+        Ok(Err(_)) => None,
+        Ok(Ok((true, Ok(Some(Some(_)))))) => None,
+        Ok(Ok(other)) => Some(format!("open went on past the last id: {other:?}")),
+    }
+}
+
 fn main() {
     // The panic of one reproduction is reported, not printed with a backtrace.
     std::panic::set_hook(Box::new(|_| {}));
@@ -137,4 +159,5 @@ fn main() {
     );
     report("segment 0 with a live claim", segment_zero_claim());
     report("segment id past 8 digits", segment_id_past_8_digits());
+    report("segment id at u32::MAX", segment_id_at_u32_max());
 }

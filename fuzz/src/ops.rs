@@ -447,21 +447,18 @@ impl Model {
     }
 
     /// A batch: the items in order, one clock reading. An item whose key is claimed fails the
-    /// whole call; the items before it stay recorded unless `all_or_nothing` (see
+    /// whole call, and then nothing of it is recorded (the fix of
     /// `regressions/ops/batch-claim-in-flight-keeps-prefix`).
     pub fn check_or_insert_batch(
         &mut self,
         items: &[(Vec<u8>, Duration, Vec<u8>)],
-        all_or_nothing: bool,
     ) -> Result<Vec<Answer>, Answer> {
         let before = self.entries.clone();
         let mut answers = Vec::with_capacity(items.len());
         for (key, ttl, value) in items {
             match self.check_or_insert(key, *ttl, value) {
                 Answer::ClaimInFlight => {
-                    if all_or_nothing {
-                        self.entries = before;
-                    }
+                    self.entries = before;
                     return Err(Answer::ClaimInFlight);
                 }
                 answer => answers.push(answer),
@@ -580,8 +577,6 @@ pub struct Harness {
     sweeps: u32,
     /// Tokens acquired so far, with the model's number of each claim.
     tokens: Vec<(ClaimToken, u64)>,
-    /// When the last claim was acquired.
-    last_claim_millis: Option<u64>,
 }
 
 impl Harness {
@@ -599,7 +594,6 @@ impl Harness {
             fills: 0,
             sweeps: 0,
             tokens: Vec::new(),
-            last_claim_millis: None,
         };
         harness.open();
         harness
@@ -627,35 +621,6 @@ impl Harness {
         self.store = Some(store);
         self.model.reopened();
         self.check_in_doubt();
-    }
-
-    /// Known engine bug (fuzz/regressions/ops/claim-id-reused-after-reopen): a claim id is the
-    /// clock's milliseconds << 20 | a counter that restarts at 0 on open, so a claim made in the
-    /// same millisecond as one before a reopen gets the same id, and the old token can complete
-    /// or release the new claim. Unless IDEM_FUZZ_STRICT=1, the clock moves 1 ms before such a
-    /// reopen; drop this once the engine is fixed.
-    fn avoid_known_claim_id_reuse(&mut self) {
-        if !crate::strict() && self.last_claim_millis == Some(self.model.now_millis) {
-            let step = Duration::from_millis(1);
-            self.clock.advance(step);
-            self.model.advance(step);
-        }
-    }
-
-    /// Known engine bug (fuzz/regressions/ops/checkpoint-then-crash-reopen-fails): an open from
-    /// a checkpoint reads the segment holding the replay start with zeros below that point, and
-    /// a replayed record whose probe meets an index entry down there (the same key written
-    /// before the checkpoint, or any key sharing its tag) fails the open with `Corrupt`. Unless
-    /// IDEM_FUZZ_STRICT=1, a drop-and-reopen (the only reopen that replays past a checkpoint:
-    /// close writes one at the tail) deletes the checkpoint first. Drop this once fixed.
-    fn avoid_known_checkpoint_replay_bug(&self) {
-        if !crate::strict() {
-            match std::fs::remove_file(self.dir.path().join("checkpoint.idem")) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => panic!("removing the checkpoint: {e}"),
-            }
-        }
     }
 
     fn check_in_doubt(&self) {
@@ -698,7 +663,6 @@ impl Harness {
                 store.close().expect("close");
                 let same_index = (self.spec.mask, self.spec.shards) == (spec.mask, spec.shards);
                 self.spec = *spec;
-                self.avoid_known_claim_id_reuse();
                 self.open();
                 // close wrote a checkpoint; it fits an index of the same shape.
                 let ignored = &self.store().recovery_report().checkpoint_ignored;
@@ -710,8 +674,6 @@ impl Harness {
             }
             Op::DropReopen => {
                 drop(self.store.take());
-                self.avoid_known_claim_id_reuse();
-                self.avoid_known_checkpoint_replay_bug();
                 self.open();
             }
             Op::Invalid(invalid) => self.invalid(invalid),
@@ -765,7 +727,7 @@ impl Harness {
             Err(Error::ClaimInFlight { .. }) => Err(Answer::ClaimInFlight),
             Err(error) => panic!("step {}: batch failed: {error}", self.step),
         };
-        let want = self.model.check_or_insert_batch(&owned, crate::strict());
+        let want = self.model.check_or_insert_batch(&owned);
         same(&got, &want, || {
             format!("step {}: batch of {}", self.step, owned.len())
         });
@@ -786,7 +748,6 @@ impl Harness {
                     self.step
                 );
                 self.tokens.push((token, number));
-                self.last_claim_millis = Some(self.model.now_millis);
             }
             (Claim::Duplicate(value), ClaimAnswer::Duplicate(want)) => {
                 assert_eq!(value.as_ref(), &want[..], "step {}: claim", self.step)
