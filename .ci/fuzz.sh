@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short fuzz run of every cargo-fuzz target in fuzz/ (record, recover, ops), from the repo root:
 #
-#   bash .ci/fuzz.sh                     # about 60 s per target, after a ~3 min build
+#   bash .ci/fuzz.sh                     # 60 s per target; about 4-6 min in all with the build
 #   FUZZ_SECONDS=600 bash .ci/fuzz.sh    # longer
 #   FUZZ_TARGETS="ops recover" bash .ci/fuzz.sh
 #
@@ -24,6 +24,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 cargo fuzz --version
+
+# The fuzz crate is outside the main workspace, so the workspace's fmt and clippy miss it.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 # Builds every target once (stable toolchain: no sanitizer; debug assertions on).
 cargo fuzz build --sanitizer none
