@@ -43,7 +43,7 @@ const HEADER_CRC_OFFSET: usize = ENTRY_COUNT_OFFSET + 8;
 const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
 const _: () = assert!(HEADER_LEN == 80);
 
-/// id u32, reserved u32, records u64, max_deadline_secs u32, reserved u32.
+/// id u32, min_deadline_secs u32, records u64, max_deadline_secs u32, reserved u32.
 const SEGMENT_ROW_LEN: usize = 24;
 /// tag u32, expires_at_secs u32, location u64.
 const ENTRY_LEN: usize = 16;
@@ -108,6 +108,7 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     for (&id, stats) in &segments {
         let mut row = [0u8; SEGMENT_ROW_LEN];
         put_u32(&mut row, 0, id);
+        put_u32(&mut row, 4, stats.min_deadline_secs);
         put_u64(&mut row, 8, stats.records);
         put_u32(&mut row, 16, stats.max_deadline_secs);
         table_bytes.extend_from_slice(&row);
@@ -265,6 +266,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
             records: get_u64(row, 8),
             live: 0,
             max_deadline_secs: get_u32(row, 16),
+            min_deadline_secs: get_u32(row, 4),
         };
         segments.insert(id, stats);
     }

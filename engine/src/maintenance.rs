@@ -187,6 +187,7 @@ fn delete_expired_segments(shared: &Shared) -> Result<u64> {
 /// Returns the number of records copied forward.
 fn compact_sparsest(shared: &Shared) -> Result<Option<u64>> {
     let threshold = shared.config.compaction_live_ratio;
+    let now = shared.clock.now_millis();
     if threshold <= 0.0 {
         return Ok(None);
     }
@@ -194,7 +195,7 @@ fn compact_sparsest(shared: &Shared) -> Result<Option<u64>> {
         .log
         .sealed_segments()
         .into_iter()
-        .filter(|s| s.stats.records > 0)
+        .filter(|s| s.stats.records > 0 && s.stats.worth_compacting(now))
         .map(|s| (s.stats.live as f64 / s.stats.records as f64, s.id))
         .filter(|&(ratio, _)| ratio < threshold)
         .min_by(|a, b| a.0.total_cmp(&b.0));

@@ -186,8 +186,14 @@ impl ExpiryWheel {
         }
         self.cascading = false;
         let handed = tags.len();
+        // Keep a small allocation only: a bucket is reused a whole turn of its level later, and
+        // a drained bucket that kept its capacity would hold memory for entries long gone (the
+        // level-0 buckets alone would pin 256 ticks' worth of expiries).
+        const KEPT_CAPACITY: usize = 64;
         tags.clear();
-        // Keep the allocation: fresh memory is costly to fault in, and the bucket fills again.
+        if tags.capacity() > KEPT_CAPACITY {
+            tags = Vec::new();
+        }
         if self.levels[level].buckets[index].is_empty() {
             self.levels[level].buckets[index] = tags;
         }

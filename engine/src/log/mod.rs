@@ -66,7 +66,7 @@ impl Chunk {
 }
 
 /// What the log knows about one segment's contents, for reclamation decisions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentStats {
     /// Records in the segment (inserts and removals).
     pub(crate) records: u64,
@@ -75,14 +75,43 @@ pub(crate) struct SegmentStats {
     /// The latest deadline of any record in it, rounded up to whole seconds: once the clock
     /// passes it, nothing in the segment can be live or needed.
     pub(crate) max_deadline_secs: u32,
+    /// The earliest deadline of any record in it (whole seconds; `u32::MAX` while empty).
+    pub(crate) min_deadline_secs: u32,
+}
+
+impl Default for SegmentStats {
+    fn default() -> Self {
+        SegmentStats {
+            records: 0,
+            live: 0,
+            max_deadline_secs: 0,
+            min_deadline_secs: u32::MAX,
+        }
+    }
 }
 
 impl SegmentStats {
     pub(crate) fn add_record(&mut self, record: &Record<'_>) {
+        if record.kind == record::RecordKind::Seal {
+            return;
+        }
+        let deadline = crate::index::Slot::deadline_secs(record.expires_at_millis);
         self.records += 1;
-        self.max_deadline_secs = self
-            .max_deadline_secs
-            .max(crate::index::Slot::deadline_secs(record.expires_at_millis));
+        self.max_deadline_secs = self.max_deadline_secs.max(deadline);
+        self.min_deadline_secs = self.min_deadline_secs.min(deadline);
+    }
+
+    /// Whether copying the segment's live records forward beats waiting for them to expire:
+    /// not once the clock is past the middle of the span of its deadlines, when its records
+    /// expire on their own sooner than they took to arrive (a single-TTL workload then deletes
+    /// every segment whole and never copies).
+    pub(crate) fn worth_compacting(&self, now_millis: u64) -> bool {
+        if self.min_deadline_secs > self.max_deadline_secs {
+            return true;
+        }
+        let max = u64::from(self.max_deadline_secs) * 1000;
+        let min = u64::from(self.min_deadline_secs) * 1000;
+        max.saturating_sub(now_millis) > (max - min) / 2
     }
 }
 
