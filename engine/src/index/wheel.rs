@@ -39,9 +39,60 @@ fn level_span(level: usize) -> u64 {
     1 << (level_shift(level) + if level == 0 { LEVEL0_BITS } else { LEVEL_BITS })
 }
 
+/// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
+/// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
+/// wheel is 4 bytes per key only if its slack stays small).
+#[derive(Debug, Default)]
+struct Bucket {
+    chunks: Vec<Vec<u32>>,
+}
+
+const FIRST_CHUNK_ENTRIES: usize = 16;
+const MAX_CHUNK_ENTRIES: usize = 1024;
+
+impl Bucket {
+    fn push(&mut self, tag: u32) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < chunk.capacity() => chunk.push(tag),
+            last => {
+                let capacity = last.map_or(FIRST_CHUNK_ENTRIES, |chunk| {
+                    (chunk.capacity() * 2).min(MAX_CHUNK_ENTRIES)
+                });
+                let mut chunk = Vec::with_capacity(capacity);
+                chunk.push(tag);
+                self.chunks.push(chunk);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self
+                .chunks
+                .iter()
+                .map(|chunk| chunk.capacity() * 4)
+                .sum::<usize>()
+    }
+
+    /// Takes every tag out, into `into`, and frees the chunks.
+    fn drain_into(&mut self, into: &mut Vec<u32>) -> usize {
+        let chunks = std::mem::take(&mut self.chunks);
+        let taken: usize = chunks.iter().map(Vec::len).sum();
+        into.reserve(taken);
+        for chunk in chunks {
+            into.extend_from_slice(&chunk);
+        }
+        taken
+    }
+}
+
 #[derive(Debug)]
 struct Level {
-    buckets: Box<[Vec<u32>]>,
+    buckets: Box<[Bucket]>,
     entries: usize,
 }
 
@@ -72,7 +123,7 @@ pub(crate) enum BucketWork {
 impl ExpiryWheel {
     pub(crate) fn new(current_tick: u64) -> ExpiryWheel {
         let level = |level: usize| Level {
-            buckets: (0..=level_mask(level)).map(|_| Vec::new()).collect(),
+            buckets: (0..=level_mask(level)).map(|_| Bucket::default()).collect(),
             entries: 0,
         };
         ExpiryWheel {
@@ -96,7 +147,7 @@ impl ExpiryWheel {
         self.levels
             .iter()
             .flat_map(|level| level.buckets.iter())
-            .map(|bucket| bucket.capacity() * 4 + std::mem::size_of::<Vec<u32>>())
+            .map(|bucket| bucket.heap_bytes() + std::mem::size_of::<Bucket>())
             .sum()
     }
 
@@ -172,12 +223,12 @@ impl ExpiryWheel {
         kind: BucketWork,
         work: &mut impl FnMut(&mut ExpiryWheel, u32, BucketWork),
     ) -> usize {
-        let mut tags = std::mem::take(&mut self.levels[level].buckets[index]);
-        if tags.is_empty() {
-            self.levels[level].buckets[index] = tags;
+        if self.levels[level].buckets[index].is_empty() {
             return 0;
         }
-        self.levels[level].entries -= tags.len();
+        let mut tags = Vec::new();
+        let taken = self.levels[level].buckets[index].drain_into(&mut tags);
+        self.levels[level].entries -= taken;
         tags.sort_unstable();
         tags.dedup();
         self.cascading = matches!(kind, BucketWork::Cascade { .. });
@@ -186,17 +237,6 @@ impl ExpiryWheel {
         }
         self.cascading = false;
         let handed = tags.len();
-        // Keep a small allocation only: a bucket is reused a whole turn of its level later, and
-        // a drained bucket that kept its capacity would hold memory for entries long gone (the
-        // level-0 buckets alone would pin 256 ticks' worth of expiries).
-        const KEPT_CAPACITY: usize = 64;
-        tags.clear();
-        if tags.capacity() > KEPT_CAPACITY {
-            tags = Vec::new();
-        }
-        if self.levels[level].buckets[index].is_empty() {
-            self.levels[level].buckets[index] = tags;
-        }
         handed
     }
 }
