@@ -272,7 +272,14 @@ pub(crate) fn recover(
     // No segment, or the newest was sealed but its successor never made it to disk: the log
     // continues in a new segment.
     if opened.is_empty() || newest_sealed {
-        let id = ids.last().map_or(1, |last| last + 1);
+        let id = match ids.last() {
+            None => 1,
+            Some(&last) => last.checked_add(1).ok_or_else(|| Error::Corrupt {
+                path: dir.join(segment::segment_file_name(last)),
+                offset: 0,
+                reason: "the last possible segment id is taken: the log cannot go on".into(),
+            })?,
+        };
         opened.insert(id, SegmentFile::create(storage, dir, id)?);
         tail_offset = SEGMENT_HEADER_LEN as u32;
     }
