@@ -267,11 +267,16 @@ impl Log {
         if opens_segment {
             let sealed = std::mem::take(&mut state.tail_stats);
             let old_tail = state.tail_segment;
+            let Some(next) = state.tail_segment.checked_add(1) else {
+                state.tail_stats = sealed;
+                return Err(self.corrupt(
+                    state.tail_segment,
+                    state.tail_offset,
+                    "the last possible segment id is full: the log cannot go on",
+                ));
+            };
             state.segment_stats.insert(old_tail, sealed);
-            state.tail_segment = state
-                .tail_segment
-                .checked_add(1)
-                .expect("segment ids exhausted (2^32 segments)");
+            state.tail_segment = next;
             state.tail_offset = SEGMENT_HEADER_LEN as u32;
         }
         let (segment_id, offset) = (state.tail_segment, state.tail_offset);
