@@ -236,8 +236,7 @@ impl ExpiryWheel {
             work(self, tag, kind);
         }
         self.cascading = false;
-        let handed = tags.len();
-        handed
+        tags.len()
     }
 }
 
