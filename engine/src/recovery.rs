@@ -75,14 +75,6 @@ pub(crate) fn recover(
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
 ) -> Result<Recovered> {
     let ids = segment::list_segments(storage, dir)?;
-    if ids.first() == Some(&0) {
-        // Ids start at 1: location 0 means "no record" in the index.
-        return Err(Error::Corrupt {
-            path: dir.join(segment::segment_file_name(0)),
-            offset: 0,
-            reason: "segment id 0 is not a valid segment id".into(),
-        });
-    }
     let mut report = RecoveryReport::default();
     let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
     let mut tail_offset = SEGMENT_HEADER_LEN as u32;
@@ -116,6 +108,14 @@ pub(crate) fn recover(
             continue;
         }
         check_header(&file, &header[..got], newest)?;
+    }
+    if ids.first() == Some(&0) {
+        // Ids start at 1: location 0 means "no record" in the index.
+        return Err(Error::Corrupt {
+            path: dir.join(segment::segment_file_name(0)),
+            offset: 0,
+            reason: "segment id 0 is not a valid segment id".into(),
+        });
     }
     let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from);
     let mut claim_keys: Vec<Box<[u8]>> = checkpoint

@@ -608,10 +608,6 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         files: BTreeMap::new(),
     };
     let newest_id = files.keys().next_back().copied();
-    // Ids start at 1 (location 0 means "no record" in the index): a segment 0 is corrupt.
-    if files.contains_key(&0) {
-        return Err(ExpectedError::Corrupt);
-    }
     let header_error = |error: HeaderError| match error {
         HeaderError::BadMagic => ExpectedError::NotASegment,
         HeaderError::UnsupportedVersion(_) => ExpectedError::UnsupportedVersion,
@@ -630,6 +626,11 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
             Ok(_) => return Err(ExpectedError::Corrupt),
             Err(error) => return Err(header_error(error)),
         }
+    }
+    // Ids start at 1 (location 0 means "no record" in the index): a segment 0 is corrupt (judged
+    // after the headers, so a foreign file named segment 0 is NotASegment).
+    if files.contains_key(&0) {
+        return Err(ExpectedError::Corrupt);
     }
     // Whether the last segment kept ends with its seal (then the log goes on in a new one).
     let mut last_sealed = false;
