@@ -32,6 +32,13 @@ use segment::SegmentFile;
 
 pub(crate) use writer::{spawn_writer, WriterHandle};
 
+#[cfg(not(loom))]
+thread_local! {
+    /// Each appending thread's scratch buffer for one encoded record (reused: no allocation per
+    /// append).
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
 pub(crate) type Location = u64;
 
@@ -250,7 +257,26 @@ impl Log {
     /// Does no I/O: the bytes go to the write buffer, which the writer drains. Waits only when
     /// the buffer is over its limit (back-pressure) .
     pub(crate) fn append(&self, record: &Record<'_>) -> Result<(Location, Location)> {
-        let len = record.encoded_len() as u32;
+        // Encoding and the checksum do not depend on where the record goes: do them before
+        // taking the log lock, which every appending thread needs, so it covers only a copy.
+        #[cfg(not(loom))]
+        return ENCODED.with(|encoded| {
+            let mut encoded = encoded.borrow_mut();
+            encoded.clear();
+            record::encode_into(&mut encoded, record);
+            self.append_encoded(record, &encoded)
+        });
+        // loom runs its threads as coroutines of one OS thread: no thread-local scratch there.
+        #[cfg(loom)]
+        {
+            let mut encoded = Vec::new();
+            record::encode_into(&mut encoded, record);
+            self.append_encoded(record, &encoded)
+        }
+    }
+
+    fn append_encoded(&self, record: &Record<'_>, encoded: &[u8]) -> Result<(Location, Location)> {
+        let len = encoded.len() as u32;
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
             self.work_ready.notify_one();
@@ -298,7 +324,7 @@ impl Log {
             });
         }
         let chunk = state.pending.last_mut().expect("a chunk was just ensured");
-        record::encode_into(&mut chunk.bytes, record);
+        chunk.bytes.extend_from_slice(encoded);
         state.bytes_appended += u64::from(len);
         let stats = &mut state.tail_stats;
         stats.add_record(record);
