@@ -562,18 +562,14 @@ where
     Ok((started.elapsed().as_secs_f64(), hist, dups))
 }
 
-fn idem_single(
+/// Flushes and closes an idem store after a run and gathers its measurements.
+fn finish_idem(
+    store: idem::Store,
     dir: &Path,
     keys: &[Key],
-    durability: idem::Durability,
-    threads: usize,
+    (secs, latency, duplicates): (f64, Histogram, u64),
+    rss_before: u64,
 ) -> PeerResult {
-    let rss_before = rss();
-    let store = idem::Store::open_with(dir, idem::Config::default().durability(durability))?;
-    let (secs, latency, duplicates) = run_single_ops(keys, threads, |key| {
-        let value = value_for(key);
-        Ok(store.check_or_insert(key, TTL, &value)?.is_duplicate())
-    })?;
     store.flush()?;
     let rss_after = rss();
     let stats = store.stats();
@@ -601,6 +597,21 @@ fn idem_single(
     })
 }
 
+fn idem_single(
+    dir: &Path,
+    keys: &[Key],
+    durability: idem::Durability,
+    threads: usize,
+) -> PeerResult {
+    let rss_before = rss();
+    let store = idem::Store::open_with(dir, idem::Config::default().durability(durability))?;
+    let (secs, latency, duplicates) = run_single_ops(keys, threads, |key| {
+        let value = value_for(key);
+        Ok(store.check_or_insert(key, TTL, &value)?.is_duplicate())
+    })?;
+    finish_idem(store, dir, keys, (secs, latency, duplicates), rss_before)
+}
+
 fn idem_batch(dir: &Path, keys: &[Key], durability: idem::Durability) -> PeerResult {
     let rss_before = rss();
     let store = idem::Store::open_with(dir, idem::Config::default().durability(durability))?;
@@ -611,31 +622,7 @@ fn idem_batch(dir: &Path, keys: &[Key], durability: idem::Durability) -> PeerRes
         let outcomes = store.check_or_insert_batch(&items)?;
         Ok(outcomes.iter().filter(|o| o.is_duplicate()).count() as u64)
     })?;
-    store.flush()?;
-    let rss_after = rss();
-    let stats = store.stats();
-    store.close()?;
-    Ok(Measured {
-        ops: keys.len() as u64,
-        secs,
-        latency,
-        duplicates,
-        rss_before,
-        rss_after,
-        disk_bytes: dir_disk_bytes(dir),
-        disk_apparent_bytes: dir_apparent_bytes(dir),
-        has_disk: true,
-        server_cpu_secs: 0.0,
-        note: format!(
-            "stats: live_keys={} index_bytes={} ({:.1} B/key) segments={} fsyncs={}; files: {}",
-            stats.live_keys,
-            stats.index_bytes,
-            stats.index_bytes as f64 / stats.live_keys.max(1) as f64,
-            stats.segments,
-            stats.fsyncs,
-            file_breakdown(dir, stats.live_keys)
-        ),
-    })
+    finish_idem(store, dir, keys, (secs, latency, duplicates), rss_before)
 }
 
 /// Bytes per live key of each kind of file in an idem directory (segments, checkpoints, ...).
