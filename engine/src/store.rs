@@ -550,7 +550,8 @@ impl Shared {
         }
     }
 
-    /// Check-or-insert of one key under its shard lock (see `check_or_insert_locked`).
+    /// Check-or-insert of one key under its shard lock. Returns the outcome and the log location
+    /// that must be durable before the outcome may be reported in `Sync` mode.
     fn check_or_insert_one(
         &self,
         key: &[u8],
@@ -561,36 +562,8 @@ impl Shared {
         fingerprint: Option<&[u8]>,
     ) -> Result<(Outcome, Option<Location>)> {
         let hash = self.index.hash(key);
-        let mut table = self.index.lock(hash);
-        self.check_or_insert_locked(
-            &mut table,
-            hash,
-            key,
-            expires_at_millis,
-            value,
-            now,
-            buf,
-            fingerprint,
-        )
-    }
-
-    /// The core of check-or-insert, under the key's shard lock. Returns the outcome and the log
-    /// location that must be durable before the outcome may be reported in `Sync` mode.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one internal call site per public entry"
-    )]
-    fn check_or_insert_locked(
-        &self,
-        table: &mut ShardTable,
-        hash: KeyHash,
-        key: &[u8],
-        expires_at_millis: u64,
-        value: &[u8],
-        now: u64,
-        buf: &mut Vec<u8>,
-        fingerprint: Option<&[u8]>,
-    ) -> Result<(Outcome, Option<Location>)> {
+        let mut guard = self.index.lock(hash);
+        let table = &mut *guard;
         match self.probe(table, hash, key, now, buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(buf).expect("checked during the probe");
