@@ -95,6 +95,22 @@ impl Config {
         self
     }
 
+    /// The smallest segment size [`Config::segment_size_bytes_for_testing`] accepts.
+    #[doc(hidden)]
+    pub const MIN_TEST_SEGMENT_SIZE_BYTES: u32 = 4096;
+
+    /// Sets a segment size below [`Config::MIN_SEGMENT_SIZE_BYTES`] (at least 4 KiB).
+    ///
+    /// For tests, fuzzing and simulation only: tiny segments make the log roll, seal, compact
+    /// and delete segments after a few dozen records, so reclamation meets every other operation
+    /// and every crash point. A record larger than the segment gets a segment of its own. Never
+    /// use it in production: every roll costs an fsync and a file.
+    #[doc(hidden)]
+    pub fn segment_size_bytes_for_testing(mut self, bytes: u32) -> Self {
+        self.segment_size_bytes = bytes.max(Self::MIN_TEST_SEGMENT_SIZE_BYTES);
+        self
+    }
+
     /// Sets the number of index shards (rounded up to a power of two, 1 to 65536; default 256).
     /// More shards mean less lock contention and a finer resize granularity.
     pub fn shard_count(mut self, shards: usize) -> Self {
