@@ -43,7 +43,8 @@ const HEADER_CRC_OFFSET: usize = ENTRY_COUNT_OFFSET + 8;
 const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
 const _: () = assert!(HEADER_LEN == 80);
 
-/// id u32, min_deadline_secs u32, records u64, max_deadline_secs u32, reserved u32.
+/// id u32, min_deadline_secs u32, records u64, max_deadline_secs u32, tombstones u32 (0 in files
+/// written before it was counted: such a segment is compacted a little eagerly once).
 const SEGMENT_ROW_LEN: usize = 24;
 /// tag u32, expires_at_secs u32, location u64.
 const ENTRY_LEN: usize = 16;
@@ -111,6 +112,11 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         put_u32(&mut row, 4, stats.min_deadline_secs);
         put_u64(&mut row, 8, stats.records);
         put_u32(&mut row, 16, stats.max_deadline_secs);
+        put_u32(
+            &mut row,
+            20,
+            u32::try_from(stats.tombstones).unwrap_or(u32::MAX),
+        );
         table_bytes.extend_from_slice(&row);
     }
     let table_crc = crc32fast::hash(&table_bytes);
@@ -264,6 +270,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         }
         let stats = SegmentStats {
             records: get_u64(row, 8),
+            tombstones: u64::from(get_u32(row, 20)),
             live: 0,
             max_deadline_secs: get_u32(row, 16),
             min_deadline_secs: get_u32(row, 4),

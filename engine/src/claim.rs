@@ -12,16 +12,25 @@
 //! - Fencing: `complete` and `release` succeed only while the key's current entry is the token's
 //!   own live claim (same claim id, lease not ended). A holder whose lease ended, or whose key was
 //!   completed, released, removed or claimed again, gets [`Error::StaleClaim`] and writes nothing.
-//! - Claim ids are unique: a counter that starts at a random 64-bit point each time the store
-//!   opens (a repeat across opens has odds of about 2^-64 per pair).
+//! - Claim ids are fencing tokens (see `fence`): each is larger than every id handed out
+//!   before, across reopens and crashes, so they are unique and a holder can be ordered.
+//! - What completes a claim outlives the claim: when the result's deadline is earlier than the
+//!   lease end, `complete` also writes a shadow removal (deadline: the lease end) that hides the
+//!   Claim record from replay, so the claim cannot come back once the result's segment is gone.
+//! - Every claim that is its key's live entry is in the registry (put there under the key's shard
+//!   lock), so an empty registry means no key is claimed. Entries leave it when the claim is
+//!   completed, released or removed, and when its lease has ended (`prune`).
+//! - In `Sync` mode an answer derived from another holder's claim (`InFlight`, a fingerprint
+//!   mismatch) waits until that claim is durable, as `Duplicate` does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::fence::FencingTokens;
 use crate::index::{Probe, Slot};
 use crate::record::{self, Record, RecordKind};
 use crate::store::{
@@ -45,6 +54,11 @@ pub enum Claim {
 }
 
 /// Proof of holding a claim: pass it to [`Store::complete`] or [`Store::release`].
+///
+/// Its [`ClaimToken::fencing_token`] is larger than that of every claim taken before it in this
+/// store, across reopens and crashes: hand it to the system the side effect goes to, which can
+/// then refuse a holder whose token is lower than one it has already seen (a holder that paused
+/// past its lease while another took the key over).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimToken {
     key: Box<[u8]>,
@@ -67,6 +81,23 @@ impl ClaimToken {
     /// The request fingerprint the claim was made with (empty if none).
     pub fn fingerprint(&self) -> &[u8] {
         &self.fingerprint
+    }
+
+    /// The claim's fencing token: strictly larger than the token of every claim taken earlier
+    /// in this store, whatever key, across reopens and crashes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// let lease = Duration::from_secs(30);
+    /// let idem::Claim::Acquired(first) = store.claim(b"a", lease)? else { unreachable!() };
+    /// let idem::Claim::Acquired(second) = store.claim(b"b", lease)? else { unreachable!() };
+    /// assert!(second.fencing_token() > first.fencing_token());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.claim_id
     }
 
     fn from_record(record: &Record<'_>) -> Option<ClaimToken> {
@@ -92,21 +123,24 @@ struct OpenClaim {
 }
 
 /// Claims opened in this process, and claims recovered open at startup (in doubt).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ClaimRegistry {
     open: Mutex<HashMap<Box<[u8]>, OpenClaim>>,
-    /// `open.len()`, readable without the lock: the insert path checks it on every call.
+    /// `open.len()`, readable without the lock: the batch path checks it on every call.
     count: AtomicUsize,
-    next_sequence: AtomicU64,
+    fencing_tokens: FencingTokens,
 }
 
 impl ClaimRegistry {
-    pub(crate) fn recovered(in_doubt: Vec<ClaimToken>) -> ClaimRegistry {
-        let registry = ClaimRegistry::default();
-        // Ids continue from a random point each time the store opens, so ids of different opens
-        // (even within one millisecond, or with a clock that stands still) do not repeat.
-        let start = crate::index::Index::random_seeds()[0];
-        registry.next_sequence.store(start, Ordering::Relaxed);
+    pub(crate) fn recovered(
+        in_doubt: Vec<ClaimToken>,
+        fencing_tokens: FencingTokens,
+    ) -> ClaimRegistry {
+        let registry = ClaimRegistry {
+            open: Mutex::default(),
+            count: AtomicUsize::new(0),
+            fencing_tokens,
+        };
         {
             let mut open = registry.open.lock();
             for token in in_doubt {
@@ -124,8 +158,8 @@ impl ClaimRegistry {
         registry
     }
 
-    fn next_claim_id(&self) -> u64 {
-        self.next_sequence.fetch_add(1, Ordering::Relaxed)
+    fn next_claim_id(&self) -> Result<u64> {
+        self.fencing_tokens.next()
     }
 
     fn remember(&self, token: &ClaimToken) {
@@ -153,11 +187,21 @@ impl ClaimRegistry {
         self.count.store(open.len(), Ordering::Release);
     }
 
+    /// Forgets the claims whose lease ended (those recovered in doubt too: they are no longer
+    /// in doubt, the key is free).
+    pub(crate) fn prune(&self, now_millis: u64) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut open = self.open.lock();
+        open.retain(|_, claim| claim.token.lease_until_millis > now_millis);
+        self.count.store(open.len(), Ordering::Release);
+    }
+
     /// Keys of the claims open now whose lease has not ended (for checkpoints).
     pub(crate) fn live_keys(&self, now_millis: u64) -> Vec<Box<[u8]>> {
         let mut open = self.open.lock();
-        // Claims whose lease ended and that were never recovered in doubt are forgotten here.
-        open.retain(|_, claim| claim.recovered || claim.token.lease_until_millis > now_millis);
+        open.retain(|_, claim| claim.token.lease_until_millis > now_millis);
         self.count.store(open.len(), Ordering::Release);
         open.iter()
             .filter(|(_, claim)| claim.token.lease_until_millis > now_millis)
@@ -247,22 +291,20 @@ impl Store {
         let (answer, wait_for) = match shared.probe(&table, hash, key, now, &mut buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
-                check_fingerprint(&record, fingerprint)?;
-                match record.kind {
-                    RecordKind::Claim => (
-                        Claim::InFlight {
-                            until: system_time(record.expires_at_millis),
-                        },
-                        None,
-                    ),
-                    _ => (
-                        Claim::Duplicate(Value::from(record.value)),
-                        shared.end_of(&table, slot, &record),
-                    ),
-                }
+                // Every answer here rests on another caller's record: in `Sync` mode it waits
+                // until that record is durable.
+                let end = shared.end_of(&table, slot, &record);
+                let answer = match check_fingerprint(&record, fingerprint) {
+                    Err(mismatch) => Err(mismatch),
+                    Ok(()) if record.kind == RecordKind::Claim => Ok(Claim::InFlight {
+                        until: system_time(record.expires_at_millis),
+                    }),
+                    Ok(()) => Ok(Claim::Duplicate(Value::from(record.value))),
+                };
+                (answer, end)
             }
             Probe::Vacant(slot) => {
-                let claim_id = shared.claims.next_claim_id();
+                let claim_id = shared.claims.next_claim_id()?;
                 let claim_id_bytes = claim_id.to_le_bytes();
                 let record = Record {
                     kind: RecordKind::Claim,
@@ -281,41 +323,30 @@ impl Store {
                 shared.settle(&mut table);
                 let token = ClaimToken::from_record(&record).expect("an 8-byte claim id");
                 shared.claims.remember(&token);
-                (Claim::Acquired(token), Some(end))
+                (Ok(Claim::Acquired(token)), Some(end))
             }
         };
         drop(table);
-        shared.wait_if_sync(wait_for)?;
-        Ok(answer)
+        shared.answer_when_durable(wait_for, answer)
     }
 
     /// Records `result` for the claimed key for `ttl`, replacing the claim: later claims and
-    /// check-or-inserts of the key answer `Duplicate(result)`.
+    /// check-or-inserts of the key answer `Duplicate(result)` until `ttl` from now, after which
+    /// the key is free (even when that is before the lease would have ended: the claim never
+    /// comes back).
     ///
     /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
     pub fn complete(&self, token: ClaimToken, ttl: Duration, result: &[u8]) -> Result<()> {
         let ttl_millis = validate_ttl(ttl)?;
         validate_value(result)?;
-        self.resolve(&token, |now| Record {
-            kind: RecordKind::Insert,
-            key: &token.key,
-            value: result,
-            expires_at_millis: now + ttl_millis,
-            fingerprint: &token.fingerprint,
-        })
+        self.resolve(&token, Resolution::Complete { ttl_millis, result })
     }
 
     /// Gives up the claim without a result: the key is free again at once.
     ///
     /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
     pub fn release(&self, token: ClaimToken) -> Result<()> {
-        self.resolve(&token, |_| Record {
-            kind: RecordKind::Remove,
-            key: &token.key,
-            value: &[],
-            expires_at_millis: token.lease_until_millis,
-            fingerprint: &[],
-        })
+        self.resolve(&token, Resolution::Release)
     }
 
     /// Claims that were open when the store was last closed or crashed, and that nobody has
@@ -330,12 +361,8 @@ impl Store {
         Ok(tokens)
     }
 
-    /// Replaces the token's claim by the record `make` builds, if the token still holds the key.
-    fn resolve<'r>(
-        &self,
-        token: &'r ClaimToken,
-        make: impl FnOnce(u64) -> Record<'r>,
-    ) -> Result<()> {
+    /// Replaces the token's claim by its result or its release, if the token still holds the key.
+    fn resolve(&self, token: &ClaimToken, resolution: Resolution<'_>) -> Result<()> {
         let shared = &*self.shared;
         shared.check_live()?;
         let now = shared.clock.now_millis();
@@ -356,24 +383,68 @@ impl Store {
             }
             Probe::Vacant(_) => return Err(stale("the claim was released or removed")),
         };
-        let record = make(now);
-        let (at, end) = shared.log.append(&record)?;
-        match record.kind {
-            RecordKind::Remove => table.remove(slot),
-            _ => {
+        let end = match resolution {
+            Resolution::Complete { ttl_millis, result } => {
+                let completion = Record {
+                    kind: RecordKind::Insert,
+                    key: &token.key,
+                    value: result,
+                    expires_at_millis: now + ttl_millis,
+                    fingerprint: &token.fingerprint,
+                };
+                let (at, mut end) = shared.log.append(&completion)?;
+                if completion.expires_at_millis < token.lease_until_millis {
+                    // The result's segment may be deleted (all expired) while the Claim record
+                    // still lives: this shadow, which lives as long as the claim, keeps replay
+                    // from making the claim the key's entry again. It hides only records before
+                    // the completion, so it never removes the completion itself.
+                    let origin = at.to_le_bytes();
+                    let shadow = Record {
+                        kind: RecordKind::Remove,
+                        key: &token.key,
+                        value: &origin,
+                        expires_at_millis: token.lease_until_millis,
+                        fingerprint: &[],
+                    };
+                    end = shared.log.append(&shadow)?.1;
+                }
                 let entry = Slot {
                     tag: hash.tag,
-                    expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
+                    expires_at_secs: Slot::deadline_secs(completion.expires_at_millis),
                     location: at,
                 };
                 table.put(slot, entry, now);
+                end
             }
-        }
+            Resolution::Release => {
+                let release = Record {
+                    kind: RecordKind::Remove,
+                    key: &token.key,
+                    value: &[],
+                    expires_at_millis: token.lease_until_millis,
+                    fingerprint: &[],
+                };
+                let (_, end) = shared.log.append(&release)?;
+                table.remove(slot);
+                table.last_removal_end = end;
+                end
+            }
+        };
         shared.settle(&mut table);
-        drop(table);
+        // Under the shard lock: a new claim of the key (taken under it too) must not be
+        // forgotten in its place.
         shared.claims.forget(&token.key);
+        drop(table);
         shared.wait_if_sync(Some(end))
     }
+}
+
+/// How a claim ends.
+enum Resolution<'a> {
+    /// With a result, kept for the TTL.
+    Complete { ttl_millis: u64, result: &'a [u8] },
+    /// Without one: the key is free again.
+    Release,
 }
 
 fn stale(reason: &str) -> Error {

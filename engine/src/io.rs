@@ -4,23 +4,26 @@
 //!
 //! The contract the engine relies on (and `SimStorage` enforces): written bytes are durable only
 //! after `sync_data` on the file returned successfully; a created, renamed or removed name is
-//! durable only after `sync_dir` of its directory returned successfully. A failed `sync_data`
-//! guarantees nothing about any earlier write.
+//! durable only after `sync_dir` of its directory returned successfully (a created directory's
+//! own name too: `sync_dir` of its parent). A failed `sync_data` guarantees nothing about any
+//! earlier write.
 
 use std::any::Any;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A held directory lock; dropping it releases the lock.
 pub type DirLock = Box<dyn Any + Send + Sync>;
 
 /// The file operations idem uses on a store directory.
 pub trait Storage: Send + Sync + Debug + 'static {
-    /// Creates `dir` and its parents if missing.
+    /// Creates `dir` and its parents if missing (durable only after `sync_dir` of each parent).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Whether the directory `dir` exists.
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool>;
     /// Takes an exclusive lock on the store directory for the store's life; `Ok(None)` if
     /// another owner holds it.
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>>;
@@ -38,6 +41,28 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Creates `dir` and its missing parents, and makes each new directory's name durable by
+/// fsyncing its parent (ALICE: a file fsynced inside a directory whose own entry was never made
+/// durable can vanish with it on power loss).
+pub(crate) fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for ancestor in dir.ancestors() {
+        if ancestor.as_os_str().is_empty() || storage.dir_exists(ancestor)? {
+            break;
+        }
+        missing.push(ancestor.to_path_buf());
+    }
+    storage.create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        storage.sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// An open file.
@@ -67,6 +92,14 @@ const LOCK_FILE_NAME: &str = "LOCK";
 impl Storage for FileSystem {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
+    }
+
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+        match std::fs::metadata(dir) {
+            Ok(metadata) => Ok(metadata.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {

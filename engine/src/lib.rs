@@ -36,6 +36,7 @@ mod claim;
 mod clock;
 mod config;
 mod error;
+mod fence;
 mod index;
 mod io;
 mod log;

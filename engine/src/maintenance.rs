@@ -4,13 +4,23 @@
 //! Invariants:
 //! - Maintenance only reclaims: it never changes an answer. Expiry is decided at every read from
 //!   the record's deadline; reaping removes entries that are already dead.
-//! - A segment is deleted only when no index entry can need it: every record in it has expired
-//!   (its rounded-up latest deadline has passed), or compaction copied each record still needed
-//!   forward, switched the index entry under the key's shard lock, and made the copies durable.
+//! - A segment is deleted only when no index entry can need it and no replay can miss it: every
+//!   record in it has expired (its rounded-up latest deadline has passed), or compaction copied
+//!   each record still needed forward, switched (or dropped) every index entry pointing into it
+//!   under the key's shard lock, and then waited until the whole log up to its tail was durable:
+//!   the copies, and every later record the scan relied on to call a record superseded.
 //! - Compaction writes each copy before switching its entry; a crash at any point leaves either
 //!   the old record or both (and replay keeps the later one), so nothing is lost or twice-live.
+//! - A tombstone (Remove record) lives as long as anything it hides can be replayed: compaction
+//!   copies it forward, carrying the location it was first written at, while its deadline (that
+//!   of the record it removed) has not passed and older segments remain. A re-insert of the key
+//!   does not make it redundant: the older record may outlive the re-insert. The copy removes,
+//!   on replay, only records located before that original location.
+//! - Damage found in a sealed segment does not stop maintenance: the segment is set aside (no
+//!   more compaction of it), counted, and reported once; expiry, deletion and checkpoints go on.
 //! - One round runs at a time (`round_lock`).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,9 +31,9 @@ use parking_lot::{Condvar, Mutex};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::index::Probe;
+use crate::log::location;
 use crate::log::segment::SegmentFile;
-use crate::log::{location, Location};
-use crate::record::{self, RecordKind, SEGMENT_HEADER_LEN};
+use crate::record::{self, Record, RecordKind, SEGMENT_HEADER_LEN};
 use crate::store::Shared;
 
 /// How many wheel entries one shard-lock hold may process.
@@ -52,6 +62,7 @@ pub(crate) struct MaintenanceTotals {
     pub(crate) segments_deleted: AtomicU64,
     pub(crate) segments_compacted: AtomicU64,
     pub(crate) checkpoints_written: AtomicU64,
+    pub(crate) segments_damaged: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +72,9 @@ pub(crate) struct MaintenanceState {
     wake: Condvar,
     /// `bytes_appended` when the last checkpoint was taken.
     checkpointed_at_bytes: AtomicU64,
+    /// Sealed segments in which compaction found damage: never compacted again (they may still
+    /// be deleted whole once everything in them expired).
+    damaged: Mutex<BTreeSet<u32>>,
     pub(crate) totals: MaintenanceTotals,
 }
 
@@ -94,17 +108,36 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
 }
 
 /// One round: reap, delete expired segments, compact one sparse segment, checkpoint if due.
+///
+/// Damage found while compacting does not end the round: the rest of it runs (checkpoint
+/// included) and the damage is returned as the round's error, once per damaged segment.
 pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
     let _round = shared.maintenance.round_lock.lock();
     shared.check_live()?;
+    let now = shared.clock.now_millis();
+    shared.claims.prune(now);
     let mut report = MaintenanceReport {
         entries_expired: reap(shared),
         ..MaintenanceReport::default()
     };
     report.segments_deleted = delete_expired_segments(shared)?;
-    if let Some(copied) = compact_sparsest(shared)? {
-        report.segments_compacted = 1;
-        report.records_copied = copied;
+    let mut damage = None;
+    match compact_sparsest(shared) {
+        Ok(Some(copied)) => {
+            report.segments_compacted = 1;
+            report.records_copied = copied;
+        }
+        Ok(None) => {}
+        Err((id, error @ Error::Corrupt { .. })) => {
+            shared.maintenance.damaged.lock().insert(id);
+            shared
+                .maintenance
+                .totals
+                .segments_damaged
+                .fetch_add(1, Ordering::Relaxed);
+            damage = Some(error);
+        }
+        Err((_, error)) => return Err(error),
     }
     let every = shared.config.checkpoint_every_bytes;
     let appended = shared.log.bytes_appended();
@@ -127,7 +160,10 @@ pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
     totals
         .segments_compacted
         .fetch_add(report.segments_compacted, Ordering::Relaxed);
-    Ok(report)
+    match damage {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
 }
 
 /// Writes a checkpoint now (outside the background schedule).
@@ -184,37 +220,46 @@ fn delete_expired_segments(shared: &Shared) -> Result<u64> {
 }
 
 /// Compacts the sealed segment with the lowest live share, if it is below the threshold.
-/// Returns the number of records copied forward.
-fn compact_sparsest(shared: &Shared) -> Result<Option<u64>> {
+/// Returns the number of records copied forward, or the segment and the error that stopped it.
+fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, Error)> {
     let threshold = shared.config.compaction_live_ratio;
     let now = shared.clock.now_millis();
     if threshold <= 0.0 {
         return Ok(None);
     }
-    let candidate = shared
-        .log
-        .sealed_segments()
+    let sealed = shared.log.sealed_segments();
+    let damaged = {
+        let mut damaged = shared.maintenance.damaged.lock();
+        // Forget damaged segments that were since deleted whole.
+        damaged.retain(|id| sealed.iter().any(|s| s.id == *id));
+        damaged.clone()
+    };
+    let candidate = sealed
         .into_iter()
+        .filter(|s| !damaged.contains(&s.id))
         .filter(|s| s.stats.records > 0 && s.stats.worth_compacting(now))
-        .map(|s| (s.stats.live as f64 / s.stats.records as f64, s.id))
+        .map(|s| (s.stats.kept_share(), s.id))
         .filter(|&(ratio, _)| ratio < threshold)
         .min_by(|a, b| a.0.total_cmp(&b.0));
     let Some((_, id)) = candidate else {
         return Ok(None);
     };
-    compact(shared, id).map(Some)
+    compact(shared, id).map(Some).map_err(|error| (id, error))
 }
 
 /// Copies the records of sealed segment `id` that are still needed to the log's tail, switches
-/// their index entries, makes the copies durable and deletes the segment.
+/// their index entries (dropping those of records not copied), waits until the log is durable up
+/// to its tail, and deletes the segment.
 pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
     let Some(file) = shared.log.segment_file(id) else {
         return Ok(0);
     };
     let bytes = read_sealed(&file)?;
+    // Every record a tombstone of the oldest segment could hide is in that segment (it precedes
+    // the tombstone), so it goes with it: such tombstones need no copy.
+    let oldest = shared.log.oldest_segment_id() == Some(id);
     let mut offset = SEGMENT_HEADER_LEN;
     let mut copied = 0;
-    let mut last_end: Option<Location> = None;
     let mut buf = Vec::new();
     while offset < bytes.len() {
         let record = record::decode(&bytes[offset..]).map_err(|e| Error::Corrupt {
@@ -224,40 +269,51 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
         })?;
         let at = location(id, offset as u32);
         offset += record.encoded_len();
-        if record.kind == RecordKind::Seal {
-            break;
-        }
         let now = shared.clock.now_millis();
-        if record.expires_at_millis <= now {
-            continue;
-        }
-        let hash = shared.index.hash(record.key);
-        let mut table = shared.index.lock(hash);
-        let probe = shared.probe(&table, hash, record.key, now, &mut buf)?;
-        let copy = match (record.kind, probe) {
-            // Still the key's live entry: copy it and point the entry at the copy.
-            (RecordKind::Insert | RecordKind::Claim, Probe::Found(slot))
-                if table.slot(slot).location == at =>
-            {
-                let (new_at, end) = shared.log.append(&record)?;
-                table.relocate(slot, new_at);
-                Some(end)
+        match record.kind {
+            RecordKind::Seal => break,
+            RecordKind::Remove => {
+                // Dead for good once the record it removed would have expired.
+                if oldest || record.expires_at_millis <= now {
+                    continue;
+                }
+                let origin = record.removes_before(at).to_le_bytes();
+                shared.log.append(&Record {
+                    value: &origin,
+                    ..record
+                })?;
+                copied += 1;
             }
-            // A removal still hides an older insert only while the key has no newer entry; a
-            // copy placed after a newer insert would wrongly remove it on replay.
-            (RecordKind::Remove, Probe::Vacant(_)) => Some(shared.log.append(&record)?.1),
-            _ => None,
-        };
-        shared.settle(&mut table);
-        drop(table);
-        if let Some(end) = copy {
-            copied += 1;
-            last_end = Some(end);
+            RecordKind::Insert | RecordKind::Claim => {
+                let hash = shared.index.hash(record.key);
+                let mut table = shared.index.lock(hash);
+                let live = record.expires_at_millis > now;
+                let probe = if live {
+                    shared.probe(&table, hash, record.key, now, &mut buf)?
+                } else {
+                    Probe::Vacant(0)
+                };
+                match probe {
+                    // Still the key's live entry: copy it and point the entry at the copy.
+                    Probe::Found(slot) if table.slot(slot).location == at => {
+                        let (new_at, _) = shared.log.append(&record)?;
+                        table.relocate(slot, new_at);
+                        copied += 1;
+                    }
+                    // Superseded or expired: an entry may still point here (one whose exact
+                    // deadline passed within its last second); it must not outlive the file.
+                    _ => {
+                        table.forget_location(hash.tag, at);
+                    }
+                }
+                shared.settle(&mut table);
+            }
         }
     }
-    if let Some(end) = last_end {
-        shared.log.wait_durable(end)?;
-    }
+    // The copies, and every record after this segment that made one of its records superseded
+    // (a removal, a re-insert, a completion), must be durable before the segment goes: otherwise
+    // power loss could leave neither the old record nor what replaced it.
+    shared.log.flush()?;
     shared.log.retire(id)?;
     Ok(copied)
 }

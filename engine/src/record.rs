@@ -141,6 +141,18 @@ impl Record<'_> {
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
     }
+
+    /// For a Remove record found at log location `at`: replay removes the key's entry only if
+    /// that entry is located before the returned location. A removal written by a call carries
+    /// no value and hides everything before itself; a copy made by compaction, or the shadow
+    /// written by a completion, carries the location to use (8 bytes, little-endian), so that it
+    /// never removes a record written after the removal it stands for.
+    pub fn removes_before(&self, at: u64) -> u64 {
+        match <[u8; 8]>::try_from(self.value) {
+            Ok(origin) => u64::from_le_bytes(origin),
+            Err(_) => at,
+        }
+    }
 }
 
 /// The key of every seal record.

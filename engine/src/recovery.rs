@@ -312,7 +312,7 @@ fn claims_still_open(
         let table = index.lock(hash);
         let mut found = None;
         let probe = table.probe(hash.tag, now_millis, |candidate| {
-            let record = read_replayed(opened, None, candidate, &mut buf)?;
+            let record = read_replayed(opened, None, candidate.location, &mut buf)?;
             if record.key != &key[..] {
                 return Ok::<_, Error>(KeyCheck::Other);
             }
@@ -490,7 +490,7 @@ fn apply(
     let mut table = index.lock(hash);
     let mut buf = Vec::new();
     let probe = table.probe(hash.tag, now_millis, |candidate| {
-        let other = read_replayed(earlier, current, candidate, &mut buf)?;
+        let other = read_replayed(earlier, current, candidate.location, &mut buf)?;
         Ok::<_, Error>(if other.key != record.key {
             KeyCheck::Other
         } else if other.expires_at_millis <= now_millis {
@@ -517,8 +517,13 @@ fn apply(
             };
             table.put(slot, entry, now_millis);
         }
-        (RecordKind::Insert, Probe::Found(slot)) | (RecordKind::Remove, Probe::Found(slot)) => {
-            table.remove(slot);
+        (RecordKind::Insert, Probe::Found(slot)) => table.remove(slot),
+        // A removal hides only what was written before the removal it stands for (a copy or a
+        // completion's shadow may come after a newer record of the key).
+        (RecordKind::Remove, Probe::Found(slot)) => {
+            if table.slot(slot).location < record.removes_before(at) {
+                table.remove(slot);
+            }
         }
         (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
         (RecordKind::Remove, Probe::Vacant(_)) => {}

@@ -71,7 +71,9 @@ struct SimState {
     generation: u64,
     names: HashMap<PathBuf, SharedFile>,
     durable_names: HashMap<PathBuf, SharedFile>,
+    /// Directories as the OS shows them, and those whose names are durable ("/" always is).
     dirs: HashSet<PathBuf>,
+    durable_dirs: HashSet<PathBuf>,
     locked: HashSet<PathBuf>,
     rng: u64,
     faults: Faults,
@@ -122,6 +124,7 @@ impl SimStorage {
                 names: HashMap::new(),
                 durable_names: HashMap::new(),
                 dirs: HashSet::new(),
+                durable_dirs: HashSet::new(),
                 locked: HashSet::new(),
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
                 faults: Faults::default(),
@@ -146,6 +149,22 @@ impl SimStorage {
         let mut state = self.state.lock();
         state.generation += 1;
         state.locked.clear();
+        // A directory survives if its own name and every ancestor's are durable; a file only
+        // inside a surviving directory.
+        let durable_dirs = state.durable_dirs.clone();
+        let survives = |dir: &Path| {
+            dir.ancestors()
+                .filter(|a| a.parent().is_some() && !a.as_os_str().is_empty())
+                .all(|a| durable_dirs.contains(a))
+        };
+        state.dirs = durable_dirs
+            .iter()
+            .filter(|d| survives(d))
+            .cloned()
+            .collect();
+        state
+            .durable_names
+            .retain(|path, _| path.parent().is_none_or(survives));
         state.names = state.durable_names.clone();
         let files: Vec<SharedFile> = state.names.values().cloned().collect();
         for file in files {
@@ -191,8 +210,17 @@ impl SimStorage {
 
 impl Storage for SimStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.state.lock().dirs.insert(dir.to_path_buf());
+        let mut state = self.state.lock();
+        for ancestor in dir.ancestors() {
+            if ancestor.parent().is_some() && !ancestor.as_os_str().is_empty() {
+                state.dirs.insert(ancestor.to_path_buf());
+            }
+        }
         Ok(())
+    }
+
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+        Ok(dir.parent().is_none() || self.state.lock().dirs.contains(dir))
     }
 
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
@@ -282,6 +310,13 @@ impl Storage for SimStorage {
             .map(|(path, data)| (path.clone(), Arc::clone(data)))
             .collect();
         state.durable_names.extend(current);
+        let children: Vec<PathBuf> = state
+            .dirs
+            .iter()
+            .filter(|path| path.parent() == Some(dir))
+            .cloned()
+            .collect();
+        state.durable_dirs.extend(children);
         Ok(())
     }
 }

@@ -159,7 +159,8 @@ impl<E: std::error::Error + 'static> std::error::Error for WithError<E> {
 /// What the single-flight algorithm needs of a store: a key's live value, and the atomic
 /// check-or-insert (with the TTL already bound).
 pub(crate) trait Recorder {
-    /// The live value of `key`, if any.
+    /// The live value of `key`, if any; an error (such as [`Error::ClaimInFlight`]) if the
+    /// closure must not run for another reason. Either way it is called before the closure.
     fn get(&self, key: &[u8]) -> crate::Result<Option<Value>>;
     /// Records `value` for `key` unless a live value exists, which is returned instead.
     fn check_or_insert(&self, key: &[u8], value: &[u8]) -> crate::Result<Outcome>;

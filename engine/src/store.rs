@@ -137,6 +137,9 @@ pub struct Stats {
     pub segments_compacted: u64,
     /// Index checkpoints written since open.
     pub checkpoints_written: u64,
+    /// Sealed segments in which maintenance found damage since open (each is reported once by
+    /// [`Store::maintain`] and then left alone: no more compaction of it).
+    pub segments_damaged: u64,
 }
 
 /// An open dedup store. `Send + Sync`: share it by reference or `Arc` across threads.
@@ -201,8 +204,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let storage = Arc::clone(&config.storage);
-        storage
-            .create_dir_all(&dir)
+        crate::io::create_dir_durably(&*storage, &dir)
             .map_err(|e| Error::io(format!("creating store directory {}", dir.display()), e))?;
         let lock = match storage.lock_dir(&dir) {
             Ok(Some(lock)) => lock,
@@ -242,6 +244,7 @@ impl Store {
             recovered.segment_stats,
             recovered.tail_offset,
         ));
+        let fencing_tokens = crate::fence::FencingTokens::open(Arc::clone(&log.storage), &dir)?;
         let writer = log::spawn_writer(Arc::clone(&log))?;
         let shared = Arc::new(Shared {
             dir,
@@ -249,7 +252,7 @@ impl Store {
             index,
             log,
             maintenance: MaintenanceState::default(),
-            claims: crate::claim::ClaimRegistry::recovered(recovered.in_doubt),
+            claims: crate::claim::ClaimRegistry::recovered(recovered.in_doubt, fencing_tokens),
             config,
         });
         let maintainer = if shared.config.background_maintenance {
@@ -319,18 +322,33 @@ impl Store {
         shared.check_live()?;
         let now = shared.clock.now_millis();
         let mut buf = Vec::new();
-        let (outcome, wait_for) =
-            shared.check_or_insert_one(key, now + ttl_millis, value, now, &mut buf, fingerprint)?;
-        shared.wait_if_sync(wait_for)?;
-        Ok(outcome)
+        let hash = shared.index.hash(key);
+        let mut table = shared.index.lock(hash);
+        let (answer, wait_for) = shared.check_or_insert_one(
+            &mut table,
+            hash,
+            key,
+            now + ttl_millis,
+            value,
+            now,
+            &mut buf,
+            fingerprint,
+        )?;
+        drop(table);
+        shared.answer_when_durable(wait_for, answer)
     }
 
     /// [`Store::check_or_insert`] for many items with one commit (one fsync in `Sync` mode).
     ///
     /// The answers come back in order. A key repeated inside the batch is a `Duplicate` of its
-    /// first occurrence. All items are validated, and checked for claims in flight
-    /// ([`Error::ClaimInFlight`]), before anything is written. A crash before the call returns
-    /// may keep any subset of the batch's records.
+    /// first occurrence.
+    ///
+    /// All or nothing in the process: every item is validated, and checked for claims in flight
+    /// ([`Error::ClaimInFlight`]) with the shard locks of all the batch's keys held, before
+    /// anything is written; so a batch that returns an error recorded none of its items (and no
+    /// other call saw any of them). After [`Error::Poisoned`] nothing more is acknowledged at
+    /// all. Like any write that was not acknowledged, a crash before the call returns may keep
+    /// any subset of the batch's records on disk (use a transaction to make that atomic too).
     ///
     /// ```
     /// use std::time::Duration;
@@ -357,39 +375,80 @@ impl Store {
         shared.check_live()?;
         let now = shared.clock.now_millis();
         let mut buf = Vec::new();
+        let hashes: Vec<KeyHash> = items
+            .iter()
+            .map(|(key, _, _)| shared.index.hash(key.as_ref()))
+            .collect();
+        // Every shard the batch touches is locked, in ascending order (no other path holds two
+        // shard locks), for the whole batch: no claim can appear on one of its keys between the
+        // check and the writes, and no other caller sees a part of the batch before all of it.
+        let mut shard_ids: Vec<usize> = hashes.iter().map(|hash| hash.shard).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, ShardTable>)> = shard_ids
+            .into_iter()
+            .map(|shard| (shard, shared.index.shards()[shard].lock()))
+            .collect();
+        let table_of = |guards: &mut [(usize, parking_lot::MutexGuard<'_, ShardTable>)],
+                        shard: usize|
+         -> usize {
+            guards
+                .binary_search_by_key(&shard, |(id, _)| *id)
+                .expect("every shard of the batch is locked")
+        };
+        // Checked under the locks: a live claim is always in the registry (taken under its
+        // shard lock), so with none open no key of the batch can be claimed.
         if shared.claims.any_open() {
-            // A claimed key fails the batch: find out before anything is written, so a failed
-            // batch records nothing (a claim taken between this pass and the writes below can
-            // still fail the batch after a prefix was written: the error says which key).
-            for (key, _, _) in items {
+            for ((key, _, _), hash) in items.iter().zip(&hashes) {
                 let key = key.as_ref();
-                let hash = shared.index.hash(key);
-                let table = shared.index.lock(hash);
-                if let Probe::Found(_) = shared.probe(&table, hash, key, now, &mut buf)? {
+                let at = table_of(&mut guards, hash.shard);
+                let table = &*guards[at].1;
+                if let Probe::Found(slot) = shared.probe(table, *hash, key, now, &mut buf)? {
                     let record = record::decode(&buf).expect("checked during the probe");
                     if record.kind == RecordKind::Claim {
-                        return Err(Error::ClaimInFlight {
+                        let refusal = Error::ClaimInFlight {
                             until: crate::claim::system_time(record.expires_at_millis),
-                        });
+                        };
+                        let end = shared.end_of(table, slot, &record);
+                        drop(guards);
+                        return shared.answer_when_durable(end, Err(refusal));
                     }
                 }
             }
         }
         let mut outcomes = Vec::with_capacity(items.len());
         let mut wait_for: Option<Location> = None;
-        for ((key, _, value), ttl_millis) in items.iter().zip(ttls) {
+        for (((key, _, value), ttl_millis), hash) in items.iter().zip(ttls).zip(&hashes) {
             let (key, value) = (key.as_ref(), value.as_ref());
-            let (outcome, end) =
-                shared.check_or_insert_one(key, now + ttl_millis, value, now, &mut buf, None)?;
+            let at = table_of(&mut guards, hash.shard);
+            let (answer, end) = shared.check_or_insert_one(
+                &mut guards[at].1,
+                *hash,
+                key,
+                now + ttl_millis,
+                value,
+                now,
+                &mut buf,
+                None,
+            )?;
+            let outcome = answer.expect("the batch's keys were checked for claims under its locks");
             wait_for = wait_for.max(end);
             outcomes.push(outcome);
         }
+        drop(guards);
         shared.wait_if_sync(wait_for)?;
         Ok(outcomes)
     }
 
-    /// The value recorded with `key`, or `None` if it is absent or expired.
+    /// The value recorded with `key`, or `None` if it is absent or expired. A key held by a
+    /// claim has no result yet: `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+        self.lookup(key, ClaimedKey::Absent)
+    }
+
+    /// [`Store::get`], or with `ClaimedKey::InFlight` an [`Error::ClaimInFlight`] for a key held
+    /// by a claim (single flight must not run its closure on such a key).
+    pub(crate) fn lookup(&self, key: &[u8], claimed: ClaimedKey) -> Result<Option<Value>> {
         validate_key(key)?;
         let shared = &*self.shared;
         shared.check_live()?;
@@ -397,27 +456,24 @@ impl Store {
         let hash = shared.index.hash(key);
         let mut buf = Vec::new();
         let table = shared.index.lock(hash);
-        let found = match shared.probe(&table, hash, key, now, &mut buf)? {
+        let (answer, wait_for) = match shared.probe(&table, hash, key, now, &mut buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
-                // A claimed key has no result yet.
-                (record.kind == RecordKind::Insert).then(|| {
-                    (
-                        Value::from(record.value),
-                        shared.end_of(&table, slot, &record),
-                    )
-                })
+                let end = shared.end_of(&table, slot, &record);
+                match (record.kind, claimed) {
+                    (RecordKind::Claim, ClaimedKey::Absent) => (Ok(None), None),
+                    (RecordKind::Claim, ClaimedKey::InFlight) => {
+                        let until = crate::claim::system_time(record.expires_at_millis);
+                        (Err(Error::ClaimInFlight { until }), end)
+                    }
+                    _ => (Ok(Some(Value::from(record.value))), end),
+                }
             }
-            Probe::Vacant(_) => None,
+            // "Absent" may rest on another caller's removal that a crash could still undo.
+            Probe::Vacant(_) => (Ok(None), shared.pending_removal(&table)),
         };
         drop(table);
-        match found {
-            Some((value, end)) => {
-                shared.wait_if_sync(end)?;
-                Ok(Some(value))
-            }
-            None => Ok(None),
-        }
+        shared.answer_when_durable(wait_for, answer)
     }
 
     /// Removes the live entry for `key`; returns whether there was one. The removal is logged
@@ -431,7 +487,9 @@ impl Store {
         let mut buf = Vec::new();
         let mut table = shared.index.lock(hash);
         let Probe::Found(slot) = shared.probe(&table, hash, key, now, &mut buf)? else {
-            return Ok(false);
+            let removal = shared.pending_removal(&table);
+            drop(table);
+            return shared.answer_when_durable(removal, Ok(false));
         };
         let removed = record::decode(&buf).expect("checked during the probe");
         let tombstone = Record {
@@ -443,9 +501,11 @@ impl Store {
         };
         let (_, end) = shared.log.append(&tombstone)?;
         table.remove(slot);
+        table.last_removal_end = end;
         shared.settle(&mut table);
-        drop(table);
+        // Under the shard lock, so a new claim of the key is never forgotten in its place.
         shared.claims.forget(key);
+        drop(table);
         shared.wait_if_sync(Some(end))?;
         Ok(true)
     }
@@ -487,6 +547,7 @@ impl Store {
             segments_deleted: maintenance.segments_deleted.load(Ordering::Relaxed),
             segments_compacted: maintenance.segments_compacted.load(Ordering::Relaxed),
             checkpoints_written: maintenance.checkpoints_written.load(Ordering::Relaxed),
+            segments_damaged: maintenance.segments_damaged.load(Ordering::Relaxed),
         }
     }
 
@@ -550,31 +611,38 @@ impl Shared {
         }
     }
 
-    /// Check-or-insert of one key under its shard lock. Returns the outcome and the log location
-    /// that must be durable before the outcome may be reported in `Sync` mode.
-    fn check_or_insert_one(
+    /// Check-or-insert of one key under its shard lock (`table`, the shard of `hash`).
+    ///
+    /// Returns the answer and the log location that must be durable before the answer may be
+    /// given in `Sync` mode: the new record's end on an insert, the found record's end (if not
+    /// yet durable) on a duplicate or a refusal. The outer error is an I/O failure; the inner
+    /// one a refusal derived from the found record (a claim in flight, a fingerprint mismatch).
+    #[allow(clippy::too_many_arguments)] // reason: the hot path passes what it already has
+    pub(crate) fn check_or_insert_one(
         &self,
+        table: &mut ShardTable,
+        hash: KeyHash,
         key: &[u8],
         expires_at_millis: u64,
         value: &[u8],
         now: u64,
         buf: &mut Vec<u8>,
         fingerprint: Option<&[u8]>,
-    ) -> Result<(Outcome, Option<Location>)> {
-        let hash = self.index.hash(key);
-        let mut guard = self.index.lock(hash);
-        let table = &mut *guard;
+    ) -> Result<(Result<Outcome>, Option<Location>)> {
         match self.probe(table, hash, key, now, buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(buf).expect("checked during the probe");
-                check_fingerprint(&record, fingerprint)?;
-                if record.kind == RecordKind::Claim {
-                    return Err(Error::ClaimInFlight {
-                        until: crate::claim::system_time(record.expires_at_millis),
-                    });
-                }
                 let end = self.end_of(table, slot, &record);
-                Ok((Outcome::Duplicate(Value::from(record.value)), end))
+                if let Err(mismatch) = check_fingerprint(&record, fingerprint) {
+                    return Ok((Err(mismatch), end));
+                }
+                if record.kind == RecordKind::Claim {
+                    let in_flight = Error::ClaimInFlight {
+                        until: crate::claim::system_time(record.expires_at_millis),
+                    };
+                    return Ok((Err(in_flight), end));
+                }
+                Ok((Ok(Outcome::Duplicate(Value::from(record.value))), end))
             }
             Probe::Vacant(slot) => {
                 let record = Record {
@@ -592,8 +660,7 @@ impl Shared {
                 };
                 table.put(slot, entry, now);
                 self.settle(table);
-                self.claims.forget(key);
-                Ok((Outcome::Inserted, Some(end)))
+                Ok((Ok(Outcome::Inserted), Some(end)))
             }
         }
     }
@@ -607,10 +674,21 @@ impl Shared {
         now: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Probe> {
-        table.probe(hash.tag, now, |at| {
+        table.probe(hash.tag, now, |slot| {
+            let at = slot.location;
             let Some(record) = self.log.read(at, buf)? else {
-                // Its segment was reclaimed: it had expired.
-                return Ok(KeyCheck::Expired);
+                // Its segment was reclaimed, which happens only once every entry still pointing
+                // into it is dead (deletion of an expired segment), or after compaction dropped
+                // the entries it did not copy. `now` may have been read before the deletion:
+                // judge by the clock again.
+                if slot.is_dead(self.clock.now_millis()) {
+                    return Ok(KeyCheck::Expired);
+                }
+                return Err(Error::Corrupt {
+                    path: self.dir.clone(),
+                    offset: at,
+                    reason: "a live index entry points into a deleted segment".into(),
+                });
             };
             if record.key != key {
                 return Ok(KeyCheck::Other);
@@ -642,6 +720,25 @@ impl Shared {
         (!self.log.is_durable(end)).then_some(end)
     }
 
+    /// The end of the shard's latest removal if it is not durable yet: an answer of "absent"
+    /// may rest on it, so in `Sync` mode it waits for it first.
+    pub(crate) fn pending_removal(&self, table: &ShardTable) -> Option<Location> {
+        let end = table.last_removal_end;
+        (end != 0 && !self.log.is_durable(end)).then_some(end)
+    }
+
+    /// Gives `answer` once `end` is durable in `Sync` mode: every answer derived from a record
+    /// (a duplicate, a refusal, an absence after a removal) waits until that record can no
+    /// longer be lost. A failed wait (the log was poisoned) replaces the answer.
+    pub(crate) fn answer_when_durable<T>(
+        &self,
+        end: Option<Location>,
+        answer: Result<T>,
+    ) -> Result<T> {
+        self.wait_if_sync(end)?;
+        answer
+    }
+
     pub(crate) fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
         match (self.log.durability(), end) {
             (Durability::Sync, Some(end)) => self.log.wait_durable(end),
@@ -655,6 +752,15 @@ impl Drop for Store {
         self.stop_maintainer();
         self.stop_writer();
     }
+}
+
+/// What [`Store::lookup`] answers for a key held by a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimedKey {
+    /// No result yet: `None`.
+    Absent,
+    /// [`Error::ClaimInFlight`].
+    InFlight,
 }
 
 /// With a fingerprint given, a found record must carry the same one.

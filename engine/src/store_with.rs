@@ -30,6 +30,8 @@ impl Store {
     /// - Plain [`Store::check_or_insert`] calls do not wait for running closures. If one records
     ///   `key` while the closure runs, this call answers with that `Duplicate` and the closure's
     ///   value is dropped, unrecorded: the first value stays, as always.
+    /// - A key held by a claim ([`Store::claim`]) fails with [`Error::ClaimInFlight`] (as
+    ///   [`WithError::Store`]) before the closure runs: its side effect is in progress elsewhere.
     /// - Key and TTL are checked before the closure runs; a value that is too large is only
     ///   found after it ran ([`Error::ValueTooLarge`] as [`WithError::Store`], nothing recorded).
     /// - In [`crate::Durability::Sync`] mode waiters are woken only after the value is durable.
@@ -131,7 +133,8 @@ struct StoreRecorder<'a> {
 
 impl Recorder for StoreRecorder<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
-        self.store.get(key)
+        // A claimed key is in flight elsewhere: the closure must not run.
+        self.store.lookup(key, crate::store::ClaimedKey::InFlight)
     }
 
     fn check_or_insert(&self, key: &[u8], value: &[u8]) -> Result<Outcome> {

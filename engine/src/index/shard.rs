@@ -74,6 +74,9 @@ pub(crate) struct ShardTable {
     /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
     /// the owner to release in the log's per-segment live counts. Drained by the owner.
     pub(crate) released: Vec<Location>,
+    /// Where the latest removal of a key of this shard ends in the log (0: none yet). A `Sync`
+    /// answer of "absent" waits until this is durable: it may rest on that removal.
+    pub(crate) last_removal_end: Location,
 }
 
 const MIN_CAPACITY: usize = 64;
@@ -86,6 +89,7 @@ impl ShardTable {
             wheel: ExpiryWheel::new(now_millis / tick_millis),
             tick_millis,
             released: Vec::new(),
+            last_removal_end: 0,
         }
     }
 
@@ -127,7 +131,7 @@ impl ShardTable {
         &self,
         tag: u32,
         now_millis: u64,
-        mut check: impl FnMut(Location) -> Result<KeyCheck, E>,
+        mut check: impl FnMut(&Slot) -> Result<KeyCheck, E>,
     ) -> Result<Probe, E> {
         let mask = self.mask();
         let mut index = tag as usize & mask;
@@ -140,7 +144,7 @@ impl ShardTable {
             if slot.is_dead(now_millis) {
                 reusable.get_or_insert(index);
             } else if slot.tag == tag {
-                match check(slot.location)? {
+                match check(&slot)? {
                     KeyCheck::Live => return Ok(Probe::Found(index)),
                     KeyCheck::Expired => {
                         reusable.get_or_insert(index);
@@ -168,6 +172,24 @@ impl ShardTable {
         self.wheel.schedule(slot.tag, deadline_tick);
         if self.len * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
+        }
+    }
+
+    /// Removes the entry that points at `location`, if one does (whether live or dead): before
+    /// its segment goes, compaction drops the entries of records it did not copy.
+    pub(crate) fn forget_location(&mut self, tag: u32, location: Location) -> bool {
+        let mask = self.mask();
+        let mut index = tag as usize & mask;
+        loop {
+            let slot = self.slots[index];
+            if slot.is_empty() {
+                return false;
+            }
+            if slot.location == location {
+                self.remove(index);
+                return true;
+            }
+            index = (index + 1) & mask;
         }
     }
 
@@ -216,9 +238,11 @@ impl ShardTable {
                 removed += 1;
                 continue;
             }
-            if let BucketWork::Cascade { from, to } = work {
+            if let BucketWork::Cascade { from, .. } = work {
                 let deadline_tick = self.deadline_tick(&slot);
-                if slot.tag == tag && (from..to).contains(&deadline_tick) {
+                // Deadlines past `to` were parked in this bucket for being beyond the wheel's
+                // reach (a rare duplicate entry for a colliding tag is harmless).
+                if slot.tag == tag && deadline_tick >= from {
                     wheel.schedule(tag, deadline_tick);
                 }
             }
@@ -340,8 +364,8 @@ mod tests {
             let key: u64 = rng.gen_range(1..400);
             let tag = (key % 8) as u32 * 0x1000_0001;
             let probe = table
-                .probe::<()>(tag, now, |location| {
-                    Ok(if location == key {
+                .probe::<()>(tag, now, |slot| {
+                    Ok(if slot.location == key {
                         KeyCheck::Live
                     } else {
                         KeyCheck::Other

@@ -8,7 +8,9 @@
 //!
 //! Invariants:
 //! - Every occupied, non-dead slot has at least one entry with its tag in a bucket that will be
-//!   reached no later than the slot's deadline tick (stale extra entries are allowed).
+//!   reached no later than the slot's deadline tick (stale extra entries are allowed), or, for a
+//!   deadline beyond the wheel's reach, in the top level's farthest bucket, which re-schedules it
+//!   when it cascades.
 //! - A fired entry removes only slots that are *dead* (deadline passed) and carry its tag, so a
 //!   stale entry (key removed, or re-inserted with a later deadline) can never drop a live entry.
 //! - `current_tick` only grows; every deadline at or before it has been fired.
@@ -111,7 +113,8 @@ pub(crate) struct ExpiryWheel {
 pub(crate) enum BucketWork {
     /// Remove dead slots with this tag.
     Fire,
-    /// Re-schedule this tag's slots whose deadline tick lies in `[from, to)`, and remove dead ones.
+    /// Re-schedule this tag's slots whose deadline tick is at or after `from` (those beyond
+    /// `to` were parked there for being beyond the wheel's reach), and remove dead ones.
     Cascade {
         /// First tick the cascaded bucket covers.
         from: u64,
@@ -155,11 +158,15 @@ impl ExpiryWheel {
     pub(crate) fn schedule(&mut self, tag: u32, deadline_tick: u64) {
         let earliest = self.current_tick + u64::from(!self.cascading);
         let deadline = deadline_tick.max(earliest);
+        // A deadline beyond the top level's reach (the clock jumped, or the wheel was not
+        // advanced for years) waits in the top level's farthest bucket; when that bucket
+        // cascades, the entry is looked at again and re-scheduled from there.
+        let reach = level_span(LEVELS - 1) - 1;
+        let deadline = deadline.min(self.current_tick + reach);
         let delta = deadline - self.current_tick;
-        // The store bounds TTL and tick so that every deadline is within the top level's reach.
         let level = (0..LEVELS)
             .find(|&level| delta < level_span(level))
-            .expect("deadline beyond the wheel's reach: MAX_TTL / expiry tick too large");
+            .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
         self.levels[level].buckets[index].push(tag);
         self.levels[level].entries += 1;

@@ -75,8 +75,12 @@ impl Chunk {
 /// What the log knows about one segment's contents, for reclamation decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentStats {
-    /// Records in the segment (inserts and removals).
+    /// Records in the segment (inserts, claims and removals).
     pub(crate) records: u64,
+    /// Removal records in the segment. Compaction counts them as needed (it copies a tombstone
+    /// forward while it may still hide something), so a segment of tombstones is not compacted
+    /// over and over; it is deleted whole once they all expired.
+    pub(crate) tombstones: u64,
     /// Index entries that point into the segment.
     pub(crate) live: u64,
     /// The latest deadline of any record in it, rounded up to whole seconds: once the clock
@@ -90,6 +94,7 @@ impl Default for SegmentStats {
     fn default() -> Self {
         SegmentStats {
             records: 0,
+            tombstones: 0,
             live: 0,
             max_deadline_secs: 0,
             min_deadline_secs: u32::MAX,
@@ -104,8 +109,17 @@ impl SegmentStats {
         }
         let deadline = crate::index::Slot::deadline_secs(record.expires_at_millis);
         self.records += 1;
+        if record.kind == record::RecordKind::Remove {
+            self.tombstones += 1;
+        }
         self.max_deadline_secs = self.max_deadline_secs.max(deadline);
         self.min_deadline_secs = self.min_deadline_secs.min(deadline);
+    }
+
+    /// The share of the segment's records that compaction would keep: live entries and
+    /// tombstones (which it copies while they may still hide an older record).
+    pub(crate) fn kept_share(&self) -> f64 {
+        (self.live + self.tombstones) as f64 / self.records.max(1) as f64
     }
 
     /// Whether copying the segment's live records forward beats waiting for them to expire:
@@ -179,10 +193,6 @@ pub(crate) struct Log {
     commit_waiters: Mutex<()>,
     durable_changed: Condvar,
     segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
-    /// Segments deleted by reclamation in this process. A location in one of them can only be
-    /// held by an entry that expired (its reader saw it live a moment before), so reads of it
-    /// answer "expired" rather than "corrupt".
-    retired: RwLock<std::collections::BTreeSet<u32>>,
     /// A copy of `state.durable`, stored after it, for the lock-free fast path of `is_durable`.
     durable_hint: AtomicU64,
     /// Set once the log is poisoned, for a lock-free check on every call.
@@ -241,7 +251,6 @@ impl Log {
             commit_waiters: Mutex::new(()),
             durable_changed: Condvar::new(),
             segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
-            retired: RwLock::new(Default::default()),
             durable_hint: AtomicU64::new(tail),
             poisoned_hint: AtomicBool::new(false),
             counters: LogCounters::default(),
@@ -412,7 +421,9 @@ impl Log {
     }
 
     /// Reads and checks the record at `at` into `buf`, returning it decoded, or `None` if its
-    /// segment was reclaimed (so the record had expired).
+    /// sealed segment is gone (reclaimed: the caller judges whether its entry could still
+    /// need it). Segments are numbered without gaps when created, so a missing id below the
+    /// first open segment, or a missing sealed one, was deleted by reclamation.
     pub(crate) fn read<'b>(
         &self,
         at: Location,
@@ -444,10 +455,8 @@ impl Log {
         if !in_memory {
             let file = self.segments.read().get(&segment_id).cloned();
             let Some(file) = file else {
-                if self.retired.read().contains(&segment_id) {
-                    return Ok(None);
-                }
-                return Err(self.corrupt(segment_id, offset, "segment file is missing"));
+                // `at < written`, so the segment was created: it is missing only if retired.
+                return Ok(None);
             };
             file.read_record(u64::from(offset), buf)?;
         }
@@ -501,6 +510,11 @@ impl Log {
         (tail, stats)
     }
 
+    /// The id of the oldest segment file.
+    pub(crate) fn oldest_segment_id(&self) -> Option<u32> {
+        self.segments.read().keys().next().copied()
+    }
+
     /// The open segment file `id`, if it exists.
     pub(crate) fn segment_file(&self, id: u32) -> Option<Arc<SegmentFile>> {
         self.segments.read().get(&id).cloned()
@@ -517,7 +531,6 @@ impl Log {
             );
             state.segment_stats.remove(&id);
         }
-        self.retired.write().insert(id);
         let removed = self.segments.write().remove(&id);
         let path = match &removed {
             Some(file) => file.path.clone(),

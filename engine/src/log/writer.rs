@@ -24,8 +24,27 @@ use crate::record;
 const IDLE_WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
 pub(crate) fn spawn_writer(log: Arc<Log>) -> Result<WriterHandle> {
-    crate::sync::spawn("idem-writer", move || run(&log))
-        .map_err(|e| Error::io("spawning the idem writer thread", e))
+    crate::sync::spawn("idem-writer", move || {
+        // A panic here (a bug, or a panicking `Storage`) must not leave callers waiting for a
+        // commit that will never come: poison the log, which wakes every waiter with an error.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&log)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".into());
+            let mut state = log.state.lock();
+            state.in_flight = None;
+            log.poison(
+                &mut state,
+                format!("the log writer thread panicked: {message}"),
+            );
+            drop(state);
+            log.announce_progress();
+        }
+    })
+    .map_err(|e| Error::io("spawning the idem writer thread", e))
 }
 
 /// The writer thread's handle.
