@@ -2,71 +2,242 @@
 //! faults (failed and short writes, failed fsyncs, a full disk) and simulated power loss with
 //! reopen, against a model that tracks every state each key may be in. It guards the durability
 //! contract of `Sync` mode: every acknowledged answer survives a crash, nothing never inserted is
-//! seen, nothing expired comes back, and after a failed write or fsync the store acknowledges
-//! nothing more.
+//! seen, nothing expired or removed comes back, and after a failed write or fsync the store
+//! acknowledges nothing more.
+//!
+//! Every seed reaches reclamation: segments of a few KiB (`segment_size_bytes_for_testing`),
+//! eager compaction, `maintain()` between operations, and clock jumps small and large (past TTLs
+//! and leases), so rolls, compaction, whole-segment deletion and checkpoints meet removals,
+//! re-inserts with shorter and longer TTLs, claims completed with TTLs shorter and longer than
+//! their lease, fingerprints, batches, `check_or_insert_with` and power loss. After every crash or
+//! restart the store is opened twice: once replaying the whole log (checkpoint file removed) and
+//! once from the checkpoint; both must give the same answer for every key, the same `in_doubt()`
+//! and the same `live_keys`, and those answers must fit the model.
 //!
 //! A failing seed is printed; replay it with `IDEM_SIM_SEED=<seed> cargo test --release -p
-//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 2000).
+//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 2000);
+//! `IDEM_SIM_TRACE=1` prints every step; `IDEM_SIM_KEEP_GOING=1` runs every seed and lists each
+//! failing seed with its message instead of stopping at the first.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
-use idem::sim::{Faults, InjectedFault, SimStorage};
-use idem::{Clock, Config, Durability, ManualClock, Outcome, Store};
+use idem::sim::{Faults, SimStorage, Storage};
+use idem::{
+    Claim, ClaimToken, Clock, Config, Durability, Error, ManualClock, Outcome, Store, Value,
+    WithError,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const KEYS: u64 = 40;
+const KEYS: u64 = 48;
 const DIR: &str = "/sim/store";
+const CHECKPOINT_FILE: &str = "checkpoint.idem";
+const FINGERPRINTS: [&[u8]; 3] = [b"", b"fp-a", b"fp-b"];
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+/// How long an expired entry may stay in the index after its deadline (tick plus rounding).
+const REAP_SLACK: u64 = 3 * SECOND;
 
-/// What a key may hold: `None` = absent; `Some((value, deadline_millis))`.
-type State = Option<(Vec<u8>, u64)>;
+/// One state a key may be in. Deadlines are in milliseconds; an entry past its deadline reads as
+/// absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum St {
+    Absent,
+    /// A recorded value; `claim` names the claim whose `complete` recorded it.
+    Value {
+        value: Vec<u8>,
+        until: u64,
+        fp: Vec<u8>,
+        claim: Option<u64>,
+    },
+    /// A claim (numbered by the simulation) whose lease ends at `until`.
+    Claim {
+        num: u64,
+        until: u64,
+        fp: Vec<u8>,
+    },
+}
+
+/// What a state looks like at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live<'a> {
+    None,
+    Value(&'a [u8], &'a [u8]),
+    Claim(u64, u64, &'a [u8]),
+}
+
+impl St {
+    fn live(&self, now: u64) -> Live<'_> {
+        match self {
+            St::Value {
+                value, until, fp, ..
+            } if *until > now => Live::Value(value, fp),
+            St::Claim { num, until, fp } if *until > now => Live::Claim(*num, *until, fp),
+            _ => Live::None,
+        }
+    }
+}
+
+/// Whether a fingerprinted call with `given` passes the check against a record's `stored` one.
+fn fp_ok(stored: &[u8], given: &[u8]) -> bool {
+    given.is_empty() || stored.is_empty() || stored == given
+}
+
+#[derive(Debug)]
+struct KeyModel {
+    states: Vec<St>,
+    /// The last events of the key, printed when an answer fits no state.
+    history: Vec<String>,
+    /// The deadline of every record ever written for the key (an unreaped index entry may hold
+    /// any of them).
+    deadlines: Vec<u64>,
+}
+
+impl Default for KeyModel {
+    fn default() -> Self {
+        KeyModel {
+            states: vec![St::Absent],
+            history: Vec::new(),
+            deadlines: Vec::new(),
+        }
+    }
+}
 
 /// Every state each key may be in, given the answers seen so far.
 #[derive(Debug, Default)]
 struct Model {
-    possible: BTreeMap<Vec<u8>, Vec<State>>,
-}
-
-fn live(state: &State, now: u64) -> Option<&[u8]> {
-    match state {
-        Some((value, deadline)) if *deadline > now => Some(value),
-        _ => None,
-    }
+    keys: BTreeMap<Vec<u8>, KeyModel>,
 }
 
 impl Model {
-    fn states(&mut self, key: &[u8]) -> &mut Vec<State> {
-        self.possible
-            .entry(key.to_vec())
-            .or_insert_with(|| vec![None])
+    fn key(&mut self, key: &[u8]) -> &mut KeyModel {
+        self.keys.entry(key.to_vec()).or_default()
+    }
+
+    fn note(&mut self, key: &[u8], event: String) {
+        let history = &mut self.key(key).history;
+        history.push(event);
+        if history.len() > 16 {
+            history.remove(0);
+        }
     }
 
     /// Keeps the states that agree with an observed answer; panics if none does.
-    fn observe(&mut self, key: &[u8], now: u64, seen: Option<&[u8]>, what: &str) {
-        let states = self.states(key);
-        states.retain(|state| live(state, now) == seen);
-        assert!(
-            !states.is_empty(),
-            "{what}: answer {seen:?} for key {key:?} fits no possible state"
-        );
+    fn observe(
+        &mut self,
+        key: &[u8],
+        now: u64,
+        what: &str,
+        answer: &str,
+        fits: impl Fn(Live<'_>) -> bool,
+    ) {
+        let model = self.key(key);
+        let before = model.states.clone();
+        model.states.retain(|state| fits(state.live(now)));
+        if model.states.is_empty() {
+            let hint = diagnose(&before, now, answer);
+            panic!(
+                "{what}: key {} at {}: answer {answer} fits no possible state {before:?}{hint}\n  \
+                 history of the key:\n    {}",
+                String::from_utf8_lossy(key),
+                now - ManualClock::DEFAULT_START_MILLIS,
+                model.history.join("\n    ")
+            );
+        }
     }
 
-    fn set(&mut self, key: &[u8], state: State) {
-        *self.states(key) = vec![state];
+    fn set(&mut self, key: &[u8], state: St) {
+        self.written(key, &state);
+        self.key(key).states = vec![state];
     }
 
-    fn maybe(&mut self, key: &[u8], state: State) {
-        let states = self.states(key);
+    fn written(&mut self, key: &[u8], state: &St) {
+        if let St::Value { until, .. } | St::Claim { until, .. } = state {
+            self.key(key).deadlines.push(*until);
+        }
+    }
+
+    fn maybe(&mut self, key: &[u8], state: St) {
+        self.written(key, &state);
+        let states = &mut self.key(key).states;
         if !states.contains(&state) {
             states.push(state);
         }
+    }
+
+    fn may_be_absent(&mut self, key: &[u8], now: u64) -> bool {
+        self.key(key)
+            .states
+            .iter()
+            .any(|s| s.live(now) == Live::None)
+    }
+}
+
+/// A line naming the known bug class an impossible answer belongs to.
+fn diagnose(states: &[St], now: u64, answer: &str) -> &'static str {
+    let completed = states
+        .iter()
+        .any(|s| matches!(s, St::Value { claim: Some(_), .. }));
+    let absent = states.iter().all(|s| s.live(now) == Live::None);
+    if completed && (answer.contains("InFlight") || answer.contains("in doubt")) {
+        "\n  => a completed claim came back (InFlight / in doubt) after restart"
+    } else if absent && answer.starts_with("Some") {
+        "\n  => a removed or expired key came back"
+    } else {
+        ""
     }
 }
 
 fn key(index: u64) -> Vec<u8> {
     format!("key-{index:03}").into_bytes()
+}
+
+fn millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn tracing() -> bool {
+    std::env::var_os("IDEM_SIM_TRACE").is_some()
+}
+
+/// The TTLs a phase of the run uses: uniform phases fill whole segments with records that
+/// expire together (so they are deleted whole), mixed ones make sparse segments to compact.
+#[derive(Debug, Clone, Copy)]
+enum Regime {
+    Short,
+    Medium,
+    Long,
+    Mixed,
+}
+
+/// An error that a call may return whatever the storage does.
+fn semantic(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::ClaimInFlight { .. } | Error::FingerprintMismatch { .. } | Error::StaleClaim { .. }
+    )
+}
+
+/// The answers of a freshly opened store: every key's `get`, and `in_doubt()`.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    values: Vec<Option<Value>>,
+    in_doubt: Vec<ClaimToken>,
+}
+
+/// Per-seed totals, for the report and the reachability assertions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    reopens: u64,
+    injected: u64,
+    compacted: u64,
+    deleted: u64,
+    checkpoints: u64,
+    claims_completed: u64,
+    with_closure_on_claim: u64,
 }
 
 struct Sim {
@@ -77,6 +248,16 @@ struct Sim {
     model: Model,
     next_value: u64,
     faults: Faults,
+    /// Faults injected when the current process opened the store.
+    injected_at_open: u64,
+    /// Whether a write failed in this process (it must acknowledge nothing more).
+    poisoned: bool,
+    regime: Regime,
+    maintain_chance: f64,
+    next_claim: u64,
+    /// Tokens the simulation holds (some already stale), with their claim numbers.
+    tokens: Vec<(ClaimToken, u64)>,
+    tally: Tally,
 }
 
 impl Sim {
@@ -84,28 +265,33 @@ impl Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let storage = SimStorage::new(seed);
         let clock = ManualClock::new();
+        let segment = rng.gen_range(4096..8192);
+        let ratio = [0.3, 0.5, 0.7, 0.9, 0.95][rng.gen_range(0..5)];
+        let checkpoint_every = [0, 0, 4096, 16_384][rng.gen_range(0..4)];
         let mut config = Config::default()
             .durability(Durability::Sync)
             .clock(clock.clone())
             .storage(storage.clone())
             .background_maintenance(false)
-            .checkpoint_every_bytes(0)
-            .segment_size_bytes(1 << 20)
+            .checkpoint_every_bytes(checkpoint_every)
+            .segment_size_bytes_for_testing(segment)
+            .compaction_live_ratio(ratio)
             .shard_count(4);
         if rng.gen_bool(0.3) {
             // Few hash bits: many keys share a tag, so the full-key check is exercised.
             config = config.hash_mask_for_testing(0xF000_0000_000F_0000);
         }
-        let faults = if rng.gen_bool(0.6) {
+        let faults = if rng.gen_bool(0.4) {
             Faults {
-                write_error_per_million: rng.gen_range(0..20_000),
-                short_write_per_million: rng.gen_range(0..20_000),
-                sync_error_per_million: rng.gen_range(0..20_000),
-                space_limit_bytes: rng.gen_bool(0.2).then(|| rng.gen_range(2_000..200_000)),
+                write_error_per_million: rng.gen_range(0..8_000),
+                short_write_per_million: rng.gen_range(0..8_000),
+                sync_error_per_million: rng.gen_range(0..8_000),
+                space_limit_bytes: rng.gen_bool(0.2).then(|| rng.gen_range(20_000..200_000)),
             }
         } else {
             Faults::default()
         };
+        let maintain_chance = rng.gen_range(0.05..0.4);
         Sim {
             rng,
             storage,
@@ -114,187 +300,949 @@ impl Sim {
             model: Model::default(),
             next_value: 0,
             faults,
+            injected_at_open: 0,
+            poisoned: false,
+            regime: Regime::Mixed,
+            maintain_chance,
+            next_claim: 0,
+            tokens: Vec::new(),
+            tally: Tally::default(),
         }
     }
 
-    fn open(&mut self) -> Store {
+    fn now(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
+    fn injected(&self) -> u64 {
+        self.storage.injected().values().sum()
+    }
+
+    /// Whether an I/O error may have a cause: a fault was injected since this process opened.
+    fn fault_since_open(&self) -> bool {
+        self.injected() > self.injected_at_open
+    }
+
+    /// Fails the run on an error that no injected fault explains.
+    fn expect_fault(&self, what: &str, call: &str, error: &dyn std::fmt::Display) {
+        assert!(
+            self.fault_since_open(),
+            "{what}: {call} failed with no fault injected since open: {error}"
+        );
+    }
+
+    fn open_store(&mut self, what: &str) -> Store {
         // Faults off while opening: a failed open is not what this test studies.
         self.storage.set_faults(Faults::default());
-        let store = Store::open_with(Path::new(DIR), self.config.clone())
-            .unwrap_or_else(|e| panic!("reopen failed: {e}"));
-        self.storage.set_faults(self.faults);
-        store
+        Store::open_with(Path::new(DIR), self.config.clone())
+            .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"))
     }
 
     fn value(&mut self) -> Vec<u8> {
         self.next_value += 1;
-        let len = self.rng.gen_range(0..40);
+        let len = if self.rng.gen_bool(0.1) {
+            self.rng.gen_range(200..600)
+        } else {
+            self.rng.gen_range(0..120)
+        };
         let mut value = format!("v{}", self.next_value).into_bytes();
         value.resize(value.len().max(len), b'.');
         value
     }
 
-    /// Checks every key against the model through `get`.
-    fn audit(&mut self, store: &Store, what: &str) {
-        let now = self.clock.now_millis();
+    fn ttl(&mut self) -> Duration {
+        let regime = match self.regime {
+            Regime::Mixed => {
+                [Regime::Short, Regime::Medium, Regime::Long][self.rng.gen_range(0..3)]
+            }
+            other => other,
+        };
+        let ms = match regime {
+            Regime::Short => self.rng.gen_range(1..10 * SECOND),
+            Regime::Medium => self.rng.gen_range(10 * SECOND..10 * MINUTE),
+            _ => self.rng.gen_range(HOUR..12 * HOUR),
+        };
+        Duration::from_millis(ms)
+    }
+
+    fn lease(&mut self) -> Duration {
+        Duration::from_millis(match self.rng.gen_range(0..3) {
+            0 => self.rng.gen_range(1..5 * SECOND),
+            1 => self.rng.gen_range(30 * SECOND..10 * MINUTE),
+            _ => self.rng.gen_range(HOUR..6 * HOUR),
+        })
+    }
+
+    fn fingerprint(&mut self) -> &'static [u8] {
+        FINGERPRINTS[self.rng.gen_range(0..FINGERPRINTS.len())]
+    }
+
+    fn advance(&mut self) {
+        let by = match self.rng.gen_range(0..100) {
+            0..=69 => self.rng.gen_range(0..3 * SECOND),
+            70..=92 => self.rng.gen_range(5 * SECOND..5 * MINUTE),
+            _ => self.rng.gen_range(HOUR..14 * HOUR),
+        };
+        self.clock.advance(Duration::from_millis(by));
+    }
+
+    fn tally_store(&mut self, store: &Store) {
+        let stats = store.stats();
+        self.tally.compacted += stats.segments_compacted;
+        self.tally.deleted += stats.segments_deleted;
+        self.tally.checkpoints += stats.checkpoints_written;
+    }
+
+    /// A maintenance round; with no fault since open it must succeed.
+    fn maintain(&mut self, store: &Store, what: &str) {
+        if let Err(e) = store.maintain() {
+            self.expect_fault(what, "maintain", &e);
+        }
+    }
+
+    /// Reads the checkpoint file, if there is one.
+    fn read_checkpoint(&self) -> Option<Vec<u8>> {
+        let path = Path::new(DIR).join(CHECKPOINT_FILE);
+        let file = self.storage.open(&path).ok()?;
+        let len = file.len().unwrap() as usize;
+        let mut bytes = vec![0; len];
+        let got = file.read_at(&mut bytes, 0).unwrap();
+        assert_eq!(got, len);
+        Some(bytes)
+    }
+
+    fn snapshot(&mut self, store: &Store, what: &str) -> Snapshot {
+        let values = (0..KEYS)
+            .map(|index| {
+                store
+                    .get(&key(index))
+                    .unwrap_or_else(|e| panic!("{what}: get failed on a freshly opened store: {e}"))
+            })
+            .collect();
+        let in_doubt = store
+            .in_doubt()
+            .unwrap_or_else(|e| panic!("{what}: in_doubt failed on a freshly opened store: {e}"));
+        Snapshot { values, in_doubt }
+    }
+
+    /// A new process opens the store: once replaying the whole log (checkpoint file removed),
+    /// once from the checkpoint. Both must agree with each other and with the model.
+    fn reopen(&mut self, what: &str) -> Store {
+        self.tally.reopens += 1;
+        self.storage.set_faults(Faults::default());
+        let dir = Path::new(DIR);
+        let checkpoint_path: PathBuf = dir.join(CHECKPOINT_FILE);
+        let saved = self.read_checkpoint();
+        if saved.is_some() {
+            self.storage.remove(&checkpoint_path).unwrap();
+            self.storage.sync_dir(dir).unwrap();
+        }
+        let replay_what = format!("{what} (full replay)");
+        let replayed = self.open_store(&replay_what);
+        let replay = self.snapshot(&replayed, &replay_what);
+        replayed
+            .maintain()
+            .unwrap_or_else(|e| panic!("{replay_what}: maintain failed without faults: {e}"));
+        let replay_live = replayed.stats().live_keys;
+        self.tally_store(&replayed);
+        drop(replayed);
+        if let Some(bytes) = &saved {
+            let file = self.storage.create_truncate(&checkpoint_path).unwrap();
+            file.write_all_at(bytes, 0).unwrap();
+            file.sync_data().unwrap();
+            self.storage.sync_dir(dir).unwrap();
+        }
+        let store = self.open_store(what);
+        let from_checkpoint = self.snapshot(&store, what);
+        let now = self.now();
+        for index in 0..KEYS {
+            let (a, b) = (
+                &replay.values[index as usize],
+                &from_checkpoint.values[index as usize],
+            );
+            assert!(
+                a == b,
+                "{what}: full replay differs from checkpoint reopen (checkpoint file {}): key {}: \
+                 replay {a:?}, checkpoint {b:?}\n  history of the key:\n    {}",
+                if saved.is_some() { "present" } else { "absent" },
+                String::from_utf8_lossy(&key(index)),
+                self.model.key(&key(index)).history.join("\n    ")
+            );
+        }
+        if replay.in_doubt != from_checkpoint.in_doubt {
+            let mut keys: Vec<Vec<u8>> = replay
+                .in_doubt
+                .iter()
+                .chain(&from_checkpoint.in_doubt)
+                .map(|t| t.key().to_vec())
+                .collect();
+            keys.dedup();
+            let histories: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    let model = self.model.key(k);
+                    format!(
+                        "{} (model states {:?}):\n    {}",
+                        String::from_utf8_lossy(k),
+                        model.states,
+                        model.history.join("\n    ")
+                    )
+                })
+                .collect();
+            panic!(
+                "{what}: full replay and checkpoint reopen disagree on in_doubt(): replay {:?}, \
+                 checkpoint {:?}\n  {}",
+                replay.in_doubt,
+                from_checkpoint.in_doubt,
+                histories.join("\n  ")
+            );
+        }
+        self.check_snapshot(&from_checkpoint, now, what);
+        store
+            .maintain()
+            .unwrap_or_else(|e| panic!("{what}: maintain failed without faults: {e}"));
+        let live = store.stats().live_keys;
+        // Index entries are the live keys plus expired ones the wheels have not reaped yet
+        // (within about a tick of their deadline, which checkpoint and replay round alike).
+        let answers = from_checkpoint
+            .values
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            + from_checkpoint.in_doubt.len();
+        let recent = (0..KEYS)
+            .filter(|&index| {
+                self.model
+                    .key(&key(index))
+                    .deadlines
+                    .iter()
+                    .any(|&until| until <= now && until + REAP_SLACK > now)
+            })
+            .count();
+        for (who, count) in [("full replay", replay_live), ("checkpoint reopen", live)] {
+            if !(answers..=answers + recent).contains(&(count as usize)) {
+                // Which keys does the index hold that answer absent? Claiming them tells.
+                let mut hidden = Vec::new();
+                for index in 0..KEYS {
+                    let key = key(index);
+                    if from_checkpoint.values[index as usize].is_none()
+                        && !from_checkpoint
+                            .in_doubt
+                            .iter()
+                            .any(|t| t.key() == key.as_slice())
+                    {
+                        if let Ok(claim) = store.claim(&key, Duration::from_millis(1)) {
+                            if !matches!(claim, Claim::Acquired(_)) {
+                                hidden.push(format!(
+                                    "{} answers claim() with {claim:?}; history:\n    {}",
+                                    String::from_utf8_lossy(&key),
+                                    self.model.key(&key).history.join("\n    ")
+                                ));
+                            }
+                        }
+                    }
+                }
+                eprintln!(
+                    "{what}: keys absent by get and in_doubt: {}",
+                    hidden.join("\n  ")
+                );
+                eprintln!(
+                    "{what}: {:?} at {}",
+                    store.recovery_report(),
+                    now - ManualClock::DEFAULT_START_MILLIS
+                );
+                for later in [1u64, 2, 4, 8, 30, 300, 3000, 30000] {
+                    self.clock.advance(Duration::from_secs(later));
+                    let _ = store.maintain();
+                    eprintln!("  +{later} s: live_keys {}", store.stats().live_keys);
+                }
+            }
+            assert!(
+                (answers..=answers + recent).contains(&(count as usize)),
+                "{what}: {who} has live_keys {count} after maintain, but {answers} keys answer \
+                 live and {recent} expired within {REAP_SLACK} ms (full replay {replay_live}, \
+                 checkpoint reopen {live})"
+            );
+        }
+        self.injected_at_open = self.injected();
+        self.poisoned = false;
+        self.storage.set_faults(self.faults);
+        store
+    }
+
+    /// Checks a fresh process's answers against the model; adopts the tokens in doubt.
+    fn check_snapshot(&mut self, snapshot: &Snapshot, now: u64, what: &str) {
         for index in 0..KEYS {
             let key = key(index);
-            match store.get(&key) {
-                Ok(seen) => self.model.observe(&key, now, seen.as_deref(), what),
-                Err(e) => panic!("{what}: get failed on a freshly opened store: {e}"),
+            let seen = snapshot.values[index as usize].clone();
+            self.model.observe(
+                &key,
+                now,
+                what,
+                &format!(
+                    "{:?} from get",
+                    seen.as_deref().map(String::from_utf8_lossy)
+                ),
+                |live| match (&seen, live) {
+                    (Some(seen), Live::Value(value, _)) => **seen == *value,
+                    (None, Live::Value(..)) => false,
+                    (None, _) => true,
+                    (Some(_), _) => false,
+                },
+            );
+            let token = snapshot
+                .in_doubt
+                .iter()
+                .find(|t| t.key() == key.as_slice())
+                .cloned();
+            let known: Vec<(u64, ClaimToken)> =
+                self.tokens.iter().map(|(t, n)| (*n, t.clone())).collect();
+            match &token {
+                Some(token) => {
+                    let until = millis(token.lease_until());
+                    let fp = token.fingerprint().to_vec();
+                    self.model.observe(
+                        &key,
+                        now,
+                        what,
+                        &format!("in doubt (claim lease until {until})"),
+                        |live| match live {
+                            Live::Claim(num, lease, claim_fp) => {
+                                lease == until
+                                    && claim_fp == fp.as_slice()
+                                    && known.iter().all(|(n, t)| *n != num || t == token)
+                            }
+                            _ => false,
+                        },
+                    );
+                }
+                None => self.model.observe(&key, now, what, "not in doubt", |live| {
+                    !matches!(live, Live::Claim(..))
+                }),
+            }
+            if let Some(token) = token {
+                if let Some(St::Claim { num, .. }) = self.model.key(&key).states.first().cloned() {
+                    if !self.tokens.iter().any(|(t, _)| *t == token) {
+                        self.tokens.push((token, num));
+                    }
+                }
             }
         }
     }
 
-    fn run(&mut self, steps: usize) -> (u64, u64) {
-        let mut store = self.open();
-        let mut poisoned = false;
-        let mut crashes = 0;
-        for step in 0..steps {
-            let now = self.clock.now_millis();
-            let index = self.rng.gen_range(0..KEYS);
-            let key = key(index);
-            let ttl = Duration::from_millis(self.rng.gen_range(1..10_000));
-            let what = format!("step {step}");
-            if std::env::var_os("IDEM_SIM_TRACE").is_some() {
-                eprintln!(
-                    "{what}: now {now} key {} states {:?}",
-                    String::from_utf8_lossy(&key),
-                    self.model.states(&key)
+    fn trace(&self, text: impl FnOnce() -> String) {
+        if tracing() {
+            eprintln!("  {}", text());
+        }
+    }
+
+    fn step(&mut self, mut store: Store, step: usize) -> Store {
+        let now = self.now();
+        let index = self.rng.gen_range(0..KEYS);
+        let key = key(index);
+        let what = format!("step {step}");
+        let at = now - ManualClock::DEFAULT_START_MILLIS;
+        if tracing() {
+            eprintln!(
+                "{what}: now {at} key {} states {:?}",
+                String::from_utf8_lossy(&key),
+                self.model.key(&key).states
+            );
+        }
+        match self.rng.gen_range(0..100) {
+            0..=27 => self.op_insert(&store, &key, &what),
+            28..=32 => self.op_batch(&store, &what),
+            33..=39 => self.op_get(&store, &key, &what),
+            40..=47 => self.op_remove(&store, &key, &what),
+            48..=55 => self.op_claim(&store, &key, &what),
+            56..=63 => self.op_resolve(&store, &what),
+            64..=68 => self.op_with(&store, &key, &what),
+            69..=82 => {
+                self.advance();
+                self.trace(|| {
+                    format!(
+                        "clock -> {}",
+                        self.now() - ManualClock::DEFAULT_START_MILLIS
+                    )
+                });
+            }
+            83..=90 => self.maintain(&store, &what),
+            91..=92 => {
+                if let Err(e) = store.checkpoint() {
+                    self.expect_fault(&what, "checkpoint", &e);
+                }
+            }
+            93..=94 => {
+                // Power loss, then a new process opens the store.
+                self.trace(|| "crash".into());
+                self.tally_store(&store);
+                self.storage.crash();
+                drop(store);
+                store = self.reopen(&format!("{what} (after crash)"));
+            }
+            95 => {
+                // Power loss right after a maintenance round.
+                self.trace(|| "maintain, then crash".into());
+                self.maintain(&store, &what);
+                self.tally_store(&store);
+                self.storage.crash();
+                drop(store);
+                store = self.reopen(&format!("{what} (after maintain and crash)"));
+            }
+            96 => {
+                // A clean restart.
+                self.trace(|| "restart".into());
+                self.tally_store(&store);
+                if let Err(e) = store.close() {
+                    self.expect_fault(&what, "close", &e);
+                }
+                store = self.reopen(&format!("{what} (after restart)"));
+            }
+            _ => {
+                self.regime = [Regime::Short, Regime::Medium, Regime::Long, Regime::Mixed]
+                    [self.rng.gen_range(0..4)];
+                self.trace(|| format!("regime {:?}", self.regime));
+            }
+        }
+        if self.rng.gen_bool(self.maintain_chance) {
+            self.maintain(&store, &format!("{what} (maintain after)"));
+        }
+        store
+    }
+
+    fn op_insert(&mut self, store: &Store, key: &[u8], what: &str) {
+        let now = self.now();
+        let ttl = self.ttl();
+        let value = self.value();
+        let fp = self.fingerprint();
+        let answer = if fp.is_empty() {
+            store.check_or_insert(key, ttl, &value)
+        } else {
+            store.check_or_insert_fingerprinted(key, ttl, &value, fp)
+        };
+        self.trace(|| format!("check_or_insert ttl {ttl:?} fp {fp:?} -> {answer:?}"));
+        let fresh = St::Value {
+            value: value.clone(),
+            until: now + ttl.as_millis() as u64,
+            fp: fp.to_vec(),
+            claim: None,
+        };
+        self.model.note(
+            key,
+            format!(
+                "@{} check_or_insert {:?} ttl {ttl:?} fp {fp:?} -> {answer:?}",
+                now - ManualClock::DEFAULT_START_MILLIS,
+                String::from_utf8_lossy(&value)
+            ),
+        );
+        match answer {
+            Ok(Outcome::Inserted) => {
+                assert!(!self.poisoned, "{what}: acknowledged after a failed write");
+                self.model
+                    .observe(key, now, what, "Inserted", |l| l == Live::None);
+                self.model.set(key, fresh);
+            }
+            Ok(Outcome::Duplicate(seen)) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "Duplicate",
+                    |l| matches!(l, Live::Value(v, stored) if *v == *seen && fp_ok(stored, fp)),
                 );
             }
-            match self.rng.gen_range(0..100) {
-                0..=39 => {
-                    let value = self.value();
-                    let fresh = Some((value.clone(), now + ttl.as_millis() as u64));
-                    let answer = store.check_or_insert(&key, ttl, &value);
-                    if std::env::var_os("IDEM_SIM_TRACE").is_some() {
-                        eprintln!("  check_or_insert ttl {ttl:?} -> {answer:?}");
-                    }
-                    match answer {
-                        Ok(Outcome::Inserted) => {
-                            assert!(!poisoned, "{what}: acknowledged after a failed write");
-                            self.model.observe(&key, now, None, &what);
-                            self.model.set(&key, fresh);
-                        }
-                        Ok(Outcome::Duplicate(seen)) => {
-                            assert!(!poisoned, "{what}: answered after a failed write");
-                            self.model.observe(&key, now, Some(&seen), &what);
-                        }
-                        Err(_) => {
-                            poisoned = true;
-                            if self
-                                .model
-                                .states(&key)
-                                .iter()
-                                .any(|s| live(s, now).is_none())
-                            {
-                                self.model.maybe(&key, fresh);
-                            }
-                        }
-                    }
-                }
-                40..=49 => {
-                    let items: Vec<(Vec<u8>, Duration, Vec<u8>)> = (0..self.rng.gen_range(1..8))
-                        .map(|_| (key_of(&mut self.rng), ttl, self.value()))
-                        .collect();
-                    match store.check_or_insert_batch(&items) {
-                        Ok(outcomes) => {
-                            assert!(!poisoned, "{what}: batch acknowledged after a failed write");
-                            for ((key, ttl, value), outcome) in items.iter().zip(outcomes) {
-                                match outcome {
-                                    Outcome::Inserted => {
-                                        self.model.observe(key, now, None, &what);
-                                        let deadline = now + ttl.as_millis() as u64;
-                                        self.model.set(key, Some((value.clone(), deadline)));
-                                    }
-                                    Outcome::Duplicate(seen) => {
-                                        self.model.observe(key, now, Some(&seen), &what)
-                                    }
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            poisoned = true;
-                            for (key, ttl, value) in &items {
-                                let deadline = now + ttl.as_millis() as u64;
-                                if self
-                                    .model
-                                    .states(key)
-                                    .iter()
-                                    .any(|s| live(s, now).is_none())
-                                {
-                                    self.model.maybe(key, Some((value.clone(), deadline)));
-                                }
-                            }
-                        }
-                    }
-                }
-                50..=64 => match store.get(&key) {
-                    Ok(seen) => self.model.observe(&key, now, seen.as_deref(), &what),
-                    Err(_) => poisoned = true,
-                },
-                65..=72 => match store.remove(&key) {
-                    Ok(true) => {
-                        assert!(
-                            !poisoned,
-                            "{what}: removal acknowledged after a failed write"
-                        );
-                        let states = self.model.states(&key);
-                        states.retain(|s| live(s, now).is_some());
-                        assert!(!states.is_empty(), "{what}: removed a key that was absent");
-                        self.model.set(&key, None);
-                    }
-                    Ok(false) => self.model.observe(&key, now, None, &what),
-                    Err(_) => {
-                        poisoned = true;
-                        self.model.maybe(&key, None);
-                    }
-                },
-                73..=82 => self
-                    .clock
-                    .advance(Duration::from_millis(self.rng.gen_range(0..3_000))),
-                83..=86 => {
-                    // Reclamation never changes an answer; under faults it may fail.
-                    let _ = store.maintain();
-                }
-                87..=88 => {
-                    let _ = store.checkpoint();
-                }
-                89..=93 => {
-                    // Power loss, then a new process opens the store.
-                    self.storage.crash();
-                    drop(store);
-                    crashes += 1;
-                    store = self.open();
-                    poisoned = false;
-                    self.audit(&store, &format!("{what} (after crash {crashes})"));
-                }
-                _ => {
-                    // A clean restart.
-                    let _ = store.close();
-                    store = self.open();
-                    poisoned = false;
-                    self.audit(&store, &format!("{what} (after restart)"));
+            Err(Error::ClaimInFlight { until }) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                let until = millis(until);
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "ClaimInFlight",
+                    |l| matches!(l, Live::Claim(_, u, stored) if u == until && fp_ok(stored, fp)),
+                );
+            }
+            Err(Error::FingerprintMismatch { .. }) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model
+                    .observe(key, now, what, "FingerprintMismatch", |l| match l {
+                        Live::Value(_, stored) | Live::Claim(_, _, stored) => !fp_ok(stored, fp),
+                        Live::None => false,
+                    });
+            }
+            Err(e) => {
+                self.expect_fault(what, "check_or_insert", &e);
+                self.poisoned = true;
+                if self.model.may_be_absent(key, now) {
+                    self.model.maybe(key, fresh);
                 }
             }
         }
+    }
+
+    fn op_batch(&mut self, store: &Store, what: &str) {
+        let now = self.now();
+        let items: Vec<(Vec<u8>, Duration, Vec<u8>)> = (0..self.rng.gen_range(1..8))
+            .map(|_| {
+                let key = key(self.rng.gen_range(0..KEYS));
+                (key, self.ttl(), self.value())
+            })
+            .collect();
+        let answer = store.check_or_insert_batch(&items);
+        self.trace(|| format!("batch of {} -> {answer:?}", items.len()));
+        for (key, ttl, value) in &items {
+            self.model.note(
+                key,
+                format!(
+                    "@{} batch item {:?} ttl {ttl:?} -> {}",
+                    now - ManualClock::DEFAULT_START_MILLIS,
+                    String::from_utf8_lossy(value),
+                    match &answer {
+                        Ok(_) => "Ok".to_string(),
+                        Err(e) => format!("Err({e})"),
+                    }
+                ),
+            );
+        }
+        match answer {
+            Ok(outcomes) => {
+                assert!(
+                    !self.poisoned,
+                    "{what}: batch acknowledged after a failed write"
+                );
+                for ((key, ttl, value), outcome) in items.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Inserted => {
+                            self.model
+                                .observe(key, now, what, "batch Inserted", |l| l == Live::None);
+                            let until = now + ttl.as_millis() as u64;
+                            self.model.set(
+                                key,
+                                St::Value {
+                                    value: value.clone(),
+                                    until,
+                                    fp: Vec::new(),
+                                    claim: None,
+                                },
+                            );
+                        }
+                        Outcome::Duplicate(seen) => self.model.observe(
+                            key,
+                            now,
+                            what,
+                            "batch Duplicate",
+                            |l| matches!(l, Live::Value(v, _) if *v == *seen),
+                        ),
+                    }
+                }
+            }
+            Err(Error::ClaimInFlight { .. }) => {
+                // A failed batch records nothing: the model keeps every item's states.
+                assert!(
+                    !self.poisoned,
+                    "{what}: batch answered after a failed write"
+                );
+                let claimed = items.iter().any(|(key, _, _)| {
+                    self.model
+                        .key(key)
+                        .states
+                        .iter()
+                        .any(|s| matches!(s.live(now), Live::Claim(..)))
+                });
+                assert!(
+                    claimed,
+                    "{what}: batch failed with ClaimInFlight, no item is claimed"
+                );
+            }
+            Err(e) => {
+                self.expect_fault(what, "check_or_insert_batch", &e);
+                self.poisoned = true;
+                // Unacknowledged: after power loss any subset of the items may be present.
+                for (key, ttl, value) in &items {
+                    if self.model.may_be_absent(key, now) {
+                        let until = now + ttl.as_millis() as u64;
+                        self.model.maybe(
+                            key,
+                            St::Value {
+                                value: value.clone(),
+                                until,
+                                fp: Vec::new(),
+                                claim: None,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn op_get(&mut self, store: &Store, key: &[u8], what: &str) {
+        let now = self.now();
+        let answer = store.get(key);
+        self.trace(|| format!("get -> {answer:?}"));
+        match answer {
+            Ok(seen) => {
+                assert!(!self.poisoned, "{what}: get answered after a failed write");
+                let text = format!(
+                    "{:?} from get",
+                    seen.as_deref().map(String::from_utf8_lossy)
+                );
+                self.model
+                    .observe(key, now, what, &text, |l| match (&seen, l) {
+                        (Some(seen), Live::Value(v, _)) => **seen == *v,
+                        (Some(_), _) => false,
+                        (None, l) => !matches!(l, Live::Value(..)),
+                    });
+            }
+            Err(e) => {
+                self.expect_fault(what, "get", &e);
+                self.poisoned = true;
+            }
+        }
+    }
+
+    fn op_remove(&mut self, store: &Store, key: &[u8], what: &str) {
+        let now = self.now();
+        let answer = store.remove(key);
+        self.trace(|| format!("remove -> {answer:?}"));
+        self.model.note(
+            key,
+            format!(
+                "@{} remove -> {answer:?}",
+                now - ManualClock::DEFAULT_START_MILLIS
+            ),
+        );
+        match answer {
+            Ok(true) => {
+                assert!(
+                    !self.poisoned,
+                    "{what}: removal acknowledged after a failed write"
+                );
+                self.model
+                    .observe(key, now, what, "remove true", |l| l != Live::None);
+                self.model.set(key, St::Absent);
+            }
+            Ok(false) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model
+                    .observe(key, now, what, "remove false", |l| l == Live::None)
+            }
+            Err(e) => {
+                self.expect_fault(what, "remove", &e);
+                self.poisoned = true;
+                self.model.maybe(key, St::Absent);
+            }
+        }
+    }
+
+    fn op_claim(&mut self, store: &Store, key: &[u8], what: &str) {
+        let now = self.now();
+        let lease = self.lease();
+        let fp = self.fingerprint();
+        let answer = if fp.is_empty() {
+            store.claim(key, lease)
+        } else {
+            store.claim_fingerprinted(key, lease, fp)
+        };
+        self.trace(|| format!("claim lease {lease:?} fp {fp:?} -> {answer:?}"));
+        let until = now + lease.as_millis() as u64;
+        self.next_claim += 1;
+        let num = self.next_claim;
+        self.model.note(
+            key,
+            format!(
+                "@{} claim #{num} lease {lease:?} fp {fp:?} -> {answer:?}",
+                now - ManualClock::DEFAULT_START_MILLIS
+            ),
+        );
+        let fresh = St::Claim {
+            num,
+            until,
+            fp: fp.to_vec(),
+        };
+        match answer {
+            Ok(Claim::Acquired(token)) => {
+                assert!(
+                    !self.poisoned,
+                    "{what}: claim acknowledged after a failed write"
+                );
+                assert_eq!(millis(token.lease_until()), until, "{what}: lease end");
+                self.model
+                    .observe(key, now, what, "claim Acquired", |l| l == Live::None);
+                self.model.set(key, fresh);
+                self.tokens.push((token, num));
+                if self.tokens.len() > 24 {
+                    self.tokens.remove(0);
+                }
+            }
+            Ok(Claim::Duplicate(seen)) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "claim Duplicate",
+                    |l| matches!(l, Live::Value(v, stored) if *v == *seen && fp_ok(stored, fp)),
+                );
+            }
+            Ok(Claim::InFlight { until }) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                let until = millis(until);
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "claim InFlight",
+                    |l| matches!(l, Live::Claim(_, u, stored) if u == until && fp_ok(stored, fp)),
+                );
+            }
+            Err(Error::FingerprintMismatch { .. }) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model
+                    .observe(key, now, what, "claim FingerprintMismatch", |l| match l {
+                        Live::Value(_, stored) | Live::Claim(_, _, stored) => !fp_ok(stored, fp),
+                        Live::None => false,
+                    });
+            }
+            Err(e) => {
+                self.expect_fault(what, "claim", &e);
+                self.poisoned = true;
+                if self.model.may_be_absent(key, now) {
+                    self.model.maybe(key, fresh);
+                }
+            }
+        }
+    }
+
+    /// Completes (with a TTL shorter or longer than the lease) or releases a held token.
+    fn op_resolve(&mut self, store: &Store, what: &str) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let pick = self.rng.gen_range(0..self.tokens.len());
+        let (token, num) = self.tokens[pick].clone();
+        let key = token.key().to_vec();
+        let release = self.rng.gen_bool(0.25);
+        let is_mine = move |l: Live<'_>| matches!(l, Live::Claim(n, ..) if n == num);
+        if release {
+            let answer = store.release(token.clone());
+            self.trace(|| format!("release #{num} -> {answer:?}"));
+            self.model.note(
+                &key,
+                format!(
+                    "@{} release #{num} -> {answer:?}",
+                    now - ManualClock::DEFAULT_START_MILLIS
+                ),
+            );
+            match answer {
+                Ok(()) => {
+                    assert!(
+                        !self.poisoned,
+                        "{what}: release acknowledged after a failed write"
+                    );
+                    self.model.observe(&key, now, what, "release Ok", is_mine);
+                    self.model.set(&key, St::Absent);
+                    self.tokens.remove(pick);
+                }
+                Err(Error::StaleClaim { .. }) => {
+                    assert!(!self.poisoned, "{what}: answered after a failed write");
+                    self.model
+                        .observe(&key, now, what, "release StaleClaim", |l| !is_mine(l));
+                    self.tokens.remove(pick);
+                }
+                Err(e) => {
+                    self.expect_fault(what, "release", &e);
+                    self.poisoned = true;
+                    self.model.maybe(&key, St::Absent);
+                }
+            }
+            return;
+        }
+        let lease_left = millis(token.lease_until()).saturating_sub(now);
+        let ttl = Duration::from_millis(if self.rng.gen_bool(0.5) {
+            // Shorter than what is left of the lease (the result expires before the claim would).
+            self.rng.gen_range(1..(lease_left / 2).max(2))
+        } else {
+            lease_left + self.rng.gen_range(1..4 * HOUR)
+        });
+        let value = self.value();
+        let answer = store.complete(token.clone(), ttl, &value);
+        self.trace(|| format!("complete #{num} ttl {ttl:?} -> {answer:?}"));
+        self.model.note(
+            &key,
+            format!(
+                "@{} complete #{num} {:?} ttl {ttl:?} (lease left {lease_left} ms) -> {answer:?}",
+                now - ManualClock::DEFAULT_START_MILLIS,
+                String::from_utf8_lossy(&value)
+            ),
+        );
+        let result = St::Value {
+            value,
+            until: now + ttl.as_millis() as u64,
+            fp: token.fingerprint().to_vec(),
+            claim: Some(num),
+        };
+        match answer {
+            Ok(()) => {
+                assert!(
+                    !self.poisoned,
+                    "{what}: completion acknowledged after a failed write"
+                );
+                self.model.observe(&key, now, what, "complete Ok", is_mine);
+                self.model.set(&key, result);
+                self.tokens.remove(pick);
+                self.tally.claims_completed += 1;
+            }
+            Err(Error::StaleClaim { .. }) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                self.model
+                    .observe(&key, now, what, "complete StaleClaim", |l| !is_mine(l));
+                self.tokens.remove(pick);
+            }
+            Err(e) => {
+                self.expect_fault(what, "complete", &e);
+                self.poisoned = true;
+                self.model.maybe(&key, result);
+            }
+        }
+    }
+
+    fn op_with(&mut self, store: &Store, key: &[u8], what: &str) {
+        let now = self.now();
+        let ttl = self.ttl();
+        let value = self.value();
+        let fail = self.rng.gen_bool(0.2);
+        let mut ran = false;
+        let claimed_before = self
+            .model
+            .key(key)
+            .states
+            .iter()
+            .all(|s| matches!(s.live(now), Live::Claim(..)));
+        if claimed_before {
+            self.tally.with_closure_on_claim += 1;
+        }
+        let answer = store.check_or_insert_with(key, ttl, || {
+            ran = true;
+            if fail {
+                Err("the closure failed")
+            } else {
+                Ok(value.clone())
+            }
+        });
+        self.trace(|| {
+            format!("check_or_insert_with ttl {ttl:?} fail {fail} -> {answer:?}, ran {ran}")
+        });
+        self.model.note(
+            key,
+            format!(
+                "@{} check_or_insert_with {:?} ttl {ttl:?} -> {answer:?} (closure ran: {ran})",
+                now - ManualClock::DEFAULT_START_MILLIS,
+                String::from_utf8_lossy(&value)
+            ),
+        );
+        if ran {
+            assert!(
+                !claimed_before,
+                "{what}: check_or_insert_with ran its closure on key {} held by a live claim \
+                 (answer {answer:?})",
+                String::from_utf8_lossy(key)
+            );
+            self.model
+                .observe(key, now, what, "closure ran", |l| l == Live::None);
+        }
+        match answer {
+            Ok(Outcome::Inserted) => {
+                assert!(!self.poisoned, "{what}: acknowledged after a failed write");
+                assert!(ran, "{what}: Inserted without running the closure");
+                self.model.set(
+                    key,
+                    St::Value {
+                        value,
+                        until: now + ttl.as_millis() as u64,
+                        fp: Vec::new(),
+                        claim: None,
+                    },
+                );
+            }
+            Ok(Outcome::Duplicate(seen)) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                assert!(!ran, "{what}: the closure ran on a live key");
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "with Duplicate",
+                    |l| matches!(l, Live::Value(v, _) if *v == *seen),
+                );
+            }
+            Err(WithError::Closure(_)) => assert!(ran && fail, "{what}: closure error"),
+            Err(WithError::Store(Error::ClaimInFlight { until })) => {
+                assert!(!self.poisoned, "{what}: answered after a failed write");
+                assert!(
+                    !ran,
+                    "{what}: check_or_insert_with ran its closure on key {}, then failed with \
+                     ClaimInFlight: the key was held by a live claim",
+                    String::from_utf8_lossy(key)
+                );
+                let until = millis(until);
+                self.model.observe(
+                    key,
+                    now,
+                    what,
+                    "with ClaimInFlight",
+                    |l| matches!(l, Live::Claim(_, u, _) if u == until),
+                );
+            }
+            Err(WithError::Store(e)) => {
+                assert!(!semantic(&e), "{what}: check_or_insert_with: {e}");
+                self.expect_fault(what, "check_or_insert_with", &e);
+                self.poisoned = true;
+                if ran && !fail && self.model.may_be_absent(key, now) {
+                    self.model.maybe(
+                        key,
+                        St::Value {
+                            value,
+                            until: now + ttl.as_millis() as u64,
+                            fp: Vec::new(),
+                            claim: None,
+                        },
+                    );
+                }
+            }
+            Err(other) => panic!("{what}: check_or_insert_with alone: {other}"),
+        }
+    }
+
+    fn run(&mut self, steps: usize) -> Tally {
+        let mut store = self.open_store("first open");
+        self.storage.set_faults(self.faults);
+        for step in 0..steps {
+            if step % 60 == 0 {
+                self.regime = [Regime::Short, Regime::Medium, Regime::Long, Regime::Mixed]
+                    [self.rng.gen_range(0..4)];
+            }
+            store = self.step(store, step);
+        }
+        // The end: let everything short expire, maintain, then lose power.
+        self.clock
+            .advance(Duration::from_millis(self.rng.gen_range(0..20 * MINUTE)));
+        self.maintain(&store, "final maintain");
+        self.tally_store(&store);
         self.storage.crash();
         drop(store);
-        let store = self.open();
-        self.audit(&store, "final crash");
-        let injected: u64 = self.storage.injected().values().sum();
-        (crashes + 1, injected)
+        let store = self.reopen("final crash");
+        self.tally_store(&store);
+        drop(store);
+        self.tally.injected = self.injected();
+        self.tally
     }
 }
 
-fn key_of(rng: &mut StdRng) -> Vec<u8> {
-    key(rng.gen_range(0..KEYS))
-}
-
-#[test]
-fn seeded_simulation_keeps_every_acknowledged_answer() {
-    let seeds: Vec<u64> = match std::env::var("IDEM_SIM_SEED") {
+fn seeds() -> Vec<u64> {
+    match std::env::var("IDEM_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("IDEM_SIM_SEED is a number")],
         Err(_) => {
             let count = std::env::var("IDEM_SIM_SEEDS")
@@ -303,29 +1251,197 @@ fn seeded_simulation_keeps_every_acknowledged_answer() {
                 .unwrap_or(if cfg!(debug_assertions) { 200 } else { 2000 });
             (0..count).collect()
         }
-    };
-    let (mut crashes, mut faults) = (0, 0);
-    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    }
+}
+
+#[test]
+fn seeded_simulation_keeps_every_acknowledged_answer() {
+    let seeds = seeds();
+    let mut total = Tally::default();
+    let mut reclaiming_seeds = 0;
+    let started = std::time::Instant::now();
+    let keep_going = std::env::var_os("IDEM_SIM_KEEP_GOING").is_some();
+    let mut failed: Vec<(u64, String)> = Vec::new();
+    if keep_going {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     for &seed in &seeds {
         let mut sim = Sim::new(seed);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run(300)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run(700)));
         match result {
-            Ok((seed_crashes, seed_faults)) => {
-                crashes += seed_crashes;
-                faults += seed_faults;
-                for (kind, count) in sim.storage.injected() {
-                    *kinds.entry(format!("{kind:?}")).or_default() += count;
+            Ok(tally) => {
+                total.reopens += tally.reopens;
+                total.injected += tally.injected;
+                total.compacted += tally.compacted;
+                total.deleted += tally.deleted;
+                total.checkpoints += tally.checkpoints;
+                total.claims_completed += tally.claims_completed;
+                total.with_closure_on_claim += tally.with_closure_on_claim;
+                if tally.compacted > 0 && tally.deleted > 0 {
+                    reclaiming_seeds += 1;
                 }
             }
+            Err(panic) if keep_going => {
+                let faulty = sim.faults != Faults::default();
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let first_line = message.lines().next().unwrap_or("").to_string();
+                eprintln!("seed {seed} (faults: {faulty}): {first_line}");
+                failed.push((seed, message));
+            }
             Err(panic) => {
-                eprintln!("simulation failed for seed {seed}: replay with IDEM_SIM_SEED={seed}");
+                eprintln!(
+                    "simulation failed for seed {seed} (faults {:?}): replay with \
+                     IDEM_SIM_SEED={seed}",
+                    sim.faults
+                );
                 std::panic::resume_unwind(panic);
             }
         }
     }
-    let _ = InjectedFault::WriteError;
+    if keep_going {
+        let _ = std::panic::take_hook();
+    }
     println!(
-        "simulation: {} seeds, {crashes} crashes and reopens, {faults} injected faults {kinds:?}",
-        seeds.len()
+        "simulation: {} seeds in {:.1?}: {total:?}; {reclaiming_seeds} seeds both compacted and \
+         deleted segments",
+        seeds.len(),
+        started.elapsed()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds failed (IDEM_SIM_KEEP_GOING): {:?}",
+        failed.len(),
+        seeds.len(),
+        failed.iter().map(|(seed, _)| seed).collect::<Vec<_>>()
+    );
+    if seeds.len() >= 20 {
+        assert!(
+            total.compacted > 0 && total.deleted > 0,
+            "reclamation never ran: {total:?}"
+        );
+        assert!(
+            reclaiming_seeds * 10 >= seeds.len() * 6,
+            "only {reclaiming_seeds} of {} seeds both compacted and deleted segments",
+            seeds.len()
+        );
+    }
+}
+
+/// With every fsync failing, nothing written in this process can become durable, so in `Sync`
+/// mode no call may answer `Ok` (or `ClaimInFlight` / `FingerprintMismatch`) about such a record:
+/// not its writer, and not the other threads that found it in the index before the store saw the
+/// failed fsync. Several threads race on a few fresh keys; keys written before the faults began
+/// are durable and may be answered.
+#[test]
+fn sync_answers_nothing_about_records_that_cannot_become_durable() {
+    use std::sync::{Barrier, Mutex};
+    const THREADS: u64 = 4;
+    let rounds: u64 = std::env::var("IDEM_SIM_FSYNC_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 20 } else { 150 });
+    let ttl = Duration::from_secs(3600);
+    let mut violations: Vec<String> = Vec::new();
+    for round in 0..rounds {
+        let storage = SimStorage::new(round);
+        let config = Config::default()
+            .durability(Durability::Sync)
+            .clock(ManualClock::new())
+            .storage(storage.clone())
+            .background_maintenance(false)
+            .checkpoint_every_bytes(0)
+            .segment_size_bytes_for_testing(4096)
+            .shard_count(4);
+        let store = Store::open_with(Path::new(DIR), config).unwrap();
+        store.check_or_insert(b"old", ttl, b"durable").unwrap();
+        storage.set_faults(Faults {
+            sync_error_per_million: 1_000_000,
+            ..Faults::default()
+        });
+        let found = Mutex::new(Vec::new());
+        let barrier = Barrier::new(THREADS as usize);
+        std::thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let (store, found, barrier) = (&store, &found, &barrier);
+                scope.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(round * THREADS + thread);
+                    let bad = |what: String| found.lock().unwrap().push(what);
+                    barrier.wait();
+                    for _ in 0..40 {
+                        let key = format!("new-{}", rng.gen_range(0..3)).into_bytes();
+                        let fp = FINGERPRINTS[rng.gen_range(1..FINGERPRINTS.len())];
+                        match rng.gen_range(0..8) {
+                            0 => match store.check_or_insert(&key, ttl, b"v") {
+                                Ok(answer) => bad(format!("check_or_insert -> Ok({answer:?})")),
+                                Err(e) if semantic(&e) => bad(format!("check_or_insert -> {e:?}")),
+                                Err(_) => {}
+                            },
+                            1 => match store.check_or_insert_fingerprinted(&key, ttl, b"v", fp) {
+                                Ok(answer) => bad(format!("fingerprinted -> Ok({answer:?})")),
+                                Err(e) if semantic(&e) => bad(format!("fingerprinted -> {e:?}")),
+                                Err(_) => {}
+                            },
+                            2 => match store.claim(&key, ttl) {
+                                Ok(answer) => bad(format!("claim -> Ok({answer:?})")),
+                                Err(e) if semantic(&e) => bad(format!("claim -> {e:?}")),
+                                Err(_) => {}
+                            },
+                            3 => match store.claim_fingerprinted(&key, ttl, fp) {
+                                Ok(answer) => bad(format!("claim_fingerprinted -> Ok({answer:?})")),
+                                Err(e) if semantic(&e) => {
+                                    bad(format!("claim_fingerprinted -> {e:?}"))
+                                }
+                                Err(_) => {}
+                            },
+                            4 | 5 => {
+                                let answer = store.check_or_insert_with(&key, ttl, || {
+                                    std::thread::sleep(Duration::from_micros(200));
+                                    Ok::<_, std::convert::Infallible>(b"made".to_vec())
+                                });
+                                match answer {
+                                    Ok(answer) => {
+                                        bad(format!("check_or_insert_with -> Ok({answer:?})"))
+                                    }
+                                    Err(WithError::Store(e)) if semantic(&e) => {
+                                        bad(format!("check_or_insert_with -> {e:?}"))
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
+                            6 => {
+                                if let Ok(Some(value)) = store.get(&key) {
+                                    bad(format!("get -> Some({value:?})"));
+                                }
+                            }
+                            _ => {
+                                if let Ok(true) = store.remove(&key) {
+                                    bad("remove -> Ok(true)".into());
+                                }
+                                if let Ok(Some(value)) = store.get(b"old") {
+                                    assert_eq!(value, b"durable");
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        for what in found.into_inner().unwrap() {
+            violations.push(format!("round {round}: {what}"));
+        }
+    }
+    println!(
+        "every-fsync-fails oracle: {rounds} rounds, {} violations",
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "Sync mode answered about records that could not become durable ({} times):\n  {}",
+        violations.len(),
+        violations[..violations.len().min(20)].join("\n  ")
     );
 }
