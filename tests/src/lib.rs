@@ -245,10 +245,11 @@ pub mod torture {
             .collect()
     }
 
-    /// The value of write `wid` (unique over the run) of `key`: a resurrected older value of the
-    /// key is told apart from the current one. No spaces or slashes (protocol separators).
-    pub fn value(key: &str, wid: &str) -> String {
-        format!("{key}={wid}_{}", ".".repeat(24 + key.len() * 3))
+    /// The value of write `wid` (unique over the run) of `key`, padded by `pad` bytes: a
+    /// resurrected older value of the key is told apart from the current one. No spaces or
+    /// slashes (protocol separators).
+    pub fn value(key: &str, wid: &str, pad: usize) -> String {
+        format!("{key}={wid}_{}", ".".repeat(pad))
     }
 
     /// Sets the clock file to `millis` (atomically: written aside, then renamed).

@@ -48,16 +48,17 @@ impl Ids {
 
 /// TTL of a record written now: phases of mostly seconds or mostly hours.
 fn ttl(rng: &mut StdRng, short_phase: bool) -> Duration {
-    let short = short_phase != rng.gen_bool(0.1);
+    let short = short_phase != rng.gen_bool(0.03);
     Duration::from_millis(if short {
         rng.gen_range(300..12_000)
     } else {
-        rng.gen_range(60_000..36_000_000)
+        // Log-uniform from a minute to ten hours: some expire at the parent's larger steps.
+        rng.gen_range(60_000f64.ln()..36_000_000f64.ln()).exp() as u64
     })
 }
 
 fn lease(rng: &mut StdRng, short_phase: bool) -> Duration {
-    let short = short_phase != rng.gen_bool(0.1);
+    let short = short_phase != rng.gen_bool(0.03);
     Duration::from_millis(if short {
         rng.gen_range(2_000..30_000)
     } else {
@@ -114,14 +115,14 @@ fn main() {
                 say(format!("T {now}"));
             }
         }
-        if rng.gen_bool(0.03) {
+        if rng.gen_bool(0.012) {
             short_phase = !short_phase;
         }
         match rng.gen_range(0..100) {
             0..=29 => {
                 let k = pick(&mut rng);
                 let ttl = ttl(&mut rng, short_phase);
-                let v = value(&k, &ids.next(""));
+                let v = value(&k, &ids.next(""), rng.gen_range(8..200));
                 say(format!("i {k} {} {v}", now + ttl.as_millis() as u64));
                 let answer = match store.check_or_insert(k.as_bytes(), ttl, v.as_bytes()) {
                     Ok(Outcome::Inserted) => "ins".to_string(),
@@ -135,7 +136,7 @@ fn main() {
                 let items: Vec<(String, Duration, String)> = (0..rng.gen_range(2..9))
                     .map(|_| {
                         let k = pick(&mut rng);
-                        let v = value(&k, &ids.next(""));
+                        let v = value(&k, &ids.next(""), rng.gen_range(8..200));
                         (k, ttl(&mut rng, short_phase), v)
                     })
                     .collect();
@@ -246,7 +247,7 @@ fn resolve(
         4..=6 => Duration::from_millis((left * rng.gen_range(0.02..0.95)).max(1.0) as u64),
         _ => Duration::from_millis((left * rng.gen_range(1.05..4.0)) as u64 + 1),
     };
-    let v = value(&k, &ids.next(""));
+    let v = value(&k, &ids.next(""), rng.gen_range(8..200));
     say(format!("f {k} {cid} {} {v}", now + ttl.as_millis() as u64));
     let answer = store
         .complete(token, ttl, v.as_bytes())
