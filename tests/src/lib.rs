@@ -184,36 +184,83 @@ pub mod crash {
     }
 }
 
-/// Shared definitions of the crash torture test and its child process.
+/// Shared definitions of the crash torture test (`tests/crash_torture.rs`) and its child process
+/// (`src/bin/torture_child.rs`).
+///
+/// The child works on a pool of keys shared by all rounds, so keys are removed, re-inserted,
+/// claimed, completed and released again and again. Its clock is a [`idem::ManualClock`] that
+/// only the parent moves: the parent writes the time (milliseconds since the epoch) to a clock
+/// file before each round and sometimes during one; the child adopts it before each operation.
+///
+/// Protocol (one line per write, each shorter than a pipe's atomic write, so a kill never cuts
+/// a line in two). An operation's intent line (lower case) is written before the call, its
+/// answer line (upper case) after it returned; an intent without an answer is in doubt.
+///
+/// | line | meaning |
+/// |---|---|
+/// | `T <ms>` | the child's clock now reads `ms` |
+/// | `D <key> <lease_ms> <cid>` | `in_doubt()` at startup listed this claim; the child names it `cid` |
+/// | `i <key> <deadline_ms> <value>` | `check_or_insert`; `I ins`, `I dup <value>` or `I inflight <until_ms>` |
+/// | `b <key>/<deadline_ms>/<value> ...` | `check_or_insert_batch`; `B ins dup/<value> ...` or `B inflight <until_ms>` |
+/// | `r <key>` | `remove`; `R true` or `R false` |
+/// | `c <key> <lease_ms> <cid>` | `claim`; `C acq`, `C dup <value>` or `C inflight <until_ms>` |
+/// | `f <key> <cid> <deadline_ms> <value>` | `complete`; `F ok` or `F stale` |
+/// | `x <key> <cid>` | `release`; `X ok` or `X stale` |
+/// | `g <key>` | `get`; `G none` or `G <value>` |
+/// | `m` | `maintain`; `M <segments_deleted> <segments_compacted>` (totals since open) |
+/// | `k` | `checkpoint`; `K` |
 pub mod torture {
-    use std::time::Duration;
+    use std::path::Path;
 
-    use idem::{Config, Durability};
+    use idem::{Config, Durability, ManualClock};
 
-    /// TTL of every record: nothing expires during the test.
-    pub const TTL: Duration = Duration::from_secs(24 * 3600);
-    /// Lease of claims: open claims stay in flight for the whole test.
-    pub const LEASE: Duration = Duration::from_secs(3600);
+    /// Number of keys in the pool (`k0` ..): every round works on the same keys.
+    pub const POOL: usize = 240;
 
-    /// The store configuration: durable, small segments, frequent checkpoints.
-    pub fn config() -> Config {
+    /// Segment size: a few dozen records, so segments roll, compact and die within a round.
+    pub const SEGMENT_BYTES: u32 = 4096;
+
+    /// The store configuration of the child (and, with `background` false, of the parent's
+    /// checking opens): `Sync`, tiny segments, frequent checkpoints, the parent's clock.
+    pub fn config(clock: &ManualClock, compaction_live_ratio: f64, background: bool) -> Config {
         Config::default()
             .durability(Durability::Sync)
-            .segment_size_bytes(1 << 20)
-            .compaction_live_ratio(0.6)
-            .checkpoint_every_bytes(64 << 10)
+            .clock(clock.clone())
+            .segment_size_bytes_for_testing(SEGMENT_BYTES)
+            .compaction_live_ratio(compaction_live_ratio)
+            .checkpoint_every_bytes(16 << 10)
+            .background_maintenance(background)
     }
 
-    /// Key number `i` of round `round`.
-    pub fn key(round: u64, i: u64) -> Vec<u8> {
-        format!("r{round}-{i}").into_bytes()
+    /// Key `i` of the pool.
+    pub fn key(i: usize) -> String {
+        format!("k{i}")
     }
 
-    /// The value of a key: derived from it, so a wrong value is detectable.
-    pub fn value(key: &[u8]) -> Vec<u8> {
-        let mut value = b"value-of-".to_vec();
-        value.extend_from_slice(key);
-        value.extend(key.iter().rev());
-        value
+    /// Keys no one ever writes: they must stay absent.
+    pub fn never_keys() -> Vec<String> {
+        (POOL..POOL + 8)
+            .map(key)
+            .chain((0..8).map(|i| format!("n{i}")))
+            .collect()
+    }
+
+    /// The value of write `wid` (unique over the run) of `key`, padded by `pad` bytes: a
+    /// resurrected older value of the key is told apart from the current one. No spaces or
+    /// slashes (protocol separators).
+    pub fn value(key: &str, wid: &str, pad: usize) -> String {
+        format!("{key}={wid}_{}", ".".repeat(pad))
+    }
+
+    /// Sets the clock file to `millis` (atomically: written aside, then renamed).
+    pub fn write_clock(path: &Path, millis: u64) {
+        let aside = path.with_extension("tmp");
+        std::fs::write(&aside, millis.to_string()).expect("writing the clock file");
+        std::fs::rename(&aside, path).expect("renaming the clock file");
+    }
+
+    /// The time in the clock file, if it can be read.
+    pub fn read_clock(path: &Path) -> Option<u64> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 }

@@ -1,30 +1,322 @@
-//! Crash torture: a child process runs a random mix of inserts, batches, removes, claims,
-//! compaction and checkpoints with `Sync` durability, and is killed with SIGKILL at random
-//! moments, round after round, on one store. After every kill the store is reopened: every
-//! acknowledged insert is there with its value, every acknowledged removal stays removed, every
-//! claim is either still in flight and listed in doubt or completed with its value, and nothing
-//! the child never attempted exists. `IDEM_TORTURE_KILLS` sets the number of kills (default 100
-//! in release builds, 20 in debug builds).
+//! Crash torture: a child process runs a random mix of inserts, batches, removals and
+//! re-inserts, claims (completed, released or left open), reads, `maintain()` and `checkpoint()`
+//! with `Sync` durability on a pool of keys shared by all rounds, and is killed with SIGKILL at
+//! random moments, round after round, on one store.
+//!
+//! Time is the parent's: the child's `ManualClock` reads a clock file the parent advances between
+//! rounds and during them (by up to hours), so entries expire, leases end and segments (4 KiB,
+//! compacted eagerly) are compacted and deleted between and during kills; the parent also runs
+//! `maintain()` itself after moving the clock, and requires the run to have compacted and
+//! deleted segments.
+//!
+//! The parent keeps a model of every key (absent, a value with its deadline, or a claim with its
+//! lease) and checks every answer the child reported against it as it happened. After every kill
+//! it reopens the store at its clock's time, once with the checkpoint and once by full replay
+//! (checkpoint file deleted), and requires of both, and of both alike:
+//! - every key answers `get` exactly as the model says (acknowledged values present unless
+//!   expired, acknowledged removals absent, nothing never written present), a key whose last
+//!   operation was not acknowledged in either of its two possible states;
+//! - `in_doubt()` lists exactly the acknowledged claims not completed, released or removed whose
+//!   lease has not ended (with their lease), plus possibly the unacknowledged last claim.
+//!
+//! The parent then goes on from what the store holds (the cut operation resolved either way).
+//!
+//! `IDEM_TORTURE_KILLS` sets the number of kills (default 100 in release builds, 20 in debug
+//! builds); `IDEM_TEST_SEED` replays a run's choices (not its kill moments, which are wall-clock
+//! time, so a replay fails at another round, or not at all).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use idem::{Claim, Store};
+use idem::{ManualClock, Store};
 use idem_tests::seeded_rng;
-use idem_tests::torture::{config, key, value, LEASE, TTL};
+use idem_tests::torture::{config, key, never_keys, write_clock, POOL};
+use rand::rngs::StdRng;
 use rand::Rng;
 
-/// What the parent knows of a key from the child's acknowledgements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    Inserted,
-    RemovalAttempted,
-    Removed,
-    Claimed,
-    Completed,
+const SIGKILL: i32 = 9;
+
+/// What a key holds, as the model knows it. Expiry is not applied in place: a value or claim
+/// whose deadline has passed is absent (time never runs backwards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Absent,
+    Value { value: String, deadline: u64 },
+    Claim { cid: String, lease: u64 },
+}
+
+impl State {
+    /// The state as seen at `now`: expired values and ended leases are absent.
+    fn at(&self, now: u64) -> State {
+        match self {
+            State::Value { deadline, .. } if *deadline <= now => State::Absent,
+            State::Claim { lease, .. } if *lease <= now => State::Absent,
+            other => other.clone(),
+        }
+    }
+
+    /// What a reopened store at `now` answers for a key in this state: `get`, and the lease if
+    /// `in_doubt()` lists it.
+    fn observed(&self, now: u64) -> (Option<String>, Option<u64>) {
+        match self.at(now) {
+            State::Absent => (None, None),
+            State::Value { value, .. } => (Some(value), None),
+            State::Claim { lease, .. } => (None, Some(lease)),
+        }
+    }
+}
+
+/// An operation the child announced (intent line), awaiting its answer.
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(String, u64, String),
+    Batch(Vec<(String, u64, String)>),
+    Remove(String),
+    Claim(String, u64, String),
+    Complete(String, String, u64, String),
+    Release(String, String),
+    Get(String),
+    Maintain,
+    Checkpoint,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    ops_acked: u64,
+    ops_in_doubt_at_kill: u64,
+    inserted: u64,
+    reinserted: u64,
+    removed: u64,
+    claimed: u64,
+    completed_shorter_than_lease: u64,
+    completed_longer_than_lease: u64,
+    released: u64,
+    stale: u64,
+    claims_in_doubt_seen: u64,
+    values_expired: u64,
+    checkpoint_opens_with_file: u64,
+    segments_deleted: u64,
+    segments_compacted: u64,
+}
+
+struct Model {
+    keys: BTreeMap<String, State>,
+    /// Last events of each key, for failure messages.
+    history: BTreeMap<String, Vec<String>>,
+    /// Keys that held a value once: an `Inserted` on them is a re-insert.
+    had_value: BTreeMap<String, bool>,
+    seed: u64,
+    round: u64,
+    totals: Totals,
+}
+
+impl Model {
+    fn get(&self, k: &str) -> State {
+        self.keys.get(k).cloned().unwrap_or(State::Absent)
+    }
+
+    fn note(&mut self, k: &str, event: String) {
+        let history = self.history.entry(k.to_string()).or_default();
+        history.push(format!("round {}: {event}", self.round));
+        if history.len() > 16 {
+            history.remove(0);
+        }
+    }
+
+    fn describe(&self, k: &str) -> String {
+        format!(
+            "key {k}: model {:?}; history:\n    {}",
+            self.get(k),
+            self.history
+                .get(k)
+                .map_or(String::new(), |h| h.join("\n    "))
+        )
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!(
+            "crash torture, seed {} (replay with IDEM_TEST_SEED={}; kill moments vary), round {}: \
+             {what}\nso far: {:?}",
+            self.seed, self.seed, self.round, self.totals
+        )
+    }
+
+    /// The answer the store must give to `op` at `now`, and the states it leaves.
+    fn apply(&self, op: &Op, now: u64) -> (String, Vec<(String, State)>) {
+        match op {
+            Op::Insert(k, deadline, v) => match self.get(k).at(now) {
+                State::Absent => (
+                    "I ins".into(),
+                    vec![(
+                        k.clone(),
+                        State::Value {
+                            value: v.clone(),
+                            deadline: *deadline,
+                        },
+                    )],
+                ),
+                State::Value { value, .. } => (format!("I dup {value}"), vec![]),
+                State::Claim { lease, .. } => (format!("I inflight {lease}"), vec![]),
+            },
+            Op::Batch(items) => {
+                for (k, _, _) in items {
+                    if let State::Claim { lease, .. } = self.get(k).at(now) {
+                        return (format!("B inflight {lease}"), vec![]);
+                    }
+                }
+                let mut overlay: BTreeMap<String, State> = BTreeMap::new();
+                let mut answers = Vec::new();
+                for (k, deadline, v) in items {
+                    let state = overlay.get(k).cloned().unwrap_or_else(|| self.get(k));
+                    match state.at(now) {
+                        State::Value { value, .. } => answers.push(format!("dup/{value}")),
+                        State::Absent => {
+                            answers.push("ins".into());
+                            overlay.insert(
+                                k.clone(),
+                                State::Value {
+                                    value: v.clone(),
+                                    deadline: *deadline,
+                                },
+                            );
+                        }
+                        State::Claim { .. } => unreachable!("checked above"),
+                    }
+                }
+                (
+                    format!("B {}", answers.join(" ")),
+                    overlay.into_iter().collect(),
+                )
+            }
+            Op::Remove(k) => match self.get(k).at(now) {
+                State::Absent => ("R false".into(), vec![]),
+                _ => ("R true".into(), vec![(k.clone(), State::Absent)]),
+            },
+            Op::Claim(k, lease, cid) => match self.get(k).at(now) {
+                State::Absent => (
+                    "C acq".into(),
+                    vec![(
+                        k.clone(),
+                        State::Claim {
+                            cid: cid.clone(),
+                            lease: *lease,
+                        },
+                    )],
+                ),
+                State::Value { value, .. } => (format!("C dup {value}"), vec![]),
+                State::Claim { lease, .. } => (format!("C inflight {lease}"), vec![]),
+            },
+            Op::Complete(k, cid, deadline, v) => match self.get(k).at(now) {
+                State::Claim { cid: held, .. } if held == *cid => (
+                    "F ok".into(),
+                    vec![(
+                        k.clone(),
+                        State::Value {
+                            value: v.clone(),
+                            deadline: *deadline,
+                        },
+                    )],
+                ),
+                _ => ("F stale".into(), vec![]),
+            },
+            Op::Release(k, cid) => match self.get(k).at(now) {
+                State::Claim { cid: held, .. } if held == *cid => {
+                    ("X ok".into(), vec![(k.clone(), State::Absent)])
+                }
+                _ => ("X stale".into(), vec![]),
+            },
+            Op::Get(k) => match self.get(k).at(now) {
+                State::Value { value, .. } => (format!("G {value}"), vec![]),
+                _ => ("G none".into(), vec![]),
+            },
+            Op::Maintain => ("M".into(), vec![]),
+            Op::Checkpoint => ("K".into(), vec![]),
+        }
+    }
+}
+
+fn parse_op(line: &str) -> Option<Op> {
+    let mut parts = line.split(' ');
+    let tag = parts.next()?;
+    let mut next = || parts.next().map(str::to_string);
+    Some(match tag {
+        "i" => Op::Insert(next()?, next()?.parse().ok()?, next()?),
+        "b" => Op::Batch(
+            line[2..]
+                .split(' ')
+                .map(|item| {
+                    let mut fields = item.split('/');
+                    Some((
+                        fields.next()?.to_string(),
+                        fields.next()?.parse().ok()?,
+                        fields.next()?.to_string(),
+                    ))
+                })
+                .collect::<Option<_>>()?,
+        ),
+        "r" => Op::Remove(next()?),
+        "c" => Op::Claim(next()?, next()?.parse().ok()?, next()?),
+        "f" => Op::Complete(next()?, next()?, next()?.parse().ok()?, next()?),
+        "x" => Op::Release(next()?, next()?),
+        "g" => Op::Get(next()?),
+        "m" => Op::Maintain,
+        "k" => Op::Checkpoint,
+        _ => return None,
+    })
+}
+
+/// What one open of the store answers: `get` of every key checked, and `in_doubt()`.
+#[derive(Debug, PartialEq, Eq)]
+struct Observation {
+    values: BTreeMap<String, Option<String>>,
+    in_doubt: BTreeMap<String, u64>,
+}
+
+fn observe(store: &Store, keys: &[String]) -> Result<Observation, String> {
+    let mut values = BTreeMap::new();
+    for k in keys {
+        let got = store
+            .get(k.as_bytes())
+            .map_err(|e| format!("get {k}: {e}"))?;
+        values.insert(
+            k.clone(),
+            got.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        );
+    }
+    let mut in_doubt = BTreeMap::new();
+    for token in store.in_doubt().map_err(|e| format!("in_doubt: {e}"))? {
+        let lease = token
+            .lease_until()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let k = String::from_utf8_lossy(token.key()).into_owned();
+        if in_doubt.insert(k.clone(), lease).is_some() {
+            return Err(format!("in_doubt lists {k} twice"));
+        }
+    }
+    Ok(Observation { values, in_doubt })
+}
+
+fn open_at(dir: &Path, clock: &ManualClock) -> Result<Store, String> {
+    Store::open_with(dir, config(clock, 0.9, false)).map_err(|e| format!("reopen: {e}"))
+}
+
+/// How far the parent moves the clock: mostly not or by seconds, sometimes minutes to hours.
+fn advance(rng: &mut StdRng) -> u64 {
+    match rng.gen_range(0..100) {
+        0..=24 => 0,
+        25..=64 => rng.gen_range(100..6_000),
+        65..=84 => rng.gen_range(6_000..60_000),
+        85..=93 => rng.gen_range(60_000..7_200_000),
+        _ => rng.gen_range(7_200_000..40_000_000),
+    }
 }
 
 #[test]
@@ -35,15 +327,32 @@ fn kill9_torture_loses_nothing_acknowledged() {
         .unwrap_or(if cfg!(debug_assertions) { 20 } else { 100 });
     let (mut rng, seed) = seeded_rng("crash torture");
     let dir = tempfile::tempdir().unwrap();
-    let mut known: BTreeMap<Vec<u8>, Known> = BTreeMap::new();
-    let mut attempted_below: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut totals = (0u64, 0u64, 0u64, 0u64); // acked inserts, removals, claims, in doubt resolved
+    let clock_dir = tempfile::tempdir().unwrap();
+    let clock_file = clock_dir.path().join("clock");
+    let checkpoint_file = dir.path().join("checkpoint.idem");
+    let mut now = ManualClock::DEFAULT_START_MILLIS;
+    let mut model = Model {
+        keys: BTreeMap::new(),
+        history: BTreeMap::new(),
+        had_value: BTreeMap::new(),
+        seed,
+        round: 0,
+        totals: Totals::default(),
+    };
+    let mut checked: Vec<String> = (0..POOL).map(key).collect();
+    checked.extend(never_keys());
     let started = Instant::now();
     for round in 0..kills {
+        model.round = round;
+        write_clock(&clock_file, now);
+        let ratio = if rng.gen_bool(0.75) { 0.9 } else { 0.5 };
         let mut child = Command::new(env!("CARGO_BIN_EXE_torture_child"))
             .arg(dir.path())
+            .arg(&clock_file)
             .arg(round.to_string())
             .arg(rng.gen::<u64>().to_string())
+            .arg(ratio.to_string())
+            .arg(rng.gen_bool(0.5).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -51,115 +360,260 @@ fn kill9_torture_loses_nothing_acknowledged() {
         let stdout = child.stdout.take().unwrap();
         let (lines, received) = mpsc::channel();
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
+            let mut stdout = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                match stdout.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    // A line cut by the kill (no newline) was not said.
+                    Ok(_) if !line.ends_with('\n') => break,
+                    Ok(_) => {
+                        line.pop();
+                        if lines.send(line).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         });
-        // Let it work for a while (opening included), then kill it mid-flight.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
+        // Let it work for a while (opening included), moving its clock now and then, then kill
+        // it mid-flight.
+        for _ in 0..rng.gen_range(1..4) {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(30..250)));
+            if rng.gen_bool(0.5) {
+                now += rng.gen_range(50..8_000);
+                write_clock(&clock_file, now);
+            }
+        }
         child.kill().expect("SIGKILL");
         let status = child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "round {round}: the child ended by itself: {status}"
-        );
+        if status.signal() != Some(SIGKILL) {
+            model.fail(format!(
+                "the child ended by itself ({status}); see its stderr above"
+            ));
+        }
         reader.join().unwrap();
+
+        // Check every answer of the child against the model, in order.
+        let mut child_now = now;
+        let mut pending: Option<Op> = None;
+        let mut round_stats = (0, 0);
         for line in received.try_iter() {
-            let (tag, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            let k = rest.as_bytes().to_vec();
-            match tag {
-                "A" => {
-                    attempted_below.insert(round, rest.parse().unwrap());
+            let tag = line.split(' ').next().unwrap_or("");
+            if tag == "T" {
+                child_now = line[2..].parse().unwrap();
+                assert!(child_now <= now, "the child's clock ran ahead");
+                continue;
+            }
+            if tag == "D" {
+                let f: Vec<&str> = line.split(' ').collect();
+                let (k, lease, cid) = (f[1], f[2].parse::<u64>().unwrap(), f[3]);
+                match model.get(k).at(child_now) {
+                    State::Claim { lease: held, .. } if held == lease => {}
+                    other => model.fail(format!(
+                        "the child's in_doubt() lists {k} (lease {lease}) but it is {other:?}\n{}",
+                        model.describe(k)
+                    )),
                 }
-                "I" => {
-                    known.insert(k, Known::Inserted);
-                    totals.0 += 1;
+                model.keys.insert(
+                    k.to_string(),
+                    State::Claim {
+                        cid: cid.to_string(),
+                        lease,
+                    },
+                );
+                model.note(k, format!("in doubt at child start, named {cid}"));
+                continue;
+            }
+            if let Some(op) = parse_op(&line) {
+                assert!(pending.is_none(), "two intents in a row: {line}");
+                pending = Some(op);
+                continue;
+            }
+            let op = pending
+                .take()
+                .unwrap_or_else(|| panic!("answer without intent: {line}"));
+            let (expected, changes) = model.apply(&op, child_now);
+            if let Op::Maintain = op {
+                let f: Vec<u64> = line[2..].split(' ').map(|n| n.parse().unwrap()).collect();
+                round_stats = (f[0], f[1]);
+                model.totals.ops_acked += 1;
+                continue;
+            }
+            if line != expected {
+                let keys: Vec<&String> = match &op {
+                    Op::Insert(k, ..)
+                    | Op::Remove(k)
+                    | Op::Claim(k, ..)
+                    | Op::Complete(k, ..)
+                    | Op::Release(k, ..)
+                    | Op::Get(k) => vec![k],
+                    Op::Batch(items) => items.iter().map(|(k, ..)| k).collect(),
+                    _ => vec![],
+                };
+                let mut what = format!(
+                    "at {child_now} the child's {op:?} was answered {line:?}, the model expects {expected:?}"
+                );
+                for k in keys {
+                    write!(what, "\n  {}", model.describe(k)).unwrap();
                 }
-                "r" => {
-                    known.insert(k, Known::RemovalAttempted);
+                model.fail(what);
+            }
+            model.totals.ops_acked += 1;
+            match &op {
+                Op::Complete(k, _, deadline, _) if line == "F ok" => {
+                    if let State::Claim { lease, .. } = model.get(k) {
+                        if *deadline < lease {
+                            model.totals.completed_shorter_than_lease += 1;
+                        } else {
+                            model.totals.completed_longer_than_lease += 1;
+                        }
+                    }
                 }
-                "R" => {
-                    known.insert(k, Known::Removed);
-                    totals.1 += 1;
+                Op::Release(..) if line == "X ok" => model.totals.released += 1,
+                Op::Remove(..) if line == "R true" => model.totals.removed += 1,
+                Op::Claim(..) if line == "C acq" => model.totals.claimed += 1,
+                _ if line.ends_with("stale") => model.totals.stale += 1,
+                _ => {}
+            }
+            for (k, state) in changes {
+                if let State::Value { .. } = state {
+                    if matches!(op, Op::Insert(..) | Op::Batch(..)) {
+                        model.totals.inserted += 1;
+                        if model.had_value.contains_key(&k) {
+                            model.totals.reinserted += 1;
+                        }
+                    }
+                    model.had_value.insert(k.clone(), true);
                 }
-                "C" => {
-                    known.insert(k, Known::Claimed);
-                    totals.2 += 1;
-                }
-                "F" => {
-                    known.insert(k, Known::Completed);
-                }
-                other => panic!("round {round}: unknown line {other:?}"),
+                model.note(&k, format!("at {child_now}: {op:?} -> {line} -> {state:?}"));
+                model.keys.insert(k, state);
+            }
+        }
+        model.totals.segments_deleted += round_stats.0;
+        model.totals.segments_compacted += round_stats.1;
+
+        // The operation cut by the kill may or may not have happened.
+        let mut candidates: BTreeMap<String, Vec<State>> = BTreeMap::new();
+        if let Some(op) = &pending {
+            model.totals.ops_in_doubt_at_kill += 1;
+            let (_, changes) = model.apply(op, child_now);
+            for (k, after) in changes {
+                model.note(
+                    &k,
+                    format!("at {child_now}: {op:?} cut by the kill; may leave {after:?}"),
+                );
+                candidates.insert(k.clone(), vec![model.get(&k), after]);
             }
         }
 
-        let store = Store::open_with(dir.path(), config())
-            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): reopen failed: {e}"));
-        let in_doubt: Vec<Vec<u8>> = store
-            .in_doubt()
-            .unwrap()
-            .iter()
-            .map(|t| t.key().to_vec())
-            .collect();
-        for (k, state) in &known {
-            let got = store.get(k).unwrap();
-            let what = format!(
-                "round {round} (seed {seed}) key {}",
-                String::from_utf8_lossy(k)
-            );
-            match state {
-                Known::Inserted | Known::Completed => {
-                    assert_eq!(
-                        got.as_deref(),
-                        Some(&value(k)[..]),
-                        "{what}: acknowledged, {state:?}"
-                    )
+        // Reopen at the parent's time: with the checkpoint, then by full replay.
+        let with_checkpoint = checkpoint_file.exists();
+        model.totals.checkpoint_opens_with_file += u64::from(with_checkpoint);
+        let clock = ManualClock::starting_at(now);
+        let store = open_at(dir.path(), &clock).unwrap_or_else(|e| model.fail(e));
+        let first = observe(&store, &checked).unwrap_or_else(|e| model.fail(e));
+        drop(store);
+        if with_checkpoint {
+            std::fs::remove_file(&checkpoint_file).unwrap();
+        }
+        let store = open_at(dir.path(), &clock).unwrap_or_else(|e| model.fail(e));
+        let replayed = observe(&store, &checked).unwrap_or_else(|e| model.fail(e));
+
+        let mut problems = String::new();
+        for (name, seen) in [("with checkpoint", &first), ("full replay", &replayed)] {
+            for k in seen.in_doubt.keys() {
+                if !checked.contains(k) {
+                    write!(problems, "\n  {name}: in_doubt lists {k}, never claimed").unwrap();
                 }
-                Known::Removed => assert_eq!(got, None, "{what}: removal acknowledged"),
-                Known::RemovalAttempted => {
-                    if let Some(got) = got {
-                        assert_eq!(&got[..], &value(k)[..], "{what}");
-                    }
-                }
-                Known::Claimed => match store.claim(k, LEASE).unwrap() {
-                    Claim::InFlight { .. } => {
-                        assert!(in_doubt.contains(k), "{what}: open claim not in doubt");
-                    }
-                    Claim::Duplicate(result) => assert_eq!(&result[..], &value(k)[..], "{what}"),
-                    Claim::Acquired(_) => panic!("{what}: a durable claim was lost"),
-                },
             }
         }
-        // Nothing the child never attempted exists.
-        for (&r, &below) in &attempted_below {
-            for i in below..below + 50 {
-                assert_eq!(
-                    store.get(&key(r, i)).unwrap(),
-                    None,
-                    "round {r} key {i} was never attempted"
+        for k in &checked {
+            let states = candidates
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| vec![model.get(k)]);
+            let mut matched: Option<State> = None;
+            for (name, seen) in [("with checkpoint", &first), ("full replay", &replayed)] {
+                let got = (
+                    seen.values.get(k).cloned().flatten(),
+                    seen.in_doubt.get(k).copied(),
                 );
+                match states.iter().find(|s| s.observed(now) == got) {
+                    Some(s) => matched = Some(s.clone()),
+                    None => write!(
+                        problems,
+                        "\n  {name}: {k} reads (get, in doubt) = {got:?}, expected {}\n    {}",
+                        states
+                            .iter()
+                            .map(|s| format!("{:?}", s.observed(now)))
+                            .collect::<Vec<_>>()
+                            .join(" or "),
+                        model.describe(k)
+                    )
+                    .unwrap(),
+                }
+            }
+            let differ = first.values.get(k) != replayed.values.get(k)
+                || first.in_doubt.get(k) != replayed.in_doubt.get(k);
+            if differ && !problems.contains(&format!(" {k} reads")) {
+                write!(
+                    problems,
+                    "\n  {k}: with checkpoint {:?}/{:?}, full replay {:?}/{:?}",
+                    first.values.get(k),
+                    first.in_doubt.get(k),
+                    replayed.values.get(k),
+                    replayed.in_doubt.get(k)
+                )
+                .unwrap();
+            }
+            // The run goes on from what the store holds now.
+            if let Some(state) = matched {
+                if candidates.contains_key(k) {
+                    model.note(k, format!("after the kill: {state:?}"));
+                }
+                if let State::Value { deadline, .. } = &state {
+                    model.totals.values_expired += u64::from(*deadline <= now);
+                }
+                model.keys.insert(k.clone(), state.at(now));
             }
         }
-        // Reconcile half the claims in doubt, as an application would after checking its ledger.
-        for token in store.in_doubt().unwrap() {
-            if rng.gen_bool(0.5) {
-                let k = token.key().to_vec();
-                store.complete(token, TTL, &value(&k)).unwrap();
-                known.insert(k, Known::Completed);
-                totals.3 += 1;
-            }
+        if !problems.is_empty() {
+            model.fail(format!(
+                "after the kill, reopened at {now} (checkpoint file present: {with_checkpoint}):{problems}"
+            ));
         }
-        store.close().unwrap();
+        model.totals.claims_in_doubt_seen += replayed.in_doubt.len() as u64;
+
+        // Move the clock on for the next round, sometimes reclaim here at the new time (segments
+        // expire whole between kills), then leave the store closed (with a checkpoint) or dropped.
+        now += advance(&mut rng);
+        clock.set_millis(now);
+        if rng.gen_bool(0.6) {
+            let report = store
+                .maintain()
+                .unwrap_or_else(|e| model.fail(format!("maintain: {e}")));
+            model.totals.segments_deleted += report.segments_deleted;
+            model.totals.segments_compacted += report.segments_compacted;
+        }
+        if rng.gen_bool(0.5) {
+            store
+                .close()
+                .unwrap_or_else(|e| model.fail(format!("close: {e}")));
+        } else {
+            drop(store);
+        }
     }
+    let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "crash torture: {kills} kills in {:.1} s; acknowledged {} inserts, {} removals, {} claims; {} claims in doubt reconciled",
-        started.elapsed().as_secs_f64(),
-        totals.0,
-        totals.1,
-        totals.2,
-        totals.3
+        "crash torture: {kills} kills in {elapsed:.1} s (seed {seed}); {:#?}",
+        model.totals
     );
+    if kills >= 20 {
+        assert!(
+            model.totals.segments_compacted > 0 && model.totals.segments_deleted > 0,
+            "the run must compact and delete segments: {:?}",
+            model.totals
+        );
+    }
 }
