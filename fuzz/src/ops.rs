@@ -1167,7 +1167,7 @@ impl Harness {
                 format!(
                     "{label}: get({}) answered {}",
                     crate::show(key),
-                    short(&got)
+                    got.map_or("None".into(), |v| format!("Some({})", show_value(v)))
                 )
             },
             |s| s.live_value(now) == got,
