@@ -8,10 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arbitrary::{Arbitrary, Unstructured};
 use idem::record::{encode_into, encode_segment_header, Record, RecordKind, SEGMENT_HEADER_LEN};
 use idem::{Config, Durability, ManualClock, Store};
-use idem_fuzz::ops::{Op, OpsInput};
+use idem_fuzz::ops::{DurabilitySpec, Item, Op, OpsInput, StoreSpec};
 use idem_fuzz::recover::SEPARATOR;
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -220,32 +219,310 @@ fn recover_seeds() {
     }
 }
 
-/// Random byte strings that decode into op sequences using every op kind the seed should show.
+fn item(key: u8, ttl: u8, value: u8) -> Item {
+    Item { key, ttl, value }
+}
+
+fn insert(key: u8, ttl: u8, value: u8) -> Op {
+    Op::CheckOrInsert {
+        item: item(key, ttl, value),
+        fp: 0,
+    }
+}
+
+/// A 1000-byte value (see `ops::value_of`): four of them nearly fill a 4 KiB segment.
+const KB: u8 = 0xF0;
+
+/// Hand-written op sequences: each one a scenario of issue #9 (or of an earlier bug), so that
+/// even a short fuzz run replays it. `(name, is a regression of a known bug, input)`.
+fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
+    use idem_fuzz::ops::{advance, ttl};
+    let plain = |durability| StoreSpec::plain(durability);
+    let (k, l) = (1, 2);
+    let filler = |first: u8, ttl: u8| -> Vec<Op> {
+        (0..3).map(|i| insert(first + i, ttl, KB + 4 * i)).collect()
+    };
+    // Bug 1: K=v1 (10 h) in segment 1 among long-lived fillers; remove K in segment 2 among
+    // short-lived ones; K=v2 (60 s) in segment 3. Maintenance compacts segment 2 (its tombstone
+    // is dropped), later deletes segment 3 (all expired): a full replay finds v1 again.
+    let mut bug1 = vec![insert(k, ttl::TEN_HOURS, 1)];
+    bug1.extend(filler(4, ttl::TEN_HOURS));
+    bug1.push(insert(3, ttl::TEN_HOURS, KB + 12));
+    bug1.push(Op::Remove(k));
+    bug1.extend(filler(7, ttl::SECOND));
+    bug1.push(insert(k, ttl::MINUTE, 2));
+    bug1.extend(filler(10, ttl::MINUTE));
+    bug1.push(insert(0, ttl::TEN_HOURS, KB + 12));
+    bug1.push(Op::AdvanceMaintain(advance::TWO_SECONDS));
+    bug1.push(Op::AdvanceMaintain(advance::MINUTE));
+    bug1.push(Op::Get(k));
+    let mut bug1_crash = bug1.clone();
+    bug1.push(Op::Reopen(plain(DurabilitySpec::Sync)));
+    // The same with power loss in Never mode: the removal is flushed, v2 is not.
+    let at = bug1_crash
+        .iter()
+        .position(|op| *op == Op::Remove(k))
+        .expect("the removal");
+    bug1_crash.insert(at + 1, Op::Flush);
+    bug1_crash.push(Op::PowerLoss);
+    // Bug 2: claim K (1 h) in segment 1 among long-lived fillers; complete it with a 60 s
+    // result that lands in segment 2 among 60 s fillers; segment 2 expires and is deleted while
+    // the claim record lives on: a full replay makes the claim the key's entry again.
+    let mut bug2 = vec![Op::Claim {
+        key: l,
+        lease: ttl::HOUR,
+        fp: 0,
+    }];
+    bug2.extend(filler(4, ttl::TEN_HOURS));
+    bug2.push(Op::Complete {
+        token: 0,
+        ttl: ttl::MINUTE,
+        value: KB + 8,
+    });
+    bug2.extend(filler(7, ttl::MINUTE));
+    bug2.push(insert(0, ttl::TEN_HOURS, KB + 12));
+    bug2.push(Op::AdvanceMaintain(advance::MINUTE));
+    bug2.push(Op::InDoubt);
+    bug2.push(Op::Reopen(plain(DurabilitySpec::Sync)));
+    bug2.push(Op::Claim {
+        key: l,
+        lease: ttl::HOUR,
+        fp: 0,
+    });
+    let mut bug2_crash = bug2.clone();
+    bug2_crash.truncate(bug2_crash.len() - 2);
+    bug2_crash.push(Op::PowerLoss);
+    // Bug 11: check_or_insert_with on a claimed key runs its closure.
+    let bug11 = vec![
+        Op::Claim {
+            key: k,
+            lease: ttl::HOUR,
+            fp: 0,
+        },
+        Op::With(item(k, ttl::HOUR, 3)),
+    ];
+    // Fixed bugs, as hand-written inputs of the current format.
+    let batch_prefix = vec![
+        Op::Claim {
+            key: k,
+            lease: ttl::TEN_SECONDS,
+            fp: 0,
+        },
+        Op::Batch(vec![item(l, ttl::MINUTE, 1), item(k, ttl::MINUTE, 2)]),
+        Op::CheckOrInsert {
+            item: item(l, ttl::MINUTE, 1),
+            fp: 0,
+        },
+    ];
+    let checkpoint_crash = vec![
+        insert(15, ttl::MINUTE, 1),
+        Op::Checkpoint,
+        Op::Remove(15),
+        Op::DropReopen,
+        Op::Get(15),
+    ];
+    let claim_id = vec![
+        Op::Claim {
+            key: 15,
+            lease: ttl::TEN_SECONDS,
+            fp: 0,
+        },
+        Op::Reopen(plain(DurabilitySpec::Never)),
+        Op::Release { token: 0 },
+        Op::Claim {
+            key: 15,
+            lease: ttl::TEN_SECONDS,
+            fp: 0,
+        },
+        Op::Complete {
+            token: 0,
+            ttl: ttl::MINUTE,
+            value: 5,
+        },
+        Op::InDoubt,
+    ];
+    // Broader scenarios: fingerprints, claims with long and short results, fsync failures,
+    // power loss right after maintenance, re-inserts with shorter and longer TTLs.
+    let mut mixed = vec![
+        Op::CheckOrInsert {
+            item: item(3, ttl::HOUR, 7),
+            fp: 1,
+        },
+        Op::CheckOrInsert {
+            item: item(3, ttl::HOUR, 8),
+            fp: 2,
+        },
+        Op::Claim {
+            key: 5,
+            lease: ttl::MINUTE,
+            fp: 3,
+        },
+        Op::Claim {
+            key: 5,
+            lease: ttl::MINUTE,
+            fp: 1,
+        },
+        Op::Complete {
+            token: 0,
+            ttl: ttl::DAY,
+            value: 9,
+        },
+        Op::With(item(6, ttl::FIVE_MINUTES, 10)),
+        Op::With(item(6, ttl::FIVE_MINUTES, 11)),
+        Op::WithRace(item(12, ttl::MINUTE, 12)),
+        Op::Remove(3),
+        insert(3, ttl::SECOND, 13),
+        Op::Fill {
+            batch: true,
+            ttl: ttl::SECOND,
+        },
+        Op::AdvanceMaintain(8),
+        Op::PowerLoss,
+        insert(3, ttl::DAY, 14),
+        Op::Claim {
+            key: 9,
+            lease: ttl::DAY,
+            fp: 0,
+        },
+        Op::Maintain,
+        Op::PowerLoss,
+        Op::InDoubt,
+        Op::Complete {
+            token: 1,
+            ttl: ttl::SECOND,
+            value: 15,
+        },
+        Op::Sweep,
+    ];
+    let mut fsync = vec![
+        insert(1, ttl::HOUR, 1),
+        Op::Claim {
+            key: 2,
+            lease: ttl::HOUR,
+            fp: 1,
+        },
+        Op::FailSync,
+        insert(3, ttl::HOUR, 2),
+        insert(3, ttl::HOUR, 3),
+        Op::Claim {
+            key: 4,
+            lease: ttl::HOUR,
+            fp: 0,
+        },
+        Op::CheckOrInsert {
+            item: item(4, ttl::HOUR, 4),
+            fp: 2,
+        },
+        Op::WithRace(item(5, ttl::HOUR, 5)),
+        Op::Get(1),
+        Op::Maintain,
+        Op::PowerLoss,
+        Op::Sweep,
+    ];
+    fsync.extend(mixed.clone());
+    mixed.extend(filler(4, ttl::MINUTE));
+    mixed.push(Op::AdvanceMaintain(advance::HOUR));
+    let spec = |durability, eager: bool, background: bool| StoreSpec {
+        eager_compaction: eager,
+        background_maintenance: background,
+        frequent_checkpoints: true,
+        ..StoreSpec::plain(durability)
+    };
+    let input = |config: StoreSpec, ops: Vec<Op>| OpsInput {
+        config,
+        seed: 7,
+        ops,
+    };
+    vec![
+        (
+            "bug1-tombstone-compacted-reinsert-reopen",
+            true,
+            input(plain(DurabilitySpec::Sync), bug1),
+        ),
+        (
+            "bug1-tombstone-compacted-reinsert-power-loss",
+            true,
+            input(
+                StoreSpec {
+                    small_write_buffer: true,
+                    ..plain(DurabilitySpec::Never)
+                },
+                bug1_crash,
+            ),
+        ),
+        (
+            "bug2-completed-claim-returns-reopen",
+            true,
+            input(plain(DurabilitySpec::Sync), bug2),
+        ),
+        (
+            "bug2-completed-claim-returns-power-loss",
+            true,
+            input(plain(DurabilitySpec::Sync), bug2_crash),
+        ),
+        (
+            "bug11-with-runs-closure-on-claimed-key",
+            true,
+            input(plain(DurabilitySpec::Sync), bug11),
+        ),
+        (
+            "batch-claim-in-flight-keeps-prefix",
+            true,
+            input(plain(DurabilitySpec::Never), batch_prefix),
+        ),
+        (
+            "checkpoint-then-crash-reopen-fails",
+            true,
+            input(plain(DurabilitySpec::Never), checkpoint_crash),
+        ),
+        (
+            "claim-id-reused-after-reopen",
+            true,
+            input(plain(DurabilitySpec::Never), claim_id),
+        ),
+        (
+            "mixed-sync-eager",
+            false,
+            input(spec(DurabilitySpec::Sync, true, false), mixed.clone()),
+        ),
+        (
+            "mixed-never-background",
+            false,
+            input(spec(DurabilitySpec::Never, false, true), mixed.clone()),
+        ),
+        (
+            "mixed-periodic",
+            false,
+            input(spec(DurabilitySpec::Periodic, true, false), mixed),
+        ),
+        (
+            "fsync-fails-sync",
+            false,
+            input(spec(DurabilitySpec::Sync, true, false), fsync.clone()),
+        ),
+        (
+            "fsync-fails-never",
+            false,
+            input(spec(DurabilitySpec::Never, false, false), fsync),
+        ),
+    ]
+}
+
 fn ops_seeds() {
-    let mut rng = Rng(0x0D5);
-    let mut written = 0;
-    let mut tries = 0;
-    while written < 4 {
-        tries += 1;
-        assert!(tries < 1_000_000, "no seed found");
-        let len = 128 + 128 * written;
-        let bytes = rng.bytes(len);
-        let Ok(input) = OpsInput::arbitrary_take_rest(Unstructured::new(&bytes)) else {
-            continue;
-        };
-        let has = |pred: fn(&Op) -> bool| input.ops.iter().any(pred);
-        let varied = input.ops.len() >= 12
-            && has(|op| matches!(op, Op::CheckOrInsert(_)))
-            && has(|op| matches!(op, Op::Advance(_)))
-            && has(|op| matches!(op, Op::Reopen(_) | Op::DropReopen))
-            && has(|op| matches!(op, Op::Remove(_) | Op::Batch(_)))
-            && has(|op| matches!(op, Op::Claim { .. }));
-        if varied {
-            // The seed must pass: it is run as is by every fuzz run.
-            idem_fuzz::ops::run(&input);
-            write_seed("ops", &format!("mixed-{written}"), &bytes);
-            written += 1;
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("regressions")
+        .join("ops");
+    for (name, regression, input) in ops_scenarios() {
+        let bytes = idem_fuzz::ops::encode(&input);
+        assert_eq!(idem_fuzz::ops::decode(&bytes), input, "{name}: round trip");
+        // Every seed must pass as it is (a known bug stops it without IDEM_FUZZ_STRICT=1).
+        idem_fuzz::ops::run(&input);
+        if regression {
+            let path = regressions.join(name);
+            std::fs::write(&path, &bytes).expect("writing a regression");
+            println!("{:>6} bytes  {}", bytes.len(), path.display());
         }
+        write_seed("ops", name, &bytes);
     }
 }
 

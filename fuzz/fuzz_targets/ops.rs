@@ -2,4 +2,4 @@
 //! Operation sequences against a model: see `idem_fuzz::ops`.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: idem_fuzz::ops::OpsInput| idem_fuzz::ops::run(&input));
+fuzz_target!(|data: &[u8]| idem_fuzz::ops::run_bytes(data));

@@ -101,11 +101,6 @@ mod tests {
 
     #[test]
     fn ops_inputs_pass() {
-        use arbitrary::{Arbitrary, Unstructured};
-        run_all("ops", |bytes| {
-            if let Ok(input) = crate::ops::OpsInput::arbitrary_take_rest(Unstructured::new(bytes)) {
-                crate::ops::run(&input);
-            }
-        });
+        run_all("ops", crate::ops::run_bytes);
     }
 }
