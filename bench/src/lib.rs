@@ -1,6 +1,6 @@
 //! Benchmarks and peer comparisons for idem: the shared workload, a latency histogram and the
 //! process/directory measurements used by the Criterion benches (`benches/store.rs`) and by the
-//! peer comparison binary (`src/bin/compare.rs`).
+//! peer comparison binary (`src/bin/compare/`).
 //!
 //! The workload is the one idem exists for: a consumer deduplicating messages from many
 //! producers. A key is 16 bytes, `source id (u64 BE) ++ sequence number (u64 BE)`; a value is the

@@ -1,0 +1,88 @@
+//! idem itself, at a given durability.
+
+use std::path::Path;
+use std::time::Duration;
+
+use idem_bench::{value_for, Key, Val, TTL};
+
+use crate::peer::{BoxError, Engine, Peer};
+
+/// `idem::Store` opened with the default configuration at `durability`.
+pub struct Idem {
+    pub durability: idem::Durability,
+}
+
+pub struct IdemEngine {
+    store: idem::Store,
+    /// The batch handed to `check_or_insert_batch`, reused from call to call.
+    items: Vec<(Key, Duration, Val)>,
+}
+
+impl Peer for Idem {
+    type Engine = IdemEngine;
+
+    fn open(&self, dir: &Path) -> Result<IdemEngine, BoxError> {
+        let config = idem::Config::default().durability(self.durability);
+        Ok(IdemEngine {
+            store: idem::Store::open_with(dir, config)?,
+            items: Vec::new(),
+        })
+    }
+}
+
+impl Engine for IdemEngine {
+    fn check_or_insert(&self, key: &Key) -> Result<bool, BoxError> {
+        let value = value_for(key);
+        Ok(self.store.check_or_insert(key, TTL, &value)?.is_duplicate())
+    }
+
+    fn check_or_insert_batch(&mut self, keys: &[Key]) -> Result<u64, BoxError> {
+        self.items.clear();
+        self.items
+            .extend(keys.iter().map(|key| (*key, TTL, value_for(key))));
+        let outcomes = self.store.check_or_insert_batch(&self.items)?;
+        Ok(outcomes.iter().filter(|o| o.is_duplicate()).count() as u64)
+    }
+
+    fn flush(&mut self) -> Result<(), BoxError> {
+        Ok(self.store.flush()?)
+    }
+
+    fn close(self, dir: &Path) -> Result<String, BoxError> {
+        let stats = self.store.stats();
+        self.store.close()?;
+        Ok(format!(
+            "stats: live_keys={} index_bytes={} ({:.1} B/key) segments={} fsyncs={}; files: {}",
+            stats.live_keys,
+            stats.index_bytes,
+            stats.index_bytes as f64 / stats.live_keys.max(1) as f64,
+            stats.segments,
+            stats.fsyncs,
+            file_breakdown(dir, stats.live_keys)
+        ))
+    }
+}
+
+/// Bytes per live key of each kind of file in an idem directory (segments, checkpoints, ...).
+fn file_breakdown(dir: &Path, live_keys: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut kinds: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = name.split(['-', '.']).next().unwrap_or("?").to_string();
+        if let Ok(meta) = entry.metadata() {
+            *kinds.entry(kind).or_default() += meta.blocks() * 512;
+        }
+    }
+    kinds
+        .iter()
+        .filter(|(_, bytes)| **bytes > 0)
+        .map(|(kind, bytes)| {
+            format!(
+                "{kind} {:.1} B/key",
+                *bytes as f64 / live_keys.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
