@@ -24,7 +24,7 @@ use crate::index::{Index, Slot};
 use crate::io::{Storage, StorageFile};
 use crate::log::segment::sync_dir;
 use crate::log::{segment_of, Location, SegmentStats};
-use crate::store::Shared;
+use crate::shared::Shared;
 
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";

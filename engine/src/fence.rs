@@ -103,21 +103,26 @@ impl FencingTokens {
     fn persist(&self, reserved_below: u64) -> Result<()> {
         let tmp_path = self.dir.join(FENCE_TMP_FILE_NAME);
         let final_path = self.dir.join(FENCE_FILE_NAME);
-        let io = |what: &str, e| Error::io(format!("{what} {}", tmp_path.display()), e);
+        // Every failure names fence.idem: callers (and tests) can tell it from a log failure.
+        let io = |what: &str, e| {
+            let context = format!("reserving fencing tokens in {FENCE_FILE_NAME}: {what}");
+            Error::io(context, e)
+        };
         let file = self
             .storage
             .create_truncate(&tmp_path)
-            .map_err(|e| io("creating", e))?;
+            .map_err(|e| io("creating the temporary file", e))?;
         file.write_all_at(&encode(reserved_below), 0)
-            .map_err(|e| io("writing", e))?;
-        file.sync_data().map_err(|e| io("fsyncing", e))?;
+            .map_err(|e| io("writing the temporary file", e))?;
+        file.sync_data()
+            .map_err(|e| io("fsyncing the temporary file", e))?;
         drop(file);
         self.storage
             .rename(&tmp_path, &final_path)
-            .map_err(|e| io("renaming", e))?;
+            .map_err(|e| io("renaming it into place", e))?;
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|e| Error::io(format!("fsyncing directory {}", self.dir.display()), e))
+            .map_err(|e| io("fsyncing the directory", e))
     }
 }
 

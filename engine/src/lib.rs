@@ -25,12 +25,15 @@
 //! expiry wheels; `recovery` replay on open; `checkpoint` index snapshots; `maintenance` expiry,
 //! reclamation and compaction; `claim` two-phase claims; `single_flight` the in-process
 //! single-flight table behind `check_or_insert_with`; `io` the file-system seam and [`sim`] a
-//! fault-injecting simulated disk; `store` the public [`Store`]; [`Config`], [`Durability`],
+//! fault-injecting simulated disk; `shared` the core state the layers above build on (index, log,
+//! clock, claims registry) and `validate` the input checks; `store` the public [`Store`] (a
+//! façade: open, close and the calls, composed from `shared`); [`Config`], [`Durability`],
 //! [`Clock`] and [`Error`] are the knobs and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod answer;
 mod checkpoint;
 mod claim;
 mod clock;
@@ -43,12 +46,15 @@ mod log;
 mod maintenance;
 pub mod record;
 mod recovery;
+mod shared;
 pub mod sim;
 mod single_flight;
 mod store;
 mod store_with;
 mod sync;
+mod validate;
 
+pub use answer::{Outcome, Value};
 pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
@@ -57,4 +63,5 @@ pub use maintenance::MaintenanceReport;
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
 pub use single_flight::WithError;
-pub use store::{Outcome, Stats, Store, Value, MAX_TTL};
+pub use store::{Stats, Store};
+pub use validate::MAX_TTL;

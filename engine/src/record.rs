@@ -155,6 +155,13 @@ impl Record<'_> {
     }
 }
 
+/// A deadline in milliseconds rounded *up* to whole seconds (saturating at `u32::MAX`): the unit
+/// of the index's slots and of the segments' deadline stats, so that "dead by the rounded value"
+/// never comes before the exact deadline.
+pub(crate) fn deadline_secs(expires_at_millis: u64) -> u32 {
+    u32::try_from(expires_at_millis.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
 /// The key of every seal record.
 pub const SEAL_KEY: &[u8] = b"seal";
 /// Bytes of a seal record.

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::claim::{claim_of, ClaimToken};
+use crate::claim::registry::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
 use crate::index::{Index, KeyCheck, Probe, Slot};
 use crate::io::Storage;

@@ -35,8 +35,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::answer::{Outcome, Value};
 use crate::error::Error;
-use crate::store::{Outcome, Value};
 
 use self::sync::{lock, wait, wait_until, Arc, Condvar, Mutex};
 

@@ -12,100 +12,26 @@
 //! - A live key's first value is never overwritten by a later `check_or_insert`.
 //! - Expiry is decided at every read from the record's exact deadline and the store's clock.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::answer::{Outcome, Value};
 use crate::checkpoint;
-use crate::clock::Clock;
-use crate::config::{Config, Durability};
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
+use crate::index::{Index, KeyHash, Probe, ShardTable};
 use crate::log::{self, Location, Log, LogOptions};
-use crate::maintenance::{self, MaintenanceReport, MaintenanceState};
-use crate::record::{self, Record, RecordKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::maintenance::state::MaintenanceState;
+use crate::maintenance::{self, MaintenanceReport};
+use crate::record::{self, Record, RecordKind};
 use crate::recovery::{self, RecoveryReport};
-
-/// The longest TTL accepted: ten years. Retry windows are hours or days; this bound keeps every
-/// deadline inside the index's 32-bit seconds.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+use crate::shared::{ClaimedKey, Shared};
+use crate::validate::{validate_fingerprint, validate_key, validate_ttl, validate_value};
 
 const LOCK_FILE_NAME: &str = "LOCK";
-
-/// A stored value: the result recorded with a key.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Value(Box<[u8]>);
-
-impl Value {
-    /// The bytes, owned.
-    pub fn into_vec(self) -> Vec<u8> {
-        self.0.into_vec()
-    }
-}
-
-impl AsRef<[u8]> for Value {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for Value {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl PartialEq<[u8]> for Value {
-    fn eq(&self, other: &[u8]) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<&[u8]> for Value {
-    fn eq(&self, other: &&[u8]) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl<const N: usize> PartialEq<&[u8; N]> for Value {
-    fn eq(&self, other: &&[u8; N]) -> bool {
-        *self.0 == other[..]
-    }
-}
-
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => write!(f, "Value({text:?})"),
-            Err(_) => write!(f, "Value({:02x?})", &self.0),
-        }
-    }
-}
-
-impl From<&[u8]> for Value {
-    fn from(bytes: &[u8]) -> Self {
-        Value(bytes.into())
-    }
-}
-
-/// The answer of a check-or-insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The key was new (or its earlier entry had expired): key and value are now recorded.
-    Inserted,
-    /// The key was seen and has not expired: here is the value recorded with it first.
-    Duplicate(Value),
-}
-
-impl Outcome {
-    /// Whether this is [`Outcome::Duplicate`].
-    pub fn is_duplicate(&self) -> bool {
-        matches!(self, Outcome::Duplicate(_))
-    }
-}
 
 /// Counters and sizes, read with [`Store::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,18 +91,6 @@ pub struct Store {
     pub(crate) in_flight: crate::single_flight::InFlightTable,
     /// Held for the store's life: the exclusive lock on the directory.
     _lock: crate::io::DirLock,
-}
-
-/// The parts of a store that its background threads share with callers.
-pub(crate) struct Shared {
-    pub(crate) dir: PathBuf,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) index: Index,
-    pub(crate) log: Arc<Log>,
-    pub(crate) config: Config,
-    pub(crate) maintenance: MaintenanceState,
-    /// Claims open in this process or recovered in doubt (see `claim`).
-    pub(crate) claims: crate::claim::ClaimRegistry,
 }
 
 impl std::fmt::Debug for Store {
@@ -252,7 +166,10 @@ impl Store {
             index,
             log,
             maintenance: MaintenanceState::default(),
-            claims: crate::claim::ClaimRegistry::recovered(recovered.in_doubt, fencing_tokens),
+            claims: crate::claim::registry::ClaimRegistry::recovered(
+                recovered.in_doubt,
+                fencing_tokens,
+            ),
             config,
         });
         let maintainer = if shared.config.background_maintenance {
@@ -595,234 +512,11 @@ impl Store {
     }
 }
 
-impl Shared {
-    pub(crate) fn check_live(&self) -> Result<()> {
-        if let Some(cause) = self.log.poisoned() {
-            return Err(Error::Poisoned { cause });
-        }
-        Ok(())
-    }
-
-    /// Hands the locations of entries the table dropped to the log's per-segment live counts.
-    pub(crate) fn settle(&self, table: &mut ShardTable) {
-        if !table.released.is_empty() {
-            self.log.release(&table.released);
-            table.released.clear();
-        }
-    }
-
-    /// Check-or-insert of one key under its shard lock (`table`, the shard of `hash`).
-    ///
-    /// Returns the answer and the log location that must be durable before the answer may be
-    /// given in `Sync` mode: the new record's end on an insert, the found record's end (if not
-    /// yet durable) on a duplicate or a refusal. The outer error is an I/O failure; the inner
-    /// one a refusal derived from the found record (a claim in flight, a fingerprint mismatch).
-    #[allow(clippy::too_many_arguments)] // reason: the hot path passes what it already has
-    pub(crate) fn check_or_insert_one(
-        &self,
-        table: &mut ShardTable,
-        hash: KeyHash,
-        key: &[u8],
-        expires_at_millis: u64,
-        value: &[u8],
-        now: u64,
-        buf: &mut Vec<u8>,
-        fingerprint: Option<&[u8]>,
-    ) -> Result<(Result<Outcome>, Option<Location>)> {
-        match self.probe(table, hash, key, now, buf)? {
-            Probe::Found(slot) => {
-                let record = record::decode(buf).expect("checked during the probe");
-                let end = self.end_of(table, slot, &record);
-                if let Err(mismatch) = check_fingerprint(&record, fingerprint) {
-                    return Ok((Err(mismatch), end));
-                }
-                if record.kind == RecordKind::Claim {
-                    let in_flight = Error::ClaimInFlight {
-                        until: crate::claim::system_time(record.expires_at_millis),
-                    };
-                    return Ok((Err(in_flight), end));
-                }
-                Ok((Ok(Outcome::Duplicate(Value::from(record.value))), end))
-            }
-            Probe::Vacant(slot) => {
-                let record = Record {
-                    kind: RecordKind::Insert,
-                    key,
-                    value,
-                    expires_at_millis,
-                    fingerprint: fingerprint.unwrap_or(&[]),
-                };
-                let (at, end) = self.log.append(&record)?;
-                let entry = Slot {
-                    tag: hash.tag,
-                    expires_at_secs: Slot::deadline_secs(expires_at_millis),
-                    location: at,
-                };
-                table.put(slot, entry, now);
-                self.settle(table);
-                Ok((Ok(Outcome::Inserted), Some(end)))
-            }
-        }
-    }
-
-    /// Finds `key` in its shard; on `Found`, `buf` holds the entry's record.
-    pub(crate) fn probe(
-        &self,
-        table: &ShardTable,
-        hash: KeyHash,
-        key: &[u8],
-        now: u64,
-        buf: &mut Vec<u8>,
-    ) -> Result<Probe> {
-        table.probe(hash.tag, now, |slot| {
-            let at = slot.location;
-            let Some(record) = self.log.read(at, buf)? else {
-                // Its segment was reclaimed, which happens only once every entry still pointing
-                // into it is dead (deletion of an expired segment), or after compaction dropped
-                // the entries it did not copy. `now` may have been read before the deletion:
-                // judge by the clock again.
-                if slot.is_dead(self.clock.now_millis()) {
-                    return Ok(KeyCheck::Expired);
-                }
-                return Err(Error::Corrupt {
-                    path: self.dir.clone(),
-                    offset: at,
-                    reason: "a live index entry points into a deleted segment".into(),
-                });
-            };
-            if record.key != key {
-                return Ok(KeyCheck::Other);
-            }
-            if matches!(record.kind, RecordKind::Remove | RecordKind::Seal) {
-                return Err(Error::Corrupt {
-                    path: self.dir.clone(),
-                    offset: at,
-                    reason: "index entry points at a removal or seal record".into(),
-                });
-            }
-            Ok(if record.expires_at_millis <= now {
-                KeyCheck::Expired
-            } else {
-                KeyCheck::Live
-            })
-        })
-    }
-
-    /// The location just past the found record in `slot`, if it is not yet durable: a `Sync`
-    /// caller must wait for it before answering (the not-reading-uncommitted-data rule).
-    pub(crate) fn end_of(
-        &self,
-        table: &ShardTable,
-        slot: usize,
-        record: &Record<'_>,
-    ) -> Option<Location> {
-        let end = table.slot(slot).location + record.encoded_len() as u64;
-        (!self.log.is_durable(end)).then_some(end)
-    }
-
-    /// The end of the shard's latest removal if it is not durable yet: an answer of "absent"
-    /// may rest on it, so in `Sync` mode it waits for it first.
-    pub(crate) fn pending_removal(&self, table: &ShardTable) -> Option<Location> {
-        let end = table.last_removal_end;
-        (end != 0 && !self.log.is_durable(end)).then_some(end)
-    }
-
-    /// Gives `answer` once `end` is durable in `Sync` mode: every answer derived from a record
-    /// (a duplicate, a refusal, an absence after a removal) waits until that record can no
-    /// longer be lost. A failed wait (the log was poisoned) replaces the answer.
-    pub(crate) fn answer_when_durable<T>(
-        &self,
-        end: Option<Location>,
-        answer: Result<T>,
-    ) -> Result<T> {
-        self.wait_if_sync(end)?;
-        answer
-    }
-
-    pub(crate) fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
-        match (self.log.durability(), end) {
-            (Durability::Sync, Some(end)) => self.log.wait_durable(end),
-            _ => Ok(()),
-        }
-    }
-}
-
 impl Drop for Store {
     fn drop(&mut self) {
         self.stop_maintainer();
         self.stop_writer();
     }
-}
-
-/// What [`Store::lookup`] answers for a key held by a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClaimedKey {
-    /// No result yet: `None`.
-    Absent,
-    /// [`Error::ClaimInFlight`].
-    InFlight,
-}
-
-/// With a fingerprint given, a found record must carry the same one.
-pub(crate) fn check_fingerprint(record: &Record<'_>, fingerprint: Option<&[u8]>) -> Result<()> {
-    match fingerprint {
-        // A record stored without a fingerprint cannot be told apart: it is accepted.
-        Some(fingerprint)
-            if !record.fingerprint.is_empty() && record.fingerprint != fingerprint =>
-        {
-            Err(Error::FingerprintMismatch {
-                key_len: record.key.len(),
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn validate_fingerprint(fingerprint: &[u8]) -> Result<()> {
-    if fingerprint.len() > record::MAX_FINGERPRINT_BYTES {
-        return Err(Error::FingerprintTooLarge {
-            len: fingerprint.len(),
-            max: record::MAX_FINGERPRINT_BYTES,
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::EmptyKey);
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::KeyTooLarge {
-            len: key.len(),
-            max: MAX_KEY_BYTES,
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_value(value: &[u8]) -> Result<()> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(Error::ValueTooLarge {
-            len: value.len(),
-            max: MAX_VALUE_BYTES,
-        });
-    }
-    Ok(())
-}
-
-/// Checks a TTL and returns it in whole milliseconds, rounded up (a 1 ns TTL lives 1 ms).
-pub(crate) fn validate_ttl(ttl: Duration) -> Result<u64> {
-    if ttl.is_zero() {
-        return Err(Error::ZeroTtl);
-    }
-    if ttl > MAX_TTL {
-        return Err(Error::TtlTooLarge {
-            ttl_secs: ttl.as_secs(),
-            max_secs: MAX_TTL.as_secs(),
-        });
-    }
-    Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::answer::{Outcome, Value};
 use crate::error::Result;
 use crate::single_flight::{self, Recorder, WithError};
-use crate::store::{Outcome, Store, Value};
+use crate::store::Store;
 
 impl Store {
     /// Returns the live value of `key` as [`Outcome::Duplicate`], or else runs `make_value` and
@@ -134,7 +135,7 @@ struct StoreRecorder<'a> {
 impl Recorder for StoreRecorder<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         // A claimed key is in flight elsewhere: the closure must not run.
-        self.store.lookup(key, crate::store::ClaimedKey::InFlight)
+        self.store.lookup(key, crate::shared::ClaimedKey::InFlight)
     }
 
     fn check_or_insert(&self, key: &[u8], value: &[u8]) -> Result<Outcome> {
@@ -144,14 +145,14 @@ impl Recorder for StoreRecorder<'_> {
 
 /// The TTL rules of [`Store::check_or_insert`], checked before the closure runs.
 fn check_ttl(ttl: Duration) -> Result<()> {
-    crate::store::validate_ttl(ttl).map(|_| ())
+    crate::validate::validate_ttl(ttl).map(|_| ())
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::store::MAX_TTL;
+    use crate::validate::MAX_TTL;
     use crate::{Config, Durability};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;

@@ -1005,6 +1005,15 @@ impl Sim {
                         Live::None => false,
                     });
             }
+            // Reserving a block of fencing tokens (fence.idem) failed: the claim was refused
+            // before anything was appended, and the log is not poisoned (like a failed
+            // checkpoint): later calls may succeed.
+            Err(Error::Io { context, .. }) if context.contains("fence.idem") => {
+                assert!(
+                    self.fault_since_open(),
+                    "{what}: claim: fence I/O failed unprompted"
+                );
+            }
             Err(e) => {
                 self.expect_fault(what, "claim", &e);
                 self.poisoned = true;

@@ -41,7 +41,7 @@ impl Slot {
 
     /// Converts an exact deadline into the rounded-up seconds a slot stores.
     pub(crate) fn deadline_secs(expires_at_millis: u64) -> u32 {
-        u32::try_from(expires_at_millis.div_ceil(1000)).unwrap_or(u32::MAX)
+        crate::record::deadline_secs(expires_at_millis)
     }
 }
 

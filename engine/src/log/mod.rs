@@ -107,7 +107,7 @@ impl SegmentStats {
         if record.kind == record::RecordKind::Seal {
             return;
         }
-        let deadline = crate::index::Slot::deadline_secs(record.expires_at_millis);
+        let deadline = record::deadline_secs(record.expires_at_millis);
         self.records += 1;
         if record.kind == record::RecordKind::Remove {
             self.tombstones += 1;

@@ -20,13 +20,12 @@
 //!   more compaction of it), counted, and reported once; expiry, deletion and checkpoints go on.
 //! - One round runs at a time (`round_lock`).
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) mod state;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
@@ -34,7 +33,7 @@ use crate::index::Probe;
 use crate::log::location;
 use crate::log::segment::SegmentFile;
 use crate::record::{self, Record, RecordKind, SEGMENT_HEADER_LEN};
-use crate::store::Shared;
+use crate::shared::Shared;
 
 /// How many wheel entries one shard-lock hold may process.
 const REAP_SLICE: usize = 4096;
@@ -53,36 +52,6 @@ pub struct MaintenanceReport {
     pub records_copied: u64,
     /// Whether an index checkpoint was written.
     pub checkpoint_written: bool,
-}
-
-/// Totals since open, for [`crate::Stats`].
-#[derive(Debug, Default)]
-pub(crate) struct MaintenanceTotals {
-    pub(crate) entries_expired: AtomicU64,
-    pub(crate) segments_deleted: AtomicU64,
-    pub(crate) segments_compacted: AtomicU64,
-    pub(crate) checkpoints_written: AtomicU64,
-    pub(crate) segments_damaged: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct MaintenanceState {
-    round_lock: Mutex<()>,
-    stopping: Mutex<bool>,
-    wake: Condvar,
-    /// `bytes_appended` when the last checkpoint was taken.
-    checkpointed_at_bytes: AtomicU64,
-    /// Sealed segments in which compaction found damage: never compacted again (they may still
-    /// be deleted whole once everything in them expired).
-    damaged: Mutex<BTreeSet<u32>>,
-    pub(crate) totals: MaintenanceTotals,
-}
-
-impl MaintenanceState {
-    pub(crate) fn stop(&self) {
-        *self.stopping.lock() = true;
-        self.wake.notify_all();
-    }
 }
 
 pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {

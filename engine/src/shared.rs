@@ -1,0 +1,202 @@
+//! The core state every layer builds on: [`Shared`] holds the index, the log, the clock, the
+//! config, the claims registry and the maintenance state, and the primitive steps on them that
+//! the public calls compose (probe a key under its shard lock, check-or-insert one key, wait for
+//! durability before answering).
+//!
+//! Layering (one-way): `store` (the public façade), `claim`, `store_with`, `maintenance`,
+//! `checkpoint` build on this module; it builds on `index`, `log`, `record` and the state types
+//! of `claim::registry` and `maintenance::state`, which import nothing above them.
+//!
+//! Invariants:
+//! - A key's index entry and its record are changed only under the key's shard lock, so per key
+//!   the log order is the operation order.
+//! - In `Sync` mode no answer is given that rests on a record not yet durable: a duplicate, a
+//!   refusal (claim in flight, fingerprint mismatch) or an absence after another caller's removal
+//!   waits for that record first ([`Shared::answer_when_durable`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::answer::{Outcome, Value};
+use crate::claim::registry::ClaimRegistry;
+use crate::clock::Clock;
+use crate::config::{Config, Durability};
+use crate::error::{Error, Result};
+use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
+use crate::log::{Location, Log};
+use crate::maintenance::state::MaintenanceState;
+use crate::record::{self, Record, RecordKind};
+use crate::validate::check_fingerprint;
+
+/// The parts of a store that its background threads share with callers.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) index: Index,
+    pub(crate) log: Arc<Log>,
+    pub(crate) config: Config,
+    pub(crate) maintenance: MaintenanceState,
+    /// Claims open in this process or recovered in doubt (see `claim`).
+    pub(crate) claims: ClaimRegistry,
+}
+
+impl Shared {
+    pub(crate) fn check_live(&self) -> Result<()> {
+        if let Some(cause) = self.log.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    /// Hands the locations of entries the table dropped to the log's per-segment live counts.
+    pub(crate) fn settle(&self, table: &mut ShardTable) {
+        if !table.released.is_empty() {
+            self.log.release(&table.released);
+            table.released.clear();
+        }
+    }
+
+    /// Check-or-insert of one key under its shard lock (`table`, the shard of `hash`).
+    ///
+    /// Returns the answer and the log location that must be durable before the answer may be
+    /// given in `Sync` mode: the new record's end on an insert, the found record's end (if not
+    /// yet durable) on a duplicate or a refusal. The outer error is an I/O failure; the inner
+    /// one a refusal derived from the found record (a claim in flight, a fingerprint mismatch).
+    #[allow(clippy::too_many_arguments)] // reason: the hot path passes what it already has
+    pub(crate) fn check_or_insert_one(
+        &self,
+        table: &mut ShardTable,
+        hash: KeyHash,
+        key: &[u8],
+        expires_at_millis: u64,
+        value: &[u8],
+        now: u64,
+        buf: &mut Vec<u8>,
+        fingerprint: Option<&[u8]>,
+    ) -> Result<(Result<Outcome>, Option<Location>)> {
+        match self.probe(table, hash, key, now, buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(buf).expect("checked during the probe");
+                let end = self.end_of(table, slot, &record);
+                if let Err(mismatch) = check_fingerprint(&record, fingerprint) {
+                    return Ok((Err(mismatch), end));
+                }
+                if record.kind == RecordKind::Claim {
+                    let in_flight = Error::ClaimInFlight {
+                        until: crate::claim::system_time(record.expires_at_millis),
+                    };
+                    return Ok((Err(in_flight), end));
+                }
+                Ok((Ok(Outcome::Duplicate(Value::from(record.value))), end))
+            }
+            Probe::Vacant(slot) => {
+                let record = Record {
+                    kind: RecordKind::Insert,
+                    key,
+                    value,
+                    expires_at_millis,
+                    fingerprint: fingerprint.unwrap_or(&[]),
+                };
+                let (at, end) = self.log.append(&record)?;
+                let entry = Slot {
+                    tag: hash.tag,
+                    expires_at_secs: Slot::deadline_secs(expires_at_millis),
+                    location: at,
+                };
+                table.put(slot, entry, now);
+                self.settle(table);
+                Ok((Ok(Outcome::Inserted), Some(end)))
+            }
+        }
+    }
+
+    /// Finds `key` in its shard; on `Found`, `buf` holds the entry's record.
+    pub(crate) fn probe(
+        &self,
+        table: &ShardTable,
+        hash: KeyHash,
+        key: &[u8],
+        now: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Probe> {
+        table.probe(hash.tag, now, |slot| {
+            let at = slot.location;
+            let Some(record) = self.log.read(at, buf)? else {
+                // Its segment was reclaimed, which happens only once every entry still pointing
+                // into it is dead (deletion of an expired segment), or after compaction dropped
+                // the entries it did not copy. `now` may have been read before the deletion:
+                // judge by the clock again.
+                if slot.is_dead(self.clock.now_millis()) {
+                    return Ok(KeyCheck::Expired);
+                }
+                return Err(Error::Corrupt {
+                    path: self.dir.clone(),
+                    offset: at,
+                    reason: "a live index entry points into a deleted segment".into(),
+                });
+            };
+            if record.key != key {
+                return Ok(KeyCheck::Other);
+            }
+            if matches!(record.kind, RecordKind::Remove | RecordKind::Seal) {
+                return Err(Error::Corrupt {
+                    path: self.dir.clone(),
+                    offset: at,
+                    reason: "index entry points at a removal or seal record".into(),
+                });
+            }
+            Ok(if record.expires_at_millis <= now {
+                KeyCheck::Expired
+            } else {
+                KeyCheck::Live
+            })
+        })
+    }
+
+    /// The location just past the found record in `slot`, if it is not yet durable: a `Sync`
+    /// caller must wait for it before answering (the not-reading-uncommitted-data rule).
+    pub(crate) fn end_of(
+        &self,
+        table: &ShardTable,
+        slot: usize,
+        record: &Record<'_>,
+    ) -> Option<Location> {
+        let end = table.slot(slot).location + record.encoded_len() as u64;
+        (!self.log.is_durable(end)).then_some(end)
+    }
+
+    /// The end of the shard's latest removal if it is not durable yet: an answer of "absent"
+    /// may rest on it, so in `Sync` mode it waits for it first.
+    pub(crate) fn pending_removal(&self, table: &ShardTable) -> Option<Location> {
+        let end = table.last_removal_end;
+        (end != 0 && !self.log.is_durable(end)).then_some(end)
+    }
+
+    /// Gives `answer` once `end` is durable in `Sync` mode: every answer derived from a record
+    /// (a duplicate, a refusal, an absence after a removal) waits until that record can no
+    /// longer be lost. A failed wait (the log was poisoned) replaces the answer.
+    pub(crate) fn answer_when_durable<T>(
+        &self,
+        end: Option<Location>,
+        answer: Result<T>,
+    ) -> Result<T> {
+        self.wait_if_sync(end)?;
+        answer
+    }
+
+    pub(crate) fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
+        match (self.log.durability(), end) {
+            (Durability::Sync, Some(end)) => self.log.wait_durable(end),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What [`Store::lookup`] answers for a key held by a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimedKey {
+    /// No result yet: `None`.
+    Absent,
+    /// [`Error::ClaimInFlight`].
+    InFlight,
+}
