@@ -199,15 +199,15 @@ pub mod crash {
 /// | line | meaning |
 /// |---|---|
 /// | `T <ms>` | the child's clock now reads `ms` |
-/// | `D <key> <lease_ms> <cid>` | `in_doubt()` at startup listed this claim; the child names it `cid` |
+/// | `D <key> <lease_ms> <cid> <fence>` | `in_doubt()` at startup listed this claim (fencing token `fence`); the child names it `cid` |
 /// | `i <key> <deadline_ms> <value>` | `check_or_insert`; `I ins`, `I dup <value>` or `I inflight <until_ms>` |
 /// | `b <key>/<deadline_ms>/<value> ...` | `check_or_insert_batch`; `B ins dup/<value> ...` or `B inflight <until_ms>` |
 /// | `r <key>` | `remove`; `R true` or `R false` |
-/// | `c <key> <lease_ms> <cid>` | `claim`; `C acq`, `C dup <value>` or `C inflight <until_ms>` |
+/// | `c <key> <lease_ms> <cid>` | `claim`; `C acq <fence>` (its fencing token), `C dup <value>` or `C inflight <until_ms>` |
 /// | `f <key> <cid> <deadline_ms> <value>` | `complete`; `F ok` or `F stale` |
 /// | `x <key> <cid>` | `release`; `X ok` or `X stale` |
 /// | `g <key>` | `get`; `G none` or `G <value>` |
-/// | `m` | `maintain`; `M <segments_deleted> <segments_compacted>` (totals since open) |
+/// | `m` | `maintain`; `M <segments_deleted> <segments_compacted> <segments_damaged>` (totals since open) |
 /// | `k` | `checkpoint`; `K` |
 pub mod torture {
     use std::path::Path;

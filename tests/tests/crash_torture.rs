@@ -17,7 +17,13 @@
 //!   expired, acknowledged removals absent, nothing never written present), a key whose last
 //!   operation was not acknowledged in either of its two possible states;
 //! - `in_doubt()` lists exactly the acknowledged claims not completed, released or removed whose
-//!   lease has not ended (with their lease), plus possibly the unacknowledged last claim.
+//!   lease has not ended (with their lease and fencing token), plus possibly the unacknowledged
+//!   last claim.
+//!
+//! Fencing tokens: every claim the child acquires (or the reopen first shows, for a claim cut by
+//! the kill) must have a `fencing_token()` larger than every token acquired before it in the
+//! whole run, across kills and reopens; a claim listed in doubt keeps the token it was acquired
+//! with. No segment may be found damaged (`Stats::segments_damaged`): no fault is injected.
 //!
 //! The parent then goes on from what the store holds (the cut operation resolved either way).
 //!
@@ -99,6 +105,9 @@ struct Totals {
     released: u64,
     stale: u64,
     claims_in_doubt_seen: u64,
+    fencing_tokens_acquired: u64,
+    fencing_tokens_rechecked: u64,
+    max_fencing_token: u64,
     values_expired: u64,
     checkpoint_opens_with_file: u64,
     segments_deleted: u64,
@@ -111,6 +120,10 @@ struct Model {
     history: BTreeMap<String, Vec<String>>,
     /// Keys that held a value once: an `Inserted` on them is a re-insert.
     had_value: BTreeMap<String, bool>,
+    /// The fencing token of every claim (by claim id) whose token was seen.
+    fences: BTreeMap<String, u64>,
+    /// The claim with the largest fencing token so far, and when it was seen.
+    last_fence: Option<(u64, String)>,
     seed: u64,
     round: u64,
     totals: Totals,
@@ -137,6 +150,37 @@ impl Model {
                 .get(k)
                 .map_or(String::new(), |h| h.join("\n    "))
         )
+    }
+
+    /// Records the fencing token of a claim acquired now (`cid` on `k`): it must exceed every
+    /// token acquired before it.
+    fn acquired(&mut self, k: &str, cid: &str, fence: u64, how: &str) {
+        if let Some((last, seen)) = &self.last_fence {
+            if fence <= *last {
+                self.fail(format!(
+                    "{how}: claim {cid} on {k} has fencing token {fence}, not above {last} of {seen}\n{}",
+                    self.describe(k)
+                ));
+            }
+        }
+        self.last_fence = Some((fence, format!("claim {cid} on {k} (round {})", self.round)));
+        self.fences.insert(cid.to_string(), fence);
+        self.totals.fencing_tokens_acquired += 1;
+        self.totals.max_fencing_token = fence;
+    }
+
+    /// Checks the fencing token a claim in doubt (`cid` on `k`) is listed with: the one it was
+    /// acquired with, or, if the claim was cut by the kill before its token was reported, a new
+    /// one.
+    fn in_doubt_fence(&mut self, k: &str, cid: &str, fence: u64, how: &str) {
+        match self.fences.get(cid) {
+            Some(&known) if known == fence => self.totals.fencing_tokens_rechecked += 1,
+            Some(&known) => self.fail(format!(
+                "{how}: claim {cid} on {k} is listed with fencing token {fence}, acquired with {known}\n{}",
+                self.describe(k)
+            )),
+            None => self.acquired(k, cid, fence, how),
+        }
     }
 
     fn fail(&self, what: String) -> ! {
@@ -275,10 +319,15 @@ fn parse_op(line: &str) -> Option<Op> {
 #[derive(Debug, PartialEq, Eq)]
 struct Observation {
     values: BTreeMap<String, Option<String>>,
-    in_doubt: BTreeMap<String, u64>,
+    /// Key -> (lease end, fencing token).
+    in_doubt: BTreeMap<String, (u64, u64)>,
 }
 
 fn observe(store: &Store, keys: &[String]) -> Result<Observation, String> {
+    let damaged = store.stats().segments_damaged;
+    if damaged != 0 {
+        return Err(format!("{damaged} segments found damaged"));
+    }
     let mut values = BTreeMap::new();
     for k in keys {
         let got = store
@@ -297,7 +346,10 @@ fn observe(store: &Store, keys: &[String]) -> Result<Observation, String> {
             .unwrap()
             .as_millis() as u64;
         let k = String::from_utf8_lossy(token.key()).into_owned();
-        if in_doubt.insert(k.clone(), lease).is_some() {
+        if in_doubt
+            .insert(k.clone(), (lease, token.fencing_token()))
+            .is_some()
+        {
             return Err(format!("in_doubt lists {k} twice"));
         }
     }
@@ -335,6 +387,8 @@ fn kill9_torture_loses_nothing_acknowledged() {
         keys: BTreeMap::new(),
         history: BTreeMap::new(),
         had_value: BTreeMap::new(),
+        fences: BTreeMap::new(),
+        last_fence: None,
         seed,
         round: 0,
         totals: Totals::default(),
@@ -408,8 +462,16 @@ fn kill9_torture_loses_nothing_acknowledged() {
             if tag == "D" {
                 let f: Vec<&str> = line.split(' ').collect();
                 let (k, lease, cid) = (f[1], f[2].parse::<u64>().unwrap(), f[3]);
+                let fence: u64 = f[4].parse().unwrap();
                 match model.get(k).at(child_now) {
-                    State::Claim { lease: held, .. } if held == lease => {}
+                    State::Claim {
+                        lease: held,
+                        cid: old,
+                    } if held == lease => {
+                        let how = "the child's in_doubt()";
+                        model.in_doubt_fence(k, &old, fence, how);
+                        model.fences.insert(cid.to_string(), fence);
+                    }
                     other => model.fail(format!(
                         "the child's in_doubt() lists {k} (lease {lease}) but it is {other:?}\n{}",
                         model.describe(k)
@@ -437,9 +499,20 @@ fn kill9_torture_loses_nothing_acknowledged() {
             if let Op::Maintain = op {
                 let f: Vec<u64> = line[2..].split(' ').map(|n| n.parse().unwrap()).collect();
                 round_stats = (f[0], f[1]);
+                if f[2] != 0 {
+                    model.fail(format!(
+                        "at {child_now} the child's maintain() found {} segments damaged",
+                        f[2]
+                    ));
+                }
                 model.totals.ops_acked += 1;
                 continue;
             }
+            // `C acq <fence>`: the fencing token is checked apart from the answer.
+            let (line, fence) = match line.strip_prefix("C acq ") {
+                Some(fence) => ("C acq".to_string(), Some(fence.parse::<u64>().unwrap())),
+                None => (line, None),
+            };
             if line != expected {
                 let keys: Vec<&String> = match &op {
                     Op::Insert(k, ..)
@@ -460,6 +533,10 @@ fn kill9_torture_loses_nothing_acknowledged() {
                 model.fail(what);
             }
             model.totals.ops_acked += 1;
+            if let (Op::Claim(k, _, cid), Some(fence)) = (&op, fence) {
+                let how = format!("at {child_now} the child's claim");
+                model.acquired(k, cid, fence, &how);
+            }
             match &op {
                 Op::Complete(k, _, deadline, _) if line == "F ok" => {
                     if let State::Claim { lease, .. } = model.get(k) {
@@ -537,7 +614,7 @@ fn kill9_torture_loses_nothing_acknowledged() {
             for (name, seen) in [("with checkpoint", &first), ("full replay", &replayed)] {
                 let got = (
                     seen.values.get(k).cloned().flatten(),
-                    seen.in_doubt.get(k).copied(),
+                    seen.in_doubt.get(k).map(|&(lease, _)| lease),
                 );
                 match states.iter().find(|s| s.observed(now) == got) {
                     Some(s) => matched = Some(s.clone()),
@@ -568,6 +645,11 @@ fn kill9_torture_loses_nothing_acknowledged() {
                 .unwrap();
             }
             // The run goes on from what the store holds now.
+            if let (Some(State::Claim { cid, .. }), Some(&(_, fence)), false) =
+                (&matched, replayed.in_doubt.get(k), differ)
+            {
+                model.in_doubt_fence(k, cid, fence, &format!("reopened at {now}, in_doubt()"));
+            }
             if let Some(state) = matched {
                 if candidates.contains_key(k) {
                     model.note(k, format!("after the kill: {state:?}"));
@@ -595,6 +677,12 @@ fn kill9_torture_loses_nothing_acknowledged() {
                 .unwrap_or_else(|e| model.fail(format!("maintain: {e}")));
             model.totals.segments_deleted += report.segments_deleted;
             model.totals.segments_compacted += report.segments_compacted;
+            let damaged = store.stats().segments_damaged;
+            if damaged != 0 {
+                model.fail(format!(
+                    "maintain at {now}: {damaged} segments found damaged"
+                ));
+            }
         }
         if rng.gen_bool(0.5) {
             store

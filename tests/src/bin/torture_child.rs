@@ -7,7 +7,8 @@
 //! later with result TTLs shorter or longer than the lease, releases, claims left open, reads,
 //! `maintain()` and `checkpoint()`. TTLs come in phases (mostly short, or mostly long) so that
 //! whole segments expire and get deleted. Before every operation it adopts the time in the clock
-//! file. It reports on stdout in the protocol of [`idem_tests::torture`].
+//! file. It reports on stdout in the protocol of [`idem_tests::torture`], the fencing token of
+//! every claim it acquires or finds in doubt included.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -87,7 +88,11 @@ fn main() {
     for token in store.in_doubt().expect("in_doubt") {
         let cid = ids.next("d");
         let key = String::from_utf8(token.key().to_vec()).expect("utf-8 key");
-        say(format!("D {key} {} {cid}", millis(token.lease_until())));
+        say(format!(
+            "D {key} {} {cid} {}",
+            millis(token.lease_until()),
+            token.fencing_token()
+        ));
         tokens.push((cid, token));
     }
     let mut short_phase = rng.gen_bool(0.5);
@@ -176,14 +181,15 @@ fn main() {
                 say(format!("c {k} {} {cid}", now + lease.as_millis() as u64));
                 let answer = match store.claim(k.as_bytes(), lease).expect("claim") {
                     Claim::Acquired(token) => {
+                        let fence = token.fencing_token();
                         tokens.push((cid, token));
-                        "acq".to_string()
+                        format!("acq {fence}")
                     }
                     Claim::Duplicate(got) => format!("dup {}", text(&got)),
                     Claim::InFlight { until } => format!("inflight {}", millis(until)),
                 };
                 say(format!("C {answer}"));
-                if answer == "acq" && rng.gen_bool(0.4) {
+                if answer.starts_with("acq") && rng.gen_bool(0.4) {
                     let (cid, token) = tokens.pop().expect("just pushed");
                     resolve(&store, &mut rng, &mut ids, now, short_phase, cid, token);
                 }
@@ -206,8 +212,8 @@ fn main() {
                 store.maintain().expect("maintain");
                 let stats = store.stats();
                 say(format!(
-                    "M {} {}",
-                    stats.segments_deleted, stats.segments_compacted
+                    "M {} {} {}",
+                    stats.segments_deleted, stats.segments_compacted, stats.segments_damaged
                 ));
             }
             _ => {
