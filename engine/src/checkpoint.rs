@@ -43,8 +43,9 @@ const HEADER_CRC_OFFSET: usize = ENTRY_COUNT_OFFSET + 8;
 const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
 const _: () = assert!(HEADER_LEN == 80);
 
-/// id u32, min_deadline_secs u32, records u64, max_deadline_secs u32, tombstones u32 (0 in files
-/// written before it was counted: such a segment is compacted a little eagerly once).
+/// id u32, min_deadline_secs u32, records u64 (low 32 bits; the high 32 bits count tombstones),
+/// max_deadline_secs u32, tombstone_bytes u32 (both 0 in files written before they were counted:
+/// such a segment is compacted a little eagerly once).
 const SEGMENT_ROW_LEN: usize = 24;
 /// tag u32, expires_at_secs u32, location u64.
 const ENTRY_LEN: usize = 16;
@@ -110,12 +111,14 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         let mut row = [0u8; SEGMENT_ROW_LEN];
         put_u32(&mut row, 0, id);
         put_u32(&mut row, 4, stats.min_deadline_secs);
-        put_u64(&mut row, 8, stats.records);
+        // A segment (at most 4 GiB of records of at least 20 bytes) has fewer than 2^32 records.
+        let tombstones = stats.tombstones.min(u64::from(u32::MAX));
+        put_u64(&mut row, 8, stats.records | tombstones << 32);
         put_u32(&mut row, 16, stats.max_deadline_secs);
         put_u32(
             &mut row,
             20,
-            u32::try_from(stats.tombstones).unwrap_or(u32::MAX),
+            u32::try_from(stats.tombstone_bytes).unwrap_or(u32::MAX),
         );
         table_bytes.extend_from_slice(&row);
     }
@@ -269,8 +272,10 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
             ));
         }
         let stats = SegmentStats {
-            records: get_u64(row, 8),
-            tombstones: u64::from(get_u32(row, 20)),
+            records: get_u64(row, 8) & u64::from(u32::MAX),
+            tombstones: get_u64(row, 8) >> 32,
+            tombstone_bytes: u64::from(get_u32(row, 20)),
+            bytes: 0,
             live: 0,
             max_deadline_secs: get_u32(row, 16),
             min_deadline_secs: get_u32(row, 4),

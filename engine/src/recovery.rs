@@ -261,6 +261,11 @@ pub(crate) fn recover(
         opened.insert(id, file);
     }
     count_live_entries(index, &mut segment_stats);
+    for (id, file) in &opened {
+        if let Some(stats) = segment_stats.get_mut(id) {
+            stats.bytes = file.len()?;
+        }
+    }
     let in_doubt = claims_still_open(index, &opened, claim_keys, now_millis)?;
     // What was read may include bytes that are only in the OS cache: written by an earlier
     // process of this boot whose fsync failed or never ran. The log starts out declaring all of

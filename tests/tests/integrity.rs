@@ -684,3 +684,42 @@ fn check_or_insert_with_never_runs_its_closure_on_a_claimed_key() {
         .unwrap();
     assert_eq!(outcome, Outcome::Duplicate(idem::Value::from(&b"done"[..])));
 }
+
+/// Carrying tombstones forward must not turn into endless copying: once a segment holds mostly
+/// tombstones that are still needed, compaction leaves it until they expire.
+#[test]
+fn tombstones_are_not_copied_over_and_over() {
+    let storage = SimStorage::new(13);
+    let clock = ManualClock::new();
+    let store = Store::open_with(DIR, config(&storage, &clock, Durability::Never)).unwrap();
+    fill(&store, "k", 200, HOURS_10);
+    for i in 0..200 {
+        if i % 10 != 0 {
+            assert!(store.remove(format!("k-{i}").as_bytes()).unwrap());
+        }
+    }
+    store.flush().unwrap();
+    let mut copied = 0;
+    let mut rounds = 0;
+    while rounds < 100 {
+        let report = store.maintain().unwrap();
+        rounds += 1;
+        copied += report.records_copied;
+        if report.segments_compacted == 0 {
+            break;
+        }
+    }
+    assert!(
+        rounds < 100,
+        "compaction never settled ({copied} records copied)"
+    );
+    // 20 live records and 180 tombstones: each copied a few times at most.
+    assert!(
+        copied <= 3 * 200,
+        "{copied} records copied in {rounds} rounds"
+    );
+    for i in 0..200 {
+        let got = store.get(format!("k-{i}").as_bytes()).unwrap();
+        assert_eq!(got.is_some(), i % 10 == 0, "key {i}");
+    }
+}

@@ -77,10 +77,13 @@ impl Chunk {
 pub(crate) struct SegmentStats {
     /// Records in the segment (inserts, claims and removals).
     pub(crate) records: u64,
-    /// Removal records in the segment. Compaction counts them as needed (it copies a tombstone
-    /// forward while it may still hide something), so a segment of tombstones is not compacted
-    /// over and over; it is deleted whole once they all expired.
+    /// Removal records in the segment, and their bytes. Compaction counts them as kept (it
+    /// copies a tombstone forward while it may still hide something), so a segment of
+    /// tombstones is not compacted over and over; it is deleted whole once they all expired.
     pub(crate) tombstones: u64,
+    pub(crate) tombstone_bytes: u64,
+    /// Bytes of the segment file (header and records; 0 while unknown).
+    pub(crate) bytes: u64,
     /// Index entries that point into the segment.
     pub(crate) live: u64,
     /// The latest deadline of any record in it, rounded up to whole seconds: once the clock
@@ -95,6 +98,8 @@ impl Default for SegmentStats {
         SegmentStats {
             records: 0,
             tombstones: 0,
+            tombstone_bytes: 0,
+            bytes: 0,
             live: 0,
             max_deadline_secs: 0,
             min_deadline_secs: u32::MAX,
@@ -111,15 +116,28 @@ impl SegmentStats {
         self.records += 1;
         if record.kind == record::RecordKind::Remove {
             self.tombstones += 1;
+            self.tombstone_bytes += record.encoded_len() as u64;
         }
         self.max_deadline_secs = self.max_deadline_secs.max(deadline);
         self.min_deadline_secs = self.min_deadline_secs.min(deadline);
     }
 
-    /// The share of the segment's records that compaction would keep: live entries and
-    /// tombstones (which it copies while they may still hide an older record).
-    pub(crate) fn kept_share(&self) -> f64 {
-        (self.live + self.tombstones) as f64 / self.records.max(1) as f64
+    /// The share of the segment's bytes that compaction would copy: its live entries (at the
+    /// average size of its other records) and its tombstones (which it copies while they may
+    /// still hide an older record), except in the oldest segment, whose tombstones hide nothing
+    /// that could be replayed and are dropped. By bytes, not records: a few small tombstones
+    /// among large dead records must not keep a segment from being reclaimed.
+    pub(crate) fn kept_share(&self, oldest: bool) -> f64 {
+        let others = self.records.saturating_sub(self.tombstones).max(1);
+        let bytes = self.bytes.max(self.tombstone_bytes + others);
+        let other_bytes = (bytes - self.tombstone_bytes) as f64;
+        let live_bytes = other_bytes * self.live.min(others) as f64 / others as f64;
+        let tombstone_bytes = if oldest {
+            0.0
+        } else {
+            self.tombstone_bytes as f64
+        };
+        (live_bytes + tombstone_bytes) / bytes as f64
     }
 
     /// Whether copying the segment's live records forward beats waiting for them to expire:
@@ -337,6 +355,7 @@ impl Log {
         state.bytes_appended += u64::from(len);
         let stats = &mut state.tail_stats;
         stats.add_record(record);
+        stats.bytes = u64::from(offset) + u64::from(len);
         if matches!(
             record.kind,
             record::RecordKind::Insert | record::RecordKind::Claim

@@ -203,11 +203,12 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
         damaged.retain(|id| sealed.iter().any(|s| s.id == *id));
         damaged.clone()
     };
+    let oldest = shared.log.oldest_segment_id();
     let candidate = sealed
         .into_iter()
         .filter(|s| !damaged.contains(&s.id))
         .filter(|s| s.stats.records > 0 && s.stats.worth_compacting(now))
-        .map(|s| (s.stats.kept_share(), s.id))
+        .map(|s| (s.stats.kept_share(oldest == Some(s.id)), s.id))
         .filter(|&(ratio, _)| ratio < threshold)
         .min_by(|a, b| a.0.total_cmp(&b.0));
     let Some((_, id)) = candidate else {
