@@ -580,7 +580,6 @@ mod tests {
     //! Segment files are damaged or written by hand on the simulated disk, then the store opened.
 
     use super::*;
-    use crate::io::StorageFile;
     use crate::record::{encode_into, encode_seal, encode_segment_header, SEAL_RECORD_LEN};
     use crate::sim::SimStorage;
     use crate::{Claim, Config, ManualClock, Store};
