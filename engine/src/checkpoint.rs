@@ -495,7 +495,7 @@ mod tests {
     }
 
     fn expected(keys: &[Vec<u8>], i: usize) -> Option<&[u8]> {
-        (i % 7 != 0 || i / 7 >= 40).then_some(&keys[i][..])
+        (!i.is_multiple_of(7) || i / 7 >= 40).then_some(&keys[i][..])
     }
 
     fn assert_answers(store: &Store, keys: &[Vec<u8>]) {
@@ -552,9 +552,11 @@ mod tests {
 
     /// A mutation of a valid checkpoint file, the reason it must be ignored for, and the config
     /// to open with.
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
     struct Case {
         what: &'static str,
-        damage: Box<dyn Fn(&mut Vec<u8>)>,
+        damage: Damage,
         reason: &'static str,
         config: fn(Config) -> Config,
     }

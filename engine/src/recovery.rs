@@ -1169,7 +1169,7 @@ mod tests {
             let in_doubt = store.in_doubt().unwrap();
             assert_eq!(
                 in_doubt,
-                [open_claim.clone()],
+                std::slice::from_ref(&open_claim),
                 "checkpoint: {with_checkpoint}"
             );
             assert_eq!(
