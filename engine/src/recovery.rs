@@ -1276,4 +1276,104 @@ mod tests {
         assert_eq!(full.1, in_doubt);
         assert!(full.0.iter().any(Option::is_some) && full.0.iter().any(Option::is_none));
     }
+
+    /// Appends `n` filler keys `{prefix}-{i}` with `ttl`.
+    fn fill(store: &Store, prefix: &str, n: usize, ttl: Duration) {
+        for i in 0..n {
+            let k = format!("{prefix}-{i:04}").into_bytes();
+            store.check_or_insert(&k, ttl, b"f").unwrap();
+        }
+    }
+
+    /// Issue #9's bugs 1 and 2 at the level of replay: after the segments holding a tombstone
+    /// or a completion were compacted or deleted, neither the runtime, nor a reopen from the
+    /// checkpoint, nor a full replay brings back the removed value or the completed claim.
+    #[test]
+    fn reclamation_never_lets_replay_resurrect_a_removed_value_or_a_completed_claim() {
+        let storage = SimStorage::new(14);
+        let clock = ManualClock::new();
+        let config = config(&storage, &clock).compaction_live_ratio(0.9);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let long = Duration::from_secs(10 * 3600);
+        let short = Duration::from_secs(1);
+        // Segment 1: K = v1 for 10 h among long-lived keys, and the claim C (lease 10 min).
+        store.check_or_insert(b"K", long, b"v1").unwrap();
+        let claim = acquired(store.claim(b"C", Duration::from_secs(600)).unwrap());
+        let mut i = 0;
+        while store.stats().segments == 1 {
+            store
+                .check_or_insert(format!("old-{i:04}").as_bytes(), long, b"f")
+                .unwrap();
+            i += 1;
+        }
+        // Segment 2: K removed and inserted again for 60 s, C completed for 60 s, among keys
+        // that expire at once.
+        assert!(store.remove(b"K").unwrap());
+        store
+            .check_or_insert(b"K", Duration::from_secs(60), b"v2")
+            .unwrap();
+        store
+            .complete(claim, Duration::from_secs(60), b"done")
+            .unwrap();
+        fill(&store, "brief", 120, short);
+        fill(&store, "new", 240, long);
+        let answers = |store: &Store, phase: &str| {
+            (
+                store.get(b"K").unwrap().map(|v| v.to_vec()),
+                store.get(b"C").unwrap().map(|v| v.to_vec()),
+                store.in_doubt().unwrap(),
+                phase.to_string(),
+            )
+        };
+        clock.advance(Duration::from_secs(2));
+        for _ in 0..10 {
+            store.maintain().unwrap();
+        }
+        let on_disk = ids(&storage);
+        // Segment 2 was compacted while v2 was live (the tombstone still hides v1 in segment 1).
+        assert!(on_disk[0] == 1 && !on_disk.contains(&2), "{on_disk:?}");
+        let live = answers(&store, "v2 live");
+        assert_eq!(live.0.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(live.1.as_deref(), Some(&b"done"[..]));
+        assert!(live.2.is_empty());
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..10 {
+            store.maintain().unwrap();
+        }
+        store.checkpoint().unwrap();
+        let stats = store.stats();
+        assert!(
+            stats.segments_compacted + stats.segments_deleted > 0,
+            "{stats:?}"
+        );
+        assert!(
+            !ids(&storage).contains(&2),
+            "the segment of the tombstone and the completion was reclaimed: {:?}",
+            ids(&storage)
+        );
+        assert_eq!(answers(&store, "expired").0, None);
+        assert_eq!(answers(&store, "expired").1, None);
+        drop(store);
+        for full_replay in [false, true] {
+            if full_replay {
+                storage
+                    .remove(&dir().join(checkpoint::CHECKPOINT_FILE_NAME))
+                    .unwrap();
+            }
+            let store = Store::open_with(DIR, config.clone()).unwrap();
+            let (k, c, in_doubt, _) = answers(&store, "reopened");
+            assert_eq!(
+                k, None,
+                "full replay: {full_replay}: the removed v1 came back"
+            );
+            assert_eq!(c, None, "full replay: {full_replay}");
+            assert!(
+                in_doubt.is_empty(),
+                "full replay: {full_replay}: {in_doubt:?}"
+            );
+            let token = acquired(store.claim(b"C", Duration::from_secs(60)).unwrap());
+            store.release(token).unwrap();
+            drop(store);
+        }
+    }
 }
