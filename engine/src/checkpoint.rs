@@ -411,3 +411,654 @@ fn get_u32(bytes: &[u8], at: usize) -> u32 {
 fn get_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checkpoint's invariants (module doc, `engine/FORMAT.md`): a faithful round trip,
+    //! every failed check ignored with a reason and the log replayed, entries of deleted
+    //! segments dropped, and a crash at any step leaving the old or the new checkpoint.
+
+    use super::*;
+    use crate::sim::SimStorage;
+    use crate::{Claim, ManualClock, Store};
+    use std::io;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const DIR: &str = "/checkpoint";
+    const TTL: Duration = Duration::from_secs(3600);
+    const SHARDS: usize = 4;
+
+    fn dir() -> &'static Path {
+        Path::new(DIR)
+    }
+
+    fn config(storage: impl Storage, clock: &ManualClock) -> Config {
+        Config::default()
+            .storage(storage)
+            .clock(clock.clone())
+            .background_maintenance(false)
+            .checkpoint_every_bytes(0)
+            .segment_size_bytes_for_testing(4096)
+            .shard_count(SHARDS)
+    }
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("key-{i:04}").into_bytes()
+    }
+
+    fn file(storage: &SimStorage, name: &str) -> Option<Vec<u8>> {
+        let file = storage.open(&dir().join(name)).ok()?;
+        let mut bytes = vec![0; file.len().unwrap() as usize];
+        file.read_at(&mut bytes, 0).unwrap();
+        Some(bytes)
+    }
+
+    fn put_file(storage: &SimStorage, name: &str, bytes: &[u8]) {
+        let file = storage.create_truncate(&dir().join(name)).unwrap();
+        file.write_all_at(bytes, 0).unwrap();
+        file.sync_data().unwrap();
+        storage.sync_dir(dir()).unwrap();
+    }
+
+    /// Every index entry, sorted.
+    fn entries(index: &Index) -> Vec<(u32, u32, Location)> {
+        let mut all: Vec<_> = index
+            .shards()
+            .iter()
+            .flat_map(|shard| {
+                let table = shard.lock();
+                table
+                    .occupied()
+                    .map(|(_, s)| (s.tag, s.expires_at_secs, s.location))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Keys 0..300 over several segments, 40 of them removed (tombstones), one claim open,
+    /// then a checkpoint; the store is returned open.
+    fn checkpointed(storage: &SimStorage, clock: &ManualClock) -> (Store, Vec<Vec<u8>>) {
+        let store = Store::open_with(DIR, config(storage.clone(), clock)).unwrap();
+        let keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+        for k in &keys {
+            store.check_or_insert(k, TTL, k).unwrap();
+        }
+        for k in keys.iter().step_by(7).take(40) {
+            assert!(store.remove(k).unwrap());
+        }
+        assert!(matches!(
+            store.claim(b"claimed", Duration::from_secs(60)).unwrap(),
+            Claim::Acquired(_)
+        ));
+        store.checkpoint().unwrap();
+        (store, keys)
+    }
+
+    fn expected(keys: &[Vec<u8>], i: usize) -> Option<&[u8]> {
+        (!i.is_multiple_of(7) || i / 7 >= 40).then_some(&keys[i][..])
+    }
+
+    fn assert_answers(store: &Store, keys: &[Vec<u8>]) {
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                store.get(k).unwrap().as_deref(),
+                expected(keys, i),
+                "key {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_trip_of_entries_segment_stats_seeds_and_claims() {
+        let storage = SimStorage::new(1);
+        let clock = ManualClock::new();
+        let (store, _) = checkpointed(&storage, &clock);
+        let (tail, stats) = store.shared.log.tail_and_stats();
+        let written = entries(&store.shared.index);
+        let seeds = store.shared.index.seeds();
+        drop(store);
+        assert!(stats.len() >= 3, "{stats:?}");
+
+        let loaded = load(&storage, dir(), &config(storage.clone(), &clock))
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(loaded.replay_from, tail);
+        assert_eq!(loaded.seeds, seeds);
+        assert_eq!(loaded.claim_keys, [Box::<[u8]>::from(&b"claimed"[..])]);
+        let strip_live = |s: &SegmentStats| SegmentStats { live: 0, ..*s };
+        let expected_stats: BTreeMap<u32, SegmentStats> =
+            stats.iter().map(|(&id, s)| (id, strip_live(s))).collect();
+        assert_eq!(loaded.segments, expected_stats);
+        let tombstones: u64 = loaded.segments.values().map(|s| s.tombstones).sum();
+        assert_eq!(
+            tombstones, 40,
+            "the removals, counted in the rows' former reserved u32"
+        );
+        // The count is where FORMAT.md's row puts it.
+        let bytes = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        let rows = &bytes[HEADER_LEN..HEADER_LEN + stats.len() * SEGMENT_ROW_LEN];
+        let row_tombstones: u64 = rows
+            .chunks_exact(SEGMENT_ROW_LEN)
+            .map(|row| u64::from(get_u32(row, 20)))
+            .sum();
+        assert_eq!(row_tombstones, 40);
+
+        let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
+        let installed = install(&loaded, &index, |_| true, crate::Clock::now_millis(&clock));
+        assert_eq!(installed as usize, written.len());
+        assert_eq!(entries(&index), written);
+        assert_eq!(written.len(), 300 - 40 + 1, "live keys and the claim");
+    }
+
+    /// A mutation of a valid checkpoint file, the reason it must be ignored for, and the config
+    /// to open with.
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
+    struct Case {
+        what: &'static str,
+        damage: Damage,
+        reason: &'static str,
+        config: fn(Config) -> Config,
+    }
+
+    fn reseal_header(bytes: &mut [u8]) {
+        let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        put_u32(bytes, HEADER_CRC_OFFSET, crc);
+    }
+
+    /// Offsets of the segment table and of each shard block.
+    fn blocks(bytes: &[u8]) -> (usize, Vec<usize>) {
+        let rows = get_u32(bytes, SEGMENT_COUNT_OFFSET) as usize;
+        let mut at = HEADER_LEN + rows * SEGMENT_ROW_LEN + 4;
+        let mut starts = Vec::new();
+        for _ in 0..get_u32(bytes, SHARD_COUNT_OFFSET) {
+            starts.push(at);
+            at += SHARD_BLOCK_HEADER_LEN + ENTRY_LEN * get_u32(bytes, at) as usize;
+        }
+        (rows, starts)
+    }
+
+    fn first_entry(bytes: &[u8]) -> (usize, usize) {
+        let block = blocks(bytes)
+            .1
+            .into_iter()
+            .find(|&b| get_u32(bytes, b) > 0)
+            .unwrap();
+        (block, block + SHARD_BLOCK_HEADER_LEN)
+    }
+
+    fn cases() -> Vec<Case> {
+        let same = |c: Config| c;
+        vec![
+            Case {
+                what: "magic",
+                damage: Box::new(|b| b[0] ^= 1),
+                reason: "bad magic",
+                config: same,
+            },
+            Case {
+                what: "version",
+                damage: Box::new(|b| {
+                    put_u32(b, VERSION_OFFSET, 2);
+                    reseal_header(b);
+                }),
+                reason: "version 2",
+                config: same,
+            },
+            Case {
+                what: "header CRC",
+                damage: Box::new(|b| b[SEEDS_OFFSET + 3] ^= 1),
+                reason: "header checksum",
+                config: same,
+            },
+            Case {
+                what: "table CRC",
+                damage: Box::new(|b| b[HEADER_LEN + 9] ^= 1),
+                reason: "segment table checksum",
+                config: same,
+            },
+            Case {
+                what: "shard block CRC",
+                damage: Box::new(|b| {
+                    let (_, entry) = first_entry(b);
+                    b[entry + 1] ^= 1;
+                }),
+                reason: "checksum mismatch at offset",
+                config: same,
+            },
+            Case {
+                what: "claims CRC",
+                damage: Box::new(|b| *b.last_mut().unwrap() ^= 1),
+                reason: "claims section checksum",
+                config: same,
+            },
+            Case {
+                what: "truncated inside the header",
+                damage: Box::new(|b| b.truncate(50)),
+                reason: "shorter than the header",
+                config: same,
+            },
+            Case {
+                what: "truncated inside the table",
+                damage: Box::new(|b| b.truncate(HEADER_LEN + 30)),
+                reason: "runs past the end",
+                config: same,
+            },
+            Case {
+                what: "truncated inside a shard block",
+                damage: Box::new(|b| {
+                    let (_, entry) = first_entry(b);
+                    b.truncate(entry + 5);
+                }),
+                reason: "past the end",
+                config: same,
+            },
+            Case {
+                what: "truncated by one byte",
+                damage: Box::new(|b| {
+                    b.pop();
+                }),
+                reason: "truncated in the claims section",
+                config: same,
+            },
+            Case {
+                what: "a byte too many",
+                damage: Box::new(|b| b.push(0)),
+                reason: "unexpected bytes",
+                config: same,
+            },
+            Case {
+                what: "entry count",
+                damage: Box::new(|b| {
+                    let count = get_u64(b, ENTRY_COUNT_OFFSET);
+                    put_u64(b, ENTRY_COUNT_OFFSET, count + 1);
+                    reseal_header(b);
+                }),
+                reason: "the header says",
+                config: same,
+            },
+            Case {
+                what: "an entry at the replay start",
+                damage: Box::new(|b| {
+                    let (block, entry) = first_entry(b);
+                    let replay_from = get_u64(b, REPLAY_FROM_OFFSET);
+                    put_u64(b, entry + 8, replay_from);
+                    let len = ENTRY_LEN * get_u32(b, block) as usize;
+                    let crc = crc32fast::hash(&b[entry..entry + len]);
+                    put_u32(b, block + 4, crc);
+                }),
+                reason: "outside the checkpointed log",
+                config: same,
+            },
+            Case {
+                what: "a segment listed past the replay start",
+                damage: Box::new(|b| {
+                    let rows = blocks(b).0;
+                    let replay_from = get_u64(b, REPLAY_FROM_OFFSET);
+                    put_u32(b, HEADER_LEN, segment_of(replay_from) + 1);
+                    let end = HEADER_LEN + rows * SEGMENT_ROW_LEN;
+                    let crc = crc32fast::hash(&b[HEADER_LEN..end]);
+                    put_u32(b, end, crc);
+                }),
+                reason: "lies after the replay start",
+                config: same,
+            },
+            Case {
+                what: "shard count",
+                damage: Box::new(|_| {}),
+                reason: "4 shards, the config has 8",
+                config: |c| c.shard_count(SHARDS * 2),
+            },
+            Case {
+                what: "hash mask",
+                damage: Box::new(|_| {}),
+                reason: "hash mask differs",
+                config: |c| c.hash_mask_for_testing(0xFFFF),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_failed_check_ignores_the_checkpoint_with_a_reason_and_replays_the_log() {
+        let storage = SimStorage::new(2);
+        let clock = ManualClock::new();
+        let (store, keys) = checkpointed(&storage, &clock);
+        // Records after the checkpoint, so that the replay from it differs from a full one.
+        for k in keys.iter().step_by(7).take(10) {
+            store.check_or_insert(k, TTL, k).unwrap();
+        }
+        let records = store.shared.log.tail_and_stats().1;
+        let records: u64 = records.values().map(|s| s.records).sum();
+        drop(store);
+        let valid = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        let answers = |store: &Store| {
+            for (i, k) in keys.iter().enumerate() {
+                let want = if i % 7 == 0 && i / 7 < 10 {
+                    Some(&k[..])
+                } else {
+                    expected(&keys, i)
+                };
+                assert_eq!(store.get(k).unwrap().as_deref(), want, "key {i}");
+            }
+            assert_eq!(store.in_doubt().unwrap().len(), 1);
+        };
+        // The valid file is used.
+        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+        let report = store.recovery_report().clone();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_entries_loaded, 300 - 40 + 1);
+        assert_eq!(report.records_replayed, 10);
+        answers(&store);
+        drop(store);
+        for case in cases() {
+            let mut bytes = valid.clone();
+            (case.damage)(&mut bytes);
+            put_file(&storage, CHECKPOINT_FILE_NAME, &bytes);
+            let config = (case.config)(config(storage.clone(), &clock));
+            let reason = load(&storage, dir(), &config).expect_err(case.what);
+            assert!(
+                reason.contains(case.reason) && reason.contains(CHECKPOINT_FILE_NAME),
+                "{}: {reason:?} lacks {:?}",
+                case.what,
+                case.reason
+            );
+            let store = Store::open_with(DIR, config).unwrap();
+            let report = store.recovery_report();
+            assert_eq!(
+                report.checkpoint_ignored.as_ref(),
+                Some(&reason),
+                "{}",
+                case.what
+            );
+            assert_eq!(report.checkpoint_entries_loaded, 0, "{}", case.what);
+            assert_eq!(
+                report.records_replayed, records,
+                "{}: full replay",
+                case.what
+            );
+            answers(&store);
+            drop(store);
+        }
+    }
+
+    #[test]
+    fn entries_pointing_into_deleted_segments_are_dropped_on_load() {
+        let storage = SimStorage::new(3);
+        let clock = ManualClock::new();
+        let (store, keys) = checkpointed(&storage, &clock);
+        drop(store);
+        let loaded = load(&storage, dir(), &config(storage.clone(), &clock))
+            .unwrap()
+            .unwrap();
+        let now = crate::Clock::now_millis(&clock);
+        let all = install(
+            &loaded,
+            &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
+            |_| true,
+            now,
+        );
+        let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
+        let without_first = install(&loaded, &index, |id| id != 1, now);
+        let in_first = entries(&index);
+        assert!(in_first.iter().all(|&(_, _, at)| segment_of(at) != 1));
+        assert!(
+            without_first > 0 && without_first < all,
+            "{without_first} of {all}"
+        );
+        assert_eq!(in_first.len() as u64, without_first);
+
+        // For real: compaction copies segment 1's survivors past the checkpoint and deletes it.
+        let config = config(storage.clone(), &clock).compaction_live_ratio(0.95);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        for k in keys.iter().take(100) {
+            store.remove(k).unwrap();
+        }
+        store.check_or_insert(&key(3), TTL, b"kept").unwrap();
+        store.checkpoint().unwrap();
+        let loaded = load(&storage, dir(), &config).unwrap().unwrap();
+        for _ in 0..10 {
+            if store.shared.log.segment_file(1).is_none() {
+                break;
+            }
+            store.maintain().unwrap();
+        }
+        assert!(
+            store.shared.log.segment_file(1).is_none(),
+            "segment 1 compacted"
+        );
+        assert!(store.stats().segments_compacted >= 1);
+        let on_disk: Vec<u32> = crate::log::segment::list_segments(&storage, dir()).unwrap();
+        let surviving = install(
+            &loaded,
+            &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
+            |id| on_disk.contains(&id),
+            now,
+        );
+        drop(store);
+        let store = Store::open_with(DIR, config).unwrap();
+        let report = store.recovery_report();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_entries_loaded, surviving);
+        for (i, k) in keys.iter().enumerate() {
+            let want = match i {
+                3 => Some(&b"kept"[..]),
+                0..100 => None,
+                _ => expected(&keys, i),
+            };
+            assert_eq!(store.get(k).unwrap().as_deref(), want, "key {i}");
+        }
+    }
+
+    #[test]
+    fn a_leftover_tmp_file_is_removed_on_open_and_never_read() {
+        let storage = SimStorage::new(4);
+        let clock = ManualClock::new();
+        let (store, keys) = checkpointed(&storage, &clock);
+        drop(store);
+        put_file(&storage, CHECKPOINT_TMP_FILE_NAME, b"half a checkpoint");
+        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+        assert_eq!(store.recovery_report().checkpoint_ignored, None);
+        assert_eq!(file(&storage, CHECKPOINT_TMP_FILE_NAME), None);
+        assert_answers(&store, &keys);
+    }
+
+    /// A storage that records mutating operations and, once its budget of them is spent, loses
+    /// power: the simulated disk crashes and every later operation fails.
+    #[derive(Debug, Clone)]
+    struct PowerCut {
+        sim: SimStorage,
+        budget: Arc<AtomicI64>,
+        trace: Arc<parking_lot::Mutex<Vec<String>>>,
+    }
+
+    impl PowerCut {
+        fn new(sim: &SimStorage) -> Self {
+            PowerCut {
+                sim: sim.clone(),
+                budget: Arc::new(AtomicI64::new(i64::MAX)),
+                trace: Arc::default(),
+            }
+        }
+
+        fn step(&self, op: &str, path: &Path) -> io::Result<()> {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            self.trace.lock().push(format!("{op} {name}"));
+            match self.budget.fetch_sub(1, Ordering::SeqCst) {
+                left if left > 0 => Ok(()),
+                0 => {
+                    self.sim.crash();
+                    Err(io::Error::other("power cut"))
+                }
+                _ => Err(io::Error::other("power cut")),
+            }
+        }
+
+        fn alive(&self) -> io::Result<()> {
+            if self.budget.load(Ordering::SeqCst) < 0 {
+                return Err(io::Error::other("power cut"));
+            }
+            Ok(())
+        }
+
+        fn wrap(&self, path: &Path, file: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
+            Box::new(PowerCutFile {
+                storage: self.clone(),
+                path: path.to_path_buf(),
+                file,
+            })
+        }
+    }
+
+    impl Storage for PowerCut {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.step("mkdir", dir)?;
+            self.sim.create_dir_all(dir)
+        }
+        fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+            self.alive()?;
+            self.sim.dir_exists(dir)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<Option<crate::io::DirLock>> {
+            self.sim.lock_dir(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.alive()?;
+            self.sim.list(dir)
+        }
+        fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+            self.step("create", path)?;
+            Ok(self.wrap(path, self.sim.create_new(path)?))
+        }
+        fn create_truncate(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+            self.step("create", path)?;
+            Ok(self.wrap(path, self.sim.create_truncate(path)?))
+        }
+        fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+            self.alive()?;
+            Ok(self.wrap(path, self.sim.open(path)?))
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.step("remove", path)?;
+            self.sim.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            let to_name = to.file_name().unwrap_or_default().to_string_lossy();
+            self.step(&format!("rename-to-{to_name}"), from)?;
+            self.sim.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.step("sync-dir", dir)?;
+            self.sim.sync_dir(dir)
+        }
+    }
+
+    #[derive(Debug)]
+    struct PowerCutFile {
+        storage: PowerCut,
+        path: PathBuf,
+        file: Box<dyn StorageFile>,
+    }
+
+    impl StorageFile for PowerCutFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.storage.alive()?;
+            self.file.read_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.storage.step("write", &self.path)?;
+            self.file.write_all_at(buf, offset)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.storage.step("sync", &self.path)?;
+            self.file.sync_data()
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.storage.alive()?;
+            self.file.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.storage.step("set-len", &self.path)?;
+            self.file.set_len(len)
+        }
+    }
+
+    #[test]
+    fn the_tmp_file_replaces_the_checkpoint_only_after_its_fsync() {
+        let sim = SimStorage::new(5);
+        let clock = ManualClock::new();
+        let storage = PowerCut::new(&sim);
+        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+        store.check_or_insert(b"k", TTL, b"v").unwrap();
+        storage.trace.lock().clear();
+        store.checkpoint().unwrap();
+        let trace = storage.trace.lock().clone();
+        let tmp = CHECKPOINT_TMP_FILE_NAME;
+        let rename = format!("rename-to-{CHECKPOINT_FILE_NAME} {tmp}");
+        let expected_tail = [
+            format!("sync {tmp}"),
+            rename.clone(),
+            "sync-dir checkpoint".to_string(),
+        ];
+        assert_eq!(trace.first(), Some(&format!("create {tmp}")), "{trace:?}");
+        assert!(trace.ends_with(&expected_tail), "{trace:?}");
+        assert!(
+            trace[1..trace.len() - 3]
+                .iter()
+                .all(|op| op == &format!("write {tmp}")),
+            "only writes to the tmp file before its fsync: {trace:?}"
+        );
+    }
+
+    #[test]
+    fn a_power_cut_at_any_step_of_a_checkpoint_leaves_the_old_or_the_new_one() {
+        let mut outcomes = Vec::new();
+        for budget in 0.. {
+            let sim = SimStorage::new(6 + budget as u64);
+            let clock = ManualClock::new();
+            let storage = PowerCut::new(&sim);
+            let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+            let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+            for k in &keys[..100] {
+                store.check_or_insert(k, TTL, k).unwrap();
+            }
+            store.checkpoint().unwrap();
+            for k in &keys[100..] {
+                store.check_or_insert(k, TTL, k).unwrap();
+            }
+            storage.budget.store(budget, Ordering::SeqCst);
+            let written = store.checkpoint();
+            drop(store);
+            let store = Store::open_with(DIR, config(sim.clone(), &clock)).unwrap();
+            let report = store.recovery_report();
+            assert_eq!(
+                report.checkpoint_ignored, None,
+                "power cut after {budget} steps"
+            );
+            let loaded = report.checkpoint_entries_loaded;
+            if written.is_ok() {
+                assert_eq!(loaded, 200);
+            } else {
+                assert!(loaded == 100 || loaded == 200, "{budget}: {loaded} entries");
+            }
+            for k in &keys {
+                assert_eq!(store.get(k).unwrap().as_deref(), Some(&k[..]), "{budget}");
+            }
+            outcomes.push(loaded);
+            if written.is_ok() {
+                break;
+            }
+        }
+        // The new checkpoint counts only once its rename is durable: the last step.
+        let (last, before) = outcomes.split_last().unwrap();
+        assert_eq!(*last, 200);
+        assert!(
+            before.len() >= 4 && before.iter().all(|&n| n == 100),
+            "{outcomes:?}"
+        );
+    }
+}

@@ -578,3 +578,807 @@ fn read_replayed<'b>(
     file.read_record(u64::from(offset), buf)?;
     record::decode(buf).map_err(|e| corrupt(file.path.clone(), e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Recovery's damage handling, one rule of the module doc (and `engine/FORMAT.md`) per test.
+    //! Segment files are damaged or written by hand on the simulated disk, then the store opened.
+
+    use super::*;
+    use crate::record::{encode_into, encode_seal, encode_segment_header, SEAL_RECORD_LEN};
+    use crate::sim::SimStorage;
+    use crate::{Claim, Config, ManualClock, Store};
+    use std::time::Duration;
+
+    const DIR: &str = "/recovery";
+    const TTL: Duration = Duration::from_secs(3600);
+    /// An hour after `ManualClock::new()`'s time.
+    const FAR: u64 = ManualClock::DEFAULT_START_MILLIS + 3_600_000;
+    /// Bytes of an Insert of an 8-byte key with an 8-byte value (the keys of `populated`).
+    const RECORD_LEN: usize = record::RECORD_HEADER_LEN + 16;
+
+    fn dir() -> &'static Path {
+        Path::new(DIR)
+    }
+
+    fn config(storage: &SimStorage, clock: &ManualClock) -> Config {
+        Config::default()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .background_maintenance(false)
+            .checkpoint_every_bytes(0)
+            .segment_size_bytes_for_testing(4096)
+    }
+
+    fn open(storage: &SimStorage, clock: &ManualClock) -> Result<Store> {
+        Store::open_with(DIR, config(storage, clock))
+    }
+
+    fn seg(id: u32) -> PathBuf {
+        dir().join(segment::segment_file_name(id))
+    }
+
+    fn ids(storage: &SimStorage) -> Vec<u32> {
+        segment::list_segments(storage, dir()).unwrap()
+    }
+
+    fn read(storage: &SimStorage, path: &Path) -> Vec<u8> {
+        let file = storage.open(path).unwrap();
+        let mut bytes = vec![0; file.len().unwrap() as usize];
+        assert_eq!(file.read_at(&mut bytes, 0).unwrap(), bytes.len());
+        bytes
+    }
+
+    /// Replaces a file's content, durably (damage as a crash or a bad disk left it).
+    fn write(storage: &SimStorage, path: &Path, bytes: &[u8]) {
+        storage.create_dir_all(dir()).unwrap();
+        storage.sync_dir(Path::new("/")).unwrap();
+        let file = storage.create_truncate(path).unwrap();
+        file.write_all_at(bytes, 0).unwrap();
+        file.sync_data().unwrap();
+        storage.sync_dir(dir()).unwrap();
+    }
+
+    fn insert<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
+        Record {
+            kind: RecordKind::Insert,
+            key,
+            value,
+            expires_at_millis: FAR,
+            fingerprint: &[],
+        }
+    }
+
+    fn remove<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
+        Record {
+            kind: RecordKind::Remove,
+            value,
+            ..insert(key, b"")
+        }
+    }
+
+    /// A segment file's bytes holding `records`, and their locations.
+    fn segment_bytes(id: u32, records: &[Record<'_>], sealed: bool) -> (Vec<u8>, Vec<Location>) {
+        let mut bytes = encode_segment_header(u64::from(id)).to_vec();
+        let mut at = Vec::new();
+        for record in records {
+            at.push(location(id, bytes.len() as u32));
+            encode_into(&mut bytes, record);
+        }
+        if sealed {
+            let len = bytes.len() as u64;
+            bytes.extend_from_slice(&encode_seal(len));
+        }
+        (bytes, at)
+    }
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("key-{i:04}").into_bytes()
+    }
+
+    /// A store holding keys `0..n` (value = key) over several 4 KiB segments, dropped without a
+    /// checkpoint.
+    fn populated(storage: &SimStorage, clock: &ManualClock, n: usize) -> Vec<Vec<u8>> {
+        let store = open(storage, clock).unwrap();
+        let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
+        for k in &keys {
+            assert!(!store.check_or_insert(k, TTL, k).unwrap().is_duplicate());
+        }
+        drop(store);
+        keys
+    }
+
+    fn assert_all_present(store: &Store, keys: &[Vec<u8>]) {
+        for k in keys {
+            let value = store.get(k).unwrap();
+            assert_eq!(
+                value.as_deref(),
+                Some(&k[..]),
+                "{}",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+
+    fn expect_corrupt(outcome: Result<Store>, path: &Path, offset: u64, reason: &str) {
+        match outcome {
+            Err(Error::Corrupt {
+                path: p,
+                offset: o,
+                reason: r,
+            }) => {
+                assert_eq!((p.as_path(), o), (path, offset), "reason: {r}");
+                assert!(r.contains(reason), "reason {r:?} lacks {reason:?}");
+            }
+            Err(other) => panic!(
+                "expected Corrupt at {}:{offset}, got {other}",
+                path.display()
+            ),
+            Ok(_) => panic!(
+                "expected Corrupt at {}:{offset}, the store opened",
+                path.display()
+            ),
+        }
+    }
+
+    #[test]
+    fn a_damaged_tail_of_the_newest_segment_is_cut_durably_and_reported() {
+        let mut torn = Vec::new();
+        encode_into(&mut torn, &insert(b"torn-key", b"never acknowledged"));
+        // (what is appended or done to the newest segment, bytes cut from its end, the reason)
+        type Damage = fn(&mut Vec<u8>, &[u8]);
+        let cases: [(&str, Damage, usize, &str); 3] = [
+            (
+                "half a record",
+                |bytes, torn| bytes.extend_from_slice(&torn[..torn.len() / 2]),
+                0,
+                "truncated",
+            ),
+            (
+                "zero-filled pages",
+                |bytes, _| bytes.extend_from_slice(&[0; 300]),
+                0,
+                "unknown record kind 0",
+            ),
+            (
+                "a flipped bit in the last record",
+                |bytes, _| *bytes.last_mut().unwrap() ^= 0x10,
+                RECORD_LEN,
+                "checksum",
+            ),
+        ];
+        for (what, damage, lost, reason) in cases {
+            let storage = SimStorage::new(1);
+            let clock = ManualClock::new();
+            let mut keys = populated(&storage, &clock, 250);
+            let newest = *ids(&storage).last().unwrap();
+            assert!(newest >= 3, "{what}: the keys span several segments");
+            let path = seg(newest);
+            let mut bytes = read(&storage, &path);
+            let intact = bytes.len() - lost;
+            let before = bytes.len();
+            damage(&mut bytes, &torn);
+            write(&storage, &path, &bytes);
+            let store = open(&storage, &clock).unwrap();
+            let tail = store.recovery_report().truncated_tail.clone();
+            let tail = tail.unwrap_or_else(|| panic!("{what}: no tail cut"));
+            assert_eq!(tail.path, path, "{what}");
+            assert_eq!(tail.offset, intact as u64, "{what}");
+            assert_eq!(tail.bytes_cut, (bytes.len() - intact) as u64, "{what}");
+            assert!(tail.reason.contains(reason), "{what}: {}", tail.reason);
+            if lost > 0 {
+                let gone = keys.pop().unwrap();
+                assert_eq!(store.get(&gone).unwrap(), None, "{what}");
+            } else {
+                assert_eq!(intact, before);
+            }
+            assert_all_present(&store, &keys);
+            assert_eq!(store.get(b"torn-key").unwrap(), None, "{what}");
+            // The cut was fsynced: a power loss now does not bring the damage back.
+            storage.crash();
+            drop(store);
+            assert_eq!(read(&storage, &path).len(), intact, "{what}");
+            let store = open(&storage, &clock).unwrap();
+            assert_eq!(store.recovery_report().truncated_tail, None, "{what}");
+            assert_all_present(&store, &keys);
+            // Appends continue right after the cut.
+            store.check_or_insert(b"after", TTL, b"x").unwrap();
+            storage.crash();
+            drop(store);
+            let store = open(&storage, &clock).unwrap();
+            assert_eq!(store.recovery_report().truncated_tail, None, "{what}");
+            assert_eq!(store.get(b"after").unwrap().unwrap(), b"x");
+            assert_all_present(&store, &keys);
+        }
+    }
+
+    #[test]
+    fn replayed_bytes_that_were_only_in_the_cache_are_made_durable_on_open() {
+        let storage = SimStorage::new(2);
+        let clock = ManualClock::new();
+        let keys = populated(&storage, &clock, 20);
+        let path = seg(1);
+        // A record an earlier process wrote but never fsynced (its fsync failed, or it died).
+        let mut late = Vec::new();
+        encode_into(&mut late, &insert(b"late", b"cached"));
+        let file = storage.open(&path).unwrap();
+        file.write_all_at(&late, file.len().unwrap()).unwrap();
+        drop(file);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.get(b"late").unwrap().unwrap(), b"cached");
+        storage.crash();
+        drop(store);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.recovery_report().truncated_tail, None);
+        assert_eq!(store.get(b"late").unwrap().unwrap(), b"cached");
+        assert_all_present(&store, &keys);
+    }
+
+    #[test]
+    fn a_newest_segment_torn_while_being_created_is_deleted() {
+        let header = encode_segment_header(2);
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("an empty file", Vec::new()),
+            ("part of the header", header[..10].to_vec()),
+            ("a zero-filled header", vec![0; SEGMENT_HEADER_LEN]),
+            ("a zero-filled header and body", vec![0; 200]),
+        ];
+        for (what, torn) in cases {
+            let storage = SimStorage::new(3);
+            let clock = ManualClock::new();
+            let (sealed, _) = segment_bytes(1, &[insert(b"a", b"1"), insert(b"b", b"2")], true);
+            write(&storage, &seg(1), &sealed);
+            write(&storage, &seg(2), &torn);
+            let store = open(&storage, &clock).unwrap();
+            let report = store.recovery_report();
+            assert_eq!(report.removed_empty_segment, Some(seg(2)), "{what}");
+            assert_eq!(report.truncated_tail, None, "{what}");
+            assert_eq!(store.get(b"a").unwrap().unwrap(), b"1", "{what}");
+            assert_eq!(store.get(b"b").unwrap().unwrap(), b"2", "{what}");
+            // Segment 1 ends with its seal: the log continues in a new segment, never in 2 again.
+            assert_eq!(ids(&storage), [1, 3], "{what}");
+            store.check_or_insert(b"c", TTL, b"3").unwrap();
+            // The deletion was made durable (directory fsynced).
+            storage.crash();
+            drop(store);
+            assert_eq!(ids(&storage), [1, 3], "{what}");
+            let store = open(&storage, &clock).unwrap();
+            assert_eq!(store.recovery_report().removed_empty_segment, None);
+            assert_eq!(store.get(b"c").unwrap().unwrap(), b"3", "{what}");
+        }
+    }
+
+    #[test]
+    fn a_bad_header_is_corrupt_at_offset_zero_even_in_the_newest_segment() {
+        let storage = SimStorage::new(4);
+        let clock = ManualClock::new();
+        let (sealed, _) = segment_bytes(1, &[insert(b"a", b"1")], true);
+        write(&storage, &seg(1), &sealed);
+        let (mut newest, _) = segment_bytes(2, &[insert(b"b", b"2")], false);
+        newest[HEADER_ID_BYTE] ^= 1;
+        write(&storage, &seg(2), &newest);
+        expect_corrupt(open(&storage, &clock), &seg(2), 0, "checksum");
+        // A valid header naming another segment.
+        let (mut newest, _) = segment_bytes(7, &[insert(b"b", b"2")], false);
+        newest.truncate(SEGMENT_HEADER_LEN);
+        write(&storage, &seg(2), &newest);
+        expect_corrupt(open(&storage, &clock), &seg(2), 0, "names segment 7");
+        // The same damage in the older segment.
+        write(&storage, &seg(2), &segment_bytes(2, &[], false).0);
+        let mut older = sealed.clone();
+        older[HEADER_ID_BYTE] ^= 1;
+        write(&storage, &seg(1), &older);
+        expect_corrupt(open(&storage, &clock), &seg(1), 0, "checksum");
+        write(&storage, &seg(1), &sealed);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.get(b"a").unwrap().unwrap(), b"1");
+    }
+
+    /// A byte inside the segment id field of a segment header.
+    const HEADER_ID_BYTE: usize = 16;
+
+    #[test]
+    fn damage_in_an_older_segment_is_corrupt_naming_file_and_offset() {
+        for damaged in [1, 2] {
+            let storage = SimStorage::new(5);
+            let clock = ManualClock::new();
+            populated(&storage, &clock, 300);
+            assert!(ids(&storage).len() >= 3);
+            let path = seg(damaged);
+            let mut bytes = read(&storage, &path);
+            // A byte of the key of the third record.
+            let third = SEGMENT_HEADER_LEN + 2 * RECORD_LEN;
+            bytes[third + record::RECORD_HEADER_LEN + 2] ^= 0x40;
+            write(&storage, &path, &bytes);
+            expect_corrupt(open(&storage, &clock), &path, third as u64, "checksum");
+            // Nothing was cut or deleted to get past it.
+            assert_eq!(read(&storage, &path), bytes);
+        }
+    }
+
+    #[test]
+    fn an_older_segment_cut_short_is_corrupt_also_when_a_checkpoint_spares_it_from_replay() {
+        for with_checkpoint in [false, true] {
+            let storage = SimStorage::new(6);
+            let clock = ManualClock::new();
+            populated(&storage, &clock, 300);
+            if with_checkpoint {
+                let store = open(&storage, &clock).unwrap();
+                store.checkpoint().unwrap();
+                drop(store);
+                let store = open(&storage, &clock).unwrap();
+                let report = store.recovery_report();
+                assert_eq!(report.checkpoint_ignored, None);
+                assert!(report.checkpoint_entries_loaded > 200, "{report:?}");
+                assert!(report.segments_replayed <= 1, "{report:?}");
+            }
+            let path = seg(1);
+            let whole = read(&storage, &path);
+            let seal_at = whole.len() - SEAL_RECORD_LEN;
+            assert_eq!(
+                record::decode(&whole[seal_at..])
+                    .ok()
+                    .as_ref()
+                    .and_then(record::seal_length),
+                Some(seal_at as u64),
+                "segment 1 ends with its seal"
+            );
+            // Cut at a record boundary: only the seal is missing.
+            write(&storage, &path, &whole[..seal_at]);
+            expect_corrupt(
+                open(&storage, &clock),
+                &path,
+                seal_at as u64,
+                "without its seal",
+            );
+            // Cut inside the last record.
+            write(&storage, &path, &whole[..seal_at - 10]);
+            let last = (seal_at - RECORD_LEN) as u64;
+            expect_corrupt(open(&storage, &clock), &path, last, "truncated");
+            // Undamaged again, it opens.
+            write(&storage, &path, &whole);
+            assert!(
+                open(&storage, &clock).is_ok(),
+                "checkpoint: {with_checkpoint}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_seal_or_bytes_after_the_seal_are_corrupt() {
+        let storage = SimStorage::new(7);
+        let clock = ManualClock::new();
+        let (whole, _) = segment_bytes(1, &[insert(b"a", b"1"), insert(b"b", b"2")], true);
+        write(
+            &storage,
+            &seg(2),
+            &segment_bytes(2, &[insert(b"c", b"3")], false).0,
+        );
+        let seal_at = (whole.len() - SEAL_RECORD_LEN) as u64;
+        let mut extra = whole.clone();
+        encode_into(&mut extra, &insert(b"d", b"4"));
+        write(&storage, &seg(1), &extra);
+        expect_corrupt(open(&storage, &clock), &seg(1), seal_at, "bytes follow");
+        let mut lying = whole[..seal_at as usize].to_vec();
+        lying.extend_from_slice(&encode_seal(seal_at - 1));
+        write(&storage, &seg(1), &lying);
+        expect_corrupt(open(&storage, &clock), &seg(1), seal_at, "vouch");
+        write(&storage, &seg(1), &whole);
+        let store = open(&storage, &clock).unwrap();
+        for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] {
+            assert_eq!(store.get(k).unwrap().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn a_newest_segment_ending_with_its_seal_gets_a_successor() {
+        let storage = SimStorage::new(8);
+        let clock = ManualClock::new();
+        write(
+            &storage,
+            &seg(1),
+            &segment_bytes(1, &[insert(b"a", b"1")], true).0,
+        );
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(ids(&storage), [1, 2]);
+        let sealed = read(&storage, &seg(1));
+        store.check_or_insert(b"b", TTL, b"2").unwrap();
+        assert_eq!(
+            read(&storage, &seg(1)),
+            sealed,
+            "nothing is written after a seal"
+        );
+        assert!(read(&storage, &seg(2)).len() > SEGMENT_HEADER_LEN);
+        storage.crash();
+        drop(store);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(ids(&storage), [1, 2]);
+        assert_eq!(store.get(b"a").unwrap().unwrap(), b"1");
+        assert_eq!(store.get(b"b").unwrap().unwrap(), b"2");
+    }
+
+    #[test]
+    fn a_foreign_file_named_like_a_segment_is_not_a_segment() {
+        let junk = vec![b'#'; 64];
+        let valid = segment_bytes(1, &[insert(b"a", b"1")], true).0;
+        // As the only (newest) segment, and as an older one.
+        let storage = SimStorage::new(9);
+        let clock = ManualClock::new();
+        write(&storage, &seg(1), &junk);
+        match open(&storage, &clock) {
+            Err(Error::NotASegment { path }) => assert_eq!(path, seg(1)),
+            other => panic!("expected NotASegment, got {other:?}"),
+        }
+        write(&storage, &seg(2), &segment_bytes(2, &[], false).0);
+        match open(&storage, &clock) {
+            Err(Error::NotASegment { path }) => assert_eq!(path, seg(1)),
+            other => panic!("expected NotASegment, got {other:?}"),
+        }
+        assert_eq!(
+            read(&storage, &seg(1)),
+            junk,
+            "the foreign file is left alone"
+        );
+        // Files whose names are not segment names are ignored.
+        write(&storage, &seg(1), &valid);
+        for name in ["notes.txt", "segment-1.idem", "segment-00000003.idem.bak"] {
+            write(&storage, &dir().join(name), &junk);
+        }
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.get(b"a").unwrap().unwrap(), b"1");
+        assert_eq!(ids(&storage), [1, 2]);
+    }
+
+    #[test]
+    fn another_format_version_is_unsupported() {
+        let mut header = encode_segment_header(1);
+        header[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&header[..28]);
+        header[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            record::decode_segment_header(&header),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
+        for with_newer_segment in [false, true] {
+            let storage = SimStorage::new(10);
+            let clock = ManualClock::new();
+            let (mut bytes, _) = segment_bytes(1, &[insert(b"a", b"1")], true);
+            bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
+            write(&storage, &seg(1), &bytes);
+            if with_newer_segment {
+                write(&storage, &seg(2), &segment_bytes(2, &[], false).0);
+            }
+            match open(&storage, &clock) {
+                Err(Error::UnsupportedVersion {
+                    path,
+                    found,
+                    supported,
+                }) => {
+                    assert_eq!(
+                        (path, found, supported),
+                        (seg(1), 2, record::FORMAT_VERSION)
+                    )
+                }
+                other => panic!("expected UnsupportedVersion, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_remove_carrying_an_origin_removes_only_entries_located_before_it() {
+        let storage = SimStorage::new(11);
+        let clock = ManualClock::new();
+        // Segment 1: K is inserted, removed (at B), and inserted again; J, L and M are inserted.
+        let (older, at) = segment_bytes(
+            1,
+            &[
+                insert(b"K", b"v1"),
+                remove(b"K", b""),
+                insert(b"K", b"v2"),
+                insert(b"J", b"j"),
+                insert(b"L", b"l"),
+                insert(b"M", b"m"),
+            ],
+            true,
+        );
+        let (b, j, l) = (at[1], at[3], at[4]);
+        // Segment 2: a copy of the removal at B (compaction wrote it after the newer insert of
+        // K), removals of J and L carrying origins just past J and exactly at L, and a plain
+        // removal of M.
+        let (newer, _) = segment_bytes(
+            2,
+            &[
+                remove(b"K", &b.to_le_bytes()),
+                remove(b"J", &(j + 1).to_le_bytes()),
+                remove(b"L", &l.to_le_bytes()),
+                remove(b"M", b""),
+            ],
+            false,
+        );
+        write(&storage, &seg(1), &older);
+        write(&storage, &seg(2), &newer);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(
+            store.get(b"K").unwrap().unwrap(),
+            b"v2",
+            "a copy of a removal hid a record written after the removal it stands for"
+        );
+        assert_eq!(store.get(b"J").unwrap(), None, "entry before the origin");
+        assert_eq!(
+            store.get(b"L").unwrap().unwrap(),
+            b"l",
+            "entry at the origin survives"
+        );
+        assert_eq!(
+            store.get(b"M").unwrap(),
+            None,
+            "a plain removal hides all before it"
+        );
+        assert_eq!(store.recovery_report().records_replayed, 10);
+        drop(store);
+        // The same answers from the records alone, without a store around them.
+        let index = Index::new(4, u64::MAX, Index::random_seeds(), 1000, clock_now(&clock));
+        let recovered = recover(&storage, dir(), &index, clock_now(&clock), Ok(None)).unwrap();
+        assert_eq!(recovered.tail_offset as usize, newer.len());
+        assert_eq!(recovered.segment_stats[&2].tombstones, 4);
+        assert_eq!(recovered.segment_stats[&1].tombstones, 1);
+        assert_eq!(recovered.segment_stats[&1].live, 2, "K's v2 and L");
+        assert_eq!(recovered.segment_stats[&2].live, 0);
+    }
+
+    fn clock_now(clock: &ManualClock) -> u64 {
+        crate::Clock::now_millis(clock)
+    }
+
+    fn acquired(claim: Claim) -> crate::ClaimToken {
+        match claim {
+            Claim::Acquired(token) => token,
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn claims_still_open_after_replay_are_in_doubt_with_or_without_a_checkpoint() {
+        const LEASE: Duration = Duration::from_secs(30);
+        for with_checkpoint in [false, true] {
+            let storage = SimStorage::new(12);
+            let clock = ManualClock::new();
+            let store = open(&storage, &clock).unwrap();
+            let open_claim = acquired(store.claim(b"open", LEASE).unwrap());
+            let done = acquired(store.claim(b"done", LEASE).unwrap());
+            store.complete(done, TTL, b"result").unwrap();
+            let released = acquired(store.claim(b"released", LEASE).unwrap());
+            store.release(released).unwrap();
+            acquired(store.claim(b"lapsed", Duration::from_secs(1)).unwrap());
+            let completed_short = acquired(store.claim(b"short-result", LEASE).unwrap());
+            store
+                .complete(completed_short, Duration::from_secs(5), b"r")
+                .unwrap();
+            if with_checkpoint {
+                store.checkpoint().unwrap();
+            }
+            // Records after the checkpoint: replayed, while the claims lie before it.
+            for i in 0..150 {
+                store.check_or_insert(&key(i), TTL, b"v").unwrap();
+            }
+            clock.advance(Duration::from_secs(2));
+            drop(store);
+            let store = open(&storage, &clock).unwrap();
+            let report = store.recovery_report();
+            assert_eq!(report.checkpoint_ignored, None);
+            assert_eq!(
+                report.checkpoint_entries_loaded > 0,
+                with_checkpoint,
+                "{report:?}"
+            );
+            let in_doubt = store.in_doubt().unwrap();
+            assert_eq!(
+                in_doubt,
+                std::slice::from_ref(&open_claim),
+                "checkpoint: {with_checkpoint}"
+            );
+            assert_eq!(
+                in_doubt[0].fencing_token(),
+                open_claim.fencing_token(),
+                "the claim id survives"
+            );
+            assert!(matches!(
+                store.claim(b"open", LEASE).unwrap(),
+                Claim::InFlight { until } if until == open_claim.lease_until()
+            ));
+            assert!(matches!(
+                store.claim(b"done", LEASE).unwrap(),
+                Claim::Duplicate(v) if v == b"result"
+            ));
+            acquired(store.claim(b"released", LEASE).unwrap());
+            acquired(store.claim(b"lapsed", LEASE).unwrap());
+            assert!(matches!(
+                store.claim(b"short-result", LEASE).unwrap(),
+                Claim::Duplicate(v) if v == b"r"
+            ));
+        }
+    }
+
+    /// Every key's answer and the claims in doubt.
+    fn answers(store: &Store, keys: &[Vec<u8>]) -> (Vec<Option<Vec<u8>>>, Vec<crate::ClaimToken>) {
+        let values = keys
+            .iter()
+            .map(|k| store.get(k).unwrap().map(|v| v.to_vec()))
+            .collect();
+        (values, store.in_doubt().unwrap())
+    }
+
+    #[test]
+    fn checkpoint_plus_replay_answers_like_a_full_replay_of_the_same_files() {
+        let storage = SimStorage::new(13);
+        let clock = ManualClock::new();
+        let config = config(&storage, &clock).compaction_live_ratio(0.9);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..400).map(key).collect();
+        let ttl = |i: usize| Duration::from_secs([20, 90, 600, 3600, 7200][i % 5]);
+        let mut in_doubt = Vec::new();
+        for round in 0..4 {
+            for (i, k) in keys.iter().enumerate().skip(round * 100).take(100) {
+                store.check_or_insert(k, ttl(i), &key(i + round)).unwrap();
+            }
+            for (i, k) in keys.iter().enumerate().take((round + 1) * 100) {
+                if (i + round) % 7 == 0 {
+                    store.remove(k).unwrap();
+                }
+                if (i + round) % 14 == 0 {
+                    store.check_or_insert(k, ttl(i + 1), b"again").unwrap();
+                }
+            }
+            let claimed = format!("claim-{round}").into_bytes();
+            let token = acquired(store.claim(&claimed, Duration::from_secs(60)).unwrap());
+            if round % 2 == 0 {
+                store
+                    .complete(token, Duration::from_secs(10), b"done")
+                    .unwrap();
+            } else {
+                in_doubt.push(token);
+            }
+            if round == 2 {
+                store.checkpoint().unwrap();
+            }
+            clock.advance(Duration::from_secs(30));
+            store.maintain().unwrap();
+        }
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(clock_now(&clock));
+        in_doubt.retain(|token| token.lease_until() > now);
+        assert!(!in_doubt.is_empty());
+        let stats = store.stats();
+        assert!(stats.segments >= 4, "{stats:?}");
+        assert!(
+            stats.segments_deleted + stats.segments_compacted > 0,
+            "{stats:?}"
+        );
+        drop(store);
+        let mut all_keys = keys.clone();
+        all_keys.extend((0..4).map(|round| format!("claim-{round}").into_bytes()));
+
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let report = store.recovery_report().clone();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert!(report.checkpoint_entries_loaded > 0, "{report:?}");
+        let with_checkpoint = answers(&store, &all_keys);
+        drop(store);
+        storage
+            .remove(&dir().join(checkpoint::CHECKPOINT_FILE_NAME))
+            .unwrap();
+        let store = Store::open_with(DIR, config).unwrap();
+        assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+        let full = answers(&store, &all_keys);
+        for (i, k) in all_keys.iter().enumerate() {
+            assert_eq!(
+                with_checkpoint.0[i],
+                full.0[i],
+                "{}: checkpoint + replay vs full replay",
+                String::from_utf8_lossy(k)
+            );
+        }
+        assert_eq!(with_checkpoint.1, full.1, "claims in doubt");
+        assert_eq!(full.1, in_doubt);
+        assert!(full.0.iter().any(Option::is_some) && full.0.iter().any(Option::is_none));
+    }
+
+    /// Appends `n` filler keys `{prefix}-{i}` with `ttl`.
+    fn fill(store: &Store, prefix: &str, n: usize, ttl: Duration) {
+        for i in 0..n {
+            let k = format!("{prefix}-{i:04}").into_bytes();
+            store.check_or_insert(&k, ttl, b"f").unwrap();
+        }
+    }
+
+    /// Issue #9's bugs 1 and 2 at the level of replay: after the segments holding a tombstone
+    /// or a completion were compacted or deleted, neither the runtime, nor a reopen from the
+    /// checkpoint, nor a full replay brings back the removed value or the completed claim.
+    #[test]
+    fn reclamation_never_lets_replay_resurrect_a_removed_value_or_a_completed_claim() {
+        let storage = SimStorage::new(14);
+        let clock = ManualClock::new();
+        let config = config(&storage, &clock).compaction_live_ratio(0.9);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let long = Duration::from_secs(10 * 3600);
+        let short = Duration::from_secs(1);
+        // Segment 1: K = v1 for 10 h among long-lived keys, and the claim C (lease 10 min).
+        store.check_or_insert(b"K", long, b"v1").unwrap();
+        let claim = acquired(store.claim(b"C", Duration::from_secs(600)).unwrap());
+        let mut i = 0;
+        while store.stats().segments == 1 {
+            store
+                .check_or_insert(format!("old-{i:04}").as_bytes(), long, b"f")
+                .unwrap();
+            i += 1;
+        }
+        // Segment 2: K removed and inserted again for 60 s, C completed for 60 s, among keys
+        // that expire at once.
+        assert!(store.remove(b"K").unwrap());
+        store
+            .check_or_insert(b"K", Duration::from_secs(60), b"v2")
+            .unwrap();
+        store
+            .complete(claim, Duration::from_secs(60), b"done")
+            .unwrap();
+        fill(&store, "brief", 120, short);
+        fill(&store, "new", 240, long);
+        let answers = |store: &Store, phase: &str| {
+            (
+                store.get(b"K").unwrap().map(|v| v.to_vec()),
+                store.get(b"C").unwrap().map(|v| v.to_vec()),
+                store.in_doubt().unwrap(),
+                phase.to_string(),
+            )
+        };
+        clock.advance(Duration::from_secs(2));
+        for _ in 0..10 {
+            store.maintain().unwrap();
+        }
+        let on_disk = ids(&storage);
+        // Segment 2 was compacted while v2 was live (the tombstone still hides v1 in segment 1).
+        assert!(on_disk[0] == 1 && !on_disk.contains(&2), "{on_disk:?}");
+        let live = answers(&store, "v2 live");
+        assert_eq!(live.0.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(live.1.as_deref(), Some(&b"done"[..]));
+        assert!(live.2.is_empty());
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..10 {
+            store.maintain().unwrap();
+        }
+        store.checkpoint().unwrap();
+        let stats = store.stats();
+        assert!(
+            stats.segments_compacted + stats.segments_deleted > 0,
+            "{stats:?}"
+        );
+        assert!(
+            !ids(&storage).contains(&2),
+            "the segment of the tombstone and the completion was reclaimed: {:?}",
+            ids(&storage)
+        );
+        assert_eq!(answers(&store, "expired").0, None);
+        assert_eq!(answers(&store, "expired").1, None);
+        drop(store);
+        for full_replay in [false, true] {
+            if full_replay {
+                storage
+                    .remove(&dir().join(checkpoint::CHECKPOINT_FILE_NAME))
+                    .unwrap();
+            }
+            let store = Store::open_with(DIR, config.clone()).unwrap();
+            let (k, c, in_doubt, _) = answers(&store, "reopened");
+            assert_eq!(
+                k, None,
+                "full replay: {full_replay}: the removed v1 came back"
+            );
+            assert_eq!(c, None, "full replay: {full_replay}");
+            assert!(
+                in_doubt.is_empty(),
+                "full replay: {full_replay}: {in_doubt:?}"
+            );
+            let token = acquired(store.claim(b"C", Duration::from_secs(60)).unwrap());
+            store.release(token).unwrap();
+            drop(store);
+        }
+    }
+}
