@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod answer;
+mod batch;
 mod checkpoint;
 mod claim;
 mod clock;

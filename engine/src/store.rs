@@ -22,8 +22,8 @@ use crate::answer::{Outcome, Value};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::index::{Index, KeyHash, Probe, ShardTable};
-use crate::log::{self, Location, Log, LogOptions};
+use crate::index::{Index, Probe};
+use crate::log::{self, Log, LogOptions};
 use crate::maintenance::state::MaintenanceState;
 use crate::maintenance::{self, MaintenanceReport};
 use crate::record::{self, Record, RecordKind};
@@ -290,71 +290,7 @@ impl Store {
         }
         let shared = &*self.shared;
         shared.check_live()?;
-        let now = shared.clock.now_millis();
-        let mut buf = Vec::new();
-        let hashes: Vec<KeyHash> = items
-            .iter()
-            .map(|(key, _, _)| shared.index.hash(key.as_ref()))
-            .collect();
-        // Every shard the batch touches is locked, in ascending order (no other path holds two
-        // shard locks), for the whole batch: no claim can appear on one of its keys between the
-        // check and the writes, and no other caller sees a part of the batch before all of it.
-        let mut shard_ids: Vec<usize> = hashes.iter().map(|hash| hash.shard).collect();
-        shard_ids.sort_unstable();
-        shard_ids.dedup();
-        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, ShardTable>)> = shard_ids
-            .into_iter()
-            .map(|shard| (shard, shared.index.shards()[shard].lock()))
-            .collect();
-        let table_of = |guards: &mut [(usize, parking_lot::MutexGuard<'_, ShardTable>)],
-                        shard: usize|
-         -> usize {
-            guards
-                .binary_search_by_key(&shard, |(id, _)| *id)
-                .expect("every shard of the batch is locked")
-        };
-        // Checked under the locks: a live claim is always in the registry (taken under its
-        // shard lock), so with none open no key of the batch can be claimed.
-        if shared.claims.any_open() {
-            for ((key, _, _), hash) in items.iter().zip(&hashes) {
-                let key = key.as_ref();
-                let at = table_of(&mut guards, hash.shard);
-                let table = &*guards[at].1;
-                if let Probe::Found(slot) = shared.probe(table, *hash, key, now, &mut buf)? {
-                    let record = record::decode(&buf).expect("checked during the probe");
-                    if record.kind == RecordKind::Claim {
-                        let refusal = Error::ClaimInFlight {
-                            until: crate::claim::system_time(record.expires_at_millis),
-                        };
-                        let end = shared.end_of(table, slot, &record);
-                        drop(guards);
-                        return shared.answer_when_durable(end, Err(refusal));
-                    }
-                }
-            }
-        }
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut wait_for: Option<Location> = None;
-        for (((key, _, value), ttl_millis), hash) in items.iter().zip(ttls).zip(&hashes) {
-            let (key, value) = (key.as_ref(), value.as_ref());
-            let at = table_of(&mut guards, hash.shard);
-            let (answer, end) = shared.check_or_insert_one(
-                &mut guards[at].1,
-                *hash,
-                key,
-                now + ttl_millis,
-                value,
-                now,
-                &mut buf,
-                None,
-            )?;
-            let outcome = answer.expect("the batch's keys were checked for claims under its locks");
-            wait_for = wait_for.max(end);
-            outcomes.push(outcome);
-        }
-        drop(guards);
-        shared.wait_if_sync(wait_for)?;
-        Ok(outcomes)
+        crate::batch::check_or_insert_batch(shared, items, &ttls)
     }
 
     /// The value recorded with `key`, or `None` if it is absent or expired. A key held by a

@@ -137,11 +137,6 @@ impl ClaimRegistry {
         self.count.store(open.len(), Ordering::Release);
     }
 
-    /// Whether any claim may be live (the batch path checks for claims only then).
-    pub(crate) fn any_open(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
-    }
-
     /// Drops the key's claim, if any: it was completed, released, superseded or removed.
     pub(crate) fn forget(&self, key: &[u8]) {
         if self.count.load(Ordering::Acquire) == 0 {

@@ -175,6 +175,37 @@ impl ShardTable {
         }
     }
 
+    /// Puts `slot` for a key known to have no live entry (decided under this shard's lock by an
+    /// earlier probe): at the first empty or dead slot of its run, with no key comparisons.
+    pub(crate) fn put_new(&mut self, slot: Slot, now_millis: u64) {
+        let mask = self.mask();
+        let mut index = slot.tag as usize & mask;
+        loop {
+            let current = self.slots[index];
+            if current.is_empty() || current.is_dead(now_millis) {
+                break;
+            }
+            index = (index + 1) & mask;
+        }
+        self.put(index, slot, now_millis);
+    }
+
+    /// Asks the CPU to start loading the home slot of `tag`, so that a probe of it a little
+    /// later finds it in cache (the batch pipeline issues this several keys ahead).
+    #[allow(unsafe_code)] // reason: the prefetch intrinsic; see SAFETY
+    pub(crate) fn prefetch(&self, tag: u32) {
+        let home: *const Slot = &self.slots[tag as usize & self.mask()];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint to the cache: it never dereferences the pointer and
+        // cannot fault (the pointer is into `self.slots` anyway). SSE, which provides it, is in
+        // the x86_64 baseline. Exercised by every batch test (tests/tests/*, `ops` fuzz target).
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(home.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = home;
+    }
+
     /// Removes the entry that points at `location`, if one does (whether live or dead): before
     /// its segment goes, compaction drops the entries of records it did not copy.
     pub(crate) fn forget_location(&mut self, tag: u32, location: Location) -> bool {

@@ -1,6 +1,10 @@
 //! The log: one append-only stream of records laid over numbered segment files, with an
 //! in-memory write buffer and a single background writer that writes and fsyncs for everyone.
 //!
+//! Callers waiting for durability sleep in the commit queue (`commit`), each woken only once the
+//! fsync covering its records returned. A batch's records are appended under one hold of the
+//! log lock (`append_many`).
+//!
 //! A record's *location* is `segment_id << 32 | byte_offset`. Locations only grow, so "everything
 //! before location L" is well defined across segments.
 //!
@@ -14,6 +18,7 @@
 //! - After a failed write or fsync the log is poisoned: `durable` never moves again, every waiter
 //!   and every later append gets [`Error::Poisoned`].
 
+mod commit;
 pub(crate) mod segment;
 mod writer;
 
@@ -205,11 +210,8 @@ pub(crate) struct Log {
     /// Appenders held back by a full buffer sleep on this (with `state`) until the writer
     /// drained it.
     drained: Condvar,
-    /// Callers waiting for durability sleep on `durable_changed` with this lock, not with
-    /// `state`: woken together after a commit, each checks `durable_hint` and leaves without
-    /// queueing on the lock that appenders need.
-    commit_waiters: Mutex<()>,
-    durable_changed: Condvar,
+    /// Callers waiting for durability, each woken when its own records are covered.
+    commits: commit::CommitQueue,
     segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
     /// A copy of `state.durable`, stored after it, for the lock-free fast path of `is_durable`.
     durable_hint: AtomicU64,
@@ -266,8 +268,7 @@ impl Log {
             }),
             work_ready: Condvar::new(),
             drained: Condvar::new(),
-            commit_waiters: Mutex::new(()),
-            durable_changed: Condvar::new(),
+            commits: commit::CommitQueue::new(),
             segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
             durable_hint: AtomicU64::new(tail),
             poisoned_hint: AtomicBool::new(false),
@@ -303,12 +304,102 @@ impl Log {
     }
 
     fn append_encoded(&self, record: &Record<'_>, encoded: &[u8]) -> Result<(Location, Location)> {
-        let len = encoded.len() as u32;
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
             self.work_ready.notify_one();
             self.drained.wait(&mut state);
         }
+        let appended = self.append_locked(&mut state, record, encoded);
+        // In `Sync` mode the caller wakes the writer when it starts to wait (`wait_durable`),
+        // so that a batch appended record by record is committed by one fsync, not several.
+        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
+        drop(state);
+        if wake_writer {
+            self.work_ready.notify_one();
+        }
+        appended
+    }
+
+    /// Appends many records under one hold of the log lock (a batch's records), putting each
+    /// one's location into `locations` and returning the end of the last. All or nothing: an
+    /// error before the first record appends nothing; one after it poisons the log, so the
+    /// records already in the buffer are never written and nothing more is acknowledged.
+    pub(crate) fn append_many(
+        &self,
+        records: &[Record<'_>],
+        locations: &mut Vec<Location>,
+    ) -> Result<Option<Location>> {
+        locations.clear();
+        if records.is_empty() {
+            return Ok(None);
+        }
+        #[cfg(not(loom))]
+        return ENCODED.with(|encoded| {
+            let mut encoded = encoded.borrow_mut();
+            self.append_many_encoded(records, &mut encoded, locations)
+        });
+        #[cfg(loom)]
+        {
+            let mut encoded = Vec::new();
+            self.append_many_encoded(records, &mut encoded, locations)
+        }
+    }
+
+    fn append_many_encoded(
+        &self,
+        records: &[Record<'_>],
+        encoded: &mut Vec<u8>,
+        locations: &mut Vec<Location>,
+    ) -> Result<Option<Location>> {
+        // Encoded (and checksummed) before the lock, back to back; `locations` holds each
+        // record's end offset in `encoded` until the lock gives them their places in the log.
+        encoded.clear();
+        for record in records {
+            record::encode_into(encoded, record);
+            locations.push(encoded.len() as u64);
+        }
+        let mut state = self.state.lock();
+        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
+            self.work_ready.notify_one();
+            self.drained.wait(&mut state);
+        }
+        let mut start = 0usize;
+        let mut end = 0;
+        for (n, (record, location)) in records.iter().zip(locations.iter_mut()).enumerate() {
+            let stop = *location as usize;
+            let (at, after) = match self.append_locked(&mut state, record, &encoded[start..stop]) {
+                Ok(appended) => appended,
+                Err(error) => {
+                    if n > 0 {
+                        // Part of the batch is in the buffer: it must never be written (nor
+                        // anything after it acknowledged), so the batch stays all or nothing.
+                        self.poison(&mut state, format!("a batch append failed midway: {error}"));
+                        drop(state);
+                        self.announce_progress();
+                    }
+                    return Err(error);
+                }
+            };
+            *location = at;
+            end = after;
+            start = stop;
+        }
+        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
+        drop(state);
+        if wake_writer {
+            self.work_ready.notify_one();
+        }
+        Ok(Some(end))
+    }
+
+    /// Appends one encoded record with the log lock held.
+    fn append_locked(
+        &self,
+        state: &mut LogState,
+        record: &Record<'_>,
+        encoded: &[u8],
+    ) -> Result<(Location, Location)> {
+        let len = encoded.len() as u32;
         if let Some(cause) = &state.poisoned {
             return Err(Error::Poisoned {
                 cause: cause.clone(),
@@ -366,13 +457,6 @@ impl Log {
         }
         state.tail_offset += len;
         state.pending_bytes += len as usize;
-        // In `Sync` mode the caller wakes the writer when it starts to wait (`wait_durable`),
-        // so that a batch appended record by record is committed by one fsync, not several.
-        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
-        drop(state);
-        if wake_writer {
-            self.work_ready.notify_one();
-        }
         let at = location(segment_id, offset);
         Ok((at, at + u64::from(len)))
     }
@@ -406,19 +490,18 @@ impl Log {
             }
         }
         self.work_ready.notify_one();
-        let mut waiting = self.commit_waiters.lock();
         loop {
-            // The writer publishes `durable_hint` (or the poison) before it takes
-            // `commit_waiters` to notify, so a check made under that lock cannot miss it.
             if self.is_durable(end) {
                 return Ok(());
             }
             if self.poisoned_hint.load(Ordering::Acquire) {
-                drop(waiting);
                 let cause = self.poisoned().unwrap_or_default();
                 return Err(Error::Poisoned { cause });
             }
-            self.durable_changed.wait(&mut waiting);
+            // The writer publishes `durable_hint` (or the poison) before it wakes the queue.
+            self.commits.wait(end, || {
+                self.is_durable(end) || self.poisoned_hint.load(Ordering::Acquire)
+            });
         }
     }
 
@@ -426,8 +509,9 @@ impl Log {
     /// poisoned), and appenders waiting for buffer space.
     fn announce_progress(&self) {
         self.drained.notify_all();
-        let _waiting = self.commit_waiters.lock();
-        self.durable_changed.notify_all();
+        let durable = self.durable_hint.load(Ordering::Acquire);
+        let poisoned = self.poisoned_hint.load(Ordering::Acquire);
+        self.commits.wake(durable, poisoned);
     }
 
     /// Makes everything appended so far durable.

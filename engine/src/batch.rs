@@ -1,0 +1,187 @@
+//! [`crate::Store::check_or_insert_batch`] as a pipeline: every shard the batch touches is locked
+//! once, each key's index slot is prefetched several keys ahead of its probe, and the new records
+//! go into the log under one hold of the log lock.
+//!
+//! Phases, all under the batch's shard locks (taken in ascending order; no other path holds two):
+//! 1. Probe every key in order, prefetching ahead: a live record answers `Duplicate` (its end
+//!    noted for `Sync`), a claim fails the whole batch before anything is written, a key already
+//!    planned earlier in the batch answers `Duplicate` of that item's value.
+//! 2. Append the planned records in one call ([`crate::log::Log::append_many`]).
+//! 3. Put their index entries and settle the shards' released locations.
+//!
+//! Invariants:
+//! - All or nothing in the process: an error in phase 1 or 2 leaves the index untouched, and no
+//!   other caller can see part of the batch (its shards stay locked until phase 3 is done).
+//! - Per key, log order is operation order: a key's record is appended while its shard is locked.
+//! - In `Sync` mode the answers wait for the batch's records and every record a `Duplicate` rests
+//!   on (the caller's wait covers the maximum).
+
+use std::time::Duration;
+
+use parking_lot::MutexGuard;
+
+use crate::answer::{Outcome, Value};
+use crate::error::{Error, Result};
+use crate::index::{KeyHash, Probe, ShardTable, Slot};
+use crate::log::Location;
+use crate::record::{self, Record, RecordKind};
+use crate::shared::Shared;
+
+/// How many keys ahead of its probe a key's home slot is prefetched: enough to cover a DRAM miss
+/// with the work of the keys in between, few enough that the lines are still cached.
+const PREFETCH_DISTANCE: usize = 12;
+
+/// Runs the batch; `ttls` are the items' validated TTLs in milliseconds.
+pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    shared: &Shared,
+    items: &[(K, Duration, V)],
+    ttls: &[u64],
+) -> Result<Vec<Outcome>> {
+    debug_assert_eq!(items.len(), ttls.len());
+    let now = shared.clock.now_millis();
+    let hashes: Vec<KeyHash> = items
+        .iter()
+        .map(|(key, _, _)| shared.index.hash(key.as_ref()))
+        .collect();
+    let mut shard_ids: Vec<usize> = hashes.iter().map(|hash| hash.shard).collect();
+    shard_ids.sort_unstable();
+    shard_ids.dedup();
+    let mut guards: Vec<MutexGuard<'_, ShardTable>> = shard_ids
+        .iter()
+        .map(|&shard| shared.index.shards()[shard].lock())
+        .collect();
+    let guard_of: Vec<usize> = hashes
+        .iter()
+        .map(|hash| {
+            shard_ids
+                .binary_search(&hash.shard)
+                .expect("every shard of the batch is locked")
+        })
+        .collect();
+
+    // Phase 1: decide every item.
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+    let mut planned = PlannedKeys::with_capacity(items.len());
+    let mut wait_for: Option<Location> = None;
+    let mut buf = Vec::new();
+    for (i, ((key, _, _), hash)) in items.iter().zip(&hashes).enumerate() {
+        if let Some(ahead) = hashes.get(i + PREFETCH_DISTANCE) {
+            guards[guard_of[i + PREFETCH_DISTANCE]].prefetch(ahead.tag);
+        }
+        let key = key.as_ref();
+        let table = &*guards[guard_of[i]];
+        match shared.probe(table, *hash, key, now, &mut buf)? {
+            Probe::Found(slot) => {
+                let record = record::decode(&buf).expect("checked during the probe");
+                let end = shared.end_of(table, slot, &record);
+                if record.kind == RecordKind::Claim {
+                    let refusal = Error::ClaimInFlight {
+                        until: crate::claim::system_time(record.expires_at_millis),
+                    };
+                    drop(guards);
+                    return shared.answer_when_durable(end, Err(refusal));
+                }
+                wait_for = wait_for.max(end);
+                outcomes[i] = Some(Outcome::Duplicate(Value::from(record.value)));
+            }
+            Probe::Vacant(_) => {
+                if let Some(first) = planned.find(hash, |j| items[j].0.as_ref() == key) {
+                    outcomes[i] = Some(Outcome::Duplicate(Value::from(items[first].2.as_ref())));
+                } else {
+                    planned.insert(hash, i);
+                }
+            }
+        }
+    }
+
+    // Phase 2: the new records, in item order, under one hold of the log lock.
+    let new_items: Vec<usize> = (0..items.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    let records: Vec<Record<'_>> = new_items
+        .iter()
+        .map(|&i| Record {
+            kind: RecordKind::Insert,
+            key: items[i].0.as_ref(),
+            value: items[i].2.as_ref(),
+            expires_at_millis: now + ttls[i],
+            fingerprint: &[],
+        })
+        .collect();
+    let mut locations = Vec::with_capacity(records.len());
+    let end = shared.log.append_many(&records, &mut locations)?;
+
+    // Phase 3: their index entries.
+    for (n, ((&i, record), &at)) in new_items.iter().zip(&records).zip(&locations).enumerate() {
+        // Phase 1 loaded these slots, but a large batch has evicted the early ones since.
+        if let Some(&ahead) = new_items.get(n + PREFETCH_DISTANCE) {
+            guards[guard_of[ahead]].prefetch(hashes[ahead].tag);
+        }
+        let entry = Slot {
+            tag: hashes[i].tag,
+            expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
+            location: at,
+        };
+        guards[guard_of[i]].put_new(entry, now);
+        outcomes[i] = Some(Outcome::Inserted);
+    }
+    for table in guards.iter_mut() {
+        shared.settle(table);
+    }
+    drop(guards);
+    shared.wait_if_sync(wait_for.max(end))?;
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every item was decided"))
+        .collect())
+}
+
+/// The items the batch will insert, by hash: finds a key planned earlier in the same batch. An
+/// open-addressing table of item indices (a key's full bytes are compared on a hash match).
+struct PlannedKeys {
+    slots: Vec<u32>,
+    hashes: Vec<u64>,
+}
+
+const NO_ITEM: u32 = u32::MAX;
+
+impl PlannedKeys {
+    fn with_capacity(items: usize) -> PlannedKeys {
+        let len = (items * 2).next_power_of_two().max(16);
+        PlannedKeys {
+            slots: vec![NO_ITEM; len],
+            hashes: vec![0; len],
+        }
+    }
+
+    fn mixed(hash: &KeyHash) -> u64 {
+        (hash.shard as u64) << 32 | u64::from(hash.tag)
+    }
+
+    fn find(&self, hash: &KeyHash, same_key: impl Fn(usize) -> bool) -> Option<usize> {
+        let mixed = Self::mixed(hash);
+        let mask = self.slots.len() - 1;
+        let mut index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        loop {
+            let item = self.slots[index];
+            if item == NO_ITEM {
+                return None;
+            }
+            if self.hashes[index] == mixed && same_key(item as usize) {
+                return Some(item as usize);
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, hash: &KeyHash, item: usize) {
+        let mixed = Self::mixed(hash);
+        let mask = self.slots.len() - 1;
+        let mut index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        while self.slots[index] != NO_ITEM {
+            index = (index + 1) & mask;
+        }
+        self.slots[index] = u32::try_from(item).expect("a batch has fewer than 2^32 items");
+        self.hashes[index] = mixed;
+    }
+}
