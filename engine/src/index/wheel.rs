@@ -43,10 +43,13 @@ fn level_span(level: usize) -> u64 {
 
 /// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
 /// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
-/// wheel is 4 bytes per key only if its slack stays small).
+/// wheel is 4 bytes per key only if its slack stays small). The chunk being filled sits in the
+/// bucket itself, so scheduling touches the bucket and the chunk's tail, not a list of chunks
+/// first (one dependent cache miss fewer per insert).
 #[derive(Debug, Default)]
 struct Bucket {
-    chunks: Vec<Vec<u32>>,
+    filling: Vec<u32>,
+    full: Vec<Vec<u32>>,
 }
 
 const FIRST_CHUNK_ENTRIES: usize = 16;
@@ -54,27 +57,29 @@ const MAX_CHUNK_ENTRIES: usize = 1024;
 
 impl Bucket {
     fn push(&mut self, tag: u32) {
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < chunk.capacity() => chunk.push(tag),
-            last => {
-                let capacity = last.map_or(FIRST_CHUNK_ENTRIES, |chunk| {
-                    (chunk.capacity() * 2).min(MAX_CHUNK_ENTRIES)
-                });
-                let mut chunk = Vec::with_capacity(capacity);
-                chunk.push(tag);
-                self.chunks.push(chunk);
+        if self.filling.len() == self.filling.capacity() {
+            let capacity = if self.filling.capacity() == 0 {
+                FIRST_CHUNK_ENTRIES
+            } else {
+                (self.filling.capacity() * 2).min(MAX_CHUNK_ENTRIES)
+            };
+            let full = std::mem::replace(&mut self.filling, Vec::with_capacity(capacity));
+            if !full.is_empty() {
+                self.full.push(full);
             }
         }
+        self.filling.push(tag);
     }
 
     fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.filling.is_empty() && self.full.is_empty()
     }
 
     fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Vec<u32>>()
+        self.full.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.filling.capacity() * 4
             + self
-                .chunks
+                .full
                 .iter()
                 .map(|chunk| chunk.capacity() * 4)
                 .sum::<usize>()
@@ -82,12 +87,14 @@ impl Bucket {
 
     /// Takes every tag out, into `into`, and frees the chunks.
     fn drain_into(&mut self, into: &mut Vec<u32>) -> usize {
-        let chunks = std::mem::take(&mut self.chunks);
-        let taken: usize = chunks.iter().map(Vec::len).sum();
+        let full = std::mem::take(&mut self.full);
+        let filling = std::mem::take(&mut self.filling);
+        let taken = full.iter().map(Vec::len).sum::<usize>() + filling.len();
         into.reserve(taken);
-        for chunk in chunks {
+        for chunk in full {
             into.extend_from_slice(&chunk);
         }
+        into.extend_from_slice(&filling);
         taken
     }
 }

@@ -123,9 +123,11 @@ mod loom_models {
 
     #[test]
     fn loom_commit_queue_wakes_each_waiter_when_covered() {
+        static ITERATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(|| {
+            ITERATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let queue = Arc::new(CommitQueue::new());
             let durable = Arc::new(AtomicU64::new(0));
             let waiters: Vec<_> = [10u64, 20]
@@ -151,6 +153,9 @@ mod loom_models {
                 waiter.join().unwrap();
             }
         });
-        println!("loom model commit queue: explored");
+        println!(
+            "loom model commit queue: {} interleavings explored",
+            ITERATIONS.load(std::sync::atomic::Ordering::SeqCst)
+        );
     }
 }
