@@ -439,6 +439,28 @@ mod tests {
         acquired(store.claim(b"k", LEASE).unwrap());
     }
 
+    /// Issue #9, bug 8: claims recovered in doubt, and claims abandoned by their holder, leave
+    /// the registry once their lease ended, in every maintenance round (not only at checkpoints,
+    /// which `checkpoint_every_bytes(0)` turns off); inserts never touch the registry.
+    #[test]
+    fn lapsed_claims_leave_the_registry_every_maintenance_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store = open(dir.path(), &clock);
+        acquired(store.claim(b"in-doubt", LEASE).unwrap());
+        drop(store);
+        let store = open(dir.path(), &clock);
+        acquired(store.claim(b"abandoned", LEASE).unwrap());
+        assert_eq!(store.shared.claims.len(), 2);
+        store.check_or_insert(b"plain", TTL, b"v").unwrap();
+        store.maintain().unwrap();
+        assert_eq!(store.shared.claims.len(), 2, "leases still running");
+        clock.advance(LEASE);
+        store.maintain().unwrap();
+        assert_eq!(store.shared.claims.len(), 0, "lapsed claims were pruned");
+        assert!(store.in_doubt().unwrap().is_empty());
+    }
+
     #[test]
     fn fingerprints_refuse_a_reused_key_with_other_content() {
         let dir = tempfile::tempdir().unwrap();

@@ -147,6 +147,12 @@ impl ClaimRegistry {
         self.count.store(open.len(), Ordering::Release);
     }
 
+    /// Claims in the registry (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// Forgets the claims whose lease ended (those recovered in doubt too: they are no longer
     /// in doubt, the key is free).
     pub(crate) fn prune(&self, now_millis: u64) {
