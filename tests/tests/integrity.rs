@@ -76,11 +76,14 @@ fn a_tombstone_outlives_the_reinsert_that_follows_it() {
     let config = config(&storage, &clock, Durability::Never);
     let store = Store::open_with(DIR, config.clone()).unwrap();
     store.check_or_insert(b"K", HOURS_10, b"v1").unwrap();
-    fill(&store, "long", 60, HOURS_10); // v1's segment stays mostly live: never compacted
+    fill(&store, "long", 10, HOURS_10); // v1's segment stays mostly live: never compacted
+    wall(&store, "wall-1", HOURS_10);
     assert!(store.remove(b"K").unwrap());
-    fill(&store, "short", 40, SECS_30); // the tombstone's segment empties out
-    store.check_or_insert(b"K", SECS_60, b"v2").unwrap();
-    fill(&store, "medium", 40, Duration::from_secs(120));
+    fill(&store, "short", 10, SECS_30); // the tombstone's segment empties out
+    wall(&store, "wall-2", SECS_30);
+    store.check_or_insert(b"K", SECS_60, b"v2").unwrap(); // v2's segment expires whole
+    fill(&store, "medium", 10, SECS_30);
+    wall(&store, "wall-3", SECS_30);
     store.checkpoint().unwrap();
     // Time passes: the short fillers expire (the tombstone's segment is compacted), then v2,
     // then every segment holding v2 or a copy of it is deleted whole.
@@ -159,32 +162,31 @@ fn a_completed_claim_never_comes_back() {
     let config = config(&storage, &clock, Durability::Sync);
     let store = Store::open_with(DIR, config.clone()).unwrap();
     let token = acquired(store.claim(b"K", Duration::from_secs(3600)).unwrap());
-    fill(&store, "long", 60, HOURS_10); // the Claim record's segment stays
+    fill(&store, "long", 10, HOURS_10); // the Claim record's segment stays
+    wall(&store, "wall-1", HOURS_10);
     store.complete(token, SECS_60, b"receipt").unwrap();
-    fill(&store, "short", 60, SECS_30); // the completion's segment can expire whole
+    fill(&store, "short", 10, SECS_30); // the completion's segment can expire whole
+    wall(&store, "wall-2", SECS_30);
     clock.advance(Duration::from_secs(61));
     fill(&store, "later", 60, HOURS_10);
     for _ in 0..8 {
         store.maintain().unwrap();
     }
     assert!(store.stats().segments_deleted > 0, "{:?}", store.stats());
-    let answer = |store: &Store| {
-        let in_doubt = store.in_doubt().unwrap();
-        let free = match store.claim(b"K", SECS_30).unwrap() {
-            Claim::Acquired(token) => {
-                store.release(token).unwrap();
-                true
-            }
-            _ => false,
-        };
-        (in_doubt, free)
-    };
-    assert_eq!(answer(&store), (vec![], true));
+    // Read-only answers: a claim taken and released here would write a removal that hides the
+    // bug from the reopens below.
+    let answer = |store: &Store| (store.in_doubt().unwrap(), store.get(b"K").unwrap());
+    assert_eq!(answer(&store), (vec![], None));
     drop(store);
     let (from_checkpoint, full_replay) = both_reopens(&storage, &config, answer);
-    // The key is free (its result expired): claimable, and no completed claim is in doubt.
-    assert_eq!(from_checkpoint, (vec![], true), "with the checkpoint");
-    assert_eq!(full_replay, (vec![], true), "full replay");
+    // The key is free (its result expired), and no completed claim is in doubt.
+    assert_eq!(from_checkpoint, (vec![], None), "with the checkpoint");
+    assert_eq!(full_replay, (vec![], None), "full replay");
+    let store = Store::open_with(DIR, config).unwrap();
+    assert!(
+        matches!(store.claim(b"K", SECS_30).unwrap(), Claim::Acquired(_)),
+        "the completed claim is in flight again"
+    );
 }
 
 /// A claim completed with a result TTL longer than its lease: the result stays for its TTL.
@@ -484,7 +486,13 @@ fn a_failed_batch_records_nothing_under_concurrent_claims() {
         }
         let _stop = StopOnDrop(&stop);
         let mut failed = 0;
-        for round in 0..3000u32 {
+        // Until both outcomes were seen often enough (a loaded machine may starve the claimer
+        // for a while), or a minute has passed.
+        let started = std::time::Instant::now();
+        let mut succeeded = 0;
+        let mut round = 0u32;
+        while (failed < 50 || succeeded < 50) && started.elapsed() < Duration::from_secs(60) {
+            round += 1;
             let own: Vec<Vec<u8>> = (0..20)
                 .map(|i| format!("{round}-{i}").into_bytes())
                 .collect();
@@ -493,6 +501,7 @@ fn a_failed_batch_records_nothing_under_concurrent_claims() {
             items.insert(10, (b"contested", SECS_60, b"v"));
             match store.check_or_insert_batch(&items) {
                 Ok(_) => {
+                    succeeded += 1;
                     assert!(store.remove(b"contested").unwrap());
                 }
                 Err(Error::ClaimInFlight { .. }) => {
@@ -508,7 +517,10 @@ fn a_failed_batch_records_nothing_under_concurrent_claims() {
                 Err(other) => panic!("{other}"),
             }
         }
-        assert!(failed > 0, "the claims never met a batch");
+        assert!(
+            failed > 0 && succeeded > 0,
+            "in {round} rounds: {failed} batches met a claim, {succeeded} did not"
+        );
     });
 }
 
