@@ -231,6 +231,15 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     debug_assert_eq!(out.len() - start, record.encoded_len());
 }
 
+/// The key of the record at the start of `bytes` and the record's length, read from its header
+/// without checking the CRC (for prefetching ahead of the real decode; never for answers).
+pub(crate) fn peek_key(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let len = peek_len(bytes).ok()?;
+    let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
+    let key = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len)?;
+    Some((key, len))
+}
+
 /// The lengths announced by a record header, checked against the limits; the CRC is not checked.
 ///
 /// Returns the total encoded length of the record.

@@ -191,7 +191,24 @@ pub(crate) fn recover(
             });
         }
         let mut sealed = false;
+        // This segment's stats (those the checkpoint counted before its replay start, if any),
+        // kept at hand rather than looked up in the map for every record.
+        let mut stats = segment_stats.remove(&id).unwrap_or_default();
+        // Replay is bound by one cache miss per record on its key's index slot: start loading
+        // the slot of the record REPLAY_PREFETCH_DISTANCE records ahead (headers only, no CRC:
+        // a damaged record ahead just goes unprefetched, and is judged when its turn comes).
+        let mut ahead = offset;
+        let mut records_ahead = 0usize;
         while offset < bytes.len() {
+            while records_ahead < REPLAY_PREFETCH_DISTANCE {
+                let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
+                    break;
+                };
+                index.prefetch(key);
+                ahead += len;
+                records_ahead += 1;
+            }
+            records_ahead = records_ahead.saturating_sub(1);
             match record::decode(&bytes[offset..]) {
                 Ok(record) if record.kind == RecordKind::Seal => {
                     let corrupt = |reason: String| Error::Corrupt {
@@ -212,7 +229,7 @@ pub(crate) fn recover(
                 }
                 Ok(record) => {
                     let at = location(id, offset as u32);
-                    segment_stats.entry(id).or_default().add_record(&record);
+                    stats.add_record(&record);
                     apply(
                         index,
                         &opened,
@@ -257,7 +274,7 @@ pub(crate) fn recover(
         // The last segment opened decides whether the log can go on in it.
         newest_sealed = sealed;
         tail_offset = offset as u32;
-        segment_stats.entry(id).or_default();
+        segment_stats.insert(id, stats);
         opened.insert(id, file);
     }
     count_live_entries(index, &mut segment_stats);
@@ -299,6 +316,9 @@ pub(crate) fn recover(
         in_doubt,
     })
 }
+
+/// How many records ahead replay prefetches index slots.
+const REPLAY_PREFETCH_DISTANCE: usize = 12;
 
 /// The claims that are still their key's live entry after replay, among the keys claimed in the
 /// replayed log or listed open by the checkpoint.

@@ -92,6 +92,12 @@ impl Index {
         self.shards[hash.shard].lock()
     }
 
+    /// Starts loading the home slot of `key` into the cache (replay calls it some records ahead).
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        let hash = self.hash(key);
+        self.lock(hash).prefetch(hash.tag);
+    }
+
     pub(crate) fn shards(&self) -> &[Mutex<ShardTable>] {
         &self.shards
     }
