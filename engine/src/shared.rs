@@ -110,6 +110,33 @@ impl Shared {
         }
     }
 
+    /// Removes the live entry of `key` at `slot` (under its shard lock, `table`): logs a removal
+    /// whose deadline is the removed entry's (`deadline_millis`), drops the entry, remembers the
+    /// removal's end for absences answered in `Sync` mode, and forgets the key's claim. Returns
+    /// the removal's end, for the caller to wait on.
+    pub(crate) fn remove_entry(
+        &self,
+        table: &mut ShardTable,
+        slot: usize,
+        key: &[u8],
+        deadline_millis: u64,
+    ) -> Result<Location> {
+        let tombstone = Record {
+            kind: RecordKind::Remove,
+            key,
+            value: &[],
+            expires_at_millis: deadline_millis,
+            fingerprint: &[],
+        };
+        let (_, end) = self.log.append(&tombstone)?;
+        table.remove(slot);
+        table.last_removal_end = end;
+        self.settle(table);
+        // Under the shard lock, so a new claim of the key is never forgotten in its place.
+        self.claims.forget(key);
+        Ok(end)
+    }
+
     /// Finds `key` in its shard; on `Found`, `buf` holds the entry's record.
     pub(crate) fn probe(
         &self,

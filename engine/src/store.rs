@@ -26,7 +26,7 @@ use crate::index::{Index, Probe};
 use crate::log::{self, Log, LogOptions};
 use crate::maintenance::state::MaintenanceState;
 use crate::maintenance::{self, MaintenanceReport};
-use crate::record::{self, Record, RecordKind};
+use crate::record::{self, RecordKind};
 use crate::recovery::{self, RecoveryReport};
 use crate::shared::{ClaimedKey, Shared};
 use crate::validate::{validate_fingerprint, validate_key, validate_ttl, validate_value};
@@ -345,19 +345,7 @@ impl Store {
             return shared.answer_when_durable(removal, Ok(false));
         };
         let removed = record::decode(&buf).expect("checked during the probe");
-        let tombstone = Record {
-            kind: RecordKind::Remove,
-            key,
-            value: &[],
-            expires_at_millis: removed.expires_at_millis,
-            fingerprint: &[],
-        };
-        let (_, end) = shared.log.append(&tombstone)?;
-        table.remove(slot);
-        table.last_removal_end = end;
-        shared.settle(&mut table);
-        // Under the shard lock, so a new claim of the key is never forgotten in its place.
-        shared.claims.forget(key);
+        let end = shared.remove_entry(&mut table, slot, key, removed.expires_at_millis)?;
         drop(table);
         shared.wait_if_sync(Some(end))?;
         Ok(true)

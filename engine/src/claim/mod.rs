@@ -243,17 +243,7 @@ impl Store {
                 end
             }
             Resolution::Release => {
-                let release = Record {
-                    kind: RecordKind::Remove,
-                    key: &token.key,
-                    value: &[],
-                    expires_at_millis: token.lease_until_millis,
-                    fingerprint: &[],
-                };
-                let (_, end) = shared.log.append(&release)?;
-                table.remove(slot);
-                table.last_removal_end = end;
-                end
+                shared.remove_entry(&mut table, slot, &token.key, token.lease_until_millis)?
             }
         };
         shared.settle(&mut table);
