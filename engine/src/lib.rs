@@ -20,15 +20,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Module map: [`record`] is the on-disk format (spec in `engine/FORMAT.md`); `log` owns segment
-//! files, the write buffer and the group-commit writer; `index` the sharded hash index and its
-//! expiry wheels; `recovery` replay on open; `checkpoint` index snapshots; `maintenance` expiry,
-//! reclamation and compaction; `claim` two-phase claims; `single_flight` the in-process
-//! single-flight table behind `check_or_insert_with`; `io` the file-system seam and [`sim`] a
-//! fault-injecting simulated disk; `shared` the core state the layers above build on (index, log,
-//! clock, claims registry) and `validate` the input checks; `store` the public [`Store`] (a
-//! façade: open, close and the calls, composed from `shared`); [`Config`], [`Durability`],
-//! [`Clock`] and [`Error`] are the knobs and answers.
+//! Module map, bottom up: [`record`] is the on-disk format (spec in `engine/FORMAT.md`); `io`
+//! the file-system seam and [`sim`] a fault-injecting simulated disk; `log` owns segment files,
+//! the write buffer, the group-commit writer and its commit queue; `index` the sharded hash index
+//! and its expiry wheels; `fence` the durable source of fencing tokens; `recovery` replay on
+//! open; `checkpoint` index snapshots; `shared` the core state the layers above build on (index,
+//! log, clock, the claims registry of `claim::registry` and the state of `maintenance::state`),
+//! with `answer` ([`Value`], [`Outcome`]) and `validate` (input checks) beside it; then the
+//! procedures: `maintenance` (expiry, reclamation, compaction, checkpoints), `batch` (the
+//! check-or-insert batch pipeline), `claim` (two-phase claims), `single_flight` (the table behind
+//! `check_or_insert_with`); and `store`, the public [`Store`], a façade of open, close and the
+//! calls. [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
