@@ -190,7 +190,7 @@ impl Store {
     /// Records `key` with `value` for `ttl` unless a live entry for `key` exists, in which case
     /// that entry's value is returned and nothing is written.
     ///
-    /// In [`Durability::Sync`] mode it returns only once the answer cannot be undone by a crash.
+    /// In [`crate::Durability::Sync`] mode it returns only once the answer cannot be undone by a crash.
     pub fn check_or_insert(&self, key: &[u8], ttl: Duration, value: &[u8]) -> Result<Outcome> {
         self.check_or_insert_inner(key, ttl, value, None)
     }

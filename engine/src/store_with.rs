@@ -31,10 +31,10 @@ impl Store {
     /// - Plain [`Store::check_or_insert`] calls do not wait for running closures. If one records
     ///   `key` while the closure runs, this call answers with that `Duplicate` and the closure's
     ///   value is dropped, unrecorded: the first value stays, as always.
-    /// - A key held by a claim ([`Store::claim`]) fails with [`Error::ClaimInFlight`] (as
+    /// - A key held by a claim ([`Store::claim`]) fails with [`crate::Error::ClaimInFlight`] (as
     ///   [`WithError::Store`]) before the closure runs: its side effect is in progress elsewhere.
     /// - Key and TTL are checked before the closure runs; a value that is too large is only
-    ///   found after it ran ([`Error::ValueTooLarge`] as [`WithError::Store`], nothing recorded).
+    ///   found after it ran ([`crate::Error::ValueTooLarge`] as [`WithError::Store`], nothing recorded).
     /// - In [`crate::Durability::Sync`] mode waiters are woken only after the value is durable.
     ///
     /// "At most once" holds while the recorded value lives: after its TTL the key is new again.

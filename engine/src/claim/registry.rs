@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::fence::FencingTokens;
 use crate::record::{Record, RecordKind};
 
-/// Proof of holding a claim: pass it to [`Store::complete`] or [`Store::release`].
+/// Proof of holding a claim: pass it to [`crate::Store::complete`] or [`crate::Store::release`].
 ///
 /// Its [`ClaimToken::fencing_token`] is larger than that of every claim taken before it in this
 /// store, across reopens and crashes: hand it to the system the side effect goes to, which can
