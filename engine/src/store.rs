@@ -265,7 +265,7 @@ impl Store {
     /// anything is written; so a batch that returns an error recorded none of its items (and no
     /// other call saw any of them). After [`Error::Poisoned`] nothing more is acknowledged at
     /// all. Like any write that was not acknowledged, a crash before the call returns may keep
-    /// any subset of the batch's records on disk (use a transaction to make that atomic too).
+    /// any subset of the batch's records on disk, as it may of separate calls in flight.
     ///
     /// ```
     /// use std::time::Duration;
