@@ -158,10 +158,15 @@ impl PlannedKeys {
         (hash.shard as u64) << 32 | u64::from(hash.tag)
     }
 
+    /// Where `mixed` starts probing.
+    fn home(&self, mixed: u64) -> usize {
+        (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & (self.slots.len() - 1)
+    }
+
     fn find(&self, hash: &KeyHash, same_key: impl Fn(usize) -> bool) -> Option<usize> {
         let mixed = Self::mixed(hash);
         let mask = self.slots.len() - 1;
-        let mut index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        let mut index = self.home(mixed);
         loop {
             let item = self.slots[index];
             if item == NO_ITEM {
@@ -177,7 +182,7 @@ impl PlannedKeys {
     fn insert(&mut self, hash: &KeyHash, item: usize) {
         let mixed = Self::mixed(hash);
         let mask = self.slots.len() - 1;
-        let mut index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        let mut index = self.home(mixed);
         while self.slots[index] != NO_ITEM {
             index = (index + 1) & mask;
         }
