@@ -25,11 +25,17 @@ use crate::io::{Storage, StorageFile};
 use crate::log::segment::sync_dir;
 use crate::log::{segment_of, Location, SegmentStats};
 use crate::shared::Shared;
+use crate::state::StateTables;
 
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";
 const CHECKPOINT_MAGIC: [u8; 8] = *b"IDEMCKPT";
-const CHECKPOINT_VERSION: u32 = 1;
+/// Version 2 added the state section (state entries and positions of transactions); version 1
+/// files, which have none, are still read.
+const CHECKPOINT_VERSION: u32 = 2;
+const CHECKPOINT_VERSION_1: u32 = 1;
+const STATE_ROW_ENTRY: u8 = 1;
+const STATE_ROW_POSITION: u8 = 2;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
@@ -52,6 +58,11 @@ const ENTRY_LEN: usize = 16;
 /// entry count u32, CRC of the entries u32.
 const SHARD_BLOCK_HEADER_LEN: usize = 8;
 
+/// A state entry of the state section: key, value, location.
+pub(crate) type StateRow = (Box<[u8]>, Box<[u8]>, Location);
+/// A position of the state section: source, position, location.
+pub(crate) type PositionRow = (Box<[u8]>, u64, Location);
+
 /// A checkpoint that passed every check.
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
@@ -65,6 +76,9 @@ pub(crate) struct Checkpoint {
     shard_entries: Vec<std::ops::Range<usize>>,
     /// Keys that held an open claim when the checkpoint was taken (to find claims in doubt).
     pub(crate) claim_keys: Vec<Box<[u8]>>,
+    /// State entries (key, value, location) and positions (source, position, location).
+    pub(crate) state_entries: Vec<StateRow>,
+    pub(crate) positions: Vec<PositionRow>,
 }
 
 /// Writes a checkpoint of the store's index.
@@ -159,6 +173,8 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     let crc = crc32fast::hash(&claims);
     claims.extend_from_slice(&crc.to_le_bytes());
     out.write_all(&claims).map_err(io("writing"))?;
+    out.write_all(&state_section(shared, replay_from))
+        .map_err(io("writing"))?;
     out.flush().map_err(io("writing"))?;
     put_u64(&mut header, ENTRY_COUNT_OFFSET, entry_count);
     let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
@@ -170,6 +186,89 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         .rename(&tmp_path, &final_path)
         .map_err(io("renaming"))?;
     sync_dir(storage, dir)
+}
+
+/// The state section: rows of state entries and positions whose records lie before P, then the
+/// section's CRC.
+fn state_section(shared: &Shared, replay_from: Location) -> Vec<u8> {
+    let mut section = vec![0u8; 4];
+    let mut rows = 0u32;
+    let state = shared.state.lock();
+    for (key, entry) in &state.entries {
+        if entry.location < replay_from {
+            section.push(STATE_ROW_ENTRY);
+            section.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            section.extend_from_slice(key);
+            section.extend_from_slice(&(entry.value.len() as u16).to_le_bytes());
+            section.extend_from_slice(&entry.value);
+            section.extend_from_slice(&entry.location.to_le_bytes());
+            rows += 1;
+        }
+    }
+    for (source, entry) in &state.positions {
+        if entry.location < replay_from {
+            section.push(STATE_ROW_POSITION);
+            section.extend_from_slice(&(source.len() as u16).to_le_bytes());
+            section.extend_from_slice(source);
+            section.extend_from_slice(&entry.position.to_le_bytes());
+            section.extend_from_slice(&entry.location.to_le_bytes());
+            rows += 1;
+        }
+    }
+    drop(state);
+    put_u32(&mut section, 0, rows);
+    let crc = crc32fast::hash(&section);
+    section.extend_from_slice(&crc.to_le_bytes());
+    section
+}
+
+/// Parses the state section starting at `at`; returns its rows and the offset after it.
+fn decode_state_section(
+    bytes: &[u8],
+    mut at: usize,
+    replay_from: Location,
+) -> std::result::Result<(Vec<StateRow>, Vec<PositionRow>, usize), String> {
+    let start = at;
+    let truncated = || format!("truncated in the state section (offset {start})");
+    let take = |at: &mut usize, len: usize| {
+        let got = bytes.get(*at..*at + len).ok_or_else(truncated)?;
+        *at += len;
+        Ok::<_, String>(got)
+    };
+    let rows = get_u32(take(&mut at, 4)?, 0);
+    let (mut entries, mut positions) = (Vec::new(), Vec::new());
+    for _ in 0..rows {
+        let kind = take(&mut at, 1)?[0];
+        let key_len = u16::from_le_bytes(take(&mut at, 2)?.try_into().expect("2 bytes"));
+        let key: Box<[u8]> = take(&mut at, key_len as usize)?.into();
+        match kind {
+            STATE_ROW_ENTRY => {
+                let len = u16::from_le_bytes(take(&mut at, 2)?.try_into().expect("2 bytes"));
+                let value: Box<[u8]> = take(&mut at, len as usize)?.into();
+                let location = get_u64(take(&mut at, 8)?, 0);
+                entries.push((key, value, location));
+            }
+            STATE_ROW_POSITION => {
+                let position = get_u64(take(&mut at, 8)?, 0);
+                let location = get_u64(take(&mut at, 8)?, 0);
+                positions.push((key, position, location));
+            }
+            other => {
+                return Err(format!(
+                    "unknown state row kind {other} in the state section"
+                ))
+            }
+        }
+    }
+    let crc = get_u32(take(&mut at, 4)?, 0);
+    if crc32fast::hash(&bytes[start..at - 4]) != crc {
+        return Err(format!("state section checksum mismatch at offset {start}"));
+    }
+    let outside = |location: Location| location == 0 || location >= replay_from;
+    if entries.iter().any(|e| outside(e.2)) || positions.iter().any(|p| outside(p.2)) {
+        return Err("the state section has a row outside the checkpointed log".into());
+    }
+    Ok((entries, positions, at))
 }
 
 /// Buffers sequential writes to a file into large positioned writes.
@@ -234,7 +333,7 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         return Err("header checksum mismatch".into());
     }
     let version = get_u32(bytes, VERSION_OFFSET);
-    if version != CHECKPOINT_VERSION {
+    if version != CHECKPOINT_VERSION && version != CHECKPOINT_VERSION_1 {
         return Err(format!(
             "version {version}, this build reads {CHECKPOINT_VERSION}"
         ));
@@ -342,9 +441,16 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         ));
     }
     at += 4;
+    let (state_entries, positions) = if version == CHECKPOINT_VERSION_1 {
+        (Vec::new(), Vec::new())
+    } else {
+        let (entries, positions, end) = decode_state_section(bytes, at, replay_from)?;
+        at = end;
+        (entries, positions)
+    };
     if at != bytes.len() {
         return Err(format!(
-            "{} unexpected bytes after the claims section",
+            "{} unexpected bytes after the last section",
             bytes.len() - at
         ));
     }
@@ -360,6 +466,8 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         segments,
         shard_entries: shards,
         claim_keys,
+        state_entries,
+        positions,
         bytes: bytes.to_vec(),
     })
 }
@@ -369,10 +477,24 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
 pub(crate) fn install(
     checkpoint: &Checkpoint,
     index: &Index,
+    state: &mut StateTables,
     segment_exists: impl Fn(u32) -> bool,
     now_millis: u64,
 ) -> u64 {
     let mut installed = 0;
+    // State records never expire; those in deleted segments were copied after P.
+    for (key, value, location) in &checkpoint.state_entries {
+        if segment_exists(segment_of(*location)) {
+            state.put(key, value, *location, *location);
+            installed += 1;
+        }
+    }
+    for (source, position, location) in &checkpoint.positions {
+        if segment_exists(segment_of(*location)) {
+            state.set_position(source, *position, *location, *location);
+            installed += 1;
+        }
+    }
     for (shard, range) in index.shards().iter().zip(&checkpoint.shard_entries) {
         let entries = &checkpoint.bytes[range.clone()];
         let mut table = shard.lock();
@@ -559,7 +681,13 @@ mod tests {
         assert!(expected_bytes >= 40 * crate::record::RECORD_HEADER_LEN as u64);
 
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
-        let installed = install(&loaded, &index, |_| true, crate::Clock::now_millis(&clock));
+        let installed = install(
+            &loaded,
+            &index,
+            &mut StateTables::default(),
+            |_| true,
+            crate::Clock::now_millis(&clock),
+        );
         assert_eq!(installed as usize, written.len());
         assert_eq!(entries(&index), written);
         assert_eq!(written.len(), 300 - 40 + 1, "live keys and the claim");
@@ -614,10 +742,10 @@ mod tests {
             Case {
                 what: "version",
                 damage: Box::new(|b| {
-                    put_u32(b, VERSION_OFFSET, 2);
+                    put_u32(b, VERSION_OFFSET, 3);
                     reseal_header(b);
                 }),
-                reason: "version 2",
+                reason: "version 3",
                 config: same,
             },
             Case {
@@ -643,8 +771,18 @@ mod tests {
             },
             Case {
                 what: "claims CRC",
-                damage: Box::new(|b| *b.last_mut().unwrap() ^= 1),
+                // Its last byte lies before the state section (8 bytes when it has no rows).
+                damage: Box::new(|b| {
+                    let at = b.len() - 9;
+                    b[at] ^= 1
+                }),
                 reason: "claims section checksum",
+                config: same,
+            },
+            Case {
+                what: "state CRC",
+                damage: Box::new(|b| *b.last_mut().unwrap() ^= 1),
+                reason: "state section checksum",
                 config: same,
             },
             Case {
@@ -673,7 +811,7 @@ mod tests {
                 damage: Box::new(|b| {
                     b.pop();
                 }),
-                reason: "truncated in the claims section",
+                reason: "truncated in the state section",
                 config: same,
             },
             Case {
@@ -809,11 +947,18 @@ mod tests {
         let all = install(
             &loaded,
             &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
+            &mut StateTables::default(),
             |_| true,
             now,
         );
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
-        let without_first = install(&loaded, &index, |id| id != 1, now);
+        let without_first = install(
+            &loaded,
+            &index,
+            &mut StateTables::default(),
+            |id| id != 1,
+            now,
+        );
         let in_first = entries(&index);
         assert!(in_first.iter().all(|&(_, _, at)| segment_of(at) != 1));
         assert!(
@@ -846,6 +991,7 @@ mod tests {
         let surviving = install(
             &loaded,
             &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
+            &mut StateTables::default(),
             |id| on_disk.contains(&id),
             now,
         );

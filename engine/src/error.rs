@@ -92,6 +92,37 @@ pub enum Error {
         /// The offending file.
         path: PathBuf,
     },
+    /// A transaction lost a race: another transaction or call committed first a change to a dedup
+    /// key it checked, a state key it read, or a position it set. Nothing of it was written;
+    /// retry the whole transaction (its reads will see the winner's writes).
+    #[error("transaction conflict: {reason}; nothing was written, retry it")]
+    Conflict {
+        /// What changed under the transaction (key lengths only, never key bytes).
+        reason: String,
+    },
+    /// A position may only move forward: the source is already at a later position.
+    #[error(
+        "position of source ({source_len} bytes) is {stored}; it cannot move back to {requested}"
+    )]
+    PositionRegressed {
+        /// Length of the source name.
+        source_len: usize,
+        /// The stored position.
+        stored: u64,
+        /// The rejected position.
+        requested: u64,
+    },
+    /// A transaction is over the documented limits ([`crate::MAX_TRANSACTION_RECORDS`] records,
+    /// and bytes that fit in one segment: `max_bytes`). Nothing was written.
+    #[error("transaction of {records} records and {bytes} bytes is over the limit ({max_bytes} bytes, or too many records)")]
+    TransactionTooLarge {
+        /// Records the transaction would write.
+        records: usize,
+        /// Bytes they take in the log.
+        bytes: usize,
+        /// The largest number of bytes a transaction may write.
+        max_bytes: usize,
+    },
     /// A segment or checkpoint was written by a format version this build cannot read.
     #[error("{path} has format version {found}, this build reads version {supported}")]
     UnsupportedVersion {

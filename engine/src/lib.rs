@@ -52,6 +52,7 @@ mod recovery;
 mod shared;
 pub mod sim;
 mod single_flight;
+mod state;
 mod store;
 mod store_with;
 mod sync;

@@ -12,8 +12,10 @@ use std::ops::Range;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// The magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"IDEMLOG\0";
-/// The segment format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment format version this build writes. It reads this one and version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version, still read (its records have a 20-byte header).
+pub const FORMAT_VERSION_1: u32 = 1;
 
 const HEADER_MAGIC_OFFSET: usize = 0;
 const HEADER_VERSION_OFFSET: usize = HEADER_MAGIC_OFFSET + SEGMENT_MAGIC.len();
@@ -23,25 +25,44 @@ const HEADER_RESERVED2_OFFSET: usize = HEADER_SEGMENT_ID_OFFSET + 8;
 const HEADER_CRC_OFFSET: usize = HEADER_RESERVED2_OFFSET + 4;
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN);
 
-/// Bytes of a record header, before the key.
-pub const RECORD_HEADER_LEN: usize = 20;
+/// Bytes of a record header (format 2), before the key.
+pub const RECORD_HEADER_LEN: usize = 15;
 const RECORD_CRC_OFFSET: usize = 0;
+/// Format 2: one byte holds the layout mark (bit 7), the flags (bits 4..=6) and the kind (0..=3).
 const RECORD_KIND_OFFSET: usize = RECORD_CRC_OFFSET + 4;
-const RECORD_FLAGS_OFFSET: usize = RECORD_KIND_OFFSET + 1;
-const RECORD_KEY_LEN_OFFSET: usize = RECORD_FLAGS_OFFSET + 1;
+const RECORD_KEY_LEN_OFFSET: usize = RECORD_KIND_OFFSET + 1;
 const RECORD_VALUE_LEN_OFFSET: usize = RECORD_KEY_LEN_OFFSET + 2;
-const RECORD_EXPIRES_OFFSET: usize = RECORD_VALUE_LEN_OFFSET + 4;
-const _: () = assert!(RECORD_EXPIRES_OFFSET + 8 == RECORD_HEADER_LEN);
+const RECORD_EXPIRES_OFFSET: usize = RECORD_VALUE_LEN_OFFSET + 2;
+const _: () = assert!(RECORD_EXPIRES_OFFSET + 6 == RECORD_HEADER_LEN);
+
+/// Bit 7 of a format-2 record's kind byte: format-1 kind bytes are 1..=4, so the two layouts
+/// tell themselves apart, and a zero byte is neither.
+const LAYOUT_V2: u8 = 0x80;
+const KIND_BITS: u8 = 0x0F;
+const FLAGS_SHIFT: u32 = 4;
+
+/// Format 1's record header: crc u32, kind u8, flags u8, key_len u16, value_len u32,
+/// expires_at_ms u64.
+const V1_RECORD_HEADER_LEN: usize = 20;
+const V1_FLAGS_OFFSET: usize = 5;
+const V1_KEY_LEN_OFFSET: usize = 6;
+const V1_VALUE_LEN_OFFSET: usize = 8;
+const V1_EXPIRES_OFFSET: usize = 12;
+const V1_MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// The largest key a record can carry.
 pub const MAX_KEY_BYTES: usize = 1024;
-/// The largest value a record can carry.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The largest value a record can carry (a 16-bit length).
+pub const MAX_VALUE_BYTES: usize = u16::MAX as usize;
 /// The largest request fingerprint a record can carry.
 pub const MAX_FINGERPRINT_BYTES: usize = 32;
-/// The largest encoded record.
+/// The largest encoded record (format 1's, whose header and values were larger).
 pub const MAX_RECORD_BYTES: usize =
-    RECORD_HEADER_LEN + MAX_KEY_BYTES + MAX_VALUE_BYTES + 1 + MAX_FINGERPRINT_BYTES;
+    V1_RECORD_HEADER_LEN + MAX_KEY_BYTES + V1_MAX_VALUE_BYTES + 1 + MAX_FINGERPRINT_BYTES;
+
+/// The largest deadline a record can carry: 2^48 - 1 milliseconds (the year 10889). Later
+/// deadlines are stored as this one; state and position records, which never expire, carry it.
+pub const NEVER_EXPIRES: u64 = (1 << 48) - 1;
 
 /// Flag bit: a fingerprint (length byte, then bytes) follows the value.
 const FLAG_FINGERPRINT: u8 = 0x01;
@@ -62,6 +83,18 @@ pub enum RecordKind {
     /// The last record of every sealed segment: key `seal`, value the segment's length before
     /// the seal (u64), deadline 0. A sealed segment without it was cut short.
     Seal = 4,
+    /// A state entry (the state namespace of transactions) was set to the value. Never expires.
+    StatePut = 5,
+    /// A state entry was deleted: a tombstone like Remove (0 or 8 bytes of origin), that never
+    /// expires.
+    StateRemove = 6,
+    /// An input position: the key names the source, the value is the position (u64). Positions
+    /// only grow; the largest recorded wins. Never expires.
+    Position = 7,
+    /// Opens a group of records written atomically (a transaction): key `group`, value the
+    /// group's body length (u32, the bytes of the records that follow it) and record count (u32).
+    /// Recovery applies a group only if its whole body is there and intact.
+    Group = 8,
 }
 
 impl RecordKind {
@@ -71,8 +104,21 @@ impl RecordKind {
             2 => Some(RecordKind::Remove),
             3 => Some(RecordKind::Claim),
             4 => Some(RecordKind::Seal),
+            5 => Some(RecordKind::StatePut),
+            6 => Some(RecordKind::StateRemove),
+            7 => Some(RecordKind::Position),
+            8 => Some(RecordKind::Group),
             _ => None,
         }
+    }
+
+    /// Whether the record belongs to the state namespace (state entries and positions) rather
+    /// than to the dedup entries.
+    pub fn is_state(self) -> bool {
+        matches!(
+            self,
+            RecordKind::StatePut | RecordKind::StateRemove | RecordKind::Position
+        )
     }
 }
 
@@ -137,7 +183,8 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Bytes this record occupies when encoded.
+    /// Bytes this record occupies when this build encodes it (format 2). A record decoded from a
+    /// format-1 segment occupied more: scans step by [`decode_sized`]'s length.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
     }
@@ -164,22 +211,45 @@ pub(crate) fn deadline_secs(expires_at_millis: u64) -> u32 {
 
 /// The key of every seal record.
 pub const SEAL_KEY: &[u8] = b"seal";
-/// Bytes of a seal record.
+/// Bytes of a seal record (format 2).
 pub const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
+/// Bytes of a seal record in a format-1 segment.
+pub const V1_SEAL_RECORD_LEN: usize = V1_RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
+
+/// Bytes of a seal record in a segment of `version`.
+pub fn seal_record_len(version: u32) -> usize {
+    if version == FORMAT_VERSION_1 {
+        V1_SEAL_RECORD_LEN
+    } else {
+        SEAL_RECORD_LEN
+    }
+}
+
+fn seal_record(value: &[u8; 8]) -> Record<'_> {
+    Record {
+        kind: RecordKind::Seal,
+        key: SEAL_KEY,
+        value,
+        expires_at_millis: 0,
+        fingerprint: &[],
+    }
+}
 
 /// Encodes the seal of a segment whose records end at `data_len` (where the seal goes).
 pub fn encode_seal(data_len: u64) -> Vec<u8> {
     let value = data_len.to_le_bytes();
-    let seal = Record {
-        kind: RecordKind::Seal,
-        key: SEAL_KEY,
-        value: &value,
-        expires_at_millis: 0,
-        fingerprint: &[],
-    };
     let mut bytes = Vec::with_capacity(SEAL_RECORD_LEN);
-    encode_into(&mut bytes, &seal);
+    encode_into(&mut bytes, &seal_record(&value));
     debug_assert_eq!(bytes.len(), SEAL_RECORD_LEN);
+    bytes
+}
+
+/// Encodes the seal of a *format-1* segment: a store written by an older build is upgraded by
+/// sealing its newest segment in its own format and going on in a new one.
+pub fn encode_seal_v1(data_len: u64) -> Vec<u8> {
+    let value = data_len.to_le_bytes();
+    let mut bytes = Vec::with_capacity(V1_SEAL_RECORD_LEN);
+    encode_v1_into(&mut bytes, &seal_record(&value));
     bytes
 }
 
@@ -191,17 +261,59 @@ pub fn seal_length(record: &Record<'_>) -> Option<u64> {
     Some(u64::from_le_bytes(record.value.try_into().ok()?))
 }
 
-/// Bytes a record with these lengths occupies.
+/// The position a Position record carries (its 8-byte value), if it is one.
+pub fn position_value(record: &Record<'_>) -> Option<u64> {
+    if record.kind != RecordKind::Position {
+        return None;
+    }
+    Some(u64::from_le_bytes(record.value.try_into().ok()?))
+}
+
+/// The key of every group record.
+pub const GROUP_KEY: &[u8] = b"group";
+/// Bytes of a group record.
+pub const GROUP_RECORD_LEN: usize = RECORD_HEADER_LEN + GROUP_KEY.len() + 8;
+
+/// Encodes the record that opens a group of `records` records occupying `body_len` bytes.
+pub fn encode_group(out: &mut Vec<u8>, body_len: u32, records: u32) {
+    let mut value = [0u8; 8];
+    value[..4].copy_from_slice(&body_len.to_le_bytes());
+    value[4..].copy_from_slice(&records.to_le_bytes());
+    encode_into(
+        out,
+        &Record {
+            kind: RecordKind::Group,
+            key: GROUP_KEY,
+            value: &value,
+            expires_at_millis: 0,
+            fingerprint: &[],
+        },
+    );
+}
+
+/// If `record` is a well-formed group record: its body's length in bytes and record count.
+pub fn group_extent(record: &Record<'_>) -> Option<(u32, u32)> {
+    if record.kind != RecordKind::Group || record.key != GROUP_KEY || record.value.len() != 8 {
+        return None;
+    }
+    Some((u32_at(record.value, 0), u32_at(record.value, 4)))
+}
+
+/// Bytes a record with these lengths occupies when this build encodes it (format 2).
 pub fn encoded_len(key_len: usize, value_len: usize, fingerprint_len: usize) -> usize {
-    let fingerprint = if fingerprint_len == 0 {
+    RECORD_HEADER_LEN + key_len + value_len + fingerprint_bytes(fingerprint_len)
+}
+
+fn fingerprint_bytes(fingerprint_len: usize) -> usize {
+    if fingerprint_len == 0 {
         0
     } else {
         1 + fingerprint_len
-    };
-    RECORD_HEADER_LEN + key_len + value_len + fingerprint
+    }
 }
 
-/// Appends the encoding of `record` to `out`.
+/// Appends the encoding of `record` to `out` (format 2). A deadline past [`NEVER_EXPIRES`] is
+/// stored as it.
 ///
 /// # Panics
 /// If the key is empty or a length is over its limit: callers validate input first.
@@ -209,6 +321,24 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
     assert!(record.value.len() <= MAX_VALUE_BYTES);
     assert!(record.fingerprint.len() <= MAX_FINGERPRINT_BYTES);
+    let start = out.len();
+    let flags = if record.fingerprint.is_empty() {
+        0
+    } else {
+        FLAG_FINGERPRINT
+    };
+    out.extend_from_slice(&[0u8; 4]);
+    out.push(LAYOUT_V2 | flags << FLAGS_SHIFT | record.kind as u8);
+    out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(record.value.len() as u16).to_le_bytes());
+    out.extend_from_slice(&record.expires_at_millis.min(NEVER_EXPIRES).to_le_bytes()[..6]);
+    finish(out, start, record);
+}
+
+/// Appends the format-1 encoding of `record` (for seals of format-1 segments, and tests).
+pub fn encode_v1_into(out: &mut Vec<u8>, record: &Record<'_>) {
+    assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
+    assert!((record.kind as u8) <= RecordKind::Seal as u8);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.push(record.kind as u8);
@@ -220,6 +350,11 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(record.value.len() as u32).to_le_bytes());
     out.extend_from_slice(&record.expires_at_millis.to_le_bytes());
+    finish(out, start, record);
+}
+
+/// Appends key, value and fingerprint, then fills in the CRC of everything after it.
+fn finish(out: &mut Vec<u8>, start: usize, record: &Record<'_>) {
     out.extend_from_slice(record.key);
     out.extend_from_slice(record.value);
     if !record.fingerprint.is_empty() {
@@ -228,63 +363,127 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     }
     let crc = crc32fast::hash(&out[start + RECORD_KIND_OFFSET..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(out.len() - start, record.encoded_len());
+}
+
+/// A record header's fields, read without checking the CRC.
+struct Header {
+    kind: RecordKind,
+    header_len: usize,
+    key_len: usize,
+    value_len: usize,
+    /// The encoded length of the whole record.
+    len: usize,
+}
+
+impl Header {
+    fn expires_at_millis(&self, bytes: &[u8]) -> u64 {
+        if self.header_len == V1_RECORD_HEADER_LEN {
+            u64_at(bytes, V1_EXPIRES_OFFSET)
+        } else {
+            let mut deadline = [0u8; 8];
+            deadline[..6].copy_from_slice(&bytes[RECORD_EXPIRES_OFFSET..RECORD_EXPIRES_OFFSET + 6]);
+            u64::from_le_bytes(deadline)
+        }
+    }
+}
+
+/// Reads and range-checks the header at the start of `bytes`, in either layout.
+fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+    let Some(&kind_byte) = bytes.get(RECORD_KIND_OFFSET) else {
+        return Err(DecodeError::Truncated {
+            needed: RECORD_HEADER_LEN,
+            available: bytes.len(),
+        });
+    };
+    let v2 = kind_byte & LAYOUT_V2 != 0;
+    let header_len = if v2 {
+        RECORD_HEADER_LEN
+    } else {
+        V1_RECORD_HEADER_LEN
+    };
+    if bytes.len() < header_len {
+        return Err(DecodeError::Truncated {
+            needed: header_len,
+            available: bytes.len(),
+        });
+    }
+    let (kind, flags, key_len, value_len, max_value) = if v2 {
+        let kind = RecordKind::from_byte(kind_byte & KIND_BITS);
+        (
+            kind.ok_or(DecodeError::BadKind(kind_byte))?,
+            (kind_byte & !LAYOUT_V2) >> FLAGS_SHIFT,
+            u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize,
+            u16_at(bytes, RECORD_VALUE_LEN_OFFSET) as usize,
+            MAX_VALUE_BYTES,
+        )
+    } else {
+        // Format 1 knew only the first four kinds.
+        let kind = RecordKind::from_byte(kind_byte).filter(|k| *k as u8 <= RecordKind::Seal as u8);
+        (
+            kind.ok_or(DecodeError::BadKind(kind_byte))?,
+            bytes[V1_FLAGS_OFFSET],
+            u16_at(bytes, V1_KEY_LEN_OFFSET) as usize,
+            u32_at(bytes, V1_VALUE_LEN_OFFSET) as usize,
+            V1_MAX_VALUE_BYTES,
+        )
+    };
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(DecodeError::BadFlags(flags));
+    }
+    if key_len == 0 || key_len > MAX_KEY_BYTES {
+        return Err(DecodeError::BadLength("key length"));
+    }
+    if value_len > max_value {
+        return Err(DecodeError::BadLength("value length"));
+    }
+    let mut len = header_len + key_len + value_len;
+    if flags & FLAG_FINGERPRINT != 0 {
+        let Some(&fingerprint_len) = bytes.get(len) else {
+            return Err(DecodeError::Truncated {
+                needed: len + 1,
+                available: bytes.len(),
+            });
+        };
+        if fingerprint_len == 0 || fingerprint_len as usize > MAX_FINGERPRINT_BYTES {
+            return Err(DecodeError::BadLength("fingerprint length"));
+        }
+        len += fingerprint_bytes(fingerprint_len as usize);
+    }
+    Ok(Header {
+        kind,
+        header_len,
+        key_len,
+        value_len,
+        len,
+    })
 }
 
 /// The key of the record at the start of `bytes` and the record's length, read from its header
 /// without checking the CRC (for prefetching ahead of the real decode; never for answers).
 pub(crate) fn peek_key(bytes: &[u8]) -> Option<(&[u8], usize)> {
-    let len = peek_len(bytes).ok()?;
-    let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
-    let key = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len)?;
-    Some((key, len))
+    let header = read_header(bytes).ok()?;
+    let key = bytes.get(header.header_len..header.header_len + header.key_len)?;
+    Some((key, header.len))
 }
 
-/// The lengths announced by a record header, checked against the limits; the CRC is not checked.
+/// The lengths announced by a record header (either format), checked against the limits; the CRC
+/// is not checked.
 ///
 /// Returns the total encoded length of the record.
 pub fn peek_len(bytes: &[u8]) -> Result<usize, DecodeError> {
-    if bytes.len() < RECORD_HEADER_LEN {
-        return Err(DecodeError::Truncated {
-            needed: RECORD_HEADER_LEN,
-            available: bytes.len(),
-        });
-    }
-    let kind = bytes[RECORD_KIND_OFFSET];
-    if RecordKind::from_byte(kind).is_none() {
-        return Err(DecodeError::BadKind(kind));
-    }
-    let flags = bytes[RECORD_FLAGS_OFFSET];
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::BadFlags(flags));
-    }
-    let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
-    let value_len = u32_at(bytes, RECORD_VALUE_LEN_OFFSET) as usize;
-    if key_len == 0 || key_len > MAX_KEY_BYTES {
-        return Err(DecodeError::BadLength("key length"));
-    }
-    if value_len > MAX_VALUE_BYTES {
-        return Err(DecodeError::BadLength("value length"));
-    }
-    if flags & FLAG_FINGERPRINT == 0 {
-        return Ok(encoded_len(key_len, value_len, 0));
-    }
-    let at = RECORD_HEADER_LEN + key_len + value_len;
-    let Some(&fingerprint_len) = bytes.get(at) else {
-        return Err(DecodeError::Truncated {
-            needed: at + 1,
-            available: bytes.len(),
-        });
-    };
-    if fingerprint_len == 0 || fingerprint_len as usize > MAX_FINGERPRINT_BYTES {
-        return Err(DecodeError::BadLength("fingerprint length"));
-    }
-    Ok(encoded_len(key_len, value_len, fingerprint_len as usize))
+    read_header(bytes).map(|header| header.len)
 }
 
-/// Decodes the record at the start of `bytes`, checking lengths and the CRC.
+/// Decodes the record at the start of `bytes` (either format), checking lengths and the CRC.
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
-    let len = peek_len(bytes)?;
+    decode_sized(bytes).map(|(record, _)| record)
+}
+
+/// Like [`decode`], also returning the record's encoded length (which depends on its format, so
+/// scans step with this, not with [`Record::encoded_len`]).
+pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    let header = read_header(bytes)?;
+    let len = header.len;
     if bytes.len() < len {
         return Err(DecodeError::Truncated {
             needed: len,
@@ -296,23 +495,21 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
-    let kind = RecordKind::from_byte(bytes[RECORD_KIND_OFFSET]).expect("checked by peek_len");
-    let key_len = u16_at(bytes, RECORD_KEY_LEN_OFFSET) as usize;
-    let value_len = u32_at(bytes, RECORD_VALUE_LEN_OFFSET) as usize;
-    let key_range = RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len;
-    let value_range: Range<usize> = key_range.end..key_range.end + value_len;
-    let fingerprint = if bytes[RECORD_FLAGS_OFFSET] & FLAG_FINGERPRINT == 0 {
+    let key_range = header.header_len..header.header_len + header.key_len;
+    let value_range: Range<usize> = key_range.end..key_range.end + header.value_len;
+    let fingerprint = if value_range.end == len {
         &[][..]
     } else {
         &bytes[value_range.end + 1..len]
     };
-    Ok(Record {
-        kind,
+    let record = Record {
+        kind: header.kind,
         key: &bytes[key_range],
         value: &bytes[value_range],
-        expires_at_millis: u64_at(bytes, RECORD_EXPIRES_OFFSET),
+        expires_at_millis: header.expires_at_millis(bytes),
         fingerprint,
-    })
+    };
+    Ok((record, len))
 }
 
 /// Why bytes did not decode as a segment header.
@@ -328,12 +525,16 @@ pub enum HeaderError {
     UnsupportedVersion(u32),
 }
 
-/// Encodes the header of segment `segment_id`.
+/// Encodes the header of segment `segment_id` in the format this build writes.
 pub fn encode_segment_header(segment_id: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_segment_header_version(segment_id, FORMAT_VERSION)
+}
+
+/// Encodes a segment header naming `version` (older versions: for tests of upgrades).
+pub fn encode_segment_header_version(segment_id: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
-    header[HEADER_VERSION_OFFSET..HEADER_RESERVED_OFFSET]
-        .copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[HEADER_VERSION_OFFSET..HEADER_RESERVED_OFFSET].copy_from_slice(&version.to_le_bytes());
     header[HEADER_SEGMENT_ID_OFFSET..HEADER_RESERVED2_OFFSET]
         .copy_from_slice(&segment_id.to_le_bytes());
     let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
@@ -341,8 +542,17 @@ pub fn encode_segment_header(segment_id: u64) -> [u8; SEGMENT_HEADER_LEN] {
     header
 }
 
-/// Decodes a segment header, returning the segment id it names.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The segment id it names.
+    pub segment_id: u64,
+    /// The format version of the build that created the segment (1 or 2).
+    pub version: u32,
+}
+
+/// Decodes a segment header of a version this build reads.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderError::Truncated);
     }
@@ -354,10 +564,13 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::BadChecksum);
     }
     let version = u32_at(bytes, HEADER_VERSION_OFFSET);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
         return Err(HeaderError::UnsupportedVersion(version));
     }
-    Ok(u64_at(bytes, HEADER_SEGMENT_ID_OFFSET))
+    Ok(SegmentHeader {
+        segment_id: u64_at(bytes, HEADER_SEGMENT_ID_OFFSET),
+        version,
+    })
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -384,9 +597,68 @@ mod tests {
     }
 
     #[test]
+    fn the_format_2_header_is_15_bytes_and_a_16_byte_entry_takes_47() {
+        let record = Record {
+            kind: RecordKind::Insert,
+            key: &[1; 16],
+            value: &[2; 16],
+            expires_at_millis: 1_800_000_000_000,
+            fingerprint: &[],
+        };
+        let mut bytes = Vec::new();
+        encode_into(&mut bytes, &record);
+        assert_eq!(bytes.len(), 47);
+        assert_eq!(bytes[4], 0x81, "layout mark, no flags, kind 1");
+    }
+
+    #[test]
+    fn seals_and_groups_round_trip() {
+        let seal = encode_seal(4096);
+        assert_eq!(seal.len(), SEAL_RECORD_LEN);
+        assert_eq!(seal_length(&decode(&seal).unwrap()), Some(4096));
+        let old = encode_seal_v1(4096);
+        assert_eq!(old.len(), seal_record_len(FORMAT_VERSION_1));
+        assert_eq!(seal_length(&decode(&old).unwrap()), Some(4096));
+        let mut group = Vec::new();
+        encode_group(&mut group, 300, 4);
+        assert_eq!(group.len(), GROUP_RECORD_LEN);
+        assert_eq!(group_extent(&decode(&group).unwrap()), Some((300, 4)));
+    }
+
+    #[test]
+    fn format_1_never_had_the_new_kinds() {
+        let mut bytes = Vec::new();
+        encode_v1_into(
+            &mut bytes,
+            &Record {
+                kind: RecordKind::Insert,
+                key: b"k",
+                value: b"v",
+                expires_at_millis: 1,
+                fingerprint: &[],
+            },
+        );
+        bytes[4] = RecordKind::StatePut as u8;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadKind(5)));
+    }
+
+    #[test]
     fn header_round_trips_and_rejects_damage() {
         let header = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&header), Ok(42));
+        assert_eq!(
+            decode_segment_header(&header),
+            Ok(SegmentHeader {
+                segment_id: 42,
+                version: FORMAT_VERSION
+            })
+        );
+        let old = encode_segment_header_version(7, FORMAT_VERSION_1);
+        assert_eq!(decode_segment_header(&old).map(|h| h.version), Ok(1));
+        let future = encode_segment_header_version(7, FORMAT_VERSION + 1);
+        assert_eq!(
+            decode_segment_header(&future),
+            Err(HeaderError::UnsupportedVersion(FORMAT_VERSION + 1))
+        );
         let mut flipped = header;
         flipped[17] ^= 1;
         assert_eq!(
@@ -407,8 +679,8 @@ mod tests {
         fn records_round_trip(
             key in proptest::collection::vec(any::<u8>(), 1..64),
             value in proptest::collection::vec(any::<u8>(), 0..128),
-            expires in any::<u64>(),
-            kind in 1u8..=4,
+            expires in 0..=NEVER_EXPIRES,
+            kind in 1u8..=8,
             fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
         ) {
             let kind = RecordKind::from_byte(kind).unwrap();
@@ -417,6 +689,32 @@ mod tests {
             encode_into(&mut bytes, &record);
             prop_assert_eq!(decode(&bytes[1..]), Ok(record));
             prop_assert_eq!(peek_len(&bytes[1..]), Ok(record.encoded_len()));
+            prop_assert_eq!(decode_sized(&bytes[1..]).map(|(_, len)| len), Ok(record.encoded_len()));
+        }
+
+        #[test]
+        fn format_1_records_still_decode(
+            key in proptest::collection::vec(any::<u8>(), 1..64),
+            value in proptest::collection::vec(any::<u8>(), 0..128),
+            expires in any::<u64>(),
+            kind in 1u8..=4,
+            fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
+        ) {
+            let kind = RecordKind::from_byte(kind).unwrap();
+            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint };
+            let mut bytes = Vec::new();
+            encode_v1_into(&mut bytes, &record);
+            prop_assert_eq!(bytes.len(), record.encoded_len() + V1_RECORD_HEADER_LEN - RECORD_HEADER_LEN);
+            prop_assert_eq!(decode_sized(&bytes), Ok((record, bytes.len())));
+            prop_assert_eq!(peek_len(&bytes), Ok(bytes.len()));
+        }
+
+        #[test]
+        fn deadlines_past_the_48_bit_range_are_stored_as_never(expires in NEVER_EXPIRES..) {
+            let record = Record { kind: RecordKind::Insert, key: b"k", value: b"v", expires_at_millis: expires, fingerprint: &[] };
+            let mut bytes = Vec::new();
+            encode_into(&mut bytes, &record);
+            prop_assert_eq!(decode(&bytes).unwrap().expires_at_millis, NEVER_EXPIRES);
         }
 
         #[test]

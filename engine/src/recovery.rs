@@ -23,7 +23,8 @@ use crate::index::{Index, KeyCheck, Probe, Slot};
 use crate::io::Storage;
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
-use crate::record::{self, HeaderError, Record, RecordKind, SEGMENT_HEADER_LEN};
+use crate::record::{self, HeaderError, Record, RecordKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::state::StateTables;
 
 /// What recovery found and did, for operators and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,6 +72,7 @@ pub(crate) fn recover(
     storage: &dyn Storage,
     dir: &Path,
     index: &Index,
+    state: &mut StateTables,
     now_millis: u64,
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
 ) -> Result<Recovered> {
@@ -96,6 +98,8 @@ pub(crate) fn recover(
     // Replay starts at the checkpoint's location, or at the very beginning.
     // Every segment file's header first: a foreign file is named as such before anything else
     // is judged (a newest file that was torn while being created is dealt with below).
+    // Each segment's format version (1: written by an older build).
+    let mut versions: BTreeMap<u32, u32> = BTreeMap::new();
     for (position, &id) in ids.iter().enumerate() {
         let file = SegmentFile::open(storage, dir, id)?;
         let mut header = [0u8; SEGMENT_HEADER_LEN];
@@ -107,7 +111,9 @@ pub(crate) fn recover(
         if newest && got < SEGMENT_HEADER_LEN {
             continue;
         }
-        check_header(&file, &header[..got], newest)?;
+        if let HeaderVerdict::Valid { version } = check_header(&file, &header[..got], newest)? {
+            versions.insert(id, version);
+        }
     }
     if ids.first() == Some(&0) {
         // Ids start at 1: location 0 means "no record" in the index.
@@ -131,10 +137,11 @@ pub(crate) fn recover(
             let file = SegmentFile::open(storage, dir, id)?;
             let mut header = [0u8; SEGMENT_HEADER_LEN];
             let got = file.read_at(&mut header, 0)?;
-            if let HeaderVerdict::TornCreation = check_header(&file, &header[..got], false)? {
+            let HeaderVerdict::Valid { version } = check_header(&file, &header[..got], false)?
+            else {
                 unreachable!("only the newest segment may be a torn creation");
-            }
-            check_seal(&file)?;
+            };
+            check_seal(&file, version)?;
             newest_sealed = true;
             segment_stats.insert(id, checkpoint.segments[&id]);
             opened.insert(id, file);
@@ -145,6 +152,7 @@ pub(crate) fn recover(
         report.checkpoint_entries_loaded = checkpoint::install(
             checkpoint,
             index,
+            state,
             |id| ids.binary_search(&id).is_ok(),
             now_millis,
         );
@@ -166,10 +174,12 @@ pub(crate) fn recover(
         let verdict = if start == 0 {
             check_header(&file, &bytes, newest)?
         } else {
-            HeaderVerdict::Valid
+            HeaderVerdict::Valid {
+                version: versions[&id],
+            }
         };
         match verdict {
-            HeaderVerdict::Valid => {}
+            HeaderVerdict::Valid { .. } => {}
             HeaderVerdict::TornCreation => {
                 drop(file);
                 let path = dir.join(segment::segment_file_name(id));
@@ -209,8 +219,8 @@ pub(crate) fn recover(
                 records_ahead += 1;
             }
             records_ahead = records_ahead.saturating_sub(1);
-            match record::decode(&bytes[offset..]) {
-                Ok(record) if record.kind == RecordKind::Seal => {
+            match decode_replayed(&bytes[offset..]) {
+                Ok((record, len)) if record.kind == RecordKind::Seal => {
                     let corrupt = |reason: String| Error::Corrupt {
                         path: file.path.clone(),
                         offset: offset as u64,
@@ -221,29 +231,30 @@ pub(crate) fn recover(
                             "a seal that does not vouch for its own offset".into(),
                         ));
                     }
-                    if offset + record.encoded_len() != bytes.len() {
+                    if offset + len != bytes.len() {
                         return Err(corrupt("bytes follow the segment's seal".into()));
                     }
                     sealed = true;
                     break;
                 }
-                Ok(record) => {
+                Ok((record, len)) => {
                     let at = location(id, offset as u32);
                     stats.add_record(&record);
                     apply(
                         index,
+                        state,
                         &opened,
                         Some(Current {
                             file: &file,
                             start,
                             bytes: &bytes,
                         }),
-                        at,
+                        (at, at + len as u64),
                         &record,
                         now_millis,
                         (&mut report, &mut claim_keys),
                     )?;
-                    offset += record.encoded_len();
+                    offset += len;
                 }
                 Err(error) if newest => {
                     file.truncate(offset as u64)?;
@@ -277,7 +288,19 @@ pub(crate) fn recover(
         segment_stats.insert(id, stats);
         opened.insert(id, file);
     }
-    count_live_entries(index, &mut segment_stats);
+    // A store written by an older build goes on in a segment of the current format: its newest
+    // segment is sealed in its own format (as the writer seals a full one) and left alone.
+    if let Some((&id, file)) = opened.iter().next_back() {
+        if !newest_sealed && versions.get(&id) == Some(&record::FORMAT_VERSION_1) {
+            file.write_at(
+                &record::encode_seal_v1(u64::from(tail_offset)),
+                u64::from(tail_offset),
+            )?;
+            file.sync()?;
+            newest_sealed = true;
+        }
+    }
+    count_live_entries(index, state, &mut segment_stats);
     for (id, file) in &opened {
         if let Some(stats) = segment_stats.get_mut(id) {
             stats.bytes = file.len()?;
@@ -356,11 +379,12 @@ fn claims_still_open(
 
 /// Checks that a sealed segment that is not replayed still ends with its seal. If it does not,
 /// the segment is read to name the first damaged record.
-fn check_seal(file: &SegmentFile) -> Result<()> {
+fn check_seal(file: &SegmentFile, version: u32) -> Result<()> {
     let len = file.len()?;
-    let at = len.saturating_sub(record::SEAL_RECORD_LEN as u64);
-    let mut seal = [0u8; record::SEAL_RECORD_LEN];
-    let got = file.read_at(&mut seal, at)?;
+    let seal_len = record::seal_record_len(version);
+    let at = len.saturating_sub(seal_len as u64);
+    let mut seal = [0u8; record::V1_SEAL_RECORD_LEN];
+    let got = file.read_at(&mut seal[..seal_len], at)?;
     let vouched = record::decode(&seal[..got])
         .ok()
         .as_ref()
@@ -371,8 +395,8 @@ fn check_seal(file: &SegmentFile) -> Result<()> {
     let bytes = read_whole(file)?;
     let mut offset = SEGMENT_HEADER_LEN;
     while offset < bytes.len() {
-        match record::decode(&bytes[offset..]) {
-            Ok(record) => offset += record.encoded_len(),
+        match record::decode_sized(&bytes[offset..]) {
+            Ok((_, len)) => offset += len,
             Err(error) => {
                 return Err(Error::Corrupt {
                     path: file.path.clone(),
@@ -407,7 +431,11 @@ fn usable(checkpoint: &Checkpoint, ids: &[u32]) -> std::result::Result<(), Strin
 
 /// Sets each segment's live count to the number of index entries pointing into it (replay drops
 /// and replaces entries freely, so the counts are taken once at the end).
-fn count_live_entries(index: &Index, segment_stats: &mut BTreeMap<u32, SegmentStats>) {
+fn count_live_entries(
+    index: &Index,
+    state: &mut StateTables,
+    segment_stats: &mut BTreeMap<u32, SegmentStats>,
+) {
     // Segment ids on disk form a short range: count in an array, not with a map lookup per
     // entry (10 M entries at open).
     let first = segment_stats.keys().next().copied().unwrap_or(0);
@@ -430,13 +458,22 @@ fn count_live_entries(index: &Index, segment_stats: &mut BTreeMap<u32, SegmentSt
             }
         }
     }
+    state.released.clear();
+    for location in state.locations() {
+        if let Some(count) = segment_of(location)
+            .checked_sub(first)
+            .and_then(|i| counts.get_mut(i as usize))
+        {
+            *count += 1;
+        }
+    }
     for (id, stats) in segment_stats.iter_mut() {
         stats.live = counts[(id - first) as usize];
     }
 }
 
 enum HeaderVerdict {
-    Valid,
+    Valid { version: u32 },
     TornCreation,
 }
 
@@ -445,8 +482,10 @@ fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<Header
         || bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
             && bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0);
     match record::decode_segment_header(bytes) {
-        Ok(id) if id == u64::from(file.id) => Ok(HeaderVerdict::Valid),
-        Ok(id) => Err(Error::Corrupt {
+        Ok(header) if header.segment_id == u64::from(file.id) => Ok(HeaderVerdict::Valid {
+            version: header.version,
+        }),
+        Ok(SegmentHeader { segment_id: id, .. }) => Err(Error::Corrupt {
             path: file.path.clone(),
             offset: 0,
             reason: format!(
@@ -501,16 +540,43 @@ fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
 
 /// Applies one replayed record to the index: the log order is the per-key operation order, so
 /// the last insert or removal of a key wins.
+#[allow(clippy::too_many_arguments)] // reason: replay's context, passed down as it is
 fn apply(
     index: &Index,
+    state: &mut StateTables,
     earlier: &BTreeMap<u32, SegmentFile>,
     current: Option<Current<'_>>,
-    at: Location,
+    (at, end): (Location, Location),
     record: &Record<'_>,
     now_millis: u64,
     (report, claim_keys): (&mut RecoveryReport, &mut Vec<Box<[u8]>>),
 ) -> Result<()> {
     report.records_replayed += 1;
+    match record.kind {
+        RecordKind::StatePut => {
+            state.put(record.key, record.value, at, end);
+            return Ok(());
+        }
+        RecordKind::StateRemove => {
+            state.remove(record.key, record.removes_before(at), end);
+            return Ok(());
+        }
+        RecordKind::Position => {
+            let position = record::position_value(record).ok_or_else(|| {
+                corrupt_at(
+                    earlier,
+                    current,
+                    at,
+                    "a position record without an 8-byte value",
+                )
+            })?;
+            state.set_position(record.key, position, at, end);
+            return Ok(());
+        }
+        // The group was checked whole before its first record was applied.
+        RecordKind::Group => return Ok(()),
+        _ => {}
+    }
     let hash = index.hash(record.key);
     let mut table = index.lock(hash);
     let mut buf = Vec::new();
@@ -552,11 +618,68 @@ fn apply(
         }
         (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
         (RecordKind::Remove, Probe::Vacant(_)) => {}
-        (RecordKind::Claim | RecordKind::Seal, _) => {
-            unreachable!("claims are applied as inserts; seals are not applied")
+        (
+            RecordKind::Claim
+            | RecordKind::Seal
+            | RecordKind::StatePut
+            | RecordKind::StateRemove
+            | RecordKind::Position
+            | RecordKind::Group,
+            _,
+        ) => {
+            unreachable!("claims are applied as inserts; the other kinds were applied above")
         }
     }
     Ok(())
+}
+
+/// Decodes the record at the start of `bytes`; a group record must be followed by its whole body
+/// (every record intact, as many as it announces), or it fails to decode like a torn record, so
+/// that a group is applied entirely or not at all.
+fn decode_replayed(bytes: &[u8]) -> std::result::Result<(Record<'_>, usize), String> {
+    let (record, len) = record::decode_sized(bytes).map_err(|e| e.to_string())?;
+    if record.kind == RecordKind::Group {
+        let (body_len, count) = record::group_extent(&record).ok_or("a malformed group record")?;
+        let body = bytes
+            .get(len..len + body_len as usize)
+            .ok_or("a group cut short: its body is not all there")?;
+        let mut offset = 0;
+        let mut found = 0u32;
+        while offset < body.len() {
+            let (inner, inner_len) = record::decode_sized(&body[offset..])
+                .map_err(|e| format!("a group whose record at +{offset} is damaged: {e}"))?;
+            if matches!(inner.kind, RecordKind::Group | RecordKind::Seal) {
+                return Err("a group containing a group or a seal".into());
+            }
+            offset += inner_len;
+            found += 1;
+        }
+        if found != count {
+            return Err(format!("a group announcing {count} records holds {found}"));
+        }
+    }
+    Ok((record, len))
+}
+
+fn corrupt_at(
+    earlier: &BTreeMap<u32, SegmentFile>,
+    current: Option<Current<'_>>,
+    at: Location,
+    reason: &str,
+) -> Error {
+    let id = segment_of(at);
+    let path = match current.filter(|c| c.file.id == id) {
+        Some(current) => current.file.path.clone(),
+        None => earlier.get(&id).map_or_else(
+            || PathBuf::from(segment::segment_file_name(id)),
+            |f| f.path.clone(),
+        ),
+    };
+    Error::Corrupt {
+        path,
+        offset: u64::from(offset_of(at)),
+        reason: reason.into(),
+    }
 }
 
 /// Reads an already-replayed record: from the segment being replayed, or an earlier one.
@@ -770,7 +893,7 @@ mod tests {
         for (what, damage, lost, reason) in cases {
             let storage = SimStorage::new(1);
             let clock = ManualClock::new();
-            let mut keys = populated(&storage, &clock, 250);
+            let mut keys = populated(&storage, &clock, 400);
             let newest = *ids(&storage).last().unwrap();
             assert!(newest >= 3, "{what}: the keys span several segments");
             let path = seg(newest);
@@ -1052,12 +1175,12 @@ mod tests {
     #[test]
     fn another_format_version_is_unsupported() {
         let mut header = encode_segment_header(1);
-        header[8..12].copy_from_slice(&2u32.to_le_bytes());
+        header[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32fast::hash(&header[..28]);
         header[28..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             record::decode_segment_header(&header),
-            Err(HeaderError::UnsupportedVersion(2))
+            Err(HeaderError::UnsupportedVersion(3))
         );
         for with_newer_segment in [false, true] {
             let storage = SimStorage::new(10);
@@ -1076,7 +1199,7 @@ mod tests {
                 }) => {
                     assert_eq!(
                         (path, found, supported),
-                        (seg(1), 2, record::FORMAT_VERSION)
+                        (seg(1), 3, record::FORMAT_VERSION)
                     )
                 }
                 other => panic!("expected UnsupportedVersion, got {other:?}"),
@@ -1138,7 +1261,16 @@ mod tests {
         drop(store);
         // The same answers from the records alone, without a store around them.
         let index = Index::new(4, u64::MAX, Index::random_seeds(), 1000, clock_now(&clock));
-        let recovered = recover(&storage, dir(), &index, clock_now(&clock), Ok(None)).unwrap();
+        let mut state = StateTables::default();
+        let recovered = recover(
+            &storage,
+            dir(),
+            &index,
+            &mut state,
+            clock_now(&clock),
+            Ok(None),
+        )
+        .unwrap();
         assert_eq!(recovered.tail_offset as usize, newer.len());
         assert_eq!(recovered.segment_stats[&2].tombstones, 4);
         assert_eq!(recovered.segment_stats[&1].tombstones, 1);
@@ -1268,7 +1400,7 @@ mod tests {
         in_doubt.retain(|token| token.lease_until() > now);
         assert!(!in_doubt.is_empty());
         let stats = store.stats();
-        assert!(stats.segments >= 4, "{stats:?}");
+        assert!(stats.segments >= 3, "{stats:?}");
         assert!(
             stats.segments_deleted + stats.segments_compacted > 0,
             "{stats:?}"

@@ -26,6 +26,7 @@ use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
 use crate::log::{Location, Log};
 use crate::maintenance::state::MaintenanceState;
 use crate::record::{self, Record, RecordKind};
+use crate::state::StateTables;
 use crate::validate::check_fingerprint;
 
 /// The parts of a store that its background threads share with callers.
@@ -38,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) maintenance: MaintenanceState,
     /// Claims open in this process or recovered in doubt (see `claim`).
     pub(crate) claims: ClaimRegistry,
+    /// State entries and positions of transactions. Lock order: index shards (ascending), then
+    /// this, then the log.
+    pub(crate) state: parking_lot::Mutex<StateTables>,
 }
 
 impl Shared {
@@ -46,6 +50,14 @@ impl Shared {
             return Err(Error::Poisoned { cause });
         }
         Ok(())
+    }
+
+    /// Hands the locations of state records that stopped being live to the log's live counts.
+    pub(crate) fn settle_state(&self, state: &mut StateTables) {
+        if !state.released.is_empty() {
+            self.log.release(&state.released);
+            state.released.clear();
+        }
     }
 
     /// Hands the locations of entries the table dropped to the log's per-segment live counts.

@@ -144,7 +144,8 @@ impl Store {
             tick_millis,
             now,
         );
-        let recovered = recovery::recover(&*storage, &dir, &index, now, checkpoint)?;
+        let mut state = crate::state::StateTables::default();
+        let recovered = recovery::recover(&*storage, &dir, &index, &mut state, now, checkpoint)?;
         let options = LogOptions {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
@@ -170,6 +171,7 @@ impl Store {
                 recovered.in_doubt,
                 fencing_tokens,
             ),
+            state: parking_lot::Mutex::new(state),
             config,
         });
         let maintainer = if shared.config.background_maintenance {

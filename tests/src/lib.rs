@@ -94,9 +94,9 @@ pub fn parse_segment(bytes: &[u8]) -> Vec<ParsedRecord> {
     let mut records = Vec::new();
     let mut offset = idem::record::SEGMENT_HEADER_LEN;
     while offset < bytes.len() {
-        let record = idem::record::decode(&bytes[offset..])
+        let (record, len) = idem::record::decode_sized(&bytes[offset..])
             .unwrap_or_else(|e| panic!("an intact segment failed to decode at {offset}: {e}"));
-        let end = offset + record.encoded_len();
+        let end = offset + len;
         records.push(ParsedRecord {
             start: offset as u64,
             end: end as u64,

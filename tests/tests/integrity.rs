@@ -42,7 +42,10 @@ fn fill(store: &Store, tag: &str, count: usize, ttl: Duration) {
 /// Ends the current segment: a record that fills a segment on its own, so it starts a new one and
 /// the record after it starts yet another. Its TTL decides how long its own segment lives.
 fn wall(store: &Store, tag: &str, ttl: Duration) {
-    let value = vec![9u8; SEGMENT_BYTES as usize - 100];
+    use idem::record::{RECORD_HEADER_LEN, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
+    // A few bytes of slack: less than the smallest record, so nothing fits after it.
+    let room = SEGMENT_BYTES as usize - SEGMENT_HEADER_LEN - SEAL_RECORD_LEN;
+    let value = vec![9u8; room - RECORD_HEADER_LEN - tag.len() - 8];
     store.check_or_insert(tag.as_bytes(), ttl, &value).unwrap();
 }
 

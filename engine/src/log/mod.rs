@@ -117,12 +117,19 @@ impl SegmentStats {
         if record.kind == record::RecordKind::Seal {
             return;
         }
-        let deadline = record::deadline_secs(record.expires_at_millis);
         self.records += 1;
-        if record.kind == record::RecordKind::Remove {
+        if matches!(
+            record.kind,
+            record::RecordKind::Remove | record::RecordKind::StateRemove
+        ) {
             self.tombstones += 1;
             self.tombstone_bytes += record.encoded_len() as u64;
         }
+        if record.kind == record::RecordKind::Group {
+            // Needed by nothing once written: no deadline to keep the segment for.
+            return;
+        }
+        let deadline = record::deadline_secs(record.expires_at_millis);
         self.max_deadline_secs = self.max_deadline_secs.max(deadline);
         self.min_deadline_secs = self.min_deadline_secs.min(deadline);
     }
@@ -309,7 +316,7 @@ impl Log {
             self.work_ready.notify_one();
             self.drained.wait(&mut state);
         }
-        let appended = self.append_locked(&mut state, record, encoded);
+        let appended = self.append_locked(&mut state, record, encoded, encoded.len() as u32);
         // In `Sync` mode the caller wakes the writer when it starts to wait (`wait_durable`),
         // so that a batch appended record by record is committed by one fsync, not several.
         let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
@@ -336,20 +343,67 @@ impl Log {
         #[cfg(not(loom))]
         return ENCODED.with(|encoded| {
             let mut encoded = encoded.borrow_mut();
-            self.append_many_encoded(records, &mut encoded, locations)
+            self.append_many_encoded(records, &mut encoded, locations, false)
         });
         #[cfg(loom)]
         {
             let mut encoded = Vec::new();
-            self.append_many_encoded(records, &mut encoded, locations)
+            self.append_many_encoded(records, &mut encoded, locations, false)
         }
     }
 
+    /// The largest group [`Log::append_group`] takes: its records (and the group record) must
+    /// fit in one segment beside the header and the seal.
+    pub(crate) fn max_group_bytes(&self) -> usize {
+        self.segment_size_bytes as usize
+            - SEGMENT_HEADER_LEN
+            - SEAL_RECORD_LEN
+            - record::GROUP_RECORD_LEN
+    }
+
+    /// Appends `records` as one group (a transaction): a group record announcing them, then the
+    /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
+    /// them or none. `locations` gets each record's location (not the group record's); returns
+    /// the end of the last. Fails with nothing appended if the group exceeds
+    /// [`Log::max_group_bytes`]; a failure midway poisons, as in [`Log::append_many`].
+    pub(crate) fn append_group(
+        &self,
+        records: &[Record<'_>],
+        locations: &mut Vec<Location>,
+    ) -> Result<Location> {
+        let body: usize = records.iter().map(Record::encoded_len).sum();
+        if body > self.max_group_bytes() || records.len() > u32::MAX as usize {
+            return Err(Error::TransactionTooLarge {
+                records: records.len(),
+                bytes: body,
+                max_bytes: self.max_group_bytes(),
+            });
+        }
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&(body as u32).to_le_bytes());
+        value[4..].copy_from_slice(&(records.len() as u32).to_le_bytes());
+        let mut all = Vec::with_capacity(records.len() + 1);
+        all.push(Record {
+            kind: record::RecordKind::Group,
+            key: record::GROUP_KEY,
+            value: &value,
+            expires_at_millis: 0,
+            fingerprint: &[],
+        });
+        all.extend_from_slice(records);
+        let mut encoded = Vec::with_capacity(record::GROUP_RECORD_LEN + body);
+        let end = self.append_many_encoded(&all, &mut encoded, locations, true)?;
+        locations.remove(0);
+        Ok(end.expect("a group has its group record"))
+    }
+
+    /// With `one_segment`, the first record is placed where all of them fit in one segment.
     fn append_many_encoded(
         &self,
         records: &[Record<'_>],
         encoded: &mut Vec<u8>,
         locations: &mut Vec<Location>,
+        one_segment: bool,
     ) -> Result<Option<Location>> {
         // Encoded (and checksummed) before the lock, back to back; `locations` holds each
         // record's end offset in `encoded` until the lock gives them their places in the log.
@@ -365,21 +419,31 @@ impl Log {
         }
         let mut start = 0usize;
         let mut end = 0;
+        let total = encoded.len() as u32;
         for (n, (record, location)) in records.iter().zip(locations.iter_mut()).enumerate() {
             let stop = *location as usize;
-            let (at, after) = match self.append_locked(&mut state, record, &encoded[start..stop]) {
-                Ok(appended) => appended,
-                Err(error) => {
-                    if n > 0 {
-                        // Part of the batch is in the buffer: it must never be written (nor
-                        // anything after it acknowledged), so the batch stays all or nothing.
-                        self.poison(&mut state, format!("a batch append failed midway: {error}"));
-                        drop(state);
-                        self.announce_progress();
-                    }
-                    return Err(error);
-                }
+            let room = if one_segment && n == 0 {
+                total
+            } else {
+                (stop - start) as u32
             };
+            let (at, after) =
+                match self.append_locked(&mut state, record, &encoded[start..stop], room) {
+                    Ok(appended) => appended,
+                    Err(error) => {
+                        if n > 0 {
+                            // Part of the batch is in the buffer: it must never be written (nor
+                            // anything after it acknowledged), so the batch stays all or nothing.
+                            self.poison(
+                                &mut state,
+                                format!("a batch append failed midway: {error}"),
+                            );
+                            drop(state);
+                            self.announce_progress();
+                        }
+                        return Err(error);
+                    }
+                };
             *location = at;
             end = after;
             start = stop;
@@ -392,12 +456,14 @@ impl Log {
         Ok(Some(end))
     }
 
-    /// Appends one encoded record with the log lock held.
+    /// Appends one encoded record with the log lock held; it opens a new segment unless `room`
+    /// bytes (the record's, or a whole group's) fit in the current one.
     fn append_locked(
         &self,
         state: &mut LogState,
         record: &Record<'_>,
         encoded: &[u8],
+        room: u32,
     ) -> Result<(Location, Location)> {
         let len = encoded.len() as u32;
         if let Some(cause) = &state.poisoned {
@@ -406,7 +472,7 @@ impl Log {
             });
         }
         // Room is always left for the seal that ends the segment when the log moves on.
-        let opens_segment = u64::from(state.tail_offset) + u64::from(len) + SEAL_RECORD_LEN as u64
+        let opens_segment = u64::from(state.tail_offset) + u64::from(room) + SEAL_RECORD_LEN as u64
             > u64::from(self.segment_size_bytes);
         if opens_segment {
             let sealed = std::mem::take(&mut state.tail_stats);
@@ -449,10 +515,13 @@ impl Log {
         stats.bytes = u64::from(offset) + u64::from(len);
         if matches!(
             record.kind,
-            record::RecordKind::Insert | record::RecordKind::Claim
+            record::RecordKind::Insert
+                | record::RecordKind::Claim
+                | record::RecordKind::StatePut
+                | record::RecordKind::Position
         ) {
             // Every appended insert or claim is put into the index by the caller, under its
-            // shard lock.
+            // shard lock; every state entry or position into the state tables.
             stats.live += 1;
         }
         state.tail_offset += len;

@@ -232,17 +232,19 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
     let mut copied = 0;
     let mut buf = Vec::new();
     while offset < bytes.len() {
-        let record = record::decode(&bytes[offset..]).map_err(|e| Error::Corrupt {
+        let (record, len) = record::decode_sized(&bytes[offset..]).map_err(|e| Error::Corrupt {
             path: file.path.clone(),
             offset: offset as u64,
             reason: e.to_string(),
         })?;
         let at = location(id, offset as u32);
-        offset += record.encoded_len();
+        offset += len;
         let now = shared.clock.now_millis();
         match record.kind {
             RecordKind::Seal => break,
-            RecordKind::Remove => {
+            // Its records were written whole; a copy of one of them stands on its own.
+            RecordKind::Group => {}
+            RecordKind::Remove | RecordKind::StateRemove => {
                 // Dead for good once the record it removed would have expired.
                 if oldest || record.expires_at_millis <= now {
                     continue;
@@ -277,6 +279,26 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
                     }
                 }
                 shared.settle(&mut table);
+            }
+            RecordKind::StatePut | RecordKind::Position => {
+                // The state lock is held across the copy, so no commit changes the entry
+                // between the check and the switch.
+                let mut state = shared.state.lock();
+                let live = match record.kind {
+                    RecordKind::StatePut => {
+                        state.entries.get(record.key).map(|e| e.location) == Some(at)
+                    }
+                    _ => state.positions.get(record.key).map(|p| p.location) == Some(at),
+                };
+                if live {
+                    let copy = shared.log.append(&record)?;
+                    if record.kind == RecordKind::StatePut {
+                        state.relocate_entry(record.key, at, copy);
+                    } else {
+                        state.relocate_position(record.key, at, copy);
+                    }
+                    copied += 1;
+                }
             }
         }
     }
