@@ -435,12 +435,12 @@ fn count_live_entries(index: &Index, segment_stats: &mut BTreeMap<u32, SegmentSt
     }
 }
 
-enum HeaderVerdict {
+pub(crate) enum HeaderVerdict {
     Valid,
     TornCreation,
 }
 
-fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<HeaderVerdict> {
+pub(crate) fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<HeaderVerdict> {
     let torn_creation = bytes.len() < SEGMENT_HEADER_LEN
         || bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
             && bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0);
