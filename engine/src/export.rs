@@ -181,10 +181,12 @@ impl Store {
             match shared.probe(&table, hash, &entry.key, now, &mut buf)? {
                 Probe::Found(_) => {
                     let held = record::decode(&buf).expect("checked during the probe");
-                    entry.matches(&held).map_err(|reason| Error::ImportConflict {
-                        key: entry.key.clone(),
-                        reason: format!("is live in the store {reason}; nothing was imported"),
-                    })
+                    entry
+                        .matches(&held)
+                        .map_err(|reason| Error::ImportConflict {
+                            key: entry.key.clone(),
+                            reason: format!("is live in the store {reason}; nothing was imported"),
+                        })
                 }
                 Probe::Vacant(_) => Ok(()),
             }
@@ -197,7 +199,9 @@ impl Store {
         // Pass 2: write.
         let now = shared.clock.now_millis();
         let mut report = ImportReport::default();
-        for_each_entry(path, |entry| import_one(shared, &entry, now, &mut buf, &mut report))?;
+        for_each_entry(path, |entry| {
+            import_one(shared, &entry, now, &mut buf, &mut report)
+        })?;
         shared.log.flush()?;
         Ok(report)
     }
@@ -454,9 +458,7 @@ impl Entry {
             }
             (Kind::Claim, _) => return Err("with a value, the file has a claim".into()),
             (_, RecordKind::Claim) => return Err("as a claim, the file has a value".into()),
-            _ if held.value != self.value.as_slice() => {
-                return Err("with a different value".into())
-            }
+            _ if held.value != self.value.as_slice() => return Err("with a different value".into()),
             _ => {}
         }
         if held.fingerprint != self.fingerprint.as_slice() {
@@ -469,8 +471,7 @@ impl Entry {
 /// Reads and checks the export file at `path`, calling `visit` with each entry; the whole file
 /// is read (up to its end record) even if nothing is imported.
 fn for_each_entry(path: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Result<()> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     let corrupt = |offset: u64, reason: String| Error::Corrupt {
         path: path.to_path_buf(),
@@ -518,7 +519,11 @@ fn for_each_entry(path: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Re
         let value_len = u32_at(&head, 8) as usize;
         let deadline_millis = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
         let claim_id = u64::from_le_bytes(head[20..28].try_into().expect("8 bytes"));
-        let max_value = if kind == Kind::Claim { 0 } else { MAX_VALUE_BYTES };
+        let max_value = if kind == Kind::Claim {
+            0
+        } else {
+            MAX_VALUE_BYTES
+        };
         let lengths_ok = match kind {
             Kind::End => key_len == 0 && value_len == 0 && fingerprint_len == 0,
             _ => {
@@ -535,7 +540,10 @@ fn for_each_entry(path: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Re
         bytes.resize(ENTRY_HEADER_LEN + key_len + value_len + fingerprint_len, 0);
         let got = read_full(&mut input, &mut bytes[ENTRY_HEADER_LEN..], path)?;
         if ENTRY_HEADER_LEN + got < bytes.len() {
-            return Err(corrupt(offset, "entry truncated: the file was cut short".into()));
+            return Err(corrupt(
+                offset,
+                "entry truncated: the file was cut short".into(),
+            ));
         }
         if u32_at(&bytes, 0) != crc32fast::hash(&bytes[4..]) {
             return Err(corrupt(offset, "entry checksum mismatch".into()));

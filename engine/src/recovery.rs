@@ -440,7 +440,11 @@ pub(crate) enum HeaderVerdict {
     TornCreation,
 }
 
-pub(crate) fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<HeaderVerdict> {
+pub(crate) fn check_header(
+    file: &SegmentFile,
+    bytes: &[u8],
+    newest: bool,
+) -> Result<HeaderVerdict> {
     let torn_creation = bytes.len() < SEGMENT_HEADER_LEN
         || bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
             && bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0);

@@ -169,7 +169,7 @@ fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyRepor
                 dir: dir.to_path_buf(),
                 // The name `Store::open` locks (see io.rs).
                 lock_file: dir.join("LOCK"),
-            })
+            });
         }
         Err(e) => return Err(Error::io(format!("locking {}", dir.display()), e)),
     };
@@ -397,7 +397,10 @@ mod tests {
 
     #[test]
     fn offsets_are_read_from_checkpoint_reasons() {
-        assert_eq!(offset_named_in("shard 3 checksum mismatch at offset 312"), 312);
+        assert_eq!(
+            offset_named_in("shard 3 checksum mismatch at offset 312"),
+            312
+        );
         assert_eq!(offset_named_in("truncated at shard 0 (offset 80)"), 80);
         assert_eq!(offset_named_in("header checksum mismatch"), 0);
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idem::{Claim, ClaimToken, Config, Durability, Error, ManualClock, Outcome, Store};
+use idem::{Claim, ClaimToken, Clock, Config, Durability, Error, ManualClock, Outcome, Store};
 use idem_tests::{parse_segment, segment_files};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -127,6 +127,7 @@ fn a_round_trip_preserves_every_answer() {
     let clock = ManualClock::new();
     let source_dir = tempfile::tempdir().unwrap();
     let target_dir = tempfile::tempdir().unwrap();
+    let start = clock.now_millis();
     let source = fill(source_dir.path(), &clock);
     let file = target_dir.path().join("window.idemx");
     let exported = source.store.export(&file).unwrap();
@@ -147,16 +148,40 @@ fn a_round_trip_preserves_every_answer() {
     // fingerprint): the operator reconciles them as after a crash.
     assert_eq!(target.in_doubt().unwrap(), source.open_claims);
 
-    // Same answers now, and at every later moment (the absolute deadlines were kept).
-    for step in 0..12 {
-        assert_eq!(answers(&source.store), answers(&target), "step {step}");
-        clock.advance(Duration::from_secs(50));
-    }
-
-    // Claims still answer as claims once reopened.
+    // Same answers now, and on both sides of every deadline (the absolute deadlines were
+    // kept to the millisecond): entries at 10 s + k * 100 s, leases at 30, 50 and 120 s, the
+    // completed claim's result at 5000 s after the start.
+    let mut moments: Vec<u64> = (0..7)
+        .map(|k| 10_000 + k * 100_000)
+        .chain([30_000, 50_000, 120_000, 5_000_000])
+        .flat_map(|deadline| [deadline - 1, deadline])
+        .filter(|&moment| start + moment >= clock.now_millis())
+        .collect();
+    moments.sort_unstable();
+    assert_eq!(answers(&source.store), answers(&target));
+    // The import is durable and the claims come back in doubt after a reopen.
     drop(target);
     let target = Store::open_with(&target_path, config(&clock)).unwrap();
-    assert_eq!(answers(&source.store), answers(&target));
+    assert_eq!(target.in_doubt().unwrap(), source.open_claims);
+    for moment in moments {
+        clock.set_millis(start + moment);
+        assert_eq!(
+            answers(&source.store),
+            answers(&target),
+            "{moment} ms after the start"
+        );
+        // The source's claims are its own, open; the target's are in doubt until their lease
+        // ends, as they would be in the source after a crash.
+        let mut open = source.open_claims.clone();
+        open.retain(|t| {
+            t.lease_until() > std::time::UNIX_EPOCH + Duration::from_millis(start + moment)
+        });
+        assert_eq!(
+            target.in_doubt().unwrap(),
+            open,
+            "{moment} ms after the start"
+        );
+    }
 }
 
 #[test]
@@ -181,7 +206,11 @@ fn imported_claims_keep_their_tokens_and_later_claims_are_fenced_above_them() {
     assert_eq!(in_doubt.len(), 5);
     assert!(in_doubt.contains(&last));
     let newer = acquired(target.claim(b"newer", LEASE).unwrap());
-    let highest = in_doubt.iter().map(ClaimToken::fencing_token).max().unwrap();
+    let highest = in_doubt
+        .iter()
+        .map(ClaimToken::fencing_token)
+        .max()
+        .unwrap();
     assert!(newer.fencing_token() > highest.max(own.fencing_token()));
     // The imported token completes its claim in the new store.
     target
@@ -289,7 +318,10 @@ fn a_damaged_or_truncated_export_file_is_refused_and_nothing_is_written() {
     cases.push(("a flipped byte", flipped));
     cases.push(("cut in an entry", good[..good.len() / 2].to_vec()));
     // Cut just before the end record (28 bytes): every entry is whole, the end is missing.
-    cases.push(("cut before the end record", good[..good.len() - 28].to_vec()));
+    cases.push((
+        "cut before the end record",
+        good[..good.len() - 28].to_vec(),
+    ));
     let mut trailing = good.clone();
     trailing.push(0);
     cases.push(("a byte after the end record", trailing));
@@ -380,7 +412,10 @@ fn verify_reports_a_torn_tail_apart_and_leaves_it_for_open() {
     let report = idem::verify(dir.path()).unwrap();
     assert!(report.is_clean(), "a torn tail is not damage: {report:?}");
     let tail = report.torn_tail.expect("the torn tail is reported");
-    assert_eq!((tail.path.clone(), tail.offset, tail.bytes), (newest, len, 7));
+    assert_eq!(
+        (tail.path.clone(), tail.offset, tail.bytes),
+        (newest, len, 7)
+    );
     assert_eq!(snapshot(dir.path()), before, "verify cut nothing");
     // Open cuts it where verify said.
     let store = Store::open_with(dir.path(), config(&clock)).unwrap();

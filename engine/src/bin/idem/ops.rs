@@ -223,11 +223,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
         (
             "last checkpoint",
             match (&checkpoint, checkpoint_millis) {
-                (Some(meta), Some(millis)) => format!(
-                    "{}, {}",
-                    utc(millis),
-                    fmt::bytes(meta.len() as f64)
-                ),
+                (Some(meta), Some(millis)) => {
+                    format!("{}, {}", utc(millis), fmt::bytes(meta.len() as f64))
+                }
                 (Some(meta), None) => fmt::bytes(meta.len() as f64),
                 _ => "none".into(),
             },
@@ -523,7 +521,10 @@ fn parse_key(text: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| {
             u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| {
-                format!("bad hex key {text:?}: {:?} is not a hex byte (use --text for a text key)", &digits[i..i + 2])
+                format!(
+                    "bad hex key {text:?}: {:?} is not a hex byte (use --text for a text key)",
+                    &digits[i..i + 2]
+                )
             })
         })
         .collect()
@@ -542,8 +543,10 @@ fn printable(bytes: &[u8]) -> String {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn unix_millis(time: SystemTime) -> u64 {
