@@ -303,7 +303,10 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
             c.replay_from_segment,
             c.replay_from_offset
         )?,
-        None => writeln!(out, "  no usable checkpoint")?,
+        None if report.damage.iter().any(|d| d.path.ends_with("checkpoint.idem")) => {
+            writeln!(out, "  checkpoint.idem  damaged (see below): open ignores it")?
+        }
+        None => writeln!(out, "  no checkpoint")?,
     }
     if let Some(tail) = &report.torn_tail {
         writeln!(
@@ -578,6 +581,241 @@ fn utc(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A closed store of a few sealed segments, with a checkpoint and one open claim.
+    fn store_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default()
+            .background_maintenance(false)
+            .segment_size_bytes_for_testing(Config::MIN_TEST_SEGMENT_SIZE_BYTES);
+        let store = Store::open_with(dir.path(), config).unwrap();
+        for i in 0..150u32 {
+            let value = format!("value-{i}-{}", "z".repeat(40));
+            store
+                .check_or_insert(
+                    format!("k{i}").as_bytes(),
+                    Duration::from_secs(3600),
+                    value.as_bytes(),
+                )
+                .unwrap();
+        }
+        store
+            .check_or_insert(&[0, 0xff], Duration::from_secs(3600), &[1, 2, 3])
+            .unwrap();
+        let idem::Claim::Acquired(_) = store.claim(b"claimed", Duration::from_secs(600)).unwrap()
+        else {
+            panic!("not acquired")
+        };
+        store.close().unwrap();
+        dir
+    }
+
+    fn json_of(out: &[u8]) -> Json {
+        serde_json::from_slice(out).unwrap_or_else(|e| {
+            panic!(
+                "not one JSON object ({e}): {}",
+                String::from_utf8_lossy(out)
+            )
+        })
+    }
+
+    fn oldest_segment(dir: &Path) -> PathBuf {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("segment-")
+            })
+            .collect();
+        names.sort();
+        names.remove(0)
+    }
+
+    #[test]
+    fn verify_exits_0_when_clean_1_on_damage_and_2_when_locked() {
+        let dir = store_dir();
+        let args = |json| VerifyArgs {
+            dir: dir.path().to_path_buf(),
+            json,
+        };
+        let mut out = Vec::new();
+        assert_eq!(verify(&args(true), &mut out).unwrap(), ExitCode::SUCCESS);
+        let report = json_of(&out);
+        assert_eq!(report["clean"], true);
+        assert_eq!(report["records"], 152);
+        let mut human = Vec::new();
+        verify(&args(false), &mut human).unwrap();
+        assert!(String::from_utf8(human)
+            .unwrap()
+            .contains("clean: 152 records"));
+
+        let oldest = oldest_segment(dir.path());
+        let mut bytes = std::fs::read(&oldest).unwrap();
+        bytes[100] ^= 0x01;
+        std::fs::write(&oldest, &bytes).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(verify(&args(true), &mut out).unwrap(), ExitCode::from(1));
+        let report = json_of(&out);
+        assert_eq!(report["clean"], false);
+        let damage = &report["damage"][0];
+        assert_eq!(damage["file"], oldest.display().to_string());
+        assert!(damage["offset"].as_u64().unwrap() <= 100, "{damage}");
+        let mut human = Vec::new();
+        verify(&args(false), &mut human).unwrap();
+        let human = String::from_utf8(human).unwrap();
+        assert!(
+            human.contains(&format!("DAMAGE: {} at byte offset", oldest.display())),
+            "{human}"
+        );
+        // Verify changed nothing.
+        assert_eq!(std::fs::read(&oldest).unwrap(), bytes);
+
+        std::fs::write(&oldest, {
+            bytes[100] ^= 0x01;
+            &bytes
+        })
+        .unwrap();
+        let _open = Store::open(dir.path()).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(verify(&args(true), &mut out).unwrap(), ExitCode::from(2));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn stats_and_get_report_what_the_store_holds() {
+        let dir = store_dir();
+        let mut out = Vec::new();
+        let stats_args = StatsArgs {
+            dir: dir.path().to_path_buf(),
+            json: true,
+        };
+        stats(&stats_args, &mut out).unwrap();
+        let report = json_of(&out);
+        assert_eq!(report["live_keys"], 151);
+        assert_eq!(report["claims_in_doubt"], 1);
+        assert!(report["segments"].as_u64().unwrap() >= 2);
+        assert!(report["last_checkpoint"]["bytes"].as_u64().unwrap() > 0);
+        assert_eq!(report["format_version"], idem::record::FORMAT_VERSION);
+
+        let get_args = |key: &str, text| GetArgs {
+            dir: dir.path().to_path_buf(),
+            key: key.into(),
+            text,
+            json: false,
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            get(&get_args("k7", false), &mut out).unwrap(),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("value-7-{}\n", "z".repeat(40))
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            get(&get_args("0x00ff", false), &mut out).unwrap(),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "0x010203\n");
+        let mut out = Vec::new();
+        assert_eq!(
+            get(&get_args("0x00ff", true), &mut out).unwrap(),
+            ExitCode::from(1)
+        );
+        assert!(out.is_empty());
+        let mut out = Vec::new();
+        let claimed = GetArgs {
+            json: true,
+            ..get_args("claimed", false)
+        };
+        assert_eq!(get(&claimed, &mut out).unwrap(), ExitCode::from(1));
+        let report = json_of(&out);
+        assert_eq!(report["found"], false);
+        assert_eq!(report["claim"]["in_doubt"], true);
+
+        // Open elsewhere: a clear Locked error, and get says it could not run (exit 2).
+        let _open = Store::open(dir.path()).unwrap();
+        let error = stats(&stats_args, &mut Vec::new()).unwrap_err().to_string();
+        assert!(error.contains("already open"), "{error}");
+        assert_eq!(
+            get(&get_args("k7", false), &mut Vec::new()).unwrap(),
+            ExitCode::from(2)
+        );
+    }
+
+    #[test]
+    fn export_then_import_reproduces_the_store_and_refuses_conflicts() {
+        let dir = store_dir();
+        let work = tempfile::tempdir().unwrap();
+        let file = work.path().join("window.idemx");
+        let mut out = Vec::new();
+        let export_args = ExportArgs {
+            dir: dir.path().to_path_buf(),
+            file: file.clone(),
+            json: true,
+        };
+        export(&export_args, &mut out).unwrap();
+        let report = json_of(&out);
+        assert_eq!(
+            (report["entries"].as_u64(), report["claims"].as_u64()),
+            (Some(151), Some(1))
+        );
+        // Never over an existing file.
+        assert!(export(&export_args, &mut Vec::new()).is_err());
+
+        let target = work.path().join("target");
+        let import_args = ImportArgs {
+            dir: target.clone(),
+            file: file.clone(),
+            json: true,
+        };
+        let mut out = Vec::new();
+        import(&import_args, &mut out).unwrap();
+        let report = json_of(&out);
+        assert_eq!(
+            (report["entries"].as_u64(), report["claims"].as_u64()),
+            (Some(151), Some(1))
+        );
+        let mut out = Vec::new();
+        get(
+            &GetArgs {
+                dir: target.clone(),
+                key: "k42".into(),
+                text: false,
+                json: false,
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("value-42-{}\n", "z".repeat(40))
+        );
+
+        let conflicted = work.path().join("conflicted");
+        let store = Store::open(&conflicted).unwrap();
+        store
+            .check_or_insert(b"k3", Duration::from_secs(60), b"another value")
+            .unwrap();
+        drop(store);
+        let error = import(
+            &ImportArgs {
+                dir: conflicted.clone(),
+                ..import_args
+            },
+            &mut Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("key \"k3\""), "{error}");
+        let store = Store::open(&conflicted).unwrap();
+        assert_eq!(store.get(b"k4").unwrap(), None, "nothing was imported");
+    }
 
     #[test]
     fn keys_parse_as_text_or_hex() {
