@@ -303,8 +303,15 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
             c.replay_from_segment,
             c.replay_from_offset
         )?,
-        None if report.damage.iter().any(|d| d.path.ends_with("checkpoint.idem")) => {
-            writeln!(out, "  checkpoint.idem  damaged (see below): open ignores it")?
+        None if report
+            .damage
+            .iter()
+            .any(|d| d.path.ends_with("checkpoint.idem")) =>
+        {
+            writeln!(
+                out,
+                "  checkpoint.idem  damaged (see below): open ignores it"
+            )?
         }
         None => writeln!(out, "  no checkpoint")?,
     }
@@ -394,29 +401,20 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
     let report = store
         .export(&args.file)
         .context(format!("exporting to {}", args.file.display()))?;
-    let recovery = store.recovery_report().clone();
-    drop(store);
-    if args.json {
-        let json = json!({
-            "file": args.file.display().to_string(),
-            "entries": report.entries,
-            "claims": report.claims,
-            "bytes": report.bytes,
-            "recovery": recovery_json(&recovery),
-        });
-        writeln!(out, "{json}")?;
-    } else {
-        writeln!(
-            out,
-            "exported {} entries and {} open claims to {} ({})",
-            fmt::count(report.entries),
-            fmt::count(report.claims),
-            args.file.display(),
-            fmt::bytes(report.bytes as f64)
-        )?;
-        write_recovery(out, &recovery)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let json = json!({
+        "file": args.file.display().to_string(),
+        "entries": report.entries,
+        "claims": report.claims,
+        "bytes": report.bytes,
+    });
+    let human = format!(
+        "exported {} entries and {} open claims to {} ({})",
+        fmt::count(report.entries),
+        fmt::count(report.claims),
+        args.file.display(),
+        fmt::bytes(report.bytes as f64)
+    );
+    finish(out, args.json, json, &human, store)
 }
 
 pub fn import(args: &ImportArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
@@ -424,28 +422,40 @@ pub fn import(args: &ImportArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
     let report = store
         .import(&args.file)
         .context(format!("importing {}", args.file.display()))?;
+    let json = json!({
+        "file": args.file.display().to_string(),
+        "entries": report.entries,
+        "claims": report.claims,
+        "already_present": report.already_present,
+        "expired": report.expired,
+    });
+    let human = format!(
+        "imported {} entries and {} claims (now in doubt) into {}; {} already present, {} expired (skipped)",
+        fmt::count(report.entries),
+        fmt::count(report.claims),
+        args.dir.display(),
+        fmt::count(report.already_present),
+        fmt::count(report.expired)
+    );
+    finish(out, args.json, json, &human, store)
+}
+
+/// Closes the store (its files are complete once this returns) and prints the report, with
+/// what recovery did on open.
+fn finish(
+    out: &mut dyn Write,
+    as_json: bool,
+    mut json: Json,
+    human: &str,
+    store: Store,
+) -> CliResult<ExitCode> {
     let recovery = store.recovery_report().clone();
     drop(store);
-    if args.json {
-        let json = json!({
-            "file": args.file.display().to_string(),
-            "entries": report.entries,
-            "claims": report.claims,
-            "already_present": report.already_present,
-            "expired": report.expired,
-            "recovery": recovery_json(&recovery),
-        });
+    if as_json {
+        json["recovery"] = recovery_json(&recovery);
         writeln!(out, "{json}")?;
     } else {
-        writeln!(
-            out,
-            "imported {} entries and {} claims (now in doubt) into {}; {} already present, {} expired (skipped)",
-            fmt::count(report.entries),
-            fmt::count(report.claims),
-            args.dir.display(),
-            fmt::count(report.already_present),
-            fmt::count(report.expired)
-        )?;
+        writeln!(out, "{human}")?;
         write_recovery(out, &recovery)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -557,25 +567,10 @@ fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Milliseconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC` (civil-from-days, H. Hinnant).
+/// Milliseconds since the Unix epoch as an RFC 3339 UTC time, to the second.
 fn utc(millis: u64) -> String {
-    let secs = millis / 1000;
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    let time = UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]
@@ -835,8 +830,7 @@ mod tests {
 
     #[test]
     fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
     }
 }
