@@ -30,7 +30,8 @@
 //! procedures: `maintenance` (expiry, reclamation, compaction, checkpoints), `batch` (the
 //! check-or-insert batch pipeline), `claim` (two-phase claims), `single_flight` (the table behind
 //! `check_or_insert_with`); and `store`, the public [`Store`], a façade of open, close and the
-//! calls. [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
+//! calls. Beside them the operator tools: `export` ([`Store::export`], [`Store::import`]: the
+//! live window in a checksummed file) and `verify` ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
