@@ -174,11 +174,22 @@ fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyRepor
         Err(e) => return Err(Error::io(format!("locking {}", dir.display()), e)),
     };
     let mut report = VerifyReport::default();
+    verify_checkpoint(storage, dir, &mut report)?;
+    // A checkpoint is written only once the log before its replay start is durable: a record
+    // there that does not decode is damage even in the newest segment, never a torn write.
+    let durable_below = report
+        .checkpoint
+        .as_ref()
+        .map(|c| (c.replay_from_segment, u64::from(c.replay_from_offset)));
     let ids = segment::list_segments(storage, dir)?;
     for (position, &id) in ids.iter().enumerate() {
-        verify_segment(storage, dir, id, position + 1 == ids.len(), &mut report)?;
+        let newest = position + 1 == ids.len();
+        let durable_len = match durable_below {
+            Some((segment, offset)) if segment == id => offset,
+            _ => 0,
+        };
+        verify_segment(storage, dir, id, (newest, durable_len), &mut report)?;
     }
-    verify_checkpoint(storage, dir, &mut report)?;
     match FencingTokens::open(Arc::clone(&shared_storage), dir) {
         Ok(_) => {}
         Err(Error::Io { context, source }) => return Err(Error::Io { context, source }),
@@ -201,11 +212,13 @@ fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyRepor
     Ok(report)
 }
 
+/// Reads segment `id`; `newest` says whether a torn tail is possible in it, `durable_len` up to
+/// where it is known durable all the same (the checkpoint's replay start).
 fn verify_segment(
     storage: &dyn Storage,
     dir: &Path,
     id: u32,
-    newest: bool,
+    (newest, durable_len): (bool, u64),
     report: &mut VerifyReport,
 ) -> Result<()> {
     let file = SegmentFile::open(storage, dir, id)?;
@@ -274,7 +287,7 @@ fn verify_segment(
                 summary.records += 1;
                 offset += found.encoded_len();
             }
-            Err(error) if newest => {
+            Err(error) if newest && (offset as u64) >= durable_len => {
                 report.torn_tail = Some(TornTail {
                     path: file.path.clone(),
                     offset: offset as u64,
@@ -285,7 +298,12 @@ fn verify_segment(
             }
             Err(error) => {
                 damaged = true;
-                report.damage.push(damage_at(offset, error.to_string()));
+                let reason = if newest {
+                    format!("{error} (before the checkpoint's replay start {durable_len}: durable, so not a torn write)")
+                } else {
+                    error.to_string()
+                };
+                report.damage.push(damage_at(offset, reason));
                 // A bad checksum under a sound header still says where the next record starts:
                 // go on, so that every damaged record of the file is named.
                 match (&error, record::peek_len(&bytes[offset..])) {
@@ -299,6 +317,12 @@ fn verify_segment(
         report.damage.push(damage_at(
             bytes.len(),
             "an older segment ends without its seal: it was cut short".into(),
+        ));
+    }
+    if newest && (bytes.len() as u64) < durable_len && !damaged {
+        report.damage.push(damage_at(
+            bytes.len(),
+            format!("the file ends before the checkpoint's replay start {durable_len}"),
         ));
     }
     if newest && summary.sealed {

@@ -565,3 +565,33 @@ fn the_tools_get_locked_while_a_store_is_open() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn damage_in_the_newest_segment_before_the_checkpoint_is_not_a_torn_tail() {
+    let clock = ManualClock::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+    for i in 0..50u32 {
+        store
+            .check_or_insert(&key(i), Duration::from_secs(3600), &[9u8; 40])
+            .unwrap();
+    }
+    store.close().unwrap(); // one segment, and a checkpoint past all of it
+    let newest = idem_tests::newest_segment(dir.path());
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let records = parse_segment(&bytes);
+    bytes[records[10].start as usize + 25] ^= 0x08;
+    std::fs::write(&newest, &bytes).unwrap();
+    let report = idem::verify(dir.path()).unwrap();
+    assert!(report.torn_tail.is_none(), "{report:?}");
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(
+        (report.damage[0].path.clone(), report.damage[0].offset),
+        (newest.clone(), records[10].start)
+    );
+    // Without the checkpoint nothing says those bytes were durable: a torn tail, as open sees it.
+    std::fs::remove_file(dir.path().join("checkpoint.idem")).unwrap();
+    let report = idem::verify(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.torn_tail.unwrap().offset, records[10].start);
+}
