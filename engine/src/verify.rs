@@ -8,7 +8,10 @@
 //!   side effect is the `LOCK` file, created if missing, whose lock is held while verifying so
 //!   that no store changes the files under the scan.
 //! - What FORMAT.md calls a torn tail (a record that does not decode in the newest segment) is
-//!   reported as such, not as damage: a crash during an append leaves it, and open cuts it.
+//!   reported as such, not as damage: a crash during an append leaves it, and open cuts it. Not
+//!   before the checkpoint's replay start, though: those bytes were durable when it was written,
+//!   so a record there that does not decode is damage (open would not cut it, and reading it
+//!   fails with `Error::Corrupt`).
 //! - Records are decoded only through `record::decode` (and segment headers through
 //!   `recovery::check_header`), so a format change is followed here without a second decoder.
 
