@@ -472,6 +472,30 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
     })
 }
 
+/// What `verify` learns from a checkpoint that passed every check of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CheckpointSummary {
+    pub(crate) replay_from: Location,
+    pub(crate) entries: u64,
+    pub(crate) claims: u64,
+}
+
+/// Checks a checkpoint file's bytes on their own, against the shard count and hash mask the
+/// file names itself (`verify` has no config to compare with): `Err` says what is wrong.
+pub(crate) fn check_bytes(bytes: &[u8]) -> std::result::Result<CheckpointSummary, String> {
+    let mut config = Config::default();
+    if bytes.len() >= HEADER_LEN {
+        config.shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
+        config.hash_mask_for_testing = get_u64(bytes, HASH_MASK_OFFSET);
+    }
+    let checkpoint = decode(bytes, &config)?;
+    Ok(CheckpointSummary {
+        replay_from: checkpoint.replay_from,
+        entries: get_u64(bytes, ENTRY_COUNT_OFFSET),
+        claims: checkpoint.claim_keys.len() as u64,
+    })
+}
+
 /// Puts a loaded checkpoint's entries into the index, dropping those that are dead at
 /// `now_millis` or whose segment no longer exists.
 pub(crate) fn install(

@@ -149,6 +149,16 @@ pub enum Error {
         /// A description of the first failure.
         cause: String,
     },
+    /// An import would change the answer for a key: the store holds it live with another
+    /// value, fingerprint or claim than the export file has (or the file holds it twice).
+    /// Nothing was imported.
+    #[error("import refused: key {} {reason}", crate::export::printable_key(key))]
+    ImportConflict {
+        /// The key in conflict.
+        key: Vec<u8>,
+        /// How the two differ.
+        reason: String,
+    },
     /// An operating-system I/O error, with what idem was doing.
     #[error("{context}: {source}")]
     Io {

@@ -100,6 +100,28 @@ impl FencingTokens {
         Ok(id)
     }
 
+    /// Makes every id handed out from now on larger than `id` (a claim id that came from
+    /// another store, by import), durably before returning.
+    pub(crate) fn advance_past(&self, id: u64) -> Result<()> {
+        let mut allocation = self.allocation.lock();
+        if allocation.next > id {
+            return Ok(());
+        }
+        let exhausted = || Error::Corrupt {
+            path: self.dir.join(FENCE_FILE_NAME),
+            offset: RESERVED_BELOW_OFFSET as u64,
+            reason: "fencing tokens are exhausted".into(),
+        };
+        let next = id.checked_add(1).ok_or_else(exhausted)?;
+        let reserved_below = next.checked_add(BLOCK_IDS).ok_or_else(exhausted)?;
+        self.persist(reserved_below)?;
+        *allocation = Allocation {
+            next,
+            reserved_below,
+        };
+        Ok(())
+    }
+
     fn persist(&self, reserved_below: u64) -> Result<()> {
         let tmp_path = self.dir.join(FENCE_TMP_FILE_NAME);
         let final_path = self.dir.join(FENCE_FILE_NAME);

@@ -30,7 +30,8 @@
 //! procedures: `maintenance` (expiry, reclamation, compaction, checkpoints), `batch` (the
 //! check-or-insert batch pipeline), `claim` (two-phase claims), `single_flight` (the table behind
 //! `check_or_insert_with`); and `store`, the public [`Store`], a façade of open, close and the
-//! calls. [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
+//! calls. Beside them the operator tools: `export` ([`Store::export`], [`Store::import`]: the
+//! live window in a checksummed file) and `verify` ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -42,6 +43,7 @@ mod claim;
 mod clock;
 mod config;
 mod error;
+mod export;
 mod fence;
 mod index;
 mod io;
@@ -57,15 +59,18 @@ mod store;
 mod store_with;
 mod sync;
 mod validate;
+mod verify;
 
 pub use answer::{Outcome, Value};
 pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
 pub use error::{Error, Result};
+pub use export::{ExportReport, ImportReport, LiveCount, EXPORT_VERSION};
 pub use maintenance::MaintenanceReport;
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
 pub use single_flight::WithError;
 pub use store::{Stats, Store};
 pub use validate::MAX_TTL;
+pub use verify::{verify, CheckpointSummary, Damage, SegmentSummary, TornTail, VerifyReport};

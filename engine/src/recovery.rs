@@ -472,12 +472,16 @@ fn count_live_entries(
     }
 }
 
-enum HeaderVerdict {
+pub(crate) enum HeaderVerdict {
     Valid { version: u32 },
     TornCreation,
 }
 
-fn check_header(file: &SegmentFile, bytes: &[u8], newest: bool) -> Result<HeaderVerdict> {
+pub(crate) fn check_header(
+    file: &SegmentFile,
+    bytes: &[u8],
+    newest: bool,
+) -> Result<HeaderVerdict> {
     let torn_creation = bytes.len() < SEGMENT_HEADER_LEN
         || bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0)
             && bytes[SEGMENT_HEADER_LEN..].iter().all(|&b| b == 0);
@@ -636,7 +640,7 @@ fn apply(
 /// Decodes the record at the start of `bytes`; a group record must be followed by its whole body
 /// (every record intact, as many as it announces), or it fails to decode like a torn record, so
 /// that a group is applied entirely or not at all.
-fn decode_replayed(bytes: &[u8]) -> std::result::Result<(Record<'_>, usize), String> {
+pub(crate) fn decode_replayed(bytes: &[u8]) -> std::result::Result<(Record<'_>, usize), String> {
     let (record, len) = record::decode_sized(bytes).map_err(|e| e.to_string())?;
     if record.kind == RecordKind::Group {
         let (body_len, count) = record::group_extent(&record).ok_or("a malformed group record")?;

@@ -137,6 +137,23 @@ impl ClaimRegistry {
         self.count.store(open.len(), Ordering::Release);
     }
 
+    /// Puts a claim written by import in the registry as in doubt (its side effect happened,
+    /// or not, in another store).
+    pub(crate) fn remember_in_doubt(&self, token: &ClaimToken) {
+        let mut open = self.open.lock();
+        let claim = OpenClaim {
+            token: token.clone(),
+            recovered: true,
+        };
+        open.insert(token.key.clone(), claim);
+        self.count.store(open.len(), Ordering::Release);
+    }
+
+    /// Makes every claim id handed out from now on larger than `id` (see `FencingTokens`).
+    pub(crate) fn advance_claim_ids_past(&self, id: u64) -> Result<()> {
+        self.fencing_tokens.advance_past(id)
+    }
+
     /// Drops the key's claim, if any: it was completed, released, superseded or removed.
     pub(crate) fn forget(&self, key: &[u8]) {
         if self.count.load(Ordering::Acquire) == 0 {

@@ -6,6 +6,8 @@
 //!   checked for double and lost charges, next to the same run without idem.
 //! - `idem bench`: a load generator to size idem for your own workload (throughput, latency, RAM
 //!   and disk per key).
+//! - `idem stats`, `idem verify`, `idem get`, `idem export`, `idem import`: tools for operators
+//!   on a store directory that no process has open.
 //! - `idem demo-consumer` (hidden): the consumer process that `idem demo` spawns.
 //!
 //! Module map: `args` parses flag values, `cli_error` is the error type printed to the user,
@@ -13,7 +15,8 @@
 //! protocol between the demo and its consumer, `consumer` the consumer process (and the one
 //! function that charges a batch), `claimer` its exactly-once protocol through idem's durable
 //! claims (claim, charge, complete; in-doubt claims reconciled after a crash), `demo` the parent
-//! side and its report, `bench` the load generator, `fmt` number formatting.
+//! side and its report, `bench` the load generator, `ops` the operator commands, `fmt` number
+//! formatting.
 
 mod args;
 mod bench;
@@ -23,6 +26,7 @@ mod consumer;
 mod demo;
 mod fmt;
 mod hist;
+mod ops;
 mod protocol;
 mod workload;
 
@@ -42,7 +46,7 @@ use clap::{Parser, Subcommand};
     about,
     long_about,
     propagate_version = true,
-    after_help = "Examples:\n  idem demo                      the incident, 1M events, consumer killed midway\n  idem demo --events 100000 --durability never\n  idem bench --keys 1000000 --threads 8 --batch 100 --durability sync\n  idem bench --json              one JSON object, for scripts"
+    after_help = "Examples:\n  idem demo                      the incident, 1M events, consumer killed midway\n  idem demo --events 100000 --durability never\n  idem bench --keys 1000000 --threads 8 --batch 100 --durability sync\n  idem bench --json              one JSON object, for scripts\n  idem stats /var/lib/dedup      what a store holds (also: verify, get, export, import)\n  idem verify /var/lib/dedup     every segment and record checked, nothing changed"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +64,23 @@ enum Command {
     /// percentiles, RAM and disk per key.
     #[command(long_about = bench::LONG_ABOUT)]
     Bench(bench::BenchArgs),
+    /// Show what a store holds: live keys, claims in doubt, segments and bytes, last
+    /// checkpoint, format version.
+    #[command(long_about = ops::STATS_ABOUT)]
+    Stats(ops::StatsArgs),
+    /// Check every segment, record, checkpoint and fence file without changing anything;
+    /// report each damage with file and offset (exit 0 only when clean).
+    #[command(long_about = ops::VERIFY_ABOUT)]
+    Verify(ops::VerifyArgs),
+    /// Print the value recorded for a key (text, or 0x... hex).
+    #[command(long_about = ops::GET_ABOUT)]
+    Get(ops::GetArgs),
+    /// Write the live window (entries, claims, deadlines, fingerprints) to a checksummed file.
+    #[command(long_about = ops::EXPORT_ABOUT)]
+    Export(ops::ExportArgs),
+    /// Import an export file into a store, refusing conflicts before writing anything.
+    #[command(long_about = ops::IMPORT_ABOUT)]
+    Import(ops::ImportArgs),
     /// The consumer process of `idem demo` (internal: speaks a line protocol on stdin/stdout).
     #[command(hide = true)]
     DemoConsumer(consumer::ConsumerArgs),
@@ -71,6 +92,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::DemoConsumer(args) => consumer::main(&args),
+        Command::Stats(args) => ops::stats(&args, &mut std::io::stdout()),
+        Command::Verify(args) => ops::verify(&args, &mut std::io::stdout()),
+        Command::Get(args) => ops::get(&args, &mut std::io::stdout()),
+        Command::Export(args) => ops::export(&args, &mut std::io::stdout()),
+        Command::Import(args) => ops::import(&args, &mut std::io::stdout()),
     };
     match result {
         Ok(code) => code,
