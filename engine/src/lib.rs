@@ -58,6 +58,7 @@ mod state;
 mod store;
 mod store_with;
 mod sync;
+mod transaction;
 mod validate;
 mod verify;
 
@@ -72,5 +73,6 @@ pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
 pub use single_flight::WithError;
 pub use store::{Stats, Store};
+pub use transaction::{Transaction, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_RECORDS};
 pub use validate::MAX_TTL;
 pub use verify::{verify, CheckpointSummary, Damage, SegmentSummary, TornTail, VerifyReport};

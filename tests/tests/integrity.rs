@@ -401,6 +401,16 @@ fn sync_answers_about_another_callers_record_wait_for_its_durability() {
             }),
         ),
         (
+            "transaction check_or_insert ClaimInFlight",
+            Box::new(move |s: &Store| {
+                describe(
+                    s.transaction()
+                        .check_or_insert(b"K", SECS_60, b"x")
+                        .map(|o| format!("{o:?}")),
+                )
+            }),
+        ),
+        (
             "fingerprint mismatch",
             Box::new(move |s: &Store| {
                 describe(
@@ -736,5 +746,81 @@ fn tombstones_are_not_copied_over_and_over() {
     for i in 0..200 {
         let got = store.get(format!("k-{i}").as_bytes()).unwrap();
         assert_eq!(got.is_some(), i % 10 == 0, "key {i}");
+    }
+}
+
+/// The same rule for what transactions answer and read: a state value, a position, a
+/// `Duplicate` inside a transaction, an absence after another transaction's state deletion.
+#[test]
+fn sync_transaction_answers_wait_for_the_records_they_rest_on() {
+    type Call = Box<dyn Fn(&Store) -> Result<String, Error> + Send + Sync>;
+    let cases: Vec<(&str, bool, Call)> = vec![
+        (
+            "get_state",
+            false,
+            Box::new(|s: &Store| s.get_state(b"S").map(|v| format!("{v:?}"))),
+        ),
+        (
+            "position",
+            false,
+            Box::new(|s: &Store| s.position(b"src").map(|p| format!("{p:?}"))),
+        ),
+        (
+            "positions",
+            false,
+            Box::new(|s: &Store| s.positions().map(|p| format!("{p:?}"))),
+        ),
+        (
+            "transaction get_state",
+            false,
+            Box::new(|s: &Store| s.transaction().get_state(b"S").map(|v| format!("{v:?}"))),
+        ),
+        (
+            "transaction Duplicate",
+            false,
+            Box::new(|s: &Store| {
+                s.transaction()
+                    .check_or_insert(b"D", SECS_60, b"x")
+                    .map(|o| format!("{o:?}"))
+            }),
+        ),
+        (
+            "get_state absent after a deletion",
+            true,
+            Box::new(|s: &Store| s.get_state(b"S").map(|v| format!("{v:?}"))),
+        ),
+    ];
+    for (name, deleting, second) in cases {
+        let (store, gate) = gated_store();
+        if deleting {
+            let mut tx = store.transaction();
+            tx.put_state(b"S", b"v").unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Arc::new(store);
+        let (answered_early, answer) = answer_during_failing_fsync(
+            store,
+            gate,
+            move |s| {
+                let mut tx = s.transaction();
+                if deleting {
+                    tx.delete_state(b"S").unwrap();
+                } else {
+                    tx.check_or_insert(b"D", SECS_60, b"d").unwrap();
+                    tx.put_state(b"S", b"s").unwrap();
+                    tx.set_position(b"src", 9).unwrap();
+                }
+                let _ = tx.commit();
+            },
+            second,
+        );
+        assert!(
+            !answered_early,
+            "{name}: answered {answer:?} before the transaction was durable"
+        );
+        assert!(
+            matches!(answer, Err(Error::Poisoned { .. })),
+            "{name}: {answer:?}"
+        );
     }
 }
