@@ -1,6 +1,7 @@
 //! Export and import of a store's live window ([`Store::export`], [`Store::import`]): every
-//! live entry and open claim, with its absolute deadline, fingerprint and claim id, in a
-//! versioned, checksummed file (spec: "Export file" in `engine/FORMAT.md`).
+//! live entry and open claim, with its absolute deadline, fingerprint and claim id, and every
+//! state entry and input position of transactions, in a versioned, checksummed file (spec:
+//! "Export file" in `engine/FORMAT.md`).
 //!
 //! Invariants:
 //! - An export holds each key that was live at the time of its walk exactly once, as the index
@@ -44,20 +45,30 @@ enum Kind {
     Entry = 1,
     /// An open claim with its id.
     Claim = 2,
+    /// A state entry of transactions (no deadline).
+    State = 3,
+    /// An input position: the source is the key, the position the claim-id field.
+    Position = 4,
     /// The last entry: counts those before it.
     End = 255,
 }
-// Kinds 3 (state entry) and 4 (position) are reserved for the transaction module's state;
-// a reader refuses any kind it does not know rather than drop answers silently.
+// A reader refuses any kind it does not know rather than drop answers silently.
 
 impl Kind {
     fn from_byte(byte: u8) -> Option<Kind> {
         match byte {
             1 => Some(Kind::Entry),
             2 => Some(Kind::Claim),
+            3 => Some(Kind::State),
+            4 => Some(Kind::Position),
             255 => Some(Kind::End),
             _ => None,
         }
+    }
+
+    /// State entries and positions have no deadline and live apart from the dedup keys.
+    fn is_state(self) -> bool {
+        matches!(self, Kind::State | Kind::Position)
     }
 }
 
@@ -69,6 +80,10 @@ pub struct ExportReport {
     pub entries: u64,
     /// Open claims written.
     pub claims: u64,
+    /// State entries written.
+    pub state_entries: u64,
+    /// Positions written.
+    pub positions: u64,
     /// Bytes of the file.
     pub bytes: u64,
 }
@@ -81,7 +96,12 @@ pub struct ImportReport {
     pub entries: u64,
     /// Claims written into the store (now in doubt: see [`Store::in_doubt`]).
     pub claims: u64,
-    /// Entries and claims the store already held identically (skipped).
+    /// State entries written into the store.
+    pub state_entries: u64,
+    /// Positions written into the store.
+    pub positions: u64,
+    /// Entries, claims, state entries and positions the store already held identically
+    /// (skipped).
     pub already_present: u64,
     /// Entries and claims whose deadline had passed (skipped).
     pub expired: u64,
@@ -164,11 +184,22 @@ impl Store {
         let mut max_claim_id = None;
         let mut buf = Vec::new();
         for_each_entry(path, |entry| {
-            if !seen.insert(entry.key.clone().into_boxed_slice()) {
+            // One namespace per kind of key: the kind byte before the key.
+            let namespace = match entry.kind {
+                Kind::State => 1,
+                Kind::Position => 2,
+                _ => 0,
+            };
+            let mut named = vec![namespace];
+            named.extend_from_slice(&entry.key);
+            if !seen.insert(named.into_boxed_slice()) {
                 return Err(Error::ImportConflict {
                     key: entry.key.clone(),
                     reason: "appears twice in the export file".into(),
                 });
+            }
+            if entry.kind.is_state() {
+                return state_conflict(shared, &entry).map(|_| ());
             }
             if entry.deadline_millis <= now {
                 return Ok(());
@@ -199,11 +230,55 @@ impl Store {
         // Pass 2: write.
         let now = shared.clock.now_millis();
         let mut report = ImportReport::default();
+        let mut state = Vec::new();
         for_each_entry(path, |entry| {
+            if entry.kind.is_state() {
+                state.push(entry);
+                return Ok(());
+            }
             import_one(shared, &entry, now, &mut buf, &mut report)
         })?;
+        self.import_state(&state, &mut report)?;
         shared.log.flush()?;
         Ok(report)
+    }
+
+    /// Writes the file's state entries and positions that the store lacks, in transactions as
+    /// large as the limits allow.
+    fn import_state(&self, entries: &[Entry], report: &mut ImportReport) -> Result<()> {
+        let mut pending: Vec<&Entry> = Vec::new();
+        for entry in entries {
+            if state_conflict(&self.shared, entry)? {
+                report.already_present += 1;
+                continue;
+            }
+            pending.push(entry);
+        }
+        for chunk in pending.chunks(1000) {
+            let mut tx = self.transaction();
+            for entry in chunk {
+                match entry.kind {
+                    Kind::State => tx.put_state(&entry.key, &entry.value)?,
+                    _ => tx.set_position(&entry.key, entry.claim_id)?,
+                }
+            }
+            tx.commit().map_err(|e| match e {
+                Error::Conflict { reason } => Error::ImportConflict {
+                    key: chunk[0].key.clone(),
+                    reason: format!(
+                        "state was written during the import ({reason}); the entries before it were imported"
+                    ),
+                },
+                other => other,
+            })?;
+            for entry in chunk {
+                match entry.kind {
+                    Kind::State => report.state_entries += 1,
+                    _ => report.positions += 1,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counts the live entries and open claims by reading each index entry's record (a walk
@@ -312,6 +387,35 @@ fn write_export(shared: &Shared, now: u64, file: &File) -> Result<ExportReport> 
         }
         Ok(())
     })?;
+    {
+        let state = shared.state.lock();
+        for (key, entry) in &state.entries {
+            EntryRef {
+                kind: Kind::State,
+                key,
+                value: &entry.value,
+                deadline_millis: 0,
+                claim_id: 0,
+                fingerprint: &[],
+            }
+            .encode_into(&mut bytes);
+            report.state_entries += 1;
+            count += 1;
+        }
+        for (source, entry) in &state.positions {
+            EntryRef {
+                kind: Kind::Position,
+                key: source,
+                value: &[],
+                deadline_millis: 0,
+                claim_id: entry.position,
+                fingerprint: &[],
+            }
+            .encode_into(&mut bytes);
+            report.positions += 1;
+            count += 1;
+        }
+    }
     EntryRef {
         kind: Kind::End,
         key: &[],
@@ -338,6 +442,30 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     File::open(parent)?.sync_all()
+}
+
+/// For a state entry or position of an import file: `Ok(true)` if the store holds it already,
+/// `Ok(false)` if it lacks it, a conflict if it holds another value or position.
+fn state_conflict(shared: &Shared, entry: &Entry) -> Result<bool> {
+    let state = shared.state.lock();
+    let held = match entry.kind {
+        Kind::State => state
+            .entries
+            .get(entry.key.as_slice())
+            .map(|held| (*held.value == *entry.value, "with a different value")),
+        _ => state
+            .positions
+            .get(entry.key.as_slice())
+            .map(|held| (held.position == entry.claim_id, "at a different position")),
+    };
+    match held {
+        None => Ok(false),
+        Some((true, _)) => Ok(true),
+        Some((false, how)) => Err(Error::ImportConflict {
+            key: entry.key.clone(),
+            reason: format!("is held by the store's state {how}; nothing was imported"),
+        }),
+    }
 }
 
 /// Writes one entry into the store (pass 2 of an import).
@@ -506,26 +634,26 @@ fn for_each_entry(path: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Re
                 "the file ends before its end record: it was cut short".into(),
             ));
         }
-        let kind = Kind::from_byte(head[4]).ok_or_else(|| {
-            let reason = match head[4] {
-                3 => "kind 3 (state entry) is reserved: this build cannot import it".to_string(),
-                4 => "kind 4 (position) is reserved: this build cannot import it".to_string(),
-                other => format!("unknown entry kind {other}"),
-            };
-            corrupt(offset, reason)
-        })?;
+        let kind = Kind::from_byte(head[4])
+            .ok_or_else(|| corrupt(offset, format!("unknown entry kind {}", head[4])))?;
         let fingerprint_len = head[5] as usize;
         let key_len = u16::from_le_bytes([head[6], head[7]]) as usize;
         let value_len = u32_at(&head, 8) as usize;
         let deadline_millis = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
         let claim_id = u64::from_le_bytes(head[20..28].try_into().expect("8 bytes"));
-        let max_value = if kind == Kind::Claim {
+        let max_value = if matches!(kind, Kind::Claim | Kind::Position) {
             0
         } else {
             MAX_VALUE_BYTES
         };
         let lengths_ok = match kind {
             Kind::End => key_len == 0 && value_len == 0 && fingerprint_len == 0,
+            Kind::State | Kind::Position => {
+                (1..=MAX_KEY_BYTES).contains(&key_len)
+                    && value_len <= max_value
+                    && fingerprint_len == 0
+                    && deadline_millis == 0
+            }
             _ => {
                 (1..=MAX_KEY_BYTES).contains(&key_len)
                     && value_len <= max_value

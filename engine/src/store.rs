@@ -66,6 +66,10 @@ pub struct Stats {
     /// Sealed segments in which maintenance found damage since open (each is reported once by
     /// [`Store::maintain`] and then left alone: no more compaction of it).
     pub segments_damaged: u64,
+    /// State entries of transactions ([`Store::get_state`]).
+    pub state_entries: u64,
+    /// Sources with an input position ([`Store::position`]).
+    pub positions: u64,
 }
 
 /// An open dedup store. `Send + Sync`: share it by reference or `Arc` across threads.
@@ -377,7 +381,13 @@ impl Store {
         let (disk_bytes, segments) = self.shared.log.disk_usage();
         let counters = &self.shared.log.counters;
         let maintenance = &self.shared.maintenance.totals;
+        let (state_entries, positions) = {
+            let state = self.shared.state.lock();
+            (state.entries.len() as u64, state.positions.len() as u64)
+        };
         Stats {
+            state_entries,
+            positions,
             live_keys: usage.entries,
             disk_bytes,
             segments,

@@ -595,3 +595,57 @@ fn damage_in_the_newest_segment_before_the_checkpoint_is_not_a_torn_tail() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.torn_tail.unwrap().offset, records[10].start);
 }
+
+/// State entries and positions of transactions travel with the window, in their own
+/// namespaces; a state entry held with another value is a conflict, and nothing is written.
+#[test]
+fn state_entries_and_positions_round_trip_and_conflict() {
+    let clock = ManualClock::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let source = Store::open_with(scratch.path().join("source"), config(&clock)).unwrap();
+    let mut tx = source.transaction();
+    tx.check_or_insert(b"same", LEASE, b"dedup value").unwrap();
+    tx.put_state(b"same", b"state value").unwrap();
+    tx.put_state(b"balance/7", &250u64.to_le_bytes()).unwrap();
+    tx.set_position(b"orders/3", 1_000_457).unwrap();
+    tx.set_position(b"same", 9).unwrap();
+    tx.commit().unwrap();
+    let file = scratch.path().join("window.idemx");
+    let exported = source.export(&file).unwrap();
+    assert_eq!(
+        (exported.entries, exported.state_entries, exported.positions),
+        (1, 2, 2)
+    );
+
+    let target = Store::open_with(scratch.path().join("target"), config(&clock)).unwrap();
+    let imported = target.import(&file).unwrap();
+    assert_eq!(
+        (imported.entries, imported.state_entries, imported.positions),
+        (1, 2, 2)
+    );
+    assert_eq!(target.get(b"same").unwrap().unwrap(), b"dedup value");
+    assert_eq!(target.get_state(b"same").unwrap().unwrap(), b"state value");
+    assert_eq!(
+        target.get_state(b"balance/7").unwrap().unwrap().as_ref(),
+        250u64.to_le_bytes()
+    );
+    assert_eq!(target.positions().unwrap(), source.positions().unwrap());
+    // Twice: everything is already there.
+    let again = target.import(&file).unwrap();
+    assert_eq!(
+        (again.state_entries, again.positions, again.already_present),
+        (0, 0, 5)
+    );
+
+    let other = Store::open_with(scratch.path().join("other"), config(&clock)).unwrap();
+    let mut tx = other.transaction();
+    tx.put_state(b"balance/7", &1u64.to_le_bytes()).unwrap();
+    tx.commit().unwrap();
+    let appended = other.stats().bytes_appended;
+    match other.import(&file) {
+        Err(Error::ImportConflict { key, .. }) => assert_eq!(key, b"balance/7"),
+        other => panic!("expected ImportConflict, got {other:?}"),
+    }
+    assert_eq!(other.stats().bytes_appended, appended);
+    assert_eq!(other.get(b"same").unwrap(), None);
+}

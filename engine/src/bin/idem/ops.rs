@@ -172,9 +172,8 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
             "live_keys": live.entries,
             "claims": live.claims,
             "claims_in_doubt": in_doubt,
-            // Not in this version: state entries and positions come with transactions.
-            "state_entries": Json::Null,
-            "positions": Json::Null,
+            "state_entries": stats.state_entries,
+            "positions": stats.positions,
             "segments": stats.segments,
             "segment_bytes": stats.disk_bytes,
             "index_entries": stats.live_keys,
@@ -193,7 +192,7 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
         (
             "format version",
             format!(
-                "{} (the segment format this build reads and writes)",
+                "{} (the segment format this build writes; it reads 1 and 2)",
                 idem::record::FORMAT_VERSION
             ),
         ),
@@ -202,8 +201,8 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
             "open claims",
             format!("{} ({} in doubt)", fmt::count(live.claims), in_doubt),
         ),
-        ("state entries", "- (not in this version)".into()),
-        ("positions", "- (not in this version)".into()),
+        ("state entries", fmt::count(stats.state_entries)),
+        ("positions", fmt::count(stats.positions)),
         (
             "segments",
             format!(
