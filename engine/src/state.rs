@@ -45,14 +45,24 @@ pub(crate) struct StateTables {
 impl StateTables {
     /// Sets `key` to `value` by the record at `at..end`.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], at: Location, end: Location) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            // An overwrite (a balance updated again) reuses the key and, at the same length,
+            // the value's allocation.
+            self.released.push(entry.location);
+            if entry.value.len() == value.len() {
+                entry.value.copy_from_slice(value);
+            } else {
+                entry.value = value.into();
+            }
+            (entry.location, entry.end) = (at, end);
+            return;
+        }
         let entry = StateEntry {
             value: value.into(),
             location: at,
             end,
         };
-        if let Some(old) = self.entries.insert(key.into(), entry) {
-            self.released.push(old.location);
-        }
+        self.entries.insert(key.into(), entry);
     }
 
     /// Applies a state removal found at `at..end` that hides records of its key located before

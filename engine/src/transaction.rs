@@ -23,7 +23,6 @@
 //!   `Duplicate`, a state value, an absence after a removal) waits until that record is durable,
 //!   and `commit` returns once the group is.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use parking_lot::MutexGuard;
@@ -44,15 +43,79 @@ pub const MAX_TRANSACTION_RECORDS: usize = 10_000;
 /// a transaction's records must fit in one segment).
 pub const MAX_TRANSACTION_BYTES: usize = 16 << 20;
 
+/// Where a transaction keeps a key or value: a range of its byte arena.
+type Span = std::ops::Range<usize>;
+
 /// A dedup key the transaction checked.
 #[derive(Debug)]
 struct DedupCheck {
-    key: Box<[u8]>,
     hash: KeyHash,
     /// `Some((ttl_millis, value))`: absent when checked, to be inserted; `None`: a duplicate.
-    insert: Option<(u64, Box<[u8]>)>,
+    insert: Option<(u64, Span)>,
     /// The answer given for it (repeated if the key is checked again in the transaction).
     answer: Outcome,
+}
+
+/// Past this many entries a list of the transaction gets a hash index; below it a scan is
+/// cheaper than hashing (most transactions touch a handful of keys).
+const SCAN_LIMIT: usize = 16;
+
+/// A transaction's entries of one kind, keyed by byte strings kept in the transaction's arena:
+/// no allocation per key, and a lookup scans until the list outgrows [`SCAN_LIMIT`].
+#[derive(Debug)]
+struct Entries<T> {
+    items: Vec<(Span, T)>,
+    index: Option<std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>>,
+}
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries {
+            items: Vec::new(),
+            index: None,
+        }
+    }
+}
+
+impl<T> Entries<T> {
+    fn find(&self, arena: &[u8], key: &[u8]) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self
+                .items
+                .iter()
+                .position(|(k, _)| &arena[k.clone()] == key),
+        }
+    }
+
+    fn get(&self, arena: &[u8], key: &[u8]) -> Option<&T> {
+        self.find(arena, key).map(|i| &self.items[i].1)
+    }
+
+    fn push(&mut self, arena: &[u8], key: Span, value: T) {
+        let at = self.items.len();
+        if let Some(index) = &mut self.index {
+            index.insert(arena[key.clone()].into(), at);
+        }
+        self.items.push((key, value));
+        if self.index.is_none() && self.items.len() > SCAN_LIMIT {
+            self.index = Some(
+                self.items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (arena[k.clone()].into(), i))
+                    .collect(),
+            );
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
 /// A set of changes committed atomically: dedup records ([`Transaction::check_or_insert`]),
@@ -83,12 +146,15 @@ struct DedupCheck {
 #[must_use = "a transaction writes nothing until it is committed"]
 pub struct Transaction<'s> {
     store: &'s Store,
-    checks: Vec<DedupCheck>,
+    /// Every key and value the transaction holds, back to back.
+    arena: Vec<u8>,
+    checks: Entries<DedupCheck>,
     /// State keys read, with the record each was read from (`None`: absent).
-    reads: BTreeMap<Box<[u8]>, Option<Location>>,
+    reads: Entries<Option<Location>>,
     /// State writes: a value, or `None` for a deletion.
-    writes: BTreeMap<Box<[u8]>, Option<Box<[u8]>>>,
-    positions: BTreeMap<Box<[u8]>, u64>,
+    writes: Entries<Option<Span>>,
+    /// Positions: the position's little-endian bytes (the record's value) in the arena.
+    positions: Entries<Span>,
     /// Log bytes of the records the commit will write.
     bytes: usize,
 }
@@ -109,10 +175,12 @@ impl Store {
     pub fn transaction(&self) -> Transaction<'_> {
         Transaction {
             store: self,
-            checks: Vec::new(),
-            reads: BTreeMap::new(),
-            writes: BTreeMap::new(),
-            positions: BTreeMap::new(),
+            // Room for a typical transaction's keys and values without growing.
+            arena: Vec::with_capacity(256),
+            checks: Entries::default(),
+            reads: Entries::default(),
+            writes: Entries::default(),
+            positions: Entries::default(),
             bytes: 0,
         }
     }
@@ -190,7 +258,7 @@ impl Transaction<'_> {
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
-        if let Some(check) = self.checks.iter().find(|c| &*c.key == key) {
+        if let Some(check) = self.checks.get(&self.arena, key) {
             return Ok(check.answer.clone());
         }
         let shared = &*self.store.shared;
@@ -212,23 +280,25 @@ impl Transaction<'_> {
                 }
                 let answer = Outcome::Duplicate(Value::from(found.value));
                 shared.wait_if_sync(end)?;
-                self.checks.push(DedupCheck {
-                    key: key.into(),
+                let key = self.keep(key);
+                let check = DedupCheck {
                     hash,
                     insert: None,
                     answer: answer.clone(),
-                });
+                };
+                self.checks.push(&self.arena, key, check);
                 Ok(answer)
             }
             Probe::Vacant(_) => {
                 drop(table);
                 self.grow(record::encoded_len(key.len(), value.len(), 0))?;
-                self.checks.push(DedupCheck {
-                    key: key.into(),
+                let (key, value) = (self.keep(key), self.keep(value));
+                let check = DedupCheck {
                     hash,
-                    insert: Some((ttl_millis, value.into())),
+                    insert: Some((ttl_millis, value)),
                     answer: Outcome::Inserted,
-                });
+                };
+                self.checks.push(&self.arena, key, check);
                 Ok(Outcome::Inserted)
             }
         }
@@ -239,8 +309,8 @@ impl Transaction<'_> {
     /// changes the entry in between.
     pub fn get_state(&mut self, key: &[u8]) -> Result<Option<Value>> {
         validate_key(key)?;
-        if let Some(write) = self.writes.get(key) {
-            return Ok(write.as_deref().map(Value::from));
+        if let Some(write) = self.writes.get(&self.arena, key) {
+            return Ok(write.clone().map(|value| Value::from(&self.arena[value])));
         }
         let shared = &*self.store.shared;
         shared.check_live()?;
@@ -248,7 +318,10 @@ impl Transaction<'_> {
         shared.wait_if_sync(end)?;
         let observed = found.as_ref().map(|(_, location)| *location);
         // The first read is what the commit validates; a later one saw the same or a conflict.
-        self.reads.entry(key.into()).or_insert(observed);
+        if self.reads.find(&self.arena, key).is_none() {
+            let key = self.keep(key);
+            self.reads.push(&self.arena, key, observed);
+        }
         Ok(found.map(|(value, _)| value))
     }
 
@@ -256,7 +329,7 @@ impl Transaction<'_> {
     pub fn put_state(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         validate_key(key)?;
         validate_value(value)?;
-        self.write_state(key, Some(value.into()))
+        self.write_state(key, Some(value))
     }
 
     /// Deletes state entry `key` at commit (nothing if it does not exist then).
@@ -265,19 +338,34 @@ impl Transaction<'_> {
         self.write_state(key, None)
     }
 
-    fn write_state(&mut self, key: &[u8], value: Option<Box<[u8]>>) -> Result<()> {
-        let len = record::encoded_len(key.len(), value.as_ref().map_or(0, |v| v.len()), 0);
-        let previous = self
-            .writes
-            .get(key)
-            .map(|old| record::encoded_len(key.len(), old.as_ref().map_or(0, |v| v.len()), 0));
+    fn write_state(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let len = record::encoded_len(key.len(), value.map_or(0, <[u8]>::len), 0);
+        let found = self.writes.find(&self.arena, key);
+        let previous = found.map(|i| {
+            let old = self.writes.items[i].1.as_ref().map_or(0, |v| v.len());
+            record::encoded_len(key.len(), old, 0)
+        });
         match previous {
             Some(previous) if previous >= len => {}
             Some(previous) => self.grow_bytes(len - previous)?,
             None => self.grow(len)?,
         }
-        self.writes.insert(key.into(), value);
+        let value = value.map(|value| self.keep(value));
+        match found {
+            Some(i) => self.writes.items[i].1 = value,
+            None => {
+                let key = self.keep(key);
+                self.writes.push(&self.arena, key, value);
+            }
+        }
         Ok(())
+    }
+
+    /// Copies `bytes` into the arena.
+    fn keep(&mut self, bytes: &[u8]) -> Span {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        start..self.arena.len()
     }
 
     /// Sets the input position of `source` at commit. Positions only move forward: a position
@@ -293,7 +381,8 @@ impl Transaction<'_> {
             .positions
             .get(source)
             .map(|e| e.position);
-        let own = self.positions.get(source).copied();
+        let found = self.positions.find(&self.arena, source);
+        let own = found.map(|i| self.position_at(i));
         if let Some(stored) = stored.max(own).filter(|&stored| stored > position) {
             return Err(Error::PositionRegressed {
                 source_len: source.len(),
@@ -301,11 +390,24 @@ impl Transaction<'_> {
                 requested: position,
             });
         }
-        if own.is_none() {
-            self.grow(record::encoded_len(source.len(), 8, 0))?;
+        match found {
+            Some(i) => {
+                let bytes = self.positions.items[i].1.clone();
+                self.arena[bytes].copy_from_slice(&position.to_le_bytes());
+            }
+            None => {
+                self.grow(record::encoded_len(source.len(), 8, 0))?;
+                let source = self.keep(source);
+                let bytes = self.keep(&position.to_le_bytes());
+                self.positions.push(&self.arena, source, bytes);
+            }
         }
-        self.positions.insert(source.into(), position);
         Ok(())
+    }
+
+    fn position_at(&self, i: usize) -> u64 {
+        let bytes = &self.arena[self.positions.items[i].1.clone()];
+        u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
     }
 
     /// Room for one more record of `len` bytes, within the limits.
@@ -330,7 +432,11 @@ impl Transaction<'_> {
     }
 
     fn records(&self) -> usize {
-        self.checks.iter().filter(|c| c.insert.is_some()).count()
+        self.checks
+            .items
+            .iter()
+            .filter(|(_, c)| c.insert.is_some())
+            .count()
             + self.writes.len()
             + self.positions.len()
     }
@@ -350,15 +456,20 @@ impl Transaction<'_> {
     pub fn commit(self) -> Result<()> {
         let shared = &*self.store.shared;
         shared.check_live()?;
-        let inserts: Vec<&DedupCheck> = self.checks.iter().filter(|c| c.insert.is_some()).collect();
-        if inserts.is_empty() && self.writes.is_empty() && self.positions.is_empty() {
+        let arena = &self.arena[..];
+        let inserts = || {
+            self.checks.items.iter().filter_map(|(key, check)| {
+                Some((&arena[key.clone()], check, check.insert.as_ref()?))
+            })
+        };
+        if inserts().next().is_none() && self.writes.is_empty() && self.positions.is_empty() {
             // Read-only: its answers were given (and waited for) as it went.
             return Ok(());
         }
         let now = shared.clock.now_millis();
 
         // 1. Locks: the inserted keys' shards (ascending), then the state tables.
-        let mut shard_ids: Vec<usize> = inserts.iter().map(|c| c.hash.shard).collect();
+        let mut shard_ids: Vec<usize> = inserts().map(|(_, c, _)| c.hash.shard).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
         let mut guards: Vec<MutexGuard<'_, ShardTable>> = shard_ids
@@ -374,19 +485,17 @@ impl Transaction<'_> {
 
         // 2. Validate.
         let mut buf = Vec::new();
-        for check in &inserts {
+        for (key, check, _) in inserts() {
             let table = &guards[guard_of(&check.hash)];
-            match shared.probe(table, check.hash, &check.key, now, &mut buf)? {
-                Probe::Vacant(_) => {}
-                Probe::Found(_) => {
-                    return Err(conflict(format!(
-                        "dedup key ({} bytes) was recorded or claimed by another caller first",
-                        check.key.len()
-                    )))
-                }
+            if let Probe::Found(_) = shared.probe(table, check.hash, key, now, &mut buf)? {
+                return Err(conflict(format!(
+                    "dedup key ({} bytes) was recorded or claimed by another caller first",
+                    key.len()
+                )));
             }
         }
-        for (key, observed) in &self.reads {
+        for (key, observed) in &self.reads.items {
+            let key = &arena[key.clone()];
             if state.entries.get(key).map(|e| e.location) != *observed {
                 return Err(conflict(format!(
                     "state key ({} bytes) was changed by another commit since it was read",
@@ -394,7 +503,8 @@ impl Transaction<'_> {
                 )));
             }
         }
-        for (source, &position) in &self.positions {
+        for (i, (source, _)) in self.positions.items.iter().enumerate() {
+            let (source, position) = (&arena[source.clone()], self.position_at(i));
             if let Some(stored) = state
                 .positions
                 .get(source)
@@ -408,50 +518,60 @@ impl Transaction<'_> {
             }
         }
 
-        // 3. The group.
-        let position_bytes: Vec<[u8; 8]> =
-            self.positions.values().map(|p| p.to_le_bytes()).collect();
+        // 3. The group: inserts first, then state writes, then positions.
         let mut records: Vec<Record<'_>> = Vec::with_capacity(self.records());
-        for check in &inserts {
-            let (ttl_millis, value) = check.insert.as_ref().expect("inserts only");
+        for (key, _, (ttl_millis, value)) in inserts() {
             records.push(Record {
                 kind: RecordKind::Insert,
-                key: &check.key,
-                value,
+                key,
+                value: &arena[value.clone()],
                 expires_at_millis: now + ttl_millis,
                 fingerprint: &[],
             });
         }
-        for (key, write) in &self.writes {
+        let inserted = records.len();
+        for (key, write) in &self.writes.items {
+            let key = &arena[key.clone()];
             match write {
-                Some(value) => records.push(state_record(RecordKind::StatePut, key, value)),
+                Some(value) => records.push(state_record(
+                    RecordKind::StatePut,
+                    key,
+                    &arena[value.clone()],
+                )),
                 // Deleting what does not exist writes nothing (no tombstone to carry around).
                 None if !state.entries.contains_key(key) => {}
                 None => records.push(state_record(RecordKind::StateRemove, key, &[])),
             }
         }
-        for ((source, _), bytes) in self.positions.iter().zip(&position_bytes) {
-            records.push(state_record(RecordKind::Position, source, bytes));
+        for (source, position) in &self.positions.items {
+            records.push(state_record(
+                RecordKind::Position,
+                &arena[source.clone()],
+                &arena[position.clone()],
+            ));
+        }
+        if records.is_empty() {
+            // Only deletions of entries that do not exist: nothing to write.
+            return Ok(());
         }
         let mut locations = Vec::with_capacity(records.len());
         let end = shared.log.append_group(&records, &mut locations)?;
 
         // 4. Apply.
-        for (record, &at) in records.iter().zip(&locations) {
+        for (record, &at) in records[inserted..].iter().zip(&locations[inserted..]) {
             let record_end = at + record.encoded_len() as u64;
             match record.kind {
                 RecordKind::StatePut => state.put(record.key, record.value, at, record_end),
                 RecordKind::StateRemove => state.remove(record.key, at, record_end),
-                RecordKind::Position => {
+                _ => {
                     let position = record::position_value(record).expect("8 bytes");
                     state.set_position(record.key, position, at, record_end);
                 }
-                _ => {}
             }
         }
-        // The inserts come first in the group. Two keys of one shard may have probed the same
-        // vacant slot: each entry finds its own place.
-        for (check, (record, &at)) in inserts.iter().zip(records.iter().zip(&locations)) {
+        // Two keys of one shard may have probed the same vacant slot: each entry finds its
+        // own place.
+        for ((_, check, _), (record, &at)) in inserts().zip(records.iter().zip(&locations)) {
             let entry = Slot {
                 tag: check.hash.tag,
                 expires_at_secs: Slot::deadline_secs(record.expires_at_millis),

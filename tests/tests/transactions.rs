@@ -536,3 +536,33 @@ fn committed_transactions_survive_kill_9_whole() {
         "the child never committed anything"
     );
 }
+
+#[test]
+fn a_transaction_that_only_deletes_what_does_not_exist_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let appended = store.stats().bytes_appended;
+    let mut tx = store.transaction();
+    tx.delete_state(b"never-written").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.stats().bytes_appended, appended);
+    // Many keys in one transaction: past the scan limit its own lookups use an index.
+    let mut tx = store.transaction();
+    for i in 0..100u32 {
+        tx.put_state(format!("k{i}").as_bytes(), &i.to_le_bytes())
+            .unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(
+            tx.get_state(format!("k{i}").as_bytes())
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            i.to_le_bytes()
+        );
+    }
+    tx.put_state(b"k7", b"seven").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.get_state(b"k7").unwrap().unwrap(), b"seven");
+    assert_eq!(store.stats().state_entries, 100);
+}

@@ -343,12 +343,12 @@ impl Log {
         #[cfg(not(loom))]
         return ENCODED.with(|encoded| {
             let mut encoded = encoded.borrow_mut();
-            self.append_many_encoded(records, &mut encoded, locations, false)
+            self.append_many_encoded(records, &mut encoded, locations, None)
         });
         #[cfg(loom)]
         {
             let mut encoded = Vec::new();
-            self.append_many_encoded(records, &mut encoded, locations, false)
+            self.append_many_encoded(records, &mut encoded, locations, None)
         }
     }
 
@@ -382,32 +382,39 @@ impl Log {
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&(body as u32).to_le_bytes());
         value[4..].copy_from_slice(&(records.len() as u32).to_le_bytes());
-        let mut all = Vec::with_capacity(records.len() + 1);
-        all.push(Record {
+        let group = Record {
             kind: record::RecordKind::Group,
             key: record::GROUP_KEY,
             value: &value,
             expires_at_millis: 0,
             fingerprint: &[],
-        });
-        all.extend_from_slice(records);
-        let mut encoded = Vec::with_capacity(record::GROUP_RECORD_LEN + body);
-        let end = self.append_many_encoded(&all, &mut encoded, locations, true)?;
-        locations.remove(0);
-        Ok(end.expect("a group has its group record"))
+        };
+        #[cfg(not(loom))]
+        let end = ENCODED.with(|encoded| {
+            let mut encoded = encoded.borrow_mut();
+            self.append_many_encoded(records, &mut encoded, locations, Some(&group))
+        })?;
+        #[cfg(loom)]
+        let end = self.append_many_encoded(records, &mut Vec::new(), locations, Some(&group))?;
+        Ok(end.expect("a group has records"))
     }
 
-    /// With `one_segment`, the first record is placed where all of them fit in one segment.
+    /// With a `group` record, it goes first, placed where it and all the records fit in one
+    /// segment; its location is not reported.
     fn append_many_encoded(
         &self,
         records: &[Record<'_>],
         encoded: &mut Vec<u8>,
         locations: &mut Vec<Location>,
-        one_segment: bool,
+        group: Option<&Record<'_>>,
     ) -> Result<Option<Location>> {
         // Encoded (and checksummed) before the lock, back to back; `locations` holds each
         // record's end offset in `encoded` until the lock gives them their places in the log.
         encoded.clear();
+        if let Some(group) = group {
+            record::encode_into(encoded, group);
+        }
+        let group_len = encoded.len();
         for record in records {
             record::encode_into(encoded, record);
             locations.push(encoded.len() as u64);
@@ -417,21 +424,20 @@ impl Log {
             self.work_ready.notify_one();
             self.drained.wait(&mut state);
         }
-        let mut start = 0usize;
+        if let Some(group) = group {
+            let whole = encoded.len() as u32;
+            self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
+        }
+        let mut start = group_len;
         let mut end = 0;
-        let total = encoded.len() as u32;
         for (n, (record, location)) in records.iter().zip(locations.iter_mut()).enumerate() {
             let stop = *location as usize;
-            let room = if one_segment && n == 0 {
-                total
-            } else {
-                (stop - start) as u32
-            };
+            let room = (stop - start) as u32;
             let (at, after) =
                 match self.append_locked(&mut state, record, &encoded[start..stop], room) {
                     Ok(appended) => appended,
                     Err(error) => {
-                        if n > 0 {
+                        if n > 0 || group.is_some() {
                             // Part of the batch is in the buffer: it must never be written (nor
                             // anything after it acknowledged), so the batch stays all or nothing.
                             self.poison(

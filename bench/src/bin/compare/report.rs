@@ -333,6 +333,14 @@ impl<'a> Report<'a> {
             false,
             ByCpu::No,
         );
+        ratio_target(
+            "(issue #11) idem Never transaction (dedup + state + position) >= 0.5x idem Never single-key (cost <= 2x)",
+            names::IDEM_NEVER_TX,
+            &never1,
+            0.5,
+            false,
+            ByCpu::Yes,
+        );
         // How much two threads can gain on this machine right now: the ceiling's own scaling.
         if let (Some(target), Some(headroom)) = (
             targets

@@ -18,6 +18,7 @@ pub const SCALING: &str = "scaling";
 /// Names of the rows the report's ratios and targets refer to.
 pub mod names {
     pub const IDEM_NEVER_BATCH: &str = "idem-never-batch";
+    pub const IDEM_NEVER_TX: &str = "idem-never-tx";
     pub const IDEM_SYNC_BATCH: &str = "idem-sync-batch";
     pub const IDEM_SYNC_MANY: &str = "idem-sync-64t";
     pub const IDEM_RAM: &str = "idem-ram";
@@ -168,9 +169,15 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     use Group::*;
     let never = peer(idem::Idem {
         durability: ::idem::Durability::Never,
+        transactional: false,
+    });
+    let never_tx = peer(idem::Idem {
+        durability: ::idem::Durability::Never,
+        transactional: true,
     });
     let sync = peer(idem::Idem {
         durability: ::idem::Durability::Sync,
+        transactional: false,
     });
     let redb_none = peer(redb::Redb {
         durability: ::redb::Durability::None,
@@ -189,6 +196,12 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
         );
     }
     rows.extend([
+        RowSpec::new(
+            names::IDEM_NEVER_TX,
+            "idem Never, transaction (dedup + state + position)",
+            NoFsync,
+            &never_tx,
+        ),
         RowSpec::new(
             names::IDEM_NEVER_BATCH,
             "idem Never, batch",

@@ -10,13 +10,22 @@ use crate::peer::{BoxError, Engine, Peer};
 /// `idem::Store` opened with the default configuration at `durability`.
 pub struct Idem {
     pub durability: idem::Durability,
+    /// Each single-key operation is a transaction: the dedup check, a state write and a
+    /// position (issue #11's cost target), instead of a plain `check_or_insert`.
+    pub transactional: bool,
 }
 
 pub struct IdemEngine {
     store: idem::Store,
+    transactional: bool,
+    /// The input position of the transactional rows' one source.
+    position: std::sync::atomic::AtomicU64,
     /// The batch handed to `check_or_insert_batch`, reused from call to call.
     items: Vec<(Key, Duration, Val)>,
 }
+
+/// State keys the transactional rows write to: one per "customer".
+const CUSTOMERS: u64 = 1024;
 
 impl Peer for Idem {
     type Engine = IdemEngine;
@@ -25,6 +34,8 @@ impl Peer for Idem {
         let config = idem::Config::default().durability(self.durability);
         Ok(IdemEngine {
             store: idem::Store::open_with(dir, config)?,
+            transactional: self.transactional,
+            position: std::sync::atomic::AtomicU64::new(0),
             items: Vec::new(),
         })
     }
@@ -33,7 +44,24 @@ impl Peer for Idem {
 impl Engine for IdemEngine {
     fn check_or_insert(&self, key: &Key) -> Result<bool, BoxError> {
         let value = value_for(key);
-        Ok(self.store.check_or_insert(key, TTL, &value)?.is_duplicate())
+        if !self.transactional {
+            return Ok(self.store.check_or_insert(key, TTL, &value)?.is_duplicate());
+        }
+        // The consumer's step: dedup record, the customer's new balance, the input position,
+        // one commit. Blind state writes: one thread, so no conflict to retry.
+        let position = self
+            .position
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tx = self.store.transaction();
+        let duplicate = tx.check_or_insert(key, TTL, &value)?.is_duplicate();
+        if !duplicate {
+            let customer =
+                u64::from_le_bytes(key[..8].try_into().expect("16-byte keys")) % CUSTOMERS;
+            tx.put_state(format!("balance/{customer}").as_bytes(), &value)?;
+        }
+        tx.set_position(b"input", position)?;
+        tx.commit()?;
+        Ok(duplicate)
     }
 
     fn check_or_insert_batch(&mut self, keys: &[Key]) -> Result<u64, BoxError> {
