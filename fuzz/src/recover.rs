@@ -1561,3 +1561,111 @@ pub fn run(data: &[u8]) {
         assert_same_files(dir.path(), &model.files, &when);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The model's answers for the cases the format names, each also run against the store.
+
+    use super::*;
+
+    fn raw_input(flags: u8, files: &[&[u8]]) -> Vec<u8> {
+        let mut input = vec![flags, 0, 0, 0];
+        for (i, file) in files.iter().enumerate() {
+            if i > 0 {
+                input.extend(SEPARATOR);
+            }
+            input.extend(*file);
+        }
+        input
+    }
+
+    fn insert(v1: bool, key: &[u8]) -> Vec<u8> {
+        encode(v1, RecordKind::Insert, key, b"v", NOW + 60_000, &[])
+    }
+
+    /// Segment 1: an insert of key-0, then a group (insert key-1, remove key-0, insert key-2).
+    /// Returns the file and the group record's offset.
+    fn segment_with_group() -> (Vec<u8>, usize) {
+        let mut file = encode_segment_header(1).to_vec();
+        file.extend(insert(false, b"key-0"));
+        let at = file.len();
+        let body = [
+            insert(false, b"key-1"),
+            encode(false, RecordKind::Remove, b"key-0", &[], NOW + 60_000, &[]),
+            insert(false, b"key-2"),
+        ]
+        .concat();
+        encode_group(&mut file, body.len() as u32, 3);
+        file.extend(body);
+        (file, at)
+    }
+
+    fn files(list: &[&[u8]]) -> BTreeMap<u32, Vec<u8>> {
+        (1..).zip(list.iter().map(|file| file.to_vec())).collect()
+    }
+
+    #[test]
+    fn a_whole_group_is_applied_entirely() {
+        let (file, _) = segment_with_group();
+        let model = replay(&files(&[&file]), NOW).expect("opens");
+        assert_eq!(model.truncated_tail, None);
+        assert_eq!(model.records_replayed, 5);
+        assert!(model.get(b"key-0", NOW).is_none());
+        assert!(model.get(b"key-1", NOW).is_some() && model.get(b"key-2", NOW).is_some());
+        run(&raw_input(0, &[&file]));
+    }
+
+    #[test]
+    fn a_group_cut_anywhere_in_the_newest_segment_is_a_torn_tail_at_its_record() {
+        let (file, at) = segment_with_group();
+        for keep in at + 1..file.len() {
+            let cut = &file[..keep];
+            let model = replay(&files(&[cut]), NOW).expect("opens");
+            assert_eq!(
+                model.truncated_tail,
+                Some((1, at as u64, (keep - at) as u64)),
+                "kept {keep}"
+            );
+            assert_eq!(model.records_replayed, 1);
+            assert!(model.get(b"key-0", NOW).is_some(), "kept {keep}");
+            assert!(model.get(b"key-1", NOW).is_none(), "kept {keep}");
+            run(&raw_input(0, &[cut]));
+        }
+    }
+
+    #[test]
+    fn a_damaged_group_in_an_older_segment_is_corrupt_at_its_offset() {
+        let (file, at) = segment_with_group();
+        let mut older = file[..file.len() - 3].to_vec();
+        older.extend(record::encode_seal(older.len() as u64));
+        let newer = encode_segment_header(2).to_vec();
+        let files = files(&[&older, &newer]);
+        assert_eq!(
+            replay(&files, NOW).map(|_| ()),
+            Err(ExpectedError::CorruptAt {
+                id: 1,
+                offset: at as u64
+            })
+        );
+        run(&raw_input(0, &[&older, &newer]));
+    }
+
+    #[test]
+    fn a_newest_format_1_segment_is_sealed_in_format_1_and_followed_by_format_2() {
+        let mut older = encode_segment_header_version(1, FORMAT_VERSION_1).to_vec();
+        older.extend(insert(true, b"key-0"));
+        older.extend(record::encode_seal_v1(older.len() as u64));
+        let mut newest = encode_segment_header_version(2, FORMAT_VERSION_1).to_vec();
+        newest.extend(insert(true, b"key-1"));
+        let end = newest.len();
+        newest.extend(&insert(true, b"key-2")[..7]);
+        let model = replay(&files(&[&older, &newest]), NOW).expect("opens");
+        assert_eq!(model.truncated_tail, Some((2, end as u64, 7)));
+        let mut sealed = newest[..end].to_vec();
+        sealed.extend(record::encode_seal_v1(end as u64));
+        assert_eq!(model.files[&2], sealed);
+        assert_eq!(model.files[&3], encode_segment_header(3).to_vec());
+        assert!(model.get(b"key-0", NOW).is_some() && model.get(b"key-1", NOW).is_some());
+        run(&raw_input(0, &[&older, &newest]));
+    }
+}
