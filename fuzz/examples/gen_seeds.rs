@@ -377,6 +377,21 @@ fn recover_seeds() {
         // Header fix-ups (flag bit 3) give the second file its id.
         &recover_input(0x08, options(false, false, 0, 3), 0, &[&older, &with_group]),
     );
+    // Known engine bug: a format-2 segment sealed by a format-1 seal opens by a full replay but
+    // not from the checkpoint its close wrote (guarded in the harness until it is fixed).
+    let mut other_seal = encode_segment_header(1).to_vec();
+    other_seal.extend(encode(RecordKind::Insert, b"k", b"v", now + 60_000));
+    other_seal.extend(encode_seal_v1(other_seal.len() as u64));
+    let regression = recover_input(
+        0,
+        options(false, false, 0, 3),
+        0,
+        &[&other_seal, &encode_segment_header(2)],
+    );
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/recover/seal-of-the-other-format");
+    std::fs::write(&path, &regression).expect("writing a regression input");
+    println!("{:>6} bytes  {}", regression.len(), path.display());
     // Structured bodies (flag bit 7): files built by the harness from an arbitrary description.
     let mut rng = Rng(0x5EED);
     for (i, len) in [96, 200, 400].into_iter().enumerate() {

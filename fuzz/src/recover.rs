@@ -176,6 +176,15 @@ pub enum RecordSpec {
     },
     /// A seal: vouching for its own offset (`true`), or for another one.
     Seal(bool),
+    /// A record of the state namespace (format 2 only; none in a format-1 file).
+    State {
+        /// One of a few keys (the dedup entries' keys too: the namespaces must not meet).
+        key: u8,
+        /// StatePut, StateRemove, or Position (by `kind % 3`).
+        kind: u8,
+        /// A Position whose value is not 8 bytes (open fails: `Corrupt`).
+        odd_value: bool,
+    },
     /// An atomic group of records, whole or damaged.
     Group {
         /// Its records (at most 8).
@@ -530,6 +539,27 @@ impl Structured {
                                 record::encode_seal(vouched)
                             })
                         }
+                        RecordSpec::State { .. } if v1 => {}
+                        RecordSpec::State {
+                            key,
+                            kind,
+                            odd_value,
+                        } => {
+                            let (kind, value) = match kind % 3 {
+                                0 => (RecordKind::StatePut, &b"state"[..]),
+                                1 => (RecordKind::StateRemove, &b""[..]),
+                                _ if *odd_value => (RecordKind::Position, &b"odd"[..]),
+                                _ => (RecordKind::Position, &b"position"[..]),
+                            };
+                            bytes.extend(encode(
+                                false,
+                                kind,
+                                &structured_key(*key),
+                                value,
+                                NEVER_EXPIRES,
+                                &[],
+                            ));
+                        }
                         RecordSpec::Group { records, damage } if v1 => {
                             // Format 1 had no groups: an older build wrote the records plainly.
                             let _ = damage;
@@ -840,6 +870,19 @@ pub struct Replayed {
     pub removed_empty_segment: Option<u32>,
     /// The files as open leaves them.
     pub files: BTreeMap<u32, Vec<u8>>,
+    /// A segment ends with a seal of the other record layout than its header's format (possible
+    /// only in damaged or crafted files): see [`known_bug_seal_layout`].
+    pub foreign_seal: bool,
+}
+
+/// Known engine bug (reported, not fixed yet; `examples/known_bugs.rs`, "a seal of the other
+/// format"; `regressions/recover/seal-of-the-other-format`): a full replay accepts a segment
+/// sealed by a seal of the other layout (a format-1 seal ending a format-2 segment, or the
+/// reverse), but a reopen from a checkpoint checks that segment's seal by its format
+/// (`check_seal`), finds none, and fails with `Corrupt`. Until it is fixed, the reopen from the
+/// checkpoint is skipped for such logs unless `IDEM_FUZZ_STRICT=1`.
+fn known_bug_seal_layout(model: &Replayed) -> bool {
+    model.foreign_seal && !crate::strict()
 }
 
 impl Replayed {
@@ -942,6 +985,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         truncated_tail: None,
         removed_empty_segment: None,
         files: BTreeMap::new(),
+        foreign_seal: false,
     };
     let newest_id = files.keys().next_back().copied();
     let header_error = |error: HeaderError| match error {
@@ -1012,6 +1056,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 {
                     return Err(corrupt_at(offset));
                 }
+                out.foreign_seal |= len != record::seal_record_len(version);
                 sealed = true;
                 break;
             }
@@ -1549,7 +1594,7 @@ pub fn run(data: &[u8]) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => panic!("removing the checkpoint: {e}"),
             }
-        } else if !checkpoint.exists() {
+        } else if !checkpoint.exists() || known_bug_seal_layout(&again) {
             continue;
         }
         let when = format!("after reopen ({replay:?})");
@@ -1667,5 +1712,32 @@ mod tests {
         assert_eq!(model.files[&3], encode_segment_header(3).to_vec());
         assert!(model.get(b"key-0", NOW).is_some() && model.get(b"key-1", NOW).is_some());
         run(&raw_input(0, &[&older, &newest]));
+    }
+
+    #[test]
+    fn state_records_leave_dedup_entries_alone_and_a_bad_position_is_corrupt() {
+        let mut file = encode_segment_header(1).to_vec();
+        file.extend(insert(false, b"key-0"));
+        for (kind, value) in [
+            (RecordKind::StatePut, &b"state"[..]),
+            (RecordKind::StateRemove, &b""[..]),
+            (RecordKind::Position, &7u64.to_le_bytes()[..]),
+        ] {
+            file.extend(encode(false, kind, b"key-0", value, NEVER_EXPIRES, &[]));
+        }
+        let model = replay(&files(&[&file]), NOW).expect("opens");
+        assert_eq!(model.records_replayed, 4);
+        assert_eq!(model.get(b"key-0", NOW), Some(&b"v"[..]));
+        run(&raw_input(0, &[&file]));
+        let at = file.len();
+        file.extend(encode(false, RecordKind::Position, b"src", b"odd", 0, &[]));
+        assert_eq!(
+            replay(&files(&[&file]), NOW).map(|_| ()),
+            Err(ExpectedError::CorruptAt {
+                id: 1,
+                offset: at as u64
+            })
+        );
+        run(&raw_input(0, &[&file]));
     }
 }
