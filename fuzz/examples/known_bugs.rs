@@ -249,6 +249,43 @@ fn seal_of_the_other_format() -> Option<String> {
     }
 }
 
+/// Insert `k`, close (a checkpoint is written), then the record of `k` is replaced in place by a
+/// Position record of the same key and length (CRC valid), below the checkpoint's replay start;
+/// reopen from the checkpoint and `get(k)`.
+fn index_entry_at_a_state_record() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock)).expect("open");
+    store
+        .check_or_insert(b"k", Duration::from_secs(3600), b"abcdefgh")
+        .expect("insert");
+    store.close().expect("close");
+    let path = dir.path().join("segment-00000001.idem");
+    let mut segment = std::fs::read(&path).expect("read");
+    let mut position = Vec::new();
+    encode_into(
+        &mut position,
+        &Record {
+            kind: RecordKind::Position,
+            key: b"k",
+            value: &42u64.to_le_bytes(),
+            expires_at_millis: idem::record::NEVER_EXPIRES,
+            fingerprint: &[],
+        },
+    );
+    let at = idem::record::SEGMENT_HEADER_LEN;
+    segment[at..at + position.len()].copy_from_slice(&position);
+    std::fs::write(&path, &segment).expect("write");
+    let store = Store::open_with(dir.path(), config(&clock)).expect("reopen");
+    match store.get(b"k") {
+        Ok(Some(value)) if value[..] == 42u64.to_le_bytes()[..] => Some(format!(
+            "get(k) served the Position record's value {:?} as k's dedup result",
+            &value[..]
+        )),
+        _ => None,
+    }
+}
+
 fn main() {
     // The panic of one reproduction is reported, not printed with a backtrace.
     std::panic::set_hook(Box::new(|_| {}));
@@ -266,4 +303,8 @@ fn main() {
         v1_value_of_64_kib_compacted(),
     );
     report("a seal of the other format", seal_of_the_other_format());
+    report(
+        "an index entry at a state record",
+        index_entry_at_a_state_record(),
+    );
 }

@@ -875,6 +875,20 @@ pub struct Replayed {
     pub foreign_seal: bool,
 }
 
+/// Known engine bug (reported, not fixed yet; `examples/known_bugs.rs`, "an index entry at a
+/// state record"; `regressions/recover/checkpoint-entry-at-a-position-record`): a lookup serves
+/// the value of whatever record of the key an index entry points at, so a checkpoint (CRCs
+/// valid) whose entry points at a Position, StatePut, Remove or Group record of the key makes
+/// `get` serve that record's value as a dedup result. Until it is fixed, `check_with_checkpoint`
+/// lets such a value pass unless `IDEM_FUZZ_STRICT=1`.
+fn known_bug_entry_at_other_record(
+    not_entries: &HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    key: &[u8],
+    value: &[u8],
+) -> bool {
+    !crate::strict() && not_entries.get(key).is_some_and(|v| v.contains(value))
+}
+
 /// Known engine bug (reported, not fixed yet; `examples/known_bugs.rs`, "a seal of the other
 /// format"; `regressions/recover/seal-of-the-other-format`): a full replay accepts a segment
 /// sealed by a seal of the other layout (a format-1 seal ending a format-2 segment, or the
@@ -1153,11 +1167,19 @@ pub const CHECKPOINT_MAGIC: &[u8] = b"IDEMCKPT";
 
 /// Every value of a well-formed Insert record of each key, at any offset of any file.
 pub fn values_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> HashMap<Vec<u8>, BTreeSet<Vec<u8>>> {
+    values_of_kind(files, |kind| kind == RecordKind::Insert)
+}
+
+/// Every value of a well-formed record of a kind `pick` accepts, by key, at any offset.
+fn values_of_kind(
+    files: &BTreeMap<u32, Vec<u8>>,
+    pick: impl Fn(RecordKind) -> bool,
+) -> HashMap<Vec<u8>, BTreeSet<Vec<u8>>> {
     let mut values: HashMap<Vec<u8>, BTreeSet<Vec<u8>>> = HashMap::new();
     for bytes in files.values() {
         for offset in 0..bytes.len().saturating_sub(RECORD_HEADER_LEN) {
             if let Ok(record) = decode(&bytes[offset..]) {
-                if record.kind == RecordKind::Insert {
+                if pick(record.kind) {
                     let key = record.key.to_vec();
                     values.entry(key).or_default().insert(record.value.to_vec());
                 }
@@ -1172,6 +1194,9 @@ pub fn values_anywhere(files: &BTreeMap<u32, Vec<u8>>) -> HashMap<Vec<u8>, BTree
 /// the harness), and keys never in the input are absent; then writes, close and reopen.
 fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: &Path) {
     let mut values = values_anywhere(&input.files);
+    let not_entries = values_of_kind(&input.files, |kind| {
+        !matches!(kind, RecordKind::Insert | RecordKind::Claim)
+    });
     let mut probe: BTreeSet<Vec<u8>> = keys_anywhere(&input.files);
     let mut fresh = b"fresh".to_vec();
     while probe.contains(&fresh) {
@@ -1188,10 +1213,14 @@ fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: 
                 Err(e) => panic!("{when}: get({}) failed: {e}", crate::show(key)),
             };
             if let Some(value) = got {
+                if known_bug_entry_at_other_record(&not_entries, key, &value) {
+                    continue;
+                }
                 assert!(
                     values.get(key).is_some_and(|v| v.contains(value.as_ref())),
-                    "{when}: get({}) served a value no Insert record of the key holds",
-                    crate::show(key)
+                    "{when}: get({}) served {}, a value no Insert record of the key holds",
+                    crate::show(key),
+                    crate::show(&value)
                 );
             }
         }
