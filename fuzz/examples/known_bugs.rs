@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use idem::record::{encode_into, encode_segment_header, Record, RecordKind};
+use idem::record::{
+    encode_into, encode_seal_v1, encode_segment_header, encode_segment_header_version,
+    encode_v1_into, Record, RecordKind, FORMAT_VERSION_1,
+};
 use idem::{Claim, Config, Durability, Error, ManualClock, Outcome, Store};
 
 fn config(clock: &ManualClock) -> Config {
@@ -148,6 +151,141 @@ fn segment_id_at_u32_max() -> Option<String> {
     }
 }
 
+/// A format-1 store (as build 107627b wrote it) holding a value of 64 KiB, the largest format 1
+/// allowed (format 2 allows 65535 bytes), in a sealed segment among records that expire; the
+/// current build opens it and compacts that segment, copying the live record forward.
+fn v1_value_of_64_kib_compacted() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    let now = ManualClock::DEFAULT_START_MILLIS;
+    let mut older = encode_segment_header_version(1, FORMAT_VERSION_1).to_vec();
+    let big = vec![b'v'; 64 * 1024];
+    let record = |key: &'static [u8], value: &'static [u8], expires_at_millis| Record {
+        kind: RecordKind::Insert,
+        key,
+        value,
+        expires_at_millis,
+        fingerprint: &[],
+    };
+    let big: &'static [u8] = big.leak();
+    encode_v1_into(&mut older, &record(b"big", big, now + 36_000_000));
+    for key in [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g", b"h"] {
+        encode_v1_into(&mut older, &record(key, b"short", now + 1000));
+    }
+    older.extend(encode_seal_v1(older.len() as u64));
+    let newest = encode_segment_header_version(2, FORMAT_VERSION_1);
+    std::fs::write(dir.path().join("segment-00000001.idem"), &older).expect("write");
+    std::fs::write(dir.path().join("segment-00000002.idem"), newest).expect("write");
+    let store = Store::open_with(dir.path(), config(&clock)).expect("open");
+    match store.get(b"big") {
+        Ok(Some(value)) if value.len() == 64 * 1024 => {}
+        other => {
+            return Some(format!(
+                "get(big) after open = {:?}",
+                other.map(|v| v.map(|v| v.len()))
+            ))
+        }
+    }
+    clock.advance(Duration::from_secs(2));
+    let maintained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.maintain()));
+    match maintained {
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Some(format!(
+                "maintain() panicked compacting a format-1 record with a 64 KiB value: {message}"
+            ))
+        }
+        Ok(Err(e)) => Some(format!("maintain() failed: {e}")),
+        Ok(Ok(_)) => match store.get(b"big") {
+            Ok(Some(value)) if value.len() == 64 * 1024 => None,
+            other => Some(format!(
+                "get(big) after maintain = {:?}",
+                other.map(|v| v.map(|v| v.len()))
+            )),
+        },
+    }
+}
+
+/// Segment 1 has a format-2 header and records but a format-1 seal (all CRCs valid); segment 2
+/// is empty. Open replays the log and accepts the seal; close writes a checkpoint; the reopen from
+/// the checkpoint checks the seal by the segment's format and finds none.
+fn seal_of_the_other_format() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    let mut older = encode_segment_header(1).to_vec();
+    encode_into(
+        &mut older,
+        &Record {
+            kind: RecordKind::Insert,
+            key: b"k",
+            value: b"v",
+            expires_at_millis: ManualClock::DEFAULT_START_MILLIS + 60_000,
+            fingerprint: &[],
+        },
+    );
+    older.extend(encode_seal_v1(older.len() as u64));
+    std::fs::write(dir.path().join("segment-00000001.idem"), &older).expect("write");
+    std::fs::write(
+        dir.path().join("segment-00000002.idem"),
+        encode_segment_header(2),
+    )
+    .expect("write");
+    let first = match Store::open_with(dir.path(), config(&clock)) {
+        Ok(store) => store.close().map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let second = Store::open_with(dir.path(), config(&clock)).map(|s| s.close());
+    match (first, second) {
+        (Ok(()), Ok(_)) | (Err(_), Err(_)) => None,
+        (first, second) => Some(format!(
+            "the first open (full replay) and the reopen (from its checkpoint) disagree: \
+             {first:?}, then {:?}",
+            second.map(|_| ())
+        )),
+    }
+}
+
+/// Insert `k`, close (a checkpoint is written), then the record of `k` is replaced in place by a
+/// Position record of the same key and length (CRC valid), below the checkpoint's replay start;
+/// reopen from the checkpoint and `get(k)`.
+fn index_entry_at_a_state_record() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock)).expect("open");
+    store
+        .check_or_insert(b"k", Duration::from_secs(3600), b"abcdefgh")
+        .expect("insert");
+    store.close().expect("close");
+    let path = dir.path().join("segment-00000001.idem");
+    let mut segment = std::fs::read(&path).expect("read");
+    let mut position = Vec::new();
+    encode_into(
+        &mut position,
+        &Record {
+            kind: RecordKind::Position,
+            key: b"k",
+            value: &42u64.to_le_bytes(),
+            expires_at_millis: idem::record::NEVER_EXPIRES,
+            fingerprint: &[],
+        },
+    );
+    let at = idem::record::SEGMENT_HEADER_LEN;
+    segment[at..at + position.len()].copy_from_slice(&position);
+    std::fs::write(&path, &segment).expect("write");
+    let store = Store::open_with(dir.path(), config(&clock)).expect("reopen");
+    match store.get(b"k") {
+        Ok(Some(value)) if value[..] == 42u64.to_le_bytes()[..] => Some(format!(
+            "get(k) served the Position record's value {:?} as k's dedup result",
+            &value[..]
+        )),
+        _ => None,
+    }
+}
+
 fn main() {
     // The panic of one reproduction is reported, not printed with a backtrace.
     std::panic::set_hook(Box::new(|_| {}));
@@ -160,4 +298,13 @@ fn main() {
     report("segment 0 with a live claim", segment_zero_claim());
     report("segment id past 8 digits", segment_id_past_8_digits());
     report("segment id at u32::MAX", segment_id_at_u32_max());
+    report(
+        "format-1 value of 64 KiB compacted",
+        v1_value_of_64_kib_compacted(),
+    );
+    report("a seal of the other format", seal_of_the_other_format());
+    report(
+        "an index entry at a state record",
+        index_entry_at_a_state_record(),
+    );
 }
