@@ -479,6 +479,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     decode_sized(bytes).map(|(record, _)| record)
 }
 
+/// The format (1 or 2) of the record layout at the start of `bytes`, judged by its kind byte
+/// alone (`None` if there is none). A segment holds records of its own format only.
+pub fn layout_of(bytes: &[u8]) -> Option<u32> {
+    let kind_byte = *bytes.get(RECORD_KIND_OFFSET)?;
+    Some(if kind_byte & LAYOUT_V2 != 0 {
+        FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_1
+    })
+}
+
 /// Like [`decode`], also returning the record's encoded length (which depends on its format, so
 /// scans step with this, not with [`Record::encoded_len`]).
 pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {

@@ -178,8 +178,8 @@ pub(crate) fn recover(
                 version: versions[&id],
             }
         };
-        match verdict {
-            HeaderVerdict::Valid { .. } => {}
+        let version = match verdict {
+            HeaderVerdict::Valid { version } => version,
             HeaderVerdict::TornCreation => {
                 drop(file);
                 let path = dir.join(segment::segment_file_name(id));
@@ -190,7 +190,8 @@ pub(crate) fn recover(
                 report.removed_empty_segment = Some(path);
                 continue;
             }
-        }
+        };
+        versions.insert(id, version);
         report.segments_replayed += 1;
         let mut offset = start.max(SEGMENT_HEADER_LEN);
         if offset > bytes.len() {
@@ -219,7 +220,7 @@ pub(crate) fn recover(
                 records_ahead += 1;
             }
             records_ahead = records_ahead.saturating_sub(1);
-            match decode_replayed(&bytes[offset..]) {
+            match decode_replayed(&bytes[offset..], version) {
                 Ok((record, len)) if record.kind == RecordKind::Seal => {
                     let corrupt = |reason: String| Error::Corrupt {
                         path: file.path.clone(),
@@ -385,17 +386,16 @@ fn check_seal(file: &SegmentFile, version: u32) -> Result<()> {
     let at = len.saturating_sub(seal_len as u64);
     let mut seal = [0u8; record::V1_SEAL_RECORD_LEN];
     let got = file.read_at(&mut seal[..seal_len], at)?;
-    let vouched = record::decode(&seal[..got])
+    let vouched = decode_replayed(&seal[..got.min(seal_len)], version)
         .ok()
-        .as_ref()
-        .and_then(record::seal_length);
+        .and_then(|(record, _)| record::seal_length(&record));
     if vouched == Some(at) && at >= SEGMENT_HEADER_LEN as u64 {
         return Ok(());
     }
     let bytes = read_whole(file)?;
     let mut offset = SEGMENT_HEADER_LEN;
     while offset < bytes.len() {
-        match record::decode_sized(&bytes[offset..]) {
+        match decode_replayed(&bytes[offset..], version) {
             Ok((_, len)) => offset += len,
             Err(error) => {
                 return Err(Error::Corrupt {
@@ -640,8 +640,17 @@ fn apply(
 /// Decodes the record at the start of `bytes`; a group record must be followed by its whole body
 /// (every record intact, as many as it announces), or it fails to decode like a torn record, so
 /// that a group is applied entirely or not at all.
-pub(crate) fn decode_replayed(bytes: &[u8]) -> std::result::Result<(Record<'_>, usize), String> {
+pub(crate) fn decode_replayed(
+    bytes: &[u8],
+    version: u32,
+) -> std::result::Result<(Record<'_>, usize), String> {
     let (record, len) = record::decode_sized(bytes).map_err(|e| e.to_string())?;
+    let layout = record::layout_of(bytes).expect("a record was decoded");
+    if layout != version {
+        return Err(format!(
+            "a record of format {layout} in a segment of format {version}"
+        ));
+    }
     if record.kind == RecordKind::Group {
         let (body_len, count) = record::group_extent(&record).ok_or("a malformed group record")?;
         let body = bytes
@@ -652,6 +661,11 @@ pub(crate) fn decode_replayed(bytes: &[u8]) -> std::result::Result<(Record<'_>, 
         while offset < body.len() {
             let (inner, inner_len) = record::decode_sized(&body[offset..])
                 .map_err(|e| format!("a group whose record at +{offset} is damaged: {e}"))?;
+            if record::layout_of(&body[offset..]) != Some(version) {
+                return Err(format!(
+                    "a group whose record at +{offset} has another format"
+                ));
+            }
             if matches!(inner.kind, RecordKind::Group | RecordKind::Seal) {
                 return Err("a group containing a group or a seal".into());
             }

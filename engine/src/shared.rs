@@ -177,11 +177,13 @@ impl Shared {
             if record.key != key {
                 return Ok(KeyCheck::Other);
             }
-            if matches!(record.kind, RecordKind::Remove | RecordKind::Seal) {
+            if !matches!(record.kind, RecordKind::Insert | RecordKind::Claim) {
+                // Only inserts and claims are dedup entries: never answer from another record
+                // of the same key bytes (a removal, a state record, a position).
                 return Err(Error::Corrupt {
                     path: self.dir.clone(),
                     offset: at,
-                    reason: "index entry points at a removal or seal record".into(),
+                    reason: format!("index entry points at a {:?} record", record.kind),
                 });
             }
             Ok(if record.expires_at_millis <= now {

@@ -138,7 +138,7 @@ impl<T> Entries<T> {
 /// tx.set_position(b"orders/3", 1_000_457)?;
 /// tx.commit()?; // all or nothing; durable on return in Sync
 /// assert_eq!(store.position(b"orders/3")?, Some(1_000_457));
-/// # Ok::<(), idem::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// Dropping a transaction without committing writes nothing. A commit that lost a race fails with

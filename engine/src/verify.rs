@@ -76,6 +76,8 @@ pub struct SegmentSummary {
     pub records: u64,
     /// Whether it ends with a seal vouching for its own length.
     pub sealed: bool,
+    /// The format version its header names (0 if the header did not decode).
+    pub version: u32,
 }
 
 /// A damaged structure: where it is and what is wrong with it.
@@ -235,6 +237,7 @@ fn verify_segment(
         bytes: bytes.len() as u64,
         records: 0,
         sealed: false,
+        version: 0,
     };
     let damage_at = |offset: usize, reason: String| Damage {
         path: file.path.clone(),
@@ -248,7 +251,7 @@ fn verify_segment(
         ));
     }
     match check_header(&file, &bytes, newest) {
-        Ok(HeaderVerdict::Valid { .. }) => {}
+        Ok(HeaderVerdict::Valid { version }) => summary.version = version,
         Ok(HeaderVerdict::TornCreation) => {
             report.notes.push(format!(
                 "{}: the newest segment was torn while being created (no record in it); open deletes it",
@@ -267,7 +270,7 @@ fn verify_segment(
     let mut offset = SEGMENT_HEADER_LEN;
     let mut damaged = false;
     while offset < bytes.len() {
-        match decode_replayed(&bytes[offset..]) {
+        match decode_replayed(&bytes[offset..], summary.version) {
             Ok((found, len)) if found.kind == RecordKind::Seal => {
                 if record::seal_length(&found) != Some(offset as u64) {
                     damaged = true;

@@ -870,33 +870,6 @@ pub struct Replayed {
     pub removed_empty_segment: Option<u32>,
     /// The files as open leaves them.
     pub files: BTreeMap<u32, Vec<u8>>,
-    /// A segment ends with a seal of the other record layout than its header's format (possible
-    /// only in damaged or crafted files): see [`known_bug_seal_layout`].
-    pub foreign_seal: bool,
-}
-
-/// Known engine bug (reported, not fixed yet; `examples/known_bugs.rs`, "an index entry at a
-/// state record"; `regressions/recover/checkpoint-entry-at-a-position-record`): a lookup serves
-/// the value of whatever record of the key an index entry points at, so a checkpoint (CRCs
-/// valid) whose entry points at a Position, StatePut, Remove or Group record of the key makes
-/// `get` serve that record's value as a dedup result. Until it is fixed, `check_with_checkpoint`
-/// lets such a value pass unless `IDEM_FUZZ_STRICT=1`.
-fn known_bug_entry_at_other_record(
-    not_entries: &HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
-    key: &[u8],
-    value: &[u8],
-) -> bool {
-    !crate::strict() && not_entries.get(key).is_some_and(|v| v.contains(value))
-}
-
-/// Known engine bug (reported, not fixed yet; `examples/known_bugs.rs`, "a seal of the other
-/// format"; `regressions/recover/seal-of-the-other-format`): a full replay accepts a segment
-/// sealed by a seal of the other layout (a format-1 seal ending a format-2 segment, or the
-/// reverse), but a reopen from a checkpoint checks that segment's seal by its format
-/// (`check_seal`), finds none, and fails with `Corrupt`. Until it is fixed, the reopen from the
-/// checkpoint is skipped for such logs unless `IDEM_FUZZ_STRICT=1`.
-fn known_bug_seal_layout(model: &Replayed) -> bool {
-    model.foreign_seal && !crate::strict()
 }
 
 impl Replayed {
@@ -958,8 +931,9 @@ impl Replayed {
 /// Whether the record decoded at the start of `bytes` (`len` bytes) may be applied as far as
 /// groups go: anything but a group record may; a group record only if it is well formed (key
 /// `group`, an 8-byte value) and the body it announces follows whole: exactly `body_len` bytes of
-/// intact records, neither a seal nor a group among them, as many as it announces.
-fn group_whole(record: &Record<'_>, bytes: &[u8], len: usize) -> bool {
+/// intact records of the segment's format, neither a seal nor a group among them, as many as it
+/// announces.
+fn group_whole(record: &Record<'_>, bytes: &[u8], len: usize, version: u32) -> bool {
     if record.kind != RecordKind::Group {
         return true;
     }
@@ -977,7 +951,8 @@ fn group_whole(record: &Record<'_>, bytes: &[u8], len: usize) -> bool {
     while offset < body.len() {
         match decode_sized(&body[offset..]) {
             Ok((inner, inner_len))
-                if !matches!(inner.kind, RecordKind::Seal | RecordKind::Group) =>
+                if !matches!(inner.kind, RecordKind::Seal | RecordKind::Group)
+                    && record::layout_of(&body[offset..]) == Some(version) =>
             {
                 offset += inner_len;
                 found += 1;
@@ -999,7 +974,6 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         truncated_tail: None,
         removed_empty_segment: None,
         files: BTreeMap::new(),
-        foreign_seal: false,
     };
     let newest_id = files.keys().next_back().copied();
     let header_error = |error: HeaderError| match error {
@@ -1050,11 +1024,12 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         let mut offset = SEGMENT_HEADER_LEN;
         let mut sealed = false;
         while offset < bytes.len() {
-            // Records of both layouts decode in a segment of either format (the layout is in
-            // each record); scans step by the decoded length.
+            // A segment holds records of its own format only: a record of the other layout
+            // (intact as it may be) does not decode there. Scans step by the decoded length.
             let decoded = decode_sized(&bytes[offset..])
                 .ok()
-                .filter(|(record, len)| group_whole(record, &bytes[offset..], *len));
+                .filter(|_| record::layout_of(&bytes[offset..]) == Some(version))
+                .filter(|(record, len)| group_whole(record, &bytes[offset..], *len, version));
             let Some((record, len)) = decoded else {
                 if !newest {
                     return Err(corrupt_at(offset));
@@ -1070,7 +1045,6 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 {
                     return Err(corrupt_at(offset));
                 }
-                out.foreign_seal |= len != record::seal_record_len(version);
                 sealed = true;
                 break;
             }
@@ -1194,9 +1168,6 @@ fn values_of_kind(
 /// the harness), and keys never in the input are absent; then writes, close and reopen.
 fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: &Path) {
     let mut values = values_anywhere(&input.files);
-    let not_entries = values_of_kind(&input.files, |kind| {
-        !matches!(kind, RecordKind::Insert | RecordKind::Claim)
-    });
     let mut probe: BTreeSet<Vec<u8>> = keys_anywhere(&input.files);
     let mut fresh = b"fresh".to_vec();
     while probe.contains(&fresh) {
@@ -1213,9 +1184,6 @@ fn check_with_checkpoint(store: Store, input: &Input, clock: &ManualClock, dir: 
                 Err(e) => panic!("{when}: get({}) failed: {e}", crate::show(key)),
             };
             if let Some(value) = got {
-                if known_bug_entry_at_other_record(&not_entries, key, &value) {
-                    continue;
-                }
                 assert!(
                     values.get(key).is_some_and(|v| v.contains(value.as_ref())),
                     "{when}: get({}) served {}, a value no Insert record of the key holds",
@@ -1623,7 +1591,7 @@ pub fn run(data: &[u8]) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => panic!("removing the checkpoint: {e}"),
             }
-        } else if !checkpoint.exists() || known_bug_seal_layout(&again) {
+        } else if !checkpoint.exists() {
             continue;
         }
         let when = format!("after reopen ({replay:?})");

@@ -214,17 +214,30 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
     let Some((_, id)) = candidate else {
         return Ok(None);
     };
-    compact(shared, id).map(Some).map_err(|error| (id, error))
+    match compact(shared, id) {
+        Ok(Some(copied)) => Ok(Some(copied)),
+        Ok(None) => {
+            // Not damage: set aside like a damaged segment (never compacted again, deleted whole
+            // once expired), without an error.
+            shared.maintenance.damaged.lock().insert(id);
+            Ok(None)
+        }
+        Err(error) => Err((id, error)),
+    }
 }
 
 /// Copies the records of sealed segment `id` that are still needed to the log's tail, switches
 /// their index entries (dropping those of records not copied), waits until the log is durable up
-/// to its tail, and deletes the segment.
-pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
+/// to its tail, and deletes the segment. `None`: the segment holds a format-1 record whose value
+/// (65536 bytes) format 2 cannot hold, so it cannot be copied; it is left as it is.
+pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
     let Some(file) = shared.log.segment_file(id) else {
-        return Ok(0);
+        return Ok(Some(0));
     };
     let bytes = read_sealed(&file)?;
+    if holds_uncopyable_value(&bytes) {
+        return Ok(None);
+    }
     // Every record a tombstone of the oldest segment could hide is in that segment (it precedes
     // the tombstone), so it goes with it: such tombstones need no copy.
     let oldest = shared.log.oldest_segment_id() == Some(id);
@@ -307,7 +320,25 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<u64> {
     // power loss could leave neither the old record nor what replaced it.
     shared.log.flush()?;
     shared.log.retire(id)?;
-    Ok(copied)
+    Ok(Some(copied))
+}
+
+/// Whether a segment holds a record with a value longer than format 2 allows (format 1 allowed
+/// one byte more). Damage is left for the copy loop to report.
+fn holds_uncopyable_value(bytes: &[u8]) -> bool {
+    let format_1 = record::decode_segment_header(bytes)
+        .is_ok_and(|header| header.version == record::FORMAT_VERSION_1);
+    if !format_1 {
+        return false;
+    }
+    let mut offset = SEGMENT_HEADER_LEN;
+    while let Some(Ok((record, len))) = bytes.get(offset..).map(record::decode_sized) {
+        if record.value.len() > record::MAX_VALUE_BYTES {
+            return true;
+        }
+        offset += len;
+    }
+    false
 }
 
 fn read_sealed(file: &SegmentFile) -> Result<Vec<u8>> {
