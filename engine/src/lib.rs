@@ -30,12 +30,15 @@
 //! procedures: `maintenance` (expiry, reclamation, compaction, checkpoints), `batch` (the
 //! check-or-insert batch pipeline), `claim` (two-phase claims), `single_flight` (the table behind
 //! `check_or_insert_with`); and `store`, the public [`Store`], a façade of open, close and the
-//! calls. [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs and answers.
+//! calls, with `asynchronous` the async forms of the calls that wait for durability (futures
+//! woken by the group commit). [`Config`], [`Durability`], [`Clock`] and [`Error`] are the knobs
+//! and answers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod answer;
+mod asynchronous;
 mod batch;
 mod checkpoint;
 mod claim;
