@@ -179,7 +179,7 @@ impl Store {
 /// leaves its waker in the commit queue, which the writer wakes after the covering fsync.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
-struct Durable<'a> {
+pub(crate) struct Durable<'a> {
     log: &'a Log,
     end: Location,
     requested: bool,
@@ -190,7 +190,7 @@ struct Durable<'a> {
 }
 
 impl<'a> Durable<'a> {
-    fn new(log: &'a Log, end: Location) -> Durable<'a> {
+    pub(crate) fn new(log: &'a Log, end: Location) -> Durable<'a> {
         Durable {
             log,
             end,

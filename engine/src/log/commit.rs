@@ -197,4 +197,76 @@ mod loom_models {
             ITERATIONS.load(std::sync::atomic::Ordering::SeqCst)
         );
     }
+
+    /// Polls like `Log::poll_durable`: ready once `durable` covers `end`, else registered.
+    struct AsyncWaiter {
+        queue: Arc<CommitQueue>,
+        durable: Arc<loom::sync::atomic::AtomicU64>,
+        end: Location,
+    }
+
+    impl std::future::Future for AsyncWaiter {
+        type Output = ();
+
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            let settled = || self.durable.load(Ordering::Acquire) >= self.end;
+            if settled() || self.queue.register(self.end, cx.waker(), settled) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    /// A thread and an async task wait side by side: the task (driven by loom's `block_on`,
+    /// which reports a deadlock if its waker is never woken) resolves exactly when a wake
+    /// covers its end, whatever the interleaving of its registration with the writer's
+    /// publish-and-wake; the thread is woken as before.
+    #[test]
+    fn loom_commit_queue_wakes_an_async_waiter_when_covered() {
+        static ITERATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            ITERATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let queue = Arc::new(CommitQueue::new());
+            let durable = Arc::new(AtomicU64::new(0));
+            let thread = {
+                let queue = Arc::clone(&queue);
+                let durable = Arc::clone(&durable);
+                loom::thread::spawn(move || {
+                    queue.wait(10, || durable.load(Ordering::Acquire) >= 10);
+                    assert!(durable.load(Ordering::Acquire) >= 10);
+                })
+            };
+            let task = {
+                let waiter = AsyncWaiter {
+                    queue: Arc::clone(&queue),
+                    durable: Arc::clone(&durable),
+                    end: 20,
+                };
+                let durable = Arc::clone(&durable);
+                loom::thread::spawn(move || {
+                    loom::future::block_on(waiter);
+                    assert!(
+                        durable.load(Ordering::Acquire) >= 20,
+                        "the task resolved before its end was durable"
+                    );
+                })
+            };
+            durable.store(10, Ordering::Release);
+            queue.wake(10, false);
+            durable.store(20, Ordering::Release);
+            queue.wake(20, false);
+            thread.join().unwrap();
+            task.join().unwrap();
+        });
+        println!(
+            "loom model commit queue, async waiter: {} interleavings explored",
+            ITERATIONS.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
 }

@@ -823,6 +823,59 @@ mod loom_models {
         });
     }
 
+    /// An async caller (the store's `Durable` future under loom's `block_on`, which reports a
+    /// deadlock if the waker is never woken) and a blocking caller wait side by side: both
+    /// return with their records durable.
+    #[test]
+    fn loom_group_commit_async_caller_is_woken_durable() {
+        explore("group commit, async and blocking callers", || {
+            let storage = SimStorage::new(7);
+            let log = open_log(&storage);
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let task = {
+                let log = Arc::clone(&log);
+                loom::thread::spawn(move || {
+                    let (_, end) = log.append(&record(b"a")).unwrap();
+                    loom::future::block_on(crate::asynchronous::Durable::new(&log, end)).unwrap();
+                    assert!(
+                        log.is_durable(end),
+                        "resolved before its record was durable"
+                    );
+                })
+            };
+            let (_, end) = log.append(&record(b"b")).unwrap();
+            log.wait_durable(end).unwrap();
+            assert!(log.is_durable(end));
+            task.join().unwrap();
+            log.begin_shutdown();
+            writer.join().unwrap();
+        });
+    }
+
+    /// The writer's fsync fails while an async caller waits: its future resolves with
+    /// `Poisoned` instead of pending for ever.
+    #[test]
+    fn loom_group_commit_failure_reaches_an_async_waiter() {
+        explore("group commit, failed fsync, async waiter", || {
+            let storage = SimStorage::new(7);
+            let log = open_log(&storage);
+            storage.set_faults(Faults {
+                sync_error_per_million: 1_000_000,
+                ..Faults::default()
+            });
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let (_, end) = log.append(&record(b"a")).unwrap();
+            let outcome = loom::future::block_on(crate::asynchronous::Durable::new(&log, end));
+            assert!(
+                matches!(outcome, Err(Error::Poisoned { .. })),
+                "{outcome:?}"
+            );
+            assert!(!log.is_durable(end));
+            log.begin_shutdown();
+            writer.join().unwrap();
+        });
+    }
+
     /// The writer's fsync fails: a waiting caller gets `Poisoned` instead of hanging or being
     /// told its record is durable, and so does every later append.
     #[test]
