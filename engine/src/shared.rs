@@ -255,10 +255,9 @@ pub(crate) fn capturing_durability_wait<R>(call: impl FnOnce() -> R) -> (R, Opti
             CAPTURED_WAIT.with(|captured| captured.set(self.0));
         }
     }
-    let outer = CAPTURED_WAIT.with(|captured| captured.replace(Some(0)));
-    debug_assert!(outer.is_none(), "captures do not nest");
-    // Restores the thread's state even if `call` panics.
-    let reset = Reset(outer);
+    // A capture inside another one gets its own slot; the outer one's is restored after it,
+    // also if `call` panics.
+    let reset = Reset(CAPTURED_WAIT.with(|captured| captured.replace(Some(0))));
     let answer = call();
     let furthest = CAPTURED_WAIT.with(|captured| captured.get());
     drop(reset);

@@ -616,3 +616,25 @@ fn a_dropped_future_leaves_what_a_crash_during_the_call_would() {
         Some(Value::from(&b"first"[..]))
     );
 }
+
+/// Every future is `Send` (spawnable on a multi-thread runtime); checked at compile time.
+#[test]
+fn every_future_is_send() {
+    fn send<T: Send>(_: T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let Claim::Acquired(token) = store.claim(b"c", LEASE).unwrap() else {
+        panic!()
+    };
+    let items: Vec<(Vec<u8>, Duration, Vec<u8>)> = vec![(b"k".to_vec(), TTL, b"v".to_vec())];
+    send(store.check_or_insert_async(b"k", TTL, b"v"));
+    send(store.check_or_insert_fingerprinted_async(b"k", TTL, b"v", b"fp"));
+    send(store.check_or_insert_batch_async(&items));
+    send(store.get_async(b"k"));
+    send(store.remove_async(b"k"));
+    send(store.claim_async(b"k", LEASE));
+    send(store.claim_fingerprinted_async(b"k", LEASE, b"fp"));
+    send(store.complete_async(token.clone(), TTL, b"r"));
+    send(store.release_async(token));
+    send(store.flush_async());
+}
