@@ -24,10 +24,10 @@
 //!
 //! What still holds a thread: the shard lock and the log lock (held for microseconds); reading
 //! an older record from its segment file during a probe (a `pread`, normally served from the page
-//! cache); the write buffer's back-pressure when over 16 MiB are waiting for the writer; and the
-//! durable reservation of a block of fencing tokens, one fsync'd file per 2^20 claims. Never the
-//! group commit. [`Store::check_or_insert_with`] has no async form: its closure is synchronous
-//! and its callers wait for one another's closures.
+//! cache); the write buffer's back-pressure when 16 MiB or more wait for the writer; and the
+//! durable reservation of a block of fencing tokens (an fsync'd file) by the first claim after
+//! an open and then once per 2^20 claims. Never the group commit. [`Store::check_or_insert_with`]
+//! has no async form: its closure is synchronous and its callers wait for one another's closures.
 //!
 //! Cancel safety. Dropping a future before its first poll does nothing. Dropping it after (the
 //! in-memory part done, waiting for the commit) leaves what the blocking call leaves when its
