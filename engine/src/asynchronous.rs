@@ -16,7 +16,7 @@
 //!
 //! Invariants:
 //! - No answer before durability: a future resolves only once the location its blocking twin
-//!   would have waited for is durable, or with [`Error::Poisoned`] if the log was poisoned first
+//!   would have waited for is durable, or with [`crate::Error::Poisoned`] if the log was poisoned first
 //!   (every pending future is woken by the poison).
 //! - Futures are lazy: nothing happens before the first poll. The first poll does the in-memory
 //!   part (validation, the shard lock, the append to the write buffer) synchronously and asks
@@ -40,7 +40,7 @@
 //! - `claim_async`: the claim was taken and its token is lost: the key answers `InFlight` until
 //!   the lease ends (as for a holder that died), then it is free.
 //! - `complete_async` / `release_async`: the result or release was recorded; a retry with a clone
-//!   of the token fails with [`Error::StaleClaim`] (check with `get`).
+//!   of the token fails with [`crate::Error::StaleClaim`] (check with `get`).
 //! - `remove_async`: the removal was done.
 //!
 //! Transactions, once they exist, get the same treatment: an async commit that captures the
