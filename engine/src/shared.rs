@@ -227,10 +227,55 @@ impl Shared {
 
     pub(crate) fn wait_if_sync(&self, end: Option<Location>) -> Result<()> {
         match (self.log.durability(), end) {
-            (Durability::Sync, Some(end)) => self.log.wait_durable(end),
+            (Durability::Sync, Some(end)) if !capture_wait(end) => self.log.wait_durable(end),
             _ => Ok(()),
         }
     }
+}
+
+thread_local! {
+    /// While [`capturing_durability_wait`] runs on this thread: the furthest end its call would
+    /// have waited for (0 for none yet). `None` otherwise.
+    static CAPTURED_WAIT: std::cell::Cell<Option<Location>> = const { std::cell::Cell::new(None) };
+}
+
+/// Notes `end` as the call's wait if a capture is running on this thread (then the caller must
+/// not wait); `false` if none is.
+fn capture_wait(end: Location) -> bool {
+    CAPTURED_WAIT.with(|captured| match captured.get() {
+        Some(furthest) => {
+            captured.set(Some(furthest.max(end)));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Runs `call`, one of the store's procedures, with its `Sync` durability wait captured instead
+/// of performed: returns the call's answer and the location it would have waited for (`None` if
+/// nothing, or not in `Sync` mode). The async API runs the blocking procedures through this, then
+/// awaits the location, so both give the same answers and errors by construction.
+///
+/// Sound because every procedure waits only as its last step, after which it answers: nothing
+/// it does rests on the wait having happened, except the answer, which the caller withholds
+/// until the location is durable (and replaces by [`Error::Poisoned`] if it never becomes so,
+/// as [`Shared::answer_when_durable`] does). A procedure that must wait *before* a later step
+/// (a transaction's commit that then publishes, for instance) must call `log.wait_durable`
+/// directly, which is never captured.
+pub(crate) fn capturing_durability_wait<R>(call: impl FnOnce() -> R) -> (R, Option<Location>) {
+    struct Reset(Option<Location>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CAPTURED_WAIT.with(|captured| captured.set(self.0));
+        }
+    }
+    // A capture inside another one gets its own slot; the outer one's is restored after it,
+    // also if `call` panics.
+    let reset = Reset(CAPTURED_WAIT.with(|captured| captured.replace(Some(0))));
+    let answer = call();
+    let furthest = CAPTURED_WAIT.with(|captured| captured.get());
+    drop(reset);
+    (answer, furthest.filter(|&end| end != 0))
 }
 
 /// What [`Store::lookup`] answers for a key held by a claim.

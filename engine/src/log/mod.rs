@@ -580,6 +580,57 @@ impl Log {
         }
     }
 
+    /// Asks the writer to make every byte before `end` durable (what [`Log::wait_durable`] does
+    /// before it sleeps; an async waiter does it once, before its first registration).
+    pub(crate) fn request_durable(&self, end: Location) {
+        if self.is_durable(end) {
+            return;
+        }
+        {
+            let mut state = self.state.lock();
+            if state.flush_target < end {
+                state.flush_target = end;
+            }
+        }
+        self.work_ready.notify_one();
+    }
+
+    /// The async counterpart of [`Log::wait_durable`], for a waiter that already called
+    /// [`Log::request_durable`]: ready once every byte before `end` is durable (or the log is
+    /// poisoned); otherwise `waker` is registered in the commit queue and woken by the writer's
+    /// wake that covers `end`.
+    pub(crate) fn poll_durable(
+        &self,
+        end: Location,
+        waker: &std::task::Waker,
+    ) -> std::task::Poll<Result<()>> {
+        let settled = || self.is_durable(end) || self.poisoned_hint.load(Ordering::Acquire);
+        if !settled() && !self.commits.register(end, waker, settled) {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(self.durable_answer(end).expect("settled"))
+    }
+
+    /// What a waiter for `end` is told if it stops waiting now: `Ok` once `end` is durable (even
+    /// if a later failure poisoned the log: the record is on disk), the poison otherwise, and
+    /// `None` while neither holds.
+    pub(crate) fn durable_answer(&self, end: Location) -> Option<Result<()>> {
+        if self.is_durable(end) {
+            return Some(Ok(()));
+        }
+        if self.poisoned_hint.load(Ordering::Acquire) {
+            let cause = self.poisoned().unwrap_or_default();
+            return Some(Err(Error::Poisoned { cause }));
+        }
+        None
+    }
+
+    /// The location just past the last appended record.
+    pub(crate) fn tail(&self) -> Location {
+        let state = self.state.lock();
+        location(state.tail_segment, state.tail_offset)
+    }
+
     /// Wakes every caller waiting for durability (after `durable` moved or the log was
     /// poisoned), and appenders waiting for buffer space.
     fn announce_progress(&self) {
@@ -842,6 +893,59 @@ mod loom_models {
             for caller in callers {
                 caller.join().unwrap();
             }
+            log.begin_shutdown();
+            writer.join().unwrap();
+        });
+    }
+
+    /// An async caller (the store's `Durable` future under loom's `block_on`, which reports a
+    /// deadlock if the waker is never woken) and a blocking caller wait side by side: both
+    /// return with their records durable.
+    #[test]
+    fn loom_group_commit_async_caller_is_woken_durable() {
+        explore("group commit, async and blocking callers", || {
+            let storage = SimStorage::new(7);
+            let log = open_log(&storage);
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let task = {
+                let log = Arc::clone(&log);
+                loom::thread::spawn(move || {
+                    let (_, end) = log.append(&record(b"a")).unwrap();
+                    loom::future::block_on(crate::asynchronous::Durable::new(&log, end)).unwrap();
+                    assert!(
+                        log.is_durable(end),
+                        "resolved before its record was durable"
+                    );
+                })
+            };
+            let (_, end) = log.append(&record(b"b")).unwrap();
+            log.wait_durable(end).unwrap();
+            assert!(log.is_durable(end));
+            task.join().unwrap();
+            log.begin_shutdown();
+            writer.join().unwrap();
+        });
+    }
+
+    /// The writer's fsync fails while an async caller waits: its future resolves with
+    /// `Poisoned` instead of pending for ever.
+    #[test]
+    fn loom_group_commit_failure_reaches_an_async_waiter() {
+        explore("group commit, failed fsync, async waiter", || {
+            let storage = SimStorage::new(7);
+            let log = open_log(&storage);
+            storage.set_faults(Faults {
+                sync_error_per_million: 1_000_000,
+                ..Faults::default()
+            });
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let (_, end) = log.append(&record(b"a")).unwrap();
+            let outcome = loom::future::block_on(crate::asynchronous::Durable::new(&log, end));
+            assert!(
+                matches!(outcome, Err(Error::Poisoned { .. })),
+                "{outcome:?}"
+            );
+            assert!(!log.is_durable(end));
             log.begin_shutdown();
             writer.join().unwrap();
         });
