@@ -722,12 +722,19 @@ fn resume_offset(ready: &Ready, acked: usize, sent: usize, channel: usize) -> Cl
     Ok(position)
 }
 
-/// `resumed at channel position P (A committed before the kill without an ack, not re-sent; R re-sent)`.
+/// `resumed from the channel position committed in idem, P: ...` (state mode's restart).
 fn resume_summary(position: u64, applied_unacked: u64, resent: u64) -> String {
+    let skipped = if applied_unacked > 0 {
+        format!(
+            "; the {} before it that the killed consumer committed but never acknowledged were not",
+            fmt::count(applied_unacked)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "resumed at the committed channel position {} ({} deliveries committed but not acknowledged were not re-sent, {} were)",
+        "resumed from the channel position committed in idem, {}: the {} deliveries sent after it were re-sent{skipped}",
         fmt::count(position),
-        fmt::count(applied_unacked),
         fmt::count(resent),
     )
 }
@@ -936,6 +943,11 @@ fn row(out: &mut String, label: &str, with: String, without: Option<String>) {
     let _ = writeln!(out, "  {label:<34}{with:>14}   {without:>14}");
 }
 
+/// A row of the same figure of each run.
+fn figure(out: &mut String, r: &DemoReport, label: &str, f: &dyn Fn(&RunResult) -> String) {
+    row(out, label, f(&r.dedup), r.naive.as_ref().map(f));
+}
+
 /// The report's opening: the workload, the crash, the consumer.
 fn render_setup(out: &mut String, r: &DemoReport) {
     use std::fmt::Write as _;
@@ -993,11 +1005,8 @@ fn render_setup(out: &mut String, r: &DemoReport) {
                 DedupMode::State => {
                     let _ = writeln!(
                         out,
-                        "  restarted; the producer re-sent from the channel position the new consumer found committed"
-                    );
-                    let _ = writeln!(
-                        out,
-                        "  in idem (the run without idem, which has none, from the first unacknowledged delivery)."
+                        "  restarted; the producer re-sent from the channel position the new consumer found committed\n  \
+                         in idem (the run without idem, which has none, from the first unacknowledged delivery)."
                     );
                 }
                 mode => {
@@ -1068,17 +1077,11 @@ fn render_setup(out: &mut String, r: &DemoReport) {
         DedupMode::State => {
             let _ = writeln!(
                 out,
-                "  Consumer: per delivery one idem transaction: check_or_insert(event) → if Inserted, balance += amount"
-            );
-            let _ = writeln!(
-                out,
-                "  → set_position(channel) → commit, all or nothing (durability {}; batches of {}, one idem flush each",
+                "  Consumer: per delivery one idem transaction: check_or_insert(event) → if Inserted, balance += amount\n  \
+                 → set_position(channel) → commit, all or nothing (durability {}; batches of {}, one idem flush each\n  \
+                 before the ack). At the end the demo reopened the store and checked every balance.",
                 r.durability,
                 fmt::count(u64::from(r.batch))
-            );
-            let _ = writeln!(
-                out,
-                "  before the ack). At the end the demo reopened the store and checked every balance."
             );
         }
     }
@@ -1101,175 +1104,106 @@ pub fn render(r: &DemoReport) -> String {
     render_setup(&mut out, r);
 
     let naive = r.naive.as_ref();
-    let n = |f: &dyn Fn(&RunResult) -> String| naive.map(f);
+    // Rows of the run with idem only: "-" for the run without.
+    let only = |out: &mut String, label: &str, with: u64| {
+        row(out, label, fmt::count(with), naive.map(|_| "-".into()));
+    };
     row(
         &mut out,
         "",
         "with idem".into(),
         naive.map(|_| "without idem".into()),
     );
-    row(
-        &mut out,
-        "events",
-        fmt::count(u64::from(r.events)),
-        n(&|_| fmt::count(u64::from(r.events))),
-    );
+    figure(&mut out, r, "events", &|_| fmt::count(u64::from(r.events)));
     if r.mode == DedupMode::State {
-        row(
-            &mut out,
-            "customers (balances checked)",
-            fmt::count(u64::from(r.customers)),
-            n(&|_| fmt::count(u64::from(r.customers))),
-        );
+        figure(&mut out, r, "customers (balances checked)", &|_| {
+            fmt::count(u64::from(r.customers))
+        });
     }
-    row(
-        &mut out,
-        "deliveries",
-        fmt::count(d.sent_deliveries),
-        n(&|x| fmt::count(x.sent_deliveries)),
-    );
-    row(
-        &mut out,
-        "  re-sent by the channel",
-        fmt::count(r.channel_extra_deliveries),
-        n(&|_| fmt::count(r.channel_extra_deliveries)),
-    );
-    row(
-        &mut out,
-        "  re-sent after the crash",
-        fmt::count(d.resent_after_crash),
-        n(&|x| fmt::count(x.resent_after_crash)),
-    );
-    row(
-        &mut out,
-        "consumer restarts",
-        fmt::count(u64::from(d.restarts)),
-        n(&|x| fmt::count(u64::from(x.restarts))),
-    );
-    row(
-        &mut out,
-        "duplicates caught by idem",
-        fmt::count(d.totals.duplicates),
-        n(&|_| "-".into()),
-    );
+    figure(&mut out, r, "deliveries", &|x| {
+        fmt::count(x.sent_deliveries)
+    });
+    figure(&mut out, r, "  re-sent by the channel", &|_| {
+        fmt::count(r.channel_extra_deliveries)
+    });
+    figure(&mut out, r, "  re-sent after the crash", &|x| {
+        fmt::count(x.resent_after_crash)
+    });
+    figure(&mut out, r, "consumer restarts", &|x| {
+        fmt::count(u64::from(x.restarts))
+    });
+    only(&mut out, "duplicates caught by idem", d.totals.duplicates);
     match r.mode {
         DedupMode::Claims => {
-            row(
+            only(
                 &mut out,
                 "  answered InFlight first, retried",
-                fmt::count(d.totals.retried),
-                n(&|_| "-".into()),
+                d.totals.retried,
             );
-            row(
+            only(
                 &mut out,
                 "claims in doubt after the crash",
-                fmt::count(d.reconciled().in_doubt),
-                n(&|_| "-".into()),
+                d.reconciled().in_doubt,
             );
         }
-        DedupMode::Batch => row(
-            &mut out,
-            "in-doubt charges recovered",
-            fmt::count(d.totals.in_doubt),
-            n(&|_| "-".into()),
-        ),
+        DedupMode::Batch => only(&mut out, "in-doubt charges recovered", d.totals.in_doubt),
         DedupMode::State => {
-            row(
+            only(
                 &mut out,
                 "committed, not acked, not re-sent",
-                fmt::count(d.applied_unacked),
-                n(&|_| "-".into()),
+                d.applied_unacked,
             );
             if d.totals.retried > 0 {
-                row(
+                only(
                     &mut out,
                     "transactions retried (Conflict)",
-                    fmt::count(d.totals.retried),
-                    n(&|_| "-".into()),
+                    d.totals.retried,
                 );
             }
         }
     }
-    let balances = |x: &RunResult, f: &dyn Fn(&BalanceCheck) -> u64| {
-        x.balances
-            .as_ref()
-            .map_or_else(|| "-".into(), |b| fmt::count(f(b)))
-    };
-    match r.mode {
-        DedupMode::State => {
+    if r.mode == DedupMode::State {
+        let balances = |x: &RunResult, f: fn(&BalanceCheck) -> String| {
+            x.balances.as_ref().map_or_else(|| "-".into(), f)
+        };
+        figure(&mut out, r, "balances wrong", &|x| {
+            balances(x, |b| fmt::count(b.wrong))
+        });
+        figure(&mut out, r, "double charges", &|x| {
+            balances(x, |b| fmt::count(b.double_charges))
+        });
+        figure(&mut out, r, "lost charges", &|x| {
+            balances(x, |b| fmt::count(b.lost_charges))
+        });
+        figure(&mut out, r, "overcharged (all balances)", &|x| {
+            balances(x, |b| fmt::cents(b.overcharged_cents))
+        });
+    } else {
+        figure(&mut out, r, "charges in the ledger", &|x| {
+            fmt::count(x.verdict.charges)
+        });
+        figure(&mut out, r, "double charges (customers)", &|x| {
+            fmt::count(x.verdict.double_charged_events)
+        });
+        figure(&mut out, r, "lost charges", &|x| fmt::count(x.verdict.lost));
+        figure(&mut out, r, "overcharged", &|x| {
+            fmt::cents(x.verdict.overcharged_cents)
+        });
+        if d.verdict.wrong_amount + d.verdict.unknown_events > 0 {
             row(
                 &mut out,
-                "balances wrong",
-                balances(d, &|b| b.wrong),
-                n(&|x| balances(x, &|b| b.wrong)),
+                "wrong amounts / unknown events",
+                format!("{} / {}", d.verdict.wrong_amount, d.verdict.unknown_events),
+                None,
             );
-            row(
-                &mut out,
-                "double charges",
-                balances(d, &|b| b.double_charges),
-                n(&|x| balances(x, &|b| b.double_charges)),
-            );
-            row(
-                &mut out,
-                "lost charges",
-                balances(d, &|b| b.lost_charges),
-                n(&|x| balances(x, &|b| b.lost_charges)),
-            );
-            let over = |x: &RunResult| {
-                x.balances
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |b| fmt::cents(b.overcharged_cents))
-            };
-            row(&mut out, "overcharged (all balances)", over(d), n(&over));
-        }
-        _ => {
-            row(
-                &mut out,
-                "charges in the ledger",
-                fmt::count(d.verdict.charges),
-                n(&|x| fmt::count(x.verdict.charges)),
-            );
-            row(
-                &mut out,
-                "double charges (customers)",
-                fmt::count(d.verdict.double_charged_events),
-                n(&|x| fmt::count(x.verdict.double_charged_events)),
-            );
-            row(
-                &mut out,
-                "lost charges",
-                fmt::count(d.verdict.lost),
-                n(&|x| fmt::count(x.verdict.lost)),
-            );
-            row(
-                &mut out,
-                "overcharged",
-                fmt::cents(d.verdict.overcharged_cents),
-                n(&|x| fmt::cents(x.verdict.overcharged_cents)),
-            );
-            if d.verdict.wrong_amount + d.verdict.unknown_events > 0 {
-                row(
-                    &mut out,
-                    "wrong amounts / unknown events",
-                    format!("{} / {}", d.verdict.wrong_amount, d.verdict.unknown_events),
-                    None,
-                );
-            }
         }
     }
-    let per_sec = |x: &RunResult| u64::from(r.events) as f64 / x.wall.as_secs_f64();
-    row(
-        &mut out,
-        "throughput (events/s)",
-        fmt::rate(per_sec(d)),
-        n(&|x| fmt::rate(per_sec(x))),
-    );
-    row(
-        &mut out,
-        "wall time",
-        fmt::nanos(d.wall.as_nanos() as u64),
-        n(&|x| fmt::nanos(x.wall.as_nanos() as u64)),
-    );
+    figure(&mut out, r, "throughput (events/s)", &|x| {
+        fmt::rate(u64::from(r.events) as f64 / x.wall.as_secs_f64())
+    });
+    figure(&mut out, r, "wall time", &|x| {
+        fmt::nanos(x.wall.as_nanos() as u64)
+    });
     let _ = writeln!(out);
 
     let h = &d.commit_latency;
@@ -1610,7 +1544,7 @@ mod tests {
                 "{text}"
             );
             assert!(
-                text.contains("resumed at the committed channel position"),
+                text.contains("resumed from the channel position committed in idem"),
                 "{text}"
             );
             let json = to_json(&report);
@@ -1633,15 +1567,16 @@ mod tests {
         assert_eq!(exact.checked, 4);
         // Customer 0 charged one event twice, customer 1 lost its charge, customer 3 missing.
         let check = check_balances(&expected, &[b(400, 3), b(0, 0), b(0, 0)]);
-        assert_eq!(check.wrong, 3);
-        assert_eq!(check.double_charges, 1);
-        assert_eq!(check.lost_charges, 2);
-        assert_eq!(check.overcharged_cents, 100);
-        assert_eq!(check.undercharged_cents, 120);
+        let counts = |c: &BalanceCheck| (c.wrong, c.double_charges, c.lost_charges);
+        assert_eq!(counts(&check), (3, 1, 2));
+        assert_eq!(
+            (check.overcharged_cents, check.undercharged_cents),
+            (100, 120)
+        );
         assert!(!check.exact());
         // A wrong amount with the right count is still a wrong balance.
         let amount = check_balances(&expected[..1], &[b(301, 2)]);
-        assert_eq!((amount.wrong, amount.double_charges), (1, 0));
+        assert_eq!(counts(&amount), (1, 0, 0));
         assert!(!amount.exact());
         // The expected sums come from the events, each once.
         let mut w = workload::generate(100, 0.1, 3);
