@@ -14,6 +14,9 @@
 //!   nothing in idem says which: so on start this consumer loads *every* event id of the ledger,
 //!   and a `Duplicate` for an event missing from it is charged then, with the receipt idem kept.
 //!   That check is only sound with one consumer at a time on the ledger, as here.
+//! - `state` ([`crate::balances`]): no ledger; a balance per customer kept in idem, changed in one
+//!   transaction with the event's dedup record and the channel position. On start the consumer
+//!   reads the committed position and asks for deliveries from there.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use idem::{Config, Outcome, Store};
 
 use crate::args::DurabilityArg;
+use crate::balances::Balances;
 use crate::claimer::Claimer;
 use crate::cli_error::{CliError, CliResult, Context};
 use crate::protocol::{self, BatchReport, Delivery, Reconciled, ToConsumer, ToProducer};
@@ -39,6 +43,9 @@ pub enum DedupMode {
     /// One check_or_insert_batch per batch, then the charges; the whole ledger is reloaded on
     /// start to find the charges a crash left recorded but not applied.
     Batch,
+    /// Balances per customer kept in idem: per delivery one transaction of the dedup record, the
+    /// balance and the channel position; a restart resumes from the committed position.
+    State,
 }
 
 impl std::fmt::Display for DedupMode {
@@ -46,6 +53,7 @@ impl std::fmt::Display for DedupMode {
         f.write_str(match self {
             DedupMode::Claims => "claims",
             DedupMode::Batch => "batch",
+            DedupMode::State => "state",
         })
     }
 }
@@ -64,7 +72,8 @@ pub struct ConsumerArgs {
     /// TTL of each idempotency key, in seconds (the retry window).
     #[arg(long, default_value_t = 86_400)]
     pub ttl_secs: u64,
-    /// How the consumer uses idem: durable claims, or one check-or-insert batch per batch.
+    /// How the consumer uses idem: durable claims, one check-or-insert batch per batch, or
+    /// balances kept in idem by transactions.
     #[arg(long, default_value_t = DedupMode::Claims)]
     pub mode: DedupMode,
     /// Claims mode with sync durability: threads making claims and completes (each waits for an
@@ -304,6 +313,8 @@ pub enum Mode {
         /// Every event in the ledger, loaded on start and kept up to date.
         charged: HashSet<u32>,
     },
+    /// Exactly once through transactions: balances, dedup records and position in idem.
+    State(Box<Balances>),
     /// Charge every delivery.
     Naive,
 }
@@ -323,9 +334,15 @@ impl Consumer {
         }
     }
 
-    /// Charges one batch of deliveries; when it returns, every charge it decided on is in the
-    /// ledger and fsynced, so the batch may be acknowledged.
-    pub fn charge_batch(&mut self, seq: u64, items: &[Delivery]) -> CliResult<BatchReport> {
+    /// Charges one batch of deliveries, the first at channel offset `offset`; when it returns,
+    /// every charge it decided on is in the ledger and fsynced (state mode: committed in idem and
+    /// flushed), so the batch may be acknowledged.
+    pub fn charge_batch(
+        &mut self,
+        seq: u64,
+        offset: u64,
+        items: &[Delivery],
+    ) -> CliResult<BatchReport> {
         let mut events = Vec::with_capacity(items.len());
         for item in items {
             let event = parse_event_id(&item.event_id).ok_or_else(|| {
@@ -339,6 +356,7 @@ impl Consumer {
         let mut report = BatchReport::default();
         match &mut self.mode {
             Mode::Claims(claimer) => return claimer.charge_batch(&mut self.ledger, seq, items),
+            Mode::State(balances) => return balances.apply_batch(seq, offset, items),
             Mode::Naive => {
                 for item in items {
                     let receipt = receipt(item.amount_cents, self.pid, seq);
@@ -418,6 +436,7 @@ impl Consumer {
                 store.close().context("closing the idem store")?;
                 Ok(counters)
             }
+            Mode::State(balances) => balances.finish(),
             Mode::Naive => Ok((0, 0, 0)),
         }
     }
@@ -435,6 +454,7 @@ pub fn run(
     let mut reconciled = Reconciled::default();
     let mut ledger_lines_read = 0;
     let mut reconcile_micros = 0;
+    let mut position = 0;
     let (mode, records_replayed, bytes_cut) = match &args.store {
         Some(dir) => {
             let config = Config::default().durability(args.durability.0);
@@ -455,6 +475,11 @@ pub fn run(
                     (reconciled, ledger_lines_read) = (found, lines);
                     reconcile_micros = reconciling.elapsed().as_micros() as u64;
                     Mode::Claims(Box::new(claimer))
+                }
+                DedupMode::State => {
+                    let balances = Balances::new(store, ttl);
+                    position = balances.position()?;
+                    Mode::State(Box::new(balances))
                 }
                 DedupMode::Batch => {
                     let charged = ledger.charged_events()?;
@@ -483,6 +508,7 @@ pub fn run(
             open_micros: started.elapsed().as_micros() as u64,
             reconcile_micros,
             reconciled,
+            position,
         },
     )?;
     let mut line = String::new();
@@ -490,8 +516,8 @@ pub fn run(
         let message =
             protocol::read_to_consumer(input, &mut line).context("reading from the producer")?;
         match message {
-            Some(ToConsumer::Batch { seq, items }) => {
-                let report = consumer.charge_batch(seq, &items)?;
+            Some(ToConsumer::Batch { seq, offset, items }) => {
+                let report = consumer.charge_batch(seq, offset, &items)?;
                 write(output, &ToProducer::Ack { seq, report })?;
             }
             Some(ToConsumer::End) => break,
@@ -531,6 +557,7 @@ mod tests {
         Delivery {
             event_id: event_id(event),
             amount_cents,
+            customer: event % 3,
         }
     }
 
@@ -586,11 +613,15 @@ mod tests {
             // Event 1 twice in one batch: in claims mode the second claim answers InFlight and
             // is retried once the first is completed.
             let first = consumer
-                .charge_batch(0, &[delivery(1, 100), delivery(2, 200), delivery(1, 100)])
+                .charge_batch(
+                    0,
+                    0,
+                    &[delivery(1, 100), delivery(2, 200), delivery(1, 100)],
+                )
                 .unwrap();
             assert_eq!(counts(&first), (2, 1, 0), "{mode}");
             let again = consumer
-                .charge_batch(1, &[delivery(2, 200), delivery(3, 300)])
+                .charge_batch(1, 0, &[delivery(2, 200), delivery(3, 300)])
                 .unwrap();
             assert_eq!(counts(&again), (1, 1, 0), "{mode}");
             if mode.starts_with("claims") {
@@ -645,10 +676,14 @@ mod tests {
         assert_eq!(ledger_events(&ledger_path), [1, 2, 3]);
         // The producer re-sends the unacknowledged deliveries: none is charged again.
         let report = consumer
-            .charge_batch(1, &[delivery(2, 250), delivery(3, 300), delivery(1, 100)])
+            .charge_batch(
+                1,
+                0,
+                &[delivery(2, 250), delivery(3, 300), delivery(1, 100)],
+            )
             .unwrap();
         assert_eq!(counts(&report), (0, 3, 0));
-        let report = consumer.charge_batch(2, &[delivery(4, 400)]).unwrap();
+        let report = consumer.charge_batch(2, 0, &[delivery(4, 400)]).unwrap();
         assert_eq!(counts(&report), (1, 0, 0));
         consumer.finish().unwrap();
         let ledger = std::fs::read_to_string(&ledger_path).unwrap();
@@ -685,7 +720,7 @@ mod tests {
         let store = Store::open_with("/sim/store", config.clone()).unwrap();
         let (mut consumer, _) = claims_on(store, periodic, dir.path());
         let items: Vec<Delivery> = (0..20).map(|e| delivery(e, 100 + e)).collect();
-        let report = consumer.charge_batch(0, &items).unwrap();
+        let report = consumer.charge_batch(0, 0, &items).unwrap();
         assert_eq!(report.inserted, 20);
         storage.crash(); // before the batch's completes were made durable
         drop(consumer);
@@ -696,7 +731,7 @@ mod tests {
         // is found in the ledger.
         assert!(reconciled.in_doubt > 0, "{reconciled:?}");
         assert_eq!(reconciled.in_ledger, reconciled.in_doubt, "{reconciled:?}");
-        let report = consumer.charge_batch(0, &items).unwrap();
+        let report = consumer.charge_batch(0, 0, &items).unwrap();
         assert_eq!(counts(&report), (0, 20, 0));
         assert_eq!(read_ledger(&dir.path().join("ledger")).unwrap().len(), 20);
     }
@@ -706,7 +741,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut consumer = batch(dir.path());
-            consumer.charge_batch(0, &[delivery(1, 100)]).unwrap();
+            consumer.charge_batch(0, 0, &[delivery(1, 100)]).unwrap();
             // The crash window: idem committed batch 1, the process died before the ledger.
             let Mode::Batch { store, .. } = &consumer.mode else {
                 unreachable!()
@@ -721,11 +756,15 @@ mod tests {
         // Restart: the producer re-sends batch 1 (and 1 again).
         let mut consumer = batch(dir.path());
         let report = consumer
-            .charge_batch(1, &[delivery(2, 250), delivery(3, 250), delivery(1, 100)])
+            .charge_batch(
+                1,
+                0,
+                &[delivery(2, 250), delivery(3, 250), delivery(1, 100)],
+            )
             .unwrap();
         assert_eq!(counts(&report), (0, 1, 2));
         // And a third delivery of the same is a plain duplicate.
-        let report = consumer.charge_batch(2, &[delivery(2, 250)]).unwrap();
+        let report = consumer.charge_batch(2, 0, &[delivery(2, 250)]).unwrap();
         assert_eq!(counts(&report), (0, 1, 0));
         let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
         assert_eq!(ledger.lines().count(), 3);
@@ -741,7 +780,7 @@ mod tests {
         let ledger = Ledger::open(&dir.path().join("naive")).unwrap();
         let mut consumer = Consumer::new(Mode::Naive, ledger);
         let report = consumer
-            .charge_batch(0, &[delivery(1, 100), delivery(1, 100)])
+            .charge_batch(0, 0, &[delivery(1, 100), delivery(1, 100)])
             .unwrap();
         assert_eq!(report.charged_blindly, 2);
         assert_eq!(read_ledger(&dir.path().join("naive")).unwrap().len(), 2);
@@ -778,7 +817,7 @@ mod tests {
 
     #[test]
     fn serves_the_protocol() {
-        for mode in [DedupMode::Claims, DedupMode::Batch] {
+        for mode in [DedupMode::Claims, DedupMode::Batch, DedupMode::State] {
             let dir = tempfile::tempdir().unwrap();
             let args = ConsumerArgs {
                 ledger: dir.path().join("ledger"),
@@ -790,7 +829,10 @@ mod tests {
                 lease_secs: 30,
             };
             let mut wire = Vec::new();
-            protocol::write_batch(&mut wire, 0, &[0, 1, 0], &[10, 20]).unwrap();
+            let mut workload = crate::workload::generate(2, 0.0, 1);
+            workload.amounts = vec![10, 20];
+            workload.assign_customers(2, 1);
+            protocol::write_batch(&mut wire, 0, 0, &[0, 1, 0], &workload).unwrap();
             protocol::write_end(&mut wire).unwrap();
             let mut out = Vec::new();
             run(&args, &mut &wire[..], &mut out).unwrap();

@@ -8,7 +8,15 @@
 //! doubt), and re-sends every batch not acknowledged. At the end it reads the ledger and counts
 //! double and lost charges. Then it runs the same workload through the naive
 //! consumer (no idem) for contrast.
+//!
+//! With `--mode state` the consumer keeps a balance per customer in idem instead of a ledger,
+//! changed in one transaction with the event's dedup record and the channel position
+//! ([`crate::balances`]); after the kill the producer re-sends from the position the new consumer
+//! found committed, not from the acknowledgements. At the end the demo opens the store itself
+//! and checks every balance against the sum of its customer's events, each counted once; the
+//! naive run's balances are summed from its ledger.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
@@ -19,6 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::args::{parse_fraction, parse_open_fraction, DurabilityArg};
+use crate::balances::{read_balance, Balance, CHANNEL};
 use crate::cli_error::{CliError, CliResult, Context};
 use crate::consumer::{read_ledger, ConsumerArgs, DedupMode, LedgerEntry};
 use crate::fmt;
@@ -49,7 +58,15 @@ it and the ledger leaves charges that only a reload of the whole ledger can find
 
 At the end the ledger is checked: every event must be charged exactly once (no double charge, no \
 lost charge). The same run without idem (a consumer that charges every delivery) shows what the \
-duplicates cost. Exit status 1 if the run with idem double-charged or lost anything.";
+duplicates cost. Exit status 1 if the run with idem double-charged or lost anything.
+
+--mode state keeps the consumer's state in idem: a balance per customer (--customers), changed \
+in one transaction per delivery with the event's dedup record and the channel position \
+(check_or_insert, get_state + put_state if Inserted, set_position, commit; retried on Conflict). \
+After the SIGKILL the new consumer reads the committed position and the producer re-sends from \
+there. At the end every balance is checked against the sum of its customer's events, each counted \
+once, next to the balances of the run without idem. --json prints one JSON object instead of \
+the report.";
 
 /// The TTL of each event's idempotency key: longer than any retry window.
 const TTL_SECS: u64 = 24 * 3600;
@@ -78,10 +95,14 @@ pub struct DemoArgs {
     /// Deliveries per batch (one ledger fsync each; in batch mode also one idem commit).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch: u32,
-    /// How the consumer uses idem: claims (claim, charge, complete per delivery) or batch (one
-    /// check_or_insert_batch per batch).
+    /// How the consumer uses idem: claims (claim, charge, complete per delivery), batch (one
+    /// check_or_insert_batch per batch) or state (balances in idem, one transaction per
+    /// delivery with the dedup record and the channel position).
     #[arg(long, default_value_t = DedupMode::Claims)]
     pub mode: DedupMode,
+    /// State mode: the number of customers the events are spread over (one balance each).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub customers: u32,
     /// Claims mode with --durability sync: consumer threads making claims at once (each waits
     /// for an fsync; concurrent ones share it).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -101,6 +122,9 @@ pub struct DemoArgs {
     /// No progress bar or progress lines; only the report.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print one JSON object instead of the report (implies --quiet).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How the demo starts a consumer process.
@@ -198,6 +222,7 @@ impl ConsumerProcess {
                 open_micros,
                 reconcile_micros,
                 reconciled,
+                position,
             } => Ok(Ready {
                 ledger_lines_read,
                 records_replayed,
@@ -206,6 +231,7 @@ impl ConsumerProcess {
                 reconcile: Duration::from_micros(reconcile_micros),
                 spawn_to_ready: spawned.elapsed(),
                 reconciled,
+                position,
             }),
             other => Err(self.failed(format!("expected ready, got {other:?}"))),
         }
@@ -235,6 +261,9 @@ pub struct Ready {
     pub spawn_to_ready: Duration,
     /// The claims in doubt it found and how it settled them (claims mode).
     pub reconciled: Reconciled,
+    /// The channel offset it asked deliveries from (state mode: the position committed in
+    /// idem; else 0).
+    pub position: u64,
 }
 
 /// What the ledger holds, against what the producer sent.
@@ -294,6 +323,104 @@ pub fn verify(amounts: &[u32], ledger: &[LedgerEntry]) -> Verdict {
     verdict
 }
 
+/// Every customer's balance against the sum of its events, each counted once (state mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BalanceCheck {
+    /// Balances checked: one per customer.
+    pub checked: u64,
+    /// Balances whose cents or charge count differ from the expected ones.
+    pub wrong: u64,
+    /// Charges beyond each customer's number of events, summed over the customers.
+    pub double_charges: u64,
+    /// Charges short of each customer's number of events, summed over the customers.
+    pub lost_charges: u64,
+    /// The sum of what balances hold above their expected cents.
+    pub overcharged_cents: u64,
+    /// The sum of what balances lack below their expected cents.
+    pub undercharged_cents: u64,
+}
+
+impl BalanceCheck {
+    pub fn exact(&self) -> bool {
+        self.wrong == 0 && self.double_charges == 0 && self.lost_charges == 0
+    }
+
+    /// The ledger verdict's counts as far as balances can tell them (they cannot name events).
+    fn as_verdict(&self, charges: u64) -> Verdict {
+        Verdict {
+            charges,
+            double_charged_events: self.double_charges,
+            extra_charges: self.double_charges,
+            overcharged_cents: self.overcharged_cents,
+            lost: self.lost_charges,
+            wrong_amount: 0,
+            unknown_events: 0,
+        }
+    }
+}
+
+/// The balance every customer must end with: its events' amounts, each once.
+pub fn expected_balances(workload: &Workload, customers: u32) -> Vec<Balance> {
+    let mut balances = vec![Balance::default(); customers as usize];
+    for (event, &amount) in (0u32..).zip(&workload.amounts) {
+        let balance = &mut balances[workload.customer(event) as usize];
+        *balance = balance.charged(amount);
+    }
+    balances
+}
+
+/// Compares balances (indexed by customer) with the expected ones.
+pub fn check_balances(expected: &[Balance], actual: &[Balance]) -> BalanceCheck {
+    let mut check = BalanceCheck {
+        checked: expected.len() as u64,
+        ..BalanceCheck::default()
+    };
+    for (want, got) in expected.iter().zip(actual) {
+        if want != got {
+            check.wrong += 1;
+        }
+        check.double_charges += got.charges.saturating_sub(want.charges);
+        check.lost_charges += want.charges.saturating_sub(got.charges);
+        check.overcharged_cents += got.cents.saturating_sub(want.cents);
+        check.undercharged_cents += want.cents.saturating_sub(got.cents);
+    }
+    // A balance missing from `actual` is all lost.
+    for want in expected.iter().skip(actual.len()) {
+        check.wrong += u64::from(*want != Balance::default());
+        check.lost_charges += want.charges;
+        check.undercharged_cents += want.cents;
+    }
+    check
+}
+
+/// The balances a ledger's charges add up to, per customer (charges of unknown events, which
+/// the ledger's verdict counts, are left out).
+fn ledger_balances(workload: &Workload, customers: u32, ledger: &[LedgerEntry]) -> Vec<Balance> {
+    let mut balances = vec![Balance::default(); customers as usize];
+    for entry in ledger.iter().filter(|e| e.event < workload.events()) {
+        if let Some(balance) = balances.get_mut(workload.customer(entry.event) as usize) {
+            *balance = balance.charged(entry.amount_cents);
+        }
+    }
+    balances
+}
+
+/// Reads every customer's balance and the channel position from a store no process has open.
+fn store_balances(dir: &Path, customers: u32) -> CliResult<(Vec<Balance>, Option<u64>)> {
+    let store = idem::Store::open(dir).context(format_args!(
+        "opening idem store {} to check it",
+        dir.display()
+    ))?;
+    let balances = (0..customers)
+        .map(|customer| read_balance(&store, customer))
+        .collect::<CliResult<Vec<_>>>()?;
+    let position = store
+        .position(CHANNEL)
+        .context("reading the channel position")?;
+    store.close().context("closing the idem store")?;
+    Ok((balances, position))
+}
+
 /// One run of the workload through one kind of consumer.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -317,7 +444,27 @@ pub struct RunResult {
     pub final_fsyncs: u64,
     pub final_disk_bytes: u64,
     pub final_live_keys: u64,
+    /// The ledger checked against the events. State mode with idem, which keeps no ledger: the
+    /// balances' counts ([`BalanceCheck`]).
     pub verdict: Verdict,
+    /// State mode: every balance checked (the run with idem: in its store; without: summed from
+    /// its ledger).
+    pub balances: Option<BalanceCheck>,
+    /// State mode with idem: deliveries the killed consumer committed but never acknowledged,
+    /// which the producer did not send again because the committed position was past them.
+    pub applied_unacked: u64,
+    /// State mode with idem: the channel position committed at the end.
+    pub final_position: Option<u64>,
+}
+
+impl RunResult {
+    /// No double charge, no lost charge, every balance exact, the whole channel consumed.
+    pub fn exactly_once(&self) -> bool {
+        let channel = self.sent_deliveries - self.resent_after_crash;
+        self.verdict.exactly_once()
+            && self.balances.as_ref().is_none_or(BalanceCheck::exact)
+            && self.final_position.is_none_or(|p| p == channel)
+    }
 }
 
 /// Everything the report shows.
@@ -329,6 +476,8 @@ pub struct DemoReport {
     pub batch: u32,
     pub mode: DedupMode,
     pub threads: u32,
+    /// State mode: customers (balances); else 0.
+    pub customers: u32,
     pub seed: u64,
     pub kill_at: Option<f64>,
     pub dir: PathBuf,
@@ -374,6 +523,10 @@ impl Progress {
 }
 
 /// Runs `workload` through the consumer `args` describe, killing it once at `kill_at`.
+///
+/// Batches are cut from the channel (the schedule of deliveries) at the offset the consumer asks
+/// for when it comes up: after a kill, the first delivery not acknowledged, or in state mode
+/// with idem the position the consumer found committed in its store.
 fn run_once(
     workload: &Workload,
     batch: usize,
@@ -383,8 +536,9 @@ fn run_once(
     seed: u64,
     progress: &Progress,
 ) -> CliResult<RunResult> {
-    let batches: Vec<&[u32]> = workload.deliveries.chunks(batch).collect();
-    let kill_after = kill_at.map(|f| (f * workload.deliveries.len() as f64) as u64);
+    let channel = &workload.deliveries;
+    let resumes_from_position = args.mode == DedupMode::State && args.store.is_some();
+    let kill_after = kill_at.map(|f| (f * channel.len() as f64) as u64);
     let mut kill_rng = StdRng::seed_from_u64(seed ^ 0x6b69_6c6c);
     let started = Instant::now();
     let mut consumer = launcher.spawn(args)?;
@@ -403,37 +557,58 @@ fn run_once(
         final_disk_bytes: 0,
         final_live_keys: 0,
         verdict: Verdict::default(),
+        balances: None,
+        applied_unacked: 0,
+        final_position: None,
     };
-    let (mut acked, mut sent) = (0usize, 0usize);
+    // Offsets: every delivery before `acked` is acknowledged (or, in state mode, committed);
+    // `next` is the next to send; `in_flight` the batches sent and not acknowledged.
+    let (mut acked, mut next) = (0usize, 0usize);
+    if resumes_from_position {
+        acked = resume_offset(&starts[0], 0, 0, channel.len())?;
+        next = acked;
+        progress.bar.inc(acked as u64);
+    }
+    let mut in_flight: VecDeque<(u64, usize, usize)> = VecDeque::new();
+    let mut seq = 0u64;
     let mut last_ack = Instant::now();
-    while acked < batches.len() {
-        while sent < batches.len() && sent - acked < WINDOW {
+    while acked < channel.len() {
+        while next < channel.len() && in_flight.len() < WINDOW {
+            let end = (next + batch).min(channel.len());
             let wrote = protocol::write_batch(
                 &mut consumer.stdin,
-                sent as u64,
-                batches[sent],
-                &workload.amounts,
+                seq,
+                next as u64,
+                &channel[next..end],
+                workload,
             );
             if let Err(e) = wrote {
-                return Err(consumer.failed(format_args!("sending batch {sent}: {e}")));
+                return Err(consumer.failed(format_args!("sending batch {seq}: {e}")));
             }
-            sent += 1;
+            in_flight.push_back((seq, next, end));
+            seq += 1;
+            next = end;
         }
         if let Err(e) = consumer.stdin.flush() {
             return Err(consumer.failed(format_args!("sending batches: {e}")));
         }
-        let (seq, report) = match consumer.read()? {
+        let (acked_seq, report) = match consumer.read()? {
             ToProducer::Ack { seq, report } => (seq, report),
             other => return Err(consumer.failed(format!("expected an ack, got {other:?}"))),
         };
-        if seq != acked as u64 {
-            return Err(consumer.failed(format!("acknowledged batch {seq}, expected {acked}")));
+        let Some((expected, start, end)) = in_flight.pop_front() else {
+            return Err(consumer.failed(format!("acknowledged batch {acked_seq}, none was sent")));
+        };
+        if acked_seq != expected {
+            return Err(consumer.failed(format!(
+                "acknowledged batch {acked_seq}, expected {expected}"
+            )));
         }
         let now = Instant::now();
         let ack_interval = now - last_ack;
         last_ack = now;
-        let delivered = batches[acked].len() as u64;
-        acked += 1;
+        let delivered = (end - start) as u64;
+        acked = end;
         result.acked_deliveries += delivered;
         add(&mut result.totals, &report);
         if args.store.is_some() {
@@ -442,25 +617,32 @@ fn run_once(
         progress.bar.inc(delivered);
 
         let due = kill_after.is_some_and(|k| result.acked_deliveries >= k);
-        if due && result.killed_after.is_none() && acked < batches.len() {
+        if due && result.killed_after.is_none() && acked < channel.len() {
             // Kill somewhere inside the next batch's work: a random moment within one
             // batch's time after this acknowledgement.
             let nanos = ack_interval.as_nanos() as u64;
             std::thread::sleep(Duration::from_nanos(kill_rng.gen_range(0..=nanos)));
             consumer.kill()?;
-            let resent: u64 = batches[acked..sent].iter().map(|b| b.len() as u64).sum();
             result.killed_after = Some(result.acked_deliveries);
-            result.resent_after_crash += resent;
             result.restarts += 1;
+            let unacked = next - acked;
             progress.say(&format!(
-                "  consumer killed with SIGKILL after {} acknowledged deliveries; restarting, {} unacknowledged deliveries to re-send",
+                "  consumer killed with SIGKILL after {} acknowledged deliveries ({} sent and not acknowledged); restarting",
                 fmt::count(result.acked_deliveries),
-                fmt::count(resent)
+                fmt::count(unacked as u64)
             ));
-            sent = acked;
+            in_flight.clear();
             let respawned = Instant::now();
             consumer = launcher.spawn(args)?;
             let ready = consumer.wait_ready(respawned)?;
+            let resume = if resumes_from_position {
+                resume_offset(&ready, acked, next, channel.len())?
+            } else {
+                acked
+            };
+            result.resent_after_crash += (next - resume) as u64;
+            result.applied_unacked += (resume - acked) as u64;
+            progress.bar.inc((resume - acked) as u64);
             let note = match (&args.store, args.mode) {
                 (None, _) => "no store, nothing to recover".to_string(),
                 (Some(_), DedupMode::Claims) => format!(
@@ -473,12 +655,24 @@ fn run_once(
                     fmt::count(ready.records_replayed),
                     fmt::count(ready.ledger_lines_read)
                 ),
+                (Some(_), DedupMode::State) => format!(
+                    "store reopened, {} records replayed; {}",
+                    fmt::count(ready.records_replayed),
+                    resume_summary(
+                        resume as u64,
+                        (resume - acked) as u64,
+                        (next - resume) as u64
+                    )
+                ),
             };
             progress.say(&format!(
-                "  consumer restarted in {} ({note})",
+                "  consumer restarted in {} ({note}); re-sending {} deliveries",
                 fmt::nanos(ready.spawn_to_ready.as_nanos() as u64),
+                fmt::count((next - resume) as u64),
             ));
             starts.push(ready);
+            acked = resume;
+            next = resume;
         }
     }
     if let Err(e) = protocol::write_end(&mut consumer.stdin).and_then(|()| consumer.stdin.flush()) {
@@ -507,10 +701,42 @@ fn run_once(
     }
     result.wall = started.elapsed();
     result.starts = starts;
-    result.sent_deliveries = workload.deliveries.len() as u64 + result.resent_after_crash;
-    let ledger = read_ledger(&args.ledger)?;
-    result.verdict = verify(&workload.amounts, &ledger);
+    result.sent_deliveries = channel.len() as u64 + result.resent_after_crash;
+    if !resumes_from_position {
+        let ledger = read_ledger(&args.ledger)?;
+        result.verdict = verify(&workload.amounts, &ledger);
+    }
     Ok(result)
+}
+
+/// The offset a state-mode consumer asked for, checked: at or past what was acknowledged (an
+/// acknowledged batch was flushed, so its position is durable), at most what was sent.
+fn resume_offset(ready: &Ready, acked: usize, sent: usize, channel: usize) -> CliResult<usize> {
+    let position = usize::try_from(ready.position).unwrap_or(usize::MAX);
+    if position < acked || position > sent.max(acked) || position > channel {
+        return Err(CliError::new(format!(
+            "the consumer's committed channel position {} is outside what it could have consumed ({acked} acknowledged, {sent} sent)",
+            ready.position
+        )));
+    }
+    Ok(position)
+}
+
+/// `resumed from the channel position committed in idem, P: ...` (state mode's restart).
+fn resume_summary(position: u64, applied_unacked: u64, resent: u64) -> String {
+    let skipped = if applied_unacked > 0 {
+        format!(
+            "; the {} before it that the killed consumer committed but never acknowledged were not",
+            fmt::count(applied_unacked)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "resumed from the channel position committed in idem, {}: the {} deliveries sent after it were re-sent{skipped}",
+        fmt::count(position),
+        fmt::count(resent),
+    )
 }
 
 fn add(total: &mut BatchReport, batch: &BatchReport) {
@@ -557,7 +783,11 @@ impl RunResult {
 /// The store's durability when `--durability` is not given: see [`DemoArgs::durability`].
 pub fn default_durability(mode: DedupMode) -> DurabilityArg {
     match mode {
-        DedupMode::Claims => DurabilityArg(idem::Durability::Periodic(Duration::from_millis(10))),
+        // State mode: one transaction per delivery; in Sync each would wait for an fsync of its
+        // own. The consumer flushes once per batch instead, before acknowledging it.
+        DedupMode::Claims | DedupMode::State => {
+            DurabilityArg(idem::Durability::Periodic(Duration::from_millis(10)))
+        }
         DedupMode::Batch => DurabilityArg(idem::Durability::Sync),
     }
 }
@@ -566,6 +796,7 @@ fn consumer_note(mode: DedupMode, threads: u32) -> String {
     match mode {
         DedupMode::Claims => format!("claims on {threads} threads"),
         DedupMode::Batch => "check_or_insert_batch".to_string(),
+        DedupMode::State => "balances in idem, one transaction per delivery".to_string(),
     }
 }
 
@@ -598,7 +829,13 @@ fn workspace(dir: Option<&Path>) -> CliResult<(Option<tempfile::TempDir>, PathBu
 /// Runs the demo and returns its report (does not print it).
 pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
     let (temp, root) = workspace(args.dir.as_deref())?;
-    let workload = workload::generate(args.events, args.dup_rate, args.seed);
+    let mut workload = workload::generate(args.events, args.dup_rate, args.seed);
+    let customers = if args.mode == DedupMode::State {
+        args.customers
+    } else {
+        1
+    };
+    workload.assign_customers(customers, args.seed);
     let kill_at = (!args.no_kill).then_some(args.kill_at);
     let batch = args.batch as usize;
     let deliveries = workload.deliveries.len() as u64;
@@ -613,7 +850,8 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         threads: args.threads,
         lease_secs: LEASE_SECS,
     };
-    let progress = Progress::new(args.quiet, "with idem", deliveries);
+    let quiet = args.quiet || args.json;
+    let progress = Progress::new(quiet, "with idem", deliveries);
     progress.say(&format!(
         "idem demo: {} charge events, {} deliveries; consumer with idem ({}, {})",
         fmt::count(u64::from(args.events)),
@@ -631,7 +869,16 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         &progress,
     );
     progress.bar.finish_and_clear();
-    let dedup = dedup?;
+    let mut dedup = dedup?;
+    let expected = (args.mode == DedupMode::State).then(|| expected_balances(&workload, customers));
+    if let (Some(expected), Some(store)) = (&expected, &dedup_args.store) {
+        let (balances, position) = store_balances(store, customers)?;
+        let charges = balances.iter().map(|b| b.charges).sum();
+        let check = check_balances(expected, &balances);
+        dedup.verdict = check.as_verdict(charges);
+        dedup.balances = Some(check);
+        dedup.final_position = Some(position.unwrap_or(0));
+    }
 
     let naive = if args.no_naive {
         None
@@ -641,7 +888,7 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
             store: None,
             ..dedup_args.clone()
         };
-        let progress = Progress::new(args.quiet, "without idem", deliveries);
+        let progress = Progress::new(quiet, "without idem", deliveries);
         progress.say("same run, naive consumer without idem (charges every delivery)");
         let naive = run_once(
             &workload,
@@ -653,7 +900,13 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
             &progress,
         );
         progress.bar.finish_and_clear();
-        Some(naive?)
+        let mut naive = naive?;
+        if let Some(expected) = &expected {
+            let ledger = read_ledger(&naive_args.ledger)?;
+            let balances = ledger_balances(&workload, customers, &ledger);
+            naive.balances = Some(check_balances(expected, &balances));
+        }
+        Some(naive)
     };
 
     let dir_kept = temp.is_none();
@@ -665,6 +918,11 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         batch: args.batch,
         mode: args.mode,
         threads: args.threads,
+        customers: if args.mode == DedupMode::State {
+            customers
+        } else {
+            0
+        },
         seed: args.seed,
         kill_at,
         dir: root,
@@ -678,19 +936,43 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
     })
 }
 
-/// The printed report.
-pub fn render(r: &DemoReport) -> String {
+/// One row of the report's table: a label, the run with idem, the run without.
+fn row(out: &mut String, label: &str, with: String, without: Option<String>) {
     use std::fmt::Write as _;
-    let mut out = String::new();
+    let without = without.unwrap_or_default();
+    let _ = writeln!(out, "  {label:<34}{with:>14}   {without:>14}");
+}
+
+/// A row of the same figure of each run.
+fn figure(out: &mut String, r: &DemoReport, label: &str, f: &dyn Fn(&RunResult) -> String) {
+    row(out, label, f(&r.dedup), r.naive.as_ref().map(f));
+}
+
+/// The report's opening: the workload, the crash, the consumer.
+fn render_setup(out: &mut String, r: &DemoReport) {
+    use std::fmt::Write as _;
     let d = &r.dedup;
-    let _ = writeln!(
-        out,
-        "idem demo: exactly-once charging over an at-least-once channel"
-    );
+    let state = r.mode == DedupMode::State;
+    let _ = if state {
+        writeln!(
+            out,
+            "idem demo --mode state: exactly-once balances over an at-least-once channel"
+        )
+    } else {
+        writeln!(
+            out,
+            "idem demo: exactly-once charging over an at-least-once channel"
+        )
+    };
     let _ = writeln!(out);
+    let customers = if state {
+        format!(" for {} customers", fmt::count(u64::from(r.customers)))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "  {} charge events ({} in total). The channel delivered {} of them ({:.2}%) twice or more:",
+        "  {} charge events{customers} ({} in total). The channel delivered {} of them ({:.2}%) twice or more:",
         fmt::count(u64::from(r.events)),
         fmt::cents(r.total_cents),
         fmt::count(r.duplicated_events),
@@ -719,15 +1001,26 @@ pub fn render(r: &DemoReport) -> String {
                 at * 100.0,
                 fmt::count(after)
             );
-            let _ = writeln!(
-                out,
-                "  restarted; the producer re-sent every delivery it had not seen acknowledged."
-            );
-            if r.mode == DedupMode::Claims {
-                let _ = writeln!(
-                    out,
-                    "  The new consumer first reconciled the claims left in doubt against the ledger."
-                );
+            match r.mode {
+                DedupMode::State => {
+                    let _ = writeln!(
+                        out,
+                        "  restarted; the producer re-sent from the channel position the new consumer found committed\n  \
+                         in idem (the run without idem, which has none, from the first unacknowledged delivery)."
+                    );
+                }
+                mode => {
+                    let _ = writeln!(
+                        out,
+                        "  restarted; the producer re-sent every delivery it had not seen acknowledged."
+                    );
+                    if mode == DedupMode::Claims {
+                        let _ = writeln!(
+                            out,
+                            "  The new consumer first reconciled the claims left in doubt against the ledger."
+                        );
+                    }
+                }
             }
         }
         (Some(_), None) => {
@@ -781,6 +1074,16 @@ pub fn render(r: &DemoReport) -> String {
                 fmt::count(u64::from(r.batch))
             );
         }
+        DedupMode::State => {
+            let _ = writeln!(
+                out,
+                "  Consumer: per delivery one idem transaction: check_or_insert(event) → if Inserted, balance += amount\n  \
+                 → set_position(channel) → commit, all or nothing (durability {}; batches of {}, one idem flush each\n  \
+                 before the ack). At the end the demo reopened the store and checked every balance.",
+                r.durability,
+                fmt::count(u64::from(r.batch))
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -791,128 +1094,123 @@ pub fn render(r: &DemoReport) -> String {
         r.seed
     );
     let _ = writeln!(out);
+}
+
+/// The printed report.
+pub fn render(r: &DemoReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let d = &r.dedup;
+    render_setup(&mut out, r);
 
     let naive = r.naive.as_ref();
-    let row = |out: &mut String, label: &str, with: String, without: Option<String>| {
-        let without = without.unwrap_or_default();
-        let _ = writeln!(out, "  {label:<34}{with:>14}   {without:>14}");
+    // Rows of the run with idem only: "-" for the run without.
+    let only = |out: &mut String, label: &str, with: u64| {
+        row(out, label, fmt::count(with), naive.map(|_| "-".into()));
     };
-    let n = |f: &dyn Fn(&RunResult) -> String| naive.map(f);
     row(
         &mut out,
         "",
         "with idem".into(),
         naive.map(|_| "without idem".into()),
     );
-    row(
-        &mut out,
-        "events",
-        fmt::count(u64::from(r.events)),
-        n(&|_| fmt::count(u64::from(r.events))),
-    );
-    row(
-        &mut out,
-        "deliveries",
-        fmt::count(d.sent_deliveries),
-        n(&|x| fmt::count(x.sent_deliveries)),
-    );
-    row(
-        &mut out,
-        "  re-sent by the channel",
-        fmt::count(r.channel_extra_deliveries),
-        n(&|_| fmt::count(r.channel_extra_deliveries)),
-    );
-    row(
-        &mut out,
-        "  re-sent after the crash",
-        fmt::count(d.resent_after_crash),
-        n(&|x| fmt::count(x.resent_after_crash)),
-    );
-    row(
-        &mut out,
-        "consumer restarts",
-        fmt::count(u64::from(d.restarts)),
-        n(&|x| fmt::count(u64::from(x.restarts))),
-    );
-    row(
-        &mut out,
-        "duplicates caught by idem",
-        fmt::count(d.totals.duplicates),
-        n(&|_| "-".into()),
-    );
+    figure(&mut out, r, "events", &|_| fmt::count(u64::from(r.events)));
+    if r.mode == DedupMode::State {
+        figure(&mut out, r, "customers (balances checked)", &|_| {
+            fmt::count(u64::from(r.customers))
+        });
+    }
+    figure(&mut out, r, "deliveries", &|x| {
+        fmt::count(x.sent_deliveries)
+    });
+    figure(&mut out, r, "  re-sent by the channel", &|_| {
+        fmt::count(r.channel_extra_deliveries)
+    });
+    figure(&mut out, r, "  re-sent after the crash", &|x| {
+        fmt::count(x.resent_after_crash)
+    });
+    figure(&mut out, r, "consumer restarts", &|x| {
+        fmt::count(u64::from(x.restarts))
+    });
+    only(&mut out, "duplicates caught by idem", d.totals.duplicates);
     match r.mode {
         DedupMode::Claims => {
-            row(
+            only(
                 &mut out,
                 "  answered InFlight first, retried",
-                fmt::count(d.totals.retried),
-                n(&|_| "-".into()),
+                d.totals.retried,
             );
-            row(
+            only(
                 &mut out,
                 "claims in doubt after the crash",
-                fmt::count(d.reconciled().in_doubt),
-                n(&|_| "-".into()),
+                d.reconciled().in_doubt,
             );
         }
-        DedupMode::Batch => row(
-            &mut out,
-            "in-doubt charges recovered",
-            fmt::count(d.totals.in_doubt),
-            n(&|_| "-".into()),
-        ),
+        DedupMode::Batch => only(&mut out, "in-doubt charges recovered", d.totals.in_doubt),
+        DedupMode::State => {
+            only(
+                &mut out,
+                "committed, not acked, not re-sent",
+                d.applied_unacked,
+            );
+            if d.totals.retried > 0 {
+                only(
+                    &mut out,
+                    "transactions retried (Conflict)",
+                    d.totals.retried,
+                );
+            }
+        }
     }
-    row(
-        &mut out,
-        "charges in the ledger",
-        fmt::count(d.verdict.charges),
-        n(&|x| fmt::count(x.verdict.charges)),
-    );
-    row(
-        &mut out,
-        "double charges (customers)",
-        fmt::count(d.verdict.double_charged_events),
-        n(&|x| fmt::count(x.verdict.double_charged_events)),
-    );
-    row(
-        &mut out,
-        "lost charges",
-        fmt::count(d.verdict.lost),
-        n(&|x| fmt::count(x.verdict.lost)),
-    );
-    row(
-        &mut out,
-        "overcharged",
-        fmt::cents(d.verdict.overcharged_cents),
-        n(&|x| fmt::cents(x.verdict.overcharged_cents)),
-    );
-    if d.verdict.wrong_amount + d.verdict.unknown_events > 0 {
-        row(
-            &mut out,
-            "wrong amounts / unknown events",
-            format!("{} / {}", d.verdict.wrong_amount, d.verdict.unknown_events),
-            None,
-        );
+    if r.mode == DedupMode::State {
+        let balances = |x: &RunResult, f: fn(&BalanceCheck) -> String| {
+            x.balances.as_ref().map_or_else(|| "-".into(), f)
+        };
+        figure(&mut out, r, "balances wrong", &|x| {
+            balances(x, |b| fmt::count(b.wrong))
+        });
+        figure(&mut out, r, "double charges", &|x| {
+            balances(x, |b| fmt::count(b.double_charges))
+        });
+        figure(&mut out, r, "lost charges", &|x| {
+            balances(x, |b| fmt::count(b.lost_charges))
+        });
+        figure(&mut out, r, "overcharged (all balances)", &|x| {
+            balances(x, |b| fmt::cents(b.overcharged_cents))
+        });
+    } else {
+        figure(&mut out, r, "charges in the ledger", &|x| {
+            fmt::count(x.verdict.charges)
+        });
+        figure(&mut out, r, "double charges (customers)", &|x| {
+            fmt::count(x.verdict.double_charged_events)
+        });
+        figure(&mut out, r, "lost charges", &|x| fmt::count(x.verdict.lost));
+        figure(&mut out, r, "overcharged", &|x| {
+            fmt::cents(x.verdict.overcharged_cents)
+        });
+        if d.verdict.wrong_amount + d.verdict.unknown_events > 0 {
+            row(
+                &mut out,
+                "wrong amounts / unknown events",
+                format!("{} / {}", d.verdict.wrong_amount, d.verdict.unknown_events),
+                None,
+            );
+        }
     }
-    let per_sec = |x: &RunResult| u64::from(r.events) as f64 / x.wall.as_secs_f64();
-    row(
-        &mut out,
-        "throughput (events/s)",
-        fmt::rate(per_sec(d)),
-        n(&|x| fmt::rate(per_sec(x))),
-    );
-    row(
-        &mut out,
-        "wall time",
-        fmt::nanos(d.wall.as_nanos() as u64),
-        n(&|x| fmt::nanos(x.wall.as_nanos() as u64)),
-    );
+    figure(&mut out, r, "throughput (events/s)", &|x| {
+        fmt::rate(u64::from(r.events) as f64 / x.wall.as_secs_f64())
+    });
+    figure(&mut out, r, "wall time", &|x| {
+        fmt::nanos(x.wall.as_nanos() as u64)
+    });
     let _ = writeln!(out);
 
     let h = &d.commit_latency;
     let what = match r.mode {
         DedupMode::Claims => "idem claims per batch, all of a batch's claims",
         DedupMode::Batch => "idem batch commit latency",
+        DedupMode::State => "idem transactions per batch, all of a batch's and its flush",
     };
     let _ = writeln!(
         out,
@@ -945,9 +1243,24 @@ pub fn render(r: &DemoReport) -> String {
                 "  restart: consumer up in {up} (of which {} to reopen the store, replaying {replayed} records{torn}, and reload the ledger of {lines} charges)",
                 fmt::nanos(ready.open.as_nanos() as u64),
             ),
+            DedupMode::State => writeln!(
+                out,
+                "  restart: consumer up in {up} (of which {} to reopen the store, replaying {replayed} records{torn})",
+                fmt::nanos(ready.open.as_nanos() as u64),
+            ),
         };
-        if r.mode == DedupMode::Claims {
-            let _ = writeln!(out, "  {}", in_doubt_summary(&ready.reconciled));
+        match r.mode {
+            DedupMode::Claims => {
+                let _ = writeln!(out, "  {}", in_doubt_summary(&ready.reconciled));
+            }
+            DedupMode::State => {
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    resume_summary(ready.position, d.applied_unacked, d.resent_after_crash)
+                );
+            }
+            DedupMode::Batch => {}
         }
     }
     if d.final_live_keys > 0 {
@@ -960,44 +1273,142 @@ pub fn render(r: &DemoReport) -> String {
             fmt::count(d.final_fsyncs),
         );
     }
-    let _ = writeln!(out);
-    if d.verdict.exactly_once() {
-        let _ = write!(out, "  OK: with idem every event was charged exactly once");
-        match naive {
-            Some(x) if x.verdict.double_charged_events > 0 => {
-                let _ = writeln!(
-                    out,
-                    "; without it {} customers were charged twice or more ({} overcharged).",
-                    fmt::count(x.verdict.double_charged_events),
-                    fmt::cents(x.verdict.overcharged_cents)
-                );
-            }
-            _ => {
-                let _ = writeln!(out, ".");
-            }
-        }
-    } else {
+    if let Some(position) = d.final_position {
         let _ = writeln!(
             out,
-            "  FAILED: with idem {} double charges and {} lost charges (durability {}).",
-            fmt::count(d.verdict.double_charged_events),
-            fmt::count(d.verdict.lost),
-            r.durability
+            "  channel position committed at the end: {} of {} deliveries",
+            fmt::count(position),
+            fmt::count(d.sent_deliveries - d.resent_after_crash),
         );
-        if r.durability.0 != idem::Durability::Sync && r.mode == DedupMode::Batch {
+    }
+    let _ = writeln!(out);
+    match (&d.balances, d.exactly_once()) {
+        (Some(b), true) => {
+            let _ = write!(
+                out,
+                "  OK: with idem all {} balances are exact, every event counted once",
+                fmt::count(b.checked)
+            );
+            match naive.and_then(|x| x.balances.as_ref()) {
+                Some(nb) if nb.wrong > 0 => {
+                    let _ = writeln!(
+                        out,
+                        "; without it {} balances are wrong ({} overcharged).",
+                        fmt::count(nb.wrong),
+                        fmt::cents(nb.overcharged_cents)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, ".");
+                }
+            }
+        }
+        (Some(b), false) => {
             let _ = writeln!(
                 out,
-                "  Only sync durability survives kill -9 with nothing lost; this mode can lose the last records."
+                "  FAILED: with idem {} balances wrong, {} double charges, {} lost charges (durability {}).",
+                fmt::count(b.wrong),
+                fmt::count(b.double_charges),
+                fmt::count(b.lost_charges),
+                r.durability
             );
         }
+        (None, true) => {
+            let _ = write!(out, "  OK: with idem every event was charged exactly once");
+            match naive {
+                Some(x) if x.verdict.double_charged_events > 0 => {
+                    let _ = writeln!(
+                        out,
+                        "; without it {} customers were charged twice or more ({} overcharged).",
+                        fmt::count(x.verdict.double_charged_events),
+                        fmt::cents(x.verdict.overcharged_cents)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, ".");
+                }
+            }
+        }
+        (None, false) => {
+            let _ = writeln!(
+                out,
+                "  FAILED: with idem {} double charges and {} lost charges (durability {}).",
+                fmt::count(d.verdict.double_charged_events),
+                fmt::count(d.verdict.lost),
+                r.durability
+            );
+            if r.durability.0 != idem::Durability::Sync && r.mode == DedupMode::Batch {
+                let _ = writeln!(
+                    out,
+                    "  Only sync durability survives kill -9 with nothing lost; this mode can lose the last records."
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The report as one JSON object (`--json`), for scripts and CI. `double_charges` and
+/// `lost_charges` are per event from the ledger, or in state mode per balance (charges beyond
+/// or short of each customer's number of events); the `balances_*` fields are null outside
+/// state mode.
+pub fn to_json(r: &DemoReport) -> serde_json::Value {
+    use serde_json::json;
+    let run = |x: &RunResult| {
+        let (double, lost, over) = match &x.balances {
+            Some(b) => (b.double_charges, b.lost_charges, b.overcharged_cents),
+            None => (
+                x.verdict.double_charged_events,
+                x.verdict.lost,
+                x.verdict.overcharged_cents,
+            ),
+        };
+        json!({
+            "deliveries": x.sent_deliveries,
+            "resent_after_crash": x.resent_after_crash,
+            "consumer_restarts": x.restarts,
+            "double_charges": double,
+            "lost_charges": lost,
+            "overcharged_cents": over,
+            "balances_checked": x.balances.as_ref().map(|b| b.checked),
+            "balances_wrong": x.balances.as_ref().map(|b| b.wrong),
+            "wall_seconds": x.wall.as_secs_f64(),
+            "events_per_sec": f64::from(r.events) / x.wall.as_secs_f64(),
+        })
+    };
+    let d = &r.dedup;
+    let mut out = run(d);
+    let extra = json!({
+        "mode": r.mode.to_string(),
+        "durability": r.durability.to_string(),
+        "events": r.events,
+        "customers": (r.mode == DedupMode::State).then_some(r.customers),
+        "seed": r.seed,
+        "batch": r.batch,
+        "channel_extra_deliveries": r.channel_extra_deliveries,
+        "duplicated_events": r.duplicated_events,
+        "redeliveries": r.channel_extra_deliveries + d.resent_after_crash,
+        "duplicates_caught": d.totals.duplicates,
+        "committed_not_acked": d.applied_unacked,
+        "transactions_retried": (r.mode == DedupMode::State).then_some(d.totals.retried),
+        "final_position": d.final_position,
+        "exactly_once": d.exactly_once(),
+        "naive": r.naive.as_ref().map(run),
+    });
+    if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
     }
     out
 }
 
 pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
     let report = run(args, &Launcher::this_executable()?)?;
-    print!("{}", render(&report));
-    Ok(if report.dedup.verdict.exactly_once() {
+    if args.json {
+        println!("{}", to_json(&report));
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.dedup.exactly_once() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -1052,24 +1463,145 @@ mod tests {
             dir: Some(dir.to_path_buf()),
             batch: 50,
             mode,
+            customers: 40,
             threads: 8,
             kill_at: 0.5,
             no_kill: false,
             no_naive: false,
             seed: 7,
             quiet: true,
+            json: false,
         }
+    }
+
+    fn test_launcher() -> Launcher {
+        Launcher::TestHarness {
+            exe: std::env::current_exe().unwrap(),
+            test: CHILD_TEST,
+            env: CHILD_ENV,
+        }
+    }
+
+    /// `idem demo --mode state` in small, with a real SIGKILL of a real consumer process: every
+    /// balance kept in idem must be exact, the restart must resume from the committed position,
+    /// and the run without idem must show the overcharged balances.
+    #[test]
+    fn tiny_state_demo_end_to_end() {
+        let launcher = test_launcher();
+        for (durability, seed) in [(None, 7), (Some("sync"), 8), (Some("never"), 9)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut args = tiny(&dir.path().join("run"), DedupMode::State, durability);
+            args.seed = seed;
+            let report = run(&args, &launcher).unwrap();
+            let case = format!("state {}", report.durability);
+            let d = &report.dedup;
+            let b = d.balances.as_ref().expect("balances checked");
+            assert_eq!(b.checked, 40, "{case}");
+            assert!(b.exact(), "{case}: {b:?}");
+            assert_eq!((b.wrong, b.double_charges, b.lost_charges), (0, 0, 0));
+            assert!(d.exactly_once(), "{case}");
+            assert_eq!(d.verdict.charges, 3_000, "{case}");
+            assert_eq!(d.restarts, 1, "{case}");
+            assert_eq!(d.starts.len(), 2, "{case}");
+            assert_eq!(d.starts[0].position, 0, "{case}");
+            // The restart resumed from the committed position: at or past every acknowledged
+            // delivery, and what lay between was neither lost nor re-sent.
+            let killed_after = d.killed_after.unwrap();
+            let resumed = d.starts[1].position;
+            assert_eq!(resumed, killed_after + d.applied_unacked, "{case}");
+            assert!(d.resent_after_crash <= WINDOW as u64 * 50, "{case}");
+            let channel = 3_000 + report.channel_extra_deliveries;
+            assert_eq!(d.final_position, Some(channel), "{case}");
+            assert_eq!(
+                d.acked_deliveries + d.applied_unacked,
+                channel,
+                "{case}: every delivery acknowledged once or committed before the kill"
+            );
+            assert_eq!(d.sent_deliveries, channel + d.resent_after_crash, "{case}");
+            assert_eq!(d.final_live_keys, 3_000, "{case}");
+            // The acknowledged batches saw the channel's re-sends as duplicates, no conflicts.
+            assert!(d.totals.duplicates > 0, "{case}");
+            assert!(
+                d.totals.duplicates <= report.channel_extra_deliveries,
+                "{case}"
+            );
+            assert_eq!(d.totals.retried, 0, "{case}");
+            // Without idem the same deliveries overcharge balances.
+            let naive = report.naive.as_ref().unwrap();
+            let nb = naive.balances.as_ref().unwrap();
+            assert!(nb.wrong > 0, "{case}: {nb:?}");
+            assert!(
+                nb.double_charges >= report.channel_extra_deliveries,
+                "{case}"
+            );
+            assert_eq!(nb.double_charges, naive.verdict.extra_charges, "{case}");
+            assert_eq!(nb.overcharged_cents, naive.verdict.overcharged_cents);
+            assert_eq!(nb.lost_charges, 0, "{case}");
+            let text = render(&report);
+            assert!(text.contains("balances wrong"), "{text}");
+            assert!(
+                text.contains("OK: with idem all 40 balances are exact"),
+                "{text}"
+            );
+            assert!(
+                text.contains("resumed from the channel position committed in idem"),
+                "{text}"
+            );
+            let json = to_json(&report);
+            assert_eq!(json["events"], 3_000, "{json}");
+            assert_eq!(json["balances_wrong"], 0, "{json}");
+            assert_eq!(json["double_charges"], 0, "{json}");
+            assert_eq!(json["lost_charges"], 0, "{json}");
+            assert_eq!(json["consumer_restarts"], 1, "{json}");
+            assert_eq!(json["exactly_once"], true, "{json}");
+            assert_eq!(json["naive"]["balances_wrong"], nb.wrong, "{json}");
+        }
+    }
+
+    #[test]
+    fn balance_check_counts_wrong_double_and_lost() {
+        let b = |cents, charges| Balance { cents, charges };
+        let expected = [b(300, 2), b(50, 1), b(0, 0), b(70, 1)];
+        let exact = check_balances(&expected, &expected);
+        assert!(exact.exact());
+        assert_eq!(exact.checked, 4);
+        // Customer 0 charged one event twice, customer 1 lost its charge, customer 3 missing.
+        let check = check_balances(&expected, &[b(400, 3), b(0, 0), b(0, 0)]);
+        let counts = |c: &BalanceCheck| (c.wrong, c.double_charges, c.lost_charges);
+        assert_eq!(counts(&check), (3, 1, 2));
+        assert_eq!(
+            (check.overcharged_cents, check.undercharged_cents),
+            (100, 120)
+        );
+        assert!(!check.exact());
+        // A wrong amount with the right count is still a wrong balance.
+        let amount = check_balances(&expected[..1], &[b(301, 2)]);
+        assert_eq!(counts(&amount), (1, 0, 0));
+        assert!(!amount.exact());
+        // The expected sums come from the events, each once.
+        let mut w = workload::generate(100, 0.1, 3);
+        w.assign_customers(4, 3);
+        let sums = expected_balances(&w, 4);
+        assert_eq!(sums.iter().map(|s| s.charges).sum::<u64>(), 100);
+        assert_eq!(sums.iter().map(|s| s.cents).sum::<u64>(), w.total_cents());
+        let ledger: Vec<LedgerEntry> = w
+            .deliveries
+            .iter()
+            .map(|&event| LedgerEntry {
+                event,
+                amount_cents: w.amounts[event as usize],
+            })
+            .collect();
+        let every_delivery = check_balances(&sums, &ledger_balances(&w, 4, &ledger));
+        assert_eq!(every_delivery.double_charges, w.extra_deliveries());
+        assert_eq!(every_delivery.lost_charges, 0);
     }
 
     /// The demo in small, with a real SIGKILL of a real consumer process, in each mode: the
     /// ledger must hold every event exactly once.
     #[test]
     fn tiny_demo_end_to_end() {
-        let launcher = Launcher::TestHarness {
-            exe: std::env::current_exe().unwrap(),
-            test: CHILD_TEST,
-            env: CHILD_ENV,
-        };
+        let launcher = test_launcher();
         for (mode, durability) in [
             (DedupMode::Claims, None),
             (DedupMode::Claims, Some("sync")),
@@ -1109,6 +1641,7 @@ mod tests {
             match mode {
                 DedupMode::Claims => assert_eq!(t.in_doubt, 0, "{case}"),
                 DedupMode::Batch => assert_eq!(reconciled, Reconciled::default(), "{case}"),
+                DedupMode::State => unreachable!("tiny_state_demo_end_to_end"),
             }
             let batches = (3_000 + report.channel_extra_deliveries).div_ceil(50);
             assert_eq!(d.commit_latency.count(), batches);
@@ -1185,6 +1718,9 @@ mod tests {
             final_disk_bytes: 0,
             final_live_keys: 0,
             verdict: Verdict::default(),
+            balances: None,
+            applied_unacked: 0,
+            final_position: None,
         };
         dedup.verdict.double_charged_events = 1;
         let report = DemoReport {
@@ -1194,6 +1730,7 @@ mod tests {
             batch: 5,
             mode: DedupMode::Batch,
             threads: 1,
+            customers: 0,
             seed: 1,
             kill_at: None,
             dir: PathBuf::from("/nowhere"),
@@ -1209,5 +1746,24 @@ mod tests {
         assert!(text.contains("FAILED"), "{text}");
         assert!(text.contains("throughput (events/s)"), "{text}");
         assert!(text.contains("5"), "{text}");
+        assert_eq!(to_json(&report)["double_charges"], 1);
+        assert_eq!(to_json(&report)["balances_wrong"], serde_json::Value::Null);
+        // State mode: one wrong balance fails the run even with the counts right.
+        let mut report = report;
+        report.mode = DedupMode::State;
+        report.customers = 3;
+        report.dedup.verdict = Verdict::default();
+        report.dedup.balances = Some(BalanceCheck {
+            checked: 3,
+            wrong: 1,
+            ..BalanceCheck::default()
+        });
+        assert!(!report.dedup.exactly_once());
+        let text = render(&report);
+        assert!(
+            text.contains("FAILED: with idem 1 balances wrong"),
+            "{text}"
+        );
+        assert_eq!(to_json(&report)["balances_wrong"], 1);
     }
 }

@@ -3,7 +3,9 @@
 //! - `idem demo`: the problem idem exists for, end to end. A producer sends charge events over an
 //!   at-least-once channel that re-sends some of them; a consumer *process* charges each one
 //!   through idem into a ledger and is killed with SIGKILL midway; at the end the ledger is
-//!   checked for double and lost charges, next to the same run without idem.
+//!   checked for double and lost charges, next to the same run without idem. With
+//!   `--mode state` the consumer keeps per-customer balances in idem, changed by transactions
+//!   with the dedup record and the channel position, and every balance is checked at the end.
 //! - `idem bench`: a load generator to size idem for your own workload (throughput, latency, RAM
 //!   and disk per key).
 //! - `idem stats`, `idem verify`, `idem get`, `idem export`, `idem import`: tools for operators
@@ -14,11 +16,13 @@
 //! `hist` the latency histogram, `workload` the demo's producer and channel, `protocol` the pipe
 //! protocol between the demo and its consumer, `consumer` the consumer process (and the one
 //! function that charges a batch), `claimer` its exactly-once protocol through idem's durable
-//! claims (claim, charge, complete; in-doubt claims reconciled after a crash), `demo` the parent
+//! claims (claim, charge, complete; in-doubt claims reconciled after a crash), `balances` the
+//! state mode's (balances, dedup records and channel position in one transaction), `demo` the parent
 //! side and its report, `bench` the load generator, `ops` the operator commands, `fmt` number
 //! formatting.
 
 mod args;
+mod balances;
 mod bench;
 mod claimer;
 mod cli_error;
@@ -46,7 +50,7 @@ use clap::{Parser, Subcommand};
     about,
     long_about,
     propagate_version = true,
-    after_help = "Examples:\n  idem demo                      the incident, 1M events, consumer killed midway\n  idem demo --events 100000 --durability never\n  idem bench --keys 1000000 --threads 8 --batch 100 --durability sync\n  idem bench --json              one JSON object, for scripts\n  idem stats /var/lib/dedup      what a store holds (also: verify, get, export, import)\n  idem verify /var/lib/dedup     every segment and record checked, nothing changed"
+    after_help = "Examples:\n  idem demo                      the incident, 1M events, consumer killed midway\n  idem demo --events 100000 --durability never\n  idem demo --mode state         balances kept in idem by transactions, checked at the end\n  idem bench --keys 1000000 --threads 8 --batch 100 --durability sync\n  idem bench --json              one JSON object, for scripts\n  idem stats /var/lib/dedup      what a store holds (also: verify, get, export, import)\n  idem verify /var/lib/dedup     every segment and record checked, nothing changed"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -127,6 +131,7 @@ mod tests {
             &["idem", "demo", "--batch", "0"],
             &["idem", "demo", "--mode", "sometimes"],
             &["idem", "demo", "--threads", "0"],
+            &["idem", "demo", "--mode", "state", "--customers", "0"],
             &["idem", "bench", "--ttl", "0s"],
             &["idem", "bench", "--threads", "0"],
             &["idem", "bench", "--dup-ratio", "-0.1"],

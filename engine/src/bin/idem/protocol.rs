@@ -1,21 +1,23 @@
 //! The line protocol between `idem demo` (the producer's side) and its consumer process.
 //!
 //! Producer → consumer, on the consumer's stdin:
-//! - `B <seq> <n>` followed by `n` lines `<event-id> <amount-cents>`: a batch of deliveries;
+//! - `B <seq> <n> <offset>` followed by `n` lines `<event-id> <amount-cents> <customer>`: a batch
+//!   of deliveries, the first at channel offset `offset` (the next ones follow it);
 //! - `E`: no more deliveries; close the store and report.
 //!
 //! Consumer → producer, on the consumer's stdout, each line starting with `@idem ` (anything
 //! else on stdout is ignored, so a test harness may share the stream):
 //! - `@idem R <ledger-lines-read> <records-replayed> <bytes-cut> <open-micros>
-//!   <reconcile-micros> <in-doubt> <in-ledger> <charged-now> <released>`: ready, after recovery and the reconciliation of the
-//!   claims in doubt;
+//!   <reconcile-micros> <in-doubt> <in-ledger> <charged-now> <released> <position>`: ready, after
+//!   recovery and the reconciliation of the claims in doubt; `position` is the channel offset the
+//!   consumer wants its deliveries from (state mode: the position committed in idem; else 0);
 //! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <charged-blindly> <retried>
 //!   <commit-nanos>`: batch `seq` is charged and in the ledger (fsynced): acknowledged;
 //! - `@idem S <fsyncs> <disk-bytes> <live-keys>`: the store's final stats, before exit.
 
 use std::io::{self, BufRead, Write};
 
-use crate::workload::event_id;
+use crate::workload::{event_id, Workload};
 
 pub const PREFIX: &str = "@idem ";
 
@@ -24,6 +26,8 @@ pub const PREFIX: &str = "@idem ";
 pub struct Delivery {
     pub event_id: String,
     pub amount_cents: u32,
+    /// The customer the event charges.
+    pub customer: u32,
 }
 
 /// What a consumer says about one acknowledged batch.
@@ -63,7 +67,12 @@ pub struct Reconciled {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToConsumer {
-    Batch { seq: u64, items: Vec<Delivery> },
+    Batch {
+        seq: u64,
+        /// The channel offset of the first delivery.
+        offset: u64,
+        items: Vec<Delivery>,
+    },
     End,
 }
 
@@ -78,6 +87,8 @@ pub enum ToProducer {
         /// Of `open_micros`, the time spent reconciling the claims in doubt.
         reconcile_micros: u64,
         reconciled: Reconciled,
+        /// The channel offset to deliver from: state mode's committed position, else 0.
+        position: u64,
     },
     Ack {
         seq: u64,
@@ -90,16 +101,20 @@ pub enum ToProducer {
     },
 }
 
-/// Writes batch `seq` of the given event indices (amounts looked up in `amounts`).
+/// Writes batch `seq` of the given event indices, the first at channel offset `offset` (amounts
+/// and customers looked up in `workload`).
 pub fn write_batch(
     out: &mut impl Write,
     seq: u64,
+    offset: u64,
     events: &[u32],
-    amounts: &[u32],
+    workload: &Workload,
 ) -> io::Result<()> {
-    writeln!(out, "B {seq} {}", events.len())?;
+    writeln!(out, "B {seq} {} {offset}", events.len())?;
     for &event in events {
-        writeln!(out, "{} {}", event_id(event), amounts[event as usize])?;
+        let amount = workload.amounts[event as usize];
+        let customer = workload.customer(event);
+        writeln!(out, "{} {amount} {customer}", event_id(event))?;
     }
     Ok(())
 }
@@ -138,6 +153,7 @@ pub fn read_to_consumer(
         Some("B") => {
             let seq = number(&mut parts, &header)?;
             let n = number(&mut parts, &header)? as usize;
+            let offset = number(&mut parts, &header)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 line.clear();
@@ -145,18 +161,25 @@ pub fn read_to_consumer(
                     return Err(bad(format!("input ended inside batch {seq}")));
                 }
                 let text = line.trim_end();
-                let (id, amount) = text
-                    .split_once(' ')
-                    .ok_or_else(|| bad(format!("malformed delivery {text:?}")))?;
+                let mut fields = text.split(' ');
+                let (Some(id), Some(amount), Some(customer), None) =
+                    (fields.next(), fields.next(), fields.next(), fields.next())
+                else {
+                    return Err(bad(format!("malformed delivery {text:?}")));
+                };
                 let amount_cents = amount
                     .parse()
                     .map_err(|_| bad(format!("malformed amount in {text:?}")))?;
+                let customer = customer
+                    .parse()
+                    .map_err(|_| bad(format!("malformed customer in {text:?}")))?;
                 items.push(Delivery {
                     event_id: id.to_string(),
                     amount_cents,
+                    customer,
                 });
             }
-            Ok(Some(ToConsumer::Batch { seq, items }))
+            Ok(Some(ToConsumer::Batch { seq, offset, items }))
         }
         _ => Err(bad(format!("unknown message {header:?}"))),
     }
@@ -171,9 +194,10 @@ pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Resu
             open_micros,
             reconcile_micros,
             reconciled: r,
+            position,
         } => writeln!(
             out,
-            "{PREFIX}R {ledger_lines_read} {records_replayed} {bytes_cut} {open_micros} {reconcile_micros} {} {} {} {}",
+            "{PREFIX}R {ledger_lines_read} {records_replayed} {bytes_cut} {open_micros} {reconcile_micros} {} {} {} {} {position}",
             r.in_doubt, r.in_ledger, r.charged_now, r.released
         )?,
         ToProducer::Ack { seq, report } => writeln!(
@@ -221,6 +245,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                     charged_now: number(&mut parts, &body)?,
                     released: number(&mut parts, &body)?,
                 },
+                position: number(&mut parts, &body)?,
             },
             Some("A") => ToProducer::Ack {
                 seq: number(&mut parts, &body)?,
@@ -251,7 +276,14 @@ mod tests {
     #[test]
     fn consumer_messages_round_trip() {
         let mut wire = Vec::new();
-        write_batch(&mut wire, 7, &[2, 0], &[100, 200, 300]).unwrap();
+        let workload = Workload {
+            amounts: vec![100, 200, 300],
+            deliveries: Vec::new(),
+            duplicated_events: 0,
+            blip: 0..0,
+            customers: vec![5, 6, 7],
+        };
+        write_batch(&mut wire, 7, 40, &[2, 0], &workload).unwrap();
         write_end(&mut wire).unwrap();
         let mut input = &wire[..];
         let mut line = String::new();
@@ -259,14 +291,17 @@ mod tests {
             read_to_consumer(&mut input, &mut line).unwrap(),
             Some(ToConsumer::Batch {
                 seq: 7,
+                offset: 40,
                 items: vec![
                     Delivery {
                         event_id: "evt-0000000002".into(),
-                        amount_cents: 300
+                        amount_cents: 300,
+                        customer: 7,
                     },
                     Delivery {
                         event_id: "evt-0000000000".into(),
-                        amount_cents: 100
+                        amount_cents: 100,
+                        customer: 5,
                     },
                 ]
             })
@@ -280,9 +315,16 @@ mod tests {
 
     #[test]
     fn truncated_batch_is_an_error() {
-        let mut input = &b"B 1 2\nevt-0000000001 5\n"[..];
         let mut line = String::new();
-        assert!(read_to_consumer(&mut input, &mut line).is_err());
+        for wire in [
+            &b"B 1 2 0\nevt-0000000001 5 1\n"[..],
+            b"B 1 1\nevt-0000000001 5 1\n",
+            b"B 1 1 0\nevt-0000000001 5\n",
+            b"B 1 1 0\nevt-0000000001 5 1 9\n",
+        ] {
+            let mut input = wire;
+            assert!(read_to_consumer(&mut input, &mut line).is_err());
+        }
         let mut input = &b"Q\n"[..];
         assert!(read_to_consumer(&mut input, &mut line).is_err());
     }
@@ -302,6 +344,7 @@ mod tests {
                     charged_now: 15,
                     released: 16,
                 },
+                position: 18,
             },
             ToProducer::Ack {
                 seq: 9,

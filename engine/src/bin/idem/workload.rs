@@ -10,6 +10,10 @@
 //!
 //! One duplicated event in ten arrives a third time. The re-sends after a consumer crash are not
 //! in this schedule: the demo adds them when it re-sends what was not acknowledged.
+//!
+//! Each event also names the customer it charges ([`Workload::assign_customers`], drawn from a
+//! random stream of its own so that a seed gives the same amounts and deliveries with or without
+//! customers): `--mode state` keeps a balance per customer.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -42,6 +46,9 @@ pub struct Workload {
     pub duplicated_events: u64,
     /// The events of the network blip (re-sent as a slice).
     pub blip: std::ops::Range<u32>,
+    /// The customer each event charges, indexed by event; empty until
+    /// [`Workload::assign_customers`] (then every event charges customer 0).
+    pub customers: Vec<u32>,
 }
 
 impl Workload {
@@ -58,7 +65,24 @@ impl Workload {
     pub fn total_cents(&self) -> u64 {
         self.amounts.iter().map(|&a| u64::from(a)).sum()
     }
+
+    /// Spreads the events uniformly over `customers` customers (at least one).
+    pub fn assign_customers(&mut self, customers: u32, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed ^ CUSTOMER_STREAM);
+        let customers = customers.max(1);
+        self.customers = (0..self.events())
+            .map(|_| rng.gen_range(0..customers))
+            .collect();
+    }
+
+    /// The customer event `event` charges.
+    pub fn customer(&self, event: u32) -> u32 {
+        self.customers.get(event as usize).copied().unwrap_or(0)
+    }
 }
+
+/// Salt of the customers' random stream (independent of the amounts' and the schedule's).
+const CUSTOMER_STREAM: u64 = 0x6375_7374_6f6d_6572;
 
 /// How many extra copies a duplicated event gets: 1, or 2 for one in ten.
 fn extra_copies(rng: &mut StdRng) -> u32 {
@@ -130,6 +154,7 @@ pub fn generate(events: u32, dup_rate: f64, seed: u64) -> Workload {
         deliveries,
         duplicated_events: u64::from(duplicated),
         blip,
+        customers: Vec::new(),
     }
 }
 
@@ -187,6 +212,24 @@ mod tests {
         assert_eq!(a.deliveries, b.deliveries);
         assert_eq!(a.amounts, b.amounts);
         assert_ne!(a.deliveries, c.deliveries);
+    }
+
+    #[test]
+    fn customers_do_not_change_the_schedule() {
+        let plain = generate(5_000, 0.01, 11);
+        let mut with = generate(5_000, 0.01, 11);
+        with.assign_customers(40, 11);
+        assert_eq!(with.deliveries, plain.deliveries);
+        assert_eq!(with.amounts, plain.amounts);
+        assert_eq!(with.customers.len(), 5_000);
+        assert!(with.customers.iter().all(|&c| c < 40));
+        // Every customer gets some events (5,000 over 40: about 125 each).
+        let mut seen = [false; 40];
+        for e in 0..5_000 {
+            seen[with.customer(e) as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(plain.customer(17), 0);
     }
 
     #[test]
