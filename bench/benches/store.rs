@@ -179,6 +179,44 @@ fn check_or_insert_new(c: &mut Criterion) {
     }
 }
 
+/// Issue #11's cost target: a transaction of one `check_or_insert`, one `put_state` and one
+/// `set_position` beside a plain `check_or_insert` of a new key, 1 thread, `Never`.
+fn transaction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transaction/never");
+    group.throughput(Throughput::Elements(1));
+    let dir = scratch();
+    let store = open(&dir, Durability::Never);
+    let fresh = Fresh::new(2);
+    group.bench_function("plain_check_or_insert", |b| {
+        b.iter_custom(|iters| {
+            timed_threads(1, iters, |_, n| {
+                for key in fresh.take(0, n) {
+                    store
+                        .check_or_insert(&key, TTL, &value_for(&key))
+                        .expect("insert");
+                }
+            })
+        })
+    });
+    let position = AtomicU64::new(0);
+    group.bench_function("dedup_state_position", |b| {
+        b.iter_custom(|iters| {
+            timed_threads(1, iters, |_, n| {
+                for key in fresh.take(1, n) {
+                    let value = value_for(&key);
+                    let mut tx = store.transaction();
+                    tx.check_or_insert(&key, TTL, &value).expect("check");
+                    tx.put_state(&key[..8], &value).expect("put_state");
+                    let at = position.fetch_add(1, Ordering::Relaxed);
+                    tx.set_position(b"input", at).expect("set_position");
+                    tx.commit().expect("commit");
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
 fn check_or_insert_duplicate(c: &mut Criterion) {
     for (mode, durability) in [("never", Durability::Never), ("sync", Durability::Sync)] {
         let mut group = c.benchmark_group(format!("check_or_insert_duplicate/{mode}"));
@@ -402,7 +440,7 @@ criterion_group! {
         .warm_up_time(WARM_UP)
         .measurement_time(MEASURE)
         .sample_size(SAMPLES);
-    targets = check_or_insert_new, check_or_insert_duplicate, check_or_insert_batch, get, remove,
-        expiry_churn, reopen
+    targets = check_or_insert_new, check_or_insert_duplicate, check_or_insert_batch, transaction,
+        get, remove, expiry_churn, reopen
 }
 criterion_main!(benches);
