@@ -754,7 +754,16 @@ impl Sim {
         }
         let tx_phase = self.tx_phase;
         match self.rng.gen_range(0..if tx_phase { 116 } else { 100 }) {
-            100..=108 => self.op_tx(&store, &what),
+            100..=108 => {
+                if self.op_tx(&store, &what) {
+                    // Its fsync failed: power loss may keep any prefix of its group.
+                    self.trace(|| "crash after a commit whose fsync failed".into());
+                    self.tally_store(&store);
+                    self.storage.crash();
+                    drop(store);
+                    store = self.reopen(&format!("{what} (crash after a failed commit)"));
+                }
+            }
             109..=112 => self.op_tx_race(&store, &what),
             113..=115 => self.op_state_read(&store, &what),
             0..=27 => self.op_insert(&store, &key, &what),
@@ -1838,16 +1847,17 @@ impl Sim {
     }
 
     /// One transaction: a few actions, sometimes a clock step or a maintenance round before the
-    /// commit, sometimes dropped instead of committed.
-    fn op_tx(&mut self, store: &Store, what: &str) {
+    /// commit, sometimes dropped instead of committed. Sometimes the commit's fsync fails and
+    /// it returns true: the caller loses power at once, so that a torn group reaches recovery.
+    fn op_tx(&mut self, store: &Store, what: &str) -> bool {
         if self.tx.pending.len() >= 4 {
-            return;
+            return false;
         }
         let mut rec = self.new_tx();
         let mut tx = store.transaction();
         for _ in 0..self.rng.gen_range(1..7) {
             if !self.tx_action(&mut tx, &mut rec, false, what) {
-                return;
+                return false;
             }
         }
         match self.rng.gen_range(0..10) {
@@ -1861,11 +1871,22 @@ impl Sim {
             }
             2 => {
                 self.tx.note(format!("{} dropped", rec.describe()));
-                return;
+                return false;
             }
             _ => {}
         }
+        let tear = !self.poisoned && !rec.read_only() && self.rng.gen_bool(0.06);
+        if tear {
+            self.storage.set_faults(Faults {
+                sync_error_per_million: 1_000_000,
+                ..self.faults
+            });
+        }
         self.tx_commit(tx, rec, what);
+        if tear {
+            self.storage.set_faults(self.faults);
+        }
+        tear
     }
 
     /// Two transactions open at once on a few keys, their actions interleaved with plain calls
