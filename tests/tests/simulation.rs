@@ -756,12 +756,18 @@ impl Sim {
         match self.rng.gen_range(0..if tx_phase { 116 } else { 100 }) {
             100..=108 => {
                 if self.op_tx(&store, &what) {
-                    // Its fsync failed: power loss may keep any prefix of its group.
-                    self.trace(|| "crash after a commit whose fsync failed".into());
+                    // Its fsync failed: power loss may keep any prefix of its group; a process
+                    // that just dies leaves all of it to the next one.
+                    let power_loss = self.rng.gen_bool(0.5);
+                    self.trace(|| format!("after a failed commit, power loss {power_loss}"));
                     self.tally_store(&store);
-                    self.storage.crash();
+                    if power_loss {
+                        self.storage.crash();
+                    }
                     drop(store);
-                    store = self.reopen(&format!("{what} (crash after a failed commit)"));
+                    store = self.reopen(&format!(
+                        "{what} (after a commit whose fsync failed, power loss {power_loss})"
+                    ));
                 }
             }
             109..=112 => self.op_tx_race(&store, &what),
