@@ -2036,6 +2036,12 @@ impl Sim {
         }
         let mut world = self.tx.worlds.swap_remove(0);
         world.with.clear();
+        // Entries an unacknowledged commit left have no version yet: every entry gets a new one.
+        for k in world.state.keys() {
+            self.tx.next_version += 1;
+            self.tx.versions.insert(k.clone(), self.tx.next_version);
+        }
+        self.tx.versions.retain(|k, _| world.state.contains_key(k));
         self.tx.worlds = vec![world];
     }
 }
