@@ -209,6 +209,7 @@ pub mod crash {
 /// | `g <key>` | `get`; `G none` or `G <value>` |
 /// | `m` | `maintain`; `M <segments_deleted> <segments_compacted> <segments_damaged>` (totals since open) |
 /// | `k` | `checkpoint`; `K` |
+/// | `t <item> ...` | a transaction; items in order: `i:<key>/<deadline_ms>/<value>` (`check_or_insert`), `s:<state key>:<value>` (`put_state`), `d:<state key>` (`delete_state`), `a:<counter>:<n>` (`get_state`, then `put_state` of the decimal sum), `p:<source>:<position>` (`set_position`); `A ok <answer> ...` (per `i:` item `ins` or `dup/<value>`, per `a:` item `r:<value read>`), `A inflight <until_ms>` (an item is claimed: dropped, nothing written) or `A conflict <reason>` |
 pub mod torture {
     use std::path::Path;
 
@@ -235,6 +236,26 @@ pub mod torture {
     /// Key `i` of the pool.
     pub fn key(i: usize) -> String {
         format!("k{i}")
+    }
+
+    /// State key `i` (values written by `put_state`).
+    pub fn state_key(i: usize) -> String {
+        format!("s{i}")
+    }
+
+    /// Counter `i`: a state key holding a decimal number that transactions add to.
+    pub fn counter(i: usize) -> String {
+        format!("c{i}")
+    }
+
+    /// Input source `i`.
+    pub fn source(i: usize) -> String {
+        format!("p{i}")
+    }
+
+    /// State keys no one ever writes, among them names of dedup keys: they must stay absent.
+    pub fn never_state_keys() -> Vec<String> {
+        vec![key(0), key(1), "s99".into()]
     }
 
     /// Keys no one ever writes: they must stay absent.

@@ -1,11 +1,14 @@
 //! The child process of the crash torture test (`tests/crash_torture.rs`).
 //!
-//! `torture_child <dir> <clock-file> <round> <seed> <compaction-live-ratio> <background>` opens
+//! `torture_child <dir> <clock-file> <round> <seed> <compaction-live-ratio> <background>
+//! <transactions>` opens
 //! the store (`Sync`, 4 KiB segments, the parent's clock, see [`idem_tests::torture`]), lists the
 //! claims in doubt, and runs a random mix on the shared key pool until it is killed: inserts and
 //! batches with TTLs of seconds or hours, removals and re-inserts, claims completed at once or
 //! later with result TTLs shorter or longer than the lease, releases, claims left open, reads,
-//! `maintain()` and `checkpoint()`. TTLs come in phases (mostly short, or mostly long) so that
+//! `maintain()` and `checkpoint()`, and if `<transactions>` is true, transactions: dedup checks
+//! on the same pool, state writes, deletions and read-modify-write counters, and input positions
+//! (every transaction moves one forward, so its presence shows). TTLs come in phases (mostly short, or mostly long) so that
 //! whole segments expire and get deleted. Before every operation it adopts the time in the clock
 //! file. It reports on stdout in the protocol of [`idem_tests::torture`], the fencing token of
 //! every claim it acquires or finds in doubt included.
@@ -16,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idem::{Claim, ClaimToken, Clock, Error, ManualClock, Outcome, Store};
-use idem_tests::torture::{config, key, read_clock, value, POOL};
+use idem_tests::torture::{config, counter, key, read_clock, source, state_key, value, POOL};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -69,8 +72,11 @@ fn lease(rng: &mut StdRng, short_phase: bool) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dir, clock_file, round, seed, ratio, background] = &args[..] else {
-        eprintln!("usage: torture_child <dir> <clock-file> <round> <seed> <ratio> <background>");
+    let [_, dir, clock_file, round, seed, ratio, background, transactions] = &args[..] else {
+        eprintln!(
+            "usage: torture_child <dir> <clock-file> <round> <seed> <ratio> <background> \
+             <transactions>"
+        );
         std::process::exit(2);
     };
     let (dir, clock_file) = (Path::new(dir), Path::new(clock_file));
@@ -78,6 +84,7 @@ fn main() {
     let mut rng = StdRng::seed_from_u64(seed.parse().expect("seed"));
     let ratio: f64 = ratio.parse().expect("ratio");
     let background: bool = background.parse().expect("background");
+    let transactions: bool = transactions.parse().expect("transactions");
     let clock = ManualClock::starting_at(read_clock(clock_file).expect("the clock file"));
     let store = Store::open_with(dir, config(&clock, ratio, background)).expect("open");
     let mut now = clock.now_millis();
@@ -123,7 +130,14 @@ fn main() {
         if rng.gen_bool(0.012) {
             short_phase = !short_phase;
         }
-        match rng.gen_range(0..100) {
+        match rng.gen_range(0..if transactions { 112 } else { 100 }) {
+            100.. => {
+                let mut keys: Vec<String> =
+                    (0..rng.gen_range(0..4)).map(|_| pick(&mut rng)).collect();
+                keys.sort();
+                keys.dedup();
+                transaction(&store, &mut rng, &mut ids, now, short_phase, keys);
+            }
             0..=29 => {
                 let k = pick(&mut rng);
                 let ttl = ttl(&mut rng, short_phase);
@@ -222,6 +236,88 @@ fn main() {
                 say("K".to_string());
             }
         }
+    }
+}
+
+/// One transaction: dedup checks of `keys`, state writes, deletions and counter additions, and
+/// one or two positions moved forward, committed at once (see [`idem_tests::torture`]).
+fn transaction(
+    store: &Store,
+    rng: &mut StdRng,
+    ids: &mut Ids,
+    now: u64,
+    short_phase: bool,
+    keys: Vec<String>,
+) {
+    let items: Vec<(String, Duration, String)> = keys
+        .into_iter()
+        .map(|k| {
+            let v = value(&k, &ids.next("t"), rng.gen_range(8..200));
+            (k, ttl(rng, short_phase), v)
+        })
+        .collect();
+    let mut intent: Vec<String> = items
+        .iter()
+        .map(|(k, ttl, v)| format!("i:{k}/{}/{v}", now + ttl.as_millis() as u64))
+        .collect();
+    for _ in 0..rng.gen_range(0..4) {
+        intent.push(match rng.gen_range(0..10) {
+            0..=4 => {
+                let k = state_key(rng.gen_range(0..8));
+                format!("s:{k}:{}", value(&k, &ids.next("s"), rng.gen_range(0..80)))
+            }
+            5..=6 => format!("d:{}", state_key(rng.gen_range(0..8))),
+            _ => format!(
+                "a:{}:{}",
+                counter(rng.gen_range(0..3)),
+                rng.gen_range(1..100)
+            ),
+        });
+    }
+    for s in 0..rng.gen_range(1..3) {
+        let s = source(s);
+        let stored = store.position(s.as_bytes()).expect("position").unwrap_or(0);
+        intent.push(format!("p:{s}:{}", stored + rng.gen_range(1..50)));
+    }
+    say(format!("t {}", intent.join(" ")));
+    let mut tx = store.transaction();
+    let mut answers = Vec::new();
+    for (k, ttl, v) in &items {
+        match tx.check_or_insert(k.as_bytes(), *ttl, v.as_bytes()) {
+            Ok(Outcome::Inserted) => answers.push("ins".to_string()),
+            Ok(Outcome::Duplicate(got)) => answers.push(format!("dup/{}", text(&got))),
+            Err(Error::ClaimInFlight { until }) => {
+                say(format!("A inflight {}", millis(until)));
+                return;
+            }
+            Err(e) => panic!("transaction check_or_insert {k}: {e}"),
+        }
+    }
+    for op in &intent {
+        let mut fields = op.split(':');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some("s"), Some(k), Some(v)) => tx.put_state(k.as_bytes(), v.as_bytes()),
+            (Some("d"), Some(k), None) => tx.delete_state(k.as_bytes()),
+            (Some("a"), Some(k), Some(n)) => {
+                let old: u64 = tx
+                    .get_state(k.as_bytes())
+                    .expect("get_state")
+                    .map_or(0, |v| text(&v).parse().expect("a counter"));
+                answers.push(format!("r:{old}"));
+                let new = old + n.parse::<u64>().expect("a number");
+                tx.put_state(k.as_bytes(), new.to_string().as_bytes())
+            }
+            (Some("p"), Some(s), Some(p)) => {
+                tx.set_position(s.as_bytes(), p.parse().expect("a position"))
+            }
+            _ => Ok(()),
+        }
+        .unwrap_or_else(|e| panic!("transaction {op}: {e}"));
+    }
+    match tx.commit() {
+        Ok(()) => say(format!("A ok {}", answers.join(" ")).trim_end().to_string()),
+        Err(Error::Conflict { reason }) => say(format!("A conflict {}", reason.replace(' ', "_"))),
+        Err(e) => panic!("commit: {e}"),
     }
 }
 
