@@ -22,6 +22,9 @@ pub(crate) struct StateEntry {
     pub(crate) value: Box<[u8]>,
     pub(crate) location: Location,
     pub(crate) end: Location,
+    /// Changes with every put of the key (never with a compaction copy): what a transaction's
+    /// read is validated against.
+    pub(crate) version: u64,
 }
 
 /// One source's input position.
@@ -40,11 +43,15 @@ pub(crate) struct StateTables {
     /// Where the latest state removal ends (0: none): in `Sync` an absent answer may rest on it.
     pub(crate) last_removal_end: Location,
     pub(crate) released: Vec<Location>,
+    /// The version the next put gives its entry (unique within the process's life).
+    next_version: u64,
 }
 
 impl StateTables {
     /// Sets `key` to `value` by the record at `at..end`.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], at: Location, end: Location) {
+        self.next_version += 1;
+        let version = self.next_version;
         if let Some(entry) = self.entries.get_mut(key) {
             // An overwrite (a balance updated again) reuses the key and, at the same length,
             // the value's allocation.
@@ -54,13 +61,14 @@ impl StateTables {
             } else {
                 entry.value = value.into();
             }
-            (entry.location, entry.end) = (at, end);
+            (entry.location, entry.end, entry.version) = (at, end, version);
             return;
         }
         let entry = StateEntry {
             value: value.into(),
             location: at,
             end,
+            version,
         };
         self.entries.insert(key.into(), entry);
     }

@@ -2,12 +2,13 @@
 //! together or not at all ([`Store::transaction`]).
 //!
 //! A [`Transaction`] writes nothing until [`Transaction::commit`]: it notes what it observed
-//! (each dedup key it would insert was absent; each state key it read was at a given record) and
-//! what it will write. Commit is optimistic concurrency control:
+//! (each dedup key it would insert was absent; each state key it read was absent or at a given
+//! version, which every put of the key changes and a compaction copy does not) and what it will
+//! write. Commit is optimistic concurrency control:
 //! 1. lock the index shards of the dedup keys it inserts (ascending, as batches do), then the
 //!    state tables (lock order: shards, state, log);
-//! 2. validate: each such dedup key is still absent, each state key read still at the record it
-//!    was read from, each position not moved past the new one; otherwise `Error::Conflict` and
+//! 2. validate: each such dedup key is still absent, each state key read still at the version it
+//!    was read at, each position not moved past the new one; otherwise `Error::Conflict` and
 //!    nothing is written;
 //! 3. append all the records as one group ([`crate::log::Log::append_group`]): a group record
 //!    announcing the body, then the records, contiguous in one segment; replay applies the group
@@ -149,8 +150,8 @@ pub struct Transaction<'s> {
     /// Every key and value the transaction holds, back to back.
     arena: Vec<u8>,
     checks: Entries<DedupCheck>,
-    /// State keys read, with the record each was read from (`None`: absent).
-    reads: Entries<Option<Location>>,
+    /// State keys read, with the version of the entry each was read from (`None`: absent).
+    reads: Entries<Option<u64>>,
     /// State writes: a value, or `None` for a deletion.
     writes: Entries<Option<Span>>,
     /// Positions: the position's little-endian bytes (the record's value) in the arena.
@@ -226,7 +227,7 @@ impl Store {
     }
 }
 
-/// Reads state entry `key` under the state lock: its value and location, and the end of the
+/// Reads state entry `key` under the state lock: its value and version, and the end of the
 /// record the answer rests on if that is not durable yet (the entry's, or for an absence the
 /// latest state removal's).
 #[allow(clippy::type_complexity)] // reason: the answer and what it waits for, used at once
@@ -234,11 +235,11 @@ fn read_state(
     shared: &Shared,
     state: &StateTables,
     key: &[u8],
-) -> (Option<(Value, Location)>, Option<Location>) {
+) -> (Option<(Value, u64)>, Option<Location>) {
     match state.entries.get(key) {
         Some(entry) => {
             let end = (!shared.log.is_durable(entry.end)).then_some(entry.end);
-            (Some((Value::from(&*entry.value), entry.location)), end)
+            (Some((Value::from(&*entry.value), entry.version)), end)
         }
         None => {
             let removal = state.last_removal_end;
@@ -316,7 +317,7 @@ impl Transaction<'_> {
         shared.check_live()?;
         let (found, end) = read_state(shared, &shared.state.lock(), key);
         shared.wait_if_sync(end)?;
-        let observed = found.as_ref().map(|(_, location)| *location);
+        let observed = found.as_ref().map(|(_, version)| *version);
         // The first read is what the commit validates; a later one saw the same or a conflict.
         if self.reads.find(&self.arena, key).is_none() {
             let key = self.keep(key);
@@ -496,7 +497,7 @@ impl Transaction<'_> {
         }
         for (key, observed) in &self.reads.items {
             let key = &arena[key.clone()];
-            if state.entries.get(key).map(|e| e.location) != *observed {
+            if state.entries.get(key).map(|e| e.version) != *observed {
                 return Err(conflict(format!(
                     "state key ({} bytes) was changed by another commit since it was read",
                     key.len()
