@@ -606,6 +606,31 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
     mixed.extend(filler(4, ttl::MINUTE));
     mixed.push(Op::AdvanceMaintain(advance::HOUR));
     let (conflicts, crashes, compaction) = tx_scenarios();
+    // A transaction reads a state key; maintenance compacts the segment holding it (copying the
+    // live entry forward); the commit fails with Conflict although no commit wrote the key.
+    let mut read_compacted = vec![
+        Op::Tx(TxOp::PutState {
+            slot: 0,
+            key: 0,
+            value: 1,
+        }),
+        Op::Tx(TxOp::Commit { slot: 0 }),
+    ];
+    read_compacted.push(Op::Fill {
+        batch: false,
+        ttl: ttl::SECOND,
+    });
+    read_compacted.extend([
+        Op::Tx(TxOp::GetState { slot: 0, key: 0 }),
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::Tx(TxOp::PutState {
+            slot: 0,
+            key: 0,
+            value: 2,
+        }),
+        Op::Tx(TxOp::Commit { slot: 0 }),
+        Op::Tx(TxOp::StoreGetState(0)),
+    ]);
     let spec = |durability, eager: bool, background: bool| StoreSpec {
         eager_compaction: eager,
         background_maintenance: background,
@@ -688,6 +713,17 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
             "fsync-fails-never",
             false,
             input(spec(DurabilitySpec::Never, false, false), fsync),
+        ),
+        (
+            "tx-read-conflicts-after-compaction",
+            true,
+            input(
+                StoreSpec {
+                    eager_compaction: true,
+                    ..plain(DurabilitySpec::Sync)
+                },
+                read_compacted,
+            ),
         ),
         (
             "tx-conflicts-sync",

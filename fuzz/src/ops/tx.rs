@@ -641,7 +641,16 @@ pub struct TxSlot {
     pub positions: Vec<(Vec<u8>, u64)>,
     /// Log bytes counted so far (never less).
     pub bytes: usize,
+    /// `segments_compacted` of the stats at its first state read (see [`COMPACTION_CONFLICT`]).
+    pub compacted_at_read: Option<u64>,
 }
+
+/// Known engine bug (found by this target, `regressions/ops/tx-read-conflicts-after-compaction`):
+/// compaction copying a live StatePut moves the entry's location, and a transaction that read
+/// the key before validates the location, so its commit fails with `Conflict` although no commit
+/// wrote the key. Skipped unless [`crate::strict`].
+pub const COMPACTION_CONFLICT: &str =
+    "a state read conflicts after compaction moved the entry (no commit wrote it)";
 
 impl TxSlot {
     fn records(&self) -> usize {
@@ -731,7 +740,7 @@ impl Harness {
             }
             TxOp::GetState { slot, key } => {
                 let s = self.tx_slot(slot, store, txs);
-                self.tx_get_state(s, &state_key(key), txs);
+                self.tx_get_state(s, &state_key(key), store, txs);
             }
             TxOp::PutState { slot, key, value } => {
                 let s = self.tx_slot(slot, store, txs);
@@ -743,7 +752,7 @@ impl Harness {
             }
             TxOp::ReadModifyWrite { slot, key, value } => {
                 let s = self.tx_slot(slot, store, txs);
-                self.tx_get_state(s, &state_key(key), txs);
+                self.tx_get_state(s, &state_key(key), store, txs);
                 self.tx_write(s, &state_key(key), Some(value), txs);
             }
             TxOp::SetPosition {
@@ -756,7 +765,7 @@ impl Harness {
             }
             TxOp::Commit { slot } => {
                 let s = self.tx_slot(slot, store, txs);
-                self.tx_commit(s, txs);
+                self.tx_commit(s, store, txs);
             }
             TxOp::Drop { slot } => self.tx_drop(slot, txs),
             TxOp::StoreGetState(key) => self.store_get_state(store, &state_key(key)),
@@ -859,8 +868,11 @@ impl Harness {
         self.slots[s] = Some(slot);
     }
 
-    fn tx_get_state(&mut self, s: usize, key: &[u8], txs: &mut Slots<'_>) {
+    fn tx_get_state(&mut self, s: usize, key: &[u8], store: &Store, txs: &mut Slots<'_>) {
         let slot = self.slots[s].as_mut().expect("an open slot");
+        if slot.compacted_at_read.is_none() {
+            slot.compacted_at_read = Some(store.stats().segments_compacted);
+        }
         let got = txs[s]
             .as_mut()
             .expect("an open transaction")
@@ -982,7 +994,7 @@ impl Harness {
         );
     }
 
-    fn tx_commit(&mut self, s: usize, txs: &mut Slots<'_>) {
+    fn tx_commit(&mut self, s: usize, store: &Store, txs: &mut Slots<'_>) {
         let slot = self.slots[s].take().expect("an open slot");
         let tx = txs[s].take().expect("an open transaction");
         let now = self.model.now;
@@ -1093,7 +1105,12 @@ impl Harness {
             }
             Err(Error::Conflict { .. }) => {
                 assert!(!read_only, "{}: a read-only commit conflicts", what());
-                if !state_conflict {
+                let compacted = slot
+                    .compacted_at_read
+                    .is_some_and(|then| store.stats().segments_compacted > then);
+                if !state_conflict && compacted && !slot.reads.is_empty() && !crate::strict() {
+                    // The known bug COMPACTION_CONFLICT: nothing was written, the model holds.
+                } else if !state_conflict {
                     // Then a dedup key it inserts must have been recorded since.
                     match &inserts[..] {
                         [] => panic!("{}: nothing it checked or read has changed", what()),
