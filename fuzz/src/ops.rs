@@ -2223,8 +2223,36 @@ mod tests {
                     ttl: 3,
                     value: 4,
                 }),
+                Op::Tx(tx::TxOp::SetPosition {
+                    slot: 1,
+                    source: 2,
+                    position: 0xFF,
+                }),
+                Op::Tx(tx::TxOp::CheckOrInsert {
+                    slot: 0,
+                    item: Item {
+                        key: 127,
+                        ttl: 1,
+                        value: 2,
+                    },
+                }),
+                Op::Tx(tx::TxOp::ReadModifyWrite {
+                    slot: 1,
+                    key: 3,
+                    value: 4,
+                }),
+                Op::Tx(tx::TxOp::StoreState),
+                Op::Tx(tx::TxOp::Commit { slot: 1 }),
             ],
         };
         assert_eq!(decode(&encode(&input)), input);
+    }
+
+    #[test]
+    fn older_inputs_keep_their_meaning() {
+        // Below the transaction tags a tag byte is read modulo 22, as before.
+        let old = [1, 0, 7, 22 + 2, 5, 220 + 11, 220 + 12];
+        let input = decode(&old);
+        assert_eq!(input.ops, vec![Op::Get(5), Op::Sweep, Op::Maintain]);
     }
 }

@@ -626,13 +626,17 @@ pub fn max_bytes(segment_size: u8) -> usize {
     MAX_TRANSACTION_BYTES.min(segment - SEGMENT_HEADER_LEN - SEAL_RECORD_LEN - GROUP_RECORD_LEN)
 }
 
+/// A dedup key a transaction checked: `Ok((ttl ms, value))` to insert at commit, `Err(value)` a
+/// duplicate of that value.
+pub type Check = Result<(u64, Vec<u8>), Vec<u8>>;
+
 /// The model of one open transaction.
 #[derive(Debug, Clone, Default)]
 pub struct TxSlot {
     /// Its number (in its values).
     pub id: u64,
-    /// Dedup keys checked: `Some((ttl ms, value))` to insert, `None` a duplicate with its value.
-    pub checks: Vec<(Vec<u8>, Result<(u64, Vec<u8>), Vec<u8>>)>,
+    /// Dedup keys checked, with what the commit does with each.
+    pub checks: Vec<(Vec<u8>, Check)>,
     /// State keys read first, with the version seen (`None`: absent).
     pub reads: Vec<(Vec<u8>, Option<u64>)>,
     /// State writes.
