@@ -20,6 +20,7 @@ use idem::record::{
     NEVER_EXPIRES, SEGMENT_HEADER_LEN,
 };
 use idem::{Config, Durability, ManualClock, Store};
+use idem_fuzz::ops::tx::TxOp;
 use idem_fuzz::ops::{DurabilitySpec, Item, Op, OpsInput, StoreSpec};
 use idem_fuzz::recover::SEPARATOR;
 
@@ -604,6 +605,32 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
     fsync.extend(mixed.clone());
     mixed.extend(filler(4, ttl::MINUTE));
     mixed.push(Op::AdvanceMaintain(advance::HOUR));
+    let (conflicts, crashes, compaction) = tx_scenarios();
+    // A transaction reads a state key; maintenance compacts the segment holding it (copying the
+    // live entry forward); the commit fails with Conflict although no commit wrote the key.
+    let mut read_compacted = vec![
+        Op::Tx(TxOp::PutState {
+            slot: 0,
+            key: 0,
+            value: 1,
+        }),
+        Op::Tx(TxOp::Commit { slot: 0 }),
+    ];
+    read_compacted.push(Op::Fill {
+        batch: false,
+        ttl: ttl::SECOND,
+    });
+    read_compacted.extend([
+        Op::Tx(TxOp::GetState { slot: 0, key: 0 }),
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::Tx(TxOp::PutState {
+            slot: 0,
+            key: 0,
+            value: 2,
+        }),
+        Op::Tx(TxOp::Commit { slot: 0 }),
+        Op::Tx(TxOp::StoreGetState(0)),
+    ]);
     let spec = |durability, eager: bool, background: bool| StoreSpec {
         eager_compaction: eager,
         background_maintenance: background,
@@ -687,7 +714,218 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
             false,
             input(spec(DurabilitySpec::Never, false, false), fsync),
         ),
+        (
+            "tx-read-conflicts-after-compaction",
+            true,
+            input(
+                StoreSpec {
+                    eager_compaction: true,
+                    ..plain(DurabilitySpec::Sync)
+                },
+                read_compacted,
+            ),
+        ),
+        (
+            "tx-conflicts-sync",
+            false,
+            input(plain(DurabilitySpec::Sync), conflicts.clone()),
+        ),
+        (
+            "tx-conflicts-never-two-shards",
+            false,
+            input(
+                StoreSpec {
+                    shards: idem_fuzz::ops::ShardSpec::Two,
+                    ..plain(DurabilitySpec::Never)
+                },
+                conflicts,
+            ),
+        ),
+        (
+            "tx-power-loss-never",
+            false,
+            input(
+                StoreSpec {
+                    small_write_buffer: true,
+                    ..plain(DurabilitySpec::Never)
+                },
+                crashes.clone(),
+            ),
+        ),
+        (
+            "tx-power-loss-periodic",
+            false,
+            OpsInput {
+                seed: 11,
+                ..input(plain(DurabilitySpec::Periodic), crashes)
+            },
+        ),
+        (
+            "tx-compaction-never",
+            false,
+            input(spec(DurabilitySpec::Never, true, false), compaction.clone()),
+        ),
+        (
+            "tx-compaction-sync",
+            false,
+            input(spec(DurabilitySpec::Sync, true, false), compaction.clone()),
+        ),
+        (
+            "tx-fsync-fails",
+            false,
+            input(spec(DurabilitySpec::Sync, false, false), {
+                let mut ops = vec![Op::FailSync];
+                ops.extend(tx_scenarios().0);
+                ops
+            }),
+        ),
     ]
+}
+
+fn tx(op: TxOp) -> Op {
+    Op::Tx(op)
+}
+
+/// Transaction scenarios: (conflicts and answers of two interleaved transactions, commits
+/// around flushes and power losses, state amid compaction and checkpoints).
+fn tx_scenarios() -> (Vec<Op>, Vec<Op>, Vec<Op>) {
+    use idem_fuzz::ops::{advance, ttl};
+    let (a, b) = (0, 1);
+    let put = |slot, key, value| tx(TxOp::PutState { slot, key, value });
+    let read = |slot, key| tx(TxOp::GetState { slot, key });
+    let rmw = |slot, key, value| tx(TxOp::ReadModifyWrite { slot, key, value });
+    let pos = |slot, source, position| {
+        tx(TxOp::SetPosition {
+            slot,
+            source,
+            position,
+        })
+    };
+    let check = |slot, key, ttl, value| {
+        tx(TxOp::CheckOrInsert {
+            slot,
+            item: item(key, ttl, value),
+        })
+    };
+    let commit = |slot| tx(TxOp::Commit { slot });
+    let conflicts = vec![
+        // A and B read the same key; A commits first, B conflicts.
+        rmw(a, 0, 1),
+        rmw(b, 0, 2),
+        commit(a),
+        commit(b),
+        // Both insert the same dedup key: the second conflicts; a plain insert beats a third.
+        check(a, 5, ttl::HOUR, 3),
+        check(b, 5, ttl::HOUR, 4),
+        put(a, 1, 5),
+        put(b, 2, 6),
+        commit(b),
+        commit(a),
+        check(a, 6, ttl::HOUR, 7),
+        insert(6, ttl::HOUR, 8),
+        commit(a),
+        // Positions: B moves past A; A conflicts; going back is refused at once.
+        pos(a, 0, 5),
+        pos(b, 0, 7),
+        commit(b),
+        commit(a),
+        pos(a, 0, 6),
+        pos(a, 0, 7),
+        pos(a, 0, 9),
+        pos(a, 0, 8),
+        pos(a, 2, 0xFF),
+        commit(a),
+        // Own writes are seen; deleting an absent key writes nothing; a read-only commit.
+        put(a, 3, 9),
+        read(a, 3),
+        tx(TxOp::DeleteState { slot: a, key: 3 }),
+        read(a, 3),
+        tx(TxOp::DeleteState { slot: b, key: 4 }),
+        commit(b),
+        commit(a),
+        read(b, 0),
+        commit(b),
+        // A reads, B writes the same value twice over: A's write conflicts anyway.
+        read(a, 1),
+        put(b, 1, 5),
+        commit(b),
+        put(a, 2, 10),
+        commit(a),
+        // A claim held on a key: ClaimInFlight; an expired key is inserted again.
+        Op::Claim {
+            key: 7,
+            lease: ttl::MINUTE,
+            fp: 0,
+        },
+        check(a, 7, ttl::HOUR, 11),
+        check(a, 8, ttl::SECOND, 12),
+        commit(a),
+        Op::Advance(advance::TWO_SECONDS),
+        check(b, 8, ttl::SECOND, 13),
+        tx(TxOp::Drop { slot: b }),
+        check(b, 8, ttl::SECOND, 14),
+        // A big value does not fit a transaction of a 4 KiB segment.
+        put(a, 5, 0xF1),
+        put(a, 6, 0xF2),
+        commit(a),
+        tx(TxOp::StoreState),
+        tx(TxOp::StoreGetState(0)),
+        tx(TxOp::StorePosition(0)),
+        Op::Sweep,
+        Op::Reopen(StoreSpec::plain(DurabilitySpec::Never)),
+        tx(TxOp::StoreState),
+    ];
+    // Multi-record commits, some flushed, then power loss: each is whole or absent.
+    let mut crashes = Vec::new();
+    for round in 0..3u8 {
+        for i in 0..4u8 {
+            let v = round * 16 + i * 4;
+            crashes.extend([
+                check(a, i + 4 * round, ttl::HOUR, v),
+                rmw(a, i, v + 1),
+                put(a, i + 4, v + 2),
+                pos(a, i % 3, v + 3),
+                commit(a),
+            ]);
+            if i == 1 {
+                crashes.push(Op::Flush);
+            }
+        }
+        crashes.push(rmw(b, 7, round));
+        crashes.push(Op::PowerLoss);
+        crashes.push(commit(b));
+        crashes.push(tx(TxOp::StoreState));
+    }
+    crashes.push(Op::DropReopen);
+    // State among dedup records that expire: compaction copies the live state, the checkpoint
+    // holds it, power loss keeps it.
+    let mut compaction = Vec::new();
+    for i in 0..6u8 {
+        compaction.extend([
+            check(a, i, ttl::SECOND, KB + i),
+            put(a, i, i),
+            pos(a, 0, i + 1),
+            commit(a),
+            insert(8 + i, ttl::SECOND, KB + 4),
+            insert(9 + i, ttl::SECOND, KB + 8),
+        ]);
+    }
+    compaction.extend([
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::Checkpoint,
+        rmw(a, 0, 40),
+        commit(a),
+        Op::Fill {
+            batch: true,
+            ttl: ttl::SECOND,
+        },
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::PowerLoss,
+        tx(TxOp::StoreState),
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::Reopen(StoreSpec::plain(DurabilitySpec::Never)),
+    ]);
+    (conflicts, crashes, compaction)
 }
 
 fn ops_seeds() {

@@ -286,6 +286,41 @@ fn index_entry_at_a_state_record() -> Option<String> {
     }
 }
 
+/// Commit state entry `s`; fill the segment with 1-second entries; a transaction reads `s`;
+/// a minute later `maintain()` compacts the segment (copying `s` forward); the transaction
+/// writes `s` and commits. No commit wrote `s` since the read.
+fn read_conflicts_after_compaction() -> Option<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new();
+    let config = config(&clock)
+        .segment_size_bytes_for_testing(4096)
+        .compaction_live_ratio(0.9);
+    let store = Store::open_with(dir.path(), config).expect("open");
+    let mut tx = store.transaction();
+    tx.put_state(b"s", b"1").expect("put");
+    tx.commit().expect("commit");
+    for i in 0..8 {
+        let key = format!("fill-{i}");
+        store
+            .check_or_insert(key.as_bytes(), Duration::from_secs(1), &[7; 1000])
+            .expect("insert");
+    }
+    let mut tx = store.transaction();
+    tx.get_state(b"s").expect("read");
+    clock.advance(Duration::from_secs(61));
+    store.maintain().expect("maintain");
+    store.maintain().expect("maintain");
+    let compacted = store.stats().segments_compacted;
+    tx.put_state(b"s", b"2").expect("put");
+    match tx.commit() {
+        Err(Error::Conflict { reason }) => Some(format!(
+            "commit failed with Conflict ({reason}) after {compacted} compaction(s); no commit \
+             wrote the key"
+        )),
+        _ => None,
+    }
+}
+
 fn main() {
     // The panic of one reproduction is reported, not printed with a backtrace.
     std::panic::set_hook(Box::new(|_| {}));
@@ -306,5 +341,9 @@ fn main() {
     report(
         "an index entry at a state record",
         index_entry_at_a_state_record(),
+    );
+    report(
+        "a transaction's read conflicts after compaction",
+        read_conflicts_after_compaction(),
     );
 }

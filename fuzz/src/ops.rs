@@ -24,12 +24,16 @@
 //! The input is a compact byte format (see [`decode`] and [`encode`]) so that seeds can be
 //! written by hand (`examples/gen_seeds.rs`) and libFuzzer's byte mutations stay meaningful.
 //!
+//! Transactions (tags 242-255, [`tx`]) run in sessions: the store is shared with up to two open
+//! transactions from one op that needs the store to itself (a reopen, a power loss) to the next.
+//!
 //! Adding an op kind: add a variant to [`Op`] with its tag in [`decode`]/[`encode`], and one arm
 //! in [`Harness::step`] that runs it on the store and checks the answer against the model.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use idem::sim::{Faults, SimStorage, Storage};
@@ -472,13 +476,26 @@ pub enum Op {
     /// `check_or_insert_with` by a second thread whose closure waits while this thread's call
     /// of the same key waits for it: the waiter must get the leader's value, or its error.
     WithRace(Item),
+    /// A transaction op, or a read of state and positions (tag bytes 242-255).
+    Tx(tx::TxOp),
 }
 
-/// Op tags of the byte format.
+impl Op {
+    /// Whether the op needs the store to itself (it ends the transaction session).
+    pub fn owns_store(&self) -> bool {
+        matches!(self, Op::Reopen(_) | Op::DropReopen | Op::PowerLoss)
+    }
+}
+
+pub mod tx;
+
+/// Op tags of the byte format below [`tx::FIRST_TAG`] (a tag byte `t` there is `t % TAGS`, as
+/// before transactions existed, so older inputs keep their meaning).
 const TAGS: u8 = 22;
 
 /// Decodes an input: two config bytes, a seed byte, then ops (a tag byte and its arguments);
-/// an op cut short by the end of the input is dropped.
+/// an op cut short by the end of the input is dropped. Tag bytes from [`tx::FIRST_TAG`] up are
+/// transaction ops ([`tx::decode`]).
 pub fn decode(bytes: &[u8]) -> OpsInput {
     let mut at = 0;
     let mut next = || {
@@ -491,6 +508,15 @@ pub fn decode(bytes: &[u8]) -> OpsInput {
     let mut ops = Vec::new();
     while let Some(tag) = next() {
         let mut arg = || next();
+        if tag >= tx::FIRST_TAG {
+            match tx::decode(tag, &mut arg) {
+                Some(op) => {
+                    ops.push(Op::Tx(op));
+                    continue;
+                }
+                None => break,
+            }
+        }
         let op = (|| -> Option<Op> {
             Some(match tag % TAGS {
                 0 => Op::CheckOrInsert {
@@ -636,6 +662,7 @@ pub fn encode(input: &OpsInput) -> Vec<u8> {
                 out.push(21);
                 item(&mut out, it);
             }
+            Op::Tx(op) => tx::encode(op, &mut out),
         }
     }
     out
@@ -774,6 +801,10 @@ pub struct Model {
     pub states: BTreeMap<Vec<u8>, Vec<State>>,
     /// Possible states after a power loss now (a missing key: `[Absent]`).
     pub after_crash: BTreeMap<Vec<u8>, Vec<State>>,
+    /// How many writes (acknowledged or failed) each key had.
+    pub write_counts: HashMap<Vec<u8>, u64>,
+    /// State entries and positions.
+    pub state: tx::StateModel,
 }
 
 impl Model {
@@ -782,6 +813,8 @@ impl Model {
             now,
             states: BTreeMap::new(),
             after_crash: BTreeMap::new(),
+            write_counts: HashMap::new(),
+            state: tx::StateModel::default(),
         }
     }
 
@@ -812,6 +845,7 @@ impl Model {
     /// An acknowledged write: the key is in `state`; after a power loss too in `Sync` mode,
     /// otherwise it may or may not be.
     fn set(&mut self, key: &[u8], state: State, sync: bool) {
+        *self.write_counts.entry(key.to_vec()).or_default() += 1;
         self.states.insert(key.to_vec(), vec![state.clone()]);
         if sync {
             self.after_crash.insert(key.to_vec(), vec![state]);
@@ -826,6 +860,7 @@ impl Model {
 
     /// A write that failed: it may or may not have happened.
     fn maybe(&mut self, key: &[u8], state: State) {
+        *self.write_counts.entry(key.to_vec()).or_default() += 1;
         for map in [&mut self.states, &mut self.after_crash] {
             let states = map
                 .entry(key.to_vec())
@@ -837,6 +872,7 @@ impl Model {
     /// Everything acknowledged is durable (`flush`, `close`, the disk after a power loss).
     fn durable(&mut self) {
         self.after_crash = self.states.clone();
+        self.state.durable();
     }
 
     /// Power loss.
@@ -930,6 +966,7 @@ fn doubts(tokens: &[ClaimToken]) -> Vec<Doubt> {
 struct Snapshot {
     gets: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     in_doubt: Vec<Doubt>,
+    state: tx::StateSnapshot,
 }
 
 /// A store, its model, and the disk and clock they share.
@@ -937,7 +974,7 @@ pub struct Harness {
     storage: SimStorage,
     clock: ManualClock,
     spec: StoreSpec,
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     /// The reference.
     pub model: Model,
     /// Index of the op being run, for messages.
@@ -961,6 +998,10 @@ pub struct Harness {
     /// Keys whose write failed since every fsync fails, in this process (the record may be in
     /// the log, not durable): nothing may be answered from it in `Sync` mode.
     tainted: HashSet<Vec<u8>>,
+    /// The model of the open transactions of the session, by slot.
+    slots: [Option<tx::TxSlot>; 2],
+    /// Transactions started so far.
+    next_tx: u64,
 }
 
 impl Harness {
@@ -985,9 +1026,11 @@ impl Harness {
             faulted: false,
             durable_at_fault: BTreeMap::new(),
             tainted: HashSet::new(),
+            slots: [None, None],
+            next_tx: 0,
         };
         let store = harness.open_store("first open");
-        harness.store = Some(store);
+        harness.store = Some(Arc::new(store));
         harness
     }
 
@@ -1031,7 +1074,12 @@ impl Harness {
                 .in_doubt()
                 .unwrap_or_else(|e| panic!("step {}: {what}: in_doubt failed: {e}", self.step)),
         );
-        Snapshot { gets, in_doubt }
+        let state = self.state_snapshot(store, what);
+        Snapshot {
+            gets,
+            in_doubt,
+            state,
+        }
     }
 
     /// The store is gone (closed, dropped or crashed, the model adjusted): opens it with its
@@ -1087,6 +1135,7 @@ impl Harness {
                     ));
                 }
             }
+            diffs.extend(a.state.diff(&b.state));
             if a.in_doubt != b.in_doubt {
                 diffs.push(format!(
                     "in_doubt: with checkpoint {:?}, full replay {:?}",
@@ -1115,8 +1164,9 @@ impl Harness {
                     .join("; ")
             );
         }
-        self.store = Some(replayed);
+        self.store = Some(Arc::new(replayed));
         let label = format!("step {}: {what}", self.step);
+        self.state_recovered(&b.state, &b.gets, &label);
         for (key, got) in &b.gets {
             self.observe_get(key, got.as_deref(), &label);
         }
@@ -1286,6 +1336,9 @@ impl Harness {
                     drop(self.store.take());
                     if self.faulted {
                         self.model.faulted_process_ended();
+                    } else {
+                        // The disk keeps every write: each commit is there.
+                        self.model.state.durable();
                     }
                     self.reopen("drop and reopen", false);
                 }
@@ -1335,6 +1388,14 @@ impl Harness {
                 self.maintain();
             }
             Op::WithRace(item) => self.with_race(item),
+            Op::Tx(op) => {
+                // Outside a session (a harness used op by op): a session of one op.
+                let store = Arc::clone(self.store.as_ref().expect("open"));
+                let mut txs: tx::Slots<'_> = [None, None];
+                self.tx_step(op, &store, &mut txs);
+                drop(txs);
+                self.tx_session_ended();
+            }
         }
         if trace {
             if let Some(store) = &self.store {
@@ -1364,7 +1425,8 @@ impl Harness {
     }
 
     fn close_and_reopen(&mut self, spec: Option<StoreSpec>) {
-        let store = self.store.take().expect("open");
+        let store = Arc::into_inner(self.store.take().expect("open"))
+            .expect("no transaction session holds the store");
         let same_index =
             spec.is_none_or(|spec| (self.spec.mask, self.spec.shards) == (spec.mask, spec.shards));
         let clean = match store.close() {
@@ -2062,6 +2124,8 @@ impl Harness {
             self.get(&key);
         }
         self.check_in_doubt();
+        let store = Arc::clone(self.store.as_ref().expect("open"));
+        self.store_state(&store);
         if !self.faulted {
             let stats = self.store().stats();
             assert!(
@@ -2083,7 +2147,8 @@ impl Harness {
         self.sweep(true);
         self.power_loss();
         self.sweep(true);
-        let store = self.store.take().expect("open");
+        let store = Arc::into_inner(self.store.take().expect("open"))
+            .expect("no transaction session holds the store");
         store.close().expect("close");
     }
 }
@@ -2091,8 +2156,27 @@ impl Harness {
 /// Runs one input.
 pub fn run(input: &OpsInput) {
     let mut harness = Harness::new(input.config, input.seed);
-    for op in input.ops.iter().take(MAX_OPS) {
-        harness.step(op);
+    let ops: Vec<&Op> = input.ops.iter().take(MAX_OPS).collect();
+    let mut at = 0;
+    while at < ops.len() {
+        // A session: the ops up to the next one that needs the store to itself, with up to two
+        // transactions open across them.
+        let store = Arc::clone(harness.store.as_ref().expect("open"));
+        let mut txs: tx::Slots<'_> = [None, None];
+        while let Some(op) = ops.get(at).filter(|op| !op.owns_store()) {
+            match op {
+                Op::Tx(op) => harness.tx_step_traced(op, &store, &mut txs),
+                op => harness.step(op),
+            }
+            at += 1;
+        }
+        drop(txs);
+        harness.tx_session_ended();
+        drop(store);
+        if let Some(op) = ops.get(at) {
+            harness.step(op);
+            at += 1;
+        }
     }
     harness.finish();
 }
@@ -2139,8 +2223,36 @@ mod tests {
                     ttl: 3,
                     value: 4,
                 }),
+                Op::Tx(tx::TxOp::SetPosition {
+                    slot: 1,
+                    source: 2,
+                    position: 0xFF,
+                }),
+                Op::Tx(tx::TxOp::CheckOrInsert {
+                    slot: 0,
+                    item: Item {
+                        key: 127,
+                        ttl: 1,
+                        value: 2,
+                    },
+                }),
+                Op::Tx(tx::TxOp::ReadModifyWrite {
+                    slot: 1,
+                    key: 3,
+                    value: 4,
+                }),
+                Op::Tx(tx::TxOp::StoreState),
+                Op::Tx(tx::TxOp::Commit { slot: 1 }),
             ],
         };
         assert_eq!(decode(&encode(&input)), input);
+    }
+
+    #[test]
+    fn older_inputs_keep_their_meaning() {
+        // Below the transaction tags a tag byte is read modulo 22, as before.
+        let old = [1, 0, 7, 22 + 2, 5, 220 + 11, 220 + 12];
+        let input = decode(&old);
+        assert_eq!(input.ops, vec![Op::Get(5), Op::Sweep, Op::Maintain]);
     }
 }
