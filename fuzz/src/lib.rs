@@ -32,8 +32,8 @@ pub fn scratch_dir() -> tempfile::TempDir {
 
 /// Whether checks for known, already reported engine bugs are on (`IDEM_FUZZ_STRICT=1`). Off by
 /// default so that a short fuzz run keeps looking for new bugs instead of finding a known one.
-/// Guarded at present: `ops::tx::COMPACTION_CONFLICT` (`.ci/fuzz.sh` replays regressions with
-/// strict checks on and reports each known bug that still reproduces).
+/// No guard is active at present (`.ci/fuzz.sh` replays regressions with strict checks on and
+/// reports each known bug that still reproduces).
 pub fn strict() -> bool {
     static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *STRICT.get_or_init(|| std::env::var_os("IDEM_FUZZ_STRICT").is_some_and(|v| v == "1"))

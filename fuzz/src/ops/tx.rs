@@ -645,16 +645,10 @@ pub struct TxSlot {
     pub positions: Vec<(Vec<u8>, u64)>,
     /// Log bytes counted so far (never less).
     pub bytes: usize,
-    /// `segments_compacted` of the stats at its first state read (see [`COMPACTION_CONFLICT`]).
+    /// `segments_compacted` of the stats at its first state read (a compaction since then must
+    /// not make the commit conflict: `regressions/ops/tx-read-conflicts-after-compaction`).
     pub compacted_at_read: Option<u64>,
 }
-
-/// Known engine bug (found by this target, `regressions/ops/tx-read-conflicts-after-compaction`):
-/// compaction copying a live StatePut moves the entry's location, and a transaction that read
-/// the key before validates the location, so its commit fails with `Conflict` although no commit
-/// wrote the key. Skipped unless [`crate::strict`].
-pub const COMPACTION_CONFLICT: &str =
-    "a state read conflicts after compaction moved the entry (no commit wrote it)";
 
 impl TxSlot {
     fn records(&self) -> usize {
@@ -769,7 +763,7 @@ impl Harness {
             }
             TxOp::Commit { slot } => {
                 let s = self.tx_slot(slot, store, txs);
-                self.tx_commit(s, store, txs);
+                self.tx_commit(s, txs);
             }
             TxOp::Drop { slot } => self.tx_drop(slot, txs),
             TxOp::StoreGetState(key) => self.store_get_state(store, &state_key(key)),
@@ -998,7 +992,7 @@ impl Harness {
         );
     }
 
-    fn tx_commit(&mut self, s: usize, store: &Store, txs: &mut Slots<'_>) {
+    fn tx_commit(&mut self, s: usize, txs: &mut Slots<'_>) {
         let slot = self.slots[s].take().expect("an open slot");
         let tx = txs[s].take().expect("an open transaction");
         let now = self.model.now;
@@ -1109,12 +1103,9 @@ impl Harness {
             }
             Err(Error::Conflict { .. }) => {
                 assert!(!read_only, "{}: a read-only commit conflicts", what());
-                let compacted = slot
-                    .compacted_at_read
-                    .is_some_and(|then| store.stats().segments_compacted > then);
-                if !state_conflict && compacted && !slot.reads.is_empty() && !crate::strict() {
-                    // The known bug COMPACTION_CONFLICT: nothing was written, the model holds.
-                } else if !state_conflict {
+                // Compaction moving an entry read is no conflict (it was, until reads were
+                // validated by version: regressions/ops/tx-read-conflicts-after-compaction).
+                if !state_conflict {
                     // Then a dedup key it inserts must have been recorded since.
                     match &inserts[..] {
                         [] => panic!("{}: nothing it checked or read has changed", what()),
