@@ -461,7 +461,8 @@ impl Consumer {
     /// ledger's fsync: idem's commit is awaited with `check_or_insert_batch_async` (the task
     /// parks, the thread does not wait for the fsync) and the charges are staged. The caller
     /// then commits the ledger ([`Ledger::commit`], a blocking fsync it keeps off the runtime's
-    /// workers) before acknowledging the batch.
+    /// workers) before acknowledging the batch. Used by the NATS consumer (feature `nats`).
+    #[cfg(feature = "nats")]
     pub async fn stage_batch_async(
         &mut self,
         seq: u64,

@@ -165,7 +165,7 @@ pub enum Launcher {
     /// `<exe> demo-consumer <args>`: the idem binary itself.
     Subcommand(PathBuf),
     /// A test harness running one test that serves as the consumer; the consumer's arguments
-    /// go in the environment variable `env`, one per line.
+    /// go in the environment variable `env`, one per line (parsed back with [`parse_args`]).
     #[cfg(test)]
     TestHarness {
         exe: PathBuf,
@@ -1492,19 +1492,20 @@ pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
     })
 }
 
-/// Parses the consumer arguments the test harness passes in the environment.
+/// Parses arguments of type `T` (the flags after the subcommand) the way the tool would: the
+/// consumer arguments the test harness passes in the environment, one a line, or a test's flags.
 #[cfg(test)]
-fn consumer_args_from_env(lines: &str) -> CliResult<ConsumerArgs> {
+pub fn parse_args<T: clap::Args>(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
+) -> CliResult<T> {
     use clap::Parser;
-    use std::ffi::OsString;
     #[derive(Parser)]
-    struct Wrap {
+    struct Wrap<T: clap::Args> {
         #[command(flatten)]
-        args: ConsumerArgs,
+        args: T,
     }
-    let argv =
-        std::iter::once(OsString::from("demo-consumer")).chain(lines.lines().map(OsString::from));
-    Wrap::try_parse_from(argv)
+    let argv = std::iter::once("idem".into()).chain(argv.into_iter().map(Into::into));
+    Wrap::<T>::try_parse_from(argv)
         .map(|w| w.args)
         .map_err(|e| CliError::new(e.to_string()))
 }
@@ -1523,7 +1524,7 @@ mod tests {
         let Ok(lines) = std::env::var(CHILD_ENV) else {
             return;
         };
-        let args = consumer_args_from_env(&lines).unwrap();
+        let args: ConsumerArgs = parse_args(lines.lines()).unwrap();
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
         if let Err(e) = crate::consumer::run(&args, &mut stdin.lock(), &mut stdout.lock()) {

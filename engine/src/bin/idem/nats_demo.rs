@@ -512,3 +512,134 @@ impl Plan<'_> {
         Ok((dedup, naive))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{self, parse_args};
+    use crate::nats_server;
+
+    const CHILD_ENV: &str = "IDEM_NATS_DEMO_TEST_CONSUMER_ARGS";
+    const CHILD_TEST: &str = "nats_demo::tests::nats_consumer_child_process";
+
+    /// Not a test of its own: the consumer process of `tiny_nats_demo_end_to_end`, which spawns
+    /// this test binary running only this test with the consumer's arguments in the environment.
+    #[test]
+    fn nats_consumer_child_process() {
+        let Ok(lines) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let args: NatsConsumerArgs = parse_args(lines.lines()).unwrap();
+        if let Err(e) = serve(&args, &mut std::io::stdout().lock()) {
+            eprintln!("consumer: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// `idem demo --broker nats` in small, on a real nats-server with a real SIGKILL of a real
+    /// consumer process: with idem every event is charged once though JetStream redelivered
+    /// what the killed consumer had not acked; without idem the channel's re-sends are charged
+    /// again. Skipped (and says so) where nats-server is not installed.
+    #[test]
+    fn tiny_nats_demo_end_to_end() {
+        if !nats_server::available() {
+            eprintln!(
+                "skipped tiny_nats_demo_end_to_end: nats-server is not on the PATH ({})",
+                nats_server::INSTALL_HINT
+            );
+            return;
+        }
+        let launcher = Launcher::TestHarness {
+            exe: std::env::current_exe().unwrap(),
+            test: CHILD_TEST,
+            env: CHILD_ENV,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let args: DemoArgs = parse_args(
+            [
+                "--broker",
+                "nats",
+                "--events",
+                "3000",
+                "--dup-rate",
+                "0.02",
+                "--batch",
+                "50",
+                "--ack-wait",
+                "1s",
+                "--seed",
+                "7",
+                "--quiet",
+                "--dir",
+            ]
+            .into_iter()
+            .map(std::ffi::OsString::from)
+            .chain([run_dir.clone().into_os_string()]),
+        )
+        .unwrap();
+        let report = run(&args, &launcher).unwrap();
+        let d = &report.dedup;
+        assert!(d.verdict.exactly_once(), "{:?}", d.verdict);
+        assert_eq!(d.verdict.charges, 3_000);
+        assert_eq!(d.restarts, 1);
+        assert_eq!(d.starts.len(), 2);
+        assert_eq!(d.final_live_keys, 3_000);
+        let channel = 3_000 + report.channel_extra_deliveries;
+        assert_eq!(d.sent_deliveries, channel + d.totals.redelivered);
+        // Every delivery was reported acked but those of the batch the killed consumer may have
+        // acked to JetStream without telling the demo.
+        assert!(d.acked_deliveries <= d.sent_deliveries);
+        assert!(d.sent_deliveries - d.acked_deliveries <= 50, "{d:?}");
+        assert!(d.totals.duplicates >= report.channel_extra_deliveries);
+        // The restarted consumer found the killed one's charges in the store and the ledger.
+        assert!(d.starts[1].records_replayed > 0);
+        assert_eq!(d.starts[1].ledger_lines_read, d.starts[1].records_replayed);
+        let naive = report.naive.as_ref().unwrap();
+        assert!(naive.verdict.double_charged_events >= report.duplicated_events);
+        assert_eq!(naive.verdict.lost, 0);
+        assert_eq!(naive.restarts, 1);
+        let text = demo::render(&report);
+        assert!(text.contains("over a NATS JetStream stream"), "{text}");
+        assert!(text.contains("redelivered by JetStream"), "{text}");
+        assert!(
+            text.contains("OK: with idem every event was charged exactly once"),
+            "{text}"
+        );
+        let json = demo::to_json(&report);
+        assert_eq!(json["broker"], "nats", "{json}");
+        assert_eq!(json["events"], 3_000, "{json}");
+        assert_eq!(json["double_charges"], 0, "{json}");
+        assert_eq!(json["lost_charges"], 0, "{json}");
+        assert_eq!(json["redelivered"], d.totals.redelivered, "{json}");
+        assert_eq!(json["consumer_restarts"], 1, "{json}");
+        assert_eq!(json["exactly_once"], true, "{json}");
+        // The demo started its own server, its store and log in the run's directory.
+        let log = std::fs::read_to_string(run_dir.join("nats/nats-server.log")).unwrap();
+        assert!(log.contains("JetStream"), "{log}");
+    }
+
+    #[test]
+    fn an_unreachable_nats_url_is_a_clear_error() {
+        // A URL nothing listens on: the demo says where it tried.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("nats://127.0.0.1:{port}");
+        let args: DemoArgs = parse_args([
+            "--broker",
+            "nats",
+            "--events",
+            "10",
+            "--quiet",
+            "--nats-url",
+            &url,
+        ])
+        .unwrap();
+        let launcher = Launcher::this_executable().unwrap();
+        let error = run(&args, &launcher).unwrap_err().to_string();
+        assert!(error.contains("connecting to NATS at"), "{error}");
+    }
+}
