@@ -1510,6 +1510,22 @@ pub fn parse_args<T: clap::Args>(
         .map_err(|e| CliError::new(e.to_string()))
 }
 
+/// The body of a test that serves as a consumer process ([`Launcher::TestHarness`]): when the
+/// environment variable `env` holds the consumer's arguments, runs `serve` with them and exits
+/// with status 1 on its error, as the consumer subcommand would; else (the test run on its own)
+/// does nothing.
+#[cfg(test)]
+pub fn serve_as_child<T: clap::Args>(env: &str, serve: impl FnOnce(T) -> CliResult<()>) {
+    let Ok(lines) = std::env::var(env) else {
+        return;
+    };
+    let args: T = parse_args(lines.lines()).unwrap();
+    if let Err(e) = serve(args) {
+        eprintln!("consumer: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1521,16 +1537,10 @@ mod tests {
     /// test binary running only this test with the consumer's arguments in the environment.
     #[test]
     fn consumer_child_process() {
-        let Ok(lines) = std::env::var(CHILD_ENV) else {
-            return;
-        };
-        let args: ConsumerArgs = parse_args(lines.lines()).unwrap();
-        let stdin = std::io::stdin();
-        let stdout = std::io::stdout();
-        if let Err(e) = crate::consumer::run(&args, &mut stdin.lock(), &mut stdout.lock()) {
-            eprintln!("consumer: {e}");
-            std::process::exit(1);
-        }
+        serve_as_child(CHILD_ENV, |args: ConsumerArgs| {
+            let stdin = std::io::stdin();
+            crate::consumer::run(&args, &mut stdin.lock(), &mut std::io::stdout().lock())
+        });
     }
 
     fn tiny(dir: &Path, mode: DedupMode, durability: Option<&str>) -> DemoArgs {

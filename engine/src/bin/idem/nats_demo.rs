@@ -516,7 +516,7 @@ impl Plan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{self, parse_args};
+    use crate::demo::{self, parse_args, serve_as_child};
     use crate::nats_server;
 
     const CHILD_ENV: &str = "IDEM_NATS_DEMO_TEST_CONSUMER_ARGS";
@@ -526,14 +526,9 @@ mod tests {
     /// this test binary running only this test with the consumer's arguments in the environment.
     #[test]
     fn nats_consumer_child_process() {
-        let Ok(lines) = std::env::var(CHILD_ENV) else {
-            return;
-        };
-        let args: NatsConsumerArgs = parse_args(lines.lines()).unwrap();
-        if let Err(e) = serve(&args, &mut std::io::stdout().lock()) {
-            eprintln!("consumer: {e}");
-            std::process::exit(1);
-        }
+        serve_as_child(CHILD_ENV, |args: NatsConsumerArgs| {
+            serve(&args, &mut std::io::stdout().lock())
+        });
     }
 
     /// `idem demo --broker nats` in small, on a real nats-server with a real SIGKILL of a real
