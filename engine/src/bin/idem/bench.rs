@@ -125,7 +125,7 @@ pub fn rss_bytes() -> Option<u64> {
     parse_vm_rss(&status)
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line
         .trim_start_matches("VmRSS:")

@@ -302,6 +302,94 @@ fn receipt_amount(receipt: &str) -> Option<u32> {
     receipt.split_once("c/")?.0.parse().ok()
 }
 
+/// The event index of each delivery, or an error naming a malformed event id.
+fn parse_events(items: &[Delivery]) -> CliResult<Vec<u32>> {
+    items
+        .iter()
+        .map(|item| {
+            parse_event_id(&item.event_id).ok_or_else(|| {
+                CliError::new(format!(
+                    "delivery with a malformed event id {:?}",
+                    item.event_id
+                ))
+            })
+        })
+        .collect()
+}
+
+fn receipts(items: &[Delivery], pid: u32, seq: u64) -> Vec<String> {
+    items
+        .iter()
+        .map(|item| receipt(item.amount_cents, pid, seq))
+        .collect()
+}
+
+/// Batch mode's items for `check_or_insert_batch`: each event id with its receipt as the value.
+fn batch_items<'a>(
+    items: &'a [Delivery],
+    receipts: &'a [String],
+    ttl: Duration,
+) -> Vec<(&'a [u8], Duration, &'a [u8])> {
+    items
+        .iter()
+        .zip(receipts)
+        .map(|(item, r)| (item.event_id.as_bytes(), ttl, r.as_bytes()))
+        .collect()
+}
+
+/// The naive consumer: stages a charge for every delivery.
+fn stage_blindly(
+    ledger: &mut Ledger,
+    pid: u32,
+    seq: u64,
+    items: &[Delivery],
+    report: &mut BatchReport,
+) {
+    for item in items {
+        let receipt = receipt(item.amount_cents, pid, seq);
+        ledger.stage(&item.event_id, item.amount_cents, &receipt);
+        report.charged_blindly += 1;
+    }
+}
+
+/// Batch mode's decision on idem's answers for `(deliveries, their events, their receipts)`:
+/// stages a charge for each `Inserted`, and for each `Duplicate` whose charge is missing from the
+/// ledger (idem recorded it, a crash came before the ledger got it) with the receipt idem kept.
+fn stage_outcomes(
+    ledger: &mut Ledger,
+    charged: &mut HashSet<u32>,
+    (items, events, receipts): (&[Delivery], &[u32], &[String]),
+    outcomes: Vec<Outcome>,
+    report: &mut BatchReport,
+) -> CliResult<()> {
+    for (((item, &event), outcome), fresh) in items.iter().zip(events).zip(outcomes).zip(receipts) {
+        match outcome {
+            Outcome::Inserted => {
+                ledger.stage(&item.event_id, item.amount_cents, fresh);
+                charged.insert(event);
+                report.inserted += 1;
+            }
+            Outcome::Duplicate(_) if charged.contains(&event) => {
+                report.duplicates += 1;
+            }
+            Outcome::Duplicate(recorded) => {
+                // Recorded by idem, never applied: a crash came between the two.
+                let recorded = String::from_utf8_lossy(&recorded).into_owned();
+                let amount = receipt_amount(&recorded).ok_or_else(|| {
+                    CliError::new(format!(
+                        "idem holds receipt {recorded:?} for {}, not one this consumer wrote",
+                        item.event_id
+                    ))
+                })?;
+                ledger.stage(&item.event_id, amount, &recorded);
+                charged.insert(event);
+                report.in_doubt += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How a consumer decides whether to charge.
 pub enum Mode {
     /// Exactly once through idem's claims.
@@ -343,77 +431,69 @@ impl Consumer {
         offset: u64,
         items: &[Delivery],
     ) -> CliResult<BatchReport> {
-        let mut events = Vec::with_capacity(items.len());
-        for item in items {
-            let event = parse_event_id(&item.event_id).ok_or_else(|| {
-                CliError::new(format!(
-                    "delivery with a malformed event id {:?}",
-                    item.event_id
-                ))
-            })?;
-            events.push(event);
-        }
+        let events = parse_events(items)?;
         let mut report = BatchReport::default();
         match &mut self.mode {
             Mode::Claims(claimer) => return claimer.charge_batch(&mut self.ledger, seq, items),
             Mode::State(balances) => return balances.apply_batch(seq, offset, items),
-            Mode::Naive => {
-                for item in items {
-                    let receipt = receipt(item.amount_cents, self.pid, seq);
-                    self.ledger
-                        .stage(&item.event_id, item.amount_cents, &receipt);
-                    report.charged_blindly += 1;
-                }
-            }
+            Mode::Naive => stage_blindly(&mut self.ledger, self.pid, seq, items, &mut report),
             Mode::Batch {
                 store,
                 ttl,
                 charged,
             } => {
-                let receipts: Vec<String> = items
-                    .iter()
-                    .map(|item| receipt(item.amount_cents, self.pid, seq))
-                    .collect();
-                let batch: Vec<(&[u8], Duration, &[u8])> = items
-                    .iter()
-                    .zip(&receipts)
-                    .map(|(item, r)| (item.event_id.as_bytes(), *ttl, r.as_bytes()))
-                    .collect();
+                let receipts = receipts(items, self.pid, seq);
+                let batch = batch_items(items, &receipts, *ttl);
                 let started = Instant::now();
                 let outcomes = store
                     .check_or_insert_batch(&batch)
                     .context(format_args!("idem check_or_insert_batch of batch {seq}"))?;
                 report.commit_nanos = started.elapsed().as_nanos() as u64;
-                for (((item, &event), outcome), fresh) in
-                    items.iter().zip(&events).zip(outcomes).zip(&receipts)
-                {
-                    match outcome {
-                        Outcome::Inserted => {
-                            self.ledger.stage(&item.event_id, item.amount_cents, fresh);
-                            charged.insert(event);
-                            report.inserted += 1;
-                        }
-                        Outcome::Duplicate(_) if charged.contains(&event) => {
-                            report.duplicates += 1;
-                        }
-                        Outcome::Duplicate(recorded) => {
-                            // Recorded by idem, never applied: a crash came between the two.
-                            let recorded = String::from_utf8_lossy(&recorded).into_owned();
-                            let amount = receipt_amount(&recorded).ok_or_else(|| {
-                                CliError::new(format!(
-                                    "idem holds receipt {recorded:?} for {}, not one this consumer wrote",
-                                    item.event_id
-                                ))
-                            })?;
-                            self.ledger.stage(&item.event_id, amount, &recorded);
-                            charged.insert(event);
-                            report.in_doubt += 1;
-                        }
-                    }
-                }
+                let decided = (items, &events[..], &receipts[..]);
+                stage_outcomes(&mut self.ledger, charged, decided, outcomes, &mut report)?;
             }
         }
         self.ledger.commit()?;
+        Ok(report)
+    }
+
+    /// [`Consumer::charge_batch`] for the batch and naive modes on an async runtime, up to the
+    /// ledger's fsync: idem's commit is awaited with `check_or_insert_batch_async` (the task
+    /// parks, the thread does not wait for the fsync) and the charges are staged. The caller
+    /// then commits the ledger ([`Ledger::commit`], a blocking fsync it keeps off the runtime's
+    /// workers) before acknowledging the batch. Used by the NATS consumer (feature `nats`).
+    #[cfg(feature = "nats")]
+    pub async fn stage_batch_async(
+        &mut self,
+        seq: u64,
+        items: &[Delivery],
+    ) -> CliResult<BatchReport> {
+        let events = parse_events(items)?;
+        let mut report = BatchReport::default();
+        match &mut self.mode {
+            Mode::Naive => stage_blindly(&mut self.ledger, self.pid, seq, items, &mut report),
+            Mode::Batch {
+                store,
+                ttl,
+                charged,
+            } => {
+                let receipts = receipts(items, self.pid, seq);
+                let batch = batch_items(items, &receipts, *ttl);
+                let started = Instant::now();
+                let outcomes = store
+                    .check_or_insert_batch_async(&batch)
+                    .await
+                    .context(format_args!("idem check_or_insert_batch of batch {seq}"))?;
+                report.commit_nanos = started.elapsed().as_nanos() as u64;
+                let decided = (items, &events[..], &receipts[..]);
+                stage_outcomes(&mut self.ledger, charged, decided, outcomes, &mut report)?;
+            }
+            Mode::Claims(_) | Mode::State(_) => {
+                return Err(CliError::new(
+                    "the async consumer runs the batch and naive modes only",
+                ))
+            }
+        }
         Ok(report)
     }
 
@@ -442,13 +522,9 @@ impl Consumer {
     }
 }
 
-/// Opens the consumer's store and ledger (reconciling the claims in doubt), then serves batches
-/// from `input` until `E` or end of input, acknowledging each on `output`.
-pub fn run(
-    args: &ConsumerArgs,
-    input: &mut impl BufRead,
-    output: &mut impl Write,
-) -> CliResult<()> {
+/// Opens the consumer's store and ledger (reconciling the claims in doubt): the consumer, and
+/// the ready message that says what it recovered.
+pub fn open(args: &ConsumerArgs) -> CliResult<(Consumer, ToProducer)> {
     let started = Instant::now();
     let mut ledger = Ledger::open(&args.ledger)?;
     let mut reconciled = Reconciled::default();
@@ -495,22 +571,30 @@ pub fn run(
         }
         None => (Mode::Naive, 0, 0),
     };
-    let mut consumer = Consumer::new(mode, ledger);
+    let ready = ToProducer::Ready {
+        ledger_lines_read,
+        records_replayed,
+        bytes_cut,
+        open_micros: started.elapsed().as_micros() as u64,
+        reconcile_micros,
+        reconciled,
+        position,
+    };
+    Ok((Consumer::new(mode, ledger), ready))
+}
+
+/// Opens the consumer ([`open`]), then serves batches from `input` until `E` or end of input,
+/// acknowledging each on `output`.
+pub fn run(
+    args: &ConsumerArgs,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> CliResult<()> {
+    let (mut consumer, ready) = open(args)?;
     let write = |output: &mut _, message: &ToProducer| {
         protocol::write_to_producer(output, message).context("writing to the producer")
     };
-    write(
-        output,
-        &ToProducer::Ready {
-            ledger_lines_read,
-            records_replayed,
-            bytes_cut,
-            open_micros: started.elapsed().as_micros() as u64,
-            reconcile_micros,
-            reconciled,
-            position,
-        },
-    )?;
+    write(output, &ready)?;
     let mut line = String::new();
     loop {
         let message =

@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::args::{parse_fraction, parse_open_fraction, DurabilityArg};
+use crate::args::{parse_duration, parse_fraction, parse_open_fraction, DurabilityArg};
 use crate::balances::{read_balance, Balance, CHANNEL};
 use crate::cli_error::{CliError, CliResult, Context};
 use crate::consumer::{read_ledger, ConsumerArgs, DedupMode, LedgerEntry};
@@ -68,12 +68,31 @@ there. At the end every balance is checked against the sum of its customer's eve
 once, next to the balances of the run without idem. --json prints one JSON object instead of \
 the report.";
 
+/// Which channel carries the deliveries (`--broker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    /// The demo's own at-least-once channel: batches over the consumer's stdin.
+    Pipe,
+    /// A NATS JetStream stream read by a durable pull consumer (an idem built with the `nats`
+    /// feature).
+    Nats,
+}
+
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Broker::Pipe => "pipe",
+            Broker::Nats => "nats",
+        })
+    }
+}
+
 /// The TTL of each event's idempotency key: longer than any retry window.
-const TTL_SECS: u64 = 24 * 3600;
+pub const TTL_SECS: u64 = 24 * 3600;
 /// Batches the producer has in flight before it waits for an acknowledgement.
 const WINDOW: usize = 4;
 /// The lease of each claim: longer than a crash and restart of the consumer.
-const LEASE_SECS: u64 = 300;
+pub const LEASE_SECS: u64 = 300;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -125,6 +144,19 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the report (implies --quiet).
     #[arg(long)]
     pub json: bool,
+    /// The channel: pipe (the demo's own, batches over the consumer's stdin) or nats (a
+    /// JetStream stream read by a durable pull consumer with explicit acks; needs an idem built
+    /// with `--features nats`, and `nats-server` on the PATH unless --nats-url is given).
+    #[arg(long, value_enum, default_value_t = Broker::Pipe)]
+    pub broker: Broker,
+    /// With --broker nats: the server to use, e.g. nats://127.0.0.1:4222 (JetStream enabled).
+    /// Default: the demo starts `nats-server -js` on a free loopback port with a scratch store
+    /// and stops it at the end.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// With --broker nats: how long JetStream waits for a message's ack before redelivering it.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
 }
 
 /// How the demo starts a consumer process.
@@ -133,7 +165,7 @@ pub enum Launcher {
     /// `<exe> demo-consumer <args>`: the idem binary itself.
     Subcommand(PathBuf),
     /// A test harness running one test that serves as the consumer; the consumer's arguments
-    /// go in the environment variable `env`, one per line.
+    /// go in the environment variable `env`, one per line (parsed back with [`parse_args`]).
     #[cfg(test)]
     TestHarness {
         exe: PathBuf,
@@ -149,16 +181,27 @@ impl Launcher {
     }
 
     fn spawn(&self, args: &ConsumerArgs) -> CliResult<ConsumerProcess> {
+        self.spawn_argv("demo-consumer", args.to_argv())
+    }
+
+    /// Starts `<exe> <subcommand> <argv>` (the test harness: its test with `argv` in the
+    /// environment) with piped stdin and stdout.
+    pub fn spawn_argv(
+        &self,
+        subcommand: &str,
+        argv: Vec<std::ffi::OsString>,
+    ) -> CliResult<ConsumerProcess> {
         let mut command = match self {
             Launcher::Subcommand(exe) => {
                 let mut command = Command::new(exe);
-                command.arg("demo-consumer").args(args.to_argv());
+                command.arg(subcommand).args(argv);
                 command
             }
             #[cfg(test)]
             Launcher::TestHarness { exe, test, env } => {
+                let _ = subcommand;
                 let mut lines = Vec::new();
-                for arg in args.to_argv() {
+                for arg in argv {
                     lines.push(arg.into_string().map_err(|a| {
                         CliError::new(format!("non-UTF-8 consumer argument {a:?}"))
                     })?);
@@ -185,15 +228,16 @@ impl Launcher {
     }
 }
 
-struct ConsumerProcess {
-    child: Child,
-    stdin: BufWriter<ChildStdin>,
+/// A consumer process and its pipes.
+pub struct ConsumerProcess {
+    pub child: Child,
+    pub stdin: BufWriter<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
 impl ConsumerProcess {
     /// Turns a failure to talk to the consumer into an error that says how it ended.
-    fn failed(&mut self, what: impl std::fmt::Display) -> CliError {
+    pub fn failed(&mut self, what: impl std::fmt::Display) -> CliError {
         let status = match self.child.try_wait() {
             Ok(Some(status)) => format!("it exited with {status}"),
             Ok(None) => "it is still running".to_string(),
@@ -202,7 +246,7 @@ impl ConsumerProcess {
         CliError::new(format!("consumer process: {what} ({status})"))
     }
 
-    fn read(&mut self) -> CliResult<ToProducer> {
+    pub fn read(&mut self) -> CliResult<ToProducer> {
         match protocol::read_to_producer(&mut self.stdout) {
             Ok(Some(message)) => Ok(message),
             Ok(None) => {
@@ -213,7 +257,7 @@ impl ConsumerProcess {
         }
     }
 
-    fn wait_ready(&mut self, spawned: Instant) -> CliResult<Ready> {
+    pub fn wait_ready(&mut self, spawned: Instant) -> CliResult<Ready> {
         match self.read()? {
             ToProducer::Ready {
                 ledger_lines_read,
@@ -237,7 +281,15 @@ impl ConsumerProcess {
         }
     }
 
-    fn kill(mut self) -> CliResult<()> {
+    /// Kills the consumer somewhere inside its next batch's work: at a random moment within
+    /// `batch_time` (one batch's time) from now.
+    pub fn kill_within(self, batch_time: Duration, rng: &mut StdRng) -> CliResult<()> {
+        let nanos = batch_time.as_nanos() as u64;
+        std::thread::sleep(Duration::from_nanos(rng.gen_range(0..=nanos)));
+        self.kill()
+    }
+
+    pub fn kill(mut self) -> CliResult<()> {
         // SIGKILL: no destructor, no flush, no goodbye.
         self.child.kill().context("killing the consumer process")?;
         self.child.wait().context("reaping the consumer process")?;
@@ -422,7 +474,7 @@ fn store_balances(dir: &Path, customers: u32) -> CliResult<(Vec<Balance>, Option
 }
 
 /// One run of the workload through one kind of consumer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunResult {
     pub wall: Duration,
     /// Deliveries sent: the channel's schedule plus the re-sends after a crash.
@@ -488,15 +540,19 @@ pub struct DemoReport {
     pub total_cents: u64,
     pub dedup: RunResult,
     pub naive: Option<RunResult>,
+    /// The channel the deliveries went over.
+    pub broker: Broker,
+    /// Over NATS: the consumers' ack wait.
+    pub ack_wait: Duration,
 }
 
-struct Progress {
-    bar: ProgressBar,
+pub struct Progress {
+    pub bar: ProgressBar,
     quiet: bool,
 }
 
 impl Progress {
-    fn new(quiet: bool, prefix: &'static str, len: u64) -> Progress {
+    pub fn new(quiet: bool, prefix: &'static str, len: u64) -> Progress {
         let bar = if quiet {
             ProgressBar::hidden()
         } else {
@@ -513,7 +569,7 @@ impl Progress {
     }
 
     /// A line of news: above the bar when it is drawn, else on stderr unless quiet.
-    fn say(&self, line: &str) {
+    pub fn say(&self, line: &str) {
         if !self.bar.is_hidden() {
             self.bar.println(line);
         } else if !self.quiet {
@@ -543,24 +599,7 @@ fn run_once(
     let started = Instant::now();
     let mut consumer = launcher.spawn(args)?;
     let mut starts = vec![consumer.wait_ready(started)?];
-    let mut result = RunResult {
-        wall: Duration::ZERO,
-        sent_deliveries: 0,
-        acked_deliveries: 0,
-        resent_after_crash: 0,
-        restarts: 0,
-        killed_after: None,
-        totals: BatchReport::default(),
-        commit_latency: Histogram::default(),
-        starts: Vec::new(),
-        final_fsyncs: 0,
-        final_disk_bytes: 0,
-        final_live_keys: 0,
-        verdict: Verdict::default(),
-        balances: None,
-        applied_unacked: 0,
-        final_position: None,
-    };
+    let mut result = RunResult::default();
     // Offsets: every delivery before `acked` is acknowledged (or, in state mode, committed);
     // `next` is the next to send; `in_flight` the batches sent and not acknowledged.
     let (mut acked, mut next) = (0usize, 0usize);
@@ -618,11 +657,7 @@ fn run_once(
 
         let due = kill_after.is_some_and(|k| result.acked_deliveries >= k);
         if due && result.killed_after.is_none() && acked < channel.len() {
-            // Kill somewhere inside the next batch's work: a random moment within one
-            // batch's time after this acknowledgement.
-            let nanos = ack_interval.as_nanos() as u64;
-            std::thread::sleep(Duration::from_nanos(kill_rng.gen_range(0..=nanos)));
-            consumer.kill()?;
+            consumer.kill_within(ack_interval, &mut kill_rng)?;
             result.killed_after = Some(result.acked_deliveries);
             result.restarts += 1;
             let unacked = next - acked;
@@ -739,13 +774,14 @@ fn resume_summary(position: u64, applied_unacked: u64, resent: u64) -> String {
     )
 }
 
-fn add(total: &mut BatchReport, batch: &BatchReport) {
+pub fn add(total: &mut BatchReport, batch: &BatchReport) {
     total.inserted += batch.inserted;
     total.duplicates += batch.duplicates;
     total.in_doubt += batch.in_doubt;
     total.charged_blindly += batch.charged_blindly;
     total.retried += batch.retried;
     total.commit_nanos += batch.commit_nanos;
+    total.redelivered += batch.redelivered;
 }
 
 /// `claims in doubt after the crash: N (M found in the ledger, K charged now)`.
@@ -801,7 +837,7 @@ fn consumer_note(mode: DedupMode, threads: u32) -> String {
 }
 
 /// Prepares the demo's directory: the one given (must be empty or absent), else a temporary one.
-fn workspace(dir: Option<&Path>) -> CliResult<(Option<tempfile::TempDir>, PathBuf)> {
+pub fn workspace(dir: Option<&Path>) -> CliResult<(Option<tempfile::TempDir>, PathBuf)> {
     match dir {
         Some(dir) => {
             if let Ok(mut entries) = std::fs::read_dir(dir) {
@@ -933,6 +969,8 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         total_cents: workload.total_cents(),
         dedup,
         naive,
+        broker: Broker::Pipe,
+        ack_wait: args.ack_wait,
     })
 }
 
@@ -957,6 +995,11 @@ fn render_setup(out: &mut String, r: &DemoReport) {
         writeln!(
             out,
             "idem demo --mode state: exactly-once balances over an at-least-once channel"
+        )
+    } else if r.broker == Broker::Nats {
+        writeln!(
+            out,
+            "idem demo --broker nats: exactly-once charging over a NATS JetStream stream"
         )
     } else {
         writeln!(
@@ -1002,6 +1045,14 @@ fn render_setup(out: &mut String, r: &DemoReport) {
                 fmt::count(after)
             );
             match r.mode {
+                _ if r.broker == Broker::Nats => {
+                    let _ = writeln!(
+                        out,
+                        "  restarted; JetStream redelivered every message the killed consumer had not acknowledged once\n  \
+                         its ack wait ({}) ran out.",
+                        humantime::format_duration(r.ack_wait)
+                    );
+                }
                 DedupMode::State => {
                     let _ = writeln!(
                         out,
@@ -1034,6 +1085,15 @@ fn render_setup(out: &mut String, r: &DemoReport) {
         }
     }
     match r.mode {
+        _ if r.broker == Broker::Nats => {
+            let _ = writeln!(
+                out,
+                "  Consumer: a durable JetStream pull consumer, explicit acks: fetch up to {} messages →\n  \
+                 check_or_insert_batch_async (durability {}) → ledger append + fsync → ack each message.",
+                fmt::count(u64::from(r.batch)),
+                r.durability
+            );
+        }
         DedupMode::Claims if r.durability.0 == idem::Durability::Sync => {
             let _ = writeln!(
                 out,
@@ -1126,9 +1186,12 @@ pub fn render(r: &DemoReport) -> String {
     figure(&mut out, r, "  re-sent by the channel", &|_| {
         fmt::count(r.channel_extra_deliveries)
     });
-    figure(&mut out, r, "  re-sent after the crash", &|x| {
-        fmt::count(x.resent_after_crash)
-    });
+    let resent = if r.broker == Broker::Nats {
+        "  redelivered by JetStream"
+    } else {
+        "  re-sent after the crash"
+    };
+    figure(&mut out, r, resent, &|x| fmt::count(x.resent_after_crash));
     figure(&mut out, r, "consumer restarts", &|x| {
         fmt::count(u64::from(x.restarts))
     });
@@ -1367,6 +1430,7 @@ pub fn to_json(r: &DemoReport) -> serde_json::Value {
             "deliveries": x.sent_deliveries,
             "resent_after_crash": x.resent_after_crash,
             "consumer_restarts": x.restarts,
+            "redelivered": x.totals.redelivered,
             "double_charges": double,
             "lost_charges": lost,
             "overcharged_cents": over,
@@ -1379,6 +1443,7 @@ pub fn to_json(r: &DemoReport) -> serde_json::Value {
     let d = &r.dedup;
     let mut out = run(d);
     let extra = json!({
+        "broker": r.broker.to_string(),
         "mode": r.mode.to_string(),
         "durability": r.durability.to_string(),
         "events": r.events,
@@ -1402,7 +1467,19 @@ pub fn to_json(r: &DemoReport) -> serde_json::Value {
 }
 
 pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
-    let report = run(args, &Launcher::this_executable()?)?;
+    let launcher = Launcher::this_executable()?;
+    let report = match args.broker {
+        Broker::Pipe => run(args, &launcher)?,
+        #[cfg(feature = "nats")]
+        Broker::Nats => crate::nats_demo::run(args, &launcher)?,
+        #[cfg(not(feature = "nats"))]
+        Broker::Nats => {
+            return Err(CliError::new(
+                "this idem was built without NATS support: build it with the `nats` feature \
+                 (cargo run --release -p idem --features nats -- demo --broker nats)",
+            ))
+        }
+    };
     if args.json {
         println!("{}", to_json(&report));
     } else {
@@ -1415,21 +1492,38 @@ pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
     })
 }
 
-/// Parses the consumer arguments the test harness passes in the environment.
+/// Parses arguments of type `T` (the flags after the subcommand) the way the tool would: the
+/// consumer arguments the test harness passes in the environment, one a line, or a test's flags.
 #[cfg(test)]
-fn consumer_args_from_env(lines: &str) -> CliResult<ConsumerArgs> {
+pub fn parse_args<T: clap::Args>(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
+) -> CliResult<T> {
     use clap::Parser;
-    use std::ffi::OsString;
     #[derive(Parser)]
-    struct Wrap {
+    struct Wrap<T: clap::Args> {
         #[command(flatten)]
-        args: ConsumerArgs,
+        args: T,
     }
-    let argv =
-        std::iter::once(OsString::from("demo-consumer")).chain(lines.lines().map(OsString::from));
-    Wrap::try_parse_from(argv)
+    let argv = std::iter::once("idem".into()).chain(argv.into_iter().map(Into::into));
+    Wrap::<T>::try_parse_from(argv)
         .map(|w| w.args)
         .map_err(|e| CliError::new(e.to_string()))
+}
+
+/// The body of a test that serves as a consumer process ([`Launcher::TestHarness`]): when the
+/// environment variable `env` holds the consumer's arguments, runs `serve` with them and exits
+/// with status 1 on its error, as the consumer subcommand would; else (the test run on its own)
+/// does nothing.
+#[cfg(test)]
+pub fn serve_as_child<T: clap::Args>(env: &str, serve: impl FnOnce(T) -> CliResult<()>) {
+    let Ok(lines) = std::env::var(env) else {
+        return;
+    };
+    let args: T = parse_args(lines.lines()).unwrap();
+    if let Err(e) = serve(args) {
+        eprintln!("consumer: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]
@@ -1443,16 +1537,10 @@ mod tests {
     /// test binary running only this test with the consumer's arguments in the environment.
     #[test]
     fn consumer_child_process() {
-        let Ok(lines) = std::env::var(CHILD_ENV) else {
-            return;
-        };
-        let args = consumer_args_from_env(&lines).unwrap();
-        let stdin = std::io::stdin();
-        let stdout = std::io::stdout();
-        if let Err(e) = crate::consumer::run(&args, &mut stdin.lock(), &mut stdout.lock()) {
-            eprintln!("consumer: {e}");
-            std::process::exit(1);
-        }
+        serve_as_child(CHILD_ENV, |args: ConsumerArgs| {
+            let stdin = std::io::stdin();
+            crate::consumer::run(&args, &mut stdin.lock(), &mut std::io::stdout().lock())
+        });
     }
 
     fn tiny(dir: &Path, mode: DedupMode, durability: Option<&str>) -> DemoArgs {
@@ -1471,6 +1559,9 @@ mod tests {
             seed: 7,
             quiet: true,
             json: false,
+            broker: Broker::Pipe,
+            nats_url: None,
+            ack_wait: Duration::from_secs(3),
         }
     }
 
@@ -1741,6 +1832,8 @@ mod tests {
             total_cents: 1000,
             dedup,
             naive: None,
+            broker: Broker::Pipe,
+            ack_wait: Duration::from_secs(3),
         };
         let text = render(&report);
         assert!(text.contains("FAILED"), "{text}");

@@ -11,6 +11,9 @@
 //! - `idem stats`, `idem verify`, `idem get`, `idem export`, `idem import`: tools for operators
 //!   on a store directory that no process has open.
 //! - `idem demo-consumer` (hidden): the consumer process that `idem demo` spawns.
+//! - Feature `nats`: `idem demo --broker nats` runs the demo over a NATS JetStream stream (its
+//!   consumer process is `idem demo-nats-consumer`, hidden), and `idem nats-dedup` compares
+//!   idem's dedup window with JetStream's own publish dedup.
 //!
 //! Module map: `args` parses flag values, `cli_error` is the error type printed to the user,
 //! `hist` the latency histogram, `workload` the demo's producer and channel, `protocol` the pipe
@@ -19,7 +22,8 @@
 //! claims (claim, charge, complete; in-doubt claims reconciled after a crash), `balances` the
 //! state mode's (balances, dedup records and channel position in one transaction), `demo` the parent
 //! side and its report, `bench` the load generator, `ops` the operator commands, `fmt` number
-//! formatting.
+//! formatting. Feature `nats`: `nats_server` the scratch JetStream server, `nats_demo` the demo
+//! over it (both processes' sides), `nats_dedup` the comparison of dedup windows.
 
 mod args;
 mod balances;
@@ -30,6 +34,12 @@ mod consumer;
 mod demo;
 mod fmt;
 mod hist;
+#[cfg(feature = "nats")]
+mod nats_dedup;
+#[cfg(feature = "nats")]
+mod nats_demo;
+#[cfg(feature = "nats")]
+mod nats_server;
 mod ops;
 mod protocol;
 mod workload;
@@ -88,6 +98,16 @@ enum Command {
     /// The consumer process of `idem demo` (internal: speaks a line protocol on stdin/stdout).
     #[command(hide = true)]
     DemoConsumer(consumer::ConsumerArgs),
+    /// The consumer process of `idem demo --broker nats` (internal: reads a JetStream durable
+    /// consumer, reports on stdout).
+    #[cfg(feature = "nats")]
+    #[command(hide = true)]
+    DemoNatsConsumer(nats_demo::NatsConsumerArgs),
+    /// Compare idem's dedup window with JetStream's publish dedup (Nats-Msg-Id within a
+    /// duplicate_window): memory per ID, the window 1 GiB holds, throughput.
+    #[cfg(feature = "nats")]
+    #[command(long_about = nats_dedup::LONG_ABOUT)]
+    NatsDedup(nats_dedup::NatsDedupArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +116,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::DemoConsumer(args) => consumer::main(&args),
+        #[cfg(feature = "nats")]
+        Command::DemoNatsConsumer(args) => nats_demo::consumer_main(&args),
+        #[cfg(feature = "nats")]
+        Command::NatsDedup(args) => nats_dedup::main(&args),
         Command::Stats(args) => ops::stats(&args, &mut std::io::stdout()),
         Command::Verify(args) => ops::verify(&args, &mut std::io::stdout()),
         Command::Get(args) => ops::get(&args, &mut std::io::stdout()),

@@ -12,7 +12,9 @@
 //!   recovery and the reconciliation of the claims in doubt; `position` is the channel offset the
 //!   consumer wants its deliveries from (state mode: the position committed in idem; else 0);
 //! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <charged-blindly> <retried>
-//!   <commit-nanos>`: batch `seq` is charged and in the ledger (fsynced): acknowledged;
+//!   <commit-nanos> <redelivered>`: batch `seq` is charged and in the ledger (fsynced):
+//!   acknowledged (`redelivered`: of its deliveries, those the broker had delivered before, over
+//!   NATS; 0 on the pipe);
 //! - `@idem S <fsyncs> <disk-bytes> <live-keys>`: the store's final stats, before exit.
 
 use std::io::{self, BufRead, Write};
@@ -50,6 +52,9 @@ pub struct BatchReport {
     /// Time spent in idem: the batch's claims, or its `check_or_insert_batch` (0 for the naive
     /// consumer).
     pub commit_nanos: u64,
+    /// Over NATS (`idem demo --broker nats`): deliveries JetStream had delivered before (to a
+    /// consumer that did not acknowledge them in time, e.g. one killed). 0 on the pipe.
+    pub redelivered: u64,
 }
 
 /// What the reconciliation of the claims left open by a crashed consumer found (claims mode).
@@ -112,11 +117,39 @@ pub fn write_batch(
 ) -> io::Result<()> {
     writeln!(out, "B {seq} {} {offset}", events.len())?;
     for &event in events {
-        let amount = workload.amounts[event as usize];
-        let customer = workload.customer(event);
-        writeln!(out, "{} {amount} {customer}", event_id(event))?;
+        write_delivery(out, event, workload)?;
+        writeln!(out)?;
     }
     Ok(())
+}
+
+/// Writes the delivery of `event`, `<event-id> <amount-cents> <customer>` (no newline): a line
+/// of a batch, or the body of a NATS message.
+pub fn write_delivery(out: &mut impl Write, event: u32, workload: &Workload) -> io::Result<()> {
+    let amount = workload.amounts[event as usize];
+    let customer = workload.customer(event);
+    write!(out, "{} {amount} {customer}", event_id(event))
+}
+
+/// Parses a delivery written by [`write_delivery`].
+pub fn parse_delivery(text: &str) -> io::Result<Delivery> {
+    let mut fields = text.split(' ');
+    let (Some(id), Some(amount), Some(customer), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(bad(format!("malformed delivery {text:?}")));
+    };
+    let amount_cents = amount
+        .parse()
+        .map_err(|_| bad(format!("malformed amount in {text:?}")))?;
+    let customer = customer
+        .parse()
+        .map_err(|_| bad(format!("malformed customer in {text:?}")))?;
+    Ok(Delivery {
+        event_id: id.to_string(),
+        amount_cents,
+        customer,
+    })
 }
 
 pub fn write_end(out: &mut impl Write) -> io::Result<()> {
@@ -160,24 +193,7 @@ pub fn read_to_consumer(
                 if input.read_line(line)? == 0 {
                     return Err(bad(format!("input ended inside batch {seq}")));
                 }
-                let text = line.trim_end();
-                let mut fields = text.split(' ');
-                let (Some(id), Some(amount), Some(customer), None) =
-                    (fields.next(), fields.next(), fields.next(), fields.next())
-                else {
-                    return Err(bad(format!("malformed delivery {text:?}")));
-                };
-                let amount_cents = amount
-                    .parse()
-                    .map_err(|_| bad(format!("malformed amount in {text:?}")))?;
-                let customer = customer
-                    .parse()
-                    .map_err(|_| bad(format!("malformed customer in {text:?}")))?;
-                items.push(Delivery {
-                    event_id: id.to_string(),
-                    amount_cents,
-                    customer,
-                });
+                items.push(parse_delivery(line.trim_end())?);
             }
             Ok(Some(ToConsumer::Batch { seq, offset, items }))
         }
@@ -202,13 +218,14 @@ pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Resu
         )?,
         ToProducer::Ack { seq, report } => writeln!(
             out,
-            "{PREFIX}A {seq} {} {} {} {} {} {}",
+            "{PREFIX}A {seq} {} {} {} {} {} {} {}",
             report.inserted,
             report.duplicates,
             report.in_doubt,
             report.charged_blindly,
             report.retried,
-            report.commit_nanos
+            report.commit_nanos,
+            report.redelivered
         )?,
         ToProducer::Summary {
             fsyncs,
@@ -256,6 +273,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                     charged_blindly: number(&mut parts, &body)?,
                     retried: number(&mut parts, &body)?,
                     commit_nanos: number(&mut parts, &body)?,
+                    redelivered: number(&mut parts, &body)?,
                 },
             },
             Some("S") => ToProducer::Summary {
@@ -355,6 +373,7 @@ mod tests {
                     charged_blindly: 8,
                     retried: 17,
                     commit_nanos: 123_456,
+                    redelivered: 9,
                 },
             },
             ToProducer::Summary {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# CI: the demo over NATS JetStream (`idem demo --broker nats`, feature `nats`), when nats-server is
+# on the PATH or apt-get can install it without asking (root or passwordless sudo); otherwise it
+# prints that it skipped, and why, and succeeds. The demo starts its own nats-server on a free
+# loopback port with a scratch store and stops it by its process id.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nats-server >/dev/null 2>&1; then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo="sudo -n"
+    else
+      echo "skipped the NATS demo: nats-server is not installed, and installing it needs root (no passwordless sudo)"
+      exit 0
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "skipped the NATS demo: nats-server is not installed and there is no apt-get to install it with"
+    exit 0
+  fi
+  echo "installing nats-server with apt-get"
+  log=$(mktemp)
+  if ! { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; } >"$log" 2>&1; then
+    echo "skipped the NATS demo: apt-get could not install nats-server:"
+    tail -n 5 "$log"
+    exit 0
+  fi
+fi
+echo "$(nats-server --version)"
+
+cargo clippy -p idem --all-targets --features nats -- -D warnings
+cargo test --release -p idem --features nats --bin idem nats_demo
+# Exit status 1 if the run with idem double-charged or lost anything.
+cargo run --release -q -p idem --features nats -- demo --broker nats --events 50000 --ack-wait 2s --json
