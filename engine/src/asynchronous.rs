@@ -43,8 +43,10 @@
 //!   of the token fails with [`crate::Error::StaleClaim`] (check with `get`).
 //! - `remove_async`: the removal was done.
 //!
-//! Transactions, once they exist, get the same treatment: an async commit that captures the
-//! commit's final wait and awaits it here.
+//! Transactions get the same treatment: `Transaction::commit_async` captures the commit's final
+//! wait and awaits it here (a dropped commit future leaves the transaction written, whole, as a
+//! crash after a blocking commit would), and `check_or_insert_async` / `get_state_async` await
+//! the record their answer rests on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +59,7 @@ use crate::error::Result;
 use crate::log::{Location, Log};
 use crate::shared::capturing_durability_wait;
 use crate::store::Store;
+use crate::transaction::Transaction;
 
 impl Store {
     /// [`Store::check_or_insert`] as a future: in `Sync` mode it resolves once the answer cannot
@@ -162,6 +165,17 @@ impl Store {
         Durable::new(log, log.tail()).await
     }
 
+    /// [`Store::get_state`] as a future: a state value whose record is not durable yet is
+    /// answered once it is.
+    pub async fn get_state_async(&self, key: &[u8]) -> Result<Option<Value>> {
+        self.when_durable(|| self.get_state(key)).await
+    }
+
+    /// [`Store::position`] as a future (see [`Store::get_state_async`]).
+    pub async fn position_async(&self, source: &[u8]) -> Result<Option<u64>> {
+        self.when_durable(|| self.position(source)).await
+    }
+
     /// Runs `call` now (it is the synchronous part of the first poll) with its durability wait
     /// captured, then awaits that durability before answering, as the blocking call would have.
     async fn when_durable<T>(&self, call: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -224,5 +238,53 @@ impl Future for Durable<'_> {
             }
             ready => ready,
         }
+    }
+}
+
+impl Transaction<'_> {
+    /// [`Transaction::check_or_insert`] as a future: a `Duplicate` resting on a record not
+    /// durable yet is answered once it is, the task parked meanwhile.
+    pub async fn check_or_insert_async(
+        &mut self,
+        key: &[u8],
+        ttl: Duration,
+        value: &[u8],
+    ) -> Result<Outcome> {
+        let store = self.store();
+        store
+            .when_durable(|| self.check_or_insert(key, ttl, value))
+            .await
+    }
+
+    /// [`Transaction::get_state`] as a future (see [`Transaction::check_or_insert_async`]).
+    pub async fn get_state_async(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        let store = self.store();
+        store.when_durable(|| self.get_state(key)).await
+    }
+
+    /// [`Transaction::commit`] as a future: in `Sync` mode it resolves once the whole
+    /// transaction is durable (one fsync shared with other committers), parking the task, not a
+    /// thread. Dropped after its first poll, it leaves what a crash during a blocking commit
+    /// would: the transaction is written and becomes durable with the next commit, whole.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// runtime.block_on(async {
+    ///     let mut tx = store.transaction();
+    ///     tx.check_or_insert_async(b"event-1", Duration::from_secs(3600), b"ok").await?;
+    ///     tx.put_state(b"balance/7", b"250")?;
+    ///     tx.set_position(b"orders/3", 1)?;
+    ///     tx.commit_async().await?;
+    ///     assert_eq!(store.position_async(b"orders/3").await?, Some(1));
+    ///     Ok::<(), idem::Error>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn commit_async(self) -> Result<()> {
+        let store = self.store();
+        store.when_durable(move || self.commit()).await
     }
 }

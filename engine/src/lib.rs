@@ -31,7 +31,7 @@
 //! check-or-insert batch pipeline), `claim` (two-phase claims), `single_flight` (the table behind
 //! `check_or_insert_with`); and `store`, the public [`Store`], a façade of open, close and the
 //! calls, with `asynchronous` the async forms of the calls that wait for durability (futures
-//! woken by the group commit), and `state` and `transaction` (state entries, positions and the
+//! woken by the group commit., and `state` and `transaction` (state entries, positions and the
 //! atomic commit of [`Transaction`]). Beside them the operator tools: `export`
 //! ([`Store::export`], [`Store::import`]: the live window in a checksummed file) and `verify`
 //! ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and

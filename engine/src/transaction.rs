@@ -249,6 +249,13 @@ fn read_state(
     }
 }
 
+impl<'s> Transaction<'s> {
+    /// The store the transaction belongs to.
+    pub(crate) fn store(&self) -> &'s Store {
+        self.store
+    }
+}
+
 impl Transaction<'_> {
     /// Checks `key` like [`Store::check_or_insert`]: `Duplicate` with the recorded value if a
     /// live entry exists (nothing will be written for it), else `Inserted`, and the commit will

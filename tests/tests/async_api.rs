@@ -438,6 +438,68 @@ fn thousands_of_tasks_on_one_thread_share_fsyncs() {
     assert_eq!(store.stats().live_keys, TASKS);
 }
 
+/// Transactions committed from many tasks of one runtime thread share fsyncs too; a poisoned
+/// store fails every pending commit.
+#[test]
+fn transaction_commits_from_many_tasks_share_fsyncs_and_fail_together() {
+    const TASKS: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_with(dir.path(), Config::default().background_maintenance(false)).unwrap(),
+    );
+    let before = store.stats().fsyncs;
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut tx = store.transaction();
+                    let key = format!("event-{i}");
+                    let outcome = tx.check_or_insert_async(key.as_bytes(), TTL, b"ok").await?;
+                    assert_eq!(outcome, Outcome::Inserted);
+                    tx.put_state(format!("balance/{i}").as_bytes(), b"1")?;
+                    tx.set_position(format!("source/{i}").as_bytes(), i)?;
+                    tx.commit_async().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    });
+    let fsyncs = store.stats().fsyncs - before;
+    eprintln!("{TASKS} transactions, one runtime thread: {fsyncs} fsyncs");
+    assert!(fsyncs * 4 <= TASKS, "{fsyncs} fsyncs for {TASKS} commits");
+    assert_eq!(store.stats().state_entries, TASKS);
+
+    let clock = ManualClock::new();
+    let (store, storage) = gated_store(Durability::Sync, &clock);
+    storage.gate.close();
+    let mut commits: Vec<Pin<Box<dyn Future<Output = idem::Result<()>> + '_>>> = Vec::new();
+    for i in 0..20u64 {
+        let mut tx = store.transaction();
+        tx.put_state(format!("s{i}").as_bytes(), b"v").unwrap();
+        commits.push(Box::pin(tx.commit_async()));
+    }
+    let waker = Arc::new(CountingWaker::default());
+    for commit in &mut commits {
+        assert!(poll_once(commit.as_mut(), &waker).is_pending());
+    }
+    storage.inner.set_faults(Faults {
+        sync_error_per_million: 1_000_000,
+        ..Faults::default()
+    });
+    storage.gate.open();
+    waker.await_wakes(commits.len());
+    for commit in &mut commits {
+        match poll_once(commit.as_mut(), &waker) {
+            Poll::Ready(Err(Error::Poisoned { .. })) => {}
+            other => panic!("expected Poisoned, got {other:?}"),
+        }
+    }
+}
+
 /// A multi-thread runtime, many tasks racing on few keys: exactly one insert per key, every other
 /// task sees that insert's value, as with threads.
 #[test]
