@@ -269,7 +269,7 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
                 })?;
                 copied += 1;
             }
-            RecordKind::Insert | RecordKind::Claim => {
+            RecordKind::Insert | RecordKind::Claim | RecordKind::Failure => {
                 let hash = shared.index.hash(record.key);
                 let mut table = shared.index.lock(hash);
                 let live = record.expires_at_millis > now;
