@@ -71,7 +71,7 @@ impl Default for Config {
             background_maintenance: true,
             storage: Arc::new(FileSystem),
             late_duplicate_grace: Duration::ZERO,
-            late_duplicate_capacity: 1 << 20,
+            late_duplicate_capacity: 1 << 18,
         }
     }
 }
@@ -174,18 +174,19 @@ impl Config {
     ///
     /// The memory is a ring of Bloom filters per shard, 2 bytes per remembered key, bounded by
     /// [`Config::late_duplicate_capacity`]; it starts empty at open. A key never seen is
-    /// flagged with a probability of at most about 0.25% per grace period's worth of a full
-    /// memory (see README "Observability"); a key may be flagged up to a third of `grace` after
-    /// the grace ends.
+    /// flagged with a probability of about 0.24% per full filter in the window, less while they
+    /// are partly full (see README "Observability"); a key may be flagged up to a third of
+    /// `grace` after the grace ends.
     pub fn late_duplicate_grace(mut self, grace: Duration) -> Self {
         self.late_duplicate_grace = grace;
         self
     }
 
-    /// How many expired keys the late-duplicate memory holds per grace period, over the whole
-    /// store (default 2^20, 2 bytes each: about 4 MiB with the default 256 shards, whose
-    /// per-shard minimum applies to small capacities). Keys expiring beyond it are not
-    /// remembered ([`crate::Metrics::late_memory_overflowed`]).
+    /// How many keys expiring within a third of the grace period the late-duplicate memory
+    /// holds, over the whole store (default 2^18). Each shard gets its share plus a quarter, at
+    /// 2 bytes per key, in each of 4 filters sized up to a power of two: 4 MiB by default with
+    /// 256 shards (counted in [`crate::Stats::index_bytes`]).
+    /// Keys expiring beyond it are not remembered ([`crate::Metrics::late_memory_overflowed`]).
     pub fn late_duplicate_capacity(mut self, keys: usize) -> Self {
         self.late_duplicate_capacity = keys;
         self

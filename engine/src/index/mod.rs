@@ -82,10 +82,12 @@ impl Index {
     }
 
     /// Turns on every shard's late-duplicate memory for `grace_millis` (0: off), remembering
-    /// about `capacity` expired keys over the whole index per grace period.
+    /// `capacity` expired keys over the whole index per epoch (a third of the grace period).
     pub(crate) fn remember_expired(&self, grace_millis: u64, capacity: usize) {
-        // Three of the four epochs span the grace period.
-        let per_epoch = capacity.div_ceil(self.shards.len() * 3).max(16);
+        // A quarter more per shard: keys do not spread over the shards exactly evenly.
+        let per_epoch = (capacity + capacity / 4)
+            .div_ceil(self.shards.len())
+            .max(16);
         for shard in self.shards.iter() {
             shard.lock().remember_expired(grace_millis, per_epoch);
         }
