@@ -66,6 +66,7 @@ mod state;
 mod store;
 mod store_with;
 mod sync;
+mod trace;
 mod transaction;
 mod validate;
 mod verify;

@@ -163,3 +163,105 @@ impl Store {
         }
     }
 }
+
+/// Publishing through the `metrics` facade (feature `metrics`).
+#[cfg(feature = "metrics")]
+mod facade {
+    use super::*;
+
+    impl Store {
+        /// Publishes [`Store::metrics`] through the [`metrics`] facade, for whatever recorder the
+        /// application installed (Prometheus, StatsD, ...): counters `idem_decisions_total`
+        /// (label `decision`), `idem_claims_total` (label `end`), `idem_entries_expired_total`,
+        /// `idem_segments_deleted_total`, `idem_segments_compacted_total`,
+        /// `idem_checkpoints_total`, `idem_fsyncs_total`, `idem_log_writes_total`,
+        /// `idem_bytes_appended_total`, `idem_late_memory_overflowed_total`; gauges
+        /// `idem_live_keys`, `idem_disk_bytes`, `idem_segments`, `idem_index_bytes`,
+        /// `idem_bytes_per_fsync`, `idem_open_seconds`, `idem_records_replayed`. Every series
+        /// carries the label `store` (the directory). Call it periodically (every scrape or
+        /// every few seconds): it costs one [`Store::metrics`].
+        ///
+        /// With the feature on, `check_or_insert`, `decide` and `claim` also record their
+        /// latency in the histogram `idem_call_seconds` (label `call`).
+        pub fn publish_metrics(&self) {
+            let m = self.metrics();
+            let store = self.shared.dir.display().to_string();
+            let d = &m.decisions;
+            for (decision, n) in [
+                ("first", d.inserted - d.late_duplicates),
+                ("late_duplicate", d.late_duplicates),
+                ("replay", d.replays),
+                ("in_flight", d.in_flight),
+                ("failed", d.failures),
+                ("fingerprint_mismatch", d.fingerprint_mismatches),
+            ] {
+                metrics::counter!("idem_decisions_total", "store" => store.clone(), "decision" => decision)
+                    .absolute(n);
+            }
+            let c = &m.claims;
+            for (end, n) in [
+                ("acquired", c.acquired),
+                ("completed", c.completed),
+                ("failed", c.failed),
+                ("released", c.released),
+                ("in_doubt", c.in_doubt),
+                ("fenced", c.fenced),
+            ] {
+                metrics::counter!("idem_claims_total", "store" => store.clone(), "end" => end)
+                    .absolute(n);
+            }
+            let s = &m.stats;
+            for (name, n) in [
+                ("idem_entries_expired_total", s.entries_expired),
+                ("idem_segments_deleted_total", s.segments_deleted),
+                ("idem_segments_compacted_total", s.segments_compacted),
+                ("idem_checkpoints_total", s.checkpoints_written),
+                ("idem_fsyncs_total", s.fsyncs),
+                ("idem_log_writes_total", s.log_writes),
+                ("idem_bytes_appended_total", s.bytes_appended),
+                (
+                    "idem_late_memory_overflowed_total",
+                    m.late_memory_overflowed,
+                ),
+            ] {
+                metrics::counter!(name, "store" => store.clone()).absolute(n);
+            }
+            for (name, value) in [
+                ("idem_live_keys", s.live_keys as f64),
+                ("idem_disk_bytes", s.disk_bytes as f64),
+                ("idem_segments", s.segments as f64),
+                ("idem_index_bytes", s.index_bytes as f64),
+                ("idem_bytes_per_fsync", m.bytes_per_fsync as f64),
+                ("idem_open_seconds", m.open_duration.as_secs_f64()),
+                ("idem_records_replayed", m.records_replayed as f64),
+            ] {
+                metrics::gauge!(name, "store" => store.clone()).set(value);
+            }
+        }
+    }
+}
+
+/// Times a call into the `idem_call_seconds` histogram when dropped (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub(crate) struct CallTimer {
+    call: &'static str,
+    started: std::time::Instant,
+}
+
+#[cfg(feature = "metrics")]
+impl CallTimer {
+    pub(crate) fn start(call: &'static str) -> CallTimer {
+        CallTimer {
+            call,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for CallTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("idem_call_seconds", "call" => self.call)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}

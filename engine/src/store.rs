@@ -190,12 +190,37 @@ impl Store {
         } else {
             None
         };
+        let open_duration = opening.elapsed();
+        let report = &recovered.report;
+        crate::trace::event!(
+            info,
+            dir = %shared.dir.display(),
+            millis = open_duration.as_millis() as u64,
+            segments_replayed = report.segments_replayed,
+            records_replayed = report.records_replayed,
+            checkpoint_entries = report.checkpoint_entries_loaded,
+            "store opened"
+        );
+        if let Some(_tail) = &report.truncated_tail {
+            crate::trace::event!(
+                warn,
+                path = %_tail.path.display(),
+                offset = _tail.offset,
+                bytes_cut = _tail.bytes_cut,
+                reason = %_tail.reason,
+                "torn tail cut at open"
+            );
+        }
+        if let Some(_why) = &report.checkpoint_ignored {
+            crate::trace::event!(warn, reason = %_why, "checkpoint ignored: the log was replayed");
+        }
+        let _ = report;
         Ok(Store {
             shared,
             writer: Some(writer),
             maintainer,
             recovery: recovered.report,
-            open_duration: opening.elapsed(),
+            open_duration,
             in_flight: crate::single_flight::InFlightTable::default(),
             _lock: lock,
         })
@@ -250,6 +275,8 @@ impl Store {
         value: &[u8],
         fingerprint: Option<&[u8]>,
     ) -> Result<(Outcome, bool)> {
+        #[cfg(feature = "metrics")]
+        let _timer = crate::metrics::CallTimer::start("check_or_insert");
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;

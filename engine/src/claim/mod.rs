@@ -107,6 +107,8 @@ impl Store {
         lease: Duration,
         fingerprint: Option<&[u8]>,
     ) -> Result<Claim> {
+        #[cfg(feature = "metrics")]
+        let _timer = crate::metrics::CallTimer::start("claim");
         validate_key(key)?;
         let lease_millis = validate_ttl(lease)?;
         let shared = &*self.shared;
