@@ -15,6 +15,7 @@ use crate::store::{Stats, Store};
 pub(crate) struct ShardCounters {
     pub(crate) first: u64,
     pub(crate) late: u64,
+    pub(crate) late_claims: u64,
     pub(crate) replays: u64,
     pub(crate) in_flight: u64,
     pub(crate) failures: u64,
@@ -50,6 +51,7 @@ impl ShardCounters {
     fn add(&mut self, other: &ShardCounters) {
         self.first += other.first;
         self.late += other.late;
+        self.late_claims += other.late_claims;
         self.replays += other.replays;
         self.in_flight += other.in_flight;
         self.failures += other.failures;
@@ -71,8 +73,10 @@ pub struct DecisionCounts {
     /// Keys recorded for the first time (or again after their entry expired), late duplicates
     /// included.
     pub inserted: u64,
-    /// Of `inserted`, the keys flagged as late duplicates (see
-    /// [`crate::Config::late_duplicate_grace`]; 0 while it is off).
+    /// Keys inserted, or claims acquired, whose previous entry expired within the grace
+    /// period: late duplicates (see [`crate::Config::late_duplicate_grace`]; 0 while it is
+    /// off). A claim has no room to say so in its answer ([`crate::Claim`] is unchanged): it is
+    /// only counted here.
     pub late_duplicates: u64,
     /// Answers replaying a recorded result (`Duplicate`, `Claim::Duplicate`).
     pub replays: u64,
@@ -141,7 +145,7 @@ impl Store {
         Metrics {
             decisions: DecisionCounts {
                 inserted: counters.first + counters.late,
-                late_duplicates: counters.late,
+                late_duplicates: counters.late + counters.late_claims,
                 replays: counters.replays,
                 in_flight: counters.in_flight,
                 failures: counters.failures,
@@ -172,7 +176,9 @@ mod facade {
     impl Store {
         /// Publishes [`Store::metrics`] through the [`metrics`] facade, for whatever recorder the
         /// application installed (Prometheus, StatsD, ...): counters `idem_decisions_total`
-        /// (label `decision`), `idem_claims_total` (label `end`), `idem_entries_expired_total`,
+        /// (label `decision`: `inserted`, `late_duplicate` (inserts and claims on a recently
+        /// expired key: not a subset of one series), `replay`, `in_flight`, `failed`,
+        /// `fingerprint_mismatch`), `idem_claims_total` (label `end`), `idem_entries_expired_total`,
         /// `idem_segments_deleted_total`, `idem_segments_compacted_total`,
         /// `idem_checkpoints_total`, `idem_fsyncs_total`, `idem_log_writes_total`,
         /// `idem_bytes_appended_total`, `idem_late_memory_overflowed_total`; gauges
@@ -188,7 +194,7 @@ mod facade {
             let store = self.shared.dir.display().to_string();
             let d = &m.decisions;
             for (decision, n) in [
-                ("first", d.inserted - d.late_duplicates),
+                ("inserted", d.inserted),
                 ("late_duplicate", d.late_duplicates),
                 ("replay", d.replays),
                 ("in_flight", d.in_flight),

@@ -141,6 +141,7 @@ impl Store {
                 (answer, end)
             }
             Probe::Vacant(slot) => {
+                let late = table.late_duplicate(hash.tag, now);
                 let claim_id = shared.claims.next_claim_id()?;
                 let claim_id_bytes = claim_id.to_le_bytes();
                 let record = Record {
@@ -161,6 +162,9 @@ impl Store {
                 let token = ClaimToken::from_record(&record).expect("an 8-byte claim id");
                 shared.claims.remember(&token);
                 table.counters.claims_acquired += 1;
+                if late {
+                    table.counters.late_claims += 1;
+                }
                 (Ok(Claim::Acquired(token)), Some(end))
             }
         };

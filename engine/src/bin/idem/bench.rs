@@ -397,8 +397,8 @@ pub fn render(r: &BenchReport) -> String {
     let d = &r.metrics.decisions;
     let _ = writeln!(
         out,
-        "  decisions          {} first, {} late duplicates{}, {} replays, {} in flight, {} failed, {} fingerprint mismatches",
-        fmt::count(d.inserted - d.late_duplicates),
+        "  decisions          {} inserted ({} late duplicates{}), {} replays, {} in flight, {} failed, {} fingerprint mismatches",
+        fmt::count(d.inserted),
         fmt::count(d.late_duplicates),
         if a.late_grace.is_some() { "" } else { " (off: --late-grace)" },
         fmt::count(d.replays),
@@ -474,7 +474,7 @@ pub fn to_json(r: &BenchReport) -> serde_json::Value {
         "inserted": r.inserted,
         "duplicates": r.duplicates,
         "decisions": {
-            "first": r.metrics.decisions.inserted - r.metrics.decisions.late_duplicates,
+            "inserted": r.metrics.decisions.inserted,
             "late_duplicates": r.metrics.decisions.late_duplicates,
             "replays": r.metrics.decisions.replays,
             "in_flight": r.metrics.decisions.in_flight,

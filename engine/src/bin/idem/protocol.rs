@@ -50,6 +50,10 @@ pub struct BatchReport {
     /// Time spent in idem: the batch's claims, or its `check_or_insert_batch` (0 for the naive
     /// consumer).
     pub commit_nanos: u64,
+    /// Deliveries idem inserted or claimed although their key's entry had expired shortly
+    /// before (late duplicates: the TTL was shorter than the retry delay). Claims and batch
+    /// modes; transactions (state mode) are not counted.
+    pub late_duplicates: u64,
 }
 
 /// What the reconciliation of the claims left open by a crashed consumer found (claims mode).
@@ -202,13 +206,14 @@ pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Resu
         )?,
         ToProducer::Ack { seq, report } => writeln!(
             out,
-            "{PREFIX}A {seq} {} {} {} {} {} {}",
+            "{PREFIX}A {seq} {} {} {} {} {} {} {}",
             report.inserted,
             report.duplicates,
             report.in_doubt,
             report.charged_blindly,
             report.retried,
-            report.commit_nanos
+            report.commit_nanos,
+            report.late_duplicates
         )?,
         ToProducer::Summary {
             fsyncs,
@@ -256,6 +261,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                     charged_blindly: number(&mut parts, &body)?,
                     retried: number(&mut parts, &body)?,
                     commit_nanos: number(&mut parts, &body)?,
+                    late_duplicates: number(&mut parts, &body)?,
                 },
             },
             Some("S") => ToProducer::Summary {
@@ -355,6 +361,7 @@ mod tests {
                     charged_blindly: 8,
                     retried: 17,
                     commit_nanos: 123_456,
+                    late_duplicates: 3,
                 },
             },
             ToProducer::Summary {
