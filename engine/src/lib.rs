@@ -35,7 +35,11 @@
 //! atomic commit of [`Transaction`]). Beside them the operator tools: `export`
 //! ([`Store::export`], [`Store::import`]: the live window in a checksummed file) and `verify`
 //! ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and
-//! [`Error`] are the knobs and answers.
+//! [`Error`] are the knobs and answers. Across the layers: `retention` ([`Completion`]: how a
+//! claim's outcome decides how long its key is kept, and which entries refuse a call),
+//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), the index's
+//! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
+//! kept per shard under its lock) and `trace` (events of the `tracing` feature).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

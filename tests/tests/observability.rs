@@ -264,3 +264,21 @@ fn metrics_count_decisions_and_claim_ends() {
         "counts start at open"
     );
 }
+
+/// A claim acquired on a key whose completed result expired shortly before is counted as a late
+/// duplicate too (its answer, `Claim::Acquired`, is unchanged).
+#[test]
+fn claims_on_recently_expired_keys_count_as_late_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock).late_duplicate_grace(GRACE)).unwrap();
+    let token = acquired(store.claim(b"charge", LEASE).unwrap());
+    store.complete(token, TTL, b"receipt").unwrap();
+    assert_eq!(store.metrics().decisions.late_duplicates, 0);
+    clock.advance(TTL);
+    acquired(store.claim(b"charge", LEASE).unwrap());
+    acquired(store.claim(b"never-seen", LEASE).unwrap());
+    let metrics = store.metrics();
+    assert_eq!(metrics.decisions.late_duplicates, 1);
+    assert_eq!(metrics.claims.acquired, 3);
+}
