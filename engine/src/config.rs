@@ -169,7 +169,7 @@ impl Config {
 
     /// Remembers, for `grace` after their deadline, the keys whose entries expired (default:
     /// zero, off), so that an insert of such a key is reported as a late duplicate
-    /// ([`crate::Decision::LateDuplicate`], [`crate::Metrics::late_duplicates`]): its TTL was
+    /// ([`crate::Decision::LateDuplicate`], [`crate::DecisionCounts::late_duplicates`]): its TTL was
     /// shorter than the real retry window. It only signals; the key is inserted as usual.
     ///
     /// The memory is a ring of Bloom filters per shard, 2 bytes per remembered key, bounded by
