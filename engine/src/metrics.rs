@@ -30,6 +30,7 @@ pub(crate) struct ShardCounters {
 
 impl ShardCounters {
     /// Counts a refusal derived from a found entry.
+    #[inline]
     pub(crate) fn refused(&mut self, refusal: &crate::Error) {
         match refusal {
             crate::Error::ClaimInFlight { .. } => self.in_flight += 1,
@@ -40,6 +41,7 @@ impl ShardCounters {
     }
 
     /// Counts an insert, late or not.
+    #[inline]
     pub(crate) fn inserted(&mut self, late: bool) {
         if late {
             self.late += 1;

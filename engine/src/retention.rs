@@ -50,12 +50,13 @@ pub enum Completion<'a> {
 
 /// The refusal a found entry answers with instead of a replay, if it is one: a claim in flight,
 /// or a failure in its back-off.
+#[inline]
 pub(crate) fn refusal(record: &Record<'_>) -> Option<Error> {
-    let until = crate::claim::system_time(record.expires_at_millis);
+    let until = || crate::claim::system_time(record.expires_at_millis);
     match record.kind {
-        RecordKind::Claim => Some(Error::ClaimInFlight { until }),
+        RecordKind::Claim => Some(Error::ClaimInFlight { until: until() }),
         RecordKind::Failure => Some(Error::RecentFailure {
-            until,
+            until: until(),
             failure: Value::from(record.value),
         }),
         _ => None,

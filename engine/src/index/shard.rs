@@ -110,10 +110,18 @@ impl ShardTable {
     /// expired within the grace period: a dead entry of the tag still in the table, or one
     /// remembered by the late-duplicate memory. Always false when the memory is off. A tag match
     /// is a probable match only (see `late`).
+    #[inline]
     pub(crate) fn late_duplicate(&self, tag: u32, now_millis: u64) -> bool {
-        let Some(memory) = &self.late else {
-            return false;
-        };
+        match &self.late {
+            None => false,
+            Some(memory) => self.late_duplicate_in(memory, tag, now_millis),
+        }
+    }
+
+    /// [`ShardTable::late_duplicate`] with the memory on (kept out of line: the insert path
+    /// with the memory off inlines only the check above).
+    #[inline(never)]
+    fn late_duplicate_in(&self, memory: &LateMemory, tag: u32, now_millis: u64) -> bool {
         let grace = memory.grace_millis();
         let mask = self.mask();
         let mut index = tag as usize & mask;
