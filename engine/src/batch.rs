@@ -21,7 +21,7 @@ use std::time::Duration;
 use parking_lot::MutexGuard;
 
 use crate::answer::{Outcome, Value};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::{KeyHash, Probe, ShardTable, Slot};
 use crate::log::Location;
 use crate::record::{self, Record, RecordKind};
@@ -74,10 +74,8 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
                 let end = shared.end_of(table, slot, &record);
-                if record.kind == RecordKind::Claim {
-                    let refusal = Error::ClaimInFlight {
-                        until: crate::claim::system_time(record.expires_at_millis),
-                    };
+                if let Some(refusal) = crate::retention::refusal(&record) {
+                    guards[guard_of[i]].counters.refused(&refusal);
                     drop(guards);
                     return shared.answer_when_durable(end, Err(refusal));
                 }
@@ -122,8 +120,17 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
             location: at,
         };
-        guards[guard_of[i]].put_new(entry, now);
+        let table = &mut guards[guard_of[i]];
+        let late = table.late_duplicate(entry.tag, now);
+        table.put_new(entry, now);
+        table.counters.inserted(late);
         outcomes[i] = Some(Outcome::Inserted);
+    }
+    // Counted once the batch cannot be refused any more.
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if let Some(Outcome::Duplicate(_)) = outcome {
+            guards[guard_of[i]].counters.replays += 1;
+        }
     }
     for table in guards.iter_mut() {
         shared.settle(table);

@@ -52,6 +52,8 @@ pub struct Config {
     pub(crate) checkpoint_every_bytes: u64,
     pub(crate) background_maintenance: bool,
     pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) late_duplicate_grace: Duration,
+    pub(crate) late_duplicate_capacity: usize,
 }
 
 impl Default for Config {
@@ -68,6 +70,8 @@ impl Default for Config {
             checkpoint_every_bytes: 256 << 20,
             background_maintenance: true,
             storage: Arc::new(FileSystem),
+            late_duplicate_grace: Duration::ZERO,
+            late_duplicate_capacity: 1 << 18,
         }
     }
 }
@@ -160,6 +164,31 @@ impl Config {
     /// [`crate::sim::SimStorage`] to inject faults and simulate crashes.
     pub fn storage(mut self, storage: impl Storage) -> Self {
         self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Remembers, for `grace` after their deadline, the keys whose entries expired (default:
+    /// zero, off), so that an insert of such a key is reported as a late duplicate
+    /// ([`crate::Decision::LateDuplicate`], [`crate::DecisionCounts::late_duplicates`]): its TTL was
+    /// shorter than the real retry window. It only signals; the key is inserted as usual.
+    ///
+    /// The memory is a ring of Bloom filters per shard, 2 bytes per remembered key, bounded by
+    /// [`Config::late_duplicate_capacity`]; it starts empty at open. A key never seen is
+    /// flagged with a probability of about 0.24% per full filter in the window, less while they
+    /// are partly full (see README "Observability"); a key may be flagged up to a third of
+    /// `grace` after the grace ends.
+    pub fn late_duplicate_grace(mut self, grace: Duration) -> Self {
+        self.late_duplicate_grace = grace;
+        self
+    }
+
+    /// How many keys expiring within a third of the grace period the late-duplicate memory
+    /// holds, over the whole store (default 2^18). Each shard gets its share plus a quarter, at
+    /// 2 bytes per key, in each of 4 filters sized up to a power of two: 4 MiB by default with
+    /// 256 shards (counted in [`crate::Stats::index_bytes`]).
+    /// Keys expiring beyond it are not remembered ([`crate::Metrics::late_memory_overflowed`]).
+    pub fn late_duplicate_capacity(mut self, keys: usize) -> Self {
+        self.late_duplicate_capacity = keys;
         self
     }
 

@@ -71,6 +71,17 @@ pub enum Error {
         /// When the current claim's lease ends.
         until: std::time::SystemTime,
     },
+    /// The key's last claim ended in a definite failure recorded with a back-off (see
+    /// [`crate::Completion::Failure`]): until `until` the key is neither claimable nor
+    /// insertable, so a retry storm does not hammer a failing dependency. After it the key is
+    /// free.
+    #[error("key's side effect failed; retry after {until:?}")]
+    RecentFailure {
+        /// When the back-off ends.
+        until: std::time::SystemTime,
+        /// The bytes recorded with the failure.
+        failure: crate::Value,
+    },
     /// A claim token no longer holds its key: its lease ended, or the key was completed,
     /// released, removed or claimed again. The holder must not record a result.
     #[error("stale claim: {reason}")]

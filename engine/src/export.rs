@@ -300,8 +300,8 @@ impl Store {
     }
 }
 
-/// Calls `visit` with the record of every live index entry (an Insert or a Claim), under its
-/// shard's lock.
+/// Calls `visit` with the record of every live index entry (an Insert or a Claim; failures in
+/// their back-off are left out), under its shard's lock.
 fn walk_live(
     shared: &Shared,
     now: u64,
@@ -323,6 +323,8 @@ fn walk_live(
             }
             match record.kind {
                 RecordKind::Insert | RecordKind::Claim => visit(&record)?,
+                // A failure's back-off is a passing guard, not a result: not exported.
+                RecordKind::Failure => {}
                 _ => {
                     return Err(Error::Corrupt {
                         path: shared.dir.clone(),

@@ -35,7 +35,11 @@
 //! atomic commit of [`Transaction`]). Beside them the operator tools: `export`
 //! ([`Store::export`], [`Store::import`]: the live window in a checksummed file) and `verify`
 //! ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and
-//! [`Error`] are the knobs and answers.
+//! [`Error`] are the knobs and answers. Across the layers: `retention` ([`Completion`]: how a
+//! claim's outcome decides how long its key is kept, and which entries refuse a call),
+//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), the index's
+//! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
+//! kept per shard under its lock) and `trace` (events of the `tracing` feature).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,6 +51,7 @@ mod checkpoint;
 mod claim;
 mod clock;
 mod config;
+mod decision;
 mod error;
 mod export;
 mod fence;
@@ -54,8 +59,10 @@ mod index;
 mod io;
 mod log;
 mod maintenance;
+mod metrics;
 pub mod record;
 mod recovery;
+mod retention;
 mod shared;
 pub mod sim;
 mod single_flight;
@@ -63,6 +70,7 @@ mod state;
 mod store;
 mod store_with;
 mod sync;
+mod trace;
 mod transaction;
 mod validate;
 mod verify;
@@ -71,11 +79,14 @@ pub use answer::{Outcome, Value};
 pub use claim::{Claim, ClaimToken};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
+pub use decision::Decision;
 pub use error::{Error, Result};
 pub use export::{ExportReport, ImportReport, LiveCount, EXPORT_VERSION};
 pub use maintenance::MaintenanceReport;
+pub use metrics::{ClaimCounts, DecisionCounts, Metrics};
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
+pub use retention::Completion;
 pub use single_flight::WithError;
 pub use store::{Stats, Store};
 pub use transaction::{Transaction, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_RECORDS};

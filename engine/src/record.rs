@@ -95,6 +95,11 @@ pub enum RecordKind {
     /// group's body length (u32, the bytes of the records that follow it) and record count (u32).
     /// Recovery applies a group only if its whole body is there and intact.
     Group = 8,
+    /// A claim ended in a definite failure (format 2, kind 9): the key's entry until the
+    /// deadline (the end of the back-off), the value the failure's bytes. Claims and
+    /// check-or-inserts of the key are refused with the failure until then; after it the key
+    /// is free. Replay, compaction and checkpoints treat it as an Insert.
+    Failure = 9,
 }
 
 impl RecordKind {
@@ -108,8 +113,18 @@ impl RecordKind {
             6 => Some(RecordKind::StateRemove),
             7 => Some(RecordKind::Position),
             8 => Some(RecordKind::Group),
+            9 => Some(RecordKind::Failure),
             _ => None,
         }
+    }
+
+    /// Whether the record can be a key's dedup entry (what the index points at): an Insert, a
+    /// Claim or a Failure.
+    pub fn is_entry(self) -> bool {
+        matches!(
+            self,
+            RecordKind::Insert | RecordKind::Claim | RecordKind::Failure
+        )
     }
 
     /// Whether the record belongs to the state namespace (state entries and positions) rather
@@ -691,7 +706,7 @@ mod tests {
             key in proptest::collection::vec(any::<u8>(), 1..64),
             value in proptest::collection::vec(any::<u8>(), 0..128),
             expires in 0..=NEVER_EXPIRES,
-            kind in 1u8..=8,
+            kind in 1u8..=9,
             fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
         ) {
             let kind = RecordKind::from_byte(kind).unwrap();

@@ -599,8 +599,9 @@ fn apply(
         claim_keys.push(record.key.into());
     }
     let kind = match record.kind {
-        // A claim occupies its key like an insert until its lease ends.
-        RecordKind::Claim => RecordKind::Insert,
+        // A claim occupies its key like an insert until its lease ends, a failure until its
+        // back-off ends.
+        RecordKind::Claim | RecordKind::Failure => RecordKind::Insert,
         kind => kind,
     };
     match (kind, probe) {
@@ -624,6 +625,7 @@ fn apply(
         (RecordKind::Remove, Probe::Vacant(_)) => {}
         (
             RecordKind::Claim
+            | RecordKind::Failure
             | RecordKind::Seal
             | RecordKind::StatePut
             | RecordKind::StateRemove

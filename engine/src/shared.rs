@@ -72,7 +72,8 @@ impl Shared {
     ///
     /// Returns the answer and the log location that must be durable before the answer may be
     /// given in `Sync` mode: the new record's end on an insert, the found record's end (if not
-    /// yet durable) on a duplicate or a refusal. The outer error is an I/O failure; the inner
+    /// yet durable) on a duplicate or a refusal; and whether an insert is a late duplicate (see
+    /// `Config::late_duplicate_grace`). Counts the decision in the shard. The outer error is an I/O failure; the inner
     /// one a refusal derived from the found record (a claim in flight, a fingerprint mismatch).
     #[allow(clippy::too_many_arguments)] // reason: the hot path passes what it already has
     pub(crate) fn check_or_insert_one(
@@ -85,23 +86,28 @@ impl Shared {
         now: u64,
         buf: &mut Vec<u8>,
         fingerprint: Option<&[u8]>,
-    ) -> Result<(Result<Outcome>, Option<Location>)> {
+    ) -> Result<(Result<Outcome>, Option<Location>, bool)> {
         match self.probe(table, hash, key, now, buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(buf).expect("checked during the probe");
                 let end = self.end_of(table, slot, &record);
-                if let Err(mismatch) = check_fingerprint(&record, fingerprint) {
-                    return Ok((Err(mismatch), end));
+                let refusal = match check_fingerprint(&record, fingerprint) {
+                    Err(mismatch) => Some(mismatch),
+                    Ok(()) => crate::retention::refusal(&record),
+                };
+                if let Some(refusal) = refusal {
+                    table.counters.refused(&refusal);
+                    return Ok((Err(refusal), end, false));
                 }
-                if record.kind == RecordKind::Claim {
-                    let in_flight = Error::ClaimInFlight {
-                        until: crate::claim::system_time(record.expires_at_millis),
-                    };
-                    return Ok((Err(in_flight), end));
-                }
-                Ok((Ok(Outcome::Duplicate(Value::from(record.value))), end))
+                table.counters.replays += 1;
+                Ok((
+                    Ok(Outcome::Duplicate(Value::from(record.value))),
+                    end,
+                    false,
+                ))
             }
             Probe::Vacant(slot) => {
+                let late = table.late_duplicate(hash.tag, now);
                 let record = Record {
                     kind: RecordKind::Insert,
                     key,
@@ -116,8 +122,9 @@ impl Shared {
                     location: at,
                 };
                 table.put(slot, entry, now);
+                table.counters.inserted(late);
                 self.settle(table);
-                Ok((Ok(Outcome::Inserted), Some(end)))
+                Ok((Ok(Outcome::Inserted), Some(end), late))
             }
         }
     }
@@ -177,8 +184,8 @@ impl Shared {
             if record.key != key {
                 return Ok(KeyCheck::Other);
             }
-            if !matches!(record.kind, RecordKind::Insert | RecordKind::Claim) {
-                // Only inserts and claims are dedup entries: never answer from another record
+            if !record.kind.is_entry() {
+                // Only inserts, claims and failures are dedup entries: never answer from another record
                 // of the same key bytes (a removal, a state record, a position).
                 return Err(Error::Corrupt {
                     path: self.dir.clone(),

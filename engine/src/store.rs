@@ -93,6 +93,8 @@ pub struct Store {
     recovery: RecoveryReport,
     /// Keys whose `check_or_insert_with` closure is running (see `single_flight`).
     pub(crate) in_flight: crate::single_flight::InFlightTable,
+    /// How long open took (recovery included), for [`Store::metrics`].
+    pub(crate) open_duration: std::time::Duration,
     /// Held for the store's life: the exclusive lock on the directory.
     _lock: crate::io::DirLock,
 }
@@ -120,6 +122,7 @@ impl Store {
     /// [`Error::UnsupportedVersion`] on damaged files; a torn tail of the newest segment is
     /// cut off instead (see [`Store::recovery_report`]).
     pub fn open_with(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let opening = std::time::Instant::now();
         let dir = dir.as_ref().to_path_buf();
         let storage = Arc::clone(&config.storage);
         crate::io::create_dir_durably(&*storage, &dir)
@@ -150,6 +153,10 @@ impl Store {
         );
         let mut state = crate::state::StateTables::default();
         let recovered = recovery::recover(&*storage, &dir, &index, &mut state, now, checkpoint)?;
+        index.remember_expired(
+            config.late_duplicate_grace.as_millis() as u64,
+            config.late_duplicate_capacity,
+        );
         let options = LogOptions {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
@@ -183,11 +190,37 @@ impl Store {
         } else {
             None
         };
+        let open_duration = opening.elapsed();
+        let report = &recovered.report;
+        crate::trace::event!(
+            info,
+            dir = %shared.dir.display(),
+            millis = open_duration.as_millis() as u64,
+            segments_replayed = report.segments_replayed,
+            records_replayed = report.records_replayed,
+            checkpoint_entries = report.checkpoint_entries_loaded,
+            "store opened"
+        );
+        if let Some(_tail) = &report.truncated_tail {
+            crate::trace::event!(
+                warn,
+                path = %_tail.path.display(),
+                offset = _tail.offset,
+                bytes_cut = _tail.bytes_cut,
+                reason = %_tail.reason,
+                "torn tail cut at open"
+            );
+        }
+        if let Some(_why) = &report.checkpoint_ignored {
+            crate::trace::event!(warn, reason = %_why, "checkpoint ignored: the log was replayed");
+        }
+        let _ = report;
         Ok(Store {
             shared,
             writer: Some(writer),
             maintainer,
             recovery: recovered.report,
+            open_duration,
             in_flight: crate::single_flight::InFlightTable::default(),
             _lock: lock,
         })
@@ -199,6 +232,7 @@ impl Store {
     /// In [`crate::Durability::Sync`] mode it returns only once the answer cannot be undone by a crash.
     pub fn check_or_insert(&self, key: &[u8], ttl: Duration, value: &[u8]) -> Result<Outcome> {
         self.check_or_insert_inner(key, ttl, value, None)
+            .map(|(outcome, _)| outcome)
     }
 
     /// [`Store::check_or_insert`] that also records a fingerprint of the request (for example a
@@ -229,15 +263,20 @@ impl Store {
     ) -> Result<Outcome> {
         validate_fingerprint(fingerprint)?;
         self.check_or_insert_inner(key, ttl, value, Some(fingerprint))
+            .map(|(outcome, _)| outcome)
     }
 
-    fn check_or_insert_inner(
+    /// The check-or-insert behind the public forms: the outcome, and whether an insert is a
+    /// late duplicate. Refusals are errors (see `Decision` for their mapping).
+    pub(crate) fn check_or_insert_inner(
         &self,
         key: &[u8],
         ttl: Duration,
         value: &[u8],
         fingerprint: Option<&[u8]>,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, bool)> {
+        #[cfg(feature = "metrics")]
+        let _timer = crate::metrics::CallTimer::start("check_or_insert");
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
@@ -247,7 +286,7 @@ impl Store {
         let mut buf = Vec::new();
         let hash = shared.index.hash(key);
         let mut table = shared.index.lock(hash);
-        let (answer, wait_for) = shared.check_or_insert_one(
+        let (answer, wait_for, late) = shared.check_or_insert_one(
             &mut table,
             hash,
             key,
@@ -258,7 +297,7 @@ impl Store {
             fingerprint,
         )?;
         drop(table);
-        shared.answer_when_durable(wait_for, answer)
+        shared.answer_when_durable(wait_for, answer.map(|outcome| (outcome, late)))
     }
 
     /// [`Store::check_or_insert`] for many items with one commit (one fsync in `Sync` mode).
@@ -320,10 +359,12 @@ impl Store {
                 let record = record::decode(&buf).expect("checked during the probe");
                 let end = shared.end_of(&table, slot, &record);
                 match (record.kind, claimed) {
-                    (RecordKind::Claim, ClaimedKey::Absent) => (Ok(None), None),
-                    (RecordKind::Claim, ClaimedKey::InFlight) => {
-                        let until = crate::claim::system_time(record.expires_at_millis);
-                        (Err(Error::ClaimInFlight { until }), end)
+                    (RecordKind::Claim | RecordKind::Failure, ClaimedKey::Absent) => {
+                        (Ok(None), None)
+                    }
+                    (RecordKind::Claim | RecordKind::Failure, ClaimedKey::InFlight) => {
+                        let refusal = crate::retention::refusal(&record);
+                        (Err(refusal.expect("a claim or a failure")), end)
                     }
                     _ => (Ok(Some(Value::from(record.value))), end),
                 }

@@ -32,7 +32,16 @@ impl Store {
     ///   `key` while the closure runs, this call answers with that `Duplicate` and the closure's
     ///   value is dropped, unrecorded: the first value stays, as always.
     /// - A key held by a claim ([`Store::claim`]) fails with [`crate::Error::ClaimInFlight`] (as
-    ///   [`WithError::Store`]) before the closure runs: its side effect is in progress elsewhere.
+    ///   [`WithError::Store`]) before the closure runs: its side effect is in progress elsewhere;
+    ///   a key in a failure's back-off ([`crate::Completion::Failure`]) fails the same way with
+    ///   [`crate::Error::RecentFailure`].
+    /// - Retention follows the closure's result, as a claim's [`crate::Completion`] does: `Ok`
+    ///   is a success, kept for `ttl`; `Err` is a definite failure, never cached (the key is
+    ///   free for the next caller at once). An error that must be kept (a permanent refusal
+    ///   that retries should see, not redo) is returned by the closure as an `Ok` value that
+    ///   encodes it. A side effect whose outcome can be unknown belongs in a claim
+    ///   ([`Store::claim`], then [`Store::finish`] with [`crate::Completion::Ambiguous`]), which
+    ///   survives a crash in the middle.
     /// - Key and TTL are checked before the closure runs; a value that is too large is only
     ///   found after it ran ([`crate::Error::ValueTooLarge`] as [`WithError::Store`], nothing recorded).
     /// - In [`crate::Durability::Sync`] mode waiters are woken only after the value is durable.

@@ -280,11 +280,8 @@ impl Transaction<'_> {
                 let found = record::decode(&buf).expect("checked during the probe");
                 let end = shared.end_of(&table, slot, &found);
                 drop(table);
-                if found.kind == RecordKind::Claim {
-                    let in_flight = Error::ClaimInFlight {
-                        until: crate::claim::system_time(found.expires_at_millis),
-                    };
-                    return shared.answer_when_durable(end, Err(in_flight));
+                if let Some(refusal) = crate::retention::refusal(&found) {
+                    return shared.answer_when_durable(end, Err(refusal));
                 }
                 let answer = Outcome::Duplicate(Value::from(found.value));
                 shared.wait_if_sync(end)?;

@@ -44,7 +44,7 @@ const FLAG_FINGERPRINT: u8 = 0x01;
 const LAYOUT_V2: u8 = 0x80;
 
 /// Every kind, by its number.
-pub const KINDS: [RecordKind; 8] = [
+pub const KINDS: [RecordKind; 9] = [
     RecordKind::Insert,
     RecordKind::Remove,
     RecordKind::Claim,
@@ -53,9 +53,10 @@ pub const KINDS: [RecordKind; 8] = [
     RecordKind::StateRemove,
     RecordKind::Position,
     RecordKind::Group,
+    RecordKind::Failure,
 ];
 
-/// The kind numbered `n` (1..=8).
+/// The kind numbered `n` (1..=9).
 fn kind_of(n: u8) -> Option<RecordKind> {
     KINDS.get(usize::from(n).checked_sub(1)?).copied()
 }

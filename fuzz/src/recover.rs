@@ -1053,7 +1053,8 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
             let live = now < record.expires_at_millis;
             let at = location(id, offset);
             match record.kind {
-                RecordKind::Insert | RecordKind::Claim if live => {
+                // A Failure (a claim's back-off) occupies its key like an Insert.
+                RecordKind::Insert | RecordKind::Claim | RecordKind::Failure if live => {
                     let entry = Live {
                         value: record.value.to_vec(),
                         expires_at_millis: record.expires_at_millis,
@@ -1062,7 +1063,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                     };
                     out.live.insert(record.key.to_vec(), entry);
                 }
-                RecordKind::Insert | RecordKind::Claim => {
+                RecordKind::Insert | RecordKind::Claim | RecordKind::Failure => {
                     if out.live.remove(record.key).is_none() {
                         out.expired_records_skipped += 1;
                     }

@@ -31,6 +31,7 @@ use crate::answer::Value;
 use crate::error::{Error, Result};
 use crate::index::{Probe, Slot};
 use crate::record::{self, Record, RecordKind};
+use crate::retention::Completion;
 use crate::store::Store;
 use crate::validate::{
     check_fingerprint, validate_fingerprint, validate_key, validate_ttl, validate_value,
@@ -106,6 +107,8 @@ impl Store {
         lease: Duration,
         fingerprint: Option<&[u8]>,
     ) -> Result<Claim> {
+        #[cfg(feature = "metrics")]
+        let _timer = crate::metrics::CallTimer::start("claim");
         validate_key(key)?;
         let lease_millis = validate_ttl(lease)?;
         let shared = &*self.shared;
@@ -125,11 +128,20 @@ impl Store {
                     Ok(()) if record.kind == RecordKind::Claim => Ok(Claim::InFlight {
                         until: system_time(record.expires_at_millis),
                     }),
-                    Ok(()) => Ok(Claim::Duplicate(Value::from(record.value))),
+                    Ok(()) => match crate::retention::refusal(&record) {
+                        Some(failure) => Err(failure),
+                        None => Ok(Claim::Duplicate(Value::from(record.value))),
+                    },
                 };
+                match &answer {
+                    Err(refusal) => table.counters.refused(refusal),
+                    Ok(Claim::InFlight { .. }) => table.counters.in_flight += 1,
+                    Ok(_) => table.counters.replays += 1,
+                }
                 (answer, end)
             }
             Probe::Vacant(slot) => {
+                let late = table.late_duplicate(hash.tag, now);
                 let claim_id = shared.claims.next_claim_id()?;
                 let claim_id_bytes = claim_id.to_le_bytes();
                 let record = Record {
@@ -149,6 +161,10 @@ impl Store {
                 shared.settle(&mut table);
                 let token = ClaimToken::from_record(&record).expect("an 8-byte claim id");
                 shared.claims.remember(&token);
+                table.counters.claims_acquired += 1;
+                if late {
+                    table.counters.late_claims += 1;
+                }
                 (Ok(Claim::Acquired(token)), Some(end))
             }
         };
@@ -163,16 +179,61 @@ impl Store {
     ///
     /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
     pub fn complete(&self, token: ClaimToken, ttl: Duration, result: &[u8]) -> Result<()> {
-        let ttl_millis = validate_ttl(ttl)?;
-        validate_value(result)?;
-        self.resolve(&token, Resolution::Complete { ttl_millis, result })
+        self.finish(token, Completion::Success { ttl, result })
+    }
+
+    /// Ends the claim the way its side effect ended (see [`Completion`]): a success keeps the
+    /// result for its TTL (as [`Store::complete`]); a definite failure frees the key, at once or
+    /// after a back-off during which calls on the key fail with [`Error::RecentFailure`]; an
+    /// ambiguous outcome keeps the key claimed and in doubt ([`Store::in_doubt`]) until it is
+    /// reconciled. Each is a logged record, as durable as a completion, and survives a crash.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem::{Claim, Completion, Error};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = idem::Store::open(dir.path())?;
+    /// let Claim::Acquired(token) = store.claim(b"charge:1", Duration::from_secs(30))? else { unreachable!() };
+    /// // The provider said "card declined": do not cache it, but hold retries off for 5 s.
+    /// store.finish(token, Completion::Failure { backoff: Duration::from_secs(5), failure: b"declined" })?;
+    /// assert!(matches!(store.claim(b"charge:1", Duration::from_secs(30)), Err(Error::RecentFailure { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
+    pub fn finish(&self, token: ClaimToken, completion: Completion<'_>) -> Result<()> {
+        let resolution = match completion {
+            Completion::Success { ttl, result } => {
+                let ttl_millis = validate_ttl(ttl)?;
+                validate_value(result)?;
+                Resolution::Complete {
+                    kind: RecordKind::Insert,
+                    ttl_millis,
+                    result,
+                }
+            }
+            Completion::Failure { backoff, .. } if backoff.is_zero() => {
+                Resolution::Release { failed: true }
+            }
+            Completion::Failure { backoff, failure } => {
+                let ttl_millis = validate_ttl(backoff)?;
+                validate_value(failure)?;
+                Resolution::Complete {
+                    kind: RecordKind::Failure,
+                    ttl_millis,
+                    result: failure,
+                }
+            }
+            Completion::Ambiguous => Resolution::Ambiguous,
+        };
+        self.resolve(&token, resolution)
     }
 
     /// Gives up the claim without a result: the key is free again at once.
     ///
     /// Fails with [`Error::StaleClaim`], writing nothing, if the token no longer holds the key.
     pub fn release(&self, token: ClaimToken) -> Result<()> {
-        self.resolve(&token, Resolution::Release)
+        self.resolve(&token, Resolution::Release { failed: false })
     }
 
     /// Claims that were open when the store was last closed or crashed, and that nobody has
@@ -199,27 +260,40 @@ impl Store {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
                 match claim_of(&record) {
-                    Some(current) if current.claim_id == token.claim_id => slot,
-                    Some(_) => return Err(stale("the key was claimed again by another holder")),
-                    None => return Err(stale("the key already has a recorded result")),
+                    // The current claim record's deadline, not the token's: an ambiguous
+                    // outcome rewrote the claim with a later one.
+                    Some(current) if current.claim_id == token.claim_id => {
+                        Ok((slot, current.lease_until_millis))
+                    }
+                    Some(_) => Err(stale("the key was claimed again by another holder")),
+                    None => Err(stale("the key already has a recorded result")),
                 }
             }
-            Probe::Vacant(_) if now >= token.lease_until_millis => {
-                return Err(stale("the lease ended"));
+            Probe::Vacant(_) if now >= token.lease_until_millis => Err(stale("the lease ended")),
+            Probe::Vacant(_) => Err(stale("the claim was released or removed")),
+        };
+        let (slot, claim_until) = match slot {
+            Ok(found) => found,
+            Err(fenced) => {
+                table.counters.claims_fenced += 1;
+                return Err(fenced);
             }
-            Probe::Vacant(_) => return Err(stale("the claim was released or removed")),
         };
         let end = match resolution {
-            Resolution::Complete { ttl_millis, result } => {
+            Resolution::Complete {
+                kind,
+                ttl_millis,
+                result,
+            } => {
                 let completion = Record {
-                    kind: RecordKind::Insert,
+                    kind,
                     key: &token.key,
                     value: result,
                     expires_at_millis: now + ttl_millis,
                     fingerprint: &token.fingerprint,
                 };
                 let (at, mut end) = shared.log.append(&completion)?;
-                if completion.expires_at_millis < token.lease_until_millis {
+                if completion.expires_at_millis < claim_until {
                     // The result's segment may be deleted (all expired) while the Claim record
                     // still lives: this shadow, which lives as long as the claim, keeps replay
                     // from making the claim the key's entry again. It hides only records before
@@ -229,7 +303,7 @@ impl Store {
                         kind: RecordKind::Remove,
                         key: &token.key,
                         value: &origin,
-                        expires_at_millis: token.lease_until_millis,
+                        expires_at_millis: claim_until,
                         fingerprint: &[],
                     };
                     end = shared.log.append(&shadow)?.1;
@@ -240,10 +314,47 @@ impl Store {
                     location: at,
                 };
                 table.put(slot, entry, now);
+                if kind == RecordKind::Failure {
+                    table.counters.claims_failed += 1;
+                } else {
+                    table.counters.claims_completed += 1;
+                }
                 end
             }
-            Resolution::Release => {
-                shared.remove_entry(&mut table, slot, &token.key, token.lease_until_millis)?
+            Resolution::Release { failed } => {
+                let end = shared.remove_entry(&mut table, slot, &token.key, claim_until)?;
+                if failed {
+                    table.counters.claims_failed += 1;
+                } else {
+                    table.counters.claims_released += 1;
+                }
+                end
+            }
+            Resolution::Ambiguous => {
+                // The same claim (id, fingerprint) again, held until reconciled: a later record
+                // of the key wins on replay, so a crash cannot shorten it back to the lease.
+                let claim_id = token.claim_id.to_le_bytes();
+                let doubt = Record {
+                    kind: RecordKind::Claim,
+                    key: &token.key,
+                    value: &claim_id,
+                    expires_at_millis: now + crate::validate::MAX_TTL.as_millis() as u64,
+                    fingerprint: &token.fingerprint,
+                };
+                let (at, end) = shared.log.append(&doubt)?;
+                let entry = Slot {
+                    tag: hash.tag,
+                    expires_at_secs: Slot::deadline_secs(doubt.expires_at_millis),
+                    location: at,
+                };
+                table.put(slot, entry, now);
+                shared.settle(&mut table);
+                let in_doubt = ClaimToken::from_record(&doubt).expect("an 8-byte claim id");
+                // Under the shard lock, replacing the holder's entry: listed in doubt now.
+                shared.claims.remember_in_doubt(&in_doubt);
+                table.counters.claims_ambiguous += 1;
+                drop(table);
+                return shared.wait_if_sync(Some(end));
             }
         };
         shared.settle(&mut table);
@@ -257,10 +368,16 @@ impl Store {
 
 /// How a claim ends.
 enum Resolution<'a> {
-    /// With a result, kept for the TTL.
-    Complete { ttl_millis: u64, result: &'a [u8] },
-    /// Without one: the key is free again.
-    Release,
+    /// With a result kept for the TTL (an Insert), or a failure kept for its back-off.
+    Complete {
+        kind: RecordKind,
+        ttl_millis: u64,
+        result: &'a [u8],
+    },
+    /// Without one: the key is free again (`failed`: a definite failure without back-off).
+    Release { failed: bool },
+    /// Unknown: the claim stays, in doubt, until reconciled.
+    Ambiguous,
 }
 
 fn stale(reason: &str) -> Error {

@@ -8,6 +8,7 @@
 //! Invariant: the index holds at most one live entry per key; a key's entry and its record are
 //! changed only under the key's shard lock, so per key the log order is the operation order.
 
+mod late;
 mod shard;
 mod wheel;
 
@@ -78,6 +79,18 @@ impl Index {
         // Bits 16..48: disjoint from the shard bits for up to 65536 shards.
         let tag = (hash >> 16) as u32;
         KeyHash { shard, tag }
+    }
+
+    /// Turns on every shard's late-duplicate memory for `grace_millis` (0: off), remembering
+    /// `capacity` expired keys over the whole index per epoch (a third of the grace period).
+    pub(crate) fn remember_expired(&self, grace_millis: u64, capacity: usize) {
+        // A quarter more per shard: keys do not spread over the shards exactly evenly.
+        let per_epoch = (capacity + capacity / 4)
+            .div_ceil(self.shards.len())
+            .max(16);
+        for shard in self.shards.iter() {
+            shard.lock().remember_expired(grace_millis, per_epoch);
+        }
     }
 
     pub(crate) fn seeds(&self) -> [u64; 4] {

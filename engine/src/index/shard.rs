@@ -10,8 +10,10 @@
 //! - A tag match is only a candidate: the caller compares the full key from the log.
 //! - `len` counts occupied slots and stays at most 3/4 of the capacity.
 
+use super::late::LateMemory;
 use super::wheel::{BucketWork, ExpiryWheel};
 use crate::log::Location;
+use crate::metrics::ShardCounters;
 
 /// One index entry. 16 bytes: see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,10 @@ pub(crate) struct ShardTable {
     /// Where the latest removal of a key of this shard ends in the log (0: none yet). A `Sync`
     /// answer of "absent" waits until this is durable: it may rest on that removal.
     pub(crate) last_removal_end: Location,
+    /// What the calls on this shard's keys decided (written under the shard lock: no atomics).
+    pub(crate) counters: ShardCounters,
+    /// Recently expired tags (see `late`); `None` unless a grace period is configured.
+    late: Option<Box<LateMemory>>,
 }
 
 const MIN_CAPACITY: usize = 64;
@@ -90,7 +96,64 @@ impl ShardTable {
             tick_millis,
             released: Vec::new(),
             last_removal_end: 0,
+            counters: ShardCounters::default(),
+            late: None,
         }
+    }
+
+    /// Turns on the late-duplicate memory: `grace_millis` (0: off), `capacity` keys per epoch.
+    pub(crate) fn remember_expired(&mut self, grace_millis: u64, capacity: usize) {
+        self.late = (grace_millis > 0).then(|| Box::new(LateMemory::new(grace_millis, capacity)));
+    }
+
+    /// Whether a key with `tag`, about to be inserted (it has no live entry), had an entry that
+    /// expired within the grace period: a dead entry of the tag still in the table, or one
+    /// remembered by the late-duplicate memory. Always false when the memory is off. A tag match
+    /// is a probable match only (see `late`).
+    #[inline]
+    pub(crate) fn late_duplicate(&self, tag: u32, now_millis: u64) -> bool {
+        match &self.late {
+            None => false,
+            Some(memory) => self.late_duplicate_in(memory, tag, now_millis),
+        }
+    }
+
+    /// [`ShardTable::late_duplicate`] with the memory on (kept out of line: the insert path
+    /// with the memory off inlines only the check above).
+    #[inline(never)]
+    fn late_duplicate_in(&self, memory: &LateMemory, tag: u32, now_millis: u64) -> bool {
+        let grace = memory.grace_millis();
+        let mask = self.mask();
+        let mut index = tag as usize & mask;
+        loop {
+            let slot = self.slots[index];
+            if slot.is_empty() {
+                break;
+            }
+            // The caller's probe found no live entry, so a slot of the tag not dead by its
+            // rounded-up deadline is the key's, expired within its last second (or, at 2^-32,
+            // another key's).
+            if slot.tag == tag
+                && slot.is_dead(now_millis + 1000)
+                && u64::from(slot.expires_at_secs) * 1000 + grace > now_millis
+            {
+                return true;
+            }
+            index = (index + 1) & mask;
+        }
+        memory.contains(tag, now_millis)
+    }
+
+    /// Notes that `slot` is dropped as expired (for the late-duplicate memory).
+    fn expired(&mut self, slot: Slot, now_millis: u64) {
+        if let Some(memory) = &mut self.late {
+            memory.remember(slot.tag, u64::from(slot.expires_at_secs) * 1000, now_millis);
+        }
+    }
+
+    /// Expired keys the late-duplicate memory could not take (its epochs were full).
+    pub(crate) fn late_overflowed(&self) -> u64 {
+        self.late.as_ref().map_or(0, |memory| memory.overflowed)
     }
 
     /// The wheel tick on which an entry with this slot deadline is dead.
@@ -105,7 +168,9 @@ impl ShardTable {
 
     /// Bytes of memory held by the slots and the wheel.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Slot>() + self.wheel.heap_bytes()
+        self.slots.len() * std::mem::size_of::<Slot>()
+            + self.wheel.heap_bytes()
+            + self.late.as_ref().map_or(0, |memory| memory.heap_bytes())
     }
 
     fn mask(&self) -> usize {
@@ -165,6 +230,9 @@ impl ShardTable {
         if previous.is_empty() {
             self.len += 1;
         } else {
+            if previous.is_dead(now_millis) {
+                self.expired(previous, now_millis);
+            }
             self.released.push(previous.location);
         }
         self.slots[index] = slot;
@@ -264,6 +332,7 @@ impl ShardTable {
                 return removed;
             }
             if slot.tag == tag && slot.is_dead(now_millis) {
+                self.expired(slot, now_millis);
                 // Backward shift may move a later entry into `index`: look at it again.
                 self.remove(index);
                 removed += 1;
@@ -317,12 +386,17 @@ impl ShardTable {
     /// Re-lays the table with at least `min_capacity` slots, dropping dead entries.
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
         let mut live = Vec::with_capacity(self.len);
+        let mut dead = Vec::new();
         for slot in self.slots.iter().filter(|slot| !slot.is_empty()) {
             if slot.is_dead(now_millis) {
                 self.released.push(slot.location);
+                dead.push(*slot);
             } else {
                 live.push(*slot);
             }
+        }
+        for slot in dead {
+            self.expired(slot, now_millis);
         }
         let capacity = (live.len() * 2)
             .max(min_capacity)

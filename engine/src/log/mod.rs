@@ -523,6 +523,7 @@ impl Log {
             record.kind,
             record::RecordKind::Insert
                 | record::RecordKind::Claim
+                | record::RecordKind::Failure
                 | record::RecordKind::StatePut
                 | record::RecordKind::Position
         ) {

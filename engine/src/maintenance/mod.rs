@@ -68,9 +68,13 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
                     return;
                 }
             }
-            if run_once(&shared).is_err() && shared.log.poisoned().is_some() {
-                // Nothing more can be written; the callers see the poison.
-                return;
+            if let Err(_error) = run_once(&shared) {
+                if let Some(_cause) = shared.log.poisoned() {
+                    crate::trace::event!(error, cause = %_cause, "store poisoned: nothing more is acknowledged");
+                    // Nothing more can be written; the callers see the poison.
+                    return;
+                }
+                crate::trace::event!(warn, error = %_error, "maintenance round failed");
             }
         })
         .map_err(|e| Error::io("spawning the idem maintenance thread", e))
@@ -90,14 +94,23 @@ pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
         ..MaintenanceReport::default()
     };
     report.segments_deleted = delete_expired_segments(shared)?;
+    if report.segments_deleted > 0 {
+        crate::trace::event!(
+            info,
+            segments = report.segments_deleted,
+            "expired segments deleted"
+        );
+    }
     let mut damage = None;
     match compact_sparsest(shared) {
         Ok(Some(copied)) => {
+            crate::trace::event!(info, records_copied = copied, "segment compacted");
             report.segments_compacted = 1;
             report.records_copied = copied;
         }
         Ok(None) => {}
         Err((id, error @ Error::Corrupt { .. })) => {
+            crate::trace::event!(warn, segment = id, error = %error, "damaged segment set aside");
             shared.maintenance.damaged.lock().insert(id);
             shared
                 .maintenance
@@ -144,6 +157,7 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<()> {
 fn write_checkpoint_locked(shared: &Shared) -> Result<()> {
     let appended = shared.log.bytes_appended();
     checkpoint::write(shared)?;
+    crate::trace::event!(info, log_bytes = appended, "checkpoint written");
     shared
         .maintenance
         .checkpointed_at_bytes
@@ -269,7 +283,7 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
                 })?;
                 copied += 1;
             }
-            RecordKind::Insert | RecordKind::Claim => {
+            RecordKind::Insert | RecordKind::Claim | RecordKind::Failure => {
                 let hash = shared.index.hash(record.key);
                 let mut table = shared.index.lock(hash);
                 let live = record.expires_at_millis > now;

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// TTL of each key: e.g. 30s, 15m, 24h, 7d.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// Flag keys inserted again within this long after their entry expired as late
+    /// duplicates (e.g. 1m; default off). Only counts: it changes no answer.
+    #[arg(long, value_parser = parse_duration)]
+    pub late_grace: Option<Duration>,
     /// Threads calling the store at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
@@ -89,6 +93,7 @@ pub struct BenchReport {
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
     pub stats: idem::Stats,
+    pub metrics: idem::Metrics,
 }
 
 impl BenchReport {
@@ -233,7 +238,9 @@ fn worker(
 
 /// Runs the bench; `dir` is the store directory (fresh).
 fn run_in(args: &BenchArgs, dir: &Path) -> CliResult<BenchReport> {
-    let config = Config::default().durability(args.durability.0);
+    let config = Config::default()
+        .durability(args.durability.0)
+        .late_duplicate_grace(args.late_grace.unwrap_or_default());
     let store = Store::open_with(dir, config)
         .context(format_args!("opening idem store {}", dir.display()))?;
     let bar = if args.quiet || args.json {
@@ -282,6 +289,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> CliResult<BenchReport> {
     }
     store.flush().context("flushing the store")?;
     let stats = store.stats();
+    let metrics = store.metrics();
     store.close().context("closing the store")?;
     Ok(BenchReport {
         args: args.clone(),
@@ -293,6 +301,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> CliResult<BenchReport> {
         rss_before,
         rss_after,
         stats,
+        metrics,
     })
 }
 
@@ -385,6 +394,18 @@ pub fn render(r: &BenchReport) -> String {
         fmt::count(r.duplicates),
         r.duplicates as f64 * 100.0 / r.ops().max(1) as f64
     );
+    let d = &r.metrics.decisions;
+    let _ = writeln!(
+        out,
+        "  decisions          {} inserted ({} late duplicates{}), {} replays, {} in flight, {} failed, {} fingerprint mismatches",
+        fmt::count(d.inserted),
+        fmt::count(d.late_duplicates),
+        if a.late_grace.is_some() { "" } else { " (off: --late-grace)" },
+        fmt::count(d.replays),
+        fmt::count(d.in_flight),
+        fmt::count(d.failures),
+        fmt::count(d.fingerprint_mismatches),
+    );
     let _ = writeln!(
         out,
         "  live keys          {}",
@@ -452,6 +473,15 @@ pub fn to_json(r: &BenchReport) -> serde_json::Value {
         },
         "inserted": r.inserted,
         "duplicates": r.duplicates,
+        "decisions": {
+            "inserted": r.metrics.decisions.inserted,
+            "late_duplicates": r.metrics.decisions.late_duplicates,
+            "replays": r.metrics.decisions.replays,
+            "in_flight": r.metrics.decisions.in_flight,
+            "failed": r.metrics.decisions.failures,
+            "fingerprint_mismatches": r.metrics.decisions.fingerprint_mismatches,
+        },
+        "late_grace_secs": a.late_grace.map(|g| g.as_secs_f64()),
         "live_keys": r.stats.live_keys,
         "rss_before_bytes": r.rss_before,
         "rss_after_bytes": r.rss_after,
@@ -575,8 +605,12 @@ mod tests {
                 .map(|t| share(a.keys, a.threads, t).div_ceil(u64::from(a.batch)))
                 .sum();
             assert_eq!(report.latency.count(), expected_calls, "{extra:?}");
+            let d = report.metrics.decisions;
+            assert_eq!(d.inserted, report.inserted, "{extra:?}");
+            assert_eq!(d.replays, report.duplicates, "{extra:?}");
             let text = render(&report);
             assert!(text.contains("ops/s"), "{text}");
+            assert!(text.contains("decisions"), "{text}");
             let json = to_json(&report);
             assert_eq!(json["ops"], a.keys);
             assert_eq!(json["live_keys"], report.inserted);

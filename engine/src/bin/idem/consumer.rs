@@ -69,9 +69,9 @@ pub struct ConsumerArgs {
     /// Durability of the idem store.
     #[arg(long, default_value = "sync")]
     pub durability: DurabilityArg,
-    /// TTL of each idempotency key, in seconds (the retry window).
-    #[arg(long, default_value_t = 86_400)]
-    pub ttl_secs: u64,
+    /// TTL of each idempotency key, in milliseconds (the retry window).
+    #[arg(long, default_value_t = 86_400_000)]
+    pub ttl_ms: u64,
     /// How the consumer uses idem: durable claims, one check-or-insert batch per batch, or
     /// balances kept in idem by transactions.
     #[arg(long, default_value_t = DedupMode::Claims)]
@@ -95,8 +95,8 @@ impl ConsumerArgs {
         }
         argv.push("--durability".into());
         argv.push(self.durability.to_string().into());
-        argv.push("--ttl-secs".into());
-        argv.push(self.ttl_secs.to_string().into());
+        argv.push("--ttl-ms".into());
+        argv.push(self.ttl_ms.to_string().into());
         argv.push("--mode".into());
         argv.push(self.mode.to_string().into());
         argv.push("--threads".into());
@@ -431,6 +431,23 @@ impl Consumer {
         offset: u64,
         items: &[Delivery],
     ) -> CliResult<BatchReport> {
+        let late = |mode: &Mode| match mode {
+            Mode::Claims(claimer) => claimer.store().metrics().decisions.late_duplicates,
+            Mode::Batch { store, .. } => store.metrics().decisions.late_duplicates,
+            Mode::State(_) | Mode::Naive => 0,
+        };
+        let before = late(&self.mode);
+        let mut report = self.charge_batch_inner(seq, offset, items)?;
+        report.late_duplicates = late(&self.mode) - before;
+        Ok(report)
+    }
+
+    fn charge_batch_inner(
+        &mut self,
+        seq: u64,
+        offset: u64,
+        items: &[Delivery],
+    ) -> CliResult<BatchReport> {
         let events = parse_events(items)?;
         let mut report = BatchReport::default();
         match &mut self.mode {
@@ -533,13 +550,17 @@ pub fn open(args: &ConsumerArgs) -> CliResult<(Consumer, ToProducer)> {
     let mut position = 0;
     let (mode, records_replayed, bytes_cut) = match &args.store {
         Some(dir) => {
-            let config = Config::default().durability(args.durability.0);
+            // Late duplicates are remembered for an hour past each key's TTL: `idem demo --ttl`
+            // shorter than the channel's retry delay shows them.
+            let config = Config::default()
+                .durability(args.durability.0)
+                .late_duplicate_grace(Duration::from_secs(3600));
             let store = Store::open_with(dir, config)
                 .context(format_args!("opening idem store {}", dir.display()))?;
             let recovery = store.recovery_report();
             let replayed = recovery.records_replayed;
             let cut = recovery.truncated_tail.as_ref().map_or(0, |t| t.bytes_cut);
-            let ttl = Duration::from_secs(args.ttl_secs.max(1));
+            let ttl = Duration::from_millis(args.ttl_ms.max(1));
             let mode = match args.mode {
                 DedupMode::Claims => {
                     let lease = Duration::from_secs(args.lease_secs.max(1));
@@ -907,7 +928,7 @@ mod tests {
                 ledger: dir.path().join("ledger"),
                 store: Some(dir.path().join("store")),
                 durability: "sync".parse().unwrap(),
-                ttl_secs: 60,
+                ttl_ms: 60_000,
                 mode,
                 threads: 3,
                 lease_secs: 30,
@@ -945,7 +966,7 @@ mod tests {
             let back = Wrap::try_parse_from(argv).unwrap().args;
             assert_eq!(back.store, args.store);
             assert_eq!(back.ledger, args.ledger);
-            assert_eq!(back.ttl_secs, 60);
+            assert_eq!(back.ttl_ms, 60_000);
             assert_eq!(back.mode, mode);
             assert_eq!((back.threads, back.lease_secs), (3, 30));
         }

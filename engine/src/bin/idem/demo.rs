@@ -87,8 +87,6 @@ impl std::fmt::Display for Broker {
     }
 }
 
-/// The TTL of each event's idempotency key: longer than any retry window.
-pub const TTL_SECS: u64 = 24 * 3600;
 /// Batches the producer has in flight before it waits for an acknowledgement.
 const WINDOW: usize = 4;
 /// The lease of each claim: longer than a crash and restart of the consumer.
@@ -135,6 +133,12 @@ pub struct DemoArgs {
     /// Skip the contrast run without idem.
     #[arg(long)]
     pub no_naive: bool,
+    /// TTL of each event's idempotency key (default 24h: longer than any retry window). Set it
+    /// shorter than the channel's retry delay (its retries come up to 5,000 deliveries later,
+    /// tens of milliseconds: try --ttl 1ms) to see keys expire before their retry: double
+    /// charges, and idem's late-duplicate count naming the cause.
+    #[arg(long, default_value = "24h", value_parser = crate::args::parse_duration)]
+    pub ttl: Duration,
     /// Seed of the workload (amounts, which events are duplicated) and of the kill's timing.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -532,6 +536,7 @@ pub struct DemoReport {
     pub customers: u32,
     pub seed: u64,
     pub kill_at: Option<f64>,
+    pub ttl: Duration,
     pub dir: PathBuf,
     pub dir_kept: bool,
     pub channel_extra_deliveries: u64,
@@ -782,6 +787,7 @@ pub fn add(total: &mut BatchReport, batch: &BatchReport) {
     total.retried += batch.retried;
     total.commit_nanos += batch.commit_nanos;
     total.redelivered += batch.redelivered;
+    total.late_duplicates += batch.late_duplicates;
 }
 
 /// `claims in doubt after the crash: N (M found in the ledger, K charged now)`.
@@ -881,7 +887,9 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
         ledger: root.join("ledger.txt"),
         store: Some(root.join("store")),
         durability,
-        ttl_secs: TTL_SECS,
+        ttl_ms: u64::try_from(args.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1),
         mode: args.mode,
         threads: args.threads,
         lease_secs: LEASE_SECS,
@@ -948,6 +956,7 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
     let dir_kept = temp.is_none();
     drop(temp);
     Ok(DemoReport {
+        ttl: args.ttl,
         events: args.events,
         dup_rate: args.dup_rate,
         durability,
@@ -1196,6 +1205,20 @@ pub fn render(r: &DemoReport) -> String {
         fmt::count(u64::from(x.restarts))
     });
     only(&mut out, "duplicates caught by idem", d.totals.duplicates);
+    if r.mode != DedupMode::State {
+        only(
+            &mut out,
+            "late duplicates (key expired first)",
+            d.totals.late_duplicates,
+        );
+        if d.totals.late_duplicates > 0 {
+            let _ = writeln!(
+                out,
+                "  (deliveries whose key's entry had expired shortly before: the TTL, {}, is shorter than the retry window)",
+                fmt::nanos(r.ttl.as_nanos() as u64)
+            );
+        }
+    }
     match r.mode {
         DedupMode::Claims => {
             only(
@@ -1454,6 +1477,8 @@ pub fn to_json(r: &DemoReport) -> serde_json::Value {
         "duplicated_events": r.duplicated_events,
         "redeliveries": r.channel_extra_deliveries + d.resent_after_crash,
         "duplicates_caught": d.totals.duplicates,
+        "late_duplicates": d.totals.late_duplicates,
+        "ttl_secs": r.ttl.as_secs_f64(),
         "committed_not_acked": d.applied_unacked,
         "transactions_retried": (r.mode == DedupMode::State).then_some(d.totals.retried),
         "final_position": d.final_position,
@@ -1557,12 +1582,40 @@ mod tests {
             no_kill: false,
             no_naive: false,
             seed: 7,
+            ttl: Duration::from_secs(24 * 3600),
             quiet: true,
             json: false,
             broker: Broker::Pipe,
             nats_url: None,
             ack_wait: Duration::from_secs(3),
         }
+    }
+
+    /// `--ttl` shorter than the channel's retry delay: keys expire before their retries, which
+    /// are charged again, and idem's late-duplicate signal names the cause.
+    #[test]
+    fn a_ttl_shorter_than_the_retry_delay_shows_late_duplicates() {
+        let launcher = test_launcher();
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = tiny(&dir.path().join("run"), DedupMode::Batch, None);
+        args.ttl = Duration::from_millis(1);
+        args.no_kill = true;
+        args.no_naive = true;
+        let report = run(&args, &launcher).unwrap();
+        let d = &report.dedup;
+        assert!(d.totals.late_duplicates > 0, "{:?}", d.totals);
+        assert!(!d.verdict.exactly_once(), "the retries were charged again");
+        let text = render(&report);
+        assert!(text.contains("late duplicates"), "{text}");
+        assert!(text.contains("shorter than the retry window"), "{text}");
+        // With the default TTL nothing is late.
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = tiny(&dir.path().join("run"), DedupMode::Batch, None);
+        args.no_kill = true;
+        args.no_naive = true;
+        let report = run(&args, &launcher).unwrap();
+        assert_eq!(report.dedup.totals.late_duplicates, 0);
+        assert!(report.dedup.verdict.exactly_once());
     }
 
     fn test_launcher() -> Launcher {
@@ -1815,6 +1868,7 @@ mod tests {
         };
         dedup.verdict.double_charged_events = 1;
         let report = DemoReport {
+            ttl: Duration::from_secs(24 * 3600),
             events: 10,
             dup_rate: 0.1,
             durability: "never".parse().unwrap(),

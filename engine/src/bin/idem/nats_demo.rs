@@ -37,7 +37,7 @@ use crate::cli_error::{CliError, CliResult, Context};
 use crate::consumer::{self, read_ledger, ConsumerArgs, DedupMode};
 use crate::demo::{
     add, default_durability, verify, workspace, Broker, DemoArgs, DemoReport, Launcher, Progress,
-    RunResult, LEASE_SECS, TTL_SECS,
+    RunResult, LEASE_SECS,
 };
 use crate::fmt;
 use crate::nats_server::NatsServer;
@@ -401,6 +401,7 @@ pub fn run(args: &DemoArgs, launcher: &Launcher) -> CliResult<DemoReport> {
     let dir_kept = temp.is_none();
     drop(temp);
     Ok(DemoReport {
+        ttl: args.ttl,
         events: args.events,
         dup_rate: args.dup_rate,
         durability,
@@ -458,7 +459,7 @@ impl Plan<'_> {
                 ledger: root.join(ledger),
                 store: store.then(|| root.join("store")),
                 durability,
-                ttl_secs: TTL_SECS,
+                ttl_ms: u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX),
                 mode: DedupMode::Batch,
                 threads: args.threads,
                 lease_secs: LEASE_SECS,

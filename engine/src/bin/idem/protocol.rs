@@ -12,9 +12,10 @@
 //!   recovery and the reconciliation of the claims in doubt; `position` is the channel offset the
 //!   consumer wants its deliveries from (state mode: the position committed in idem; else 0);
 //! - `@idem A <seq> <inserted> <duplicates> <in-doubt> <charged-blindly> <retried>
-//!   <commit-nanos> <redelivered>`: batch `seq` is charged and in the ledger (fsynced):
-//!   acknowledged (`redelivered`: of its deliveries, those the broker had delivered before, over
-//!   NATS; 0 on the pipe);
+//!   <commit-nanos> <redelivered> <late-duplicates>`: batch `seq` is charged and in the ledger
+//!   (fsynced): acknowledged (`redelivered`: of its deliveries, those the broker had delivered
+//!   before, over NATS; 0 on the pipe; `late-duplicates`: deliveries whose key's entry had expired
+//!   shortly before);
 //! - `@idem S <fsyncs> <disk-bytes> <live-keys>`: the store's final stats, before exit.
 
 use std::io::{self, BufRead, Write};
@@ -55,6 +56,10 @@ pub struct BatchReport {
     /// Over NATS (`idem demo --broker nats`): deliveries JetStream had delivered before (to a
     /// consumer that did not acknowledge them in time, e.g. one killed). 0 on the pipe.
     pub redelivered: u64,
+    /// Deliveries idem inserted or claimed although their key's entry had expired shortly
+    /// before (late duplicates: the TTL was shorter than the retry delay). Claims and batch
+    /// modes; transactions (state mode) are not counted.
+    pub late_duplicates: u64,
 }
 
 /// What the reconciliation of the claims left open by a crashed consumer found (claims mode).
@@ -218,14 +223,15 @@ pub fn write_to_producer(out: &mut impl Write, message: &ToProducer) -> io::Resu
         )?,
         ToProducer::Ack { seq, report } => writeln!(
             out,
-            "{PREFIX}A {seq} {} {} {} {} {} {} {}",
+            "{PREFIX}A {seq} {} {} {} {} {} {} {} {}",
             report.inserted,
             report.duplicates,
             report.in_doubt,
             report.charged_blindly,
             report.retried,
             report.commit_nanos,
-            report.redelivered
+            report.redelivered,
+            report.late_duplicates
         )?,
         ToProducer::Summary {
             fsyncs,
@@ -274,6 +280,7 @@ pub fn read_to_producer(input: &mut impl BufRead) -> io::Result<Option<ToProduce
                     retried: number(&mut parts, &body)?,
                     commit_nanos: number(&mut parts, &body)?,
                     redelivered: number(&mut parts, &body)?,
+                    late_duplicates: number(&mut parts, &body)?,
                 },
             },
             Some("S") => ToProducer::Summary {
@@ -374,6 +381,7 @@ mod tests {
                     retried: 17,
                     commit_nanos: 123_456,
                     redelivered: 9,
+                    late_duplicates: 3,
                 },
             },
             ToProducer::Summary {
