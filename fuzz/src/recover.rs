@@ -841,6 +841,9 @@ pub struct Live {
     /// A claim (the key is occupied, with no result yet): `get` answers `None`,
     /// `check_or_insert` fails with `ClaimInFlight`.
     pub claim: bool,
+    /// A recorded failure (a claim's back-off, kind 9): the key is occupied and `get` answers
+    /// `None`, as for a claim, but it is no claim in doubt.
+    pub failure: bool,
     /// The location of its record (segment id << 32 | offset): a removal carrying an origin
     /// removes only entries located before it.
     pub location: u64,
@@ -876,7 +879,7 @@ impl Replayed {
     /// The value a store must answer for `key` at `now`.
     pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
         self.entry(key, now)
-            .filter(|live| !live.claim)
+            .filter(|live| !live.claim && !live.failure)
             .map(|live| live.value.as_slice())
     }
 
@@ -1059,6 +1062,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                         value: record.value.to_vec(),
                         expires_at_millis: record.expires_at_millis,
                         claim: record.kind == RecordKind::Claim,
+                        failure: record.kind == RecordKind::Failure,
                         location: at,
                     };
                     out.live.insert(record.key.to_vec(), entry);
@@ -1531,6 +1535,10 @@ pub fn run(data: &[u8]) {
                 matches!(got, Err(Error::ClaimInFlight { .. })),
                 "check_or_insert of a claimed key: {got:?}"
             ),
+            Some(live) if live.failure => assert!(
+                matches!(got, Err(Error::RecentFailure { .. })),
+                "check_or_insert of a key with a recorded failure: {got:?}"
+            ),
             Some(live) => assert_eq!(
                 got.expect("check_or_insert of a live key"),
                 Outcome::Duplicate(idem::Value::from(&live.value[..])),
@@ -1553,6 +1561,7 @@ pub fn run(data: &[u8]) {
                         value: b"after-open".to_vec(),
                         expires_at_millis,
                         claim: false,
+                        failure: false,
                         location,
                     },
                 );
