@@ -385,10 +385,16 @@ impl Transaction<'_> {
             .lock()
             .positions
             .get(source)
-            .map(|e| e.position);
+            .map(|e| (e.position, e.end));
+        // A refusal resting on another caller's position waits until that record is durable.
+        let (stored, stored_end) = (stored.map(|(p, _)| p), stored.map(|(_, end)| end));
         let found = self.positions.find(&self.arena, source);
         let own = found.map(|i| self.position_at(i));
         if let Some(stored) = stored.max(own).filter(|&stored| stored > position) {
+            if own.is_none_or(|own| own <= position) {
+                let end = stored_end.filter(|&end| !shared.log.is_durable(end));
+                shared.wait_if_sync(end)?;
+            }
             return Err(Error::PositionRegressed {
                 source_len: source.len(),
                 stored,

@@ -785,6 +785,15 @@ fn sync_transaction_answers_wait_for_the_records_they_rest_on() {
             }),
         ),
         (
+            "set_position below another commit's position",
+            false,
+            Box::new(|s: &Store| {
+                s.transaction()
+                    .set_position(b"src", 5)
+                    .map(|()| "set".to_string())
+            }),
+        ),
+        (
             "get_state absent after a deletion",
             true,
             Box::new(|s: &Store| s.get_state(b"S").map(|v| format!("{v:?}"))),
