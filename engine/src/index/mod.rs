@@ -14,11 +14,13 @@ mod wheel;
 
 pub(crate) use shard::{KeyCheck, Probe, ShardTable, Slot};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 pub(crate) struct Index {
-    shards: Box<[Mutex<ShardTable>]>,
+    /// Each on its own cache line: neighbouring shards' locks must not share one.
+    shards: Box<[CachePadded<Mutex<ShardTable>>]>,
     shard_bits: u32,
     hasher: ahash::RandomState,
     seeds: [u64; 4],
@@ -60,7 +62,7 @@ impl Index {
         assert!(shard_count.is_power_of_two());
         Index {
             shards: (0..shard_count)
-                .map(|_| Mutex::new(ShardTable::new(tick_millis, now_millis)))
+                .map(|_| CachePadded::new(Mutex::new(ShardTable::new(tick_millis, now_millis))))
                 .collect(),
             shard_bits: shard_count.trailing_zeros(),
             hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
@@ -111,7 +113,7 @@ impl Index {
         self.lock(hash).prefetch(hash.tag);
     }
 
-    pub(crate) fn shards(&self) -> &[Mutex<ShardTable>] {
+    pub(crate) fn shards(&self) -> &[CachePadded<Mutex<ShardTable>>] {
         &self.shards
     }
 
