@@ -54,6 +54,7 @@ pub struct Config {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) late_duplicate_grace: Duration,
     pub(crate) late_duplicate_capacity: usize,
+    pub(crate) preallocate_segments: bool,
 }
 
 impl Default for Config {
@@ -72,6 +73,7 @@ impl Default for Config {
             storage: Arc::new(FileSystem),
             late_duplicate_grace: Duration::ZERO,
             late_duplicate_capacity: 1 << 18,
+            preallocate_segments: true,
         }
     }
 }
@@ -164,6 +166,24 @@ impl Config {
     /// [`crate::sim::SimStorage`] to inject faults and simulate crashes.
     pub fn storage(mut self, storage: impl Storage) -> Self {
         self.storage = Arc::new(storage);
+        // A storage of the caller's (a simulated disk with counted faults, say) sees no write
+        // from a background thread it did not ask for; `preallocate_segments(true)` after this
+        // turns preparation back on.
+        self.preallocate_segments = false;
+        self
+    }
+
+    /// Whether, in the fsync-bound modes (`Sync`, `Periodic`), the next segment file is written
+    /// ahead in the background (its header and zeros up to the segment size) so that the
+    /// writer's fsyncs overwrite allocated space instead of growing the file (default `true`,
+    /// and `false` once [`Config::storage`] sets a storage of the caller's). An fsync of an
+    /// appended block costs the file system a metadata commit too: on this project's ext4 test
+    /// machine 0.43 ms against 0.25 ms for an overwrite. The cost: one segment of zeros written
+    /// per segment of records, and up to one segment of disk held ahead. The newest segment's
+    /// unused zeros are cut off when the store closes (and skipped by recovery after a crash,
+    /// see `engine/FORMAT.md`). `Never` mode never prepares: it does not fsync per write.
+    pub fn preallocate_segments(mut self, preallocate: bool) -> Self {
+        self.preallocate_segments = preallocate;
         self
     }
 

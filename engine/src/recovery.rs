@@ -45,6 +45,13 @@ pub struct RecoveryReport {
     pub checkpoint_ignored: Option<String>,
 }
 
+/// Whether the bytes after a newest segment's last record are a prepared segment's unused
+/// space: all zeros. No record's bytes are (the fifth byte of a record always has the layout
+/// mark set), so a torn write, which leaves part of a record, is never taken for it.
+pub(crate) fn is_prepared_space(rest: &[u8]) -> bool {
+    rest.iter().all(|&b| b == 0)
+}
+
 /// A torn tail that recovery cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruncatedTail {
@@ -233,7 +240,13 @@ pub(crate) fn recover(
                         ));
                     }
                     if offset + len != bytes.len() {
-                        return Err(corrupt("bytes follow the segment's seal".into()));
+                        // A prepared segment sealed just before a crash may keep its unused
+                        // zeros (the cut before the seal was not durable yet): cut them now,
+                        // before a newer segment makes them damage.
+                        if !(newest && is_prepared_space(&bytes[offset + len..])) {
+                            return Err(corrupt("bytes follow the segment's seal".into()));
+                        }
+                        file.truncate((offset + len) as u64)?;
                     }
                     sealed = true;
                     break;
@@ -257,6 +270,9 @@ pub(crate) fn recover(
                     )?;
                     offset += len;
                 }
+                // The unused zeros of a prepared segment (see `log::prepare`): no record, no
+                // damage. They stay, and the log appends over them.
+                Err(_) if newest && is_prepared_space(&bytes[offset..]) => break,
                 Err(error) if newest => {
                     file.truncate(offset as u64)?;
                     report.truncated_tail = Some(TruncatedTail {
@@ -751,6 +767,7 @@ mod tests {
     use crate::record::{encode_into, encode_seal, encode_segment_header, SEAL_RECORD_LEN};
     use crate::sim::SimStorage;
     use crate::{Claim, Config, ManualClock, Store};
+    use std::sync::Arc;
     use std::time::Duration;
 
     const DIR: &str = "/recovery";
@@ -898,8 +915,12 @@ mod tests {
                 "truncated",
             ),
             (
-                "zero-filled pages",
-                |bytes, _| bytes.extend_from_slice(&[0; 300]),
+                // (Zeros alone are a prepared segment's space: see the next test.)
+                "zero-filled pages ending in a stray byte",
+                |bytes, _| {
+                    bytes.extend_from_slice(&[0; 300]);
+                    bytes.push(1);
+                },
                 0,
                 "unknown record kind 0",
             ),
@@ -953,6 +974,96 @@ mod tests {
             assert_eq!(store.get(b"after").unwrap().unwrap(), b"x");
             assert_all_present(&store, &keys);
         }
+    }
+
+    #[test]
+    fn zeros_after_the_newest_segments_records_are_prepared_space_not_damage() {
+        // A prepared segment (log::prepare) is the header, then zeros up to the segment size;
+        // a crash leaves its unused zeros after the last record.
+        let storage = SimStorage::new(7);
+        let clock = ManualClock::new();
+        let keys = populated(&storage, &clock, 400);
+        let newest = *ids(&storage).last().unwrap();
+        let path = seg(newest);
+        let mut bytes = read(&storage, &path);
+        let records_end = bytes.len();
+        bytes.resize(4096, 0);
+        write(&storage, &path, &bytes);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.recovery_report().truncated_tail, None);
+        assert_all_present(&store, &keys);
+        // Appends go over the zeros, right after the last record, and survive a power loss.
+        store.check_or_insert(b"after", TTL, b"x").unwrap();
+        storage.crash();
+        drop(store);
+        let after = read(&storage, &path);
+        assert_ne!(
+            after[records_end], 0,
+            "the next record starts where the records ended"
+        );
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.recovery_report().truncated_tail, None);
+        assert_eq!(store.get(b"after").unwrap().unwrap(), b"x");
+        assert_all_present(&store, &keys);
+        drop(store);
+        let report = crate::verify::verify_in(Arc::new(storage.clone()), dir()).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert!(report.torn_tail.is_none(), "{report:?}");
+    }
+
+    #[test]
+    fn zeros_after_a_seal_are_cut_in_the_newest_segment_and_damage_in_older_ones() {
+        let storage = SimStorage::new(8);
+        let clock = ManualClock::new();
+        let keys = populated(&storage, &clock, 400);
+        let all = ids(&storage);
+        assert!(all.len() >= 3);
+        let with_zeros = |path: &Path| {
+            let mut bytes = read(&storage, path);
+            let sealed_len = bytes.len();
+            bytes.extend_from_slice(&[0; 512]);
+            write(&storage, path, &bytes);
+            sealed_len
+        };
+        // An older segment: its seal must end the file.
+        let first = seg(all[0]);
+        let sealed_len = with_zeros(&first);
+        let seal_offset = (sealed_len - SEAL_RECORD_LEN) as u64;
+        expect_corrupt(
+            open(&storage, &clock),
+            &first,
+            seal_offset,
+            "bytes follow the segment's seal",
+        );
+        let report = crate::verify::verify_in(Arc::new(storage.clone()), dir()).unwrap();
+        assert!(!report.is_clean(), "{report:?}");
+        write(&storage, &first, &read(&storage, &first)[..sealed_len]);
+        // The newest segment, sealed before a crash that kept the zeros the writer cut just
+        // before its seal: accepted, and the zeros cut durably before a newer segment exists.
+        let newest = *all.last().unwrap();
+        let report = crate::verify::verify_in(Arc::new(storage.clone()), dir()).unwrap();
+        let lost = report.segments.last().unwrap().records as usize;
+        assert!(lost > 0);
+        storage.remove(&seg(newest)).unwrap();
+        storage.sync_dir(dir()).unwrap();
+        let sealed_newest = seg(all[all.len() - 2]);
+        let sealed_len = with_zeros(&sealed_newest);
+        let report = crate::verify::verify_in(Arc::new(storage.clone()), dir()).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.recovery_report().truncated_tail, None);
+        storage.crash();
+        drop(store);
+        assert_eq!(read(&storage, &sealed_newest).len(), sealed_len);
+        let store = open(&storage, &clock).unwrap();
+        let missing = keys
+            .iter()
+            .filter(|k| store.get(k).unwrap().is_none())
+            .count();
+        assert_eq!(
+            missing, lost,
+            "only the removed segment's records are missing"
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Store {
             }
             Err(e) => return Err(Error::io(format!("locking {}", dir.display()), e)),
         };
+        crate::log::segment::remove_prepared(&*storage, &dir)?;
         let now = config.clock.now_millis();
         let tick_millis = config.expiry_tick.as_millis() as u64;
         let checkpoint = checkpoint::load(&*storage, &dir, &config);
@@ -161,6 +162,7 @@ impl Store {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
             write_buffer_bytes: config.write_buffer_bytes,
+            preallocate: config.preallocate_segments,
         };
         let log = Arc::new(Log::new(
             storage,

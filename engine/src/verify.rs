@@ -155,7 +155,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     verify_in(Arc::new(FileSystem), dir.as_ref())
 }
 
-fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
+pub(crate) fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
     let storage = &*shared_storage;
     let exists = storage
         .dir_exists(dir)
@@ -278,7 +278,9 @@ fn verify_segment(
                         offset,
                         "a seal that does not vouch for its own offset".into(),
                     ));
-                } else if offset + len != bytes.len() {
+                } else if offset + len != bytes.len()
+                    && !(newest && crate::recovery::is_prepared_space(&bytes[offset + len..]))
+                {
                     damaged = true;
                     report.damage.push(damage_at(
                         offset + len,
@@ -292,6 +294,14 @@ fn verify_segment(
             Ok((_, len)) => {
                 summary.records += 1;
                 offset += len;
+            }
+            // A prepared segment's unused zeros (see FORMAT.md): neither damage nor a torn tail.
+            Err(_)
+                if newest
+                    && (offset as u64) >= durable_len
+                    && crate::recovery::is_prepared_space(&bytes[offset..]) =>
+            {
+                break;
             }
             Err(error) if newest && (offset as u64) >= durable_len => {
                 report.torn_tail = Some(TornTail {

@@ -1037,14 +1037,21 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 if !newest {
                     return Err(corrupt_at(offset));
                 }
+                // A prepared segment's unused zeros: kept, neither damage nor a torn tail.
+                if bytes[offset..].iter().all(|&b| b == 0) {
+                    break;
+                }
                 let cut = (bytes.len() - offset) as u64;
                 out.truncated_tail = Some((id, offset as u64, cut));
                 break;
             };
             if record.kind == RecordKind::Seal {
                 // A seal must vouch for its own offset and end the file, in any segment.
+                // (In the newest segment, zeros may follow it: a prepared segment's unused
+                // space, cut by recovery.)
+                let zeros_after = bytes[offset + len..].iter().all(|&b| b == 0);
                 if record::seal_length(&record) != Some(offset as u64)
-                    || offset + len != bytes.len()
+                    || (offset + len != bytes.len() && !(newest && zeros_after))
                 {
                     return Err(corrupt_at(offset));
                 }

@@ -19,6 +19,7 @@
 //!   and every later append gets [`Error::Poisoned`].
 
 mod commit;
+mod prepare;
 pub(crate) mod segment;
 mod writer;
 
@@ -26,6 +27,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64 as CounterU64, Ordering};
 use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, RwLock};
 
@@ -211,7 +214,9 @@ pub(crate) struct Log {
     segment_size_bytes: u32,
     write_buffer_bytes: usize,
     max_pending_bytes: usize,
-    state: Mutex<LogState>,
+    /// On a cache line of its own, as are the hints below: every append takes this lock, and
+    /// the hints are read on every call; neither may share a line with the other.
+    state: CachePadded<Mutex<LogState>>,
     /// The writer sleeps on this until there is work.
     work_ready: Condvar,
     /// Appenders held back by a full buffer sleep on this (with `state`) until the writer
@@ -221,10 +226,12 @@ pub(crate) struct Log {
     commits: commit::CommitQueue,
     segments: RwLock<BTreeMap<u32, Arc<SegmentFile>>>,
     /// A copy of `state.durable`, stored after it, for the lock-free fast path of `is_durable`.
-    durable_hint: AtomicU64,
+    durable_hint: CachePadded<AtomicU64>,
     /// Set once the log is poisoned, for a lock-free check on every call.
-    poisoned_hint: AtomicBool,
+    poisoned_hint: CachePadded<AtomicBool>,
     pub(crate) counters: LogCounters,
+    /// The next segment's preparer, in `Sync` and `Periodic` mode when preallocation is on.
+    preparer: Option<Arc<prepare::Preparer>>,
 }
 
 /// Options the log takes from the store's config.
@@ -233,6 +240,8 @@ pub(crate) struct LogOptions {
     pub(crate) durability: Durability,
     pub(crate) segment_size_bytes: u32,
     pub(crate) write_buffer_bytes: usize,
+    /// Keep the next segment prepared (pre-zeroed) in the fsync-bound modes (see `prepare`).
+    pub(crate) preallocate: bool,
 }
 
 impl Log {
@@ -250,6 +259,14 @@ impl Log {
         let tail_segment = segments.last().expect("recovery leaves a tail segment").id;
         assert!(tail_offset as usize >= SEGMENT_HEADER_LEN);
         let tail = location(tail_segment, tail_offset);
+        let preparer =
+            (options.preallocate && options.durability != Durability::Never).then(|| {
+                Arc::new(prepare::Preparer::new(
+                    Arc::clone(&storage),
+                    dir.to_path_buf(),
+                    u64::from(options.segment_size_bytes),
+                ))
+            });
         Log {
             dir: dir.to_path_buf(),
             storage,
@@ -257,7 +274,7 @@ impl Log {
             segment_size_bytes: options.segment_size_bytes,
             write_buffer_bytes: options.write_buffer_bytes,
             max_pending_bytes: (options.write_buffer_bytes * 16).max(16 << 20),
-            state: Mutex::new(LogState {
+            state: CachePadded::new(Mutex::new(LogState {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 in_flight: None,
@@ -272,14 +289,15 @@ impl Log {
                 tail_stats: segment_stats.remove(&tail_segment).unwrap_or_default(),
                 segment_stats,
                 bytes_appended: 0,
-            }),
+            })),
             work_ready: Condvar::new(),
             drained: Condvar::new(),
             commits: commit::CommitQueue::new(),
             segments: RwLock::new(segments.into_iter().map(|s| (s.id, Arc::new(s))).collect()),
-            durable_hint: AtomicU64::new(tail),
-            poisoned_hint: AtomicBool::new(false),
+            durable_hint: CachePadded::new(AtomicU64::new(tail)),
+            poisoned_hint: CachePadded::new(AtomicBool::new(false)),
             counters: LogCounters::default(),
+            preparer,
         }
     }
 
@@ -784,9 +802,17 @@ impl Log {
     /// Total bytes of all segment files, and how many there are.
     pub(crate) fn disk_usage(&self) -> (u64, u64) {
         let segments = self.segments.read();
-        let written: u64 = segments.values().filter_map(|s| s.len().ok()).sum();
         let state = self.state.lock();
-        (written + state.pending_bytes as u64, segments.len() as u64)
+        // The tail counts as far as it is written: a prepared tail's zeros beyond are not data.
+        let written: u64 = segments
+            .values()
+            .filter(|s| s.id != state.tail_segment)
+            .filter_map(|s| s.len().ok())
+            .sum();
+        (
+            written + u64::from(state.tail_offset),
+            segments.len() as u64,
+        )
     }
 
     /// Ends the writer after it has written and fsynced everything appended.
@@ -830,6 +856,7 @@ mod loom_models {
             durability: Durability::Sync,
             segment_size_bytes: 1 << 20,
             write_buffer_bytes: 4096,
+            preallocate: false,
         };
         let stats = BTreeMap::from([(1, SegmentStats::default())]);
         let storage: Arc<dyn Storage> = Arc::new(storage.clone());

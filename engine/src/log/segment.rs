@@ -5,6 +5,10 @@
 //! - A new segment's header is fsynced, and the directory is fsynced, before any record is
 //!   written to it (so a crash leaves either no file, a header-only file, or a short file with no
 //!   acknowledged record in it).
+//! - A *prepared* segment (`segment-{id:08}.idem.prepared`: the header, then zeros up to the
+//!   segment size, fsynced) is made a segment by a rename and a directory fsync; until then no
+//!   listing sees it, and open deletes any left over. Its zeros are never a record (a record's
+//!   fifth byte always has the layout mark set), so recovery tells them from a torn write.
 
 use std::path::{Path, PathBuf};
 
@@ -14,10 +18,38 @@ use crate::record::{self, encode_segment_header};
 
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".idem";
+const PREPARED_SUFFIX: &str = ".prepared";
+
+/// How much of a prepared segment's zeros is written per call.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
 /// The file name of segment `id`.
 pub(crate) fn segment_file_name(id: u32) -> String {
     format!("{SEGMENT_PREFIX}{id:08}{SEGMENT_SUFFIX}")
+}
+
+/// The file name of the prepared (pre-zeroed, not yet installed) segment `id`.
+pub(crate) fn prepared_file_name(id: u32) -> String {
+    format!("{}{PREPARED_SUFFIX}", segment_file_name(id))
+}
+
+/// Removes prepared segments left by a process that ended before installing them: they hold no
+/// record, and the log prepares afresh.
+pub(crate) fn remove_prepared(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for name in names.iter().filter(|name| {
+        name.strip_suffix(PREPARED_SUFFIX)
+            .and_then(parse_segment_file_name)
+            .is_some()
+    }) {
+        let path = dir.join(name);
+        storage
+            .remove(&path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The segment id a file name denotes, if it is a segment name: the exact spelling
@@ -73,6 +105,46 @@ impl SegmentFile {
         segment.sync()?;
         sync_dir(storage, dir)?;
         Ok(segment)
+    }
+
+    /// Writes the prepared segment `id`: its header, then zeros up to `size` bytes, fsynced. An
+    /// overwrite of allocated blocks needs no file-system metadata in the fsync that follows, so
+    /// the `Sync` modes' fsyncs cost about half what they cost on a growing file (0.25 ms against
+    /// 0.43 ms measured on this machine's ext4).
+    pub(crate) fn prepare(storage: &dyn Storage, dir: &Path, id: u32, size: u64) -> Result<()> {
+        let path = dir.join(prepared_file_name(id));
+        let file = storage
+            .create_truncate(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let prepared = SegmentFile { id, path, file };
+        let header = encode_segment_header(u64::from(id));
+        prepared.write_at(&header, 0)?;
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut offset = header.len() as u64;
+        while offset < size {
+            let len = (size - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+            prepared.write_at(&zeros[..len], offset)?;
+            offset += len as u64;
+        }
+        prepared.sync()
+    }
+
+    /// Makes the prepared segment `id` the segment `id` (a rename, then a directory fsync).
+    pub(crate) fn install_prepared(
+        storage: &dyn Storage,
+        dir: &Path,
+        id: u32,
+    ) -> Result<SegmentFile> {
+        let from = dir.join(prepared_file_name(id));
+        let to = dir.join(segment_file_name(id));
+        storage.rename(&from, &to).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", from.display(), to.display()),
+                e,
+            )
+        })?;
+        sync_dir(storage, dir)?;
+        SegmentFile::open(storage, dir, id)
     }
 
     /// Opens an existing segment for reading and appending.

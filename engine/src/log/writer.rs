@@ -24,6 +24,12 @@ use crate::record;
 const IDLE_WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
 pub(crate) fn spawn_writer(log: Arc<Log>) -> Result<WriterHandle> {
+    #[cfg(not(loom))]
+    if let Some(preparer) = &log.preparer {
+        let preparer = Arc::clone(preparer);
+        crate::sync::spawn("idem-prepare", move || preparer.run())
+            .map_err(|e| Error::io("spawning the idem segment preparer thread", e))?;
+    }
     crate::sync::spawn("idem-writer", move || {
         // A panic here (a bug, or a panicking `Storage`) must not leave callers waiting for a
         // commit that will never come: poison the log, which wakes every waiter with an error.
@@ -42,6 +48,10 @@ pub(crate) fn spawn_writer(log: Arc<Log>) -> Result<WriterHandle> {
             );
             drop(state);
             log.announce_progress();
+        }
+        // The writer is gone: nothing will install a prepared segment now.
+        if let Some(preparer) = &log.preparer {
+            preparer.stop();
         }
     })
     .map_err(|e| Error::io("spawning the idem writer thread", e))
@@ -64,6 +74,14 @@ fn run(log: &Log) {
     };
     // Where the active segment's records end: the seal goes there when the log moves on.
     let mut active_end = u64::from(super::offset_of(log.state.lock().written));
+    // Whether the active segment's file extends past its records (a prepared segment's zeros,
+    // also after a crash): cut before the seal, and when the log closes.
+    let mut active_prepared = active.len().is_ok_and(|len| len > active_end);
+    if let Some(preparer) = &log.preparer {
+        if let Some(next) = active.id.checked_add(1) {
+            preparer.request(next);
+        }
+    }
     let mut last_sync = Instant::now();
     let mut last_write = Instant::now();
     let mut unsynced_bytes = false;
@@ -78,6 +96,11 @@ fn run(log: &Log) {
             let buffer_full = state.pending_bytes >= log.write_buffer_bytes;
             if state.shutting_down {
                 if !has_pending && !unsynced_bytes {
+                    drop(state);
+                    if active_prepared {
+                        // Best effort: zeros past the records are skipped by recovery anyway.
+                        let _ = active.truncate(active_end);
+                    }
                     return;
                 }
                 break true;
@@ -116,7 +139,13 @@ fn run(log: &Log) {
         let target = location(state.tail_segment, state.tail_offset);
         drop(state);
 
-        let outcome = write_chunks(log, &mut active, &mut active_end, &chunks).and_then(|()| {
+        let outcome = write_chunks(
+            log,
+            &mut active,
+            (&mut active_end, &mut active_prepared),
+            &chunks,
+        )
+        .and_then(|()| {
             if sync_now {
                 active.sync()?;
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -164,21 +193,34 @@ fn run(log: &Log) {
 fn write_chunks(
     log: &Log,
     active: &mut Arc<SegmentFile>,
-    active_end: &mut u64,
+    (active_end, active_prepared): (&mut u64, &mut bool),
     chunks: &[Chunk],
 ) -> Result<()> {
     for chunk in chunks {
         if chunk.opens_segment {
             // The old segment is sealed and made durable before the log moves on: recovery
-            // treats damage in any segment but the newest, or a missing seal, as corruption.
+            // treats damage in any segment but the newest, or a missing seal, as corruption,
+            // and bytes after a seal too (so a prepared segment's unused zeros go first).
+            if *active_prepared {
+                active.truncate(*active_end)?;
+                log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
             active.write_at(&record::encode_seal(*active_end), *active_end)?;
             active.sync()?;
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let created = Arc::new(SegmentFile::create(
-                &*log.storage,
-                &log.dir,
-                chunk.segment_id,
-            )?);
+            let prepared = log
+                .preparer
+                .as_ref()
+                .is_some_and(|preparer| preparer.take(chunk.segment_id));
+            let created = Arc::new(if prepared {
+                SegmentFile::install_prepared(&*log.storage, &log.dir, chunk.segment_id)?
+            } else {
+                SegmentFile::create(&*log.storage, &log.dir, chunk.segment_id)?
+            });
+            *active_prepared = prepared;
+            if let (Some(preparer), Some(next)) = (&log.preparer, chunk.segment_id.checked_add(1)) {
+                preparer.request(next);
+            }
             log.segments
                 .write()
                 .insert(chunk.segment_id, Arc::clone(&created));
