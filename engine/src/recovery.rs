@@ -181,9 +181,16 @@ pub(crate) fn recover(
         let verdict = if start == 0 {
             check_header(&file, &bytes, newest)?
         } else {
-            HeaderVerdict::Valid {
-                version: versions[&id],
-            }
+            // A newest file whose header is all zeros or short (a torn creation) has no version:
+            // a checkpoint that starts replay inside it contradicts the files.
+            let version = versions.get(&id).copied().ok_or_else(|| Error::Corrupt {
+                path: file.path.clone(),
+                offset: 0,
+                reason: format!(
+                    "the checkpoint's replay starts at offset {start} of a segment with no header"
+                ),
+            })?;
+            HeaderVerdict::Valid { version }
         };
         let version = match verdict {
             HeaderVerdict::Valid { version } => version,
@@ -309,6 +316,11 @@ pub(crate) fn recover(
     // segment is sealed in its own format (as the writer seals a full one) and left alone.
     if let Some((&id, file)) = opened.iter().next_back() {
         if !newest_sealed && versions.get(&id) == Some(&record::FORMAT_VERSION_1) {
+            // Zeros after its records (prepared space, or zero-filled pages a crash left) go
+            // first: the seal must end the file.
+            if file.len()? > u64::from(tail_offset) {
+                file.truncate(u64::from(tail_offset))?;
+            }
             file.write_at(
                 &record::encode_seal_v1(u64::from(tail_offset)),
                 u64::from(tail_offset),

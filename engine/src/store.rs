@@ -40,7 +40,8 @@ pub struct Stats {
     /// Index entries: live keys plus expired ones not yet reclaimed (expired entries are never
     /// served; they are dropped when their slot is reused or the shard is rebuilt).
     pub live_keys: u64,
-    /// Bytes of all segment files, plus bytes buffered for them.
+    /// Bytes of all segment files (a prepared segment's zeros included: they hold the disk),
+    /// plus bytes buffered for them.
     pub disk_bytes: u64,
     /// Number of segment files (in the non-`Sync` modes the writer creates a segment's file a
     /// few milliseconds after the log moved on to it; `flush` makes the count exact).

@@ -873,6 +873,9 @@ pub struct Replayed {
     pub removed_empty_segment: Option<u32>,
     /// The files as open leaves them.
     pub files: BTreeMap<u32, Vec<u8>>,
+    /// Where the last file's records end when zeros (prepared space) follow them there: the
+    /// log appends over them, and cuts them before a seal and at close.
+    pub zeros_from: Option<usize>,
 }
 
 impl Replayed {
@@ -904,7 +907,18 @@ impl Replayed {
 
     /// Appends `record` where the store appends: at the end of the newest file, or, sealing that
     /// one, in a new segment when it (and a seal after it) would pass the segment size.
+    /// Cuts the zeros after the last file's records (the writer does before its first seal
+    /// and at close; after the first append no comparison sees them before then).
+    pub fn cut_prepared_zeros(&mut self) {
+        if let (Some(end), Some(tail)) =
+            (self.zeros_from.take(), self.files.values_mut().next_back())
+        {
+            tail.truncate(end);
+        }
+    }
+
     pub fn append(&mut self, record: &Record<'_>) -> u64 {
+        self.cut_prepared_zeros();
         let (&tail_id, tail) = self.files.last_key_value().expect("a tail segment");
         // Open never leaves a format-1 segment to append to: it seals it and goes on in a new one.
         assert_eq!(
@@ -977,6 +991,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         truncated_tail: None,
         removed_empty_segment: None,
         files: BTreeMap::new(),
+        zeros_from: None,
     };
     let newest_id = files.keys().next_back().copied();
     let header_error = |error: HeaderError| match error {
@@ -1007,6 +1022,8 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
     // its format.
     let mut last_sealed = false;
     let mut last_version = FORMAT_VERSION;
+    // Where the last segment kept ends its records (prepared zeros may follow on disk).
+    let mut last_records_end = 0;
     for (&id, bytes) in files {
         let newest = Some(id) == newest_id;
         let torn_creation = bytes.len() < SEGMENT_HEADER_LEN || bytes.iter().all(|&b| b == 0);
@@ -1026,6 +1043,8 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         };
         let mut offset = SEGMENT_HEADER_LEN;
         let mut sealed = false;
+        // A newest segment's zeros after its last record stay on disk (prepared space).
+        let mut zeros_kept = false;
         while offset < bytes.len() {
             // A segment holds records of its own format only: a record of the other layout
             // (intact as it may be) does not decode there. Scans step by the decoded length.
@@ -1039,6 +1058,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 }
                 // A prepared segment's unused zeros: kept, neither damage nor a torn tail.
                 if bytes[offset..].iter().all(|&b| b == 0) {
+                    zeros_kept = true;
                     break;
                 }
                 let cut = (bytes.len() - offset) as u64;
@@ -1056,6 +1076,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                     return Err(corrupt_at(offset));
                 }
                 sealed = true;
+                offset += len;
                 break;
             }
             out.records_replayed += 1;
@@ -1108,7 +1129,11 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         }
         last_sealed = sealed;
         last_version = version;
-        let kept = if sealed { bytes.len() } else { offset };
+        last_records_end = offset;
+        // A seal ends the file (zeros after a newest segment's seal are cut: `offset` is past
+        // the seal); a torn tail is cut at `offset`; prepared zeros stay.
+        out.zeros_from = zeros_kept.then_some(offset);
+        let kept = if zeros_kept { bytes.len() } else { offset };
         out.files
             .insert(id, bytes[..kept.min(bytes.len())].to_vec());
     }
@@ -1116,6 +1141,9 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
     // own format where its records end.
     if !last_sealed && last_version == FORMAT_VERSION_1 {
         if let Some((_, tail)) = out.files.iter_mut().next_back() {
+            // Zeros after the records are cut: the seal ends the file.
+            tail.truncate(last_records_end);
+            out.zeros_from = None;
             let seal = record::encode_seal_v1(tail.len() as u64);
             tail.extend(seal);
             last_sealed = true;
@@ -1127,6 +1155,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         };
         out.files
             .insert(id, encode_segment_header(u64::from(id)).to_vec());
+        out.zeros_from = None;
     }
     Ok(out)
 }
@@ -1288,8 +1317,11 @@ fn config(input: &Input, clock: &ManualClock) -> Config {
         .segment_size_bytes(SEGMENT_SIZE)
         // Few shards: an open allocates every shard's table, which dominated the run time.
         .shard_count(SHARDS)
-        // No background thread: files change only when the harness acts.
-        .background_maintenance(false);
+        // No background thread: files change only when the harness acts (so no prepared
+        // segment either: recovery of a prepared tail is fuzzed through the bytes, zeros after
+        // the last record or the seal, which the model covers).
+        .background_maintenance(false)
+        .preallocate_segments(false);
     if input.mask_zero {
         config.hash_mask_for_testing(0)
     } else {
@@ -1333,7 +1365,20 @@ fn check_report(store: &Store, model: &Replayed, dir: &Path, replay: Replay, whe
     let stats = store.stats();
     assert_eq!(stats.segments, model.files.len() as u64, "{when}: segments");
     let bytes: usize = model.files.values().map(Vec::len).sum();
-    assert_eq!(stats.disk_bytes, bytes as u64, "{when}: disk bytes");
+    assert_eq!(
+        stats.disk_bytes,
+        bytes as u64,
+        "{when}: disk bytes (model files {:?}, on disk {:?})",
+        model
+            .files
+            .iter()
+            .map(|(id, b)| (*id, b.len()))
+            .collect::<Vec<_>>(),
+        files_on_disk(dir)
+            .iter()
+            .map(|(n, b)| (n.clone(), b.len()))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         report.removed_empty_segment,
         model
@@ -1594,6 +1639,7 @@ pub fn run(data: &[u8]) {
     }
     check_answers(&store, &model, &probe, now, "after the writes");
     store.close().expect("close");
+    model.cut_prepared_zeros();
     assert_same_files(dir.path(), &model.files, "after close");
 
     // A reopen agrees with the model: first from the checkpoint written at close (if any), then,

@@ -803,16 +803,18 @@ impl Log {
     pub(crate) fn disk_usage(&self) -> (u64, u64) {
         let segments = self.segments.read();
         let state = self.state.lock();
-        // The tail counts as far as it is written: a prepared tail's zeros beyond are not data.
-        let written: u64 = segments
-            .values()
-            .filter(|s| s.id != state.tail_segment)
-            .filter_map(|s| s.len().ok())
+        // File lengths (a prepared tail's zeros take disk space too); the tail at least as far
+        // as it is appended (its pending bytes may still go past the file's end).
+        let older: u64 = segments
+            .range(..state.tail_segment)
+            .filter_map(|(_, s)| s.len().ok())
             .sum();
-        (
-            written + u64::from(state.tail_offset),
-            segments.len() as u64,
-        )
+        let tail = segments
+            .get(&state.tail_segment)
+            .and_then(|s| s.len().ok())
+            .unwrap_or(0)
+            .max(u64::from(state.tail_offset));
+        (older + tail, segments.len() as u64)
     }
 
     /// Ends the writer after it has written and fsynced everything appended.
