@@ -52,6 +52,18 @@ pub(crate) fn remove_prepared(storage: &dyn Storage, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes zeros over `from..to` of `file` (not fsynced).
+pub(crate) fn write_zeros(file: &SegmentFile, from: u64, to: u64) -> Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(to.saturating_sub(from) as usize)];
+    let mut offset = from;
+    while offset < to {
+        let len = (to - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_at(&zeros[..len], offset)?;
+        offset += len as u64;
+    }
+    Ok(())
+}
+
 /// The segment id a file name denotes, if it is a segment name: the exact spelling
 /// `segment_file_name` gives (at least 8 digits, zero-padded; ids past 99,999,999 have more).
 pub(crate) fn parse_segment_file_name(name: &str) -> Option<u32> {
@@ -119,13 +131,7 @@ impl SegmentFile {
         let prepared = SegmentFile { id, path, file };
         let header = encode_segment_header(u64::from(id));
         prepared.write_at(&header, 0)?;
-        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut offset = header.len() as u64;
-        while offset < size {
-            let len = (size - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
-            prepared.write_at(&zeros[..len], offset)?;
-            offset += len as u64;
-        }
+        write_zeros(&prepared, header.len() as u64, size)?;
         prepared.sync()
     }
 

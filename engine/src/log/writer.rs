@@ -17,7 +17,7 @@ use super::segment::SegmentFile;
 use super::{location, Chunk, Log};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::record;
+use crate::record::{self, SEGMENT_HEADER_LEN};
 
 /// How long buffered records may wait before the writer hands them to the OS in the non-`Sync`
 /// modes: bounds what a kill -9 of the process can lose there.
@@ -63,22 +63,69 @@ pub(crate) type WriterHandle = JoinHandle<()>;
 #[cfg(loom)]
 pub(crate) type WriterHandle = crate::sync::JoinHandle;
 
+/// The segment the writer writes into, and what it knows of its file.
+struct Active {
+    file: Arc<SegmentFile>,
+    /// Where its records end: the seal goes there when the log moves on.
+    end: u64,
+    /// Whether the file extends past its records with zeros (a prepared segment, a runway, or
+    /// what a crash left of either): cut before the seal, and when the log closes.
+    zero_tail: bool,
+    /// How far the file is known to be allocated and fsynced (zeros past `end`): records
+    /// written below it overwrite allocated blocks.
+    runway_end: u64,
+}
+
+impl Active {
+    fn new(file: Arc<SegmentFile>, end: u64) -> Active {
+        let len = file.len().unwrap_or(end);
+        Active {
+            file,
+            end,
+            zero_tail: len > end,
+            runway_end: len,
+        }
+    }
+
+    /// In the fsync-bound modes with preallocation on, a segment the preparer did not prepare
+    /// (a new store's first one, the tail of a reopened store, one created while the preparer
+    /// lagged) gets zeros ahead of its records, `RUNWAY_STEP_BYTES` at a time, each fsynced
+    /// once: then its records' fsyncs commit no file-system metadata either. Done by the
+    /// writer itself, between rounds, so nothing else ever writes into the active segment.
+    fn extend_runway(&mut self, log: &Log) -> Result<()> {
+        let size = u64::from(log.segment_size_bytes);
+        if log.preparer.is_none() || self.runway_end >= size {
+            return Ok(());
+        }
+        if self.end + RUNWAY_STEP_BYTES / 2 < self.runway_end {
+            return Ok(());
+        }
+        let from = self.runway_end.max(self.end);
+        let to = (from + RUNWAY_STEP_BYTES).min(size);
+        super::segment::write_zeros(&self.file, from, to)?;
+        self.file.sync()?;
+        log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.runway_end = to;
+        self.zero_tail = true;
+        Ok(())
+    }
+}
+
+/// How much zeroed runway the writer adds ahead of an unprepared segment's records at a time.
+const RUNWAY_STEP_BYTES: u64 = 1 << 20;
+
 fn run(log: &Log) {
     let mut active = {
         let segments = log.segments.read();
-        segments
+        let file = segments
             .values()
             .next_back()
             .cloned()
-            .expect("a log always has a tail segment")
+            .expect("a log always has a tail segment");
+        Active::new(file, u64::from(super::offset_of(log.state.lock().written)))
     };
-    // Where the active segment's records end: the seal goes there when the log moves on.
-    let mut active_end = u64::from(super::offset_of(log.state.lock().written));
-    // Whether the active segment's file extends past its records (a prepared segment's zeros,
-    // also after a crash): cut before the seal, and when the log closes.
-    let mut active_prepared = active.len().is_ok_and(|len| len > active_end);
     if let Some(preparer) = &log.preparer {
-        if let Some(next) = active.id.checked_add(1) {
+        if let Some(next) = active.file.id.checked_add(1) {
             preparer.request(next);
         }
     }
@@ -97,9 +144,9 @@ fn run(log: &Log) {
             if state.shutting_down {
                 if !has_pending && !unsynced_bytes {
                     drop(state);
-                    if active_prepared {
+                    if active.zero_tail {
                         // Best effort: zeros past the records are skipped by recovery anyway.
-                        let _ = active.truncate(active_end);
+                        let _ = active.file.truncate(active.end);
                     }
                     return;
                 }
@@ -139,15 +186,9 @@ fn run(log: &Log) {
         let target = location(state.tail_segment, state.tail_offset);
         drop(state);
 
-        let outcome = write_chunks(
-            log,
-            &mut active,
-            (&mut active_end, &mut active_prepared),
-            &chunks,
-        )
-        .and_then(|()| {
+        let outcome = write_chunks(log, &mut active, &chunks).and_then(|()| {
             if sync_now {
-                active.sync()?;
+                active.file.sync()?;
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -178,6 +219,14 @@ fn run(log: &Log) {
                 }
                 drop(state);
                 log.announce_progress();
+                // After the waiters were woken, so it delays at most the next round.
+                if let Err(error) = active.extend_runway(log) {
+                    let mut state = log.state.lock();
+                    log.poison(&mut state, error.to_string());
+                    drop(state);
+                    log.announce_progress();
+                    return;
+                }
             }
             Err(error) => {
                 let cause = error.to_string();
@@ -190,23 +239,20 @@ fn run(log: &Log) {
     }
 }
 
-fn write_chunks(
-    log: &Log,
-    active: &mut Arc<SegmentFile>,
-    (active_end, active_prepared): (&mut u64, &mut bool),
-    chunks: &[Chunk],
-) -> Result<()> {
+fn write_chunks(log: &Log, active: &mut Active, chunks: &[Chunk]) -> Result<()> {
     for chunk in chunks {
         if chunk.opens_segment {
             // The old segment is sealed and made durable before the log moves on: recovery
             // treats damage in any segment but the newest, or a missing seal, as corruption,
             // and bytes after a seal too (so a prepared segment's unused zeros go first).
-            if *active_prepared {
-                active.truncate(*active_end)?;
+            if active.zero_tail {
+                active.file.truncate(active.end)?;
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
-            active.write_at(&record::encode_seal(*active_end), *active_end)?;
-            active.sync()?;
+            active
+                .file
+                .write_at(&record::encode_seal(active.end), active.end)?;
+            active.file.sync()?;
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             let prepared = log
                 .preparer
@@ -217,21 +263,22 @@ fn write_chunks(
             } else {
                 SegmentFile::create(&*log.storage, &log.dir, chunk.segment_id)?
             });
-            *active_prepared = prepared;
             if let (Some(preparer), Some(next)) = (&log.preparer, chunk.segment_id.checked_add(1)) {
                 preparer.request(next);
             }
             log.segments
                 .write()
                 .insert(chunk.segment_id, Arc::clone(&created));
-            *active = created;
+            *active = Active::new(created, SEGMENT_HEADER_LEN as u64);
         }
         assert_eq!(
-            active.id, chunk.segment_id,
+            active.file.id, chunk.segment_id,
             "chunks arrive in segment order"
         );
-        active.write_at(&chunk.bytes, u64::from(chunk.start_offset))?;
-        *active_end = u64::from(chunk.start_offset) + chunk.bytes.len() as u64;
+        active
+            .file
+            .write_at(&chunk.bytes, u64::from(chunk.start_offset))?;
+        active.end = u64::from(chunk.start_offset) + chunk.bytes.len() as u64;
         log.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
