@@ -17,6 +17,7 @@ pub(crate) struct ShardCounters {
     pub(crate) late: u64,
     pub(crate) late_claims: u64,
     pub(crate) replays: u64,
+    pub(crate) refreshes: u64,
     pub(crate) in_flight: u64,
     pub(crate) failures: u64,
     pub(crate) mismatches: u64,
@@ -55,6 +56,7 @@ impl ShardCounters {
         self.late += other.late;
         self.late_claims += other.late_claims;
         self.replays += other.replays;
+        self.refreshes += other.refreshes;
         self.in_flight += other.in_flight;
         self.failures += other.failures;
         self.mismatches += other.mismatches;
@@ -82,6 +84,9 @@ pub struct DecisionCounts {
     pub late_duplicates: u64,
     /// Answers replaying a recorded result (`Duplicate`, `Claim::Duplicate`).
     pub replays: u64,
+    /// Duplicates that moved their key's deadline later (keys recorded with
+    /// [`crate::Refresh::Sliding`]); each wrote the entry again.
+    pub refreshes: u64,
     /// Answers that the key is claimed by a side effect in progress.
     pub in_flight: u64,
     /// Answers that the key's side effect failed recently (in its back-off).
@@ -149,6 +154,7 @@ impl Store {
                 inserted: counters.first + counters.late,
                 late_duplicates: counters.late + counters.late_claims,
                 replays: counters.replays,
+                refreshes: counters.refreshes,
                 in_flight: counters.in_flight,
                 failures: counters.failures,
                 fingerprint_mismatches: counters.mismatches,
@@ -179,7 +185,8 @@ mod facade {
         /// Publishes [`Store::metrics`] through the [`metrics`] facade, for whatever recorder the
         /// application installed (Prometheus, StatsD, ...): counters `idem_decisions_total`
         /// (label `decision`: `inserted`, `late_duplicate` (inserts and claims on a recently
-        /// expired key: not a subset of one series), `replay`, `in_flight`, `failed`,
+        /// expired key: not a subset of one series), `replay`, `refresh` (replays that slid the
+        /// key's deadline: a subset of `replay`), `in_flight`, `failed`,
         /// `fingerprint_mismatch`), `idem_claims_total` (label `end`), `idem_entries_expired_total`,
         /// `idem_segments_deleted_total`, `idem_segments_compacted_total`,
         /// `idem_checkpoints_total`, `idem_fsyncs_total`, `idem_log_writes_total`,
@@ -199,6 +206,7 @@ mod facade {
                 ("inserted", d.inserted),
                 ("late_duplicate", d.late_duplicates),
                 ("replay", d.replays),
+                ("refresh", d.refreshes),
                 ("in_flight", d.in_flight),
                 ("failed", d.failures),
                 ("fingerprint_mismatch", d.fingerprint_mismatches),

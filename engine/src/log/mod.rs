@@ -388,6 +388,7 @@ impl Log {
             value: &value,
             expires_at_millis: 0,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         };
         #[cfg(not(loom))]
         let end = ENCODED.with(|encoded| {
@@ -850,6 +851,7 @@ mod loom_models {
             value: b"v",
             expires_at_millis: u64::MAX,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         }
     }
 
