@@ -38,7 +38,8 @@
 //! [`Error`] are the knobs and answers. Across the layers: `retention` ([`Completion`]: how a
 //! claim's outcome decides how long its key is kept, and which entries refuse a call), `refresh`
 //! ([`Refresh`]: whether a duplicate slides its key's deadline, up to a cap),
-//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), the index's
+//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), `histogram`
+//! ([`Histogram`]: fsync latencies and group-commit sizes, recorded by the log writer), the index's
 //! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
 //! kept per shard under its lock) and `trace` (events of the `tracing` feature).
 
@@ -56,6 +57,7 @@ mod decision;
 mod error;
 mod export;
 mod fence;
+mod histogram;
 mod index;
 mod io;
 mod log;
@@ -84,6 +86,7 @@ pub use config::{Config, Durability};
 pub use decision::Decision;
 pub use error::{Error, Result};
 pub use export::{ExportReport, ImportReport, LiveCount, EXPORT_VERSION};
+pub use histogram::Histogram;
 pub use maintenance::MaintenanceReport;
 pub use metrics::{ClaimCounts, DecisionCounts, Metrics};
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};

@@ -1,5 +1,6 @@
 //! What the store decided and did, for [`Store::metrics`]: counts of decisions and claim ends,
-//! and the maintenance, log and recovery figures the rest of the store already keeps.
+//! the log writer's commit histograms (`histogram`), and the maintenance, log and recovery
+//! figures the rest of the store already keeps.
 //!
 //! Invariants: decision and claim counters live in each index shard and are incremented under
 //! that shard's lock, which every call already holds when it decides, so counting costs a plain
@@ -8,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::histogram::Histogram;
 use crate::store::{Stats, Store};
 
 /// Per-shard counters (see the module doc). Plain integers: written under the shard lock.
@@ -129,6 +131,11 @@ pub struct Metrics {
     pub stats: Stats,
     /// Bytes appended per fsync on average (the group-commit size), 0 before the first fsync.
     pub bytes_per_fsync: u64,
+    /// How long each fsync of the log took, in microseconds (commits and segment rolls).
+    pub fsync_latency_micros: Histogram,
+    /// Bytes each fsync of the log made durable: the group-commit size (the bytes written since
+    /// the previous fsync; records of 16-byte keys and values take 47 bytes each).
+    pub commit_bytes: Histogram,
     /// How long opening took (recovery included).
     pub open_duration: Duration,
     /// Records replayed by recovery at open.
@@ -149,6 +156,7 @@ impl Store {
         }
         let stats = self.stats();
         let bytes_per_fsync = stats.bytes_appended.checked_div(stats.fsyncs).unwrap_or(0);
+        let (fsync_latency_micros, commit_bytes) = self.shared.log.counters.commits.snapshot();
         Metrics {
             decisions: DecisionCounts {
                 inserted: counters.first + counters.late,
@@ -170,6 +178,8 @@ impl Store {
             late_memory_overflowed: overflowed,
             stats,
             bytes_per_fsync,
+            fsync_latency_micros,
+            commit_bytes,
             open_duration: self.open_duration,
             records_replayed: self.recovery_report().records_replayed,
         }
@@ -185,8 +195,8 @@ mod facade {
         /// Publishes [`Store::metrics`] through the [`metrics`] facade, for whatever recorder the
         /// application installed (Prometheus, StatsD, ...): counters `idem_decisions_total`
         /// (label `decision`: `inserted`, `late_duplicate` (inserts and claims on a recently
-        /// expired key: not a subset of one series), `replay`, `refresh` (replays that slid the
-        /// key's deadline: a subset of `replay`), `in_flight`, `failed`,
+        /// expired key: not a subset of one series), `replay`, `refresh` (duplicates that slid
+        /// their key's deadline), `in_flight`, `failed`,
         /// `fingerprint_mismatch`), `idem_claims_total` (label `end`), `idem_entries_expired_total`,
         /// `idem_segments_deleted_total`, `idem_segments_compacted_total`,
         /// `idem_checkpoints_total`, `idem_fsyncs_total`, `idem_log_writes_total`,
@@ -197,7 +207,9 @@ mod facade {
         /// every few seconds): it costs one [`Store::metrics`].
         ///
         /// With the feature on, `check_or_insert`, `decide` and `claim` also record their
-        /// latency in the histogram `idem_call_seconds` (label `call`).
+        /// latency in the histogram `idem_call_seconds` (label `call`), and the log writer
+        /// records each fsync's latency in `idem_fsync_seconds` and the bytes it made durable
+        /// (the group-commit size) in `idem_commit_bytes` (label `store`), as they happen.
         pub fn publish_metrics(&self) {
             let m = self.metrics();
             let store = self.shared.dir.display().to_string();

@@ -201,6 +201,8 @@ struct LogState {
 pub(crate) struct LogCounters {
     pub(crate) fsyncs: CounterU64,
     pub(crate) writes: CounterU64,
+    /// Fsync latencies and group-commit sizes (see `histogram`).
+    pub(crate) commits: crate::histogram::CommitHistograms,
 }
 
 #[derive(Debug)]

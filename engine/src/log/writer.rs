@@ -118,7 +118,9 @@ fn run(log: &Log) {
 
         let outcome = write_chunks(log, &mut active, &mut active_end, &chunks).and_then(|()| {
             if sync_now {
+                let started = Instant::now();
                 active.sync()?;
+                log.counters.commits.synced(started.elapsed(), &log.dir);
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -172,7 +174,9 @@ fn write_chunks(
             // The old segment is sealed and made durable before the log moves on: recovery
             // treats damage in any segment but the newest, or a missing seal, as corruption.
             active.write_at(&record::encode_seal(*active_end), *active_end)?;
+            let started = Instant::now();
             active.sync()?;
+            log.counters.commits.synced(started.elapsed(), &log.dir);
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             let created = Arc::new(SegmentFile::create(
                 &*log.storage,
@@ -189,6 +193,7 @@ fn write_chunks(
             "chunks arrive in segment order"
         );
         active.write_at(&chunk.bytes, u64::from(chunk.start_offset))?;
+        log.counters.commits.written(chunk.bytes.len());
         *active_end = u64::from(chunk.start_offset) + chunk.bytes.len() as u64;
         log.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
