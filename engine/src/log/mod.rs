@@ -801,6 +801,8 @@ impl Log {
     /// Poisons the log with `cause` (used by the writer on a failed write or fsync).
     fn poison(&self, state: &mut LogState, cause: String) {
         if state.poisoned.is_none() {
+            // Traced where it happens, whether or not a maintenance thread is there to notice.
+            crate::trace::event!(error, dir = %self.dir.display(), cause = %cause, "store poisoned: nothing more is acknowledged");
             state.poisoned = Some(cause);
         }
         self.poisoned_hint.store(true, Ordering::Release);
