@@ -95,6 +95,8 @@ pub struct Store {
     pub(crate) in_flight: crate::single_flight::InFlightTable,
     /// How long open took (recovery included), for [`Store::metrics`].
     pub(crate) open_duration: std::time::Duration,
+    /// Call latencies for [`Store::metrics`] (recorded with feature `metrics` only).
+    pub(crate) calls: crate::histogram::CallHistograms,
     /// Held for the store's life: the exclusive lock on the directory.
     _lock: crate::io::DirLock,
 }
@@ -221,6 +223,7 @@ impl Store {
             maintainer,
             recovery: recovered.report,
             open_duration,
+            calls: Default::default(),
             in_flight: crate::single_flight::InFlightTable::default(),
             _lock: lock,
         })
@@ -290,7 +293,8 @@ impl Store {
         refresh: crate::refresh::Refresh,
     ) -> Result<(Outcome, bool)> {
         #[cfg(feature = "metrics")]
-        let _timer = crate::metrics::CallTimer::start("check_or_insert");
+        let _timer =
+            crate::metrics::CallTimer::start("check_or_insert", &self.calls.check_or_insert);
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;

@@ -330,3 +330,30 @@ fn fsync_latency_and_group_commit_size_histograms() {
         bytes.buckets().collect::<Vec<_>>()
     );
 }
+
+/// Call latencies are in the snapshot with feature `metrics` (one sample per timed call), and
+/// absent without it (a default build does not read the clock around calls).
+#[test]
+fn call_latencies_are_recorded_only_with_the_metrics_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+    for i in 0..10u32 {
+        store
+            .check_or_insert(format!("k{i}").as_bytes(), TTL, b"v")
+            .unwrap();
+    }
+    store.decide(b"k0", TTL, b"v").unwrap();
+    acquired(store.claim(b"c", LEASE).unwrap());
+    let metrics = store.metrics();
+    let (calls, claims) = (
+        &metrics.check_or_insert_latency_nanos,
+        &metrics.claim_latency_nanos,
+    );
+    if cfg!(feature = "metrics") {
+        assert_eq!((calls.count(), claims.count()), (11, 1));
+        assert!(calls.sum() > 0 && calls.quantile(0.5) <= calls.quantile(1.0));
+    } else {
+        assert_eq!((calls.count(), claims.count()), (0, 0));
+    }
+}

@@ -108,7 +108,7 @@ impl Store {
         fingerprint: Option<&[u8]>,
     ) -> Result<Claim> {
         #[cfg(feature = "metrics")]
-        let _timer = crate::metrics::CallTimer::start("claim");
+        let _timer = crate::metrics::CallTimer::start("claim", &self.calls.claim);
         validate_key(key)?;
         let lease_millis = validate_ttl(lease)?;
         let shared = &*self.shared;
