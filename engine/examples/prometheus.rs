@@ -43,6 +43,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     store.publish_metrics();
-    print!("{}", prometheus.render());
+    let text = prometheus.render();
+    print!("{text}");
+    // CI runs this example: every family must be there (the fsync and group-commit histograms
+    // are recorded by the log writer as it commits, the rest by `publish_metrics`).
+    for family in [
+        "idem_decisions_total",
+        "idem_claims_total",
+        "idem_live_keys",
+        "idem_call_seconds",
+        "idem_fsync_seconds",
+        "idem_commit_bytes",
+    ] {
+        if !text.contains(family) {
+            return Err(format!("{family} is missing from the exposition text").into());
+        }
+    }
     Ok(())
 }

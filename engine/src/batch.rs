@@ -6,7 +6,8 @@
 //! 1. Probe every key in order, prefetching ahead: a live record answers `Duplicate` (its end
 //!    noted for `Sync`), a claim fails the whole batch before anything is written, a key already
 //!    planned earlier in the batch answers `Duplicate` of that item's value.
-//! 2. Append the planned records in one call ([`crate::log::Log::append_many`]).
+//! 2. Append the planned records in one call ([`crate::log::Log::append_many`]); then extend the
+//!    sliding duplicates of phase 1 (see `refresh`), before any slot moves.
 //! 3. Put their index entries and settle the shards' released locations.
 //!
 //! Invariants:
@@ -25,6 +26,7 @@ use crate::error::Result;
 use crate::index::{KeyHash, Probe, ShardTable, Slot};
 use crate::log::Location;
 use crate::record::{self, Record, RecordKind};
+use crate::refresh::{slide_batch, PlannedSlide};
 use crate::shared::Shared;
 
 /// How many keys ahead of its probe a key's home slot is prefetched: enough to cover a DRAM miss
@@ -63,6 +65,7 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     let mut planned = PlannedKeys::with_capacity(items.len());
     let mut wait_for: Option<Location> = None;
+    let mut slides: Vec<PlannedSlide> = Vec::new();
     let mut buf = Vec::new();
     for (i, ((key, _, _), hash)) in items.iter().zip(&hashes).enumerate() {
         if let Some(ahead) = hashes.get(i + PREFETCH_DISTANCE) {
@@ -80,6 +83,13 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                     return shared.answer_when_durable(end, Err(refusal));
                 }
                 wait_for = wait_for.max(end);
+                if crate::refresh::slides(&record) {
+                    slides.push(PlannedSlide {
+                        item: i,
+                        slot,
+                        record: buf.clone(),
+                    });
+                }
                 outcomes[i] = Some(Outcome::Duplicate(Value::from(record.value)));
             }
             Probe::Vacant(_) => {
@@ -104,10 +114,16 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             value: items[i].2.as_ref(),
             expires_at_millis: now + ttls[i],
             fingerprint: &[],
+            refresh_cap_millis: shared.config.refresh.cap_at(now),
         })
         .collect();
     let mut locations = Vec::with_capacity(records.len());
     let end = shared.log.append_many(&records, &mut locations)?;
+    if !slides.is_empty() {
+        // Before phase 3, whose puts may move slots.
+        let slid = slide_batch(shared, &mut guards, &guard_of, &slides, ttls, now)?;
+        wait_for = wait_for.max(slid);
+    }
 
     // Phase 3: their index entries.
     for (n, ((&i, record), &at)) in new_items.iter().zip(&records).zip(&locations).enumerate() {

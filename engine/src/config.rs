@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::io::{FileSystem, Storage};
+use crate::refresh::Refresh;
 
 /// When an acknowledged record is on stable storage, and so what a crash can lose.
 ///
@@ -55,6 +56,7 @@ pub struct Config {
     pub(crate) late_duplicate_grace: Duration,
     pub(crate) late_duplicate_capacity: usize,
     pub(crate) preallocate_segments: bool,
+    pub(crate) refresh: Refresh,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             late_duplicate_grace: Duration::ZERO,
             late_duplicate_capacity: 1 << 18,
             preallocate_segments: true,
+            refresh: Refresh::Keep,
         }
     }
 }
@@ -209,6 +212,16 @@ impl Config {
     /// Keys expiring beyond it are not remembered ([`crate::Metrics::late_memory_overflowed`]).
     pub fn late_duplicate_capacity(mut self, keys: usize) -> Self {
         self.late_duplicate_capacity = keys;
+        self
+    }
+
+    /// What a duplicate does to its key's deadline (default [`Refresh::Keep`]: nothing). With
+    /// [`Refresh::Sliding`] every key recorded by this store (by a check-or-insert in any form, or
+    /// a claim's completion) is kept `ttl` past its latest duplicate, up to `cap` after it was
+    /// recorded. The policy is recorded with each key: keys recorded before a reopen with
+    /// another policy keep theirs. Per call: [`crate::Store::check_or_insert_refreshing`].
+    pub fn refresh(mut self, refresh: Refresh) -> Self {
+        self.refresh = refresh;
         self
     }
 

@@ -515,6 +515,7 @@ fn import_one(
         },
         expires_at_millis: entry.deadline_millis,
         fingerprint: &entry.fingerprint,
+        refresh_cap_millis: 0,
     };
     let (at, _) = shared.log.append(&record)?;
     let indexed = Slot {

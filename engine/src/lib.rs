@@ -36,8 +36,10 @@
 //! ([`Store::export`], [`Store::import`]: the live window in a checksummed file) and `verify`
 //! ([`verify`]: a read-only check of every file). [`Config`], [`Durability`], [`Clock`] and
 //! [`Error`] are the knobs and answers. Across the layers: `retention` ([`Completion`]: how a
-//! claim's outcome decides how long its key is kept, and which entries refuse a call),
-//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), the index's
+//! claim's outcome decides how long its key is kept, and which entries refuse a call), `refresh`
+//! ([`Refresh`]: whether a duplicate slides its key's deadline, up to a cap),
+//! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), `histogram`
+//! ([`Histogram`]: fsync latencies and group-commit sizes, recorded by the log writer), the index's
 //! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
 //! kept per shard under its lock) and `trace` (events of the `tracing` feature).
 
@@ -55,6 +57,7 @@ mod decision;
 mod error;
 mod export;
 mod fence;
+mod histogram;
 mod index;
 mod io;
 mod log;
@@ -62,6 +65,7 @@ mod maintenance;
 mod metrics;
 pub mod record;
 mod recovery;
+mod refresh;
 mod retention;
 mod shared;
 pub mod sim;
@@ -82,10 +86,12 @@ pub use config::{Config, Durability};
 pub use decision::Decision;
 pub use error::{Error, Result};
 pub use export::{ExportReport, ImportReport, LiveCount, EXPORT_VERSION};
+pub use histogram::Histogram;
 pub use maintenance::MaintenanceReport;
 pub use metrics::{ClaimCounts, DecisionCounts, Metrics};
 pub use record::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TruncatedTail};
+pub use refresh::Refresh;
 pub use retention::Completion;
 pub use single_flight::WithError;
 pub use store::{Stats, Store};

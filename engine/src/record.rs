@@ -66,7 +66,12 @@ pub const NEVER_EXPIRES: u64 = (1 << 48) - 1;
 
 /// Flag bit: a fingerprint (length byte, then bytes) follows the value.
 const FLAG_FINGERPRINT: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_FINGERPRINT;
+/// Flag bit (format 2 only): a refresh cap (6 bytes, a deadline in milliseconds, not 0) ends the
+/// record, after the fingerprint: the entry slides (see [`Record::refresh_cap_millis`]).
+const FLAG_REFRESH_CAP: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_FINGERPRINT | FLAG_REFRESH_CAP;
+/// Bytes of the refresh cap field.
+const REFRESH_CAP_BYTES: usize = 6;
 
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +200,11 @@ pub struct Record<'a> {
     pub expires_at_millis: u64,
     /// The request fingerprint recorded with the key (empty: none).
     pub fingerprint: &'a [u8],
+    /// For an entry recorded under a sliding refresh policy: the latest deadline a duplicate may
+    /// move it to (the first insertion plus the cap), in milliseconds since the Unix epoch. 0: the
+    /// entry keeps its deadline (the default; nothing is encoded). Format 2 only; later values
+    /// than [`NEVER_EXPIRES`] are stored as it.
+    pub refresh_cap_millis: u64,
 }
 
 impl Record<'_> {
@@ -202,6 +212,11 @@ impl Record<'_> {
     /// format-1 segment occupied more: scans step by [`decode_sized`]'s length.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
+            + if self.refresh_cap_millis != 0 {
+                REFRESH_CAP_BYTES
+            } else {
+                0
+            }
     }
 
     /// For a Remove record found at log location `at`: replay removes the key's entry only if
@@ -247,6 +262,7 @@ fn seal_record(value: &[u8; 8]) -> Record<'_> {
         value,
         expires_at_millis: 0,
         fingerprint: &[],
+        refresh_cap_millis: 0,
     }
 }
 
@@ -302,6 +318,7 @@ pub fn encode_group(out: &mut Vec<u8>, body_len: u32, records: u32) {
             value: &value,
             expires_at_millis: 0,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         },
     );
 }
@@ -337,11 +354,14 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     assert!(record.value.len() <= MAX_VALUE_BYTES);
     assert!(record.fingerprint.len() <= MAX_FINGERPRINT_BYTES);
     let start = out.len();
-    let flags = if record.fingerprint.is_empty() {
+    let mut flags = if record.fingerprint.is_empty() {
         0
     } else {
         FLAG_FINGERPRINT
     };
+    if record.refresh_cap_millis != 0 {
+        flags |= FLAG_REFRESH_CAP;
+    }
     out.extend_from_slice(&[0u8; 4]);
     out.push(LAYOUT_V2 | flags << FLAGS_SHIFT | record.kind as u8);
     out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
@@ -354,6 +374,7 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
 pub fn encode_v1_into(out: &mut Vec<u8>, record: &Record<'_>) {
     assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
     assert!((record.kind as u8) <= RecordKind::Seal as u8);
+    assert_eq!(record.refresh_cap_millis, 0, "format 1 has no refresh cap");
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.push(record.kind as u8);
@@ -376,6 +397,10 @@ fn finish(out: &mut Vec<u8>, start: usize, record: &Record<'_>) {
         out.push(record.fingerprint.len() as u8);
         out.extend_from_slice(record.fingerprint);
     }
+    if record.refresh_cap_millis != 0 {
+        let cap = record.refresh_cap_millis.min(NEVER_EXPIRES).to_le_bytes();
+        out.extend_from_slice(&cap[..REFRESH_CAP_BYTES]);
+    }
     let crc = crc32fast::hash(&out[start + RECORD_KIND_OFFSET..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -386,6 +411,8 @@ struct Header {
     header_len: usize,
     key_len: usize,
     value_len: usize,
+    /// Whether a refresh cap ends the record (format 2).
+    refresh_cap: bool,
     /// The encoded length of the whole record.
     len: usize,
 }
@@ -442,7 +469,8 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             V1_MAX_VALUE_BYTES,
         )
     };
-    if flags & !KNOWN_FLAGS != 0 {
+    let known = if v2 { KNOWN_FLAGS } else { FLAG_FINGERPRINT };
+    if flags & !known != 0 {
         return Err(DecodeError::BadFlags(flags));
     }
     if key_len == 0 || key_len > MAX_KEY_BYTES {
@@ -464,11 +492,16 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         }
         len += fingerprint_bytes(fingerprint_len as usize);
     }
+    let refresh_cap = flags & FLAG_REFRESH_CAP != 0;
+    if refresh_cap {
+        len += REFRESH_CAP_BYTES;
+    }
     Ok(Header {
         kind,
         header_len,
         key_len,
         value_len,
+        refresh_cap,
         len,
     })
 }
@@ -523,10 +556,22 @@ pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     }
     let key_range = header.header_len..header.header_len + header.key_len;
     let value_range: Range<usize> = key_range.end..key_range.end + header.value_len;
-    let fingerprint = if value_range.end == len {
+    let (fields_end, refresh_cap_millis) = if header.refresh_cap {
+        let at = len - REFRESH_CAP_BYTES;
+        let mut cap = [0u8; 8];
+        cap[..REFRESH_CAP_BYTES].copy_from_slice(&bytes[at..len]);
+        (at, u64::from_le_bytes(cap))
+    } else {
+        (len, 0)
+    };
+    if header.refresh_cap && refresh_cap_millis == 0 {
+        // The encoder marks only a cap it writes, and never writes 0 ("no cap").
+        return Err(DecodeError::BadLength("refresh cap"));
+    }
+    let fingerprint = if value_range.end == fields_end {
         &[][..]
     } else {
-        &bytes[value_range.end + 1..len]
+        &bytes[value_range.end + 1..fields_end]
     };
     let record = Record {
         kind: header.kind,
@@ -534,6 +579,7 @@ pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
         value: &bytes[value_range],
         expires_at_millis: header.expires_at_millis(bytes),
         fingerprint,
+        refresh_cap_millis,
     };
     Ok((record, len))
 }
@@ -630,6 +676,7 @@ mod tests {
             value: &[2; 16],
             expires_at_millis: 1_800_000_000_000,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         };
         let mut bytes = Vec::new();
         encode_into(&mut bytes, &record);
@@ -652,6 +699,40 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_cap_takes_6_bytes_after_the_fingerprint_and_zero_is_refused() {
+        let record = Record {
+            kind: RecordKind::Insert,
+            key: &[1; 16],
+            value: &[2; 16],
+            expires_at_millis: 1_800_000_000_000,
+            fingerprint: b"fp",
+            refresh_cap_millis: 1_800_000_360_000,
+        };
+        let mut bytes = Vec::new();
+        encode_into(&mut bytes, &record);
+        assert_eq!(bytes.len(), 47 + 3 + 6);
+        assert_eq!(bytes[4], 0x81 | 0x30, "layout mark, both flags, kind 1");
+        assert_eq!(decode(&bytes), Ok(record));
+        // A cap of 0 is never written: a record announcing one is refused.
+        let cap = bytes.len() - 6;
+        bytes[cap..].fill(0);
+        let crc = crc32fast::hash(&bytes[4..]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::BadLength("refresh cap")));
+        // Format 1 has no such flag.
+        let mut old = Vec::new();
+        encode_v1_into(
+            &mut old,
+            &Record {
+                refresh_cap_millis: 0,
+                ..record
+            },
+        );
+        old[5] |= 0x02;
+        assert_eq!(decode(&old), Err(DecodeError::BadFlags(0x03)));
+    }
+
+    #[test]
     fn format_1_never_had_the_new_kinds() {
         let mut bytes = Vec::new();
         encode_v1_into(
@@ -662,6 +743,7 @@ mod tests {
                 value: b"v",
                 expires_at_millis: 1,
                 fingerprint: &[],
+                refresh_cap_millis: 0,
             },
         );
         bytes[4] = RecordKind::StatePut as u8;
@@ -708,9 +790,10 @@ mod tests {
             expires in 0..=NEVER_EXPIRES,
             kind in 1u8..=9,
             fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
+            cap in prop_oneof![Just(0u64), 1..=NEVER_EXPIRES],
         ) {
             let kind = RecordKind::from_byte(kind).unwrap();
-            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint };
+            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint, refresh_cap_millis: cap };
             let mut bytes = vec![0xAA];
             encode_into(&mut bytes, &record);
             prop_assert_eq!(decode(&bytes[1..]), Ok(record));
@@ -727,7 +810,7 @@ mod tests {
             fingerprint in proptest::collection::vec(any::<u8>(), 0..=MAX_FINGERPRINT_BYTES),
         ) {
             let kind = RecordKind::from_byte(kind).unwrap();
-            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint };
+            let record = Record { kind, key: &key, value: &value, expires_at_millis: expires, fingerprint: &fingerprint, refresh_cap_millis: 0 };
             let mut bytes = Vec::new();
             encode_v1_into(&mut bytes, &record);
             prop_assert_eq!(bytes.len(), record.encoded_len() + V1_RECORD_HEADER_LEN - RECORD_HEADER_LEN);
@@ -737,7 +820,7 @@ mod tests {
 
         #[test]
         fn deadlines_past_the_48_bit_range_are_stored_as_never(expires in NEVER_EXPIRES..) {
-            let record = Record { kind: RecordKind::Insert, key: b"k", value: b"v", expires_at_millis: expires, fingerprint: &[] };
+            let record = Record { kind: RecordKind::Insert, key: b"k", value: b"v", expires_at_millis: expires, fingerprint: &[], refresh_cap_millis: 0 };
             let mut bytes = Vec::new();
             encode_into(&mut bytes, &record);
             prop_assert_eq!(decode(&bytes).unwrap().expires_at_millis, NEVER_EXPIRES);
@@ -749,7 +832,7 @@ mod tests {
             value in proptest::collection::vec(any::<u8>(), 0..32),
             bit in any::<prop::sample::Index>(),
         ) {
-            let record = Record { kind: RecordKind::Insert, key: &key, value: &value, expires_at_millis: 7, fingerprint: b"fp" };
+            let record = Record { kind: RecordKind::Insert, key: &key, value: &value, expires_at_millis: 7, fingerprint: b"fp", refresh_cap_millis: 7 };
             let mut bytes = Vec::new();
             encode_into(&mut bytes, &record);
             let bit = bit.index(bytes.len() * 8);

@@ -838,6 +838,7 @@ mod tests {
             value,
             expires_at_millis: FAR,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         }
     }
 

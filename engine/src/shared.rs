@@ -86,6 +86,7 @@ impl Shared {
         now: u64,
         buf: &mut Vec<u8>,
         fingerprint: Option<&[u8]>,
+        refresh: crate::refresh::Refresh,
     ) -> Result<(Result<Outcome>, Option<Location>, bool)> {
         match self.probe(table, hash, key, now, buf)? {
             Probe::Found(slot) => {
@@ -100,6 +101,12 @@ impl Shared {
                     return Ok((Err(refusal), end, false));
                 }
                 table.counters.replays += 1;
+                let end = if crate::refresh::slides(&record) {
+                    self.slide(table, slot, &record, expires_at_millis, now)?
+                        .or(end)
+                } else {
+                    end
+                };
                 Ok((
                     Ok(Outcome::Duplicate(Value::from(record.value))),
                     end,
@@ -114,6 +121,7 @@ impl Shared {
                     value,
                     expires_at_millis,
                     fingerprint: fingerprint.unwrap_or(&[]),
+                    refresh_cap_millis: refresh.cap_at(now),
                 };
                 let (at, end) = self.log.append(&record)?;
                 let entry = Slot {
@@ -146,6 +154,7 @@ impl Shared {
             value: &[],
             expires_at_millis: deadline_millis,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         };
         let (_, end) = self.log.append(&tombstone)?;
         table.remove(slot);

@@ -96,6 +96,8 @@ pub struct Store {
     pub(crate) in_flight: crate::single_flight::InFlightTable,
     /// How long open took (recovery included), for [`Store::metrics`].
     pub(crate) open_duration: std::time::Duration,
+    /// Call latencies for [`Store::metrics`] (recorded with feature `metrics` only).
+    pub(crate) calls: crate::histogram::CallHistograms,
     /// Held for the store's life: the exclusive lock on the directory.
     _lock: crate::io::DirLock,
 }
@@ -224,6 +226,7 @@ impl Store {
             maintainer,
             recovery: recovered.report,
             open_duration,
+            calls: Default::default(),
             in_flight: crate::single_flight::InFlightTable::default(),
             _lock: lock,
         })
@@ -278,8 +281,23 @@ impl Store {
         value: &[u8],
         fingerprint: Option<&[u8]>,
     ) -> Result<(Outcome, bool)> {
+        let refresh = self.shared.config.refresh;
+        self.check_or_insert_policy(key, ttl, value, fingerprint, refresh)
+    }
+
+    /// [`Store::check_or_insert_inner`] with the refresh policy an insert records.
+    #[inline]
+    pub(crate) fn check_or_insert_policy(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        value: &[u8],
+        fingerprint: Option<&[u8]>,
+        refresh: crate::refresh::Refresh,
+    ) -> Result<(Outcome, bool)> {
         #[cfg(feature = "metrics")]
-        let _timer = crate::metrics::CallTimer::start("check_or_insert");
+        let _timer =
+            crate::metrics::CallTimer::start("check_or_insert", &self.calls.check_or_insert);
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
@@ -298,6 +316,7 @@ impl Store {
             now,
             &mut buf,
             fingerprint,
+            refresh,
         )?;
         drop(table);
         shared.answer_when_durable(wait_for, answer.map(|outcome| (outcome, late)))
@@ -344,19 +363,26 @@ impl Store {
     /// The value recorded with `key`, or `None` if it is absent or expired. A key held by a
     /// claim has no result yet: `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
-        self.lookup(key, ClaimedKey::Absent)
+        self.lookup(key, ClaimedKey::Absent, None)
     }
 
     /// [`Store::get`], or with `ClaimedKey::InFlight` an [`Error::ClaimInFlight`] for a key held
-    /// by a claim (single flight must not run its closure on such a key).
-    pub(crate) fn lookup(&self, key: &[u8], claimed: ClaimedKey) -> Result<Option<Value>> {
+    /// by a claim (single flight must not run its closure on such a key). With `slide_ttl`
+    /// (milliseconds; single flight's duplicate) a value found slides as a check-or-insert's
+    /// duplicate would (see `refresh`).
+    pub(crate) fn lookup(
+        &self,
+        key: &[u8],
+        claimed: ClaimedKey,
+        slide_ttl: Option<u64>,
+    ) -> Result<Option<Value>> {
         validate_key(key)?;
         let shared = &*self.shared;
         shared.check_live()?;
         let now = shared.clock.now_millis();
         let hash = shared.index.hash(key);
         let mut buf = Vec::new();
-        let table = shared.index.lock(hash);
+        let mut table = shared.index.lock(hash);
         let (answer, wait_for) = match shared.probe(&table, hash, key, now, &mut buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(&buf).expect("checked during the probe");
@@ -369,7 +395,13 @@ impl Store {
                         let refusal = crate::retention::refusal(&record);
                         (Err(refusal.expect("a claim or a failure")), end)
                     }
-                    _ => (Ok(Some(Value::from(record.value))), end),
+                    _ => match slide_ttl {
+                        Some(ttl) if crate::refresh::slides(&record) => {
+                            let slid = shared.slide(&mut table, slot, &record, now + ttl, now)?;
+                            (Ok(Some(Value::from(record.value))), slid.or(end))
+                        }
+                        _ => (Ok(Some(Value::from(record.value))), end),
+                    },
                 }
             }
             // "Absent" may rest on another caller's removal that a crash could still undo.

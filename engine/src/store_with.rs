@@ -144,7 +144,10 @@ struct StoreRecorder<'a> {
 impl Recorder for StoreRecorder<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         // A claimed key is in flight elsewhere: the closure must not run.
-        self.store.lookup(key, crate::shared::ClaimedKey::InFlight)
+        // A duplicate found here slides like one found by `check_or_insert` (see `refresh`).
+        let ttl = crate::validate::validate_ttl(self.ttl)?;
+        self.store
+            .lookup(key, crate::shared::ClaimedKey::InFlight, Some(ttl))
     }
 
     fn check_or_insert(&self, key: &[u8], value: &[u8]) -> Result<Outcome> {

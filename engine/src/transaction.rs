@@ -538,6 +538,7 @@ impl Transaction<'_> {
                 value: &arena[value.clone()],
                 expires_at_millis: now + ttl_millis,
                 fingerprint: &[],
+                refresh_cap_millis: 0,
             });
         }
         let inserted = records.len();
@@ -607,6 +608,7 @@ fn state_record<'a>(kind: RecordKind, key: &'a [u8], value: &'a [u8]) -> Record<
         value,
         expires_at_millis: NEVER_EXPIRES,
         fingerprint: &[],
+        refresh_cap_millis: 0,
     }
 }
 

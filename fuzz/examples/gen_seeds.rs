@@ -48,6 +48,7 @@ fn encode(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64) ->
             value,
             expires_at_millis,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         },
     );
     out
@@ -63,6 +64,7 @@ fn encode_v1(kind: RecordKind, key: &[u8], value: &[u8], expires_at_millis: u64)
             value,
             expires_at_millis,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         },
     );
     out
@@ -119,6 +121,20 @@ fn record_seeds() {
     two.extend(encode(RecordKind::Insert, b"b", b"22", 2));
     write_seed("record", "two-records", &two);
     write_seed("record", "segment-header", &encode_segment_header(7));
+    // An extension of a sliding key: fingerprint, then the 6-byte refresh cap.
+    let mut sliding = Vec::new();
+    encode_into(
+        &mut sliding,
+        &Record {
+            kind: RecordKind::Insert,
+            key: b"session-7",
+            value: b"v",
+            expires_at_millis: now + 60_000,
+            fingerprint: b"fp",
+            refresh_cap_millis: now + 3_600_000,
+        },
+    );
+    write_seed("record", "refresh-cap", &sliding);
     write_seed("record", "junk", &Rng(7).bytes(64));
     // The deadline format 2 cannot hold, stored as NEVER_EXPIRES.
     write_seed(

@@ -101,6 +101,7 @@ fn segment_zero_claim() -> Option<String> {
         value: &claim_id,
         expires_at_millis: ManualClock::DEFAULT_START_MILLIS + 10_000,
         fingerprint: &[],
+        refresh_cap_millis: 0,
     };
     encode_into(&mut segment, &claim);
     std::fs::write(dir.path().join("segment-00000000.idem"), &segment).expect("write");
@@ -166,6 +167,7 @@ fn v1_value_of_64_kib_compacted() -> Option<String> {
         value,
         expires_at_millis,
         fingerprint: &[],
+        refresh_cap_millis: 0,
     };
     let big: &'static [u8] = big.leak();
     encode_v1_into(&mut older, &record(b"big", big, now + 36_000_000));
@@ -225,6 +227,7 @@ fn seal_of_the_other_format() -> Option<String> {
             value: b"v",
             expires_at_millis: ManualClock::DEFAULT_START_MILLIS + 60_000,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         },
     );
     older.extend(encode_seal_v1(older.len() as u64));
@@ -271,6 +274,7 @@ fn index_entry_at_a_state_record() -> Option<String> {
             value: &42u64.to_le_bytes(),
             expires_at_millis: idem::record::NEVER_EXPIRES,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         },
     );
     let at = idem::record::SEGMENT_HEADER_LEN;

@@ -2,7 +2,8 @@
 //!
 //! Format 2 (written by this build) has a 15-byte record header: crc u32, one byte packing the
 //! layout mark (bit 7), the flags (bits 4..=6) and the kind (bits 0..=3: 1..=8), key_len u16,
-//! value_len u16, expires_at_ms u48. Format 1 (written by older builds, still read) has a 20-byte
+//! value_len u16, expires_at_ms u48; after key, value and fingerprint, flag bit 1 (byte 4's bit 5)
+//! announces a 6-byte refresh cap (a deadline, never 0). Format 1 (written by older builds, still read) has a 20-byte
 //! header: crc u32, kind u8 (1..=4, bit 7 clear), flags u8, key_len u16, value_len u32 (at most
 //! 64 KiB), expires_at_ms u64. The same decoder reads both, told apart by bit 7 of byte 4.
 //!
@@ -40,6 +41,8 @@ pub const V1_HEADER_LEN: usize = 20;
 pub const V1_MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Flags bit 0: a fingerprint (length byte, then bytes) follows the value.
 const FLAG_FINGERPRINT: u8 = 0x01;
+/// Flags bit 1 (format 2 only): a 6-byte refresh cap ends the record.
+const FLAG_REFRESH_CAP: u8 = 0x02;
 /// Bit 7 of byte 4: the format-2 layout.
 const LAYOUT_V2: u8 = 0x80;
 
@@ -107,6 +110,8 @@ pub struct Expected {
     pub expires_at_millis: u64,
     /// Its fingerprint (empty: none).
     pub fingerprint: Vec<u8>,
+    /// Its refresh cap (0: none).
+    pub refresh_cap_millis: u64,
     /// Bytes it occupies.
     pub len: usize,
 }
@@ -154,7 +159,12 @@ pub fn expected_decode(data: &[u8]) -> Result<Expected, DecodeError> {
             u64::from_le_bytes(data[12..20].try_into().expect("8 bytes")),
         )
     };
-    if flags & !FLAG_FINGERPRINT != 0 {
+    let known = if v2 {
+        FLAG_FINGERPRINT | FLAG_REFRESH_CAP
+    } else {
+        FLAG_FINGERPRINT
+    };
+    if flags & !known != 0 {
         return Err(DecodeError::BadFlags(flags));
     }
     if key_len == 0 || key_len > MAX_KEY_BYTES {
@@ -175,6 +185,10 @@ pub fn expected_decode(data: &[u8]) -> Result<Expected, DecodeError> {
         }
         len += 1 + fingerprint_len;
     }
+    let fields_end = len;
+    if flags & FLAG_REFRESH_CAP != 0 {
+        len += 6;
+    }
     if data.len() < len {
         return Err(truncated(len));
     }
@@ -183,8 +197,18 @@ pub fn expected_decode(data: &[u8]) -> Result<Expected, DecodeError> {
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
+    let mut refresh_cap = [0u8; 8];
+    refresh_cap[..6].copy_from_slice(&data[len - 6..len]);
+    let refresh_cap_millis = if flags & FLAG_REFRESH_CAP != 0 {
+        u64::from_le_bytes(refresh_cap)
+    } else {
+        0
+    };
+    if flags & FLAG_REFRESH_CAP != 0 && refresh_cap_millis == 0 {
+        return Err(DecodeError::BadLength("refresh cap"));
+    }
     let fingerprint = if flags & FLAG_FINGERPRINT != 0 {
-        data[value_end + 1..len].to_vec()
+        data[value_end + 1..fields_end].to_vec()
     } else {
         Vec::new()
     };
@@ -195,6 +219,7 @@ pub fn expected_decode(data: &[u8]) -> Result<Expected, DecodeError> {
         value: data[header_len + key_len..value_end].to_vec(),
         expires_at_millis,
         fingerprint,
+        refresh_cap_millis,
         len,
     })
 }
@@ -222,14 +247,16 @@ pub fn check_raw_decode(data: &[u8]) {
                     record.key,
                     record.value,
                     record.expires_at_millis,
-                    record.fingerprint
+                    record.fingerprint,
+                    record.refresh_cap_millis
                 ),
                 (
                     want.kind,
                     &want.key[..],
                     &want.value[..],
                     want.expires_at_millis,
-                    &want.fingerprint[..]
+                    &want.fingerprint[..],
+                    want.refresh_cap_millis
                 ),
                 "the decoded record is not what its bytes say"
             );
@@ -386,6 +413,7 @@ fn check_seals_and_groups(id: u64, u: &mut Unstructured<'_>) {
             value: &value,
             expires_at_millis: 0,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         };
         let eight = value.len() == 8;
         let word = |n: usize| u32::from_le_bytes(value[n..n + 4].try_into().expect("4 bytes"));
@@ -427,6 +455,8 @@ pub struct RecordSpec {
     pub expires_at_millis: u64,
     /// 0..=MAX_FINGERPRINT_BYTES bytes (none: no fingerprint).
     pub fingerprint: Vec<u8>,
+    /// The refresh cap (0: none; format 2 only).
+    pub refresh_cap_millis: u64,
 }
 
 impl RecordSpec {
@@ -474,6 +504,16 @@ impl RecordSpec {
             5 => 1 << 48,
             _ => u.arbitrary()?,
         };
+        // Drawn last, so that earlier inputs keep their meaning; most records have none.
+        let refresh_cap_millis = match u.arbitrary::<u8>().unwrap_or(0) {
+            _ if v1 => 0,
+            0..=191 => 0,
+            192 => 1,
+            193 => NEVER_EXPIRES,
+            194 => NEVER_EXPIRES + 1,
+            195 => u64::MAX,
+            _ => u.arbitrary::<u64>().unwrap_or(1).max(1),
+        };
         Ok(RecordSpec {
             v1,
             kind,
@@ -481,6 +521,7 @@ impl RecordSpec {
             value,
             expires_at_millis,
             fingerprint,
+            refresh_cap_millis,
         })
     }
 
@@ -492,6 +533,7 @@ impl RecordSpec {
             value: &self.value,
             expires_at_millis: self.expires_at_millis,
             fingerprint: &self.fingerprint,
+            refresh_cap_millis: self.refresh_cap_millis,
         }
     }
 
@@ -509,6 +551,7 @@ impl RecordSpec {
         let mut record = self.record();
         if !self.v1 {
             record.expires_at_millis = record.expires_at_millis.min(NEVER_EXPIRES);
+            record.refresh_cap_millis = record.refresh_cap_millis.min(NEVER_EXPIRES);
         }
         record
     }
@@ -525,7 +568,8 @@ impl RecordSpec {
         } else {
             1 + self.fingerprint.len()
         };
-        header + self.key.len() + self.value.len() + fingerprint
+        let refresh_cap = if self.refresh_cap_millis != 0 { 6 } else { 0 };
+        header + self.key.len() + self.value.len() + fingerprint + refresh_cap
     }
 }
 
@@ -546,12 +590,14 @@ fn check_round_trip(spec: &RecordSpec, u: &mut Unstructured<'_>) {
     assert_eq!(len, spec.encoded_len(), "encoded length");
     let record = spec.decoded();
     if !spec.v1 {
+        let refresh_cap = u8::from(spec.refresh_cap_millis != 0);
         assert_eq!(
             len,
             encoded_len(spec.key.len(), spec.value.len(), spec.fingerprint.len())
+                + 6 * usize::from(refresh_cap)
         );
         assert_eq!(len, record.encoded_len());
-        let flags = u8::from(!spec.fingerprint.is_empty()) << 4;
+        let flags = (u8::from(!spec.fingerprint.is_empty()) | refresh_cap << 1) << 4;
         assert_eq!(bytes[prefix + 4], LAYOUT_V2 | flags | spec.kind as u8);
     } else {
         assert_eq!(bytes[prefix + 4], spec.kind as u8);

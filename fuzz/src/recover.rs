@@ -341,6 +341,7 @@ fn encode(
         value,
         expires_at_millis,
         fingerprint,
+        refresh_cap_millis: 0,
     };
     if v1 {
         encode_v1_into(&mut out, &record);
@@ -1606,6 +1607,7 @@ pub fn run(data: &[u8]) {
                     value: b"after-open",
                     expires_at_millis,
                     fingerprint: &[],
+                    refresh_cap_millis: 0,
                 });
                 model.live.insert(
                     key.clone(),
@@ -1634,6 +1636,7 @@ pub fn run(data: &[u8]) {
             value: &[],
             expires_at_millis,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         });
         model.live.remove(&key);
     }

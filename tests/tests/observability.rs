@@ -282,3 +282,78 @@ fn claims_on_recently_expired_keys_count_as_late_duplicates() {
     assert_eq!(metrics.decisions.late_duplicates, 1);
     assert_eq!(metrics.claims.acquired, 3);
 }
+
+/// The commit histograms: one sample per fsync, and every byte appended counted in exactly one
+/// fsync's group; a batch is one group of all its records.
+#[test]
+fn fsync_latency_and_group_commit_size_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock).durability(Durability::Sync)).unwrap();
+    let empty = store.metrics();
+    assert_eq!(empty.fsync_latency_micros.count(), 0);
+    assert_eq!(empty.commit_bytes.quantile(0.5), 0);
+    // 16-byte keys and values: 47 bytes a record.
+    for i in 0..50u32 {
+        store
+            .check_or_insert(format!("single-key-{i:05}").as_bytes(), TTL, &[1; 16])
+            .unwrap();
+    }
+    let keys: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| format!("batch-key--{i:05}").into_bytes())
+        .collect();
+    let items: Vec<(&[u8], Duration, &[u8])> =
+        keys.iter().map(|k| (&k[..], TTL, &[2u8; 16][..])).collect();
+    store.check_or_insert_batch(&items).unwrap();
+    store.flush().unwrap();
+
+    let metrics = store.metrics();
+    let (latency, bytes) = (&metrics.fsync_latency_micros, &metrics.commit_bytes);
+    assert_eq!(latency.count(), metrics.stats.fsyncs);
+    assert_eq!(bytes.count(), metrics.stats.fsyncs);
+    assert_eq!(bytes.sum(), metrics.stats.bytes_appended);
+    assert_eq!(metrics.stats.bytes_appended, 1050 * 47);
+    // Each single call waited for its own fsync: most groups are one record (32..=63 bytes),
+    // and the batch's 47,000 bytes went in one (or two, if the writer's idle timer cut it).
+    assert!(
+        bytes.quantile(0.5) == 63,
+        "{:?}",
+        bytes.buckets().collect::<Vec<_>>()
+    );
+    assert!(bytes.quantile(1.0) >= 47_000 / 2, "{bytes:?}");
+    assert!(latency.sum() > 0 && latency.quantile(0.99) >= latency.quantile(0.5));
+    eprintln!(
+        "fsync latency µs: p50 <= {}, p99 <= {}, max <= {}; bytes per fsync: {:?}",
+        latency.quantile(0.5),
+        latency.quantile(0.99),
+        latency.quantile(1.0),
+        bytes.buckets().collect::<Vec<_>>()
+    );
+}
+
+/// Call latencies are in the snapshot with feature `metrics` (one sample per timed call), and
+/// absent without it (a default build does not read the clock around calls).
+#[test]
+fn call_latencies_are_recorded_only_with_the_metrics_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+    for i in 0..10u32 {
+        store
+            .check_or_insert(format!("k{i}").as_bytes(), TTL, b"v")
+            .unwrap();
+    }
+    store.decide(b"k0", TTL, b"v").unwrap();
+    acquired(store.claim(b"c", LEASE).unwrap());
+    let metrics = store.metrics();
+    let (calls, claims) = (
+        &metrics.check_or_insert_latency_nanos,
+        &metrics.claim_latency_nanos,
+    );
+    if cfg!(feature = "metrics") {
+        assert_eq!((calls.count(), claims.count()), (11, 1));
+        assert!(calls.sum() > 0 && calls.quantile(0.5) <= calls.quantile(1.0));
+    } else {
+        assert_eq!((calls.count(), claims.count()), (0, 0));
+    }
+}

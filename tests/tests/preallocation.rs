@@ -221,7 +221,10 @@ fn an_unprepared_segment_gets_zeros_ahead_of_its_records_cut_on_close() {
         assert!(grown > 1 << 20, "round {round}: the runway grew: {grown}");
         drop(store);
         let closed = segments(dir.path()).last().unwrap().1;
-        assert!(closed < grown, "round {round}: cut on close: {closed} of {grown}");
+        assert!(
+            closed < grown,
+            "round {round}: cut on close: {closed} of {grown}"
+        );
     }
     let store = Store::open_with(dir.path(), config).unwrap();
     assert_eq!(store.recovery_report().truncated_tail, None);

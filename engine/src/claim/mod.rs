@@ -108,7 +108,7 @@ impl Store {
         fingerprint: Option<&[u8]>,
     ) -> Result<Claim> {
         #[cfg(feature = "metrics")]
-        let _timer = crate::metrics::CallTimer::start("claim");
+        let _timer = crate::metrics::CallTimer::start("claim", &self.calls.claim);
         validate_key(key)?;
         let lease_millis = validate_ttl(lease)?;
         let shared = &*self.shared;
@@ -150,6 +150,7 @@ impl Store {
                     value: &claim_id_bytes,
                     expires_at_millis: now + lease_millis,
                     fingerprint: fingerprint.unwrap_or(&[]),
+                    refresh_cap_millis: 0,
                 };
                 let (at, end) = shared.log.append(&record)?;
                 let entry = Slot {
@@ -291,6 +292,12 @@ impl Store {
                     value: result,
                     expires_at_millis: now + ttl_millis,
                     fingerprint: &token.fingerprint,
+                    // A result slides like an insert under the store's policy (see `refresh`).
+                    refresh_cap_millis: if kind == RecordKind::Insert {
+                        shared.config.refresh.cap_at(now)
+                    } else {
+                        0
+                    },
                 };
                 let (at, mut end) = shared.log.append(&completion)?;
                 if completion.expires_at_millis < claim_until {
@@ -305,6 +312,7 @@ impl Store {
                         value: &origin,
                         expires_at_millis: claim_until,
                         fingerprint: &[],
+                        refresh_cap_millis: 0,
                     };
                     end = shared.log.append(&shadow)?.1;
                 }
@@ -340,6 +348,7 @@ impl Store {
                     value: &claim_id,
                     expires_at_millis: now + crate::validate::MAX_TTL.as_millis() as u64,
                     fingerprint: &token.fingerprint,
+                    refresh_cap_millis: 0,
                 };
                 let (at, end) = shared.log.append(&doubt)?;
                 let entry = Slot {

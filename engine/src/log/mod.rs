@@ -204,6 +204,8 @@ struct LogState {
 pub(crate) struct LogCounters {
     pub(crate) fsyncs: CounterU64,
     pub(crate) writes: CounterU64,
+    /// Fsync latencies and group-commit sizes (see `histogram`).
+    pub(crate) commits: crate::histogram::CommitHistograms,
 }
 
 #[derive(Debug)]
@@ -406,6 +408,7 @@ impl Log {
             value: &value,
             expires_at_millis: 0,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         };
         #[cfg(not(loom))]
         let end = ENCODED.with(|encoded| {
@@ -826,6 +829,8 @@ impl Log {
     /// Poisons the log with `cause` (used by the writer on a failed write or fsync).
     fn poison(&self, state: &mut LogState, cause: String) {
         if state.poisoned.is_none() {
+            // Traced where it happens, whether or not a maintenance thread is there to notice.
+            crate::trace::event!(error, dir = %self.dir.display(), cause = %cause, "store poisoned: nothing more is acknowledged");
             state.poisoned = Some(cause);
         }
         self.poisoned_hint.store(true, Ordering::Release);
@@ -879,6 +884,7 @@ mod loom_models {
             value: b"v",
             expires_at_millis: u64::MAX,
             fingerprint: &[],
+            refresh_cap_millis: 0,
         }
     }
 

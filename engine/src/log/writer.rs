@@ -188,7 +188,9 @@ fn run(log: &Log) {
 
         let outcome = write_chunks(log, &mut active, &chunks).and_then(|()| {
             if sync_now {
+                let started = Instant::now();
                 active.file.sync()?;
+                log.counters.commits.synced(started.elapsed(), &log.dir);
                 log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -252,7 +254,9 @@ fn write_chunks(log: &Log, active: &mut Active, chunks: &[Chunk]) -> Result<()> 
             active
                 .file
                 .write_at(&record::encode_seal(active.end), active.end)?;
+            let started = Instant::now();
             active.file.sync()?;
+            log.counters.commits.synced(started.elapsed(), &log.dir);
             log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             let prepared = log
                 .preparer
@@ -278,6 +282,7 @@ fn write_chunks(log: &Log, active: &mut Active, chunks: &[Chunk]) -> Result<()> 
         active
             .file
             .write_at(&chunk.bytes, u64::from(chunk.start_offset))?;
+        log.counters.commits.written(chunk.bytes.len());
         active.end = u64::from(chunk.start_offset) + chunk.bytes.len() as u64;
         log.counters.writes.fetch_add(1, Ordering::Relaxed);
     }

@@ -69,8 +69,9 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
                 }
             }
             if let Err(_error) = run_once(&shared) {
-                if let Some(_cause) = shared.log.poisoned() {
-                    crate::trace::event!(error, cause = %_cause, "store poisoned: nothing more is acknowledged");
+                if shared.log.poisoned().is_some() {
+                    // The poisoning itself was traced by the log.
+                    crate::trace::event!(debug, "maintenance thread stops: the store is poisoned");
                     // Nothing more can be written; the callers see the poison.
                     return;
                 }
