@@ -48,7 +48,9 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes of RAM held by the index: slots and expiry wheels.
     pub index_bytes: u64,
-    /// Completed fsyncs of the log since open.
+    /// Completed fsyncs of the log since open that made records durable (commits and segment
+    /// seals); those of preallocation (zeros laid ahead, see [`Config::preallocate_segments`])
+    /// commit no record and are not counted.
     pub fsyncs: u64,
     /// Write calls the log writer made since open.
     pub log_writes: u64,

@@ -8,17 +8,8 @@ use std::time::{Duration, Instant};
 use idem::{Config, Durability, Outcome, Store};
 use idem_tests::LONG_TTL;
 
-/// These tests count the fsyncs of commits; preallocation adds its own (one per MiB of zeros
-/// ahead of an unprepared segment's records, and a cut before a seal), which
-/// `tests/tests/preallocation.rs` covers.
 fn open(dir: &std::path::Path, durability: Durability) -> Store {
-    Store::open_with(
-        dir,
-        Config::default()
-            .durability(durability)
-            .preallocate_segments(false),
-    )
-    .unwrap()
+    Store::open_with(dir, Config::default().durability(durability)).unwrap()
 }
 
 fn fsyncs(store: &Store) -> u64 {

@@ -103,8 +103,8 @@ impl Active {
         let from = self.runway_end.max(self.end);
         let to = (from + RUNWAY_STEP_BYTES).min(size);
         super::segment::write_zeros(&self.file, from, to)?;
+        // Not counted in `Stats::fsyncs` nor the commit histograms: it commits no record.
         self.file.sync()?;
-        log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.runway_end = to;
         self.zero_tail = true;
         Ok(())
@@ -248,8 +248,8 @@ fn write_chunks(log: &Log, active: &mut Active, chunks: &[Chunk]) -> Result<()> 
             // treats damage in any segment but the newest, or a missing seal, as corruption,
             // and bytes after a seal too (so a prepared segment's unused zeros go first).
             if active.zero_tail {
+                // (An fsync that commits no record: not counted, as the runway's.)
                 active.file.truncate(active.end)?;
-                log.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
             active
                 .file
