@@ -57,6 +57,7 @@ pub struct Config {
     pub(crate) late_duplicate_capacity: usize,
     pub(crate) preallocate_segments: bool,
     pub(crate) refresh: Refresh,
+    pub(crate) parallel_replay_min_bytes: usize,
 }
 
 impl Default for Config {
@@ -77,6 +78,7 @@ impl Default for Config {
             late_duplicate_capacity: 1 << 18,
             preallocate_segments: true,
             refresh: Refresh::Keep,
+            parallel_replay_min_bytes: crate::recovery::PARALLEL_REPLAY_MIN_BYTES,
         }
     }
 }
@@ -173,6 +175,15 @@ impl Config {
         // from a background thread it did not ask for; `preallocate_segments(true)` after this
         // turns preparation back on.
         self.preallocate_segments = false;
+        self
+    }
+
+    /// Replays with two threads every segment stretch of at least `bytes` (default 256 KiB;
+    /// 0: every one). For tests and fuzzing, which would otherwise never see the shared replay
+    /// on their small segments; the answer is the same either way, only the time differs.
+    #[doc(hidden)]
+    pub fn parallel_replay_min_bytes_for_testing(mut self, bytes: usize) -> Self {
+        self.parallel_replay_min_bytes = bytes;
         self
     }
 

@@ -12,14 +12,26 @@
 //!   [`Error::Corrupt`] naming the file and offset: recovery never serves a guess.
 //! - A segment-named file without the magic is [`Error::NotASegment`]; a newer format version is
 //!   [`Error::UnsupportedVersion`].
+//! - Zeros from a record boundary to the end of the newest segment (a prepared segment's unused
+//!   space, `log::prepare`) are no damage: they stay, and appends overwrite them.
+//!
+//! Replay by two threads: a long stretch of a segment (`PARALLEL_REPLAY_MIN_BYTES`) is shared.
+//! The checking thread decodes and judges every record (checksums, whole groups, seals, the torn
+//! tail, the segment's stats) and applies the state records and the index records of the even
+//! shards; a helper applies those of the odd shards. Invariants: the helper never applies a
+//! record the checking thread has not judged (it reads only below the published `checked`
+//! offset); a key's records all go to one thread (its shard is fixed), so they are applied in
+//! log order; keys of different shards, and state against index records, never interact in
+//! replay; of two errors the one earlier in the log is reported, as one thread would have.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::claim::registry::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
-use crate::index::{Index, KeyCheck, Probe, Slot};
+use crate::index::{Index, KeyCheck, KeyHash, Probe, Slot};
 use crate::io::Storage;
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
@@ -82,6 +94,7 @@ pub(crate) fn recover(
     state: &mut StateTables,
     now_millis: u64,
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
+    parallel_min_bytes: usize,
 ) -> Result<Recovered> {
     let ids = segment::list_segments(storage, dir)?;
     let mut report = RecoveryReport::default();
@@ -222,82 +235,153 @@ pub(crate) fn recover(
         // Replay is bound by one cache miss per record on its key's index slot: start loading
         // the slot of the record REPLAY_PREFETCH_DISTANCE records ahead (headers only, no CRC:
         // a damaged record ahead just goes unprefetched, and is judged when its turn comes).
-        let mut ahead = offset;
-        let mut records_ahead = 0usize;
-        while offset < bytes.len() {
-            while records_ahead < REPLAY_PREFETCH_DISTANCE {
-                let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
-                    break;
-                };
-                index.prefetch(key);
-                ahead += len;
-                records_ahead += 1;
-            }
-            records_ahead = records_ahead.saturating_sub(1);
-            match decode_replayed(&bytes[offset..], version) {
-                Ok((record, len)) if record.kind == RecordKind::Seal => {
-                    let corrupt = |reason: String| Error::Corrupt {
-                        path: file.path.clone(),
-                        offset: offset as u64,
-                        reason,
-                    };
-                    if record::seal_length(&record) != Some(offset as u64) {
-                        return Err(corrupt(
-                            "a seal that does not vouch for its own offset".into(),
-                        ));
-                    }
-                    if offset + len != bytes.len() {
-                        // A prepared segment sealed just before a crash may keep its unused
-                        // zeros (the cut before the seal was not durable yet): cut them now,
-                        // before a newer segment makes them damage.
-                        if !(newest && is_prepared_space(&bytes[offset + len..])) {
-                            return Err(corrupt("bytes follow the segment's seal".into()));
+        //
+        // A long stretch is replayed by two threads (see `Partition`): this one checks every
+        // record (checksums, groups, seals, the torn tail), keeps the segment's stats, and
+        // applies the state records and the index records of the even shards; a helper applies
+        // those of the odd shards, never past what this one has checked.
+        let current = Current {
+            file: &file,
+            start,
+            bytes: &bytes,
+        };
+        let parallel =
+            index.shards().len() >= 2 && bytes.len().saturating_sub(offset) >= parallel_min_bytes;
+        let checked = AtomicUsize::new(offset);
+        let finished = AtomicBool::new(false);
+        let (main_outcome, helper_outcome) = std::thread::scope(|scope| {
+            let helper = parallel.then(|| {
+                let (opened, checked, finished) = (&opened, &checked, &finished);
+                let from = offset;
+                scope.spawn(move || {
+                    replay_odd_shards(
+                        index, opened, current, version, from, checked, finished, now_millis,
+                    )
+                })
+            });
+            let partition = if parallel {
+                Partition::Even
+            } else {
+                Partition::All
+            };
+            let mut records_since_publish = 0usize;
+            let main = (|| -> std::result::Result<(), (usize, Error)> {
+                let mut ahead = offset;
+                let mut records_ahead = 0usize;
+                while offset < bytes.len() {
+                    while records_ahead < REPLAY_PREFETCH_DISTANCE {
+                        let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
+                            break;
+                        };
+                        let hash = index.hash(key);
+                        if partition.takes(hash) {
+                            index.prefetch_hash(hash);
                         }
-                        file.truncate((offset + len) as u64)?;
+                        ahead += len;
+                        records_ahead += 1;
                     }
-                    sealed = true;
-                    break;
+                    records_ahead = records_ahead.saturating_sub(1);
+                    let at_offset = offset;
+                    let fail = |error: Error| (at_offset, error);
+                    match decode_replayed(&bytes[offset..], version) {
+                        Ok((record, len)) if record.kind == RecordKind::Seal => {
+                            let corrupt = |reason: String| Error::Corrupt {
+                                path: file.path.clone(),
+                                offset: offset as u64,
+                                reason,
+                            };
+                            if record::seal_length(&record) != Some(offset as u64) {
+                                return Err(fail(corrupt(
+                                    "a seal that does not vouch for its own offset".into(),
+                                )));
+                            }
+                            if offset + len != bytes.len() {
+                                // A prepared segment sealed just before a crash may keep its
+                                // unused zeros (the cut before the seal was not durable yet):
+                                // cut them now, before a newer segment makes them damage.
+                                if !(newest && is_prepared_space(&bytes[offset + len..])) {
+                                    return Err(fail(corrupt(
+                                        "bytes follow the segment's seal".into(),
+                                    )));
+                                }
+                                file.truncate((offset + len) as u64).map_err(fail)?;
+                            }
+                            sealed = true;
+                            break;
+                        }
+                        Ok((record, len)) => {
+                            let at = location(id, offset as u32);
+                            stats.add_record(&record);
+                            if partition.applies(index, &record) {
+                                apply(
+                                    index,
+                                    state,
+                                    &opened,
+                                    Some(current),
+                                    (at, at + len as u64),
+                                    &record,
+                                    now_millis,
+                                    (&mut report, &mut claim_keys),
+                                )
+                                .map_err(fail)?;
+                            } else {
+                                report.records_replayed += 1;
+                            }
+                            offset += len;
+                            records_since_publish += 1;
+                            if records_since_publish == PUBLISH_EVERY_RECORDS {
+                                records_since_publish = 0;
+                                checked.store(offset, Ordering::Release);
+                            }
+                        }
+                        // The unused zeros of a prepared segment (see `log::prepare`): no
+                        // record, no damage. They stay, and the log appends over them.
+                        Err(_) if newest && is_prepared_space(&bytes[offset..]) => break,
+                        Err(error) if newest => {
+                            file.truncate(offset as u64).map_err(fail)?;
+                            report.truncated_tail = Some(TruncatedTail {
+                                path: file.path.clone(),
+                                offset: offset as u64,
+                                bytes_cut: (bytes.len() - offset) as u64,
+                                reason: error.to_string(),
+                            });
+                            break;
+                        }
+                        Err(error) => {
+                            return Err(fail(Error::Corrupt {
+                                path: file.path.clone(),
+                                offset: offset as u64,
+                                reason: error.to_string(),
+                            }))
+                        }
+                    }
                 }
-                Ok((record, len)) => {
-                    let at = location(id, offset as u32);
-                    stats.add_record(&record);
-                    apply(
-                        index,
-                        state,
-                        &opened,
-                        Some(Current {
-                            file: &file,
-                            start,
-                            bytes: &bytes,
-                        }),
-                        (at, at + len as u64),
-                        &record,
-                        now_millis,
-                        (&mut report, &mut claim_keys),
-                    )?;
-                    offset += len;
+                Ok(())
+            })();
+            // Whatever happened, the helper may go as far as the records checked, no further.
+            checked.store(offset, Ordering::Release);
+            finished.store(true, Ordering::Release);
+            let helper = helper.map(|helper| helper.join().expect("the replay helper panicked"));
+            (main, helper)
+        });
+        // The first error in log order wins, as a replay by one thread would have found it.
+        let mut first_error: Option<(usize, Error)> = main_outcome.err();
+        if let Some(helper) = helper_outcome {
+            match helper {
+                // (The checking thread counted every record replayed.)
+                Ok((skipped, claimed)) => {
+                    report.expired_records_skipped += skipped;
+                    claim_keys.extend(claimed);
                 }
-                // The unused zeros of a prepared segment (see `log::prepare`): no record, no
-                // damage. They stay, and the log appends over them.
-                Err(_) if newest && is_prepared_space(&bytes[offset..]) => break,
-                Err(error) if newest => {
-                    file.truncate(offset as u64)?;
-                    report.truncated_tail = Some(TruncatedTail {
-                        path: file.path.clone(),
-                        offset: offset as u64,
-                        bytes_cut: (bytes.len() - offset) as u64,
-                        reason: error.to_string(),
-                    });
-                    break;
-                }
-                Err(error) => {
-                    return Err(Error::Corrupt {
-                        path: file.path.clone(),
-                        offset: offset as u64,
-                        reason: error.to_string(),
-                    })
+                Err((at, error)) => {
+                    if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
+                        first_error = Some((at, error));
+                    }
                 }
             }
+        }
+        if let Some((_, error)) = first_error {
+            return Err(error);
         }
         if !newest && !sealed {
             return Err(Error::Corrupt {
@@ -371,6 +455,122 @@ pub(crate) fn recover(
 
 /// How many records ahead replay prefetches index slots.
 const REPLAY_PREFETCH_DISTANCE: usize = 12;
+
+/// How many records the checking thread replays between two publications of how far it checked.
+const PUBLISH_EVERY_RECORDS: usize = 64;
+
+/// The least a segment must still hold past the replay start for its replay to be shared with a
+/// helper thread by default: below it, starting the thread costs more than it saves.
+pub(crate) const PARALLEL_REPLAY_MIN_BYTES: usize = 256 << 10;
+
+/// Which index records a replaying thread applies. Records of one key always go to one thread
+/// (a key's shard is fixed), so each key's records are applied in log order; keys of different
+/// shards never interact in replay, and state records (their own namespace) all stay with the
+/// checking thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partition {
+    All,
+    Even,
+    Odd,
+}
+
+impl Partition {
+    fn takes(self, hash: KeyHash) -> bool {
+        match self {
+            Partition::All => true,
+            Partition::Even => hash.shard.is_multiple_of(2),
+            Partition::Odd => !hash.shard.is_multiple_of(2),
+        }
+    }
+
+    /// Whether this thread applies `record`: the state kinds and the group record go to the
+    /// checking thread (`All` or `Even`), the index kinds by their key's shard.
+    fn applies(self, index: &Index, record: &Record<'_>) -> bool {
+        if self == Partition::All {
+            return true;
+        }
+        match record.kind {
+            RecordKind::StatePut
+            | RecordKind::StateRemove
+            | RecordKind::Position
+            | RecordKind::Group => self == Partition::Even,
+            _ => self.takes(index.hash(record.key)),
+        }
+    }
+}
+
+/// What the helper of a shared replay reports: the expired records it skipped, and the keys of
+/// the claims it replayed.
+type HelperReplayed = (u64, Vec<Box<[u8]>>);
+
+/// The helper's half of a shared replay (see the segment loop in [`recover`]): applies the index
+/// records of the odd shards from `from`, never past `checked` (what the checking thread has
+/// decoded and judged), until `finished` says `checked` is final. Returns the expired records it
+/// skipped and the claimed keys it saw, or the first error with the offset of its record.
+#[allow(clippy::too_many_arguments)]
+fn replay_odd_shards(
+    index: &Index,
+    opened: &BTreeMap<u32, SegmentFile>,
+    current: Current<'_>,
+    version: u32,
+    from: usize,
+    checked: &AtomicUsize,
+    finished: &AtomicBool,
+    now_millis: u64,
+) -> std::result::Result<HelperReplayed, (usize, Error)> {
+    let bytes = current.bytes;
+    let id = current.file.id;
+    let mut report = RecoveryReport::default();
+    let mut claim_keys = Vec::new();
+    let mut no_state = StateTables::default();
+    let mut offset = from;
+    let mut ahead = from;
+    loop {
+        let is_final = finished.load(Ordering::Acquire);
+        let limit = checked.load(Ordering::Acquire);
+        if offset >= limit {
+            if is_final {
+                break;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        while offset < limit {
+            // Prefetch the odd shards' slots a few records ahead, within what was checked.
+            let mut records_ahead = 0;
+            while ahead < limit && records_ahead < REPLAY_PREFETCH_DISTANCE {
+                let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
+                    break;
+                };
+                let hash = index.hash(key);
+                if Partition::Odd.takes(hash) {
+                    index.prefetch_hash(hash);
+                }
+                ahead += len;
+                records_ahead += 1;
+            }
+            let (record, len) = decode_replayed(&bytes[offset..], version)
+                .expect("the checking thread decoded this record");
+            if Partition::Odd.applies(index, &record) {
+                let at = location(id, offset as u32);
+                apply(
+                    index,
+                    &mut no_state,
+                    opened,
+                    Some(current),
+                    (at, at + len as u64),
+                    &record,
+                    now_millis,
+                    (&mut report, &mut claim_keys),
+                )
+                .map_err(|error| (offset, error))?;
+            }
+            offset += len;
+            ahead = ahead.max(offset);
+        }
+    }
+    Ok((report.expired_records_skipped, claim_keys))
+}
 
 /// The claims that are still their key's live entry after replay, among the keys claimed in the
 /// replayed log or listed open by the checkpoint.
@@ -1080,6 +1280,77 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_shared_by_two_threads_answers_as_one_thread_does() {
+        // Inserts, removals and re-inserts with other TTLs, expired entries, claims open and
+        // completed, state and positions in transactions, over many segments; then the same
+        // files replayed by one thread and by two (every segment shared) must agree on every
+        // answer and every count.
+        let storage = SimStorage::new(11);
+        let clock = ManualClock::new();
+        let config = |parallel_min: usize| {
+            config(&storage, &clock)
+                .segment_size_bytes_for_testing(16 << 10)
+                .shard_count(8)
+                .parallel_replay_min_bytes_for_testing(parallel_min)
+        };
+        let store = Store::open_with(DIR, config(usize::MAX)).unwrap();
+        let short = Duration::from_secs(5);
+        for i in 0..6000 {
+            let ttl = if i % 7 == 0 { short } else { TTL };
+            store.check_or_insert(&key(i), ttl, &key(i)).unwrap();
+            if i % 5 == 0 {
+                assert!(store.remove(&key(i / 2)).unwrap() || i / 2 % 7 == 0);
+            }
+            if i % 11 == 0 {
+                store.check_or_insert(&key(i / 3), TTL, b"again").unwrap();
+            }
+            if i % 97 == 0 {
+                let mut tx = store.transaction();
+                tx.put_state(format!("state-{}", i % 13).as_bytes(), &key(i))
+                    .unwrap();
+                tx.set_position(b"source", i as u64).unwrap();
+                tx.commit().unwrap();
+            }
+        }
+        let open_claim = match store.claim(b"claimed", TTL).unwrap() {
+            Claim::Acquired(token) => token,
+            other => panic!("{other:?}"),
+        };
+        drop(open_claim);
+        clock.advance(Duration::from_secs(10));
+        drop(store);
+        let answers = |parallel_min: usize| {
+            let store = Store::open_with(DIR, config(parallel_min)).unwrap();
+            let report = store.recovery_report().clone();
+            assert!(report.segments_replayed >= 8, "{report:?}");
+            let values: Vec<Option<Vec<u8>>> = (0..6000)
+                .map(|i| store.get(&key(i)).unwrap().map(|v| v.to_vec()))
+                .collect();
+            let state: Vec<Option<Vec<u8>>> = (0..13)
+                .map(|i| {
+                    let key = format!("state-{i}");
+                    store.get_state(key.as_bytes()).unwrap().map(|v| v.to_vec())
+                })
+                .collect();
+            let facts = (
+                report.records_replayed,
+                report.expired_records_skipped,
+                store.stats().live_keys,
+                store.in_doubt().unwrap().len(),
+                store.position(b"source").unwrap(),
+            );
+            (values, state, facts)
+        };
+        let one = answers(usize::MAX);
+        let two = answers(0);
+        assert_eq!(one.0, two.0);
+        assert_eq!(one.1, two.1);
+        assert_eq!(one.2, two.2);
+        assert!(one.0.iter().any(Option::is_none) && one.0.iter().any(Option::is_some));
+        assert_eq!(one.2 .3, 1, "the claim left open is in doubt");
+    }
+
+    #[test]
     fn replayed_bytes_that_were_only_in_the_cache_are_made_durable_on_open() {
         let storage = SimStorage::new(2);
         let clock = ManualClock::new();
@@ -1413,6 +1684,7 @@ mod tests {
             &mut state,
             clock_now(&clock),
             Ok(None),
+            PARALLEL_REPLAY_MIN_BYTES,
         )
         .unwrap();
         assert_eq!(recovered.tail_offset as usize, newer.len());

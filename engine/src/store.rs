@@ -158,7 +158,15 @@ impl Store {
             now,
         );
         let mut state = crate::state::StateTables::default();
-        let recovered = recovery::recover(&*storage, &dir, &index, &mut state, now, checkpoint)?;
+        let recovered = recovery::recover(
+            &*storage,
+            &dir,
+            &index,
+            &mut state,
+            now,
+            checkpoint,
+            config.parallel_replay_min_bytes,
+        )?;
         index.remember_expired(
             config.late_duplicate_grace.as_millis() as u64,
             config.late_duplicate_capacity,

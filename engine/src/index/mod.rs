@@ -107,9 +107,9 @@ impl Index {
         self.shards[hash.shard].lock()
     }
 
-    /// Starts loading the home slot of `key` into the cache (replay calls it some records ahead).
-    pub(crate) fn prefetch(&self, key: &[u8]) {
-        let hash = self.hash(key);
+    /// Starts loading the home slot of a hashed key into the cache (replay calls it some records
+    /// ahead).
+    pub(crate) fn prefetch_hash(&self, hash: KeyHash) {
         self.lock(hash).prefetch(hash.tag);
     }
 
