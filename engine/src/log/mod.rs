@@ -42,6 +42,10 @@ thread_local! {
     /// Each appending thread's scratch buffer for one encoded record (reused: no allocation per
     /// append).
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's scratch list of a group's record locations ([`Log::append_group`]), so
+    /// that a transaction's commit allocates nothing.
+    static GROUP_LOCATIONS: std::cell::RefCell<Vec<Location>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
@@ -363,14 +367,16 @@ impl Log {
 
     /// Appends `records` as one group (a transaction): a group record announcing them, then the
     /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
-    /// them or none. `locations` gets each record's location (not the group record's); returns
-    /// the end of the last. Fails with nothing appended if the group exceeds
-    /// [`Log::max_group_bytes`]; a failure midway poisons, as in [`Log::append_many`].
+    /// them or none. `locations[i]` gets the location of `records[i]` (not the group record's;
+    /// `locations` is as long as `records`); returns the end of the last. Fails with nothing
+    /// appended if the group exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in
+    /// [`Log::append_many`].
     pub(crate) fn append_group(
         &self,
         records: &[Record<'_>],
-        locations: &mut Vec<Location>,
+        locations: &mut [Location],
     ) -> Result<Location> {
+        assert_eq!(locations.len(), records.len(), "a location per record");
         let body: usize = records.iter().map(Record::encoded_len).sum();
         if body > self.max_group_bytes() || records.len() > u32::MAX as usize {
             return Err(Error::TransactionTooLarge {
@@ -391,11 +397,23 @@ impl Log {
         };
         #[cfg(not(loom))]
         let end = ENCODED.with(|encoded| {
-            let mut encoded = encoded.borrow_mut();
-            self.append_many_encoded(records, &mut encoded, locations, Some(&group))
+            GROUP_LOCATIONS.with(|placed| {
+                let (mut encoded, mut placed) = (encoded.borrow_mut(), placed.borrow_mut());
+                placed.clear();
+                let end =
+                    self.append_many_encoded(records, &mut encoded, &mut placed, Some(&group))?;
+                locations.copy_from_slice(&placed);
+                Ok::<_, Error>(end)
+            })
         })?;
         #[cfg(loom)]
-        let end = self.append_many_encoded(records, &mut Vec::new(), locations, Some(&group))?;
+        let end = {
+            let mut placed = Vec::new();
+            let end =
+                self.append_many_encoded(records, &mut Vec::new(), &mut placed, Some(&group))?;
+            locations.copy_from_slice(&placed);
+            end
+        };
         Ok(end.expect("a group has records"))
     }
 
