@@ -69,6 +69,8 @@ const INLINE_ENTRIES: usize = 2;
 const INLINE_ARENA: usize = 160;
 /// Records (and shards) a commit handles without allocating.
 const INLINE_RECORDS: usize = 4;
+/// Released state locations a commit leaves for a later one to hand to the log.
+const RELEASE_BATCH: usize = 64;
 
 /// A transaction's entries of one kind, keyed by byte strings kept in the transaction's arena:
 /// no allocation per key (none at all for a few), and a lookup scans until the list outgrows
@@ -603,7 +605,13 @@ impl Transaction<'_> {
             };
             guards[guard_of(&check.hash)].put_new(entry, now);
         }
-        shared.settle_state(&mut state);
+        // Handing released locations to the log's live counts takes the log lock, which the
+        // writer and maintenance contend for: once per batch of commits, not per commit.
+        // Counts that lag by a few records only make compaction a little later, and
+        // maintenance settles them before it reads them.
+        if state.released.len() >= RELEASE_BATCH {
+            shared.settle_state(&mut state);
+        }
         drop(state);
         for table in guards.iter_mut() {
             shared.settle(table);

@@ -210,6 +210,8 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
     if threshold <= 0.0 {
         return Ok(None);
     }
+    // Commits hand the state records they overwrote to the live counts in batches.
+    shared.settle_state(&mut shared.state.lock());
     let sealed = shared.log.sealed_segments();
     let damaged = {
         let mut damaged = shared.maintenance.damaged.lock();
