@@ -42,10 +42,6 @@ thread_local! {
     /// Each appending thread's scratch buffer for one encoded record (reused: no allocation per
     /// append).
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each thread's scratch list of a group's record locations ([`Log::append_group`]), so
-    /// that a transaction's commit allocates nothing.
-    static GROUP_LOCATIONS: std::cell::RefCell<Vec<Location>> =
-        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
@@ -396,25 +392,81 @@ impl Log {
             fingerprint: &[],
         };
         #[cfg(not(loom))]
-        let end = ENCODED.with(|encoded| {
-            GROUP_LOCATIONS.with(|placed| {
-                let (mut encoded, mut placed) = (encoded.borrow_mut(), placed.borrow_mut());
-                placed.clear();
-                let end =
-                    self.append_many_encoded(records, &mut encoded, &mut placed, Some(&group))?;
-                locations.copy_from_slice(&placed);
-                Ok::<_, Error>(end)
-            })
-        })?;
+        return ENCODED.with(|encoded| {
+            self.append_group_encoded(&group, records, &mut encoded.borrow_mut(), locations)
+        });
         #[cfg(loom)]
-        let end = {
-            let mut placed = Vec::new();
-            let end =
-                self.append_many_encoded(records, &mut Vec::new(), &mut placed, Some(&group))?;
-            locations.copy_from_slice(&placed);
-            end
-        };
-        Ok(end.expect("a group has records"))
+        self.append_group_encoded(&group, records, &mut Vec::new(), locations)
+    }
+
+    /// [`Log::append_group`] once its group record is made: encodes (and checksums) everything
+    /// before the log lock, then places the group record through [`Log::append_locked`] (which
+    /// opens a new segment unless the whole group fits) and the body right after it in the
+    /// same chunk with one copy, under one hold of the lock. Nothing can fail after the group
+    /// record is in the buffer, so no failure leaves part of a group there.
+    fn append_group_encoded(
+        &self,
+        group: &Record<'_>,
+        records: &[Record<'_>],
+        encoded: &mut Vec<u8>,
+        locations: &mut [Location],
+    ) -> Result<Location> {
+        encoded.clear();
+        record::encode_into(encoded, group);
+        let group_len = encoded.len();
+        for (record, offset) in records.iter().zip(locations.iter_mut()) {
+            // The record's offset in `encoded` until the lock gives the group its place.
+            *offset = encoded.len() as u64;
+            record::encode_into(encoded, record);
+        }
+        let mut state = self.state.lock();
+        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
+            self.work_ready.notify_one();
+            self.drained.wait(&mut state);
+        }
+        let whole = encoded.len() as u32;
+        let (group_at, _) = self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
+        let body = &encoded[group_len..];
+        let chunk = state
+            .pending
+            .last_mut()
+            .expect("the group record was just appended");
+        debug_assert_eq!(
+            location(
+                chunk.segment_id,
+                chunk.start_offset + chunk.bytes.len() as u32
+            ),
+            group_at + group_len as u64,
+            "the body follows its group record"
+        );
+        chunk.bytes.extend_from_slice(body);
+        let stats = &mut state.tail_stats;
+        for (record, offset) in records.iter().zip(locations.iter_mut()) {
+            *offset += group_at;
+            stats.add_record(record);
+            // As `append_locked` counts them: the caller puts every insert into the index and
+            // every state entry or position into the state tables.
+            if matches!(
+                record.kind,
+                record::RecordKind::Insert
+                    | record::RecordKind::Claim
+                    | record::RecordKind::Failure
+                    | record::RecordKind::StatePut
+                    | record::RecordKind::Position
+            ) {
+                stats.live += 1;
+            }
+        }
+        state.tail_offset += body.len() as u32;
+        state.tail_stats.bytes = u64::from(state.tail_offset);
+        state.pending_bytes += body.len();
+        state.bytes_appended += body.len() as u64;
+        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
+        drop(state);
+        if wake_writer {
+            self.work_ready.notify_one();
+        }
+        Ok(group_at + u64::from(whole))
     }
 
     /// With a `group` record, it goes first, placed where it and all the records fit in one
