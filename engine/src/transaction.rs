@@ -12,7 +12,8 @@
 //!    nothing is written;
 //! 3. append all the records as one group ([`crate::log::Log::append_group`]): a group record
 //!    announcing the body, then the records, contiguous in one segment; replay applies the group
-//!    only if all of it is there;
+//!    only if all of it is there (a transaction that writes one record writes it alone: one
+//!    record is whole or absent by itself);
 //! 4. apply them to the index and the state tables, unlock, and in `Sync` wait for the group.
 //!
 //! Invariants:

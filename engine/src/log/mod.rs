@@ -363,7 +363,7 @@ impl Log {
 
     /// Appends `records` as one group (a transaction): a group record announcing them, then the
     /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
-    /// them or none. `locations[i]` gets the location of `records[i]` (not the group record's;
+    /// them or none. A single record is appended alone, without a group record. `locations[i]` gets the location of `records[i]` (not the group record's;
     /// `locations` is as long as `records`); returns the end of the last. Fails with nothing
     /// appended if the group exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in
     /// [`Log::append_many`].
@@ -380,6 +380,13 @@ impl Log {
                 bytes: body,
                 max_bytes: self.max_group_bytes(),
             });
+        }
+        if let ([record], [location]) = (records, &mut *locations) {
+            // One record is whole or absent by itself (a torn record is cut like any torn
+            // tail): it needs no group record around it.
+            let (at, end) = self.append(record)?;
+            *location = at;
+            return Ok(end);
         }
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&(body as u32).to_le_bytes());
