@@ -362,11 +362,18 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     if record.refresh_cap_millis != 0 {
         flags |= FLAG_REFRESH_CAP;
     }
-    out.extend_from_slice(&[0u8; 4]);
-    out.push(LAYOUT_V2 | flags << FLAGS_SHIFT | record.kind as u8);
-    out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(record.value.len() as u16).to_le_bytes());
-    out.extend_from_slice(&record.expires_at_millis.min(NEVER_EXPIRES).to_le_bytes()[..6]);
+    // The header is put together on the stack and copied once, after one reservation for the
+    // whole record: a transaction encodes several records per commit.
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[RECORD_KIND_OFFSET] = LAYOUT_V2 | flags << FLAGS_SHIFT | record.kind as u8;
+    header[RECORD_KEY_LEN_OFFSET..RECORD_VALUE_LEN_OFFSET]
+        .copy_from_slice(&(record.key.len() as u16).to_le_bytes());
+    header[RECORD_VALUE_LEN_OFFSET..RECORD_EXPIRES_OFFSET]
+        .copy_from_slice(&(record.value.len() as u16).to_le_bytes());
+    header[RECORD_EXPIRES_OFFSET..]
+        .copy_from_slice(&record.expires_at_millis.min(NEVER_EXPIRES).to_le_bytes()[..6]);
+    out.reserve(record.encoded_len());
+    out.extend_from_slice(&header);
     finish(out, start, record);
 }
 

@@ -135,6 +135,22 @@ pub(crate) fn recover(
             versions.insert(id, version);
         }
     }
+    // A checkpoint whose replay start lies past the header of a segment without a valid one
+    // (the newest, torn while it was being created: no record was ever written into it) does
+    // not describe this log: any doubt about a checkpoint means it is ignored.
+    let checkpoint = match checkpoint {
+        Some(c)
+            if offset_of(c.replay_from) != 0
+                && !versions.contains_key(&segment_of(c.replay_from)) =>
+        {
+            report.checkpoint_ignored = Some(format!(
+                "its replay start lies in segment {}, which has no valid header",
+                segment_of(c.replay_from)
+            ));
+            None
+        }
+        other => other,
+    };
     if ids.first() == Some(&0) {
         // Ids start at 1: location 0 means "no record" in the index.
         return Err(Error::Corrupt {

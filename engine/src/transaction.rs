@@ -12,7 +12,8 @@
 //!    nothing is written;
 //! 3. append all the records as one group ([`crate::log::Log::append_group`]): a group record
 //!    announcing the body, then the records, contiguous in one segment; replay applies the group
-//!    only if all of it is there;
+//!    only if all of it is there (a transaction that writes one record writes it alone: one
+//!    record is whole or absent by itself);
 //! 4. apply them to the index and the state tables, unlock, and in `Sync` wait for the group.
 //!
 //! Invariants:
@@ -27,6 +28,7 @@
 use std::time::Duration;
 
 use parking_lot::MutexGuard;
+use smallvec::SmallVec;
 
 use crate::answer::{Outcome, Value};
 use crate::error::{Error, Result};
@@ -61,18 +63,29 @@ struct DedupCheck {
 /// cheaper than hashing (most transactions touch a handful of keys).
 const SCAN_LIMIT: usize = 16;
 
+/// Entries of one kind a transaction keeps without allocating (a typical transaction has one or
+/// two of each).
+const INLINE_ENTRIES: usize = 2;
+/// Arena bytes a transaction keeps without allocating: the keys and values of a typical one.
+const INLINE_ARENA: usize = 160;
+/// Records (and shards) a commit handles without allocating.
+const INLINE_RECORDS: usize = 4;
+/// Released state locations a commit leaves for a later one to hand to the log.
+const RELEASE_BATCH: usize = 64;
+
 /// A transaction's entries of one kind, keyed by byte strings kept in the transaction's arena:
-/// no allocation per key, and a lookup scans until the list outgrows [`SCAN_LIMIT`].
+/// no allocation per key (none at all for a few), and a lookup scans until the list outgrows
+/// [`SCAN_LIMIT`].
 #[derive(Debug)]
 struct Entries<T> {
-    items: Vec<(Span, T)>,
+    items: SmallVec<[(Span, T); INLINE_ENTRIES]>,
     index: Option<std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>>,
 }
 
 impl<T> Default for Entries<T> {
     fn default() -> Self {
         Entries {
-            items: Vec::new(),
+            items: SmallVec::new(),
             index: None,
         }
     }
@@ -147,8 +160,10 @@ impl<T> Entries<T> {
 #[must_use = "a transaction writes nothing until it is committed"]
 pub struct Transaction<'s> {
     store: &'s Store,
-    /// Every key and value the transaction holds, back to back.
-    arena: Vec<u8>,
+    /// Every key and value the transaction holds, back to back. Inline: a transaction of a few
+    /// small records allocates nothing (the cost target of issue #11 is a few hundred
+    /// nanoseconds, of which each allocation and free is a noticeable share).
+    arena: SmallVec<[u8; INLINE_ARENA]>,
     checks: Entries<DedupCheck>,
     /// State keys read, with the version of the entry each was read from (`None`: absent).
     reads: Entries<Option<u64>>,
@@ -176,8 +191,7 @@ impl Store {
     pub fn transaction(&self) -> Transaction<'_> {
         Transaction {
             store: self,
-            // Room for a typical transaction's keys and values without growing.
-            arena: Vec::with_capacity(256),
+            arena: SmallVec::new(),
             checks: Entries::default(),
             reads: Entries::default(),
             writes: Entries::default(),
@@ -266,7 +280,7 @@ impl Transaction<'_> {
         validate_key(key)?;
         validate_value(value)?;
         let ttl_millis = validate_ttl(ttl)?;
-        if let Some(check) = self.checks.get(&self.arena, key) {
+        if let Some(check) = self.checks.get(&self.arena[..], key) {
             return Ok(check.answer.clone());
         }
         let shared = &*self.store.shared;
@@ -291,7 +305,7 @@ impl Transaction<'_> {
                     insert: None,
                     answer: answer.clone(),
                 };
-                self.checks.push(&self.arena, key, check);
+                self.checks.push(&self.arena[..], key, check);
                 Ok(answer)
             }
             Probe::Vacant(_) => {
@@ -303,7 +317,7 @@ impl Transaction<'_> {
                     insert: Some((ttl_millis, value)),
                     answer: Outcome::Inserted,
                 };
-                self.checks.push(&self.arena, key, check);
+                self.checks.push(&self.arena[..], key, check);
                 Ok(Outcome::Inserted)
             }
         }
@@ -314,7 +328,7 @@ impl Transaction<'_> {
     /// changes the entry in between.
     pub fn get_state(&mut self, key: &[u8]) -> Result<Option<Value>> {
         validate_key(key)?;
-        if let Some(write) = self.writes.get(&self.arena, key) {
+        if let Some(write) = self.writes.get(&self.arena[..], key) {
             return Ok(write.clone().map(|value| Value::from(&self.arena[value])));
         }
         let shared = &*self.store.shared;
@@ -323,9 +337,9 @@ impl Transaction<'_> {
         shared.wait_if_sync(end)?;
         let observed = found.as_ref().map(|(_, version)| *version);
         // The first read is what the commit validates; a later one saw the same or a conflict.
-        if self.reads.find(&self.arena, key).is_none() {
+        if self.reads.find(&self.arena[..], key).is_none() {
             let key = self.keep(key);
-            self.reads.push(&self.arena, key, observed);
+            self.reads.push(&self.arena[..], key, observed);
         }
         Ok(found.map(|(value, _)| value))
     }
@@ -345,7 +359,7 @@ impl Transaction<'_> {
 
     fn write_state(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         let len = record::encoded_len(key.len(), value.map_or(0, <[u8]>::len), 0);
-        let found = self.writes.find(&self.arena, key);
+        let found = self.writes.find(&self.arena[..], key);
         let previous = found.map(|i| {
             let old = self.writes.items[i].1.as_ref().map_or(0, |v| v.len());
             record::encoded_len(key.len(), old, 0)
@@ -360,7 +374,7 @@ impl Transaction<'_> {
             Some(i) => self.writes.items[i].1 = value,
             None => {
                 let key = self.keep(key);
-                self.writes.push(&self.arena, key, value);
+                self.writes.push(&self.arena[..], key, value);
             }
         }
         Ok(())
@@ -388,7 +402,7 @@ impl Transaction<'_> {
             .map(|e| (e.position, e.end));
         // A refusal resting on another caller's position waits until that record is durable.
         let (stored, stored_end) = (stored.map(|(p, _)| p), stored.map(|(_, end)| end));
-        let found = self.positions.find(&self.arena, source);
+        let found = self.positions.find(&self.arena[..], source);
         let own = found.map(|i| self.position_at(i));
         if let Some(stored) = stored.max(own).filter(|&stored| stored > position) {
             if own.is_none_or(|own| own <= position) {
@@ -410,7 +424,7 @@ impl Transaction<'_> {
                 self.grow(record::encoded_len(source.len(), 8, 0))?;
                 let source = self.keep(source);
                 let bytes = self.keep(&position.to_le_bytes());
-                self.positions.push(&self.arena, source, bytes);
+                self.positions.push(&self.arena[..], source, bytes);
             }
         }
         Ok(())
@@ -480,10 +494,11 @@ impl Transaction<'_> {
         let now = shared.clock.now_millis();
 
         // 1. Locks: the inserted keys' shards (ascending), then the state tables.
-        let mut shard_ids: Vec<usize> = inserts().map(|(_, c, _)| c.hash.shard).collect();
+        let mut shard_ids: SmallVec<[usize; INLINE_RECORDS]> =
+            inserts().map(|(_, c, _)| c.hash.shard).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
-        let mut guards: Vec<MutexGuard<'_, ShardTable>> = shard_ids
+        let mut guards: SmallVec<[MutexGuard<'_, ShardTable>; INLINE_RECORDS]> = shard_ids
             .iter()
             .map(|&shard| shared.index.shards()[shard].lock())
             .collect();
@@ -530,7 +545,7 @@ impl Transaction<'_> {
         }
 
         // 3. The group: inserts first, then state writes, then positions.
-        let mut records: Vec<Record<'_>> = Vec::with_capacity(self.records());
+        let mut records: SmallVec<[Record<'_>; INLINE_RECORDS]> = SmallVec::new();
         for (key, _, (ttl_millis, value)) in inserts() {
             records.push(Record {
                 kind: RecordKind::Insert,
@@ -566,7 +581,8 @@ impl Transaction<'_> {
             // Only deletions of entries that do not exist: nothing to write.
             return Ok(());
         }
-        let mut locations = Vec::with_capacity(records.len());
+        let mut locations: SmallVec<[Location; INLINE_RECORDS]> =
+            SmallVec::from_elem(0, records.len());
         let end = shared.log.append_group(&records, &mut locations)?;
 
         // 4. Apply.
@@ -591,7 +607,13 @@ impl Transaction<'_> {
             };
             guards[guard_of(&check.hash)].put_new(entry, now);
         }
-        shared.settle_state(&mut state);
+        // Handing released locations to the log's live counts takes the log lock, which the
+        // writer and maintenance contend for: once per batch of commits, not per commit.
+        // Counts that lag by a few records only make compaction a little later, and
+        // maintenance settles them before it reads them.
+        if state.released.len() >= RELEASE_BATCH {
+            shared.settle_state(&mut state);
+        }
         drop(state);
         for table in guards.iter_mut() {
             shared.settle(table);

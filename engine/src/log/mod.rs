@@ -383,14 +383,16 @@ impl Log {
 
     /// Appends `records` as one group (a transaction): a group record announcing them, then the
     /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
-    /// them or none. `locations` gets each record's location (not the group record's); returns
-    /// the end of the last. Fails with nothing appended if the group exceeds
-    /// [`Log::max_group_bytes`]; a failure midway poisons, as in [`Log::append_many`].
+    /// them or none. A single record is appended alone, without a group record. `locations[i]` gets the location of `records[i]` (not the group record's;
+    /// `locations` is as long as `records`); returns the end of the last. Fails with nothing
+    /// appended if the group exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in
+    /// [`Log::append_many`].
     pub(crate) fn append_group(
         &self,
         records: &[Record<'_>],
-        locations: &mut Vec<Location>,
+        locations: &mut [Location],
     ) -> Result<Location> {
+        assert_eq!(locations.len(), records.len(), "a location per record");
         let body: usize = records.iter().map(Record::encoded_len).sum();
         if body > self.max_group_bytes() || records.len() > u32::MAX as usize {
             return Err(Error::TransactionTooLarge {
@@ -398,6 +400,13 @@ impl Log {
                 bytes: body,
                 max_bytes: self.max_group_bytes(),
             });
+        }
+        if let ([record], [location]) = (records, &mut *locations) {
+            // One record is whole or absent by itself (a torn record is cut like any torn
+            // tail): it needs no group record around it.
+            let (at, end) = self.append(record)?;
+            *location = at;
+            return Ok(end);
         }
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&(body as u32).to_le_bytes());
@@ -411,13 +420,81 @@ impl Log {
             refresh_cap_millis: 0,
         };
         #[cfg(not(loom))]
-        let end = ENCODED.with(|encoded| {
-            let mut encoded = encoded.borrow_mut();
-            self.append_many_encoded(records, &mut encoded, locations, Some(&group))
-        })?;
+        return ENCODED.with(|encoded| {
+            self.append_group_encoded(&group, records, &mut encoded.borrow_mut(), locations)
+        });
         #[cfg(loom)]
-        let end = self.append_many_encoded(records, &mut Vec::new(), locations, Some(&group))?;
-        Ok(end.expect("a group has records"))
+        self.append_group_encoded(&group, records, &mut Vec::new(), locations)
+    }
+
+    /// [`Log::append_group`] once its group record is made: encodes (and checksums) everything
+    /// before the log lock, then places the group record through [`Log::append_locked`] (which
+    /// opens a new segment unless the whole group fits) and the body right after it in the
+    /// same chunk with one copy, under one hold of the lock. Nothing can fail after the group
+    /// record is in the buffer, so no failure leaves part of a group there.
+    fn append_group_encoded(
+        &self,
+        group: &Record<'_>,
+        records: &[Record<'_>],
+        encoded: &mut Vec<u8>,
+        locations: &mut [Location],
+    ) -> Result<Location> {
+        encoded.clear();
+        record::encode_into(encoded, group);
+        let group_len = encoded.len();
+        for (record, offset) in records.iter().zip(locations.iter_mut()) {
+            // The record's offset in `encoded` until the lock gives the group its place.
+            *offset = encoded.len() as u64;
+            record::encode_into(encoded, record);
+        }
+        let mut state = self.state.lock();
+        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
+            self.work_ready.notify_one();
+            self.drained.wait(&mut state);
+        }
+        let whole = encoded.len() as u32;
+        let (group_at, _) = self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
+        let body = &encoded[group_len..];
+        let chunk = state
+            .pending
+            .last_mut()
+            .expect("the group record was just appended");
+        debug_assert_eq!(
+            location(
+                chunk.segment_id,
+                chunk.start_offset + chunk.bytes.len() as u32
+            ),
+            group_at + group_len as u64,
+            "the body follows its group record"
+        );
+        chunk.bytes.extend_from_slice(body);
+        let stats = &mut state.tail_stats;
+        for (record, offset) in records.iter().zip(locations.iter_mut()) {
+            *offset += group_at;
+            stats.add_record(record);
+            // As `append_locked` counts them: the caller puts every insert into the index and
+            // every state entry or position into the state tables.
+            if matches!(
+                record.kind,
+                record::RecordKind::Insert
+                    | record::RecordKind::Claim
+                    | record::RecordKind::Failure
+                    | record::RecordKind::StatePut
+                    | record::RecordKind::Position
+            ) {
+                stats.live += 1;
+            }
+        }
+        state.tail_offset += body.len() as u32;
+        state.tail_stats.bytes = u64::from(state.tail_offset);
+        state.pending_bytes += body.len();
+        state.bytes_appended += body.len() as u64;
+        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
+        drop(state);
+        if wake_writer {
+            self.work_ready.notify_one();
+        }
+        Ok(group_at + u64::from(whole))
     }
 
     /// With a `group` record, it goes first, placed where it and all the records fit in one

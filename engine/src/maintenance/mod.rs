@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::index::Probe;
+use crate::index::{KeyCheck, Probe};
 use crate::log::location;
 use crate::log::segment::SegmentFile;
 use crate::record::{self, Record, RecordKind, SEGMENT_HEADER_LEN};
@@ -211,6 +211,8 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
     if threshold <= 0.0 {
         return Ok(None);
     }
+    // Commits hand the state records they overwrote to the live counts in batches.
+    shared.settle_state(&mut shared.state.lock());
     let sealed = shared.log.sealed_segments();
     let damaged = {
         let mut damaged = shared.maintenance.damaged.lock();
@@ -258,7 +260,8 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
     let oldest = shared.log.oldest_segment_id() == Some(id);
     let mut offset = SEGMENT_HEADER_LEN;
     let mut copied = 0;
-    let mut buf = Vec::new();
+    let mut now = shared.clock.now_millis();
+    let mut records = 0u32;
     while offset < bytes.len() {
         let (record, len) = record::decode_sized(&bytes[offset..]).map_err(|e| Error::Corrupt {
             path: file.path.clone(),
@@ -267,7 +270,13 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
         })?;
         let at = location(id, offset as u32);
         offset += len;
-        let now = shared.clock.now_millis();
+        // A clock read per record would cost as much as the rest of the check. A `now` a few
+        // records old only ever judges a record that just expired live, and copying a dead
+        // record is harmless (replay skips it; its entry is reaped), so refresh it now and then.
+        records = records.wrapping_add(1);
+        if records.is_multiple_of(256) {
+            now = shared.clock.now_millis();
+        }
         match record.kind {
             RecordKind::Seal => break,
             // Its records were written whole; a copy of one of them stands on its own.
@@ -288,8 +297,17 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
                 let hash = shared.index.hash(record.key);
                 let mut table = shared.index.lock(hash);
                 let live = record.expires_at_millis > now;
+                // The key's live entry is the one slot of the tag that points at this very
+                // record (a key has at most one entry, and only this key's record lies at `at`):
+                // found by location, without reading any record back from the disk.
                 let probe = if live {
-                    shared.probe(&table, hash, record.key, now, &mut buf)?
+                    table.probe(hash.tag, now, |slot| {
+                        Ok::<_, Error>(if slot.location == at {
+                            KeyCheck::Live
+                        } else {
+                            KeyCheck::Other
+                        })
+                    })?
                 } else {
                     Probe::Vacant(0)
                 };
