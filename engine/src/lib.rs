@@ -39,7 +39,9 @@
 //! claim's outcome decides how long its key is kept, and which entries refuse a call),
 //! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), the index's
 //! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
-//! kept per shard under its lock) and `trace` (events of the `tracing` feature).
+//! kept per shard under its lock) and `trace` (events of the `tracing` feature). Above the store:
+//! [`partition`] (one store per partition, ownership epochs, and with the `replication` feature a
+//! changelog replicated through NATS JetStream).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -60,6 +62,7 @@ mod io;
 mod log;
 mod maintenance;
 mod metrics;
+pub mod partition;
 pub mod record;
 mod recovery;
 mod retention;
