@@ -190,6 +190,14 @@ impl Partitions {
         current_epoch(&store)
     }
 
+    /// Partition `id`'s store, opened if needed, whether this node owns the partition or not:
+    /// for a standby's copy (`changelog::Changelog::follow`) or tools. Writes made on it
+    /// directly are not fenced.
+    pub fn open_store(&self, id: PartitionId) -> Result<Arc<Store>> {
+        let mut inner = self.inner.lock();
+        self.store(&mut inner, id)
+    }
+
     /// The open store of partition `id`, or opens it.
     fn store(&self, inner: &mut Inner, id: PartitionId) -> Result<Arc<Store>> {
         if let Some(store) = inner.opened.get(&id).and_then(Weak::upgrade) {
