@@ -154,7 +154,8 @@ impl Changelog {
     /// Connects to the NATS server(s) at `url` (`nats://host:port`, or several comma-separated)
     /// and binds to the changelog stream as [`Changelog::new`] does.
     pub async fn connect(url: &str, config: ChangelogConfig) -> Result<Changelog> {
-        let client = async_nats::connect(url)
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let client = async_nats::connect(urls)
             .await
             .map_err(|e| repl(0, format_args!("connecting to NATS at {url}: {e}")))?;
         Changelog::new(jetstream::new(client), config).await
@@ -168,14 +169,22 @@ impl Changelog {
     /// The stream sequence of partition `id`'s last message (0: none).
     pub async fn last_sequence(&self, id: PartitionId) -> Result<u64> {
         use stream::LastRawMessageErrorKind as Kind;
-        match self
-            .stream
-            .get_last_raw_message_by_subject(&self.subject(id))
-            .await
-        {
-            Ok(message) => Ok(message.sequence),
-            Err(e) if e.kind() == Kind::NoMessageFound => Ok(0),
-            Err(e) => Err(repl(id, format_args!("reading the last sequence: {e}"))),
+        let mut attempt = 0;
+        loop {
+            match self
+                .stream
+                .get_last_raw_message_by_subject(&self.subject(id))
+                .await
+            {
+                Ok(message) => return Ok(message.sequence),
+                Err(e) if e.kind() == Kind::NoMessageFound => return Ok(0),
+                // Transient while the cluster elects a leader: retry a few times.
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(repl(id, format_args!("reading the last sequence: {e}"))),
+            }
         }
     }
 
@@ -223,17 +232,29 @@ impl Changelog {
 
     /// An ordered consumer of partition `id`'s subject from stream sequence `start`.
     async fn read_from(&self, id: PartitionId, start: u64) -> Result<consumer::pull::Ordered> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subject(id),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| repl(id, format_args!("creating a reader: {e}")))?;
+        // A cluster electing a new leader (a server lost) answers API requests late for a few
+        // seconds: retry before giving up.
+        let mut attempt = 0;
+        let consumer = loop {
+            let created = self
+                .stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: self.subject(id),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(consumer) => break consumer,
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(repl(id, format_args!("creating a reader: {e}"))),
+            }
+        };
         consumer
             .messages()
             .await
