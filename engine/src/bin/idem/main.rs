@@ -111,6 +111,10 @@ enum Command {
     #[cfg(feature = "nats")]
     #[command(hide = true)]
     DemoScaleNode(nats_scale::ScaleNodeArgs),
+    /// Throughput of a replicated partition (JetStream changelog) against a local-only one.
+    #[cfg(feature = "nats")]
+    #[command(long_about = nats_scale::BENCH_ABOUT)]
+    ReplicationBench(nats_scale::ReplicationBenchArgs),
     /// Compare idem's dedup window with JetStream's publish dedup (Nats-Msg-Id within a
     /// duplicate_window): memory per ID, the window 1 GiB holds, throughput.
     #[cfg(feature = "nats")]
@@ -130,6 +134,8 @@ fn main() -> ExitCode {
         Command::NatsDedup(args) => nats_dedup::main(&args),
         #[cfg(feature = "nats")]
         Command::DemoScaleNode(args) => nats_scale::node_main(&args),
+        #[cfg(feature = "nats")]
+        Command::ReplicationBench(args) => nats_scale::bench_main(&args),
         Command::Stats(args) => ops::stats(&args, &mut std::io::stdout()),
         Command::Verify(args) => ops::verify(&args, &mut std::io::stdout()),
         Command::Get(args) => ops::get(&args, &mut std::io::stdout()),
