@@ -278,8 +278,20 @@ impl Changelog {
                     next = messages.next() => {
                         let message = match next {
                             Some(Ok(message)) => message,
-                            Some(Err(e)) => return Err(repl(id, format_args!("following: {e}"))),
-                            None => break,
+                            // The reader broke (a server lost, a leader elected): apply what
+                            // came, then read again from there.
+                            Some(Err(_)) | None => {
+                                if !batch.is_empty() {
+                                    apply(&follower, id, &batch, &mut report).await?;
+                                    batch.clear();
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let start = applied_sequence(&follower)? + 1;
+                                if let Ok(reader) = changelog.read_from(id, start).await {
+                                    messages = reader;
+                                }
+                                continue;
+                            }
                         };
                         let info = message.info().map_err(|e| repl(id, e))?;
                         let pending = info.pending;

@@ -136,10 +136,16 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
         .await
         .context("connecting to NATS")?;
     let js = jetstream::new(client);
-    let input = js
-        .get_stream(&names.input_stream)
-        .await
-        .context("binding to the input stream")?;
+    let begun = Instant::now();
+    let input = loop {
+        match js.get_stream(&names.input_stream).await {
+            Ok(stream) => break stream,
+            Err(_) if begun.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(CliError::new(format!("binding to the input stream: {e}"))),
+        }
+    };
     let partitions = Arc::new(
         Partitions::open(&args.dir, Config::default().durability(Durability::Sync))
             .map_err(|e| CliError::new(e.to_string()))?,
@@ -170,10 +176,10 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
         async move {
             let started = Instant::now();
             if let Some(standby) = standby {
-                standby
-                    .stop()
-                    .await
-                    .map_err(|e| CliError::new(e.to_string()))?;
+                // A standby that failed leaves its copy where it got: the catch-up goes on.
+                if let Err(e) = standby.stop().await {
+                    eprintln!("node: the standby of partition {p} had stopped: {e}");
+                }
             }
             let partition = loop {
                 match changelog.take_ownership(&partitions, p).await {
@@ -192,10 +198,22 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                 partition.epoch(),
                 started.elapsed().as_micros()
             ));
-            let consumer: jetstream::consumer::Consumer<pull::Config> = input
-                .get_consumer(&durable(p))
-                .await
-                .context("binding to the partition's input consumer")?;
+            // JetStream API requests time out while the cluster elects a leader (a server
+            // lost): retry for a while.
+            let consumer: jetstream::consumer::Consumer<pull::Config> = loop {
+                match input.get_consumer(&durable(p)).await {
+                    Ok(consumer) => break consumer,
+                    Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                        eprintln!("node: binding to partition {p}'s input: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        return Err(CliError::new(format!(
+                            "binding to partition {p}'s input consumer: {e}"
+                        )))
+                    }
+                }
+            };
             let serving = partition.clone();
             let task = tokio::spawn(async move {
                 if let Err(e) = consume(consumer, &serving, batch, ttl, &acked, &counters).await {
