@@ -233,8 +233,9 @@ impl Changelog {
     /// An ordered consumer of partition `id`'s subject from stream sequence `start`.
     async fn read_from(&self, id: PartitionId, start: u64) -> Result<consumer::pull::Ordered> {
         // A cluster electing a new leader (a server lost) answers API requests late for a few
-        // seconds: retry before giving up.
-        let mut attempt = 0;
+        // seconds, and places an ephemeral consumer on an offline peer now and then (its
+        // creation times out): retry before giving up.
+        let mut attempt: u64 = 0;
         let consumer = loop {
             let created = self
                 .stream
@@ -248,9 +249,9 @@ impl Changelog {
                 .await;
             match created {
                 Ok(consumer) => break consumer,
-                Err(_) if attempt < 5 => {
+                Err(_) if attempt < 15 => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    tokio::time::sleep(Duration::from_millis((200 * attempt).min(1000))).await;
                 }
                 Err(e) => return Err(repl(id, format_args!("creating a reader: {e}"))),
             }

@@ -155,6 +155,8 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
     let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let mut standbys: HashMap<PartitionId, Standby> = HashMap::new();
     let mut owned: HashMap<PartitionId, Owned> = HashMap::new();
+    let mut taking: HashMap<PartitionId, tokio::task::JoinHandle<CliResult<Owned>>> =
+        HashMap::new();
     for p in 0..args.partitions {
         if p % args.nodes != args.node {
             let store = partitions
@@ -193,11 +195,6 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                     Err(e) => return Err(CliError::new(e.to_string())),
                 }
             };
-            say(&format!(
-                "owned {p} {} {}",
-                partition.epoch(),
-                started.elapsed().as_micros()
-            ));
             // JetStream API requests time out while the cluster elects a leader (a server
             // lost): retry for a while.
             let consumer: jetstream::consumer::Consumer<pull::Config> = loop {
@@ -214,6 +211,12 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                     }
                 }
             };
+            // Serving from here: the partition is ours and its input is bound.
+            say(&format!(
+                "owned {p} {} {}",
+                partition.epoch(),
+                started.elapsed().as_micros()
+            ));
             let serving = partition.clone();
             let task = tokio::spawn(async move {
                 if let Err(e) = consume(consumer, &serving, batch, ttl, &acked, &counters).await {
@@ -252,8 +255,16 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                 let Some(command) = command else { break };
                 let mut words = command.split_whitespace();
                 match (words.next(), words.next().and_then(|p| p.parse::<u32>().ok())) {
-                    (Some("own"), Some(p)) if !owned.contains_key(&p) => {
-                        owned.insert(p, own(p, &mut standbys).await?);
+                    (Some("own"), Some(p)) if !owned.contains_key(&p) && !taking.contains_key(&p) => {
+                        // Taken over concurrently: one slow partition does not hold the others.
+                        let taking_over = own(p, &mut standbys);
+                        taking.insert(p, tokio::spawn(async move {
+                            let taken = taking_over.await;
+                            if let Err(e) = &taken {
+                                say(&format!("error taking partition {p}: {e}"));
+                            }
+                            taken
+                        }));
                     }
                     (Some("quit"), _) => break,
                     _ => {}
@@ -266,6 +277,12 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
         say(&format!("acked {n}"));
     }
     let mut total = idem::partition::changelog::ReplicationStats::default();
+    for (p, task) in taking {
+        let taken = task
+            .await
+            .map_err(|e| CliError::new(format!("taking partition {p}: {e}")))??;
+        owned.insert(p, taken);
+    }
     for owned in owned.values() {
         owned.task.abort();
         if let Ok(stats) = owned.partition.stats().await {
