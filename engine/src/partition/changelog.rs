@@ -83,6 +83,11 @@ pub struct ChangelogConfig {
     /// A snapshot is published (and the subject trimmed) after this many published groups;
     /// 0: only when [`ReplicatedPartition::snapshot`] is called.
     pub snapshot_every: u64,
+    /// How long [`Changelog::connect`]'s client waits for a JetStream answer (a publish ack,
+    /// an API request) before the write fails with [`Error::Replication`] (and is retried by
+    /// the caller). Shorter moves on faster while a cluster elects a leader; too short refuses
+    /// writes a busy stream would have acked.
+    pub request_timeout: Duration,
 }
 
 impl Default for ChangelogConfig {
@@ -93,6 +98,7 @@ impl Default for ChangelogConfig {
             replicas: 1,
             max_group: 1024,
             snapshot_every: 0,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -158,7 +164,9 @@ impl Changelog {
         let client = async_nats::connect(urls)
             .await
             .map_err(|e| repl(0, format_args!("connecting to NATS at {url}: {e}")))?;
-        Changelog::new(jetstream::new(client), config).await
+        let mut js = jetstream::new(client);
+        js.set_timeout(config.request_timeout);
+        Changelog::new(js, config).await
     }
 
     /// The subject of partition `id`.

@@ -85,6 +85,7 @@ fn names(tag: &str) -> Names {
             replicas: 3,
             max_group: 64,
             snapshot_every: 0,
+            request_timeout: Duration::from_secs(2),
         },
     }
 }
@@ -135,7 +136,10 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
     let client = async_nats::connect(urls)
         .await
         .context("connecting to NATS")?;
-    let js = jetstream::new(client);
+    let mut js = jetstream::new(client);
+    // Requests to a consumer whose leader was on the killed server time out until it has
+    // another: short timeouts, retried, bind faster than the 5 s default.
+    js.set_timeout(Duration::from_secs(1));
     let begun = Instant::now();
     let input = loop {
         match js.get_stream(&names.input_stream).await {
