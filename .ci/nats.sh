@@ -42,5 +42,6 @@ cargo run --release -q -p idem --features nats -- demo --broker nats --events 50
 # moving back and forth, a failed publish never answered), then a small scale-out demo: a 3-node
 # nats-server cluster on loopback, two consumer nodes, one node and one server SIGKILLed; exit
 # status 1 on any double or lost charge.
-cargo test --release -q -p idem-tests --features nats --test partitions
+# (idem/nats too: the library is then built once for both commands, with the same features.)
+cargo test --release -q -p idem-tests --features nats,idem/nats --test partitions
 cargo run --release -q -p idem --features nats -- demo --broker nats --replicate --partitions 8 --nodes 2 --events 10000 --json
