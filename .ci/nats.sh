@@ -36,3 +36,12 @@ echo "$(nats-server --version)"
 # the demo itself only, to build the NATS code once.)
 # Exit status 1 if the run with idem double-charged or lost anything.
 cargo run --release -q -p idem --features nats -- demo --broker nats --events 50000 --ack-wait 2s --json
+
+# Issue #14: the changelog tests (replicated partitions against a real nats-server: the old owner
+# refused by the stream, catch-up after failover, cold restore from snapshot + tail, a partition
+# moving back and forth, a failed publish never answered), then a small scale-out demo: a 3-node
+# nats-server cluster on loopback, two consumer nodes, one node and one server SIGKILLed; exit
+# status 1 on any double or lost charge.
+# (idem/nats too: the library is then built once for both commands, with the same features.)
+cargo test --release -q -p idem-tests --features nats,idem/nats --test partitions
+cargo run --release -q -p idem --features nats -- demo --broker nats --replicate --partitions 8 --nodes 2 --events 10000 --json

@@ -170,6 +170,29 @@ pub enum Error {
         /// How the two differ.
         reason: String,
     },
+    /// A partition handle's ownership epoch is no longer the partition's current one: the
+    /// partition was revoked or assigned again (here or, through the changelog, to another
+    /// node) since the handle was obtained. Nothing was written; the holder must stop writing
+    /// for this partition (see `idem::partition`).
+    #[error("partition {partition} is fenced: this handle's epoch is {epoch}, the partition is at epoch {current}; nothing was written")]
+    Fenced {
+        /// The partition id.
+        partition: u32,
+        /// The epoch the handle was obtained under.
+        epoch: u64,
+        /// The partition's current epoch (0 if unknown: the handle's owner lost the partition).
+        current: u64,
+    },
+    /// A replicated partition's changelog did not confirm a write (a failed or timed-out
+    /// publish, a broken connection). No answer was given for the write; the stream may or may
+    /// not hold it, and the partition resynchronises from the stream before its next write.
+    #[error("changelog of partition {partition}: {reason}")]
+    Replication {
+        /// The partition id.
+        partition: u32,
+        /// What failed.
+        reason: String,
+    },
     /// An operating-system I/O error, with what idem was doing.
     #[error("{context}: {source}")]
     Io {

@@ -40,7 +40,7 @@ const ENTRY_HEADER_LEN: usize = 28;
 
 /// What an export file entry is (the kind byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// A live key with its value.
     Entry = 1,
     /// An open claim with its id.
@@ -567,12 +567,12 @@ impl EntryRef<'_> {
 
 /// One decoded entry of an export file.
 #[derive(Debug)]
-struct Entry {
-    kind: Kind,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    deadline_millis: u64,
-    claim_id: u64,
+pub(crate) struct Entry {
+    pub(crate) kind: Kind,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) deadline_millis: u64,
+    pub(crate) claim_id: u64,
     fingerprint: Vec<u8>,
 }
 
@@ -601,7 +601,10 @@ impl Entry {
 
 /// Reads and checks the export file at `path`, calling `visit` with each entry; the whole file
 /// is read (up to its end record) even if nothing is imported.
-fn for_each_entry(path: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Result<()> {
+pub(crate) fn for_each_entry(
+    path: &Path,
+    mut visit: impl FnMut(Entry) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     let corrupt = |offset: u64, reason: String| Error::Corrupt {

@@ -41,7 +41,9 @@
 //! `decision` ([`Decision`], [`Store::decide`]: every answer in one value), `histogram`
 //! ([`Histogram`]: fsync latencies and group-commit sizes, recorded by the log writer), the index's
 //! late-duplicate memory (`index::late`), `metrics` ([`Metrics`], [`Store::metrics`]: counters
-//! kept per shard under its lock) and `trace` (events of the `tracing` feature).
+//! kept per shard under its lock) and `trace` (events of the `tracing` feature). Above the store:
+//! [`partition`] (one store per partition, ownership epochs, and with the `replication` feature a
+//! changelog replicated through NATS JetStream).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -63,6 +65,7 @@ mod io;
 mod log;
 mod maintenance;
 mod metrics;
+pub mod partition;
 pub mod record;
 mod recovery;
 mod refresh;

@@ -161,6 +161,18 @@ pub struct DemoArgs {
     /// With --broker nats: how long JetStream waits for a message's ack before redelivering it.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub ack_wait: Duration,
+    /// With --broker nats: the scale-out run (feature `nats`): a 3-node nats-server cluster on
+    /// loopback, --nodes consumer node processes sharing --partitions partitions, each partition
+    /// replicated through a JetStream changelog; one node and one server are killed with SIGKILL
+    /// midway and the node's partitions fail over to the others.
+    #[arg(long)]
+    pub replicate: bool,
+    /// With --replicate: partitions of the input (one idem store and one changelog subject each).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+    /// With --replicate: consumer node processes (at least 2: one is killed).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub nodes: u32,
 }
 
 /// How the demo starts a consumer process.
@@ -1493,6 +1505,23 @@ pub fn to_json(r: &DemoReport) -> serde_json::Value {
 
 pub fn main(args: &DemoArgs) -> CliResult<ExitCode> {
     let launcher = Launcher::this_executable()?;
+    #[cfg(feature = "nats")]
+    if args.replicate {
+        if args.broker != Broker::Nats {
+            return Err(CliError::new(
+                "--replicate runs over NATS: add --broker nats",
+            ));
+        }
+        let report = crate::nats_scale::run(args)?;
+        crate::nats_scale::print(&report, args.json);
+        let clean =
+            report.double_charges == 0 && report.lost_charges == 0 && report.balances_wrong == 0;
+        return Ok(if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let report = match args.broker {
         Broker::Pipe => run(args, &launcher)?,
         #[cfg(feature = "nats")]
@@ -1588,6 +1617,9 @@ mod tests {
             broker: Broker::Pipe,
             nats_url: None,
             ack_wait: Duration::from_secs(3),
+            replicate: false,
+            partitions: 8,
+            nodes: 2,
         }
     }
 

@@ -23,7 +23,8 @@
 //! state mode's (balances, dedup records and channel position in one transaction), `demo` the parent
 //! side and its report, `bench` the load generator, `ops` the operator commands, `fmt` number
 //! formatting. Feature `nats`: `nats_server` the scratch JetStream server, `nats_demo` the demo
-//! over it (both processes' sides), `nats_dedup` the comparison of dedup windows.
+//! over it (both processes' sides), `nats_dedup` the comparison of dedup windows, `nats_scale` the scale-out demo (partitions
+//! replicated through a JetStream changelog on a 3-node cluster, a node killed, failover).
 
 mod args;
 mod balances;
@@ -38,6 +39,8 @@ mod hist;
 mod nats_dedup;
 #[cfg(feature = "nats")]
 mod nats_demo;
+#[cfg(feature = "nats")]
+mod nats_scale;
 #[cfg(feature = "nats")]
 mod nats_server;
 mod ops;
@@ -103,6 +106,15 @@ enum Command {
     #[cfg(feature = "nats")]
     #[command(hide = true)]
     DemoNatsConsumer(nats_demo::NatsConsumerArgs),
+    /// A consumer node of `idem demo --broker nats --replicate` (internal: owns and follows
+    /// partitions, takes commands on stdin, reports on stdout).
+    #[cfg(feature = "nats")]
+    #[command(hide = true)]
+    DemoScaleNode(nats_scale::ScaleNodeArgs),
+    /// Throughput of a replicated partition (JetStream changelog) against a local-only one.
+    #[cfg(feature = "nats")]
+    #[command(long_about = nats_scale::BENCH_ABOUT)]
+    ReplicationBench(nats_scale::ReplicationBenchArgs),
     /// Compare idem's dedup window with JetStream's publish dedup (Nats-Msg-Id within a
     /// duplicate_window): memory per ID, the window 1 GiB holds, throughput.
     #[cfg(feature = "nats")]
@@ -120,6 +132,10 @@ fn main() -> ExitCode {
         Command::DemoNatsConsumer(args) => nats_demo::consumer_main(&args),
         #[cfg(feature = "nats")]
         Command::NatsDedup(args) => nats_dedup::main(&args),
+        #[cfg(feature = "nats")]
+        Command::DemoScaleNode(args) => nats_scale::node_main(&args),
+        #[cfg(feature = "nats")]
+        Command::ReplicationBench(args) => nats_scale::bench_main(&args),
         Command::Stats(args) => ops::stats(&args, &mut std::io::stdout()),
         Command::Verify(args) => ops::verify(&args, &mut std::io::stdout()),
         Command::Get(args) => ops::get(&args, &mut std::io::stdout()),
