@@ -38,6 +38,17 @@ fn segments(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A `Sync` store on `storage` at `/sim`, with the defaults a caller's storage gets.
+fn open_sim_default(storage: &SimStorage) -> Store {
+    Store::open_with(
+        "/sim",
+        Config::default()
+            .storage(storage.clone())
+            .durability(Durability::Sync),
+    )
+    .unwrap()
+}
+
 /// Inserts `count` fresh keys from `first` in `Sync` batches of 1000.
 fn insert(store: &Store, first: usize, count: usize) {
     for start in (first..first + count).step_by(1000) {
@@ -50,11 +61,14 @@ fn insert(store: &Store, first: usize, count: usize) {
     }
 }
 
+/// The prepared files once one is whole (the preparer writes it in pieces: it exists before it
+/// is complete), or what there is after 20 s.
 fn wait_for_prepared(dir: &Path) -> Vec<(String, u64)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let found = prepared(dir);
-        if !found.is_empty() || Instant::now() > deadline {
+        let whole = found.iter().any(|(_, len)| *len == u64::from(SEGMENT));
+        if whole || Instant::now() > deadline {
             return found;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -83,8 +97,16 @@ fn sync_mode_prepares_the_next_segment_moves_into_it_and_trims_on_close() {
     insert(&store, 0, keys);
     let open_segments = segments(dir.path());
     assert!(open_segments.len() >= 3, "{open_segments:?}");
-    let tail = open_segments.last().unwrap();
-    assert_eq!(tail.1, u64::from(SEGMENT), "the tail is a prepared file");
+    // The tail is a prepared file, or (if the preparer lagged behind the writer) gets zeros
+    // laid ahead after the writer's next round: either way, allocated to the segment size.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while segments(dir.path()).last().unwrap().1 < u64::from(SEGMENT) && Instant::now() < deadline {
+        store.check_or_insert(b"one more", LONG_TTL, b"v").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let tail = segments(dir.path()).last().unwrap().clone();
+    assert_eq!(tail.1, u64::from(SEGMENT), "the tail is allocated ahead");
+    let open_segments = segments(dir.path());
     // Sealed segments were cut to their records before their seal.
     for (name, len) in &open_segments[..open_segments.len() - 1] {
         assert!(*len < u64::from(SEGMENT), "{name}: {len}");
@@ -121,13 +143,7 @@ fn never_mode_and_a_callers_storage_prepare_nothing() {
     drop(store);
     // A storage of the caller's: no background writes unless asked for.
     let storage = SimStorage::new(3);
-    let store = Store::open_with(
-        "/sim",
-        Config::default()
-            .storage(storage.clone())
-            .durability(Durability::Sync),
-    )
-    .unwrap();
+    let store = open_sim_default(&storage);
     std::thread::sleep(Duration::from_millis(50));
     let listed = storage.list(Path::new("/sim")).unwrap();
     assert!(
@@ -139,6 +155,7 @@ fn never_mode_and_a_callers_storage_prepare_nothing() {
 
 #[test]
 fn a_power_loss_with_a_prepared_tail_keeps_every_acknowledged_key_and_cuts_nothing() {
+    let mut prepared_tails = 0;
     for seed in 0..8 {
         let storage = SimStorage::new(seed);
         let config = Config::default()
@@ -164,11 +181,9 @@ fn a_power_loss_with_a_prepared_tail_keeps_every_acknowledged_key_and_cuts_nothi
         let newest = storage
             .open(&Path::new("/sim").join(ids.last().unwrap()))
             .unwrap();
-        assert_eq!(
-            newest.len().unwrap(),
-            16 << 10,
-            "seed {seed}: the crash left a prepared tail ({ids:?})"
-        );
+        // (The writer lays zeros ahead after a round: a crash right after the last insert's
+        // round may come before it, so not every seed leaves a prepared tail.)
+        prepared_tails += usize::from(newest.len().unwrap() == 16 << 10);
         drop(newest);
         let store = Store::open_with("/sim", config).unwrap();
         for i in 0..acknowledged {
@@ -183,15 +198,13 @@ fn a_power_loss_with_a_prepared_tail_keeps_every_acknowledged_key_and_cuts_nothi
         store.check_or_insert(b"after", LONG_TTL, b"x").unwrap();
         storage.crash();
         drop(store);
-        let store = Store::open_with(
-            "/sim",
-            Config::default()
-                .storage(storage.clone())
-                .durability(Durability::Sync),
-        )
-        .unwrap();
+        let store = open_sim_default(&storage);
         assert_eq!(store.get(b"after").unwrap().unwrap(), b"x", "seed {seed}");
     }
+    assert!(
+        prepared_tails >= 4,
+        "{prepared_tails} of 8 crashes left a prepared tail"
+    );
 }
 
 #[test]

@@ -137,6 +137,23 @@ impl SegmentStats {
         self.min_deadline_secs = self.min_deadline_secs.min(deadline);
     }
 
+    /// Counts a record just appended: as [`SegmentStats::add_record`], and live too if it is
+    /// one the caller puts into the index (an insert, claim or failure, under its shard lock) or
+    /// into the state tables (a state entry or position).
+    pub(crate) fn add_appended(&mut self, record: &Record<'_>) {
+        self.add_record(record);
+        if matches!(
+            record.kind,
+            record::RecordKind::Insert
+                | record::RecordKind::Claim
+                | record::RecordKind::Failure
+                | record::RecordKind::StatePut
+                | record::RecordKind::Position
+        ) {
+            self.live += 1;
+        }
+    }
+
     /// The share of the segment's bytes that compaction would copy: its live entries (at the
     /// average size of its other records) and its tombstones (which it copies while they may
     /// still hide an older record), except in the oldest segment, whose tombstones hide nothing
@@ -471,19 +488,7 @@ impl Log {
         let stats = &mut state.tail_stats;
         for (record, offset) in records.iter().zip(locations.iter_mut()) {
             *offset += group_at;
-            stats.add_record(record);
-            // As `append_locked` counts them: the caller puts every insert into the index and
-            // every state entry or position into the state tables.
-            if matches!(
-                record.kind,
-                record::RecordKind::Insert
-                    | record::RecordKind::Claim
-                    | record::RecordKind::Failure
-                    | record::RecordKind::StatePut
-                    | record::RecordKind::Position
-            ) {
-                stats.live += 1;
-            }
+            stats.add_appended(record);
         }
         state.tail_offset += body.len() as u32;
         state.tail_stats.bytes = u64::from(state.tail_offset);
@@ -615,20 +620,8 @@ impl Log {
         chunk.bytes.extend_from_slice(encoded);
         state.bytes_appended += u64::from(len);
         let stats = &mut state.tail_stats;
-        stats.add_record(record);
+        stats.add_appended(record);
         stats.bytes = u64::from(offset) + u64::from(len);
-        if matches!(
-            record.kind,
-            record::RecordKind::Insert
-                | record::RecordKind::Claim
-                | record::RecordKind::Failure
-                | record::RecordKind::StatePut
-                | record::RecordKind::Position
-        ) {
-            // Every appended insert or claim is put into the index by the caller, under its
-            // shard lock; every state entry or position into the state tables.
-            stats.live += 1;
-        }
         state.tail_offset += len;
         state.pending_bytes += len as usize;
         let at = location(segment_id, offset);
