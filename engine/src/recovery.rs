@@ -473,7 +473,7 @@ pub(crate) fn recover(
 const REPLAY_PREFETCH_DISTANCE: usize = 12;
 
 /// How many records the checking thread replays between two publications of how far it checked.
-const PUBLISH_EVERY_RECORDS: usize = 64;
+const PUBLISH_EVERY_RECORDS: usize = 1024;
 
 /// The least a segment must still hold past the replay start for its replay to be shared with a
 /// helper thread by default: below it, starting the thread costs more than it saves.
@@ -548,7 +548,9 @@ fn replay_odd_shards(
             if is_final {
                 break;
             }
-            std::thread::yield_now();
+            // Caught up: sleep rather than spin, which would take the core's execution units
+            // from the checking thread where the two share a core (SMT siblings).
+            std::thread::sleep(std::time::Duration::from_micros(50));
             continue;
         }
         while offset < limit {

@@ -10,11 +10,18 @@ use std::time::{Duration, Instant};
 
 use idem::{Config, Durability, Store};
 
+/// `IDEM_REPLAY_THREADS=1` replays with one thread (by default long segments are replayed by two),
+/// for an A/B of the shared replay on the same machine.
 fn config() -> Config {
-    Config::default()
+    let config = Config::default()
         .durability(Durability::Never)
         .background_maintenance(false)
-        .checkpoint_every_bytes(0)
+        .checkpoint_every_bytes(0);
+    if std::env::var("IDEM_REPLAY_THREADS").as_deref() == Ok("1") {
+        config.parallel_replay_min_bytes_for_testing(usize::MAX)
+    } else {
+        config
+    }
 }
 
 fn main() {
