@@ -35,7 +35,7 @@ echo "$(nats-server --version)"
 # (The same run is `tiny_nats_demo_end_to_end` in the bin's tests, with --features nats; CI runs
 # the demo itself only, to build the NATS code once.)
 # Exit status 1 if the run with idem double-charged or lost anything.
-cargo run --release -q -p idem --features nats -- demo --broker nats --events 20000 --ack-wait 2s --json
+cargo run --release -q -p idem --features nats -- demo --broker nats --events 10000 --ack-wait 2s --json
 
 # Issue #14: the changelog tests (replicated partitions against a real nats-server: the old owner
 # refused by the stream, catch-up after failover, cold restore from snapshot + tail, a partition
@@ -44,4 +44,4 @@ cargo run --release -q -p idem --features nats -- demo --broker nats --events 20
 # status 1 on any double or lost charge.
 # (idem/nats too: the library is then built once for both commands, with the same features.)
 cargo test --release -q -p idem-tests --features nats,idem/nats --test partitions
-cargo run --release -q -p idem --features nats -- demo --broker nats --replicate --partitions 8 --nodes 2 --events 10000 --json
+cargo run --release -q -p idem --features nats -- demo --broker nats --replicate --partitions 8 --nodes 2 --events 6000 --json

@@ -26,7 +26,7 @@
 //! of an unacknowledged commit are present exactly when the rest of it is.
 //!
 //! A failing seed is printed; replay it with `IDEM_SIM_SEED=<seed> cargo test --release -p
-//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 1500 in release);
+//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 1000 in release);
 //! `IDEM_SIM_TRACE=1` prints every step; `IDEM_SIM_KEEP_GOING=1` runs every seed and lists each
 //! failing seed with its message instead of stopping at the first.
 
@@ -2067,7 +2067,7 @@ fn seeds() -> Vec<u64> {
             let count = std::env::var("IDEM_SIM_SEEDS")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(if cfg!(debug_assertions) { 200 } else { 1500 });
+                .unwrap_or(if cfg!(debug_assertions) { 200 } else { 1000 });
             (0..count).collect()
         }
     }
