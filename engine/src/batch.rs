@@ -8,7 +8,7 @@
 //!    planned earlier in the batch answers `Duplicate` of that item's value.
 //! 2. Append the planned records in one call ([`crate::log::Log::append_many`]); then extend the
 //!    sliding duplicates of phase 1 (see `refresh`), before any slot moves.
-//! 3. Put their index entries and settle the shards' released locations.
+//! 3. Put their index entries, shard by shard, and settle the shards' released locations.
 //!
 //! Invariants:
 //! - All or nothing in the process: an error in phase 1 or 2 leaves the index untouched, and no
@@ -125,16 +125,21 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         wait_for = wait_for.max(slid);
     }
 
-    // Phase 3: their index entries.
-    for (n, ((&i, record), &at)) in new_items.iter().zip(&records).zip(&locations).enumerate() {
+    // Phase 3: their index entries, shard by shard: a shard's wheel bucket and table header
+    // stay in cache across its items instead of being fetched again for every item (the
+    // order of puts is free: each key is in the batch once, phase 1 saw to that).
+    let by_shard = order_by_shard(new_items.len(), guards.len(), |n| guard_of[new_items[n]]);
+    for (k, &n) in by_shard.iter().enumerate() {
+        let i = new_items[n];
         // Phase 1 loaded these slots, but a large batch has evicted the early ones since.
-        if let Some(&ahead) = new_items.get(n + PREFETCH_DISTANCE) {
+        if let Some(&ahead) = by_shard.get(k + PREFETCH_DISTANCE) {
+            let ahead = new_items[ahead];
             guards[guard_of[ahead]].prefetch(hashes[ahead].tag);
         }
         let entry = Slot {
             tag: hashes[i].tag,
-            expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
-            location: at,
+            expires_at_secs: Slot::deadline_secs(records[n].expires_at_millis),
+            location: locations[n],
         };
         let table = &mut guards[guard_of[i]];
         let late = table.late_duplicate(entry.tag, now);
@@ -157,6 +162,25 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         .into_iter()
         .map(|outcome| outcome.expect("every item was decided"))
         .collect())
+}
+
+/// The positions `0..len` ordered by their group (`group_of`, below `groups`), keeping the
+/// order within a group: a counting sort, linear in `len + groups`.
+fn order_by_shard(len: usize, groups: usize, group_of: impl Fn(usize) -> usize) -> Vec<usize> {
+    let mut starts = vec![0usize; groups + 1];
+    for n in 0..len {
+        starts[group_of(n) + 1] += 1;
+    }
+    for g in 0..groups {
+        starts[g + 1] += starts[g];
+    }
+    let mut ordered = vec![0usize; len];
+    for n in 0..len {
+        let group = group_of(n);
+        ordered[starts[group]] = n;
+        starts[group] += 1;
+    }
+    ordered
 }
 
 /// The items the batch will insert, by hash: finds a key planned earlier in the same batch. An
@@ -211,5 +235,18 @@ impl PlannedKeys {
         }
         self.slots[index] = u32::try_from(item).expect("a batch has fewer than 2^32 items");
         self.hashes[index] = mixed;
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::order_by_shard;
+
+    #[test]
+    fn order_by_shard_groups_positions_and_keeps_their_order_within_a_group() {
+        let groups_of = [3usize, 0, 3, 1, 0, 2, 3, 1];
+        let ordered = order_by_shard(groups_of.len(), 4, |n| groups_of[n]);
+        assert_eq!(ordered, vec![1, 4, 3, 7, 5, 0, 2, 6]);
+        assert!(order_by_shard(0, 4, |_| unreachable!()).is_empty());
     }
 }
