@@ -534,6 +534,18 @@ impl Log {
         let mut start = group_len;
         let mut end = 0;
         for (n, (record, location)) in records.iter().zip(locations.iter_mut()).enumerate() {
+            if n > 0 && self.fits_in_tail(&state, encoded.len() - start) {
+                // The rest fits in the tail segment, right after the record just placed in the
+                // last chunk: one copy, then each record's place and stats.
+                end = self.append_rest_locked(
+                    &mut state,
+                    &records[n..],
+                    &encoded[start..],
+                    &mut locations[n..],
+                    start as u64,
+                );
+                break;
+            }
             let stop = *location as usize;
             let room = (stop - start) as u32;
             let (at, after) =
@@ -563,6 +575,54 @@ impl Log {
             self.work_ready.notify_one();
         }
         Ok(Some(end))
+    }
+
+    /// Whether `bytes` more fit in the tail segment, leaving room for its seal.
+    fn fits_in_tail(&self, state: &LogState, bytes: usize) -> bool {
+        u64::from(state.tail_offset) + bytes as u64 + SEAL_RECORD_LEN as u64
+            <= u64::from(self.segment_size_bytes)
+    }
+
+    /// Appends `encoded`, the records `records` back to back, to the last pending chunk, which
+    /// must end at the tail (a record was just placed there) with room in the segment for all
+    /// of them ([`Log::fits_in_tail`]). `ends` holds each record's end offset in the caller's
+    /// buffer, whose part `encoded` starts at `base`; each becomes the record's location.
+    /// Returns the end of the last.
+    fn append_rest_locked(
+        &self,
+        state: &mut LogState,
+        records: &[Record<'_>],
+        encoded: &[u8],
+        ends: &mut [Location],
+        base: u64,
+    ) -> Location {
+        let tail = location(state.tail_segment, state.tail_offset);
+        let chunk = state
+            .pending
+            .last_mut()
+            .expect("a record was just appended");
+        debug_assert_eq!(
+            location(
+                chunk.segment_id,
+                chunk.start_offset + chunk.bytes.len() as u32
+            ),
+            tail,
+            "the rest follows the record just appended"
+        );
+        chunk.bytes.extend_from_slice(encoded);
+        let mut start = tail;
+        for (record, at) in records.iter().zip(ends.iter_mut()) {
+            let next = tail + (*at - base);
+            *at = start;
+            start = next;
+            state.tail_stats.add_appended(record);
+        }
+        let len = encoded.len() as u32;
+        state.tail_offset += len;
+        state.tail_stats.bytes = u64::from(state.tail_offset);
+        state.pending_bytes += len as usize;
+        state.bytes_appended += u64::from(len);
+        tail + u64::from(len)
     }
 
     /// Appends one encoded record with the log lock held; it opens a new segment unless `room`
