@@ -77,8 +77,11 @@ impl Base {
                     live.push(victim);
                 }
             }
-            // `stats` visits every shard: ask now and then until the log has rolled.
-            if after_roll > 0 || (i % 32 == 0 && store.stats().segments >= 2) {
+            // `stats` visits every shard: ask now and then until the log has rolled. By the
+            // bytes appended, not `segments`: that counts the files the writer has created,
+            // which under load lags the appends by a segment or more (the loop then went on
+            // into a third and fourth segment).
+            if after_roll > 0 || (i % 32 == 0 && store.stats().bytes_appended >= 1 << 20) {
                 after_roll += 1;
             }
             i += 1;
