@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::index::{KeyCheck, Probe};
-use crate::log::location;
+use crate::index::{KeyCheck, KeyHash, Probe};
 use crate::log::segment::SegmentFile;
+use crate::log::{location, Location};
 use crate::record::{self, Record, RecordKind, SEGMENT_HEADER_LEN};
 use crate::shared::Shared;
 
@@ -258,11 +258,28 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
     // Every record a tombstone of the oldest segment could hide is in that segment (it precedes
     // the tombstone), so it goes with it: such tombstones need no copy.
     let oldest = shared.log.oldest_segment_id() == Some(id);
-    let mut offset = SEGMENT_HEADER_LEN;
-    let mut copied = 0;
     let mut now = shared.clock.now_millis();
-    let mut records = 0u32;
-    while offset < bytes.len() {
+    // The segment is decoded (and its checksums checked) a window of records at a time, and
+    // each window's records copied by kind, in batches: index entries grouped by shard (one
+    // lock hold per batch, home slots prefetched ahead), state records under one hold of the
+    // state lock per batch, each batch appended under one hold of the log lock. The order of
+    // the copies does not matter: an entry or state record is live only at its one location,
+    // and a tombstone's copy carries the location it hides records before.
+    let mut scan = Scan::default();
+    let mut copied = 0;
+    let mut offset = SEGMENT_HEADER_LEN;
+    loop {
+        let sealed = offset >= bytes.len();
+        if sealed || scan.len() >= SCAN_WINDOW {
+            copied += copy_tombstones(shared, &scan.tombstones)?;
+            copied += copy_entries(shared, &scan.entries, &mut scan.order)?;
+            copied += copy_state(shared, &scan.state)?;
+            scan.clear();
+            now = shared.clock.now_millis();
+        }
+        if sealed {
+            break;
+        }
         let (record, len) = record::decode_sized(&bytes[offset..]).map_err(|e| Error::Corrupt {
             path: file.path.clone(),
             offset: offset as u64,
@@ -270,37 +287,143 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
         })?;
         let at = location(id, offset as u32);
         offset += len;
-        // A clock read per record would cost as much as the rest of the check. A `now` a few
-        // records old only ever judges a record that just expired live, and copying a dead
-        // record is harmless (replay skips it; its entry is reaped), so refresh it now and then.
-        records = records.wrapping_add(1);
-        if records.is_multiple_of(256) {
-            now = shared.clock.now_millis();
-        }
         match record.kind {
-            RecordKind::Seal => break,
+            // Nothing after the seal is the segment's.
+            RecordKind::Seal => offset = bytes.len(),
             // Its records were written whole; a copy of one of them stands on its own.
             RecordKind::Group => {}
+            // Dead for good once the record it removed would have expired.
             RecordKind::Remove | RecordKind::StateRemove => {
-                // Dead for good once the record it removed would have expired.
-                if oldest || record.expires_at_millis <= now {
-                    continue;
+                if !oldest && record.expires_at_millis > now {
+                    scan.tombstones.push((at, record));
                 }
-                let origin = record.removes_before(at).to_le_bytes();
-                shared.log.append(&Record {
-                    value: &origin,
-                    ..record
-                })?;
-                copied += 1;
             }
             RecordKind::Insert | RecordKind::Claim | RecordKind::Failure => {
                 let hash = shared.index.hash(record.key);
-                let mut table = shared.index.lock(hash);
-                let live = record.expires_at_millis > now;
+                scan.entries.push((hash, at, record));
+            }
+            RecordKind::StatePut | RecordKind::Position => scan.state.push((at, record)),
+        }
+    }
+    // The copies, and every record after this segment that made one of its records superseded
+    // (a removal, a re-insert, a completion), must be durable before the segment goes: otherwise
+    // power loss could leave neither the old record nor what replaced it.
+    shared.log.flush()?;
+    shared.log.retire(id)?;
+    Ok(Some(copied))
+}
+
+/// How many records compaction handles per hold of a shard lock or the state lock: enough to
+/// amortize the lock and the log append, few enough that a caller waiting for the lock waits
+/// microseconds.
+const COPY_BATCH: usize = 128;
+/// How many entries ahead of its probe compaction prefetches an entry's home slot: enough to
+/// overlap the cache misses of several probes.
+const PREFETCH_AHEAD: usize = 8;
+
+/// How many records compaction gathers before it copies them: enough for batches of a shard,
+/// few enough that the lists stay small and are reused from window to window.
+const SCAN_WINDOW: usize = 1 << 15;
+
+/// A window of a segment's records that compaction may have to copy, by kind.
+#[derive(Default)]
+struct Scan<'a> {
+    tombstones: Vec<(Location, Record<'a>)>,
+    entries: Vec<(KeyHash, Location, Record<'a>)>,
+    state: Vec<(Location, Record<'a>)>,
+    /// Scratch of `copy_entries`.
+    order: Vec<u32>,
+}
+
+impl Scan<'_> {
+    fn len(&self) -> usize {
+        self.tombstones.len() + self.entries.len() + self.state.len()
+    }
+
+    fn clear(&mut self) {
+        self.tombstones.clear();
+        self.entries.clear();
+        self.state.clear();
+    }
+}
+
+/// Copies tombstones that may still hide an older record, each carrying the location it hides
+/// records before.
+fn copy_tombstones(shared: &Shared, tombstones: &[(Location, Record<'_>)]) -> Result<u64> {
+    let origins: Vec<[u8; 8]> = tombstones
+        .iter()
+        .map(|(at, record)| record.removes_before(*at).to_le_bytes())
+        .collect();
+    let mut locations = Vec::new();
+    for (tombstones, origins) in tombstones
+        .chunks(COPY_BATCH)
+        .zip(origins.chunks(COPY_BATCH))
+    {
+        let copies: Vec<Record<'_>> = tombstones
+            .iter()
+            .zip(origins)
+            .map(|((_, record), origin)| Record {
+                value: origin,
+                ..*record
+            })
+            .collect();
+        shared.log.append_many(&copies, &mut locations)?;
+    }
+    Ok(tombstones.len() as u64)
+}
+
+/// Copies the index entries' records that are still their key's live entry and points the
+/// entries at the copies; drops entries that point at records not copied (superseded or
+/// expired: one whose exact deadline passed within its last second may still be there, and
+/// must not outlive the file).
+fn copy_entries(
+    shared: &Shared,
+    entries: &[(KeyHash, Location, Record<'_>)],
+    order: &mut Vec<u32>,
+) -> Result<u64> {
+    // The entries' positions grouped by shard, each shard's in log order (a counting sort:
+    // moving the entries themselves costs more than the rest of the copy).
+    let shards = shared.index.shards().len();
+    let mut starts = vec![0u32; shards + 1];
+    for (hash, _, _) in entries {
+        starts[hash.shard + 1] += 1;
+    }
+    for shard in 0..shards {
+        starts[shard + 1] += starts[shard];
+    }
+    order.clear();
+    order.resize(entries.len(), 0);
+    let mut next = starts.clone();
+    for (i, (hash, _, _)) in entries.iter().enumerate() {
+        order[next[hash.shard] as usize] = i as u32;
+        next[hash.shard] += 1;
+    }
+    let mut copied = 0;
+    let mut live: Vec<usize> = Vec::with_capacity(COPY_BATCH);
+    let mut forget: Vec<usize> = Vec::with_capacity(COPY_BATCH);
+    let mut copies: Vec<Record<'_>> = Vec::with_capacity(COPY_BATCH);
+    let mut locations = Vec::with_capacity(COPY_BATCH);
+    for shard in 0..shards {
+        let run = &order[starts[shard] as usize..starts[shard + 1] as usize];
+        for batch in run.chunks(COPY_BATCH) {
+            let entry = |i: usize| &entries[batch[i] as usize];
+            let now = shared.clock.now_millis();
+            let mut table = shared.index.lock(entry(0).0);
+            for i in 0..batch.len().min(PREFETCH_AHEAD) {
+                table.prefetch(entry(i).0.tag);
+            }
+            live.clear();
+            forget.clear();
+            copies.clear();
+            for i in 0..batch.len() {
+                if i + PREFETCH_AHEAD < batch.len() {
+                    table.prefetch(entry(i + PREFETCH_AHEAD).0.tag);
+                }
+                let &(hash, at, record) = entry(i);
                 // The key's live entry is the one slot of the tag that points at this very
-                // record (a key has at most one entry, and only this key's record lies at `at`):
-                // found by location, without reading any record back from the disk.
-                let probe = if live {
+                // record (a key has at most one entry, and only this key's record lies at
+                // `at`): found by location, without reading any record back from the disk.
+                let probe = if record.expires_at_millis > now {
                     table.probe(hash.tag, now, |slot| {
                         Ok::<_, Error>(if slot.location == at {
                             KeyCheck::Live
@@ -312,48 +435,67 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
                     Probe::Vacant(0)
                 };
                 match probe {
-                    // Still the key's live entry: copy it and point the entry at the copy.
                     Probe::Found(slot) if table.slot(slot).location == at => {
-                        let (new_at, _) = shared.log.append(&record)?;
-                        table.relocate(slot, new_at);
-                        copied += 1;
+                        live.push(slot);
+                        copies.push(record);
                     }
-                    // Superseded or expired: an entry may still point here (one whose exact
-                    // deadline passed within its last second); it must not outlive the file.
-                    _ => {
-                        table.forget_location(hash.tag, at);
-                    }
-                }
-                shared.settle(&mut table);
-            }
-            RecordKind::StatePut | RecordKind::Position => {
-                // The state lock is held across the copy, so no commit changes the entry
-                // between the check and the switch.
-                let mut state = shared.state.lock();
-                let live = match record.kind {
-                    RecordKind::StatePut => {
-                        state.entries.get(record.key).map(|e| e.location) == Some(at)
-                    }
-                    _ => state.positions.get(record.key).map(|p| p.location) == Some(at),
-                };
-                if live {
-                    let copy = shared.log.append(&record)?;
-                    if record.kind == RecordKind::StatePut {
-                        state.relocate_entry(record.key, at, copy);
-                    } else {
-                        state.relocate_position(record.key, at, copy);
-                    }
-                    copied += 1;
+                    _ => forget.push(i),
                 }
             }
+            // Nothing changes the table between the probes and the switches (its lock is
+            // held), so the slots found are still the entries'. Each copy is written (to the
+            // buffer, ahead of anything that could make it durable) before its entry moves.
+            shared.log.append_many(&copies, &mut locations)?;
+            for (&slot, &copy) in live.iter().zip(&locations) {
+                table.relocate(slot, copy);
+            }
+            // Removals may move other entries: after the switches, by location.
+            for &i in &forget {
+                let &(hash, at, _) = entry(i);
+                table.forget_location(hash.tag, at);
+            }
+            shared.settle(&mut table);
+            copied += live.len() as u64;
         }
     }
-    // The copies, and every record after this segment that made one of its records superseded
-    // (a removal, a re-insert, a completion), must be durable before the segment goes: otherwise
-    // power loss could leave neither the old record nor what replaced it.
-    shared.log.flush()?;
-    shared.log.retire(id)?;
-    Ok(Some(copied))
+    Ok(copied)
+}
+
+/// Copies the state entries' and positions' records that are still live and points them at the
+/// copies. The state lock is held from the check to the switch, so no commit changes an entry
+/// in between.
+fn copy_state(shared: &Shared, records: &[(Location, Record<'_>)]) -> Result<u64> {
+    let mut copied = 0;
+    let mut live: Vec<&(Location, Record<'_>)> = Vec::with_capacity(COPY_BATCH);
+    let mut copies: Vec<Record<'_>> = Vec::with_capacity(COPY_BATCH);
+    let mut locations = Vec::with_capacity(COPY_BATCH);
+    for batch in records.chunks(COPY_BATCH) {
+        let mut state = shared.state.lock();
+        live.clear();
+        live.extend(batch.iter().filter(|(at, record)| {
+            let current = match record.kind {
+                RecordKind::StatePut => state.entries.get(record.key).map(|e| e.location),
+                _ => state.positions.get(record.key).map(|p| p.location),
+            };
+            current == Some(*at)
+        }));
+        if live.is_empty() {
+            continue;
+        }
+        copies.clear();
+        copies.extend(live.iter().map(|(_, record)| *record));
+        shared.log.append_many(&copies, &mut locations)?;
+        for (&&(at, record), &copy) in live.iter().zip(&locations) {
+            let end = copy + record.encoded_len() as u64;
+            if record.kind == RecordKind::StatePut {
+                state.relocate_entry(record.key, at, (copy, end));
+            } else {
+                state.relocate_position(record.key, at, (copy, end));
+            }
+        }
+        copied += live.len() as u64;
+    }
+    Ok(copied)
 }
 
 /// Whether a segment holds a record with a value longer than format 2 allows (format 1 allowed
