@@ -264,45 +264,127 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
     let Some(file) = shared.log.segment_file(id) else {
         return Ok(Some(0));
     };
-    let bytes = read_sealed(&file)?;
-    if holds_uncopyable_value(&bytes) {
-        return Ok(None);
-    }
+    let len = file.len()? as usize;
+    // Read a piece at a time into one buffer: a buffer the size of the segment costs a page
+    // fault per page, and its records are out of cache by the time they are copied. A format-1
+    // segment is read whole, to see first whether it can be copied at all.
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    let format_1 = file.read_at(&mut header, 0)? == SEGMENT_HEADER_LEN
+        && record::decode_segment_header(&header)
+            .is_ok_and(|header| header.version == record::FORMAT_VERSION_1);
+    let mut buf = vec![0u8; if format_1 { len } else { READ_BYTES.min(len) }];
     // Every record a tombstone of the oldest segment could hide is in that segment (it precedes
     // the tombstone), so it goes with it: such tombstones need no copy.
     let oldest = shared.log.oldest_segment_id() == Some(id);
-    let mut now = shared.clock.now_millis();
-    // The segment is decoded (and its checksums checked) a window of records at a time, and
-    // each window's records copied by kind, in batches: index entries grouped by shard (one
-    // lock hold per batch, home slots prefetched ahead), state records under one hold of the
-    // state lock per batch, each batch appended under one hold of the log lock. The order of
-    // the copies does not matter: an entry or state record is live only at its one location,
-    // and a tombstone's copy carries the location it hides records before.
-    let mut scan = Scan::default();
     let mut copied = 0;
-    let mut offset = SEGMENT_HEADER_LEN;
+    let mut scan: Scan<'static> = Scan::default();
+    // File offset of `buf[0]`, and how much of `buf` holds file bytes.
+    let (mut start, mut filled) = (0usize, 0usize);
     loop {
-        let sealed = offset >= bytes.len();
-        if sealed || scan.len() >= SCAN_WINDOW {
-            copied += copy_tombstones(shared, &scan.tombstones)?;
-            copied += copy_entries(shared, &scan.entries, &mut scan.order)?;
-            copied += copy_state(shared, &scan.state)?;
-            scan.clear();
-            now = shared.clock.now_millis();
+        while filled < buf.len() && start + filled < len {
+            let got = file.read_at(&mut buf[filled..], (start + filled) as u64)?;
+            if got == 0 {
+                return Err(Error::Corrupt {
+                    path: file.path.clone(),
+                    offset: (start + filled) as u64,
+                    reason: "sealed segment shorter than its size".into(),
+                });
+            }
+            filled += got;
         }
-        if sealed {
+        if start == 0 && (filled < SEGMENT_HEADER_LEN || format_1 && holds_uncopyable_value(&buf)) {
+            if filled < SEGMENT_HEADER_LEN {
+                return Err(Error::Corrupt {
+                    path: file.path.clone(),
+                    offset: filled as u64,
+                    reason: "sealed segment shorter than its size".into(),
+                });
+            }
+            return Ok(None);
+        }
+        let at_end = start + filled >= len;
+        let from = if start == 0 { SEGMENT_HEADER_LEN } else { 0 };
+        let (piece, emptied) = copy_piece(
+            shared,
+            id,
+            &file,
+            &buf[..filled],
+            (start, from, at_end, oldest),
+            scan,
+        )?;
+        scan = emptied.recycle();
+        copied += piece.copied;
+        if piece.done {
             break;
         }
-        let (record, len) = record::decode_sized(&bytes[offset..]).map_err(|e| Error::Corrupt {
-            path: file.path.clone(),
-            offset: offset as u64,
-            reason: e.to_string(),
-        })?;
-        let at = location(id, offset as u32);
+        // Keep the record cut by the end of the piece; grow the buffer for one longer than it.
+        buf.copy_within(piece.consumed..filled, 0);
+        (start, filled) = (start + piece.consumed, filled - piece.consumed);
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    // The copies, and every record after this segment that made one of its records superseded
+    // (a removal, a re-insert, a completion), must be durable before the segment goes: otherwise
+    // power loss could leave neither the old record nor what replaced it.
+    shared.log.flush()?;
+    shared.log.retire(id)?;
+    Ok(Some(copied))
+}
+
+/// Bytes of a segment compaction reads at a time (in tests less than a record can be, so
+/// that records cut by a piece's end and the buffer's growth are exercised).
+const READ_BYTES: usize = if cfg!(test) { 16 << 10 } else { 4 << 20 };
+
+/// What [`copy_piece`] did with a piece of a segment.
+struct Piece {
+    copied: u64,
+    /// Bytes of the piece holding whole records (all handled).
+    consumed: usize,
+    /// The seal or the end of the segment was reached.
+    done: bool,
+}
+
+/// Decodes (and checks) the whole records of `piece` (the segment's bytes from file offset
+/// `start`, of which the first `from` are not records) and copies those still needed, by kind,
+/// in batches: index entries grouped by shard (one lock hold per batch, home slots prefetched
+/// ahead), state records under one hold of the state lock per batch, each batch appended under
+/// one hold of the log lock. The order of the copies does not matter: an entry or state record
+/// is live only at its one location, and a tombstone's copy carries the location it hides
+/// records before. A record cut by the end of the piece is left for the next one, unless the
+/// piece ends the file (`at_end`): then it is damage.
+/// `lists` are the scan lists of the previous piece, handed back emptied.
+fn copy_piece<'p>(
+    shared: &Shared,
+    id: u32,
+    file: &SegmentFile,
+    piece: &'p [u8],
+    (start, from, at_end, oldest): (usize, usize, bool, bool),
+    lists: Scan<'_>,
+) -> Result<(Piece, Scan<'p>)> {
+    let now = shared.clock.now_millis();
+    let mut scan: Scan<'p> = lists.recycle();
+    let mut offset = from;
+    let mut done = false;
+    while offset < piece.len() {
+        let (record, len) = match record::decode_sized(&piece[offset..]) {
+            Ok(decoded) => decoded,
+            Err(record::DecodeError::Truncated { .. }) if !at_end => break,
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    path: file.path.clone(),
+                    offset: (start + offset) as u64,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let at = location(id, (start + offset) as u32);
         offset += len;
         match record.kind {
-            // Nothing after the seal is the segment's.
-            RecordKind::Seal => offset = bytes.len(),
+            RecordKind::Seal => {
+                done = true;
+                break;
+            }
             // Its records were written whole; a copy of one of them stands on its own.
             RecordKind::Group => {}
             // Dead for good once the record it removed would have expired.
@@ -318,12 +400,15 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
             RecordKind::StatePut | RecordKind::Position => scan.state.push((at, record)),
         }
     }
-    // The copies, and every record after this segment that made one of its records superseded
-    // (a removal, a re-insert, a completion), must be durable before the segment goes: otherwise
-    // power loss could leave neither the old record nor what replaced it.
-    shared.log.flush()?;
-    shared.log.retire(id)?;
-    Ok(Some(copied))
+    let mut copied = copy_tombstones(shared, &scan.tombstones)?;
+    copied += copy_entries(shared, &scan.entries, &mut scan.order)?;
+    copied += copy_state(shared, &scan.state)?;
+    let piece = Piece {
+        copied,
+        consumed: offset,
+        done: done || (at_end && offset >= piece.len()),
+    };
+    Ok((piece, scan))
 }
 
 /// How many records compaction handles per hold of a shard lock or the state lock: enough to
@@ -334,11 +419,7 @@ const COPY_BATCH: usize = 128;
 /// overlap the cache misses of several probes.
 const PREFETCH_AHEAD: usize = 8;
 
-/// How many records compaction gathers before it copies them: enough for batches of a shard,
-/// few enough that the lists stay small and are reused from window to window.
-const SCAN_WINDOW: usize = 1 << 15;
-
-/// A window of a segment's records that compaction may have to copy, by kind.
+/// A piece of a segment's records that compaction may have to copy, by kind.
 #[derive(Default)]
 struct Scan<'a> {
     tombstones: Vec<(Location, Record<'a>)>,
@@ -349,14 +430,20 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    fn len(&self) -> usize {
-        self.tombstones.len() + self.entries.len() + self.state.len()
-    }
-
-    fn clear(&mut self) {
-        self.tombstones.clear();
-        self.entries.clear();
-        self.state.clear();
+    /// The lists emptied, for records borrowed from another piece. Their allocations are kept
+    /// (an empty `Vec` collected into one of the same layout reuses it): growing them again for
+    /// every piece cost more in page faults and copies than the rest of the scan.
+    fn recycle<'b>(self) -> Scan<'b> {
+        fn empty<T, U>(mut list: Vec<T>) -> Vec<U> {
+            list.clear();
+            list.into_iter().map(|_| unreachable!("emptied")).collect()
+        }
+        Scan {
+            tombstones: empty(self.tombstones),
+            entries: empty(self.entries),
+            state: empty(self.state),
+            order: self.order,
+        }
     }
 }
 
@@ -527,20 +614,6 @@ fn holds_uncopyable_value(bytes: &[u8]) -> bool {
         offset += len;
     }
     false
-}
-
-fn read_sealed(file: &SegmentFile) -> Result<Vec<u8>> {
-    let len = file.len()?;
-    let mut bytes = vec![0u8; len as usize];
-    let got = file.read_at(&mut bytes, 0)?;
-    if (got as u64) < len || got < SEGMENT_HEADER_LEN {
-        return Err(Error::Corrupt {
-            path: file.path.clone(),
-            offset: got as u64,
-            reason: "sealed segment shorter than its size".into(),
-        });
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -716,6 +789,44 @@ mod tests {
         let store = Store::open_with(dir.path(), config(&clock)).unwrap();
         check(&store);
         assert_eq!(store.stats().live_keys, 3_000);
+    }
+
+    /// Compaction reads a segment a piece at a time: records cut by the end of a piece, and
+    /// records longer than a piece, are copied whole.
+    #[test]
+    fn compaction_copies_records_longer_than_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let store =
+            Store::open_with(dir.path(), config(&clock).compaction_live_ratio(0.5)).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let value = |i: u64| vec![i as u8; 1000 + (i as usize * 7919) % 40_000];
+        for i in 0..150u64 {
+            store.check_or_insert(&key(i), ttl, &value(i)).unwrap();
+        }
+        for i in (0..150u64).filter(|i| i % 3 != 0) {
+            assert!(store.remove(&key(i)).unwrap());
+        }
+        store.flush().unwrap();
+        let mut compacted = 0;
+        for _ in 0..store.stats().segments {
+            compacted += store.maintain().unwrap().segments_compacted;
+        }
+        assert!(compacted >= 2, "{:?}", store.stats());
+        let check = |store: &Store| {
+            for i in 0..150u64 {
+                let got = store.get(&key(i)).unwrap();
+                if i % 3 == 0 {
+                    assert_eq!(got.unwrap(), &value(i)[..], "key {i}");
+                } else {
+                    assert_eq!(got, None, "removed key {i}");
+                }
+            }
+        };
+        check(&store);
+        drop(store);
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        check(&store);
     }
 
     /// A checkpoint makes reopen read only the log after it, with the same answers; a damaged
