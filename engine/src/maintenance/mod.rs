@@ -238,13 +238,19 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
         .into_iter()
         .filter(|s| !damaged.contains(&s.id))
         .filter(|s| s.stats.records > 0 && s.stats.worth_compacting(now))
-        .map(|s| (s.stats.kept_share(oldest == Some(s.id)), s.id))
-        .filter(|&(ratio, _)| ratio < threshold)
+        .map(|s| {
+            (
+                s.stats.kept_share(oldest == Some(s.id)),
+                s.id,
+                s.stats.state_live,
+            )
+        })
+        .filter(|&(ratio, _, _)| ratio < threshold)
         .min_by(|a, b| a.0.total_cmp(&b.0));
-    let Some((_, id)) = candidate else {
+    let Some((_, id, state_live)) = candidate else {
         return Ok(None);
     };
-    match compact(shared, id) {
+    match compact(shared, id, state_live > 0) {
         Ok(Some(copied)) => Ok(Some(copied)),
         Ok(None) => {
             // Not damage: set aside like a damaged segment (never compacted again, deleted whole
@@ -260,7 +266,10 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
 /// their index entries (dropping those of records not copied), waits until the log is durable up
 /// to its tail, and deletes the segment. `None`: the segment holds a format-1 record whose value
 /// (65536 bytes) format 2 cannot hold, so it cannot be copied; it is left as it is.
-pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
+///
+/// `live_state`: whether a state entry or position may point into the segment (its settled live
+/// count is not 0); if not, its state records are not even looked up.
+pub(crate) fn compact(shared: &Shared, id: u32, live_state: bool) -> Result<Option<u64>> {
     let Some(file) = shared.log.segment_file(id) else {
         return Ok(Some(0));
     };
@@ -309,7 +318,7 @@ pub(crate) fn compact(shared: &Shared, id: u32) -> Result<Option<u64>> {
             id,
             &file,
             &buf[..filled],
-            (start, from, at_end, oldest),
+            (start, from, at_end, oldest, live_state),
             scan,
         )?;
         scan = emptied.recycle();
@@ -359,7 +368,7 @@ fn copy_piece<'p>(
     id: u32,
     file: &SegmentFile,
     piece: &'p [u8],
-    (start, from, at_end, oldest): (usize, usize, bool, bool),
+    (start, from, at_end, oldest, live_state): (usize, usize, bool, bool, bool),
     lists: Scan<'_>,
 ) -> Result<(Piece, Scan<'p>)> {
     let now = shared.clock.now_millis();
@@ -397,7 +406,12 @@ fn copy_piece<'p>(
                 let hash = shared.index.hash(record.key);
                 scan.entries.push((hash, at, record));
             }
-            RecordKind::StatePut | RecordKind::Position => scan.state.push((at, record)),
+            RecordKind::StatePut | RecordKind::Position if live_state => {
+                scan.state.push((at, record));
+            }
+            // Replaced: a state record is live only while the segment's live state count
+            // counts it, and it can only fall (new records go to the tail).
+            RecordKind::StatePut | RecordKind::Position => {}
         }
     }
     let mut copied = copy_tombstones(shared, &scan.tombstones)?;
