@@ -376,7 +376,10 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
             tombstone_bytes: u64::from(get_u32(row, 20)),
             bytes: 0,
             live: 0,
+            state_live: 0,
             max_deadline_secs: get_u32(row, 16),
+            // Not in the row: the latest deadline of all, which is never earlier.
+            max_deadline_but_state_secs: get_u32(row, 16),
             min_deadline_secs: get_u32(row, 4),
         };
         segments.insert(id, stats);

@@ -675,7 +675,8 @@ fn usable(checkpoint: &Checkpoint, ids: &[u32]) -> std::result::Result<(), Strin
     Ok(())
 }
 
-/// Sets each segment's live count to the number of index entries pointing into it (replay drops
+/// Sets each segment's live count to the number of index entries, state entries and positions
+/// pointing into it, and its live state count to those of the last two (replay drops
 /// and replaces entries freely, so the counts are taken once at the end).
 fn count_live_entries(
     index: &Index,
@@ -705,16 +706,19 @@ fn count_live_entries(
         }
     }
     state.released.clear();
+    let mut state_counts = vec![0u64; counts.len()];
     for location in state.locations() {
-        if let Some(count) = segment_of(location)
+        if let Some(i) = segment_of(location)
             .checked_sub(first)
-            .and_then(|i| counts.get_mut(i as usize))
+            .filter(|&i| (i as usize) < counts.len())
         {
-            *count += 1;
+            counts[i as usize] += 1;
+            state_counts[i as usize] += 1;
         }
     }
     for (id, stats) in segment_stats.iter_mut() {
         stats.live = counts[(id - first) as usize];
+        stats.state_live = state_counts[(id - first) as usize];
     }
 }
 
