@@ -21,7 +21,7 @@
 
 mod blocks;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use crate::config::Config;
@@ -73,6 +73,9 @@ fn compact_block_crc(counts: &[u8], body: &[u8]) -> u32 {
     hasher.update(body);
     hasher.finalize()
 }
+
+/// How many entries ahead of its install an entry's home slot is prefetched.
+const INSTALL_AHEAD: usize = 16;
 
 /// Where one shard's block lies in the file.
 #[derive(Debug, Clone)]
@@ -479,10 +482,7 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
                 Some(get_u32(bytes, at + 4) as usize),
                 get_u32(bytes, at + 8),
             ),
-            EntryLayout::Fixed => (
-                entries.checked_mul(FIXED_ENTRY_LEN),
-                get_u32(bytes, at + 4),
-            ),
+            EntryLayout::Fixed => (entries.checked_mul(FIXED_ENTRY_LEN), get_u32(bytes, at + 4)),
         };
         at += block_header_len;
         let len = len
@@ -621,13 +621,33 @@ pub(crate) fn install(
             let mut table = shard.lock();
             // Sized once for all its entries: no table is rebuilt while loading.
             table.reserve(block.entries, now_millis);
+            // Entries come in location order, so each lands at a random slot: its home slot is
+            // prefetched a few entries before it is installed (the table, sized above, does
+            // not move meanwhile).
+            let mut ahead: VecDeque<Slot> = VecDeque::with_capacity(INSTALL_AHEAD);
+            // Neighbours in location order mostly share a segment: ask once per run.
+            let mut segment = (0, false);
+            let mut exists = |id: u32| {
+                if segment.0 != id {
+                    segment = (id, segment_exists(id));
+                }
+                segment.1
+            };
             blocks::decode_entries(layout, body, block.entries, replay_from, |slot| {
-                if !slot.is_dead(now_millis) && segment_exists(segment_of(slot.location)) {
-                    table.install(slot, now_millis);
+                if !slot.is_dead(now_millis) && exists(segment_of(slot.location)) {
+                    table.prefetch(slot.tag);
+                    if ahead.len() == INSTALL_AHEAD {
+                        let due = ahead.pop_front().expect("a full queue");
+                        table.install_unscheduled(due, now_millis);
+                    }
+                    ahead.push_back(slot);
                     installed += 1;
                 }
             })
             .expect("every block was checked on load");
+            for slot in ahead {
+                table.install_unscheduled(slot, now_millis);
+            }
         }
         installed
     };
@@ -639,7 +659,10 @@ pub(crate) fn install(
 
 /// Runs `work(first, step)` over the shards: `(0, 1)` on this thread, or `(0, 2)` here and
 /// `(1, 2)` on a helper thread (the even and the odd shards).
-fn on_shards<T: Send>(parallel: bool, work: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+pub(crate) fn on_shards<T: Send>(
+    parallel: bool,
+    work: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
     if !parallel {
         return vec![work(0, 1)];
     }

@@ -196,7 +196,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// The varint at `*at`, moving `*at` past it; `None` if it is cut short, longer than 10 bytes,
 /// overflows a u64 or is longer than needed.
-#[inline]
+#[inline(always)]
 fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let first = *bytes.get(*at)?;
     if first < 0x80 {
@@ -204,6 +204,13 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
         return Some(u64::from(first));
     }
     let mut value = u64::from(first & 0x7f);
+    // Two bytes (a typical location step): no loop.
+    if let Some(&second) = bytes.get(*at + 1) {
+        if (1..0x80).contains(&second) {
+            *at += 2;
+            return Some(value | u64::from(second) << 7);
+        }
+    }
     for i in 1..10 {
         let byte = *bytes.get(*at + i)?;
         value |= u64::from(byte & 0x7f) << (7 * i);
