@@ -225,6 +225,14 @@ impl ShardTable {
     /// Puts `slot` at `index` (from [`Probe::Vacant`] or [`Probe::Found`]), growing the table if
     /// it passes the load limit. Entries dead at `now_millis` are shed when the table is rebuilt.
     pub(crate) fn put(&mut self, index: usize, slot: Slot, now_millis: u64) {
+        self.put_unscheduled(index, slot, now_millis);
+        let deadline_tick = self.deadline_tick(&slot);
+        self.wheel.schedule(slot.tag, deadline_tick);
+    }
+
+    /// [`ShardTable::put`] without the expiry wheel's entry: replay puts entries this way and
+    /// schedules the survivors once at the end ([`ShardTable::schedule_all`]).
+    pub(crate) fn put_unscheduled(&mut self, index: usize, slot: Slot, now_millis: u64) {
         debug_assert!(!slot.is_empty());
         let previous = self.slots[index];
         if previous.is_empty() {
@@ -236,8 +244,6 @@ impl ShardTable {
             self.released.push(previous.location);
         }
         self.slots[index] = slot;
-        let deadline_tick = self.deadline_tick(&slot);
-        self.wheel.schedule(slot.tag, deadline_tick);
         if self.len * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
@@ -419,14 +425,28 @@ impl ShardTable {
         }
     }
 
-    /// Puts a checkpointed entry, known not to be in the table, and schedules its expiry.
-    pub(crate) fn install(&mut self, slot: Slot, now_millis: u64) {
+    /// Puts a checkpointed entry, known not to be in the table, without its expiry wheel entry
+    /// (recovery schedules every entry once at the end: [`ShardTable::schedule_all`]).
+    pub(crate) fn install_unscheduled(&mut self, slot: Slot, now_millis: u64) {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
         self.insert_unchecked(slot);
-        let deadline_tick = self.deadline_tick(&slot);
-        self.wheel.schedule(slot.tag, deadline_tick);
+    }
+
+    /// Gives every occupied slot its expiry wheel entry, and shows each to `each`: the end of
+    /// recovery, which put its entries unscheduled. One pass over the table in slot order, with
+    /// the shard's wheel buckets hot, instead of a wheel entry (and a cache miss or two) for every
+    /// record replayed, superseded ones included.
+    pub(crate) fn schedule_all(&mut self, mut each: impl FnMut(&Slot)) {
+        for index in 0..self.slots.len() {
+            let slot = self.slots[index];
+            if !slot.is_empty() {
+                let deadline_tick = self.deadline_tick(&slot);
+                self.wheel.schedule(slot.tag, deadline_tick);
+                each(&slot);
+            }
+        }
     }
 
     /// Puts a slot known not to be in the table (rebuilds): no probe, no wheel entry.
