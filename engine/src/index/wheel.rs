@@ -2,9 +2,9 @@
 //!
 //! Time is counted in ticks of the store's expiry tick (default 1 s) on the store's clock. Level 0
 //! has 256 buckets of one tick; each higher level has 64 buckets, each spanning a whole turn of
-//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the 4-byte tag of
-//! the index slot it was scheduled for: the shard table is the source of truth for deadlines, so
-//! the wheel costs 4 bytes per key.
+//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the tag of the
+//! index slot it was scheduled for, in 3 bytes (tags are 24 bits): the shard table is the source
+//! of truth for deadlines, so the wheel costs 3 bytes per key.
 //!
 //! Invariants:
 //! - Every occupied, non-dead slot has at least one entry with its tag in a bucket that will be
@@ -43,13 +43,26 @@ fn level_span(level: usize) -> u64 {
 
 /// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
 /// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
-/// wheel is 4 bytes per key only if its slack stays small). The chunk being filled sits in the
+/// wheel is 3 bytes per key only if its slack stays small). The chunk being filled sits in the
 /// bucket itself, so scheduling touches the bucket and the chunk's tail, not a list of chunks
 /// first (one dependent cache miss fewer per insert).
 #[derive(Debug, Default)]
 struct Bucket {
-    filling: Vec<u32>,
-    full: Vec<Vec<u32>>,
+    filling: Vec<Entry>,
+    full: Vec<Vec<Entry>>,
+}
+
+/// One scheduled tag: its 24 bits, little-endian.
+type Entry = [u8; 3];
+
+fn entry(tag: u32) -> Entry {
+    debug_assert!(tag < 1 << 24, "tags are 24 bits");
+    let [a, b, c, _] = tag.to_le_bytes();
+    [a, b, c]
+}
+
+fn tag_of(entry: &Entry) -> u32 {
+    u32::from_le_bytes([entry[0], entry[1], entry[2], 0])
 }
 
 const FIRST_CHUNK_ENTRIES: usize = 16;
@@ -68,7 +81,7 @@ impl Bucket {
                 self.full.push(full);
             }
         }
-        self.filling.push(tag);
+        self.filling.push(entry(tag));
     }
 
     fn is_empty(&self) -> bool {
@@ -76,12 +89,13 @@ impl Bucket {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.full.capacity() * std::mem::size_of::<Vec<u32>>()
-            + self.filling.capacity() * 4
+        let entry = std::mem::size_of::<Entry>();
+        self.full.capacity() * std::mem::size_of::<Vec<Entry>>()
+            + self.filling.capacity() * entry
             + self
                 .full
                 .iter()
-                .map(|chunk| chunk.capacity() * 4)
+                .map(|chunk| chunk.capacity() * entry)
                 .sum::<usize>()
     }
 
@@ -92,9 +106,9 @@ impl Bucket {
         let taken = full.iter().map(Vec::len).sum::<usize>() + filling.len();
         into.reserve(taken);
         for chunk in full {
-            into.extend_from_slice(&chunk);
+            into.extend(chunk.iter().map(tag_of));
         }
-        into.extend_from_slice(&filling);
+        into.extend(filling.iter().map(tag_of));
         taken
     }
 }
