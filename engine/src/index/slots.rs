@@ -1,12 +1,12 @@
 //! The slot array of one shard table, in fixed-size chunks.
 //!
 //! A table of at least [`CHUNK`] slots is a list of chunks of exactly [`CHUNK`] slots (12 KiB);
-//! a smaller table is one chunk of its own size. Growing appends chunks and never frees one, and
-//! every chunk a large table frees (when it shrinks) has the size every other large table asks
-//! for, so the allocator reuses it. One contiguous array per table would instead leave each
-//! outgrown array behind as a hole that the next, larger array does not fit: with the tables
-//! growing by 5/4 in step across the shards, those holes cost about 2.4 bytes of resident memory
-//! per key at 10 M keys (measured with glibc's allocator).
+//! a smaller table is one chunk of its own size. Every chunk a large table frees when it is
+//! rebuilt has the size every other large table asks for, so the allocator hands it out again.
+//! One contiguous array per table would instead leave each outgrown array behind as a hole that
+//! the next, larger arrays do not fit: with the tables growing by 5/4 in step across the shards,
+//! those holes cost about 2.4 bytes of resident memory per key at 10 M keys (measured with
+//! glibc's allocator).
 //!
 //! Invariants: `capacity` is the sum of the chunks' lengths; when it is at least [`CHUNK`] it is
 //! a multiple of [`CHUNK`] and every chunk is full-size.
@@ -59,19 +59,6 @@ impl SlotArray {
     #[inline]
     pub(super) fn set(&mut self, index: usize, slot: Packed) {
         self.chunks[index >> CHUNK_BITS][index & CHUNK_MASK] = slot;
-    }
-
-    /// Whether [`SlotArray::grow_to`] can take this array to `capacity` in place.
-    pub(super) fn can_grow_to(&self, capacity: usize) -> bool {
-        self.capacity >= CHUNK && capacity > self.capacity && capacity.is_multiple_of(CHUNK)
-    }
-
-    /// Appends empty chunks up to `capacity` (see [`SlotArray::can_grow_to`]).
-    pub(super) fn grow_to(&mut self, capacity: usize) {
-        assert!(self.can_grow_to(capacity));
-        self.chunks
-            .extend((self.capacity / CHUNK..capacity / CHUNK).map(|_| empty_chunk(CHUNK)));
-        self.capacity = capacity;
     }
 
     /// Every slot, in order.

@@ -115,7 +115,9 @@ impl Bucket {
 
 #[derive(Debug)]
 struct Level {
-    buckets: Box<[Bucket]>,
+    /// Empty until the level's first entry: most stores use one or two levels, and a bucket
+    /// costs 48 bytes in each of the many shards.
+    buckets: Vec<Bucket>,
     entries: usize,
 }
 
@@ -146,12 +148,11 @@ pub(crate) enum BucketWork {
 
 impl ExpiryWheel {
     pub(crate) fn new(current_tick: u64) -> ExpiryWheel {
-        let level = |level: usize| Level {
-            buckets: (0..=level_mask(level)).map(|_| Bucket::default()).collect(),
-            entries: 0,
-        };
         ExpiryWheel {
-            levels: [level(0), level(1), level(2), level(3), level(4)],
+            levels: std::array::from_fn(|_| Level {
+                buckets: Vec::new(),
+                entries: 0,
+            }),
             current_tick,
             cascading: false,
         }
@@ -189,7 +190,11 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        self.levels[level].buckets[index].push(tag);
+        let buckets = &mut self.levels[level].buckets;
+        if buckets.is_empty() {
+            buckets.resize_with(level_mask(level) as usize + 1, Bucket::default);
+        }
+        buckets[index].push(tag);
         self.levels[level].entries += 1;
     }
 
@@ -251,7 +256,11 @@ impl ExpiryWheel {
         kind: BucketWork,
         work: &mut impl FnMut(&mut ExpiryWheel, u32, BucketWork),
     ) -> usize {
-        if self.levels[level].buckets[index].is_empty() {
+        if self.levels[level]
+            .buckets
+            .get(index)
+            .is_none_or(Bucket::is_empty)
+        {
             return 0;
         }
         let mut tags = Vec::new();
