@@ -466,12 +466,9 @@ impl ShardTable {
     /// keep the tags' order) costs about a third of re-placing the entries in place (measured:
     /// there a displaced entry is chased to its new home, out of order).
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
-        let live = self
-            .slots
-            .iter()
-            .filter(|slot| !slot.is_empty() && !slot.is_dead(now_millis))
-            .count();
-        let capacity = round_capacity(capacity_for(live).max(min_capacity));
+        // Sized as if every entry were live (one pass over the old array, not two); when many
+        // were dead, the table is laid again at the size of what is left.
+        let capacity = round_capacity(capacity_for(self.len).max(min_capacity));
         let old = std::mem::replace(&mut self.slots, SlotArray::new(capacity));
         self.len = 0;
         for &slot in old.iter() {
@@ -483,6 +480,11 @@ impl ShardTable {
             } else {
                 self.insert_unchecked(slot);
             }
+        }
+        drop(old);
+        let fitting = round_capacity(capacity_for(self.len).max(min_capacity));
+        if fitting * 2 <= self.slots.len() {
+            self.rebuild_to(fitting, now_millis);
         }
     }
 
