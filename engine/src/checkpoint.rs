@@ -3,8 +3,9 @@
 //!
 //! Layout (little-endian; spec in `engine/FORMAT.md`): a header with the hash seeds, shard count,
 //! hash mask and the log location replay starts from; a table of segments' stats; then one
-//! block per shard: entry count, CRC of the entries, and 16-byte entries (tag, deadline secs,
-//! location) exactly as the shard's slots hold them.
+//! block per shard: entry count, body length, CRC of the body, and the entries (tag, deadline
+//! secs, location) in the compact encoding of [`blocks`] (version 3; versions 1 and 2, with
+//! 16-byte entries, are still read).
 //!
 //! Invariants:
 //! - A checkpoint taken at log position P holds exactly the entries with location < P, and
@@ -14,8 +15,13 @@
 //! - A checkpoint is never trusted over the log: any failed check (magic, version, CRC, length,
 //!   a shard count or hash mask other than the config's) means it is ignored and the whole log is
 //!   replayed. Entries pointing into segments deleted since are dropped on load.
+//! - Every block is checked whole (CRC, then every entry decoded) before any entry goes into the
+//!   index. Checking and installing split the shards between two threads when the file is large
+//!   (a shard is checked and filled by one thread only).
 
-use std::collections::BTreeMap;
+mod blocks;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use crate::config::Config;
@@ -26,13 +32,15 @@ use crate::log::segment::sync_dir;
 use crate::log::{segment_of, Location, SegmentStats};
 use crate::shared::Shared;
 use crate::state::StateTables;
+use blocks::{EntryLayout, FIXED_ENTRY_LEN};
 
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";
 const CHECKPOINT_MAGIC: [u8; 8] = *b"IDEMCKPT";
-/// Version 2 added the state section (state entries and positions of transactions); version 1
-/// files, which have none, are still read.
-const CHECKPOINT_VERSION: u32 = 2;
+/// Version 3 encodes the shard blocks' entries compactly (about 7 bytes instead of 16); version 2
+/// added the state section (state entries and positions of transactions). Versions 1 and 2 are
+/// still read.
+const CHECKPOINT_VERSION: u32 = 3;
 const CHECKPOINT_VERSION_1: u32 = 1;
 const STATE_ROW_ENTRY: u8 = 1;
 const STATE_ROW_POSITION: u8 = 2;
@@ -53,10 +61,31 @@ const _: () = assert!(HEADER_LEN == 80);
 /// max_deadline_secs u32, tombstone_bytes u32 (both 0 in files written before they were counted:
 /// such a segment is compacted a little eagerly once).
 const SEGMENT_ROW_LEN: usize = 24;
-/// tag u32, expires_at_secs u32, location u64.
-const ENTRY_LEN: usize = 16;
-/// entry count u32, CRC of the entries u32.
-const SHARD_BLOCK_HEADER_LEN: usize = 8;
+/// Versions 1 and 2: entry count u32, CRC of the entries u32.
+const FIXED_BLOCK_HEADER_LEN: usize = 8;
+/// Version 3: entry count u32, body length u32, CRC of the body u32.
+const SHARD_BLOCK_HEADER_LEN: usize = 12;
+
+/// A compact block's CRC: of its entry count and body length (`counts`), then its body.
+fn compact_block_crc(counts: &[u8], body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(counts);
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// How many entries ahead of its install an entry's home slot is prefetched.
+const INSTALL_AHEAD: usize = 16;
+
+/// Where one shard's block lies in the file.
+#[derive(Debug, Clone)]
+struct Block {
+    body: std::ops::Range<usize>,
+    entries: usize,
+    crc: u32,
+    /// The CRC also covers the block's count and length (version 3).
+    crc_covers_counts: bool,
+}
 
 /// A state entry of the state section: key, value, location.
 pub(crate) type StateRow = (Box<[u8]>, Box<[u8]>, Location);
@@ -71,9 +100,12 @@ pub(crate) struct Checkpoint {
     pub(crate) replay_from: Location,
     /// Stats of the segments up to and including `replay_from`'s, counting the records before it.
     pub(crate) segments: BTreeMap<u32, SegmentStats>,
-    /// The file's bytes; each shard's entries are the range of it in `shard_entries`.
+    /// The file's bytes; each shard's entries are a block of it (`shard_blocks`).
     bytes: Vec<u8>,
-    shard_entries: Vec<std::ops::Range<usize>>,
+    layout: EntryLayout,
+    shard_blocks: Vec<Block>,
+    /// Whether install splits the shards between two threads.
+    parallel: bool,
     /// Keys that held an open claim when the checkpoint was taken (to find claims in doubt).
     pub(crate) claim_keys: Vec<Box<[u8]>>,
     /// State entries (key, value, location) and positions (source, position, location).
@@ -140,28 +172,43 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     table_bytes.extend_from_slice(&table_crc.to_le_bytes());
     out.write_all(&table_bytes).map_err(io("writing"))?;
 
+    // Each shard's block is snapshot under its lock, then sorted and encoded outside it; a
+    // helper thread encodes the odd shards while this one encodes the even shards and writes
+    // every block in shard order (at most a few blocks wait in the channel).
+    let shards = shared.index.shards();
+    let encoder = || {
+        let (mut kept, mut scratch) = (Vec::new(), Vec::new());
+        move |shard: usize| encode_block(&shards[shard], replay_from, now, &mut kept, &mut scratch)
+    };
     let mut entry_count: u64 = 0;
-    let mut block = Vec::new();
-    for shard in shared.index.shards() {
-        block.clear();
-        block.extend_from_slice(&[0u8; SHARD_BLOCK_HEADER_LEN]);
-        {
-            let table = shard.lock();
-            for (_, slot) in table.occupied() {
-                if slot.location < replay_from && !slot.is_dead(now) {
-                    block.extend_from_slice(&slot.tag.to_le_bytes());
-                    block.extend_from_slice(&slot.expires_at_secs.to_le_bytes());
-                    block.extend_from_slice(&slot.location.to_le_bytes());
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(4);
+        let parallel = shards.len() >= 2;
+        if parallel {
+            scope.spawn(move || {
+                let mut encode = encoder();
+                for shard in (1..shards.len()).step_by(2) {
+                    // The writer stopped on an error: nothing more is wanted.
+                    if sender.send(encode(shard)).is_err() {
+                        break;
+                    }
                 }
-            }
+            });
         }
-        let entries = (block.len() - SHARD_BLOCK_HEADER_LEN) / ENTRY_LEN;
-        entry_count += entries as u64;
-        let crc = crc32fast::hash(&block[SHARD_BLOCK_HEADER_LEN..]);
-        put_u32(&mut block, 0, entries as u32);
-        put_u32(&mut block, 4, crc);
-        out.write_all(&block).map_err(io("writing"))?;
-    }
+        let mut encode = encoder();
+        for shard in 0..shards.len() {
+            let (entries, block) = if parallel && shard % 2 == 1 {
+                receiver
+                    .recv()
+                    .expect("the encoding thread sends every odd shard")
+            } else {
+                encode(shard)
+            };
+            entry_count += entries;
+            out.write_all(&block).map_err(io("writing"))?;
+        }
+        Ok::<(), Error>(())
+    })?;
     // Open claims: their records may lie before P, where replay will not see them.
     let mut claims = Vec::new();
     let claim_keys = shared.claims.live_keys(now);
@@ -186,6 +233,33 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         .rename(&tmp_path, &final_path)
         .map_err(io("renaming"))?;
     sync_dir(storage, dir)
+}
+
+/// One shard's block: its entries with location before `replay_from` not dead at `now`, counted,
+/// in the compact encoding, behind the block header.
+fn encode_block(
+    shard: &parking_lot::Mutex<crate::index::ShardTable>,
+    replay_from: Location,
+    now: u64,
+    kept: &mut Vec<Slot>,
+    scratch: &mut Vec<Slot>,
+) -> (u64, Vec<u8>) {
+    kept.clear();
+    kept.extend(
+        shard
+            .lock()
+            .occupied()
+            .map(|(_, slot)| slot)
+            .filter(|slot| slot.location < replay_from && !slot.is_dead(now)),
+    );
+    let mut block = vec![0u8; SHARD_BLOCK_HEADER_LEN];
+    blocks::encode_compact(kept, scratch, &mut block);
+    let body_len = (block.len() - SHARD_BLOCK_HEADER_LEN) as u32;
+    put_u32(&mut block, 0, kept.len() as u32);
+    put_u32(&mut block, 4, body_len);
+    let crc = compact_block_crc(&block[..8], &block[SHARD_BLOCK_HEADER_LEN..]);
+    put_u32(&mut block, 8, crc);
+    (kept.len() as u64, block)
 }
 
 /// The state section: rows of state entries and positions whose records lie before P, then the
@@ -317,12 +391,16 @@ pub(crate) fn load(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    decode(&bytes, config)
+    decode(bytes, config)
         .map(Some)
         .map_err(|reason| format!("{} ignored: {reason}", path.display()))
 }
 
-fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, String> {
+/// Checks a checkpoint file's bytes whole; the shard blocks are checked by two threads when
+/// they take at least `config.parallel_replay_min_bytes`.
+fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, String> {
+    let parallel_min_bytes = config.parallel_replay_min_bytes;
+    let bytes = &file[..];
     if bytes.len() < HEADER_LEN {
         return Err(format!("{} bytes, shorter than the header", bytes.len()));
     }
@@ -333,9 +411,9 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         return Err("header checksum mismatch".into());
     }
     let version = get_u32(bytes, VERSION_OFFSET);
-    if version != CHECKPOINT_VERSION && version != CHECKPOINT_VERSION_1 {
+    if !(CHECKPOINT_VERSION_1..=CHECKPOINT_VERSION).contains(&version) {
         return Err(format!(
-            "version {version}, this build reads {CHECKPOINT_VERSION}"
+            "version {version}, this build reads {CHECKPOINT_VERSION_1} to {CHECKPOINT_VERSION}"
         ));
     }
     let shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
@@ -376,43 +454,54 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
             tombstone_bytes: u64::from(get_u32(row, 20)),
             bytes: 0,
             live: 0,
+            state_live: 0,
             max_deadline_secs: get_u32(row, 16),
+            // Not in the row: the latest deadline of all, which is never earlier.
+            max_deadline_but_state_secs: get_u32(row, 16),
             min_deadline_secs: get_u32(row, 4),
         };
         segments.insert(id, stats);
     }
     at += table_len + 4;
 
-    let mut shards = Vec::with_capacity(shard_count);
+    let layout = if version == CHECKPOINT_VERSION {
+        EntryLayout::Compact
+    } else {
+        EntryLayout::Fixed
+    };
+    let block_header_len = match layout {
+        EntryLayout::Compact => SHARD_BLOCK_HEADER_LEN,
+        EntryLayout::Fixed => FIXED_BLOCK_HEADER_LEN,
+    };
+    let mut shard_blocks = Vec::with_capacity(shard_count);
     let mut total: u64 = 0;
     for shard in 0..shard_count {
-        if at + SHARD_BLOCK_HEADER_LEN > bytes.len() {
+        if at + block_header_len > bytes.len() {
             return Err(format!("truncated at shard {shard} (offset {at})"));
         }
         let entries = get_u32(bytes, at) as usize;
-        let crc = get_u32(bytes, at + 4);
-        at += SHARD_BLOCK_HEADER_LEN;
-        let len = entries
-            .checked_mul(ENTRY_LEN)
+        let (len, crc) = match layout {
+            EntryLayout::Compact => (
+                Some(get_u32(bytes, at + 4) as usize),
+                get_u32(bytes, at + 8),
+            ),
+            EntryLayout::Fixed => (entries.checked_mul(FIXED_ENTRY_LEN), get_u32(bytes, at + 4)),
+        };
+        at += block_header_len;
+        let len = len
             .filter(|len| at + len <= bytes.len())
             .ok_or_else(|| format!("shard {shard} runs past the end (offset {at})"))?;
-        let body = &bytes[at..at + len];
-        if crc32fast::hash(body) != crc {
-            return Err(format!("shard {shard} checksum mismatch at offset {at}"));
-        }
-        if body
-            .chunks_exact(ENTRY_LEN)
-            .map(entry_slot)
-            .any(|slot| slot.location == 0 || slot.location >= replay_from)
-        {
-            return Err(format!(
-                "shard {shard} has an entry outside the checkpointed log"
-            ));
-        }
         total += entries as u64;
-        shards.push(at..at + len);
+        shard_blocks.push(Block {
+            body: at..at + len,
+            entries,
+            crc,
+            crc_covers_counts: layout == EntryLayout::Compact,
+        });
         at += len;
     }
+    let parallel = at - HEADER_LEN >= parallel_min_bytes;
+    check_blocks(bytes, layout, &shard_blocks, replay_from, parallel)?;
     let claims_start = at;
     let claim_count = bytes
         .get(at..at + 4)
@@ -464,11 +553,13 @@ fn decode(bytes: &[u8], config: &Config) -> std::result::Result<Checkpoint, Stri
         seeds,
         replay_from,
         segments,
-        shard_entries: shards,
+        layout,
+        shard_blocks,
+        parallel,
         claim_keys,
         state_entries,
         positions,
-        bytes: bytes.to_vec(),
+        bytes: file,
     })
 }
 
@@ -488,7 +579,7 @@ pub(crate) fn check_bytes(bytes: &[u8]) -> std::result::Result<CheckpointSummary
         config.shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
         config.hash_mask_for_testing = get_u64(bytes, HASH_MASK_OFFSET);
     }
-    let checkpoint = decode(bytes, &config)?;
+    let checkpoint = decode(bytes.to_vec(), &config)?;
     Ok(CheckpointSummary {
         replay_from: checkpoint.replay_from,
         entries: get_u64(bytes, ENTRY_COUNT_OFFSET),
@@ -502,7 +593,7 @@ pub(crate) fn install(
     checkpoint: &Checkpoint,
     index: &Index,
     state: &mut StateTables,
-    segment_exists: impl Fn(u32) -> bool,
+    segment_exists: impl Fn(u32) -> bool + Sync,
     now_millis: u64,
 ) -> u64 {
     let mut installed = 0;
@@ -519,26 +610,112 @@ pub(crate) fn install(
             installed += 1;
         }
     }
-    for (shard, range) in index.shards().iter().zip(&checkpoint.shard_entries) {
-        let entries = &checkpoint.bytes[range.clone()];
-        let mut table = shard.lock();
-        // Sized once for all its entries: no table is rebuilt while loading.
-        table.reserve(entries.len() / ENTRY_LEN, now_millis);
-        for slot in entries.chunks_exact(ENTRY_LEN).map(entry_slot) {
-            if !slot.is_dead(now_millis) && segment_exists(segment_of(slot.location)) {
-                table.install(slot, now_millis);
-                installed += 1;
+    let shards = index.shards();
+    let (layout, replay_from) = (checkpoint.layout, checkpoint.replay_from);
+    let installed_in = |first: usize, step: usize| {
+        let mut installed = 0u64;
+        for (shard, block) in shards
+            .iter()
+            .zip(&checkpoint.shard_blocks)
+            .skip(first)
+            .step_by(step)
+        {
+            let body = &checkpoint.bytes[block.body.clone()];
+            let mut table = shard.lock();
+            // Sized once for all its entries: no table is rebuilt while loading.
+            table.reserve(block.entries, now_millis);
+            // Entries come in location order, so each lands at a random slot: its home slot is
+            // prefetched a few entries before it is installed (the table, sized above, does
+            // not move meanwhile).
+            let mut ahead: VecDeque<Slot> = VecDeque::with_capacity(INSTALL_AHEAD);
+            // Neighbours in location order mostly share a segment: ask once per run.
+            let mut segment = (0, false);
+            let mut exists = |id: u32| {
+                if segment.0 != id {
+                    segment = (id, segment_exists(id));
+                }
+                segment.1
+            };
+            blocks::decode_entries(layout, body, block.entries, replay_from, |slot| {
+                if !slot.is_dead(now_millis) && exists(segment_of(slot.location)) {
+                    table.prefetch(slot.tag);
+                    if ahead.len() == INSTALL_AHEAD {
+                        let due = ahead.pop_front().expect("a full queue");
+                        table.install_unscheduled(due, now_millis);
+                    }
+                    ahead.push_back(slot);
+                    installed += 1;
+                }
+            })
+            .expect("every block was checked on load");
+            for slot in ahead {
+                table.install_unscheduled(slot, now_millis);
             }
         }
-    }
+        installed
+    };
     installed
+        + on_shards(checkpoint.parallel, installed_in)
+            .into_iter()
+            .sum::<u64>()
 }
 
-fn entry_slot(entry: &[u8]) -> Slot {
-    Slot {
-        tag: get_u32(entry, 0),
-        expires_at_secs: get_u32(entry, 4),
-        location: get_u64(entry, 8),
+/// Runs `work(first, step)` over the shards: `(0, 1)` on this thread, or `(0, 2)` here and
+/// `(1, 2)` on a helper thread (the even and the odd shards).
+pub(crate) fn on_shards<T: Send>(
+    parallel: bool,
+    work: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    if !parallel {
+        return vec![work(0, 1)];
+    }
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| work(1, 2));
+        let mine = work(0, 2);
+        vec![mine, helper.join().expect("a checkpoint thread panicked")]
+    })
+}
+
+/// Checks every shard block (CRC, then each entry); the first failing shard is named.
+fn check_blocks(
+    bytes: &[u8],
+    layout: EntryLayout,
+    shard_blocks: &[Block],
+    replay_from: Location,
+    parallel: bool,
+) -> std::result::Result<(), String> {
+    let first_failure = |first: usize, step: usize| {
+        for (shard, block) in shard_blocks.iter().enumerate().skip(first).step_by(step) {
+            let body = &bytes[block.body.clone()];
+            let crc = if block.crc_covers_counts {
+                let start = block.body.start - SHARD_BLOCK_HEADER_LEN;
+                compact_block_crc(&bytes[start..start + 8], body)
+            } else {
+                crc32fast::hash(body)
+            };
+            if crc != block.crc {
+                let at = block.body.start;
+                return Some((
+                    shard,
+                    format!("shard {shard} checksum mismatch at offset {at}"),
+                ));
+            }
+            if let Err(why) =
+                blocks::decode_entries(layout, body, block.entries, replay_from, |_| {})
+            {
+                return Some((shard, format!("shard {shard} {why}")));
+            }
+        }
+        None
+    };
+    // Of a failure on each thread, the one in the lower shard is the first in file order.
+    match on_shards(parallel, first_failure)
+        .into_iter()
+        .flatten()
+        .min_by_key(|f| f.0)
+    {
+        Some((_, reason)) => Err(reason),
+        None => Ok(()),
     }
 }
 
@@ -740,9 +917,108 @@ mod tests {
         let mut starts = Vec::new();
         for _ in 0..get_u32(bytes, SHARD_COUNT_OFFSET) {
             starts.push(at);
-            at += SHARD_BLOCK_HEADER_LEN + ENTRY_LEN * get_u32(bytes, at) as usize;
+            at += SHARD_BLOCK_HEADER_LEN + get_u32(bytes, at + 4) as usize;
         }
         (rows, starts)
+    }
+
+    /// Replaces the first non-empty shard block: `change` gets its entries (in block order)
+    /// and body, and either edits the entries (`None`: they are encoded again) or returns a
+    /// count and body of its own. The block's length and CRC are made to match, so only the
+    /// entries' own checks can find the damage.
+    fn rewrite_first_block(
+        bytes: &mut Vec<u8>,
+        change: impl FnOnce(&mut Vec<Slot>, &[u8]) -> Option<(usize, Vec<u8>)>,
+    ) {
+        let (block, entry) = first_entry(bytes);
+        let (count, len) = (
+            get_u32(bytes, block) as usize,
+            get_u32(bytes, block + 4) as usize,
+        );
+        let body = bytes[entry..entry + len].to_vec();
+        let mut slots = Vec::new();
+        blocks::decode_entries(EntryLayout::Compact, &body, count, u64::MAX, |s| {
+            slots.push(s)
+        })
+        .unwrap();
+        let (count, new_body) = change(&mut slots, &body).unwrap_or_else(|| {
+            let mut new_body = Vec::new();
+            blocks::encode_compact(&mut slots, &mut Vec::new(), &mut new_body);
+            (slots.len(), new_body)
+        });
+        bytes.splice(entry..entry + len, new_body.iter().copied());
+        put_u32(bytes, block, count as u32);
+        put_u32(bytes, block + 4, new_body.len() as u32);
+        let crc = compact_block_crc(&bytes[block..block + 8], &new_body);
+        put_u32(bytes, block + 8, crc);
+    }
+
+    /// The same checkpoint in version 2 (16-byte entries in fixed blocks), as builds before
+    /// version 3 wrote it.
+    fn as_version_2(bytes: &[u8]) -> Vec<u8> {
+        let (_, starts) = blocks(bytes);
+        let mut out = bytes[..starts[0]].to_vec();
+        let mut end = starts[0];
+        for &block in &starts {
+            let (count, len) = (
+                get_u32(bytes, block) as usize,
+                get_u32(bytes, block + 4) as usize,
+            );
+            let body = &bytes[block + SHARD_BLOCK_HEADER_LEN..][..len];
+            let mut fixed = Vec::new();
+            blocks::decode_entries(EntryLayout::Compact, body, count, u64::MAX, |s| {
+                fixed.extend_from_slice(&s.tag.to_le_bytes());
+                fixed.extend_from_slice(&s.expires_at_secs.to_le_bytes());
+                fixed.extend_from_slice(&s.location.to_le_bytes());
+            })
+            .unwrap();
+            out.extend_from_slice(&(count as u32).to_le_bytes());
+            out.extend_from_slice(&crc32fast::hash(&fixed).to_le_bytes());
+            out.extend_from_slice(&fixed);
+            end = block + SHARD_BLOCK_HEADER_LEN + len;
+        }
+        out.extend_from_slice(&bytes[end..]);
+        put_u32(&mut out, VERSION_OFFSET, 2);
+        reseal_header(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_version_2_checkpoint_is_still_read() {
+        let storage = SimStorage::new(7);
+        let clock = ManualClock::new();
+        let (store, keys) = checkpointed(&storage, &clock);
+        let written = entries(&store.shared.index);
+        drop(store);
+        let v3 = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        let v2 = as_version_2(&v3);
+        assert_eq!(get_u32(&v2, VERSION_OFFSET), 2);
+        assert!(
+            v2.len() > v3.len() + (written.len() * 8),
+            "16-byte entries: {} against {} bytes",
+            v2.len(),
+            v3.len()
+        );
+        put_file(&storage, CHECKPOINT_FILE_NAME, &v2);
+        let loaded = load(&storage, dir(), &config(storage.clone(), &clock))
+            .unwrap()
+            .expect("a version 2 checkpoint");
+        assert_eq!(loaded.layout, EntryLayout::Fixed);
+        let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
+        let now = crate::Clock::now_millis(&clock);
+        install(&loaded, &index, &mut StateTables::default(), |_| true, now);
+        assert_eq!(entries(&index), written);
+        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+        let report = store.recovery_report();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_entries_loaded, written.len() as u64);
+        assert_eq!(report.records_replayed, 0);
+        assert_answers(&store, &keys);
+        // The next checkpoint is written in version 3.
+        store.checkpoint().unwrap();
+        drop(store);
+        let rewritten = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        assert_eq!(get_u32(&rewritten, VERSION_OFFSET), CHECKPOINT_VERSION);
     }
 
     fn first_entry(bytes: &[u8]) -> (usize, usize) {
@@ -766,10 +1042,10 @@ mod tests {
             Case {
                 what: "version",
                 damage: Box::new(|b| {
-                    put_u32(b, VERSION_OFFSET, 3);
+                    put_u32(b, VERSION_OFFSET, 4);
                     reseal_header(b);
                 }),
-                reason: "version 3",
+                reason: "version 4",
                 config: same,
             },
             Case {
@@ -857,14 +1133,47 @@ mod tests {
             Case {
                 what: "an entry at the replay start",
                 damage: Box::new(|b| {
-                    let (block, entry) = first_entry(b);
                     let replay_from = get_u64(b, REPLAY_FROM_OFFSET);
-                    put_u64(b, entry + 8, replay_from);
-                    let len = ENTRY_LEN * get_u32(b, block) as usize;
-                    let crc = crc32fast::hash(&b[entry..entry + len]);
-                    put_u32(b, block + 4, crc);
+                    rewrite_first_block(b, |slots, _| {
+                        slots.last_mut().unwrap().location = replay_from;
+                        None
+                    });
                 }),
                 reason: "outside the checkpointed log",
+                config: same,
+            },
+            Case {
+                what: "a compact block out of location order, its CRC valid",
+                damage: Box::new(|b| {
+                    rewrite_first_block(b, |slots, _| {
+                        // Two entries at one location: the second's step is 0.
+                        let mut body = Vec::new();
+                        let mut two = vec![slots[0], slots[0]];
+                        blocks::encode_compact(&mut two, &mut Vec::new(), &mut body);
+                        Some((2, body))
+                    });
+                }),
+                reason: "out of location order",
+                config: same,
+            },
+            Case {
+                what: "a compact block with a byte after its entries, its CRC valid",
+                damage: Box::new(|b| {
+                    rewrite_first_block(b, |slots, body| {
+                        let mut longer = body.to_vec();
+                        longer.push(0);
+                        Some((slots.len(), longer))
+                    });
+                }),
+                reason: "has bytes after its last entry",
+                config: same,
+            },
+            Case {
+                what: "a compact block announcing one entry more, its CRC valid",
+                damage: Box::new(|b| {
+                    rewrite_first_block(b, |slots, body| Some((slots.len() + 1, body.to_vec())));
+                }),
+                reason: "malformed compact entry",
                 config: same,
             },
             Case {

@@ -24,14 +24,14 @@
 //! log order; keys of different shards, and state against index records, never interact in
 //! replay; of two errors the one earlier in the log is reported, as one thread would have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::claim::registry::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
-use crate::index::{Index, KeyCheck, KeyHash, Probe, Slot};
+use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
 use crate::io::Storage;
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
@@ -166,6 +166,9 @@ pub(crate) fn recover(
         .unwrap_or_default();
     let first_replayed = segment_of(replay_from);
     let mut newest_sealed = false;
+    // One buffer for every segment read: fresh memory for each would be page-faulted and
+    // cleared by the kernel all over again.
+    let mut buffer = Vec::new();
     if let Some(checkpoint) = &checkpoint {
         // Segments before the replay start are summarised by the checkpoint: open them (their
         // headers are checked) but do not read them.
@@ -206,9 +209,10 @@ pub(crate) fn recover(
         };
         // Only the bytes from the replay start on are read; the zeroed prefix below it is
         // never touched (its header was checked above).
-        let bytes = read_from(&file, start)?;
+        read_from(&file, start, &mut buffer)?;
+        let bytes = &buffer[..];
         let verdict = if start == 0 {
-            check_header(&file, &bytes, newest)?
+            check_header(&file, bytes, newest)?
         } else {
             // A newest file whose header is all zeros or short (a torn creation) has no version:
             // a checkpoint that starts replay inside it contradicts the files.
@@ -259,7 +263,7 @@ pub(crate) fn recover(
         let current = Current {
             file: &file,
             start,
-            bytes: &bytes,
+            bytes,
         };
         let parallel =
             index.shards().len() >= 2 && bytes.len().saturating_sub(offset) >= parallel_min_bytes;
@@ -281,22 +285,18 @@ pub(crate) fn recover(
                 Partition::All
             };
             let mut records_since_publish = 0usize;
+            let mut tables = Tables::lock(index, partition);
+            let mut peeked = Peeked::default();
             let main = (|| -> std::result::Result<(), (usize, Error)> {
                 let mut ahead = offset;
-                let mut records_ahead = 0usize;
                 while offset < bytes.len() {
-                    while records_ahead < REPLAY_PREFETCH_DISTANCE {
+                    while peeked.ring.len() < REPLAY_PREFETCH_DISTANCE {
                         let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
                             break;
                         };
-                        let hash = index.hash(key);
-                        if partition.takes(hash) {
-                            index.prefetch_hash(hash);
-                        }
+                        peeked.push(ahead, key, index.hash(key), &tables);
                         ahead += len;
-                        records_ahead += 1;
                     }
-                    records_ahead = records_ahead.saturating_sub(1);
                     let at_offset = offset;
                     let fail = |error: Error| (at_offset, error);
                     match decode_replayed(&bytes[offset..], version) {
@@ -328,9 +328,11 @@ pub(crate) fn recover(
                         Ok((record, len)) => {
                             let at = location(id, offset as u32);
                             stats.add_record(&record);
-                            if partition.applies(index, &record) {
+                            let hash = peeked.hash(offset, record.key, index);
+                            if partition.applies(&record, hash) {
                                 apply(
-                                    index,
+                                    &mut tables,
+                                    hash,
                                     state,
                                     &opened,
                                     Some(current),
@@ -374,6 +376,7 @@ pub(crate) fn recover(
                 }
                 Ok(())
             })();
+            drop(tables);
             // Whatever happened, the helper may go as far as the records checked, no further.
             checked.store(offset, Ordering::Release);
             finished.store(true, Ordering::Release);
@@ -429,7 +432,7 @@ pub(crate) fn recover(
             newest_sealed = true;
         }
     }
-    count_live_entries(index, state, &mut segment_stats);
+    count_live_entries(index, state, &mut segment_stats, parallel_min_bytes);
     for (id, file) in &opened {
         if let Some(stats) = segment_stats.get_mut(id) {
             stats.bytes = file.len()?;
@@ -491,17 +494,18 @@ enum Partition {
 }
 
 impl Partition {
-    fn takes(self, hash: KeyHash) -> bool {
+    fn takes_shard(self, shard: usize) -> bool {
         match self {
             Partition::All => true,
-            Partition::Even => hash.shard.is_multiple_of(2),
-            Partition::Odd => !hash.shard.is_multiple_of(2),
+            Partition::Even => shard.is_multiple_of(2),
+            Partition::Odd => !shard.is_multiple_of(2),
         }
     }
 
-    /// Whether this thread applies `record`: the state kinds and the group record go to the
-    /// checking thread (`All` or `Even`), the index kinds by their key's shard.
-    fn applies(self, index: &Index, record: &Record<'_>) -> bool {
+    /// Whether this thread applies `record` (whose key hashes to `hash`): the state kinds and
+    /// the group record go to the checking thread (`All` or `Even`), the index kinds by their
+    /// key's shard.
+    fn applies(self, record: &Record<'_>, hash: KeyHash) -> bool {
         if self == Partition::All {
             return true;
         }
@@ -510,8 +514,70 @@ impl Partition {
             | RecordKind::StateRemove
             | RecordKind::Position
             | RecordKind::Group => self == Partition::Even,
-            _ => self.takes(index.hash(record.key)),
+            _ => self.takes_shard(hash.shard),
         }
+    }
+}
+
+/// The shard tables a replaying thread applies records to, locked once for a whole segment
+/// rather than twice a record (the prefetch and the apply): the store is not open yet, so
+/// nothing else takes these locks, and the two replaying threads lock disjoint halves.
+struct Tables<'a> {
+    guards: Vec<Option<parking_lot::MutexGuard<'a, ShardTable>>>,
+}
+
+impl<'a> Tables<'a> {
+    fn lock(index: &'a Index, partition: Partition) -> Tables<'a> {
+        let guards = index.shards().iter().enumerate();
+        Tables {
+            guards: guards
+                .map(|(shard, table)| partition.takes_shard(shard).then(|| table.lock()))
+                .collect(),
+        }
+    }
+
+    fn get(&mut self, hash: KeyHash) -> &mut ShardTable {
+        self.guards[hash.shard]
+            .as_deref_mut()
+            .expect("a record of another thread's shard")
+    }
+
+    /// Starts loading the key's home slot into the cache, if the key's shard is this thread's.
+    fn prefetch(&self, hash: KeyHash) {
+        if let Some(table) = &self.guards[hash.shard] {
+            table.prefetch(hash.tag);
+        }
+    }
+}
+
+/// The records read ahead of replay (their slots prefetched), with their keys' hashes, so that
+/// each key is hashed once.
+#[derive(Default)]
+struct Peeked {
+    /// Offset, key address and length, hash; in log order.
+    ring: VecDeque<(usize, (usize, usize), KeyHash)>,
+}
+
+impl Peeked {
+    fn push(&mut self, offset: usize, key: &[u8], hash: KeyHash, tables: &Tables<'_>) {
+        tables.prefetch(hash);
+        self.ring
+            .push_back((offset, (key.as_ptr() as usize, key.len()), hash));
+    }
+
+    /// The hash of `key`, the key of the record at `offset`: the one computed when it was read
+    /// ahead if it was (the same bytes: same offset, address and length), else computed now.
+    fn hash(&mut self, offset: usize, key: &[u8], index: &Index) -> KeyHash {
+        while let Some(&(at, peeked_key, hash)) = self.ring.front() {
+            if at > offset {
+                break;
+            }
+            self.ring.pop_front();
+            if at == offset && peeked_key == (key.as_ptr() as usize, key.len()) {
+                return hash;
+            }
+        }
+        index.hash(key)
     }
 }
 
@@ -541,6 +607,8 @@ fn replay_odd_shards(
     let mut no_state = StateTables::default();
     let mut offset = from;
     let mut ahead = from;
+    let mut tables = Tables::lock(index, Partition::Odd);
+    let mut peeked = Peeked::default();
     loop {
         let is_final = finished.load(Ordering::Acquire);
         let limit = checked.load(Ordering::Acquire);
@@ -555,24 +623,21 @@ fn replay_odd_shards(
         }
         while offset < limit {
             // Prefetch the odd shards' slots a few records ahead, within what was checked.
-            let mut records_ahead = 0;
-            while ahead < limit && records_ahead < REPLAY_PREFETCH_DISTANCE {
+            while ahead < limit && peeked.ring.len() < REPLAY_PREFETCH_DISTANCE {
                 let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
                     break;
                 };
-                let hash = index.hash(key);
-                if Partition::Odd.takes(hash) {
-                    index.prefetch_hash(hash);
-                }
+                peeked.push(ahead, key, index.hash(key), &tables);
                 ahead += len;
-                records_ahead += 1;
             }
             let (record, len) = decode_replayed(&bytes[offset..], version)
                 .expect("the checking thread decoded this record");
-            if Partition::Odd.applies(index, &record) {
+            let hash = peeked.hash(offset, record.key, index);
+            if Partition::Odd.applies(&record, hash) {
                 let at = location(id, offset as u32);
                 apply(
-                    index,
+                    &mut tables,
+                    hash,
                     &mut no_state,
                     opened,
                     Some(current),
@@ -675,46 +740,66 @@ fn usable(checkpoint: &Checkpoint, ids: &[u32]) -> std::result::Result<(), Strin
     Ok(())
 }
 
-/// Sets each segment's live count to the number of index entries pointing into it (replay drops
-/// and replaces entries freely, so the counts are taken once at the end).
+/// Gives every index entry its expiry wheel entry (replay and the checkpoint put them
+/// unscheduled) and sets each segment's live count to the number of index entries, state
+/// entries and positions pointing into it, and its live state count to those of the last two
+/// (replay drops and replaces entries freely, so the counts are taken once at the end). Two
+/// threads share the shards when the index is large.
 fn count_live_entries(
     index: &Index,
     state: &mut StateTables,
     segment_stats: &mut BTreeMap<u32, SegmentStats>,
+    parallel_min_bytes: usize,
 ) {
     // Segment ids on disk form a short range: count in an array, not with a map lookup per
     // entry (10 M entries at open).
     let first = segment_stats.keys().next().copied().unwrap_or(0);
     let last = segment_stats.keys().next_back().copied().unwrap_or(0);
+    let shards = index.shards();
+    let entries: usize = shards.iter().map(|shard| shard.lock().len()).sum();
+    let parallel = shards.len() >= 2
+        && entries.saturating_mul(std::mem::size_of::<Slot>()) >= parallel_min_bytes;
+    let count_in = |first_shard: usize, step: usize| {
+        let mut counts = vec![0u64; (last - first) as usize + 1];
+        for shard in shards.iter().skip(first_shard).step_by(step) {
+            let mut table = shard.lock();
+            table.released.clear();
+            table.schedule_all(|slot| {
+                let id = segment_of(slot.location);
+                debug_assert!(
+                    (first..=last).contains(&id),
+                    "entry in unknown segment {id}"
+                );
+                if let Some(count) = id
+                    .checked_sub(first)
+                    .and_then(|i| counts.get_mut(i as usize))
+                {
+                    *count += 1;
+                }
+            });
+        }
+        counts
+    };
     let mut counts = vec![0u64; (last - first) as usize + 1];
-    for shard in index.shards() {
-        let mut table = shard.lock();
-        table.released.clear();
-        for (_, slot) in table.occupied() {
-            let id = segment_of(slot.location);
-            debug_assert!(
-                (first..=last).contains(&id),
-                "entry in unknown segment {id}"
-            );
-            if let Some(count) = id
-                .checked_sub(first)
-                .and_then(|i| counts.get_mut(i as usize))
-            {
-                *count += 1;
-            }
+    for part in checkpoint::on_shards(parallel, count_in) {
+        for (count, more) in counts.iter_mut().zip(part) {
+            *count += more;
         }
     }
     state.released.clear();
+    let mut state_counts = vec![0u64; counts.len()];
     for location in state.locations() {
-        if let Some(count) = segment_of(location)
+        if let Some(i) = segment_of(location)
             .checked_sub(first)
-            .and_then(|i| counts.get_mut(i as usize))
+            .filter(|&i| (i as usize) < counts.len())
         {
-            *count += 1;
+            counts[i as usize] += 1;
+            state_counts[i as usize] += 1;
         }
     }
     for (id, stats) in segment_stats.iter_mut() {
         stats.live = counts[(id - first) as usize];
+        stats.state_live = state_counts[(id - first) as usize];
     }
 }
 
@@ -770,14 +855,15 @@ pub(crate) fn check_header(
 
 /// The file's bytes from `start` on, at their offsets; the prefix before `start` is zeroes that
 /// were never written (the allocation leaves those pages untouched).
-fn read_from(file: &SegmentFile, start: usize) -> Result<Vec<u8>> {
+fn read_from(file: &SegmentFile, start: usize, bytes: &mut Vec<u8>) -> Result<()> {
     let len = file.len()? as usize;
-    let mut bytes = vec![0u8; len];
+    bytes.clear();
+    bytes.resize(len, 0);
     if start < len {
         let got = file.read_at(&mut bytes[start..], start as u64)?;
         bytes.truncate(start + got);
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
@@ -792,7 +878,8 @@ fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
 /// the last insert or removal of a key wins.
 #[allow(clippy::too_many_arguments)] // reason: replay's context, passed down as it is
 fn apply(
-    index: &Index,
+    tables: &mut Tables<'_>,
+    hash: KeyHash,
     state: &mut StateTables,
     earlier: &BTreeMap<u32, SegmentFile>,
     current: Option<Current<'_>>,
@@ -827,8 +914,7 @@ fn apply(
         RecordKind::Group => return Ok(()),
         _ => {}
     }
-    let hash = index.hash(record.key);
-    let mut table = index.lock(hash);
+    let table = tables.get(hash);
     let mut buf = Vec::new();
     let probe = table.probe(hash.tag, now_millis, |candidate| {
         let other = read_replayed(earlier, current, candidate.location, &mut buf)?;
@@ -857,7 +943,7 @@ fn apply(
                 expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
                 location: at,
             };
-            table.put(slot, entry, now_millis);
+            table.put_unscheduled(slot, entry, now_millis);
         }
         (RecordKind::Insert, Probe::Found(slot)) => table.remove(slot),
         // A removal hides only what was written before the removal it stands for (a copy or a
@@ -1366,6 +1452,61 @@ mod tests {
         assert_eq!(one.2, two.2);
         assert!(one.0.iter().any(Option::is_none) && one.0.iter().any(Option::is_some));
         assert_eq!(one.2 .3, 1, "the claim left open is in doubt");
+    }
+
+    #[test]
+    fn entries_recovered_from_the_checkpoint_and_the_log_are_scheduled_for_expiry_once() {
+        // Replay and the checkpoint put entries without wheel entries; the end of recovery
+        // schedules each survivor once. Short-lived keys must then leave the index when their
+        // deadline passes, by one thread and by two, whether they came from the checkpoint or
+        // the log, and superseded records leave no wheel entry behind.
+        for parallel_min in [usize::MAX, 0] {
+            let storage = SimStorage::new(12);
+            let clock = ManualClock::new();
+            let config = || {
+                config(&storage, &clock)
+                    .shard_count(8)
+                    .parallel_replay_min_bytes_for_testing(parallel_min)
+            };
+            let store = Store::open_with(DIR, config()).unwrap();
+            let short = Duration::from_secs(30);
+            for i in 0..2000 {
+                let ttl = if i % 2 == 0 { short } else { TTL };
+                store.check_or_insert(&key(i), ttl, b"v").unwrap();
+                if i == 999 {
+                    store.checkpoint().unwrap();
+                }
+            }
+            // Superseded records: removed and inserted again.
+            for i in (1..2000).step_by(10) {
+                assert!(store.remove(&key(i)).unwrap());
+                store.check_or_insert(&key(i), TTL, b"again").unwrap();
+            }
+            drop(store);
+            let store = Store::open_with(DIR, config()).unwrap();
+            let report = store.recovery_report().clone();
+            assert_eq!(report.checkpoint_ignored, None);
+            assert_eq!(report.checkpoint_entries_loaded, 1000, "{parallel_min}");
+            let stats = store.stats();
+            assert_eq!(stats.live_keys, 2000);
+            assert_eq!(stats.wheel_entries, 2000, "one wheel entry per entry");
+            clock.advance(Duration::from_secs(31));
+            store.maintain().unwrap();
+            let stats = store.stats();
+            assert_eq!(
+                stats.live_keys, 1000,
+                "the short-lived keys left: {parallel_min}"
+            );
+            assert_eq!(stats.wheel_entries, 1000);
+            for i in 0..2000 {
+                let want = match i {
+                    _ if i % 2 == 0 => None,
+                    _ if i % 10 == 1 => Some(&b"again"[..]),
+                    _ => Some(&b"v"[..]),
+                };
+                assert_eq!(store.get(&key(i)).unwrap().as_deref(), want, "key {i}");
+            }
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Shared {
     /// Hands the locations of state records that stopped being live to the log's live counts.
     pub(crate) fn settle_state(&self, state: &mut StateTables) {
         if !state.released.is_empty() {
-            self.log.release(&state.released);
+            self.log.release_state(&state.released);
             state.released.clear();
         }
     }

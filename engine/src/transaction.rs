@@ -73,6 +73,65 @@ const INLINE_RECORDS: usize = 4;
 /// Released state locations a commit leaves for a later one to hand to the log.
 const RELEASE_BATCH: usize = 64;
 
+/// The bytes a transaction keeps (keys, values), back to back: inline up to [`INLINE_ARENA`]
+/// bytes, then on the heap. A copy into it is one bounds check and a `memcpy` (a `SmallVec`'s
+/// `extend_from_slice` cost several times that on the commit path).
+struct Arena {
+    inline: [u8; INLINE_ARENA],
+    len: usize,
+    /// Every byte once they outgrow `inline` (empty until then).
+    heap: Vec<u8>,
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Arena {
+            inline: [0; INLINE_ARENA],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Arena {
+    fn keep(&mut self, bytes: &[u8]) -> Span {
+        let (start, end) = (self.len, self.len + bytes.len());
+        if end <= INLINE_ARENA {
+            self.inline[start..end].copy_from_slice(bytes);
+        } else {
+            if self.heap.is_empty() {
+                self.heap.reserve(end.max(2 * INLINE_ARENA));
+                self.heap.extend_from_slice(&self.inline[..start]);
+            }
+            self.heap.extend_from_slice(bytes);
+        }
+        self.len = end;
+        start..end
+    }
+}
+
+impl std::ops::Deref for Arena {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        if self.len <= INLINE_ARENA {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+impl std::ops::DerefMut for Arena {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        if self.len <= INLINE_ARENA {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.heap
+        }
+    }
+}
+
 /// A transaction's entries of one kind, keyed by byte strings kept in the transaction's arena:
 /// no allocation per key (none at all for a few), and a lookup scans until the list outgrows
 /// [`SCAN_LIMIT`].
@@ -163,7 +222,7 @@ pub struct Transaction<'s> {
     /// Every key and value the transaction holds, back to back. Inline: a transaction of a few
     /// small records allocates nothing (the cost target of issue #11 is a few hundred
     /// nanoseconds, of which each allocation and free is a noticeable share).
-    arena: SmallVec<[u8; INLINE_ARENA]>,
+    arena: Arena,
     checks: Entries<DedupCheck>,
     /// State keys read, with the version of the entry each was read from (`None`: absent).
     reads: Entries<Option<u64>>,
@@ -191,7 +250,7 @@ impl Store {
     pub fn transaction(&self) -> Transaction<'_> {
         Transaction {
             store: self,
-            arena: SmallVec::new(),
+            arena: Arena::default(),
             checks: Entries::default(),
             reads: Entries::default(),
             writes: Entries::default(),
@@ -382,9 +441,7 @@ impl Transaction<'_> {
 
     /// Copies `bytes` into the arena.
     fn keep(&mut self, bytes: &[u8]) -> Span {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(bytes);
-        start..self.arena.len()
+        self.arena.keep(bytes)
     }
 
     /// Sets the input position of `source` at commit. Positions only move forward: a position
@@ -494,18 +551,25 @@ impl Transaction<'_> {
         let now = shared.clock.now_millis();
 
         // 1. Locks: the inserted keys' shards (ascending), then the state tables.
-        let mut shard_ids: SmallVec<[usize; INLINE_RECORDS]> =
-            inserts().map(|(_, c, _)| c.hash.shard).collect();
-        shard_ids.sort_unstable();
-        shard_ids.dedup();
-        let mut guards: SmallVec<[MutexGuard<'_, ShardTable>; INLINE_RECORDS]> = shard_ids
-            .iter()
-            .map(|&shard| shared.index.shards()[shard].lock())
-            .collect();
-        let guard_of = |hash: &KeyHash| {
-            shard_ids
+        // Pushed, not collected: `SmallVec`'s `extend` costs more than the rest of this for the
+        // usual one or two keys.
+        let mut shard_ids: SmallVec<[usize; INLINE_RECORDS]> = SmallVec::new();
+        for (_, check, _) in inserts() {
+            shard_ids.push(check.hash.shard);
+        }
+        if shard_ids.len() > 1 {
+            shard_ids.sort_unstable();
+            shard_ids.dedup();
+        }
+        let mut guards: SmallVec<[MutexGuard<'_, ShardTable>; INLINE_RECORDS]> = SmallVec::new();
+        for &shard in &shard_ids {
+            guards.push(shared.index.shards()[shard].lock());
+        }
+        let guard_of = |hash: &KeyHash| match shard_ids.len() {
+            1 => 0,
+            _ => shard_ids
                 .binary_search(&hash.shard)
-                .expect("every shard of the transaction is locked")
+                .expect("every shard of the transaction is locked"),
         };
         let mut state = shared.state.lock();
 
@@ -636,4 +700,25 @@ fn state_record<'a>(kind: RecordKind, key: &'a [u8], value: &'a [u8]) -> Record<
 
 fn conflict(reason: String) -> Error {
     Error::Conflict { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spans stay valid and bytes unchanged when the arena moves from inline to the heap, and
+    /// writes through a span land there.
+    #[test]
+    fn arena_keeps_bytes_across_the_inline_limit() {
+        let mut arena = Arena::default();
+        let pieces: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize % 13]).collect();
+        let spans: Vec<Span> = pieces.iter().map(|piece| arena.keep(piece)).collect();
+        assert!(arena.len() > INLINE_ARENA);
+        for (piece, span) in pieces.iter().zip(&spans) {
+            assert_eq!(&arena[span.clone()], &piece[..]);
+        }
+        arena[spans[3].clone()].fill(0xee);
+        assert!(arena[spans[3].clone()].iter().all(|&b| b == 0xee));
+        assert_eq!(&arena[spans[4].clone()], &pieces[4][..]);
+    }
 }

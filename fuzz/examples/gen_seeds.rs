@@ -9,7 +9,9 @@
 //! are the seeds this script wrote with build 107627b (format 1: 20-byte record headers, segment
 //! header version 1, a checkpoint of version 1), kept as they were so that the fuzz runs go on
 //! reading what an older build really wrote. The `seed-v1-*` seeds written here are format-1
-//! files made with `encode_v1_into` from what this build writes.
+//! files made with `encode_v1_into` from what this build writes. Likewise the
+//! `seed-ckpt2-real-segment-with-checkpoint*` seeds of `corpus/recover` are the checkpoint seeds
+//! this script wrote before checkpoint version 3 (16-byte entries), kept as they were.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -618,8 +618,9 @@ fn split_files(body: &[u8]) -> Vec<Vec<u8>> {
     files
 }
 
-/// Rewrites every CRC of a checkpoint (FORMAT.md layout) whose section still fits in the bytes,
-/// and its header's entry count, so that mutations of its fields are parsed deeply.
+/// Rewrites every CRC of a checkpoint (FORMAT.md layout, versions 1 to 3) whose section still
+/// fits in the bytes, and its header's entry count, so that mutations of its fields are parsed
+/// deeply.
 pub fn fix_checkpoint_crcs(bytes: &mut [u8]) {
     const HEADER_LEN: usize = 80;
     const HEADER_CRC: usize = 76;
@@ -635,6 +636,8 @@ pub fn fix_checkpoint_crcs(bytes: &mut [u8]) {
         return;
     }
     let shard_count = u32_at(bytes, 12).unwrap_or(0);
+    // Version 3 blocks hold compact entries behind a body length (FORMAT.md).
+    let compact = u32_at(bytes, 8) == Some(3);
     let segment_count = u32_at(bytes, 64).unwrap_or(0);
     let mut at = HEADER_LEN;
     let mut total = 0u64;
@@ -645,6 +648,20 @@ pub fn fix_checkpoint_crcs(bytes: &mut [u8]) {
         at = table_end + 4;
         for _ in 0..shard_count.min(1 << 16) {
             let entries = u32_at(bytes, at)?;
+            if compact {
+                // Version 3: entries, body length, then a CRC of those 8 bytes and the body.
+                let body = at + 12;
+                let end = body.checked_add(u32_at(bytes, at + 4)?)?;
+                bytes.get(body..end)?;
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&bytes[at..at + 8]);
+                hasher.update(&bytes[body..end]);
+                let crc = hasher.finalize();
+                bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+                total += entries as u64;
+                at = end;
+                continue;
+            }
             let body = at + 8;
             let end = body.checked_add(entries.checked_mul(16)?)?;
             bytes.get(body..end)?;

@@ -2,9 +2,9 @@
 //!
 //! Time is counted in ticks of the store's expiry tick (default 1 s) on the store's clock. Level 0
 //! has 256 buckets of one tick; each higher level has 64 buckets, each spanning a whole turn of
-//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the 4-byte tag of
-//! the index slot it was scheduled for: the shard table is the source of truth for deadlines, so
-//! the wheel costs 4 bytes per key.
+//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the tag of the
+//! index slot it was scheduled for, in 3 bytes (tags are 24 bits): the shard table is the source
+//! of truth for deadlines, so the wheel costs 3 bytes per key.
 //!
 //! Invariants:
 //! - Every occupied, non-dead slot has at least one entry with its tag in a bucket that will be
@@ -43,13 +43,26 @@ fn level_span(level: usize) -> u64 {
 
 /// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
 /// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
-/// wheel is 4 bytes per key only if its slack stays small). The chunk being filled sits in the
+/// wheel is 3 bytes per key only if its slack stays small). The chunk being filled sits in the
 /// bucket itself, so scheduling touches the bucket and the chunk's tail, not a list of chunks
 /// first (one dependent cache miss fewer per insert).
 #[derive(Debug, Default)]
 struct Bucket {
-    filling: Vec<u32>,
-    full: Vec<Vec<u32>>,
+    filling: Vec<Entry>,
+    full: Vec<Vec<Entry>>,
+}
+
+/// One scheduled tag: its 24 bits, little-endian.
+type Entry = [u8; 3];
+
+fn entry(tag: u32) -> Entry {
+    debug_assert!(tag < 1 << 24, "tags are 24 bits");
+    let [a, b, c, _] = tag.to_le_bytes();
+    [a, b, c]
+}
+
+fn tag_of(entry: &Entry) -> u32 {
+    u32::from_le_bytes([entry[0], entry[1], entry[2], 0])
 }
 
 const FIRST_CHUNK_ENTRIES: usize = 16;
@@ -68,7 +81,7 @@ impl Bucket {
                 self.full.push(full);
             }
         }
-        self.filling.push(tag);
+        self.filling.push(entry(tag));
     }
 
     fn is_empty(&self) -> bool {
@@ -76,12 +89,13 @@ impl Bucket {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.full.capacity() * std::mem::size_of::<Vec<u32>>()
-            + self.filling.capacity() * 4
+        let entry = std::mem::size_of::<Entry>();
+        self.full.capacity() * std::mem::size_of::<Vec<Entry>>()
+            + self.filling.capacity() * entry
             + self
                 .full
                 .iter()
-                .map(|chunk| chunk.capacity() * 4)
+                .map(|chunk| chunk.capacity() * entry)
                 .sum::<usize>()
     }
 
@@ -92,16 +106,18 @@ impl Bucket {
         let taken = full.iter().map(Vec::len).sum::<usize>() + filling.len();
         into.reserve(taken);
         for chunk in full {
-            into.extend_from_slice(&chunk);
+            into.extend(chunk.iter().map(tag_of));
         }
-        into.extend_from_slice(&filling);
+        into.extend(filling.iter().map(tag_of));
         taken
     }
 }
 
 #[derive(Debug)]
 struct Level {
-    buckets: Box<[Bucket]>,
+    /// Empty until the level's first entry: most stores use one or two levels, and a bucket
+    /// costs 48 bytes in each of the many shards.
+    buckets: Vec<Bucket>,
     entries: usize,
 }
 
@@ -132,12 +148,11 @@ pub(crate) enum BucketWork {
 
 impl ExpiryWheel {
     pub(crate) fn new(current_tick: u64) -> ExpiryWheel {
-        let level = |level: usize| Level {
-            buckets: (0..=level_mask(level)).map(|_| Bucket::default()).collect(),
-            entries: 0,
-        };
         ExpiryWheel {
-            levels: [level(0), level(1), level(2), level(3), level(4)],
+            levels: std::array::from_fn(|_| Level {
+                buckets: Vec::new(),
+                entries: 0,
+            }),
             current_tick,
             cascading: false,
         }
@@ -175,7 +190,11 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        self.levels[level].buckets[index].push(tag);
+        let buckets = &mut self.levels[level].buckets;
+        if buckets.is_empty() {
+            buckets.resize_with(level_mask(level) as usize + 1, Bucket::default);
+        }
+        buckets[index].push(tag);
         self.levels[level].entries += 1;
     }
 
@@ -237,7 +256,11 @@ impl ExpiryWheel {
         kind: BucketWork,
         work: &mut impl FnMut(&mut ExpiryWheel, u32, BucketWork),
     ) -> usize {
-        if self.levels[level].buckets[index].is_empty() {
+        if self.levels[level]
+            .buckets
+            .get(index)
+            .is_none_or(Bucket::is_empty)
+        {
             return 0;
         }
         let mut tags = Vec::new();

@@ -92,11 +92,18 @@ pub(crate) struct SegmentStats {
     pub(crate) tombstone_bytes: u64,
     /// Bytes of the segment file (header and records; 0 while unknown).
     pub(crate) bytes: u64,
-    /// Index entries that point into the segment.
+    /// Index entries, state entries and positions that point into the segment.
     pub(crate) live: u64,
+    /// The state entries and positions among `live`.
+    pub(crate) state_live: u64,
     /// The latest deadline of any record in it, rounded up to whole seconds: once the clock
     /// passes it, nothing in the segment can be live or needed.
     pub(crate) max_deadline_secs: u32,
+    /// The latest deadline of any record in it but state entries and positions (which have
+    /// none: `live` says when they stop being needed), rounded up to whole seconds: once the
+    /// clock passes it and `state_live` is 0, nothing in the segment is needed. Not kept in
+    /// checkpoints: a segment loaded from one has `max_deadline_secs` here.
+    pub(crate) max_deadline_but_state_secs: u32,
     /// The earliest deadline of any record in it (whole seconds; `u32::MAX` while empty).
     pub(crate) min_deadline_secs: u32,
 }
@@ -109,7 +116,9 @@ impl Default for SegmentStats {
             tombstone_bytes: 0,
             bytes: 0,
             live: 0,
+            state_live: 0,
             max_deadline_secs: 0,
+            max_deadline_but_state_secs: 0,
             min_deadline_secs: u32::MAX,
         }
     }
@@ -135,6 +144,9 @@ impl SegmentStats {
         let deadline = record::deadline_secs(record.expires_at_millis);
         self.max_deadline_secs = self.max_deadline_secs.max(deadline);
         self.min_deadline_secs = self.min_deadline_secs.min(deadline);
+        if !is_state_entry(record.kind) {
+            self.max_deadline_but_state_secs = self.max_deadline_but_state_secs.max(deadline);
+        }
     }
 
     /// Counts a record just appended: as [`SegmentStats::add_record`], and live too if it is
@@ -152,6 +164,18 @@ impl SegmentStats {
         ) {
             self.live += 1;
         }
+        if is_state_entry(record.kind) {
+            self.state_live += 1;
+        }
+    }
+
+    /// Whether nothing in the segment is needed any more: every record in it has expired, or
+    /// every record but state entries and positions has, and no state entry or position points
+    /// into it (the records that replaced them must then be durable before it goes).
+    pub(crate) fn unneeded(&self, now_millis: u64) -> bool {
+        let passed = |secs: u32| u64::from(secs) * 1000 <= now_millis;
+        passed(self.max_deadline_secs)
+            || (self.state_live == 0 && passed(self.max_deadline_but_state_secs))
     }
 
     /// The share of the segment's bytes that compaction would copy: its live entries (at the
@@ -184,6 +208,15 @@ impl SegmentStats {
         let min = u64::from(self.min_deadline_secs) * 1000;
         max.saturating_sub(now_millis) > (max - min) / 2
     }
+}
+
+/// Whether records of `kind` set a state entry or a position: they have no deadline, and live
+/// until a later record replaces them.
+fn is_state_entry(kind: record::RecordKind) -> bool {
+    matches!(
+        kind,
+        record::RecordKind::StatePut | record::RecordKind::Position
+    )
 }
 
 /// A sealed segment's stats, as maintenance sees them.
@@ -848,6 +881,16 @@ impl Log {
 
     /// Lowers the live counts of the segments holding these (dropped) index entries.
     pub(crate) fn release(&self, locations: &[Location]) {
+        self.release_counts(locations, false);
+    }
+
+    /// Lowers the live counts (and live state counts) of the segments holding these state
+    /// entries' and positions' records (replaced or removed).
+    pub(crate) fn release_state(&self, locations: &[Location]) {
+        self.release_counts(locations, true);
+    }
+
+    fn release_counts(&self, locations: &[Location], state_entries: bool) {
         if locations.is_empty() {
             return;
         }
@@ -866,6 +909,10 @@ impl Log {
                     segment_of(at)
                 );
                 stats.live = stats.live.saturating_sub(1);
+                if state_entries {
+                    debug_assert!(stats.state_live > 0, "live state count underflows");
+                    stats.state_live = stats.state_live.saturating_sub(1);
+                }
             }
         }
     }
