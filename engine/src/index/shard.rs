@@ -476,8 +476,9 @@ impl ShardTable {
 
     /// Re-lays the table with at least `min_capacity` slots, dropping dead entries. Into a new
     /// slot array: reading the old one in order and writing the new one nearly in order (homes
-    /// keep the tags' order) costs about a third of re-placing the entries in place (measured:
-    /// there a displaced entry is chased to its new home, out of order).
+    /// keep the tags' order) cost about 30% less than re-placing the entries in place, where a
+    /// displaced entry is chased to its new home out of order (profile share of the rebuild on
+    /// `compare`'s idem-never-1t: 6% against 8.7%).
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
         // Sized as if every entry were live (one pass over the old array, not two); when many
         // were dead, the table is laid again at the size of what is left.
