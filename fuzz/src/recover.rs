@@ -865,6 +865,11 @@ pub struct Live {
     /// The location of its record (segment id << 32 | offset): a removal carrying an origin
     /// removes only entries located before it.
     pub location: u64,
+    /// Its record's refresh cap (0: none): a duplicate of a sliding key (cap past its
+    /// deadline) rewrites it with a later deadline, as `refresh` does.
+    pub refresh_cap_millis: u64,
+    /// Its record's fingerprint, which such a rewrite keeps.
+    pub fingerprint: Vec<u8>,
 }
 
 /// The location of the record at `offset` of segment `id`, as the index holds it.
@@ -1110,6 +1115,8 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                         claim: record.kind == RecordKind::Claim,
                         failure: record.kind == RecordKind::Failure,
                         location: at,
+                        refresh_cap_millis: record.refresh_cap_millis,
+                        fingerprint: record.fingerprint.to_vec(),
                     };
                     out.live.insert(record.key.to_vec(), entry);
                 }
@@ -1612,11 +1619,36 @@ pub fn run(data: &[u8]) {
                 matches!(got, Err(Error::RecentFailure { .. })),
                 "check_or_insert of a key with a recorded failure: {got:?}"
             ),
-            Some(live) => assert_eq!(
-                got.expect("check_or_insert of a live key"),
-                Outcome::Duplicate(idem::Value::from(&live.value[..])),
-                "check_or_insert of a live key"
-            ),
+            Some(live) => {
+                assert_eq!(
+                    got.expect("check_or_insert of a live key"),
+                    Outcome::Duplicate(idem::Value::from(&live.value[..])),
+                    "check_or_insert of a live key"
+                );
+                // A sliding key's duplicate extends it to min(now + ttl, cap) by rewriting
+                // its record (`refresh`), when that is later than its deadline.
+                let extended = (now + input.ttl_ms).min(live.refresh_cap_millis);
+                if live.refresh_cap_millis > live.expires_at_millis
+                    && extended > live.expires_at_millis
+                {
+                    let (value, fingerprint, cap) = (
+                        live.value.clone(),
+                        live.fingerprint.clone(),
+                        live.refresh_cap_millis,
+                    );
+                    let location = model.append(&Record {
+                        kind: RecordKind::Insert,
+                        key,
+                        value: &value,
+                        expires_at_millis: extended,
+                        fingerprint: &fingerprint,
+                        refresh_cap_millis: cap,
+                    });
+                    let entry = model.live.get_mut(key).expect("the live key");
+                    entry.expires_at_millis = extended;
+                    entry.location = location;
+                }
+            }
             None => {
                 let got = got.expect("check_or_insert of an absent key");
                 assert_eq!(got, Outcome::Inserted, "check_or_insert of an absent key");
@@ -1637,6 +1669,8 @@ pub fn run(data: &[u8]) {
                         claim: false,
                         failure: false,
                         location,
+                        refresh_cap_millis: 0,
+                        fingerprint: Vec::new(),
                     },
                 );
             }
