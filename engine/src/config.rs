@@ -123,9 +123,7 @@ impl Config {
     }
 
     /// Sets the number of index shards (rounded up to a power of two, 1 to 65536; default 256).
-    /// More shards mean less lock contention and a finer resize granularity. A shard's table is
-    /// laid out for up to 2^24 slots (about 13 M keys); past that its probe runs lengthen, so
-    /// stores beyond 13 M keys per shard want more shards.
+    /// More shards mean less lock contention and a finer resize granularity.
     pub fn shard_count(mut self, shards: usize) -> Self {
         self.shard_count = shards.clamp(1, 1 << 16).next_power_of_two();
         self

@@ -2,9 +2,9 @@
 //!
 //! Time is counted in ticks of the store's expiry tick (default 1 s) on the store's clock. Level 0
 //! has 256 buckets of one tick; each higher level has 64 buckets, each spanning a whole turn of
-//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the tag of the
-//! index slot it was scheduled for, in 3 bytes (tags are 24 bits): the shard table is the source
-//! of truth for deadlines, so the wheel costs 3 bytes per key.
+//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the 4-byte tag of
+//! the index slot it was scheduled for: the shard table is the source of truth for deadlines, so
+//! the wheel costs 4 bytes per key.
 //!
 //! Invariants:
 //! - Every occupied, non-dead slot has at least one entry with its tag in a bucket that will be
@@ -43,26 +43,13 @@ fn level_span(level: usize) -> u64 {
 
 /// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
 /// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
-/// wheel is 3 bytes per key only if its slack stays small). The chunk being filled sits in the
+/// wheel is 4 bytes per key only if its slack stays small). The chunk being filled sits in the
 /// bucket itself, so scheduling touches the bucket and the chunk's tail, not a list of chunks
 /// first (one dependent cache miss fewer per insert).
 #[derive(Debug, Default)]
 struct Bucket {
-    filling: Vec<Entry>,
-    full: Vec<Vec<Entry>>,
-}
-
-/// One scheduled tag: its 24 bits, little-endian.
-type Entry = [u8; 3];
-
-fn entry(tag: u32) -> Entry {
-    debug_assert!(tag < 1 << 24, "tags are 24 bits");
-    let [a, b, c, _] = tag.to_le_bytes();
-    [a, b, c]
-}
-
-fn tag_of(entry: &Entry) -> u32 {
-    u32::from_le_bytes([entry[0], entry[1], entry[2], 0])
+    filling: Vec<u32>,
+    full: Vec<Vec<u32>>,
 }
 
 const FIRST_CHUNK_ENTRIES: usize = 16;
@@ -81,7 +68,7 @@ impl Bucket {
                 self.full.push(full);
             }
         }
-        self.filling.push(entry(tag));
+        self.filling.push(tag);
     }
 
     fn is_empty(&self) -> bool {
@@ -89,13 +76,12 @@ impl Bucket {
     }
 
     fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<Entry>();
-        self.full.capacity() * std::mem::size_of::<Vec<Entry>>()
-            + self.filling.capacity() * entry
+        self.full.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.filling.capacity() * 4
             + self
                 .full
                 .iter()
-                .map(|chunk| chunk.capacity() * entry)
+                .map(|chunk| chunk.capacity() * 4)
                 .sum::<usize>()
     }
 
@@ -106,18 +92,16 @@ impl Bucket {
         let taken = full.iter().map(Vec::len).sum::<usize>() + filling.len();
         into.reserve(taken);
         for chunk in full {
-            into.extend(chunk.iter().map(tag_of));
+            into.extend_from_slice(&chunk);
         }
-        into.extend(filling.iter().map(tag_of));
+        into.extend_from_slice(&filling);
         taken
     }
 }
 
 #[derive(Debug)]
 struct Level {
-    /// Empty until the level's first entry: most stores use one or two levels, and a bucket
-    /// costs 48 bytes in each of the many shards.
-    buckets: Vec<Bucket>,
+    buckets: Box<[Bucket]>,
     entries: usize,
 }
 
@@ -148,11 +132,12 @@ pub(crate) enum BucketWork {
 
 impl ExpiryWheel {
     pub(crate) fn new(current_tick: u64) -> ExpiryWheel {
+        let level = |level: usize| Level {
+            buckets: (0..=level_mask(level)).map(|_| Bucket::default()).collect(),
+            entries: 0,
+        };
         ExpiryWheel {
-            levels: std::array::from_fn(|_| Level {
-                buckets: Vec::new(),
-                entries: 0,
-            }),
+            levels: [level(0), level(1), level(2), level(3), level(4)],
             current_tick,
             cascading: false,
         }
@@ -190,11 +175,7 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        let buckets = &mut self.levels[level].buckets;
-        if buckets.is_empty() {
-            buckets.resize_with(level_mask(level) as usize + 1, Bucket::default);
-        }
-        buckets[index].push(tag);
+        self.levels[level].buckets[index].push(tag);
         self.levels[level].entries += 1;
     }
 
@@ -256,11 +237,7 @@ impl ExpiryWheel {
         kind: BucketWork,
         work: &mut impl FnMut(&mut ExpiryWheel, u32, BucketWork),
     ) -> usize {
-        if self.levels[level]
-            .buckets
-            .get(index)
-            .is_none_or(Bucket::is_empty)
-        {
+        if self.levels[level].buckets[index].is_empty() {
             return 0;
         }
         let mut tags = Vec::new();
