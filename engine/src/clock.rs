@@ -213,7 +213,10 @@ mod tests {
             // it. How far behind depends on how late the kernel's ticks are (a tick, or a few
             // under load): only a bound that catches a clock that does not follow at all.
             assert!(read <= after, "coarse {read} ahead of precise {after}");
-            assert!(read + 1_000 >= before, "coarse {read} far behind precise {before}");
+            assert!(
+                read + 1_000 >= before,
+                "coarse {read} far behind precise {before}"
+            );
         }
     }
 
