@@ -492,10 +492,10 @@ impl Log {
         encoded.clear();
         record::encode_into(encoded, group);
         let group_len = encoded.len();
-        for (record, offset) in records.iter().zip(locations.iter_mut()) {
-            // The record's offset in `encoded` until the lock gives the group its place.
-            *offset = encoded.len() as u64;
+        for (record, end) in records.iter().zip(locations.iter_mut()) {
+            // The record's end in `encoded` until the lock gives the group its place.
             record::encode_into(encoded, record);
+            *end = encoded.len() as u64;
         }
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
@@ -503,36 +503,21 @@ impl Log {
             self.drained.wait(&mut state);
         }
         let whole = encoded.len() as u32;
-        let (group_at, _) = self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
-        let body = &encoded[group_len..];
-        let chunk = state
-            .pending
-            .last_mut()
-            .expect("the group record was just appended");
-        debug_assert_eq!(
-            location(
-                chunk.segment_id,
-                chunk.start_offset + chunk.bytes.len() as u32
-            ),
-            group_at + group_len as u64,
-            "the body follows its group record"
+        self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
+        // The body right after its group record: `append_locked` made room for all of it.
+        let end = self.append_rest_locked(
+            &mut state,
+            records,
+            &encoded[group_len..],
+            locations,
+            group_len as u64,
         );
-        chunk.bytes.extend_from_slice(body);
-        let stats = &mut state.tail_stats;
-        for (record, offset) in records.iter().zip(locations.iter_mut()) {
-            *offset += group_at;
-            stats.add_appended(record);
-        }
-        state.tail_offset += body.len() as u32;
-        state.tail_stats.bytes = u64::from(state.tail_offset);
-        state.pending_bytes += body.len();
-        state.bytes_appended += body.len() as u64;
         let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
         drop(state);
         if wake_writer {
             self.work_ready.notify_one();
         }
-        Ok(group_at + u64::from(whole))
+        Ok(end)
     }
 
     /// With a `group` record, it goes first, placed where it and all the records fit in one
@@ -617,8 +602,8 @@ impl Log {
     }
 
     /// Appends `encoded`, the records `records` back to back, to the last pending chunk, which
-    /// must end at the tail (a record was just placed there) with room in the segment for all
-    /// of them ([`Log::fits_in_tail`]). `ends` holds each record's end offset in the caller's
+    /// must end at the tail (a record was just placed there: a batch's first, or a group's
+    /// group record) with room in the segment for all of them. `ends` holds each record's end offset in the caller's
     /// buffer, whose part `encoded` starts at `base`; each becomes the record's location.
     /// Returns the end of the last.
     fn append_rest_locked(
