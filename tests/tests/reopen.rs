@@ -329,3 +329,50 @@ fn removed_keys_stay_removed_through_compaction() {
     let store = Store::open_with(dir.path(), config()).unwrap();
     check(&store, "after loading the checkpoint");
 }
+
+/// Batches of every size, landing at every distance from a segment's end, never make a segment
+/// larger than its size (a batch whose rest does not fit goes on in the next segment, record by
+/// record), and every item answers the same after a reopen.
+#[test]
+fn batches_near_a_segment_end_stay_within_the_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock, Durability::Never)).unwrap();
+    let (mut rng, seed) = seeded_rng("batches near a segment end");
+    let mut written = Vec::new();
+    while store.stats().bytes_appended < 4 * u64::from(SMALL_SEGMENT_BYTES) {
+        let items: Vec<(Vec<u8>, Duration, Vec<u8>)> = (0..rng.gen_range(1..400))
+            .map(|_| {
+                let i = written.len();
+                let value = vec![i as u8; rng.gen_range(0..300)];
+                written.push((key(i), value.clone()));
+                (key(i), LONG_TTL, value)
+            })
+            .collect();
+        let outcomes = store.check_or_insert_batch(&items).unwrap();
+        assert!(outcomes.iter().all(|o| *o == Outcome::Inserted));
+    }
+    store.close().unwrap();
+    let mut segments = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("segment-") && name.ends_with(".idem") {
+            segments += 1;
+            let len = entry.metadata().unwrap().len();
+            assert!(
+                len <= u64::from(SMALL_SEGMENT_BYTES),
+                "{name} is {len} bytes, over the segment size (seed {seed})"
+            );
+        }
+    }
+    assert!(segments >= 4, "{segments} segments");
+    let store = Store::open_with(dir.path(), config(&clock, Durability::Never)).unwrap();
+    for (key, value) in &written {
+        assert_eq!(
+            store.get(key).unwrap().as_deref(),
+            Some(&value[..]),
+            "seed {seed}"
+        );
+    }
+}
