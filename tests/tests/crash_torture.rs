@@ -6,8 +6,8 @@
 //! Time is the parent's: the child's `ManualClock` reads a clock file the parent advances between
 //! rounds and during them (by up to hours), so entries expire, leases end and segments (4 KiB,
 //! compacted eagerly) are compacted and deleted between and during kills; the parent also runs
-//! `maintain()` itself after moving the clock, and requires the run to have compacted and
-//! deleted segments.
+//! `maintain()` itself after moving the clock (every tenth round past everything's deadline),
+//! and requires the run to have compacted and deleted segments.
 //!
 //! The parent keeps a model of every key (absent, a value with its deadline, or a claim with its
 //! lease) and checks every answer the child reported against it as it happened. After every kill
@@ -532,6 +532,10 @@ fn open_at(dir: &Path, clock: &ManualClock) -> Result<Store, String> {
     Store::open_with(dir, config(clock, 0.9, false)).map_err(|e| format!("reopen: {e}"))
 }
 
+/// A consumer outage longer than anything the child writes lives: its TTLs (at most ten hours)
+/// and its completed claims' result TTLs (at most four times a lease of at most two hours).
+const OUTAGE_MILLIS: u64 = 12 * 3_600_000;
+
 /// How far the parent moves the clock: mostly not or by seconds, sometimes minutes to hours.
 fn advance(rng: &mut StdRng) -> u64 {
     match rng.gen_range(0..100) {
@@ -922,9 +926,13 @@ fn kill9_torture_loses_nothing_acknowledged() {
 
         // Move the clock on for the next round, sometimes reclaim here at the new time (segments
         // expire whole between kills), then leave the store closed (with a checkpoint) or dropped.
-        now += advance(&mut rng);
+        // Every tenth round the consumer was down longer than anything lives, and reclaims: every
+        // sealed segment is then deleted whole, or compacted if a state entry or position points
+        // into it, whatever the random steps did (left to them, a run may delete none).
+        let outage = round % 10 == 5;
+        now += advance(&mut rng) + if outage { OUTAGE_MILLIS } else { 0 };
         clock.set_millis(now);
-        if rng.gen_bool(0.6) {
+        if outage || rng.gen_bool(0.6) {
             let report = store
                 .maintain()
                 .unwrap_or_else(|e| model.fail(format!("maintain: {e}")));
