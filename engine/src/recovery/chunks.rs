@@ -28,7 +28,7 @@ use crate::record::{Record, RecordKind};
 
 /// Records per chunk: enough that each of the default 256 shards gets a few hundred of them
 /// (its table's pages are then walked once per chunk, not once per record), few enough that a
-/// chunk (about 2.5 MiB) stays in the caches between being filled and being applied.
+/// chunk (1.5 MiB) stays in the caches between being filled and being applied.
 #[cfg(not(test))]
 pub(super) const CHUNK_RECORDS: usize = 64 << 10;
 /// Small in unit tests, so that their short segments span many chunks.
@@ -38,26 +38,27 @@ pub(super) const CHUNK_RECORDS: usize = 37;
 /// How many records of a shard ahead of its apply a record's home slot is prefetched.
 const PREFETCH_AHEAD: usize = 16;
 
-/// An index record of the segment being replayed, reduced to what applying it needs.
+/// An index record of the segment being replayed, reduced to what applying it needs (24 bytes:
+/// a chunk's records are written and read twice, and a smaller entry lets a chunk hold more).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pending {
     /// The record's offset in its segment.
     offset: u32,
-    /// Where its key lies in the segment's bytes.
-    key_start: u32,
-    key_len: u16,
-    kind: RecordKind,
     tag: u32,
     shard: u32,
-    expires_at_millis: u64,
+    key_len: u16,
+    /// Where the key starts, from the record's offset (the header's length).
+    key_from_offset: u8,
+    kind: RecordKind,
     /// For a removal: the entries located before this are removed (see
-    /// [`Record::removes_before`]).
-    removes_before: u64,
+    /// [`Record::removes_before`]); for the other kinds: the deadline, in milliseconds.
+    bound: u64,
 }
+const _: () = assert!(std::mem::size_of::<Pending>() == 24);
 
 impl Pending {
     fn key<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
-        &bytes[self.key_start as usize..][..self.key_len as usize]
+        &bytes[self.offset as usize + usize::from(self.key_from_offset)..][..self.key_len as usize]
     }
 }
 
@@ -94,13 +95,16 @@ impl Chunk {
         let key_start = record.key.as_ptr() as usize - bytes.as_ptr() as usize;
         self.records.push(Pending {
             offset: offset as u32,
-            key_start: key_start as u32,
-            key_len: record.key.len() as u16,
-            kind: record.kind,
             tag: 0,
             shard: 0,
-            expires_at_millis: record.expires_at_millis,
-            removes_before: record.removes_before(at),
+            key_len: record.key.len() as u16,
+            key_from_offset: u8::try_from(key_start - offset).expect("a header is short"),
+            kind: record.kind,
+            bound: if record.kind == RecordKind::Remove {
+                record.removes_before(at)
+            } else {
+                record.expires_at_millis
+            },
         });
     }
 
@@ -220,7 +224,8 @@ fn apply_one(
             KeyCheck::Live
         })
     })?;
-    let live = pending.expires_at_millis > now_millis;
+    // (Meaningless for a removal, which does not look at it.)
+    let live = pending.bound > now_millis;
     let mut outcome = Outcome::Applied;
     if pending.kind == RecordKind::Claim && live {
         outcome = Outcome::Claimed;
@@ -235,7 +240,7 @@ fn apply_one(
         (RecordKind::Insert, Probe::Found(slot) | Probe::Vacant(slot)) if live => {
             let entry = Slot {
                 tag: pending.tag,
-                expires_at_secs: Slot::deadline_secs(pending.expires_at_millis),
+                expires_at_secs: Slot::deadline_secs(pending.bound),
                 location: at,
             };
             table.put_unscheduled(slot, entry, now_millis);
@@ -244,7 +249,7 @@ fn apply_one(
         // A removal hides only what was written before the removal it stands for (a copy or a
         // completion's shadow may come after a newer record of the key).
         (RecordKind::Remove, Probe::Found(slot)) => {
-            if table.slot(slot).location < pending.removes_before {
+            if table.slot(slot).location < pending.bound {
                 table.remove(slot);
             }
         }
