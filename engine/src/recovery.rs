@@ -1394,6 +1394,47 @@ mod tests {
     }
 
     #[test]
+    fn of_two_damaged_records_met_while_applying_one_chunk_the_first_in_log_order_is_named() {
+        // Two keys' inserts in the first segment, which the checkpoint spares from replay (so
+        // no checksum of theirs is checked on open); after the checkpoint, removals of both,
+        // the key of the higher shard first. Replay applies a chunk shard by shard, so it meets
+        // the lower shard's damaged insert first; a replay in log order meets the other first,
+        // and that is the one to name.
+        let storage = SimStorage::new(9);
+        let clock = ManualClock::new();
+        let store = open(&storage, &clock).unwrap();
+        let keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+        for k in &keys {
+            store.check_or_insert(k, TTL, k).unwrap();
+        }
+        store.checkpoint().unwrap();
+        // Keys of the first segment (the first 60 records fill less than 4 KiB), in two shards.
+        let shard = |k: &[u8]| store.shared.index.hash(k).shard;
+        let (low, high) = (0..60)
+            .flat_map(|a| (0..60).map(move |b| (a, b)))
+            .find(|&(a, b)| shard(&keys[a]) < shard(&keys[b]))
+            .expect("keys in two shards");
+        assert!(store.remove(&keys[high]).unwrap());
+        assert!(store.remove(&keys[low]).unwrap());
+        drop(store);
+        let path = seg(1);
+        let mut bytes = read(&storage, &path);
+        let at = |i: usize| SEGMENT_HEADER_LEN + i * RECORD_LEN;
+        for i in [low, high] {
+            let value = at(i) + record::RECORD_HEADER_LEN + keys[i].len();
+            assert_eq!(&bytes[value..value + keys[i].len()], &keys[i][..]);
+            bytes[value] ^= 0x40;
+        }
+        write(&storage, &path, &bytes);
+        for parallel_min in [0, usize::MAX] {
+            let config =
+                config(&storage, &clock).parallel_replay_min_bytes_for_testing(parallel_min);
+            let opened = Store::open_with(DIR, config);
+            expect_corrupt(opened, &path, at(high) as u64, "checksum");
+        }
+    }
+
+    #[test]
     fn an_older_segment_cut_short_is_corrupt_also_when_a_checkpoint_spares_it_from_replay() {
         for with_checkpoint in [false, true] {
             let storage = SimStorage::new(6);
