@@ -155,3 +155,51 @@ fn a_version_1_store_replays_without_its_checkpoint() {
     assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
     assert_v1_answers(&store);
 }
+
+/// Compaction copies the live records of version-1 segments into segments of the current format,
+/// encoded again (a segment holds records of its own format only, and replay refuses a record of
+/// another: version-1 bytes copied as they are would fail the reopen), and every answer holds
+/// after, from the checkpoint and by a full replay.
+#[test]
+fn compacting_version_1_segments_encodes_their_records_in_the_current_format() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    copy_dir(&fixture(), &dir);
+    let clock = ManualClock::new();
+    let compacting = || config(&clock).compaction_live_ratio(1.0);
+    {
+        let store = Store::open_with(&dir, compacting()).unwrap();
+        let mut compacted = 0;
+        for _ in 0..8 {
+            compacted += store.maintain().unwrap().segments_compacted;
+        }
+        assert!(compacted >= 1, "{:?}", store.stats());
+        assert_v1_answers(&store);
+        store.close().unwrap();
+    }
+    let after = segment_files(&dir);
+    assert!(
+        after.keys().any(|id| *id > 3) && (1..=3).any(|id| !after.contains_key(&id)),
+        "a version-1 segment was compacted away: {:?}",
+        after.keys().collect::<Vec<_>>()
+    );
+    for (id, path) in &after {
+        if *id > 3 {
+            assert_eq!(
+                segment_version(path),
+                idem::record::FORMAT_VERSION,
+                "{}",
+                path.display()
+            );
+        }
+    }
+    assert!(idem::verify(&dir).unwrap().is_clean());
+    {
+        let store = Store::open_with(&dir, config(&clock)).unwrap();
+        assert_v1_answers(&store);
+    }
+    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
+    let store = Store::open_with(&dir, config(&clock)).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+    assert_v1_answers(&store);
+}

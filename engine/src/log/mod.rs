@@ -573,6 +573,37 @@ impl Log {
             record::encode_into(encoded, record);
             locations.push(encoded.len() as u64);
         }
+        self.place_many_encoded(records, encoded, locations, group, group_len)
+    }
+
+    /// Appends records already encoded in the current format, their bytes taken as they are
+    /// (compaction's copies of records it read and checked: a record's checksum does not cover
+    /// its location, so its bytes are valid anywhere). `encoded` holds `records` back to back
+    /// and `locations` each one's end offset in it; each becomes the record's location. As
+    /// [`Log::append_many`] otherwise.
+    pub(crate) fn append_many_preencoded(
+        &self,
+        records: &[Record<'_>],
+        encoded: &[u8],
+        locations: &mut [Location],
+    ) -> Result<Option<Location>> {
+        debug_assert_eq!(records.len(), locations.len(), "an end per record");
+        if records.is_empty() {
+            return Ok(None);
+        }
+        self.place_many_encoded(records, encoded, locations, None, 0)
+    }
+
+    /// The locked half of [`Log::append_many_encoded`]: `encoded` holds the group record (its
+    /// first `group_len` bytes, if any) and then `records`, whose end offsets are in `locations`.
+    fn place_many_encoded(
+        &self,
+        records: &[Record<'_>],
+        encoded: &[u8],
+        locations: &mut [Location],
+        group: Option<&Record<'_>>,
+        group_len: usize,
+    ) -> Result<Option<Location>> {
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
             self.work_ready.notify_one();
