@@ -33,6 +33,9 @@ use crate::shared::Shared;
 /// with the work of the keys in between, few enough that the lines are still cached.
 const PREFETCH_DISTANCE: usize = 12;
 
+/// A shard none of the batch's items is in.
+const NO_GUARD: u32 = u32::MAX;
+
 /// Runs the batch; `ttls` are the items' validated TTLs in milliseconds.
 pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     shared: &Shared,
@@ -45,20 +48,23 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         .iter()
         .map(|(key, _, _)| shared.index.hash(key.as_ref()))
         .collect();
-    let mut shard_ids: Vec<usize> = hashes.iter().map(|hash| hash.shard).collect();
-    shard_ids.sort_unstable();
-    shard_ids.dedup();
-    let mut guards: Vec<MutexGuard<'_, ShardTable>> = shard_ids
-        .iter()
-        .map(|&shard| shared.index.shards()[shard].lock())
-        .collect();
+    // The batch's shards, locked in ascending order; each item's guard found by a table over
+    // all shards (linear in items + shards: sorting the items' shards cost more than a probe).
+    let shards = shared.index.shards();
+    let mut guard_of_shard = vec![NO_GUARD; shards.len()];
+    for hash in &hashes {
+        guard_of_shard[hash.shard] = 0;
+    }
+    let mut guards: Vec<MutexGuard<'_, ShardTable>> = Vec::new();
+    for (shard, guard) in guard_of_shard.iter_mut().enumerate() {
+        if *guard != NO_GUARD {
+            *guard = guards.len() as u32;
+            guards.push(shards[shard].lock());
+        }
+    }
     let guard_of: Vec<usize> = hashes
         .iter()
-        .map(|hash| {
-            shard_ids
-                .binary_search(&hash.shard)
-                .expect("every shard of the batch is locked")
-        })
+        .map(|hash| guard_of_shard[hash.shard] as usize)
         .collect();
 
     // Phase 1: decide every item.

@@ -513,14 +513,6 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-/// The key of the record at the start of `bytes` and the record's length, read from its header
-/// without checking the CRC (for prefetching ahead of the real decode; never for answers).
-pub(crate) fn peek_key(bytes: &[u8]) -> Option<(&[u8], usize)> {
-    let header = read_header(bytes).ok()?;
-    let key = bytes.get(header.header_len..header.header_len + header.key_len)?;
-    Some((key, header.len))
-}
-
 /// The lengths announced by a record header (either format), checked against the limits; the CRC
 /// is not checked.
 ///

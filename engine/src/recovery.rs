@@ -17,26 +17,28 @@
 //!
 //! Replay by two threads: a long stretch of a segment (`PARALLEL_REPLAY_MIN_BYTES`) is shared.
 //! The checking thread decodes and judges every record (checksums, whole groups, seals, the torn
-//! tail, the segment's stats) and applies the state records and the index records of the even
-//! shards; a helper applies those of the odd shards. Invariants: the helper never applies a
-//! record the checking thread has not judged (it reads only below the published `checked`
-//! offset); a key's records all go to one thread (its shard is fixed), so they are applied in
-//! log order; keys of different shards, and state against index records, never interact in
-//! replay; of two errors the one earlier in the log is reported, as one thread would have.
+//! tail, the segment's stats), applies the state records and gathers the index records into
+//! chunks; an applier thread applies each chunk, shard by shard, while the checker fills the
+//! next (`chunks`). Invariants: no record is applied before the checking thread has judged it; a
+//! key's records (one shard) are applied in log order; keys of different shards, and state
+//! against index records, never interact in replay; of two errors the one earlier in the log is
+//! reported, as a replay in log order would have.
 
-use std::collections::{BTreeMap, VecDeque};
+mod chunks;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::claim::registry::{claim_of, ClaimToken};
 use crate::error::{Error, Result};
-use crate::index::{Index, KeyCheck, KeyHash, Probe, ShardTable, Slot};
+use crate::index::{Index, KeyCheck, Probe, ShardTable, Slot};
 use crate::io::Storage;
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{location, offset_of, segment_of, Location, SegmentStats};
 use crate::record::{self, HeaderError, Record, RecordKind, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::state::StateTables;
+use chunks::{apply_chunk, Applied, Chunk, CHUNK_RECORDS};
 
 /// What recovery found and did, for operators and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -252,51 +254,58 @@ pub(crate) fn recover(
         // This segment's stats (those the checkpoint counted before its replay start, if any),
         // kept at hand rather than looked up in the map for every record.
         let mut stats = segment_stats.remove(&id).unwrap_or_default();
-        // Replay is bound by one cache miss per record on its key's index slot: start loading
-        // the slot of the record REPLAY_PREFETCH_DISTANCE records ahead (headers only, no CRC:
-        // a damaged record ahead just goes unprefetched, and is judged when its turn comes).
-        //
-        // A long stretch is replayed by two threads (see `Partition`): this one checks every
-        // record (checksums, groups, seals, the torn tail), keeps the segment's stats, and
-        // applies the state records and the index records of the even shards; a helper applies
-        // those of the odd shards, never past what this one has checked.
+        // Index records are applied by chunks, shard by shard (see `chunks`). A long stretch is
+        // shared by two threads: this one checks every record (checksums, groups, seals, the
+        // torn tail), keeps the segment's stats, applies the state records and fills chunks of
+        // index records; an applier applies each full chunk while this one fills the next.
         let current = Current {
             file: &file,
             start,
             bytes,
         };
-        let parallel =
-            index.shards().len() >= 2 && bytes.len().saturating_sub(offset) >= parallel_min_bytes;
-        let checked = AtomicUsize::new(offset);
-        let finished = AtomicBool::new(false);
-        let (main_outcome, helper_outcome) = std::thread::scope(|scope| {
-            let helper = parallel.then(|| {
-                let (opened, checked, finished) = (&opened, &checked, &finished);
-                let from = offset;
+        let parallel = bytes.len().saturating_sub(offset) >= parallel_min_bytes;
+        let (checked, applied) = std::thread::scope(|scope| {
+            // Two chunks in flight at most: one being applied, one waiting; spent chunks come
+            // back to be filled again.
+            let (full, to_apply) = std::sync::mpsc::sync_channel::<Chunk>(1);
+            let (spent, to_fill) = std::sync::mpsc::channel::<Chunk>();
+            let opened = &opened;
+            let applier = parallel.then(|| {
                 scope.spawn(move || {
-                    replay_odd_shards(
-                        index, opened, current, version, from, checked, finished, now_millis,
-                    )
+                    let mut tables = Tables::lock(index);
+                    let mut applied = Applied::default();
+                    for mut chunk in to_apply {
+                        apply_chunk(
+                            index,
+                            &mut tables,
+                            &mut chunk,
+                            (opened, current),
+                            now_millis,
+                            &mut applied,
+                        );
+                        // The checker may have stopped already: then the chunk is not wanted.
+                        let _ = spent.send(chunk);
+                    }
+                    applied
                 })
             });
-            let partition = if parallel {
-                Partition::Even
-            } else {
-                Partition::All
+            // Without an applier this thread applies its chunks itself.
+            let mut own = (!parallel).then(|| (Tables::lock(index), Applied::default()));
+            let mut chunk = Chunk::with_capacity(CHUNK_RECORDS);
+            let mut hand_over = |chunk: &mut Chunk| match &mut own {
+                Some((tables, applied)) => {
+                    apply_chunk(index, tables, chunk, (opened, current), now_millis, applied);
+                }
+                None => {
+                    let next = to_fill
+                        .try_recv()
+                        .unwrap_or_else(|_| Chunk::with_capacity(CHUNK_RECORDS));
+                    let filled = std::mem::replace(chunk, next);
+                    full.send(filled).expect("the applier takes every chunk");
+                }
             };
-            let mut records_since_publish = 0usize;
-            let mut tables = Tables::lock(index, partition);
-            let mut peeked = Peeked::default();
-            let main = (|| -> std::result::Result<(), (usize, Error)> {
-                let mut ahead = offset;
+            let checked = (|| -> std::result::Result<(), (usize, Error)> {
                 while offset < bytes.len() {
-                    while peeked.ring.len() < REPLAY_PREFETCH_DISTANCE {
-                        let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
-                            break;
-                        };
-                        peeked.push(ahead, key, index.hash(key), &tables);
-                        ahead += len;
-                    }
                     let at_offset = offset;
                     let fail = |error: Error| (at_offset, error);
                     match decode_replayed(&bytes[offset..], version) {
@@ -328,29 +337,27 @@ pub(crate) fn recover(
                         Ok((record, len)) => {
                             let at = location(id, offset as u32);
                             stats.add_record(&record);
-                            let hash = peeked.hash(offset, record.key, index);
-                            if partition.applies(&record, hash) {
-                                apply(
-                                    &mut tables,
-                                    hash,
+                            report.records_replayed += 1;
+                            match record.kind {
+                                RecordKind::StatePut
+                                | RecordKind::StateRemove
+                                | RecordKind::Position
+                                | RecordKind::Group => apply_state(
                                     state,
-                                    &opened,
-                                    Some(current),
+                                    opened,
+                                    current,
                                     (at, at + len as u64),
                                     &record,
-                                    now_millis,
-                                    (&mut report, &mut claim_keys),
                                 )
-                                .map_err(fail)?;
-                            } else {
-                                report.records_replayed += 1;
+                                .map_err(fail)?,
+                                _ => {
+                                    chunk.push(bytes, (at, offset), &record);
+                                    if chunk.len() == CHUNK_RECORDS {
+                                        hand_over(&mut chunk);
+                                    }
+                                }
                             }
                             offset += len;
-                            records_since_publish += 1;
-                            if records_since_publish == PUBLISH_EVERY_RECORDS {
-                                records_since_publish = 0;
-                                checked.store(offset, Ordering::Release);
-                            }
                         }
                         // The unused zeros of a prepared segment (see `log::prepare`): no
                         // record, no damage. They stay, and the log appends over them.
@@ -376,27 +383,23 @@ pub(crate) fn recover(
                 }
                 Ok(())
             })();
-            drop(tables);
-            // Whatever happened, the helper may go as far as the records checked, no further.
-            checked.store(offset, Ordering::Release);
-            finished.store(true, Ordering::Release);
-            let helper = helper.map(|helper| helper.join().expect("the replay helper panicked"));
-            (main, helper)
+            // Whatever happened, the records checked before it are applied: one of them may
+            // hold an earlier error, which a replay in log order would have met first.
+            hand_over(&mut chunk);
+            drop(full);
+            let applied = match applier {
+                Some(applier) => applier.join().expect("the replay applier panicked"),
+                None => own.map(|(_, applied)| applied).unwrap_or_default(),
+            };
+            (checked, applied)
         });
-        // The first error in log order wins, as a replay by one thread would have found it.
-        let mut first_error: Option<(usize, Error)> = main_outcome.err();
-        if let Some(helper) = helper_outcome {
-            match helper {
-                // (The checking thread counted every record replayed.)
-                Ok((skipped, claimed)) => {
-                    report.expired_records_skipped += skipped;
-                    claim_keys.extend(claimed);
-                }
-                Err((at, error)) => {
-                    if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
-                        first_error = Some((at, error));
-                    }
-                }
+        report.expired_records_skipped += applied.expired_records_skipped;
+        claim_keys.extend(applied.claim_keys);
+        // The first error in log order wins, as a replay in log order would have found it.
+        let mut first_error: Option<(usize, Error)> = checked.err();
+        if let Some((at, error)) = applied.error {
+            if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
+                first_error = Some((at, error));
             }
         }
         if let Some((_, error)) = first_error {
@@ -472,187 +475,31 @@ pub(crate) fn recover(
     })
 }
 
-/// How many records ahead replay prefetches index slots.
-const REPLAY_PREFETCH_DISTANCE: usize = 12;
-
-/// How many records the checking thread replays between two publications of how far it checked.
-const PUBLISH_EVERY_RECORDS: usize = 1024;
-
-/// The least a segment must still hold past the replay start for its replay to be shared with a
-/// helper thread by default: below it, starting the thread costs more than it saves.
+/// The least a segment must still hold past the replay start for its replay to be shared with an
+/// applier thread by default: below it, starting the thread costs more than it saves.
 pub(crate) const PARALLEL_REPLAY_MIN_BYTES: usize = 256 << 10;
 
-/// Which index records a replaying thread applies. Records of one key always go to one thread
-/// (a key's shard is fixed), so each key's records are applied in log order; keys of different
-/// shards never interact in replay, and state records (their own namespace) all stay with the
-/// checking thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Partition {
-    All,
-    Even,
-    Odd,
-}
-
-impl Partition {
-    fn takes_shard(self, shard: usize) -> bool {
-        match self {
-            Partition::All => true,
-            Partition::Even => shard.is_multiple_of(2),
-            Partition::Odd => !shard.is_multiple_of(2),
-        }
-    }
-
-    /// Whether this thread applies `record` (whose key hashes to `hash`): the state kinds and
-    /// the group record go to the checking thread (`All` or `Even`), the index kinds by their
-    /// key's shard.
-    fn applies(self, record: &Record<'_>, hash: KeyHash) -> bool {
-        if self == Partition::All {
-            return true;
-        }
-        match record.kind {
-            RecordKind::StatePut
-            | RecordKind::StateRemove
-            | RecordKind::Position
-            | RecordKind::Group => self == Partition::Even,
-            _ => self.takes_shard(hash.shard),
-        }
-    }
-}
-
-/// The shard tables a replaying thread applies records to, locked once for a whole segment
-/// rather than twice a record (the prefetch and the apply): the store is not open yet, so
-/// nothing else takes these locks, and the two replaying threads lock disjoint halves.
+/// Every shard table, locked once for a whole segment rather than once a record: the store is
+/// not open yet, so nothing else takes these locks, and one thread at a time applies index
+/// records.
 struct Tables<'a> {
-    guards: Vec<Option<parking_lot::MutexGuard<'a, ShardTable>>>,
+    guards: Vec<parking_lot::MutexGuard<'a, ShardTable>>,
 }
 
 impl<'a> Tables<'a> {
-    fn lock(index: &'a Index, partition: Partition) -> Tables<'a> {
-        let guards = index.shards().iter().enumerate();
+    fn lock(index: &'a Index) -> Tables<'a> {
         Tables {
-            guards: guards
-                .map(|(shard, table)| partition.takes_shard(shard).then(|| table.lock()))
-                .collect(),
+            guards: index.shards().iter().map(|table| table.lock()).collect(),
         }
     }
 
-    fn get(&mut self, hash: KeyHash) -> &mut ShardTable {
-        self.guards[hash.shard]
-            .as_deref_mut()
-            .expect("a record of another thread's shard")
+    fn len(&self) -> usize {
+        self.guards.len()
     }
 
-    /// Starts loading the key's home slot into the cache, if the key's shard is this thread's.
-    fn prefetch(&self, hash: KeyHash) {
-        if let Some(table) = &self.guards[hash.shard] {
-            table.prefetch(hash.tag);
-        }
+    fn shard(&mut self, shard: usize) -> &mut ShardTable {
+        &mut self.guards[shard]
     }
-}
-
-/// The records read ahead of replay (their slots prefetched), with their keys' hashes, so that
-/// each key is hashed once.
-#[derive(Default)]
-struct Peeked {
-    /// Offset, key address and length, hash; in log order.
-    ring: VecDeque<(usize, (usize, usize), KeyHash)>,
-}
-
-impl Peeked {
-    fn push(&mut self, offset: usize, key: &[u8], hash: KeyHash, tables: &Tables<'_>) {
-        tables.prefetch(hash);
-        self.ring
-            .push_back((offset, (key.as_ptr() as usize, key.len()), hash));
-    }
-
-    /// The hash of `key`, the key of the record at `offset`: the one computed when it was read
-    /// ahead if it was (the same bytes: same offset, address and length), else computed now.
-    fn hash(&mut self, offset: usize, key: &[u8], index: &Index) -> KeyHash {
-        while let Some(&(at, peeked_key, hash)) = self.ring.front() {
-            if at > offset {
-                break;
-            }
-            self.ring.pop_front();
-            if at == offset && peeked_key == (key.as_ptr() as usize, key.len()) {
-                return hash;
-            }
-        }
-        index.hash(key)
-    }
-}
-
-/// What the helper of a shared replay reports: the expired records it skipped, and the keys of
-/// the claims it replayed.
-type HelperReplayed = (u64, Vec<Box<[u8]>>);
-
-/// The helper's half of a shared replay (see the segment loop in [`recover`]): applies the index
-/// records of the odd shards from `from`, never past `checked` (what the checking thread has
-/// decoded and judged), until `finished` says `checked` is final. Returns the expired records it
-/// skipped and the claimed keys it saw, or the first error with the offset of its record.
-#[allow(clippy::too_many_arguments)]
-fn replay_odd_shards(
-    index: &Index,
-    opened: &BTreeMap<u32, SegmentFile>,
-    current: Current<'_>,
-    version: u32,
-    from: usize,
-    checked: &AtomicUsize,
-    finished: &AtomicBool,
-    now_millis: u64,
-) -> std::result::Result<HelperReplayed, (usize, Error)> {
-    let bytes = current.bytes;
-    let id = current.file.id;
-    let mut report = RecoveryReport::default();
-    let mut claim_keys = Vec::new();
-    let mut no_state = StateTables::default();
-    let mut offset = from;
-    let mut ahead = from;
-    let mut tables = Tables::lock(index, Partition::Odd);
-    let mut peeked = Peeked::default();
-    loop {
-        let is_final = finished.load(Ordering::Acquire);
-        let limit = checked.load(Ordering::Acquire);
-        if offset >= limit {
-            if is_final {
-                break;
-            }
-            // Caught up: sleep rather than spin, which would take the core's execution units
-            // from the checking thread where the two share a core (SMT siblings).
-            std::thread::sleep(std::time::Duration::from_micros(50));
-            continue;
-        }
-        while offset < limit {
-            // Prefetch the odd shards' slots a few records ahead, within what was checked.
-            while ahead < limit && peeked.ring.len() < REPLAY_PREFETCH_DISTANCE {
-                let Some((key, len)) = bytes.get(ahead..).and_then(record::peek_key) else {
-                    break;
-                };
-                peeked.push(ahead, key, index.hash(key), &tables);
-                ahead += len;
-            }
-            let (record, len) = decode_replayed(&bytes[offset..], version)
-                .expect("the checking thread decoded this record");
-            let hash = peeked.hash(offset, record.key, index);
-            if Partition::Odd.applies(&record, hash) {
-                let at = location(id, offset as u32);
-                apply(
-                    &mut tables,
-                    hash,
-                    &mut no_state,
-                    opened,
-                    Some(current),
-                    (at, at + len as u64),
-                    &record,
-                    now_millis,
-                    (&mut report, &mut claim_keys),
-                )
-                .map_err(|error| (offset, error))?;
-            }
-            offset += len;
-            ahead = ahead.max(offset);
-        }
-    }
-    Ok((report.expired_records_skipped, claim_keys))
 }
 
 /// The claims that are still their key's live entry after replay, among the keys claimed in the
@@ -853,12 +700,13 @@ pub(crate) fn check_header(
     }
 }
 
-/// The file's bytes from `start` on, at their offsets; the prefix before `start` is zeroes that
-/// were never written (the allocation leaves those pages untouched).
+/// The file's bytes from `start` on, at their offsets; the prefix before `start` is zeroes.
+/// The buffer is reused from segment to segment and the read overwrites it from `start` on: only
+/// the prefix is cleared (clearing all of it again cost as much as a tenth of the read).
 fn read_from(file: &SegmentFile, start: usize, bytes: &mut Vec<u8>) -> Result<()> {
     let len = file.len()? as usize;
-    bytes.clear();
     bytes.resize(len, 0);
+    bytes[..start.min(len)].fill(0);
     if start < len {
         let got = file.read_at(&mut bytes[start..], start as u64)?;
         bytes.truncate(start + got);
@@ -874,99 +722,31 @@ fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Applies one replayed record to the index: the log order is the per-key operation order, so
-/// the last insert or removal of a key wins.
-#[allow(clippy::too_many_arguments)] // reason: replay's context, passed down as it is
-fn apply(
-    tables: &mut Tables<'_>,
-    hash: KeyHash,
+/// Applies one replayed state record (a state entry, a position, or a group's opening, whose
+/// body was checked whole before any of it was applied); index records go through `chunks`.
+fn apply_state(
     state: &mut StateTables,
     earlier: &BTreeMap<u32, SegmentFile>,
-    current: Option<Current<'_>>,
+    current: Current<'_>,
     (at, end): (Location, Location),
     record: &Record<'_>,
-    now_millis: u64,
-    (report, claim_keys): (&mut RecoveryReport, &mut Vec<Box<[u8]>>),
 ) -> Result<()> {
-    report.records_replayed += 1;
     match record.kind {
-        RecordKind::StatePut => {
-            state.put(record.key, record.value, at, end);
-            return Ok(());
-        }
-        RecordKind::StateRemove => {
-            state.remove(record.key, record.removes_before(at), end);
-            return Ok(());
-        }
+        RecordKind::StatePut => state.put(record.key, record.value, at, end),
+        RecordKind::StateRemove => state.remove(record.key, record.removes_before(at), end),
         RecordKind::Position => {
             let position = record::position_value(record).ok_or_else(|| {
                 corrupt_at(
                     earlier,
-                    current,
+                    Some(current),
                     at,
                     "a position record without an 8-byte value",
                 )
             })?;
             state.set_position(record.key, position, at, end);
-            return Ok(());
         }
-        // The group was checked whole before its first record was applied.
-        RecordKind::Group => return Ok(()),
-        _ => {}
-    }
-    let table = tables.get(hash);
-    let mut buf = Vec::new();
-    let probe = table.probe(hash.tag, now_millis, |candidate| {
-        let other = read_replayed(earlier, current, candidate.location, &mut buf)?;
-        Ok::<_, Error>(if other.key != record.key {
-            KeyCheck::Other
-        } else if other.expires_at_millis <= now_millis {
-            KeyCheck::Expired
-        } else {
-            KeyCheck::Live
-        })
-    })?;
-    let live = record.expires_at_millis > now_millis;
-    if record.kind == RecordKind::Claim && live {
-        claim_keys.push(record.key.into());
-    }
-    let kind = match record.kind {
-        // A claim occupies its key like an insert until its lease ends, a failure until its
-        // back-off ends.
-        RecordKind::Claim | RecordKind::Failure => RecordKind::Insert,
-        kind => kind,
-    };
-    match (kind, probe) {
-        (RecordKind::Insert, Probe::Found(slot) | Probe::Vacant(slot)) if live => {
-            let entry = Slot {
-                tag: hash.tag,
-                expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
-                location: at,
-            };
-            table.put_unscheduled(slot, entry, now_millis);
-        }
-        (RecordKind::Insert, Probe::Found(slot)) => table.remove(slot),
-        // A removal hides only what was written before the removal it stands for (a copy or a
-        // completion's shadow may come after a newer record of the key).
-        (RecordKind::Remove, Probe::Found(slot)) => {
-            if table.slot(slot).location < record.removes_before(at) {
-                table.remove(slot);
-            }
-        }
-        (RecordKind::Insert, Probe::Vacant(_)) => report.expired_records_skipped += 1,
-        (RecordKind::Remove, Probe::Vacant(_)) => {}
-        (
-            RecordKind::Claim
-            | RecordKind::Failure
-            | RecordKind::Seal
-            | RecordKind::StatePut
-            | RecordKind::StateRemove
-            | RecordKind::Position
-            | RecordKind::Group,
-            _,
-        ) => {
-            unreachable!("claims are applied as inserts; the other kinds were applied above")
-        }
+        RecordKind::Group => {}
+        _ => unreachable!("index records are applied by chunks"),
     }
     Ok(())
 }
@@ -1610,6 +1390,47 @@ mod tests {
             expect_corrupt(open(&storage, &clock), &path, third as u64, "checksum");
             // Nothing was cut or deleted to get past it.
             assert_eq!(read(&storage, &path), bytes);
+        }
+    }
+
+    #[test]
+    fn of_two_damaged_records_met_while_applying_one_chunk_the_first_in_log_order_is_named() {
+        // Two keys' inserts in the first segment, which the checkpoint spares from replay (so
+        // no checksum of theirs is checked on open); after the checkpoint, removals of both,
+        // the key of the higher shard first. Replay applies a chunk shard by shard, so it meets
+        // the lower shard's damaged insert first; a replay in log order meets the other first,
+        // and that is the one to name.
+        let storage = SimStorage::new(9);
+        let clock = ManualClock::new();
+        let store = open(&storage, &clock).unwrap();
+        let keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+        for k in &keys {
+            store.check_or_insert(k, TTL, k).unwrap();
+        }
+        store.checkpoint().unwrap();
+        // Keys of the first segment (the first 60 records fill less than 4 KiB), in two shards.
+        let shard = |k: &[u8]| store.shared.index.hash(k).shard;
+        let (low, high) = (0..60)
+            .flat_map(|a| (0..60).map(move |b| (a, b)))
+            .find(|&(a, b)| shard(&keys[a]) < shard(&keys[b]))
+            .expect("keys in two shards");
+        assert!(store.remove(&keys[high]).unwrap());
+        assert!(store.remove(&keys[low]).unwrap());
+        drop(store);
+        let path = seg(1);
+        let mut bytes = read(&storage, &path);
+        let at = |i: usize| SEGMENT_HEADER_LEN + i * RECORD_LEN;
+        for i in [low, high] {
+            let value = at(i) + record::RECORD_HEADER_LEN + keys[i].len();
+            assert_eq!(&bytes[value..value + keys[i].len()], &keys[i][..]);
+            bytes[value] ^= 0x40;
+        }
+        write(&storage, &path, &bytes);
+        for parallel_min in [0, usize::MAX] {
+            let config =
+                config(&storage, &clock).parallel_replay_min_bytes_for_testing(parallel_min);
+            let opened = Store::open_with(DIR, config);
+            expect_corrupt(opened, &path, at(high) as u64, "checksum");
         }
     }
 

@@ -80,15 +80,14 @@ impl Shared {
         &self,
         table: &mut ShardTable,
         hash: KeyHash,
-        key: &[u8],
-        expires_at_millis: u64,
-        value: &[u8],
+        insert: &Record<'_>,
+        encoded: &[u8],
         now: u64,
         buf: &mut Vec<u8>,
         fingerprint: Option<&[u8]>,
-        refresh: crate::refresh::Refresh,
     ) -> Result<(Result<Outcome>, Option<Location>, bool)> {
-        match self.probe(table, hash, key, now, buf)? {
+        let expires_at_millis = insert.expires_at_millis;
+        match self.probe(table, hash, insert.key, now, buf)? {
             Probe::Found(slot) => {
                 let record = record::decode(buf).expect("checked during the probe");
                 let end = self.end_of(table, slot, &record);
@@ -115,15 +114,7 @@ impl Shared {
             }
             Probe::Vacant(slot) => {
                 let late = table.late_duplicate(hash.tag, now);
-                let record = Record {
-                    kind: RecordKind::Insert,
-                    key,
-                    value,
-                    expires_at_millis,
-                    fingerprint: fingerprint.unwrap_or(&[]),
-                    refresh_cap_millis: refresh.cap_at(now),
-                };
-                let (at, end) = self.log.append(&record)?;
+                let (at, end) = self.log.append_encoded(insert, encoded)?;
                 let entry = Slot {
                     tag: hash.tag,
                     expires_at_secs: Slot::deadline_secs(expires_at_millis),

@@ -318,18 +318,29 @@ impl Store {
         let now = shared.clock.now_millis();
         let mut buf = Vec::new();
         let hash = shared.index.hash(key);
-        let mut table = shared.index.lock(hash);
-        let (answer, wait_for, late) = shared.check_or_insert_one(
-            &mut table,
-            hash,
+        let insert = crate::record::Record {
+            kind: crate::record::RecordKind::Insert,
             key,
-            now + ttl_millis,
             value,
-            now,
-            &mut buf,
-            fingerprint,
-            refresh,
-        )?;
+            expires_at_millis: now + ttl_millis,
+            fingerprint: fingerprint.unwrap_or(&[]),
+            refresh_cap_millis: refresh.cap_at(now),
+        };
+        let mut table = shared.index.lock(hash);
+        // The key's home slot is the call's one cache miss: start it, and encode the insert's
+        // record (most calls insert; a duplicate wastes the encoding) while it is on its way.
+        table.prefetch(hash.tag);
+        let (answer, wait_for, late) = crate::log::with_encoded(&insert, |encoded| {
+            shared.check_or_insert_one(
+                &mut table,
+                hash,
+                &insert,
+                encoded,
+                now,
+                &mut buf,
+                fingerprint,
+            )
+        })?;
         drop(table);
         shared.answer_when_durable(wait_for, answer.map(|outcome| (outcome, late)))
     }

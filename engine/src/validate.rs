@@ -70,5 +70,38 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<u64> {
             max_secs: MAX_TTL.as_secs(),
         });
     }
-    Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
+    // Rounded up to whole milliseconds, in 64-bit arithmetic: `as_nanos` is a u128, and its
+    // division is a call to a slow 128-bit divide on every check-or-insert. Whole seconds are
+    // whole milliseconds, so only the sub-second part rounds.
+    Ok(ttl.as_secs() * 1000 + u64::from(ttl.subsec_nanos().div_ceil(1_000_000)))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A TTL becomes whole milliseconds rounded up (a key never lives shorter than asked), the
+    /// same as dividing its nanoseconds, at the edges and at the longest TTL allowed.
+    #[test]
+    fn a_ttl_is_rounded_up_to_whole_milliseconds() {
+        let cases = [
+            (Duration::from_nanos(1), 1),
+            (Duration::from_nanos(999_999), 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_nanos(1_000_001), 2),
+            (Duration::new(3, 0), 3_000),
+            (Duration::new(3, 1), 3_001),
+            (Duration::new(59, 999_999_999), 60_000),
+            (MAX_TTL, MAX_TTL.as_secs() * 1000),
+        ];
+        for (ttl, millis) in cases {
+            assert_eq!(validate_ttl(ttl).unwrap(), millis, "{ttl:?}");
+            assert_eq!(ttl.as_nanos().div_ceil(1_000_000) as u64, millis, "{ttl:?}");
+        }
+        assert!(matches!(validate_ttl(Duration::ZERO), Err(Error::ZeroTtl)));
+        assert!(matches!(
+            validate_ttl(MAX_TTL + Duration::from_nanos(1)),
+            Err(Error::TtlTooLarge { .. })
+        ));
+    }
 }

@@ -47,6 +47,33 @@ thread_local! {
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+#[cfg(not(loom))]
+thread_local! {
+    /// Each thread's buffer for [`with_encoded`]: not `ENCODED`, which appends inside `then`
+    /// (a sliding duplicate's new record) borrow.
+    static PREPARED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `then` with `record` encoded (header, checksum and all) in a scratch buffer of this
+/// thread's, for [`Log::append_encoded`]: the single-key path encodes while the key's index
+/// slot is on its way from memory. `then` must not call `with_encoded` again (it may append).
+pub(crate) fn with_encoded<T>(record: &Record<'_>, then: impl FnOnce(&[u8]) -> T) -> T {
+    #[cfg(not(loom))]
+    return PREPARED.with(|encoded| {
+        let mut encoded = encoded.borrow_mut();
+        encoded.clear();
+        record::encode_into(&mut encoded, record);
+        then(&encoded)
+    });
+    // loom runs its threads as coroutines of one OS thread: no thread-local scratch there.
+    #[cfg(loom)]
+    {
+        let mut encoded = Vec::new();
+        record::encode_into(&mut encoded, record);
+        then(&encoded)
+    }
+}
+
 /// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
 pub(crate) type Location = u64;
 
@@ -380,7 +407,13 @@ impl Log {
         }
     }
 
-    fn append_encoded(&self, record: &Record<'_>, encoded: &[u8]) -> Result<(Location, Location)> {
+    /// [`Log::append`] of `record` already encoded (by [`with_encoded`]) as `encoded`.
+    pub(crate) fn append_encoded(
+        &self,
+        record: &Record<'_>,
+        encoded: &[u8],
+    ) -> Result<(Location, Location)> {
+        debug_assert_eq!(encoded.len(), record.encoded_len());
         let mut state = self.state.lock();
         while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
             self.work_ready.notify_one();
