@@ -4,8 +4,8 @@
 //! Layout (little-endian; spec in `engine/FORMAT.md`): a header with the hash seeds, shard count,
 //! hash mask and the log location replay starts from; a table of segments' stats; then one
 //! block per shard: entry count, body length, CRC of the body, and the entries (tag, deadline
-//! secs, location) in the compact encoding of [`blocks`] (version 3; versions 1 and 2, with
-//! 16-byte entries, are still read).
+//! secs, location) in the compact encoding of [`blocks`] (version 4; version 3, the same layout
+//! with 32-bit tags, and versions 1 and 2, with 16-byte entries, are still read).
 //!
 //! Invariants:
 //! - A checkpoint taken at log position P holds exactly the entries with location < P, and
@@ -37,11 +37,16 @@ use blocks::{EntryLayout, FIXED_ENTRY_LEN};
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";
 const CHECKPOINT_MAGIC: [u8; 8] = *b"IDEMCKPT";
-/// Version 3 encodes the shard blocks' entries compactly (about 7 bytes instead of 16); version 2
-/// added the state section (state entries and positions of transactions). Versions 1 and 2 are
-/// still read.
-const CHECKPOINT_VERSION: u32 = 3;
+/// Version 4 is version 3's layout with the index's 24-bit tags: a build that reads 3 but not 4
+/// looks keys up by 32-bit tags, would find none of a version-4 checkpoint's entries, and so
+/// must ignore it (it does: an unknown version). Version 3 encodes the shard blocks' entries
+/// compactly (about 7 bytes instead of 16); version 2 added the state section (state entries and
+/// positions of transactions). Versions 1 to 3 are still read (their 32-bit tags' low 24 bits
+/// are the index's tags).
+const CHECKPOINT_VERSION: u32 = 4;
 const CHECKPOINT_VERSION_1: u32 = 1;
+/// The first version with compact entries.
+const CHECKPOINT_VERSION_3: u32 = 3;
 const STATE_ROW_ENTRY: u8 = 1;
 const STATE_ROW_POSITION: u8 = 2;
 
@@ -464,7 +469,7 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
     }
     at += table_len + 4;
 
-    let layout = if version == CHECKPOINT_VERSION {
+    let layout = if version >= CHECKPOINT_VERSION_3 {
         EntryLayout::Compact
     } else {
         EntryLayout::Fixed
@@ -1014,11 +1019,41 @@ mod tests {
         assert_eq!(report.checkpoint_entries_loaded, written.len() as u64);
         assert_eq!(report.records_replayed, 0);
         assert_answers(&store, &keys);
-        // The next checkpoint is written in version 3.
+        // The next checkpoint is written in the current version.
         store.checkpoint().unwrap();
         drop(store);
         let rewritten = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
         assert_eq!(get_u32(&rewritten, VERSION_OFFSET), CHECKPOINT_VERSION);
+    }
+
+    /// A version-3 checkpoint, as builds with 32-bit tags wrote it, is still read: the low 24
+    /// bits of its tags are the index's tags, and every key is found without a replay.
+    #[test]
+    fn a_version_3_checkpoint_with_32_bit_tags_is_still_read() {
+        let storage = SimStorage::new(7);
+        let clock = ManualClock::new();
+        let (store, keys) = checkpointed(&storage, &clock);
+        let written = entries(&store.shared.index);
+        drop(store);
+        let mut v3 = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        assert_eq!(get_u32(&v3, VERSION_OFFSET), CHECKPOINT_VERSION);
+        rewrite_first_block(&mut v3, |slots, _| {
+            for slot in slots.iter_mut() {
+                assert!(slot.tag < 1 << 24, "tags are written in 24 bits");
+                slot.tag |= 0xAB00_0000;
+            }
+            None
+        });
+        put_u32(&mut v3, VERSION_OFFSET, 3);
+        reseal_header(&mut v3);
+        put_file(&storage, CHECKPOINT_FILE_NAME, &v3);
+        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
+        let report = store.recovery_report();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_entries_loaded, written.len() as u64);
+        assert_eq!(report.records_replayed, 0);
+        assert_answers(&store, &keys);
+        assert_eq!(entries(&store.shared.index), written);
     }
 
     fn first_entry(bytes: &[u8]) -> (usize, usize) {
@@ -1042,10 +1077,10 @@ mod tests {
             Case {
                 what: "version",
                 damage: Box::new(|b| {
-                    put_u32(b, VERSION_OFFSET, 4);
+                    put_u32(b, VERSION_OFFSET, 5);
                     reseal_header(b);
                 }),
-                reason: "version 4",
+                reason: "version 5",
                 config: same,
             },
             Case {

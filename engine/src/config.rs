@@ -123,7 +123,9 @@ impl Config {
     }
 
     /// Sets the number of index shards (rounded up to a power of two, 1 to 65536; default 256).
-    /// More shards mean less lock contention and a finer resize granularity.
+    /// More shards mean less lock contention and a finer resize granularity. A shard's table
+    /// spreads its keys over at most 2^24 slots (about 12 M keys): stores beyond 12 M keys per
+    /// shard want more shards.
     pub fn shard_count(mut self, shards: usize) -> Self {
         self.shard_count = shards.clamp(1, 1 << 16).next_power_of_two();
         self

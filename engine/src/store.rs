@@ -56,7 +56,9 @@ pub struct Stats {
     pub log_writes: u64,
     /// Bytes appended to the log since open.
     pub bytes_appended: u64,
-    /// Entries waiting in the expiry wheels (stale ones included; 4 bytes each, in `index_bytes`).
+    /// Expiry schedules waiting in the wheels (stale ones included): one per entry put. The
+    /// wheels hold a bit per block of 128 index slots per bucket in use, not memory per entry
+    /// (in `index_bytes`).
     pub wheel_entries: u64,
     /// Expired entries the wheels removed from the index since open.
     pub entries_expired: u64,

@@ -1,5 +1,6 @@
-//! The entries of a checkpoint's shard blocks: the compact encoding of version 3 and the fixed
-//! 16-byte one of versions 1 and 2 (still read), each decoded with every check a loader needs.
+//! The entries of a checkpoint's shard blocks: the compact encoding of versions 3 and 4 and the
+//! fixed 16-byte one of versions 1 and 2 (still read), each decoded with every check a loader
+//! needs.
 //!
 //! Compact entries (`engine/FORMAT.md`): a block's entries are sorted by log location; each is
 //! its tag (u32), the distance from the previous entry's location (LEB128; the first from 0)
@@ -24,7 +25,7 @@ pub(crate) const FIXED_ENTRY_LEN: usize = 16;
 pub(crate) enum EntryLayout {
     /// 16 bytes each, in slot order (checkpoint versions 1 and 2).
     Fixed,
-    /// Tag, location step and deadline step, in location order (version 3).
+    /// Tag, location step and deadline step, in location order (versions 3 and 4).
     Compact,
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Shape: a ring of `EPOCHS` Bloom filters, each covering `epoch_millis` of expiry times
 //! (`grace / (EPOCHS - 1)`, so the epochs still in the ring cover at least the grace period).
-//! An expired entry's 32-bit tag sets `HASHES` bits in the filter of the epoch its deadline falls
+//! An expired entry's 24-bit tag sets `HASHES` bits in the filter of the epoch its deadline falls
 //! in; each filter has 16 bits per key of its capacity (2 bytes per remembered key).
 //!
 //! Invariants and limits:
@@ -16,7 +16,7 @@
 //! - False positives: a key never seen is flagged with probability about
 //!   `(1 - e^(-HASHES / 16))^HASHES` per epoch in the window at full capacity (0.24% for 4
 //!   hashes), summed over the live epochs; less while epochs are partly filled. Tag collisions
-//!   (two keys with the same 32-bit tag) add 2^-32 per remembered key.
+//!   (two keys with the same 24-bit tag) add 2^-24 per remembered key.
 //! - A key may be flagged up to one epoch (`grace / (EPOCHS - 1)`) past the grace period.
 
 /// Filters in the ring.

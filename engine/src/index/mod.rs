@@ -1,14 +1,15 @@
 //! The sharded hash index: key hash → small fixed-size entry (tag, deadline, log location).
 //!
-//! The top bits of a key's hash pick the shard; each shard is a [`ShardTable`] behind its own
-//! `parking_lot` mutex, so threads working on different shards never contend. Hashing is seeded
-//! per open store (ahash), so crafted keys cannot force collisions; tests may force them with
-//! [`crate::Config::hash_mask_for_testing`].
+//! The top bits of a key's hash pick the shard, 24 lower bits are its *tag*; each shard is a
+//! [`ShardTable`] (12 bytes per slot) behind its own `parking_lot` mutex, so threads working on
+//! different shards never contend. Hashing is seeded per open store (ahash), so crafted keys
+//! cannot force collisions; tests may force them with [`crate::Config::hash_mask_for_testing`].
 //!
 //! Invariant: the index holds at most one live entry per key; a key's entry and its record are
 //! changed only under the key's shard lock, so per key the log order is the operation order.
 
 mod late;
+mod packed;
 mod shard;
 mod wheel;
 
@@ -78,8 +79,9 @@ impl Index {
         } else {
             (hash >> (64 - self.shard_bits)) as usize
         };
-        // Bits 16..48: disjoint from the shard bits for up to 65536 shards.
-        let tag = (hash >> 16) as u32;
+        // Bits 16..40: disjoint from the shard bits for up to 2^24 shards. 24 bits, because a
+        // table slot packs its tag with a 40-bit location into one word (see `shard`).
+        let tag = (hash >> 16) as u32 & packed::TAG_MASK;
         KeyHash { shard, tag }
     }
 

@@ -1,30 +1,48 @@
-//! One shard's table: open addressing with linear probing over fixed-size 16-byte slots.
+//! One shard's table: open addressing with linear probing over 12-byte packed slots.
 //!
-//! A slot holds a 32-bit tag (hash bits), the entry's deadline rounded *up* to whole seconds, and
-//! the record's log location. Keys and values live in the log, not here.
+//! A slot holds a 24-bit tag (hash bits), the entry's deadline rounded *up* to whole seconds, and
+//! the record's log location packed into 40 bits (see `packed`: a per-shard number for the 16 MiB
+//! log window, and the offset in it). Keys and values live in the log, not here. Callers see an
+//! entry as a [`Slot`], the unpacked view.
+//!
+//! The capacity is a power of two and doubles when the load passes 3/4, so an entry is moved
+//! about once over the table's growth (a denser table that grew by 5/4 moved each entry about
+//! four times, and cost the hot path more than the memory it saved). The slots are 12 bytes
+//! instead of 16, and the expiry wheel keeps a bit per block of slots instead of an entry per
+//! key (see `wheel`): 18-20 bytes per key at 10 M keys where 16-byte slots and 4-byte wheel
+//! entries took 32.
 //!
 //! Invariants:
-//! - A slot is empty iff its location is 0 (no record lives at offset 0 of a segment).
-//! - Every occupied slot is reachable from its home bucket (`tag & mask`) without crossing an
-//!   empty slot; removal uses backward-shift deletion, so there are no tombstones.
+//! - A slot is empty iff its packed word is 0 (no record lives at offset 0 of a segment, and
+//!   window number 0 is never used).
+//! - Every occupied slot is reachable from its home (`tag & mask`) without crossing an empty
+//!   slot; removal uses backward-shift deletion, so there are no tombstones (and an entry never
+//!   changes its home block by moving, which the wheel relies on).
 //! - A tag match is only a candidate: the caller compares the full key from the log.
 //! - `len` counts occupied slots and stays at most 3/4 of the capacity.
+//! - Every occupied slot holds one reference on its log window in `windows` (see `packed`).
+//! - Past 2^24 slots in one shard (about 12 M keys), homes stop spreading over the upper slots
+//!   (tags are 24 bits): still correct, with longer runs (raise [`crate::Config::shard_count`]
+//!   for stores that large).
 
 use super::late::LateMemory;
-use super::wheel::{BucketWork, ExpiryWheel};
+use super::packed::{Packed, Windows, TAG_MASK};
+use super::wheel::{BucketWork, ExpiryWheel, BLOCK_BITS, BLOCK_SLOTS};
 use crate::log::Location;
 use crate::metrics::ShardCounters;
 
-/// One index entry. 16 bytes: see the module doc.
+/// One index entry as callers see it (the table stores it packed: see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
+    /// Hash bits of the key: 24 of them (the index's hash yields tags below `1 << 24`; higher
+    /// bits are ignored).
     pub(crate) tag: u32,
     pub(crate) expires_at_secs: u32,
     pub(crate) location: Location,
 }
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 
 impl Slot {
+    /// No entry (location 0).
     pub(crate) const EMPTY: Slot = Slot {
         tag: 0,
         expires_at_secs: 0,
@@ -69,8 +87,10 @@ pub(crate) enum Probe {
 
 #[derive(Debug)]
 pub(crate) struct ShardTable {
-    slots: Box<[Slot]>,
+    slots: Box<[Packed]>,
     len: usize,
+    /// The log windows the slots' locations are packed against.
+    windows: Windows,
     wheel: ExpiryWheel,
     tick_millis: u64,
     /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
@@ -87,11 +107,20 @@ pub(crate) struct ShardTable {
 
 const MIN_CAPACITY: usize = 64;
 
+/// How many wheel entries' worth of work (the maintenance slice's unit) a fired block counts
+/// for: a block scan reads 128 slots in order, about the cost of 16 random probes.
+const BLOCK_COST: usize = 16;
+
+fn empty_slots(capacity: usize) -> Box<[Packed]> {
+    vec![Packed::EMPTY; capacity].into_boxed_slice()
+}
+
 impl ShardTable {
     pub(crate) fn new(tick_millis: u64, now_millis: u64) -> ShardTable {
         ShardTable {
-            slots: vec![Slot::EMPTY; MIN_CAPACITY].into_boxed_slice(),
+            slots: empty_slots(MIN_CAPACITY),
             len: 0,
+            windows: Windows::new(),
             wheel: ExpiryWheel::new(now_millis / tick_millis),
             tick_millis,
             released: Vec::new(),
@@ -106,6 +135,42 @@ impl ShardTable {
         self.late = (grace_millis > 0).then(|| Box::new(LateMemory::new(grace_millis, capacity)));
     }
 
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The home slot of a (24-bit) tag.
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        tag as usize & self.mask()
+    }
+
+    /// Blocks of the table (a power of two; one for a table smaller than a block).
+    #[inline]
+    fn blocks(&self) -> usize {
+        (self.slots.len() >> BLOCK_BITS).max(1)
+    }
+
+    /// The block of a (24-bit) tag's home slot.
+    #[inline]
+    fn home_block(&self, tag: u32) -> usize {
+        self.home(tag) >> BLOCK_BITS
+    }
+
+    /// The caller's view of a stored slot.
+    #[inline]
+    fn view(&self, slot: Packed) -> Slot {
+        Slot {
+            tag: slot.tag(),
+            expires_at_secs: slot.deadline_secs(),
+            location: if slot.is_empty() {
+                0
+            } else {
+                self.windows.location(slot)
+            },
+        }
+    }
+
     /// Whether a key with `tag`, about to be inserted (it has no live entry), had an entry that
     /// expired within the grace period: a dead entry of the tag still in the table, or one
     /// remembered by the late-duplicate memory. Always false when the memory is off. A tag match
@@ -114,7 +179,7 @@ impl ShardTable {
     pub(crate) fn late_duplicate(&self, tag: u32, now_millis: u64) -> bool {
         match &self.late {
             None => false,
-            Some(memory) => self.late_duplicate_in(memory, tag, now_millis),
+            Some(memory) => self.late_duplicate_in(memory, tag & TAG_MASK, now_millis),
         }
     }
 
@@ -124,18 +189,18 @@ impl ShardTable {
     fn late_duplicate_in(&self, memory: &LateMemory, tag: u32, now_millis: u64) -> bool {
         let grace = memory.grace_millis();
         let mask = self.mask();
-        let mut index = tag as usize & mask;
+        let mut index = self.home(tag);
         loop {
             let slot = self.slots[index];
             if slot.is_empty() {
                 break;
             }
             // The caller's probe found no live entry, so a slot of the tag not dead by its
-            // rounded-up deadline is the key's, expired within its last second (or, at 2^-32,
+            // rounded-up deadline is the key's, expired within its last second (or, at 2^-24,
             // another key's).
-            if slot.tag == tag
+            if slot.tag() == tag
                 && slot.is_dead(now_millis + 1000)
-                && u64::from(slot.expires_at_secs) * 1000 + grace > now_millis
+                && u64::from(slot.deadline_secs()) * 1000 + grace > now_millis
             {
                 return true;
             }
@@ -145,9 +210,13 @@ impl ShardTable {
     }
 
     /// Notes that `slot` is dropped as expired (for the late-duplicate memory).
-    fn expired(&mut self, slot: Slot, now_millis: u64) {
+    fn expired(&mut self, slot: Packed, now_millis: u64) {
         if let Some(memory) = &mut self.late {
-            memory.remember(slot.tag, u64::from(slot.expires_at_secs) * 1000, now_millis);
+            memory.remember(
+                slot.tag(),
+                u64::from(slot.deadline_secs()) * 1000,
+                now_millis,
+            );
         }
     }
 
@@ -157,24 +226,29 @@ impl ShardTable {
     }
 
     /// The wheel tick on which an entry with this slot deadline is dead.
-    fn deadline_tick(&self, slot: &Slot) -> u64 {
-        (u64::from(slot.expires_at_secs) * 1000).div_ceil(self.tick_millis)
+    fn deadline_tick(&self, deadline_secs: u32) -> u64 {
+        (u64::from(deadline_secs) * 1000).div_ceil(self.tick_millis)
     }
 
-    /// Entries waiting in the expiry wheel (stale ones included).
+    /// Schedules the expiry of a stored slot.
+    #[inline]
+    fn schedule(&mut self, slot: Packed) {
+        let deadline_tick = self.deadline_tick(slot.deadline_secs());
+        let (block, blocks) = (self.home_block(slot.tag()), self.blocks());
+        self.wheel.schedule(block, blocks, deadline_tick);
+    }
+
+    /// Expiry schedules waiting in the wheel (stale ones included).
     pub(crate) fn wheel_entries(&self) -> usize {
         self.wheel.entries()
     }
 
-    /// Bytes of memory held by the slots and the wheel.
+    /// Bytes of memory held by the slots, the window numbers and the wheel.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Slot>()
+        self.slots.len() * std::mem::size_of::<Packed>()
+            + self.windows.heap_bytes()
             + self.wheel.heap_bytes()
             + self.late.as_ref().map_or(0, |memory| memory.heap_bytes())
-    }
-
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -187,7 +261,7 @@ impl ShardTable {
     }
 
     pub(crate) fn slot(&self, index: usize) -> Slot {
-        self.slots[index]
+        self.view(self.slots[index])
     }
 
     /// Finds the live entry for a key with this `tag`, asking `check` to compare the full key of
@@ -198,8 +272,9 @@ impl ShardTable {
         now_millis: u64,
         mut check: impl FnMut(&Slot) -> Result<KeyCheck, E>,
     ) -> Result<Probe, E> {
+        let tag = tag & TAG_MASK;
         let mask = self.mask();
-        let mut index = tag as usize & mask;
+        let mut index = self.home(tag);
         let mut reusable = None;
         for _ in 0..self.slots.len() {
             let slot = self.slots[index];
@@ -208,8 +283,8 @@ impl ShardTable {
             }
             if slot.is_dead(now_millis) {
                 reusable.get_or_insert(index);
-            } else if slot.tag == tag {
-                match check(&slot)? {
+            } else if slot.tag() == tag {
+                match check(&self.view(slot))? {
                     KeyCheck::Live => return Ok(Probe::Found(index)),
                     KeyCheck::Expired => {
                         reusable.get_or_insert(index);
@@ -225,15 +300,23 @@ impl ShardTable {
     /// Puts `slot` at `index` (from [`Probe::Vacant`] or [`Probe::Found`]), growing the table if
     /// it passes the load limit. Entries dead at `now_millis` are shed when the table is rebuilt.
     pub(crate) fn put(&mut self, index: usize, slot: Slot, now_millis: u64) {
-        self.put_unscheduled(index, slot, now_millis);
-        let deadline_tick = self.deadline_tick(&slot);
-        self.wheel.schedule(slot.tag, deadline_tick);
+        let packed = self.store(index, slot, now_millis);
+        self.schedule(packed);
     }
 
     /// [`ShardTable::put`] without the expiry wheel's entry: replay puts entries this way and
     /// schedules the survivors once at the end ([`ShardTable::schedule_all`]).
     pub(crate) fn put_unscheduled(&mut self, index: usize, slot: Slot, now_millis: u64) {
+        self.store(index, slot, now_millis);
+    }
+
+    /// Puts `slot` at `index`; returns it as stored.
+    #[inline]
+    fn store(&mut self, index: usize, slot: Slot, now_millis: u64) -> Packed {
         debug_assert!(!slot.is_empty());
+        let packed = self
+            .windows
+            .pack(slot.tag, slot.expires_at_secs, slot.location);
         let previous = self.slots[index];
         if previous.is_empty() {
             self.len += 1;
@@ -241,19 +324,21 @@ impl ShardTable {
             if previous.is_dead(now_millis) {
                 self.expired(previous, now_millis);
             }
-            self.released.push(previous.location);
+            self.released.push(self.windows.location(previous));
+            self.windows.release(previous);
         }
-        self.slots[index] = slot;
+        self.slots[index] = packed;
         if self.len * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
+        packed
     }
 
     /// Puts `slot` for a key known to have no live entry (decided under this shard's lock by an
     /// earlier probe): at the first empty or dead slot of its run, with no key comparisons.
     pub(crate) fn put_new(&mut self, slot: Slot, now_millis: u64) {
         let mask = self.mask();
-        let mut index = slot.tag as usize & mask;
+        let mut index = self.home(slot.tag & TAG_MASK);
         loop {
             let current = self.slots[index];
             if current.is_empty() || current.is_dead(now_millis) {
@@ -268,7 +353,7 @@ impl ShardTable {
     /// later finds it in cache (the batch pipeline issues this several keys ahead).
     #[allow(unsafe_code)] // reason: the prefetch intrinsic; see SAFETY
     pub(crate) fn prefetch(&self, tag: u32) {
-        let home: *const Slot = &self.slots[tag as usize & self.mask()];
+        let home: *const Packed = &self.slots[self.home(tag & TAG_MASK)];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is only a hint to the cache: it never dereferences the pointer and
         // cannot fault (the pointer is into `self.slots` anyway). SSE, which provides it, is in
@@ -284,13 +369,13 @@ impl ShardTable {
     /// its segment goes, compaction drops the entries of records it did not copy.
     pub(crate) fn forget_location(&mut self, tag: u32, location: Location) -> bool {
         let mask = self.mask();
-        let mut index = tag as usize & mask;
+        let mut index = self.home(tag & TAG_MASK);
         loop {
             let slot = self.slots[index];
             if slot.is_empty() {
                 return false;
             }
-            if slot.location == location {
+            if self.windows.location(slot) == location {
                 self.remove(index);
                 return true;
             }
@@ -301,66 +386,75 @@ impl ShardTable {
     /// Points the entry at `index` to a copy of its record at `location` (compaction); the
     /// deadline is unchanged, so the wheel needs no new entry.
     pub(crate) fn relocate(&mut self, index: usize, location: Location) {
-        let slot = &mut self.slots[index];
+        let slot = self.slots[index];
         assert!(!slot.is_empty(), "relocating an empty slot");
-        self.released.push(slot.location);
-        slot.location = location;
+        self.released.push(self.windows.location(slot));
+        self.slots[index] = self.windows.repack(slot, location);
     }
 
     /// Fires the expiry wheel up to `now_millis`, removing dead entries, in a slice of about
-    /// `budget` wheel entries. Returns whether the wheel caught up and how many entries it removed.
+    /// `budget` wheel entries' worth of work. Returns whether the wheel caught up and how many
+    /// entries it removed.
     pub(crate) fn reap(&mut self, now_millis: u64, budget: usize) -> (bool, usize) {
         let to_tick = now_millis / self.tick_millis;
+        let blocks = self.blocks();
         let mut wheel = std::mem::replace(&mut self.wheel, ExpiryWheel::new(0));
         let mut removed = 0;
-        let done = wheel.advance(to_tick, budget, |wheel, tag, work| {
-            removed += self.sweep_tag(wheel, tag, work, now_millis);
+        let budget = budget.div_ceil(BLOCK_COST);
+        let done = wheel.advance(to_tick, budget, blocks, |wheel, block, work| {
+            removed += self.sweep_block(wheel, block, work, now_millis);
         });
         self.wheel = wheel;
         (done, removed)
     }
 
-    /// Handles one fired or cascaded tag: removes this tag's dead entries; on a cascade also
-    /// re-schedules its entries due within the cascaded bucket's range.
-    fn sweep_tag(
+    /// Handles one fired or cascaded block: removes the dead entries from its first slot to
+    /// the end of the run that crosses its last (entries homed in the block may sit past it);
+    /// on a cascade also re-schedules the block's entries due within the cascaded range.
+    fn sweep_block(
         &mut self,
         wheel: &mut ExpiryWheel,
-        tag: u32,
+        block: usize,
         work: BucketWork,
         now_millis: u64,
     ) -> usize {
         let mask = self.mask();
-        let mut index = tag as usize & mask;
+        let blocks = self.blocks();
+        let start = block << BLOCK_BITS;
+        let end = (start + BLOCK_SLOTS).min(self.slots.len());
+        let mut index = start;
         let mut removed = 0;
         loop {
-            let slot = self.slots[index];
+            let slot = self.slots[index & mask];
             if slot.is_empty() {
-                return removed;
+                if index >= end {
+                    return removed;
+                }
+                index += 1;
+                continue;
             }
-            if slot.tag == tag && slot.is_dead(now_millis) {
+            if slot.is_dead(now_millis) {
                 self.expired(slot, now_millis);
-                // Backward shift may move a later entry into `index`: look at it again.
-                self.remove(index);
+                // Backward shift may move a later entry into this slot: look at it again.
+                self.remove(index & mask);
                 removed += 1;
                 continue;
             }
-            if let BucketWork::Cascade { from, .. } = work {
-                let deadline_tick = self.deadline_tick(&slot);
-                // Deadlines past `to` were parked in this bucket for being beyond the wheel's
-                // reach (a rare duplicate entry for a colliding tag is harmless).
-                if slot.tag == tag && deadline_tick >= from {
-                    wheel.schedule(tag, deadline_tick);
+            if let BucketWork::Cascade { from, to } = work {
+                let deadline_tick = self.deadline_tick(slot.deadline_secs());
+                if (from..to).contains(&deadline_tick) && self.home_block(slot.tag()) == block {
+                    wheel.schedule(block, blocks, deadline_tick);
                 }
             }
-            index = (index + 1) & mask;
+            index += 1;
         }
     }
 
     /// Empties slot `index`, shifting later entries of its run back so every entry stays
     /// reachable from its home bucket.
     pub(crate) fn remove(&mut self, index: usize) {
-        assert!(!self.slots[index].is_empty(), "removing an empty slot");
-        let removed_location = self.slots[index].location;
+        let removed = self.slots[index];
+        assert!(!removed.is_empty(), "removing an empty slot");
         let mask = self.mask();
         let mut hole = index;
         let mut next = index;
@@ -370,7 +464,7 @@ impl ShardTable {
             if candidate.is_empty() {
                 break;
             }
-            let home = candidate.tag as usize & mask;
+            let home = self.home(candidate.tag());
             let distance_from_home = next.wrapping_sub(home) & mask;
             let distance_from_hole = next.wrapping_sub(hole) & mask;
             if distance_from_home >= distance_from_hole {
@@ -378,9 +472,10 @@ impl ShardTable {
                 hole = next;
             }
         }
-        self.slots[hole] = Slot::EMPTY;
+        self.slots[hole] = Packed::EMPTY;
         self.len -= 1;
-        self.released.push(removed_location);
+        self.released.push(self.windows.location(removed));
+        self.windows.release(removed);
     }
 
     /// Re-lays the table at a size fit for its live entries (dropping dead ones): doubles when
@@ -389,29 +484,35 @@ impl ShardTable {
         self.rebuild_to(0, now_millis);
     }
 
-    /// Re-lays the table with at least `min_capacity` slots, dropping dead entries.
+    /// Re-lays the table with at least `min_capacity` slots, dropping dead entries. In one pass
+    /// from the old array into the new one, sized as if every entry were live (homes keep their
+    /// order, so the new array is written in two nearly sequential streams); when many were
+    /// dead, the table is laid again at the size of what is left.
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
-        let mut live = Vec::with_capacity(self.len);
-        let mut dead = Vec::new();
-        for slot in self.slots.iter().filter(|slot| !slot.is_empty()) {
+        let capacity_for = |live: usize| {
+            (live * 2)
+                .max(min_capacity)
+                .next_power_of_two()
+                .max(MIN_CAPACITY)
+        };
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity_for(self.len)));
+        self.len = 0;
+        for &slot in old.iter() {
+            if slot.is_empty() {
+                continue;
+            }
             if slot.is_dead(now_millis) {
-                self.released.push(slot.location);
-                dead.push(*slot);
+                self.released.push(self.windows.location(slot));
+                self.expired(slot, now_millis);
+                self.windows.release(slot);
             } else {
-                live.push(*slot);
+                self.insert_unchecked(slot);
             }
         }
-        for slot in dead {
-            self.expired(slot, now_millis);
-        }
-        let capacity = (live.len() * 2)
-            .max(min_capacity)
-            .next_power_of_two()
-            .max(MIN_CAPACITY);
-        self.slots = vec![Slot::EMPTY; capacity].into_boxed_slice();
-        self.len = 0;
-        for slot in live {
-            self.insert_unchecked(slot);
+        drop(old);
+        let fitting = capacity_for(self.len);
+        if fitting < self.slots.len() {
+            self.rebuild_to(fitting, now_millis);
         }
     }
 
@@ -431,7 +532,10 @@ impl ShardTable {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
-        self.insert_unchecked(slot);
+        let packed = self
+            .windows
+            .pack(slot.tag, slot.expires_at_secs, slot.location);
+        self.insert_unchecked(packed);
     }
 
     /// Gives every occupied slot its expiry wheel entry, and shows each to `each`: the end of
@@ -442,17 +546,17 @@ impl ShardTable {
         for index in 0..self.slots.len() {
             let slot = self.slots[index];
             if !slot.is_empty() {
-                let deadline_tick = self.deadline_tick(&slot);
-                self.wheel.schedule(slot.tag, deadline_tick);
-                each(&slot);
+                self.schedule(slot);
+                each(&self.view(slot));
             }
         }
     }
 
-    /// Puts a slot known not to be in the table (rebuilds): no probe, no wheel entry.
-    fn insert_unchecked(&mut self, slot: Slot) {
+    /// Puts a slot known not to be in the table (rebuilds): no probe, no wheel entry, no new
+    /// window reference (the slot brings its own).
+    fn insert_unchecked(&mut self, slot: Packed) {
         let mask = self.mask();
-        let mut index = slot.tag as usize & mask;
+        let mut index = self.home(slot.tag());
         while !self.slots[index].is_empty() {
             index = (index + 1) & mask;
         }
@@ -467,6 +571,7 @@ impl ShardTable {
             .copied()
             .enumerate()
             .filter(|(_, slot)| !slot.is_empty())
+            .map(|(index, slot)| (index, self.view(slot)))
     }
 }
 
@@ -572,6 +677,130 @@ mod tests {
             table.capacity() <= 256,
             "dead entries shed instead of growing forever"
         );
+    }
+
+    /// The block wheel reaps every entry dead by the tick it reached, whatever the table did
+    /// since the entry was scheduled: grew, shrank (a rebuild shedding dead entries), moved
+    /// entries by backward shifts. Stale schedules never drop a live entry.
+    #[test]
+    fn the_block_wheel_reaps_every_dead_entry_across_growth_and_shrinking() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let mut table = ShardTable::new(1000, 0);
+        let mut now = 0u64;
+        let mut next_location = 1u64;
+        let mut live: HashMap<u64, u32> = HashMap::new();
+        let mut shrank = false;
+        for round in 0..80 {
+            let puts = if round % 10 == 9 {
+                6_000
+            } else {
+                rng.gen_range(0..1_500)
+            };
+            for _ in 0..puts {
+                let tag = rng.gen::<u32>() & TAG_MASK;
+                let deadline = (now / 1000) as u32 + rng.gen_range(1..600);
+                let Probe::Vacant(index) = table
+                    .probe::<()>(tag, now, |_| Ok(KeyCheck::Other))
+                    .unwrap()
+                else {
+                    panic!("no key is ever found")
+                };
+                let before = table.capacity();
+                table.put(
+                    index,
+                    Slot {
+                        tag,
+                        expires_at_secs: deadline,
+                        location: next_location,
+                    },
+                    now,
+                );
+                shrank |= table.capacity() < before;
+                live.insert(next_location, deadline);
+                next_location += 1;
+            }
+            if round == 40 {
+                // Fill the table up to its load limit with entries that die unreaped, so that a
+                // later put rebuilds it smaller with the live entries' schedules still in the
+                // wheel, made for the larger table.
+                let most: Vec<Slot> = table
+                    .occupied()
+                    .filter(|(index, _)| index % 10 != 0)
+                    .map(|(_, slot)| slot)
+                    .collect();
+                for slot in most {
+                    assert!(table.forget_location(slot.tag, slot.location));
+                    live.remove(&slot.location);
+                }
+                let filler = (now / 1000) as u32 + 1;
+                while (table.len() + 1) * 4 <= table.capacity() * 3 {
+                    let tag = rng.gen::<u32>() & TAG_MASK;
+                    table.install_unscheduled(
+                        Slot {
+                            tag,
+                            expires_at_secs: filler,
+                            location: next_location,
+                        },
+                        now,
+                    );
+                    next_location += 1;
+                }
+                now += 2_000;
+                let before = table.capacity();
+                for _ in 0..100_000 {
+                    if table.capacity() < before {
+                        break;
+                    }
+                    let tag = rng.gen::<u32>() & TAG_MASK;
+                    let deadline = (now / 1000) as u32 + rng.gen_range(1..600);
+                    let Probe::Vacant(index) = table
+                        .probe::<()>(tag, now, |_| Ok(KeyCheck::Other))
+                        .unwrap()
+                    else {
+                        panic!("no key is ever found")
+                    };
+                    let slot = Slot {
+                        tag,
+                        expires_at_secs: deadline,
+                        location: next_location,
+                    };
+                    table.put(index, slot, now);
+                    live.insert(next_location, deadline);
+                    next_location += 1;
+                }
+                assert!(table.capacity() < before, "the table shrank");
+                shrank = true;
+            }
+            // Some live entries removed by hand (backward shifts under the wheel's schedules).
+            let some: Vec<(usize, Slot)> = table.occupied().step_by(7).collect();
+            for (_, slot) in some {
+                assert!(table.forget_location(slot.tag, slot.location));
+                live.remove(&slot.location);
+            }
+            now += rng.gen_range(0..90_000);
+            if round % 3 != 2 {
+                table.reap(now, usize::MAX);
+                let reached = now / 1000;
+                for (_, slot) in table.occupied() {
+                    assert!(
+                        u64::from(slot.expires_at_secs) > reached,
+                        "round {round}: {slot:?} dead at tick {reached} but not reaped"
+                    );
+                }
+            }
+            table.released.clear();
+            live.retain(|_, deadline| u64::from(*deadline) * 1000 > now);
+            let held: std::collections::HashSet<u64> =
+                table.occupied().map(|(_, slot)| slot.location).collect();
+            for location in live.keys() {
+                assert!(
+                    held.contains(location),
+                    "round {round}: live entry {location} lost"
+                );
+            }
+        }
+        assert!(shrank, "the test must see a table shrink");
     }
 
     #[test]

@@ -1,19 +1,39 @@
-//! A hierarchical timing wheel (Varghese & Lauck) of one shard's expiry deadlines.
+//! A hierarchical timing wheel (Varghese & Lauck) of one shard's expiry deadlines, kept per
+//! *block* of the shard table rather than per entry.
 //!
 //! Time is counted in ticks of the store's expiry tick (default 1 s) on the store's clock. Level 0
 //! has 256 buckets of one tick; each higher level has 64 buckets, each spanning a whole turn of
-//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks). An entry is just the 4-byte tag of
-//! the index slot it was scheduled for: the shard table is the source of truth for deadlines, so
-//! the wheel costs 4 bytes per key.
+//! the level below (256, 16 384, 1 048 576, 67 108 864 ticks).
+//!
+//! A table block is [`BLOCK_SLOTS`] consecutive slots; an entry's *home block* is the block of
+//! its home slot. A bucket holds a bitmap of home blocks that have an entry due in the bucket's
+//! range, and a count of the schedules it took (for [`crate::Stats::wheel_entries`]). So the
+//! wheel costs a bit per block per bucket in use (about half a byte per key at 10 M keys, where
+//! a 4-byte tag per key cost 4.7 bytes with the chunks' slack), and firing a block is a
+//! sequential scan of its slots instead of one probe per tag. The shard table is the source of
+//! truth for deadlines: firing only removes entries that are dead by their own deadline.
+//!
+//! Table growth: a bucket's bitmap has as many bits as the table had blocks when the bucket was
+//! first used (`bits`, a power of two, as the table's block count always is), and a bit `i`
+//! stands for every table block `j` with `j ≡ i (mod min(bits, blocks now))`. A block's number
+//! is the tag's bits above the block bits, modulo the block count, so an entry scheduled while
+//! the table had at least `bits` blocks is found again whether the table grew or shrank since.
+//! A schedule made while the table has fewer blocks than the bitmap has bits first folds the
+//! bitmap down to that many (an OR of its halves), which keeps that condition.
 //!
 //! Invariants:
-//! - Every occupied, non-dead slot has at least one entry with its tag in a bucket that will be
-//!   reached no later than the slot's deadline tick (stale extra entries are allowed), or, for a
-//!   deadline beyond the wheel's reach, in the top level's farthest bucket, which re-schedules it
-//!   when it cascades.
-//! - A fired entry removes only slots that are *dead* (deadline passed) and carry its tag, so a
-//!   stale entry (key removed, or re-inserted with a later deadline) can never drop a live entry.
+//! - Every occupied, non-dead slot's home block is covered by a bit of a bucket that will be
+//!   reached no later than the slot's deadline tick (stale extra bits are allowed), or, for a
+//!   deadline beyond the wheel's reach, by a bit of the top level's farthest bucket, which
+//!   re-schedules it when it cascades.
+//! - A fired block removes only slots that are *dead* (deadline passed), so a stale bit (key
+//!   removed, or re-inserted with a later deadline) can never drop a live entry.
 //! - `current_tick` only grows; every deadline at or before it has been fired.
+
+/// log2 of [`BLOCK_SLOTS`].
+pub(crate) const BLOCK_BITS: u32 = 7;
+/// Slots in a table block: a fired block scans this many slots (1.5 KiB of 12-byte slots).
+pub(crate) const BLOCK_SLOTS: usize = 1 << BLOCK_BITS;
 
 /// Where one entry goes, and how to walk the levels.
 const LEVEL0_BITS: u32 = 8;
@@ -41,61 +61,81 @@ fn level_span(level: usize) -> u64 {
     1 << (level_shift(level) + if level == 0 { LEVEL0_BITS } else { LEVEL_BITS })
 }
 
-/// A bucket's tags, in chunks that double from 16 up to 1024 entries: a bucket of any size
-/// wastes at most one chunk, where one growing `Vec` would waste up to half its capacity (the
-/// wheel is 4 bytes per key only if its slack stays small). The chunk being filled sits in the
-/// bucket itself, so scheduling touches the bucket and the chunk's tail, not a list of chunks
-/// first (one dependent cache miss fewer per insert).
+/// One bucket: a bitmap of home blocks (see the module doc), empty until first used.
 #[derive(Debug, Default)]
 struct Bucket {
-    filling: Vec<u32>,
-    full: Vec<Vec<u32>>,
+    bits: Box<[u64]>,
+    /// Blocks the bitmap stands for (a power of two); 0 while the bucket is empty.
+    blocks: u32,
+    /// Schedules taken since the bucket was last drained.
+    scheduled: u32,
 }
 
-const FIRST_CHUNK_ENTRIES: usize = 16;
-const MAX_CHUNK_ENTRIES: usize = 1024;
-
 impl Bucket {
-    fn push(&mut self, tag: u32) {
-        if self.filling.len() == self.filling.capacity() {
-            let capacity = if self.filling.capacity() == 0 {
-                FIRST_CHUNK_ENTRIES
-            } else {
-                (self.filling.capacity() * 2).min(MAX_CHUNK_ENTRIES)
-            };
-            let full = std::mem::replace(&mut self.filling, Vec::with_capacity(capacity));
-            if !full.is_empty() {
-                self.full.push(full);
-            }
+    /// Marks `block` of a table of `blocks` blocks.
+    #[inline]
+    fn set(&mut self, block: usize, blocks: usize) {
+        if blocks < self.blocks as usize || self.blocks == 0 {
+            self.fit(blocks);
         }
-        self.filling.push(tag);
+        let bit = block & (self.blocks as usize - 1);
+        self.bits[bit / 64] |= 1 << (bit % 64);
+        self.scheduled = self.scheduled.saturating_add(1);
+    }
+
+    /// Gives an empty bucket a bitmap for `blocks` blocks, or folds a larger one down to them.
+    #[cold]
+    fn fit(&mut self, blocks: usize) {
+        debug_assert!(blocks.is_power_of_two());
+        let mut bits = vec![0u64; blocks.div_ceil(64)].into_boxed_slice();
+        for bit in self.set_bits() {
+            let bit = bit & (blocks - 1);
+            bits[bit / 64] |= 1 << (bit % 64);
+        }
+        self.bits = bits;
+        self.blocks = blocks as u32;
+    }
+
+    fn set_bits(&self) -> impl Iterator<Item = usize> + '_ {
+        let len = self.blocks as usize;
+        self.bits
+            .iter()
+            .enumerate()
+            .flat_map(move |(word_index, &word)| {
+                let mut word = word;
+                std::iter::from_fn(move || {
+                    if word == 0 {
+                        return None;
+                    }
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    Some(word_index * 64 + bit)
+                })
+                .filter(move |&bit| bit < len)
+            })
     }
 
     fn is_empty(&self) -> bool {
-        self.filling.is_empty() && self.full.is_empty()
+        self.blocks == 0
     }
 
     fn heap_bytes(&self) -> usize {
-        self.full.capacity() * std::mem::size_of::<Vec<u32>>()
-            + self.filling.capacity() * 4
-            + self
-                .full
-                .iter()
-                .map(|chunk| chunk.capacity() * 4)
-                .sum::<usize>()
+        self.bits.len() * 8
     }
 
-    /// Takes every tag out, into `into`, and frees the chunks.
-    fn drain_into(&mut self, into: &mut Vec<u32>) -> usize {
-        let full = std::mem::take(&mut self.full);
-        let filling = std::mem::take(&mut self.filling);
-        let taken = full.iter().map(Vec::len).sum::<usize>() + filling.len();
-        into.reserve(taken);
-        for chunk in full {
-            into.extend_from_slice(&chunk);
-        }
-        into.extend_from_slice(&filling);
-        taken
+    /// The table blocks (of `blocks`) this bucket covers, in order, each once.
+    fn blocks_to_visit(&self, blocks: usize) -> Vec<usize> {
+        let own = self.blocks as usize;
+        let mut visit: Vec<usize> = if own >= blocks {
+            self.set_bits().map(|bit| bit & (blocks - 1)).collect()
+        } else {
+            self.set_bits()
+                .flat_map(|bit| (bit..blocks).step_by(own))
+                .collect()
+        };
+        visit.sort_unstable();
+        visit.dedup();
+        visit
     }
 }
 
@@ -105,7 +145,7 @@ struct Level {
     entries: usize,
 }
 
-/// One shard's wheel. Its owner (the shard table) resolves tags to slots.
+/// One shard's wheel. Its owner (the shard table) resolves blocks to slots.
 #[derive(Debug)]
 pub(crate) struct ExpiryWheel {
     levels: [Level; LEVELS],
@@ -115,17 +155,18 @@ pub(crate) struct ExpiryWheel {
     cascading: bool,
 }
 
-/// What the wheel asks of its owner for one fired or cascaded bucket.
+/// What the wheel asks of its owner for one fired or cascaded block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BucketWork {
-    /// Remove dead slots with this tag.
+    /// Remove the dead slots of this block.
     Fire,
-    /// Re-schedule this tag's slots whose deadline tick is at or after `from` (those beyond
-    /// `to` were parked there for being beyond the wheel's reach), and remove dead ones.
+    /// Re-schedule the block's entries whose deadline tick is in `from..to`, and remove dead
+    /// ones.
     Cascade {
         /// First tick the cascaded bucket covers.
         from: u64,
-        /// One past the last tick it covers.
+        /// One past the last tick it covers; `u64::MAX` for the top level, whose farthest
+        /// bucket also holds the deadlines parked beyond the wheel's reach.
         to: u64,
     },
 }
@@ -148,11 +189,12 @@ impl ExpiryWheel {
         self.current_tick
     }
 
+    /// Schedules taken and not yet fired (stale ones included).
     pub(crate) fn entries(&self) -> usize {
         self.levels.iter().map(|level| level.entries).sum()
     }
 
-    /// Bytes of memory held by bucket storage.
+    /// Bytes of memory held by the buckets and their bitmaps.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.levels
             .iter()
@@ -161,8 +203,10 @@ impl ExpiryWheel {
             .sum()
     }
 
-    /// Schedules `tag` to be looked at on `deadline_tick` (or the next tick, if that has passed).
-    pub(crate) fn schedule(&mut self, tag: u32, deadline_tick: u64) {
+    /// Schedules `block` of a table of `blocks` blocks (a power of two) to be looked at on
+    /// `deadline_tick` (or the next tick, if that has passed).
+    #[inline]
+    pub(crate) fn schedule(&mut self, block: usize, blocks: usize, deadline_tick: u64) {
         let earliest = self.current_tick + u64::from(!self.cascading);
         let deadline = deadline_tick.max(earliest);
         // A deadline beyond the top level's reach (the clock jumped, or the wheel was not
@@ -175,18 +219,20 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        self.levels[level].buckets[index].push(tag);
+        self.levels[level].buckets[index].set(block, blocks);
         self.levels[level].entries += 1;
     }
 
-    /// Moves time forward towards `to_tick`, handing each due bucket's tags to `work`, until
-    /// `to_tick` is reached or about `budget` tags were handed out. Returns whether `to_tick` was
-    /// reached (a bucket is always finished whole, so a slice may run over `budget`).
+    /// Moves time forward towards `to_tick`, handing each due bucket's blocks (of a table of
+    /// `blocks` blocks) to `work`, until `to_tick` is reached or about `budget` blocks were handed
+    /// out. Returns whether `to_tick` was reached (a bucket is always finished whole, so a slice
+    /// may run over `budget`).
     pub(crate) fn advance(
         &mut self,
         to_tick: u64,
         budget: usize,
-        mut work: impl FnMut(&mut ExpiryWheel, u32, BucketWork),
+        blocks: usize,
+        mut work: impl FnMut(&mut ExpiryWheel, usize, BucketWork),
     ) -> bool {
         let mut handed = 0;
         while self.current_tick < to_tick {
@@ -220,12 +266,16 @@ impl ExpiryWheel {
                 let span = 1u64 << level_shift(level);
                 let cascade = BucketWork::Cascade {
                     from: tick,
-                    to: tick + span,
+                    to: if level == LEVELS - 1 {
+                        u64::MAX
+                    } else {
+                        tick + span
+                    },
                 };
-                handed += self.drain(level, index, cascade, &mut work);
+                handed += self.drain(level, index, cascade, blocks, &mut work);
             }
             let index = (tick & level_mask(0)) as usize;
-            handed += self.drain(0, index, BucketWork::Fire, &mut work);
+            handed += self.drain(0, index, BucketWork::Fire, blocks, &mut work);
         }
         true
     }
@@ -235,22 +285,22 @@ impl ExpiryWheel {
         level: usize,
         index: usize,
         kind: BucketWork,
-        work: &mut impl FnMut(&mut ExpiryWheel, u32, BucketWork),
+        blocks: usize,
+        work: &mut impl FnMut(&mut ExpiryWheel, usize, BucketWork),
     ) -> usize {
         if self.levels[level].buckets[index].is_empty() {
             return 0;
         }
-        let mut tags = Vec::new();
-        let taken = self.levels[level].buckets[index].drain_into(&mut tags);
-        self.levels[level].entries -= taken;
-        tags.sort_unstable();
-        tags.dedup();
+        let bucket = std::mem::take(&mut self.levels[level].buckets[index]);
+        self.levels[level].entries -= bucket.scheduled as usize;
+        let visit = bucket.blocks_to_visit(blocks);
+        drop(bucket);
         self.cascading = matches!(kind, BucketWork::Cascade { .. });
-        for &tag in &tags {
-            work(self, tag, kind);
+        for &block in &visit {
+            work(self, block, kind);
         }
         self.cascading = false;
-        tags.len()
+        visit.len()
     }
 }
 
@@ -259,79 +309,115 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// Drives a wheel against a model of tag → deadline: every tag is handed out (fired) exactly at
-    /// its deadline tick, never earlier, across all levels and with skipping.
+    /// Drives a wheel against a model of entries (block, deadline), with the table's block count
+    /// changing under it: every entry is seen by a fired block exactly on its deadline tick,
+    /// never earlier or later, across all levels, with skipping, growth and shrinking.
     #[test]
-    fn every_deadline_fires_on_its_tick() {
+    fn every_deadline_fires_on_its_tick_across_table_sizes() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let start = 1_000_000u64;
         let mut wheel = ExpiryWheel::new(start);
-        let mut deadlines: BTreeMap<u32, u64> = BTreeMap::new();
-        for tag in 0..5_000u32 {
-            let delta = match tag % 5 {
+        // An entry's "tag" bits above the block bits: its block is this modulo the block count.
+        let mut entries: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let sizes = [1usize, 4, 64, 1024, 16];
+        let mut blocks = 64usize;
+        for id in 0..5_000u32 {
+            let delta = match id % 5 {
                 0 => rng.gen_range(1..300),
                 1 => rng.gen_range(1..20_000),
                 2 => rng.gen_range(1..2_000_000),
                 3 => rng.gen_range(1..100_000_000),
                 _ => rng.gen_range(1..3_000_000_000),
             };
-            deadlines.insert(tag, start + delta);
-            wheel.schedule(tag, start + delta);
+            let high: u64 = rng.gen();
+            entries.insert(id, (high, start + delta));
+            if id % 1000 == 999 {
+                blocks = sizes[rng.gen_range(0..sizes.len())];
+            }
+            wheel.schedule((high % blocks as u64) as usize, blocks, start + delta);
         }
-        let mut fired: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut fired = 0;
         let mut now = start;
-        while !deadlines.is_empty() && now < start + 4_000_000_000 {
+        while !entries.is_empty() && now < start + 4_000_000_000 {
             now += rng.gen_range(1..20_000_000);
-            wheel.advance(now, usize::MAX, |wheel, tag, work| {
-                let deadline = deadlines[&tag];
-                match work {
-                    BucketWork::Fire => {
-                        assert_eq!(deadline, wheel.current_tick(), "tag {tag} fired off its tick");
-                        fired.insert(tag, wheel.current_tick());
-                    }
-                    BucketWork::Cascade { from, to } => {
-                        assert!(
-                            (from..to).contains(&deadline),
-                            "tag {tag} (deadline {deadline}) cascaded from a bucket for {from}..{to}"
-                        );
-                        wheel.schedule(tag, deadline);
+            blocks = sizes[rng.gen_range(0..sizes.len())];
+            let mut by_block: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for (&id, &(high, _)) in &entries {
+                by_block
+                    .entry((high % blocks as u64) as usize)
+                    .or_default()
+                    .push(id);
+            }
+            wheel.advance(now, usize::MAX, blocks, |wheel, block, work| {
+                let tick = wheel.current_tick();
+                for &id in by_block.get(&block).into_iter().flatten() {
+                    let Some(&(_, deadline)) = entries.get(&id) else {
+                        continue; // fired earlier in this advance
+                    };
+                    match work {
+                        BucketWork::Fire => {
+                            assert!(deadline >= tick, "entry {id} (deadline {deadline}) missed");
+                            if deadline == tick {
+                                entries.remove(&id);
+                                fired += 1;
+                            }
+                        }
+                        BucketWork::Cascade { from, to } => {
+                            if (from..to).contains(&deadline) {
+                                wheel.schedule(block, blocks, deadline);
+                            }
+                        }
                     }
                 }
             });
-            deadlines.retain(|tag, _| !fired.contains_key(tag));
         }
         assert!(
-            deadlines.is_empty(),
+            entries.is_empty(),
             "{} deadlines never fired",
-            deadlines.len()
+            entries.len()
         );
-        assert_eq!(wheel.entries(), 0);
+        assert_eq!(fired, 5_000);
     }
 
     #[test]
     fn advance_respects_the_budget_and_resumes() {
         let mut wheel = ExpiryWheel::new(0);
-        for tag in 0..1000 {
-            wheel.schedule(tag, 1 + u64::from(tag % 10));
+        for block in 0..1000 {
+            wheel.schedule(block, 1024, 1 + (block % 10) as u64);
         }
         let mut seen = 0;
         let mut slices = 0;
-        while !wheel.advance(10, 150, |_, _, _| seen += 1) {
+        while !wheel.advance(10, 150, 1024, |_, _, _| seen += 1) {
             slices += 1;
         }
         assert_eq!(seen, 1000);
         assert!(slices >= 4, "work was cut into slices");
+        assert_eq!(wheel.entries(), 0);
     }
 
     #[test]
     fn past_deadlines_fire_on_the_next_tick() {
         let mut wheel = ExpiryWheel::new(100);
-        wheel.schedule(7, 3);
+        wheel.schedule(7, 8, 3);
         let mut fired = vec![];
-        wheel.advance(101, usize::MAX, |wheel, tag, _| {
-            fired.push((tag, wheel.current_tick()))
+        wheel.advance(101, usize::MAX, 8, |wheel, block, _| {
+            fired.push((block, wheel.current_tick()))
         });
         assert_eq!(fired, vec![(7, 101)]);
+    }
+
+    /// A bucket first used by a large table and then by a small one folds its bitmap: both
+    /// entries' blocks are visited in a table of either size.
+    #[test]
+    fn bitmaps_fold_and_spread_with_the_table() {
+        let mut bucket = Bucket::default();
+        bucket.set(37, 64);
+        bucket.set(2, 4);
+        assert_eq!(bucket.blocks, 4);
+        assert_eq!(bucket.blocks_to_visit(4), vec![1, 2]);
+        assert_eq!(bucket.blocks_to_visit(16), vec![1, 2, 5, 6, 9, 10, 13, 14]);
+        assert_eq!(bucket.blocks_to_visit(1), vec![0]);
+        assert_eq!(bucket.scheduled, 2);
     }
 }
