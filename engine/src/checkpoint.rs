@@ -792,7 +792,10 @@ mod tests {
     }
 
     /// Every index entry, sorted.
-    fn entries(index: &Index) -> Vec<(u32, u32, Location)> {
+    /// An index entry as the tests compare them: tag, deadline and location.
+    type Entry = (u32, u32, Location);
+
+    fn entries(index: &Index) -> Vec<Entry> {
         let mut all: Vec<_> = index
             .shards()
             .iter()
@@ -829,6 +832,36 @@ mod tests {
 
     fn expected(keys: &[Vec<u8>], i: usize) -> Option<&[u8]> {
         (!i.is_multiple_of(7) || i / 7 >= 40).then_some(&keys[i][..])
+    }
+
+    /// A store checkpointed by [`checkpointed`], then closed: its keys, the index entries it
+    /// held, and its checkpoint file's bytes.
+    fn closed_with_checkpoint(
+        storage: &SimStorage,
+        clock: &ManualClock,
+    ) -> (Vec<Vec<u8>>, Vec<Entry>, Vec<u8>) {
+        let (store, keys) = checkpointed(storage, clock);
+        let written = entries(&store.shared.index);
+        drop(store);
+        let bytes = file(storage, CHECKPOINT_FILE_NAME).unwrap();
+        (keys, written, bytes)
+    }
+
+    /// Opens the store and requires it to have loaded all `entries` from its checkpoint and
+    /// replayed nothing, and to answer every key as [`checkpointed`] wrote it.
+    fn open_from_checkpoint_alone(
+        storage: &SimStorage,
+        clock: &ManualClock,
+        keys: &[Vec<u8>],
+        entries: usize,
+    ) -> Store {
+        let store = Store::open_with(DIR, config(storage.clone(), clock)).unwrap();
+        let report = store.recovery_report();
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_entries_loaded, entries as u64);
+        assert_eq!(report.records_replayed, 0);
+        assert_answers(&store, keys);
+        store
     }
 
     fn assert_answers(store: &Store, keys: &[Vec<u8>]) {
@@ -992,10 +1025,7 @@ mod tests {
     fn a_version_2_checkpoint_is_still_read() {
         let storage = SimStorage::new(7);
         let clock = ManualClock::new();
-        let (store, keys) = checkpointed(&storage, &clock);
-        let written = entries(&store.shared.index);
-        drop(store);
-        let v3 = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        let (keys, written, v3) = closed_with_checkpoint(&storage, &clock);
         let v2 = as_version_2(&v3);
         assert_eq!(get_u32(&v2, VERSION_OFFSET), 2);
         assert!(
@@ -1013,12 +1043,7 @@ mod tests {
         let now = crate::Clock::now_millis(&clock);
         install(&loaded, &index, &mut StateTables::default(), |_| true, now);
         assert_eq!(entries(&index), written);
-        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
-        let report = store.recovery_report();
-        assert_eq!(report.checkpoint_ignored, None);
-        assert_eq!(report.checkpoint_entries_loaded, written.len() as u64);
-        assert_eq!(report.records_replayed, 0);
-        assert_answers(&store, &keys);
+        let store = open_from_checkpoint_alone(&storage, &clock, &keys, written.len());
         // The next checkpoint is written in the current version.
         store.checkpoint().unwrap();
         drop(store);
@@ -1032,10 +1057,7 @@ mod tests {
     fn a_version_3_checkpoint_with_32_bit_tags_is_still_read() {
         let storage = SimStorage::new(7);
         let clock = ManualClock::new();
-        let (store, keys) = checkpointed(&storage, &clock);
-        let written = entries(&store.shared.index);
-        drop(store);
-        let mut v3 = file(&storage, CHECKPOINT_FILE_NAME).unwrap();
+        let (keys, written, mut v3) = closed_with_checkpoint(&storage, &clock);
         assert_eq!(get_u32(&v3, VERSION_OFFSET), CHECKPOINT_VERSION);
         rewrite_first_block(&mut v3, |slots, _| {
             for slot in slots.iter_mut() {
@@ -1047,12 +1069,7 @@ mod tests {
         put_u32(&mut v3, VERSION_OFFSET, 3);
         reseal_header(&mut v3);
         put_file(&storage, CHECKPOINT_FILE_NAME, &v3);
-        let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
-        let report = store.recovery_report();
-        assert_eq!(report.checkpoint_ignored, None);
-        assert_eq!(report.checkpoint_entries_loaded, written.len() as u64);
-        assert_eq!(report.records_replayed, 0);
-        assert_answers(&store, &keys);
+        let store = open_from_checkpoint_alone(&storage, &clock, &keys, written.len());
         assert_eq!(entries(&store.shared.index), written);
     }
 

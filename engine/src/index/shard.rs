@@ -679,6 +679,31 @@ mod tests {
         );
     }
 
+    /// Puts an entry of a random new tag at `location`, dead within ten minutes of `now`;
+    /// returns its deadline (seconds).
+    fn put_random(
+        table: &mut ShardTable,
+        rng: &mut impl rand::Rng,
+        now: u64,
+        location: u64,
+    ) -> u32 {
+        let tag = rng.gen::<u32>() & TAG_MASK;
+        let deadline = (now / 1000) as u32 + rng.gen_range(1..600);
+        let Probe::Vacant(index) = table
+            .probe::<()>(tag, now, |_| Ok(KeyCheck::Other))
+            .unwrap()
+        else {
+            panic!("no key is ever found")
+        };
+        let slot = Slot {
+            tag,
+            expires_at_secs: deadline,
+            location,
+        };
+        table.put(index, slot, now);
+        deadline
+    }
+
     /// The block wheel reaps every entry dead by the tick it reached, whatever the table did
     /// since the entry was scheduled: grew, shrank (a rebuild shedding dead entries), moved
     /// entries by backward shifts. Stale schedules never drop a live entry.
@@ -698,24 +723,8 @@ mod tests {
                 rng.gen_range(0..1_500)
             };
             for _ in 0..puts {
-                let tag = rng.gen::<u32>() & TAG_MASK;
-                let deadline = (now / 1000) as u32 + rng.gen_range(1..600);
-                let Probe::Vacant(index) = table
-                    .probe::<()>(tag, now, |_| Ok(KeyCheck::Other))
-                    .unwrap()
-                else {
-                    panic!("no key is ever found")
-                };
                 let before = table.capacity();
-                table.put(
-                    index,
-                    Slot {
-                        tag,
-                        expires_at_secs: deadline,
-                        location: next_location,
-                    },
-                    now,
-                );
+                let deadline = put_random(&mut table, &mut rng, now, next_location);
                 shrank |= table.capacity() < before;
                 live.insert(next_location, deadline);
                 next_location += 1;
@@ -752,20 +761,7 @@ mod tests {
                     if table.capacity() < before {
                         break;
                     }
-                    let tag = rng.gen::<u32>() & TAG_MASK;
-                    let deadline = (now / 1000) as u32 + rng.gen_range(1..600);
-                    let Probe::Vacant(index) = table
-                        .probe::<()>(tag, now, |_| Ok(KeyCheck::Other))
-                        .unwrap()
-                    else {
-                        panic!("no key is ever found")
-                    };
-                    let slot = Slot {
-                        tag,
-                        expires_at_secs: deadline,
-                        location: next_location,
-                    };
-                    table.put(index, slot, now);
+                    let deadline = put_random(&mut table, &mut rng, now, next_location);
                     live.insert(next_location, deadline);
                     next_location += 1;
                 }

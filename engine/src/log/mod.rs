@@ -45,33 +45,47 @@ thread_local! {
     /// Each appending thread's scratch buffer for one encoded record (reused: no allocation per
     /// append).
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-#[cfg(not(loom))]
-thread_local! {
     /// Each thread's buffer for [`with_encoded`]: not `ENCODED`, which appends inside `then`
     /// (a sliding duplicate's new record) borrow.
     static PREPARED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Which of this thread's scratch buffers to encode into (see the two thread-locals above).
+#[derive(Clone, Copy)]
+enum Scratch {
+    Append,
+    Prepared,
+}
+
+/// Runs `work` with one of this thread's scratch buffers, reused across calls (no allocation
+/// per record). Under loom, whose threads are coroutines of one OS thread, a fresh vector.
+#[inline]
+fn with_scratch<T>(scratch: Scratch, work: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    #[cfg(not(loom))]
+    {
+        let buffer = match scratch {
+            Scratch::Append => &ENCODED,
+            Scratch::Prepared => &PREPARED,
+        };
+        buffer.with(|buffer| work(&mut buffer.borrow_mut()))
+    }
+    #[cfg(loom)]
+    {
+        let _ = scratch;
+        work(&mut Vec::new())
+    }
+}
+
 /// Runs `then` with `record` encoded (header, checksum and all) in a scratch buffer of this
 /// thread's, for [`Log::append_encoded`]: the single-key path encodes while the key's index
 /// slot is on its way from memory. `then` must not call `with_encoded` again (it may append).
+#[inline]
 pub(crate) fn with_encoded<T>(record: &Record<'_>, then: impl FnOnce(&[u8]) -> T) -> T {
-    #[cfg(not(loom))]
-    return PREPARED.with(|encoded| {
-        let mut encoded = encoded.borrow_mut();
+    with_scratch(Scratch::Prepared, |encoded| {
         encoded.clear();
-        record::encode_into(&mut encoded, record);
-        then(&encoded)
-    });
-    // loom runs its threads as coroutines of one OS thread: no thread-local scratch there.
-    #[cfg(loom)]
-    {
-        let mut encoded = Vec::new();
-        record::encode_into(&mut encoded, record);
-        then(&encoded)
-    }
+        record::encode_into(encoded, record);
+        then(encoded)
+    })
 }
 
 /// Where a record starts: `segment_id << 32 | offset`. Zero is never a record's location.
@@ -391,20 +405,11 @@ impl Log {
     pub(crate) fn append(&self, record: &Record<'_>) -> Result<(Location, Location)> {
         // Encoding and the checksum do not depend on where the record goes: do them before
         // taking the log lock, which every appending thread needs, so it covers only a copy.
-        #[cfg(not(loom))]
-        return ENCODED.with(|encoded| {
-            let mut encoded = encoded.borrow_mut();
+        with_scratch(Scratch::Append, |encoded| {
             encoded.clear();
-            record::encode_into(&mut encoded, record);
-            self.append_encoded(record, &encoded)
-        });
-        // loom runs its threads as coroutines of one OS thread: no thread-local scratch there.
-        #[cfg(loom)]
-        {
-            let mut encoded = Vec::new();
-            record::encode_into(&mut encoded, record);
-            self.append_encoded(record, &encoded)
-        }
+            record::encode_into(encoded, record);
+            self.append_encoded(record, encoded)
+        })
     }
 
     /// [`Log::append`] of `record` already encoded (by [`with_encoded`]) as `encoded`.
@@ -443,16 +448,9 @@ impl Log {
         if records.is_empty() {
             return Ok(None);
         }
-        #[cfg(not(loom))]
-        return ENCODED.with(|encoded| {
-            let mut encoded = encoded.borrow_mut();
-            self.append_many_encoded(records, &mut encoded, locations, None)
-        });
-        #[cfg(loom)]
-        {
-            let mut encoded = Vec::new();
-            self.append_many_encoded(records, &mut encoded, locations, None)
-        }
+        with_scratch(Scratch::Append, |encoded| {
+            self.append_many_encoded(records, encoded, locations, None)
+        })
     }
 
     /// The largest group [`Log::append_group`] takes: its records (and the group record) must
@@ -502,12 +500,9 @@ impl Log {
             fingerprint: &[],
             refresh_cap_millis: 0,
         };
-        #[cfg(not(loom))]
-        return ENCODED.with(|encoded| {
-            self.append_group_encoded(&group, records, &mut encoded.borrow_mut(), locations)
-        });
-        #[cfg(loom)]
-        self.append_group_encoded(&group, records, &mut Vec::new(), locations)
+        with_scratch(Scratch::Append, |encoded| {
+            self.append_group_encoded(&group, records, encoded, locations)
+        })
     }
 
     /// [`Log::append_group`] once its group record is made: encodes (and checksums) everything

@@ -828,21 +828,25 @@ mod tests {
         assert_eq!(store.stats().live_keys, 100);
     }
 
-    /// Compaction copies the live records of sparse segments forward and deletes them; every
-    /// live key keeps its value, across reopen, and removed keys stay removed.
-    #[test]
-    fn compaction_keeps_live_keys_and_removals() {
+    /// Inserts keys `0..keys` with `value(i)`, removes those `kept` rejects, then runs
+    /// `maintain()` once per segment with compaction at half live. Checks every key (a kept
+    /// one holds its value, a removed one stays absent) after compaction and again after a
+    /// reopen. Returns the stats before and after compaction, the segments compacted, the
+    /// reopened store, and its directory (dropped after the store).
+    fn compact_after_removals(
+        keys: u64,
+        value: impl Fn(u64) -> Vec<u8>,
+        kept: impl Fn(u64) -> bool,
+    ) -> (crate::Stats, crate::Stats, u64, Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new();
         let store =
             Store::open_with(dir.path(), config(&clock).compaction_live_ratio(0.5)).unwrap();
         let ttl = Duration::from_secs(3600);
-        let value = |i: u64| format!("value-{i:>120}").into_bytes();
-        for i in 0..12_000u64 {
+        for i in 0..keys {
             store.check_or_insert(&key(i), ttl, &value(i)).unwrap();
         }
-        // Remove 3 of every 4 keys: old segments fall to about 25% live.
-        for i in (0..12_000u64).filter(|i| i % 4 != 0) {
+        for i in (0..keys).filter(|&i| !kept(i)) {
             assert!(store.remove(&key(i)).unwrap());
         }
         store.flush().unwrap();
@@ -852,15 +856,10 @@ mod tests {
             compacted += store.maintain().unwrap().segments_compacted;
         }
         let after = store.stats();
-        assert!(compacted >= 2, "{before:?} -> {after:?}");
-        assert!(
-            after.disk_bytes < before.disk_bytes,
-            "{before:?} -> {after:?}"
-        );
         let check = |store: &Store| {
-            for i in 0..12_000u64 {
+            for i in 0..keys {
                 let got = store.get(&key(i)).unwrap();
-                if i % 4 == 0 {
+                if kept(i) {
                     assert_eq!(got.unwrap(), &value(i)[..], "key {i}");
                 } else {
                     assert_eq!(got, None, "removed key {i} came back");
@@ -871,45 +870,37 @@ mod tests {
         drop(store);
         let store = Store::open_with(dir.path(), config(&clock)).unwrap();
         check(&store);
-        assert_eq!(store.stats().live_keys, 3_000);
+        (before, after, compacted, store, dir)
+    }
+
+    /// Compaction copies the live records of sparse segments forward and deletes them; every
+    /// live key keeps its value, across reopen, and removed keys stay removed.
+    #[test]
+    fn compaction_keeps_live_keys_and_removals() {
+        // Remove 3 of every 4 keys: old segments fall to about 25% live.
+        let (before, after, compacted, reopened, _dir) = compact_after_removals(
+            12_000,
+            |i| format!("value-{i:>120}").into_bytes(),
+            |i| i % 4 == 0,
+        );
+        assert!(compacted >= 2, "{before:?} -> {after:?}");
+        assert!(
+            after.disk_bytes < before.disk_bytes,
+            "{before:?} -> {after:?}"
+        );
+        assert_eq!(reopened.stats().live_keys, 3_000);
     }
 
     /// Compaction reads a segment a piece at a time: records cut by the end of a piece, and
     /// records longer than a piece, are copied whole.
     #[test]
     fn compaction_copies_records_longer_than_a_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new();
-        let store =
-            Store::open_with(dir.path(), config(&clock).compaction_live_ratio(0.5)).unwrap();
-        let ttl = Duration::from_secs(3600);
-        let value = |i: u64| vec![i as u8; 1000 + (i as usize * 7919) % 40_000];
-        for i in 0..150u64 {
-            store.check_or_insert(&key(i), ttl, &value(i)).unwrap();
-        }
-        for i in (0..150u64).filter(|i| i % 3 != 0) {
-            assert!(store.remove(&key(i)).unwrap());
-        }
-        store.flush().unwrap();
-        let mut compacted = 0;
-        for _ in 0..store.stats().segments {
-            compacted += store.maintain().unwrap().segments_compacted;
-        }
-        assert!(compacted >= 2, "{:?}", store.stats());
-        let check = |store: &Store| {
-            for i in 0..150u64 {
-                let got = store.get(&key(i)).unwrap();
-                if i % 3 == 0 {
-                    assert_eq!(got.unwrap(), &value(i)[..], "key {i}");
-                } else {
-                    assert_eq!(got, None, "removed key {i}");
-                }
-            }
-        };
-        check(&store);
-        drop(store);
-        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
-        check(&store);
+        let (_, after, compacted, _store, _dir) = compact_after_removals(
+            150,
+            |i| vec![i as u8; 1000 + (i as usize * 7919) % 40_000],
+            |i| i % 3 == 0,
+        );
+        assert!(compacted >= 2, "{after:?}");
     }
 
     /// A checkpoint makes reopen read only the log after it, with the same answers; a damaged
