@@ -53,10 +53,21 @@ type Span = std::ops::Range<usize>;
 #[derive(Debug)]
 struct DedupCheck {
     hash: KeyHash,
-    /// `Some((ttl_millis, value))`: absent when checked, to be inserted; `None`: a duplicate.
-    insert: Option<(u64, Span)>,
+    /// `Some`: absent when checked, to be inserted; `None`: a duplicate.
+    insert: Option<Insert>,
     /// The answer given for it (repeated if the key is checked again in the transaction).
     answer: Outcome,
+}
+
+/// A dedup key a transaction found vacant and will insert.
+#[derive(Debug)]
+struct Insert {
+    ttl_millis: u64,
+    value: Span,
+    /// The shard's count of entry writes ([`ShardTable::writes`]) and the time when the key was
+    /// found vacant: if the count is the same at commit (and the clock did not run back), no
+    /// entry was written into the shard since, so the key is still vacant without a probe.
+    vacant_under: (u64, u64),
 }
 
 /// Past this many entries a list of the transaction gets a hash index; below it a scan is
@@ -368,12 +379,17 @@ impl Transaction<'_> {
                 Ok(answer)
             }
             Probe::Vacant(_) => {
+                let vacant_under = (table.writes(), now);
                 drop(table);
                 self.grow(record::encoded_len(key.len(), value.len(), 0))?;
                 let (key, value) = (self.keep(key), self.keep(value));
                 let check = DedupCheck {
                     hash,
-                    insert: Some((ttl_millis, value)),
+                    insert: Some(Insert {
+                        ttl_millis,
+                        value,
+                        vacant_under,
+                    }),
                     answer: Outcome::Inserted,
                 };
                 self.checks.push(&self.arena[..], key, check);
@@ -575,8 +591,12 @@ impl Transaction<'_> {
 
         // 2. Validate.
         let mut buf = Vec::new();
-        for (key, check, _) in inserts() {
+        for (key, check, insert) in inserts() {
             let table = &guards[guard_of(&check.hash)];
+            let (writes, checked_at) = insert.vacant_under;
+            if table.writes() == writes && now >= checked_at {
+                continue;
+            }
             if let Probe::Found(_) = shared.probe(table, check.hash, key, now, &mut buf)? {
                 return Err(conflict(format!(
                     "dedup key ({} bytes) was recorded or claimed by another caller first",
@@ -610,12 +630,12 @@ impl Transaction<'_> {
 
         // 3. The group: inserts first, then state writes, then positions.
         let mut records: SmallVec<[Record<'_>; INLINE_RECORDS]> = SmallVec::new();
-        for (key, _, (ttl_millis, value)) in inserts() {
+        for (key, _, insert) in inserts() {
             records.push(Record {
                 kind: RecordKind::Insert,
                 key,
-                value: &arena[value.clone()],
-                expires_at_millis: now + ttl_millis,
+                value: &arena[insert.value.clone()],
+                expires_at_millis: now + insert.ttl_millis,
                 fingerprint: &[],
                 refresh_cap_millis: 0,
             });

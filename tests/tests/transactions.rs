@@ -141,6 +141,59 @@ fn a_plain_call_on_the_same_key_makes_the_transaction_conflict() {
     assert_eq!(store.get(b"k").unwrap().unwrap(), b"plain");
 }
 
+/// A commit skips re-probing a dedup key when nothing was written into its shard since the
+/// key was found vacant; every way another caller can give the key an entry in between (a plain
+/// call, a batch, a claim) must still make the commit conflict, whatever else (other keys of
+/// the same shard, other shards) was written around it.
+#[test]
+fn every_way_of_recording_the_key_first_makes_the_commit_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), Config::default().shard_count(2)).unwrap();
+    type Racer = fn(&Store, &[u8]);
+    let racers: [(&str, Racer); 4] = [
+        ("plain call", |store, key| {
+            store.check_or_insert(key, LONG_TTL, b"plain").unwrap();
+        }),
+        ("batch", |store, key| {
+            store
+                .check_or_insert_batch(&[
+                    (b"other".as_slice(), LONG_TTL, b"v".as_slice()),
+                    (key, LONG_TTL, b"b"),
+                ])
+                .unwrap();
+        }),
+        ("claim", |store, key| {
+            std::mem::forget(store.claim(key, LONG_TTL).unwrap());
+        }),
+        ("nobody", |_, _| {}),
+    ];
+    for (round, (racer, record_first)) in racers.into_iter().enumerate() {
+        let key = format!("event-{round}").into_bytes();
+        let mut tx = store.transaction();
+        assert_eq!(
+            tx.check_or_insert(&key, LONG_TTL, b"tx").unwrap(),
+            Outcome::Inserted
+        );
+        // Writes into both shards before and after the racer, so the key's shard changed.
+        for i in 0..8 {
+            store
+                .check_or_insert(format!("noise-{round}-{i}").as_bytes(), LONG_TTL, b"n")
+                .unwrap();
+        }
+        record_first(&store, &key);
+        let committed = tx.commit();
+        if racer == "nobody" {
+            committed.unwrap();
+            assert_eq!(store.get(&key).unwrap().unwrap(), b"tx");
+        } else {
+            assert!(
+                matches!(committed, Err(Error::Conflict { .. })),
+                "{racer}: {committed:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_stale_read_conflicts_and_a_blind_write_does_not() {
     let dir = tempfile::tempdir().unwrap();

@@ -103,6 +103,10 @@ pub(crate) struct ShardTable {
     pub(crate) counters: ShardCounters,
     /// Recently expired tags (see `late`); `None` unless a grace period is configured.
     late: Option<Box<LateMemory>>,
+    /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
+    /// relocation). Only such a write can give a key an entry, so a key found without a live
+    /// entry under one count still has none under the same count, at the same time or later.
+    writes: u64,
 }
 
 const MIN_CAPACITY: usize = 64;
@@ -127,6 +131,7 @@ impl ShardTable {
             last_removal_end: 0,
             counters: ShardCounters::default(),
             late: None,
+            writes: 0,
         }
     }
 
@@ -251,6 +256,12 @@ impl ShardTable {
             + self.late.as_ref().map_or(0, |memory| memory.heap_bytes())
     }
 
+    /// The count of entry writes so far (see the field `writes`): a transaction compares it
+    /// at commit with the count under which it found its keys vacant.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -328,6 +339,7 @@ impl ShardTable {
             self.windows.release(previous);
         }
         self.slots[index] = packed;
+        self.writes += 1;
         if self.len * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
@@ -390,6 +402,7 @@ impl ShardTable {
         assert!(!slot.is_empty(), "relocating an empty slot");
         self.released.push(self.windows.location(slot));
         self.slots[index] = self.windows.repack(slot, location);
+        self.writes += 1;
     }
 
     /// Fires the expiry wheel up to `now_millis`, removing dead entries, in a slice of about
@@ -562,6 +575,7 @@ impl ShardTable {
         }
         self.slots[index] = slot;
         self.len += 1;
+        self.writes += 1;
     }
 
     /// Every occupied slot with its index.
