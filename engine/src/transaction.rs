@@ -149,7 +149,8 @@ impl std::ops::DerefMut for Arena {
 #[derive(Debug)]
 struct Entries<T> {
     items: SmallVec<[(Span, T); INLINE_ENTRIES]>,
-    index: Option<std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>>,
+    /// Boxed: a transaction is moved into `commit`, and most never need the index.
+    index: Option<Box<std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>>>,
 }
 
 impl<T> Default for Entries<T> {
@@ -183,13 +184,13 @@ impl<T> Entries<T> {
         }
         self.items.push((key, value));
         if self.index.is_none() && self.items.len() > SCAN_LIMIT {
-            self.index = Some(
+            self.index = Some(Box::new(
                 self.items
                     .iter()
                     .enumerate()
                     .map(|(i, (k, _))| (arena[k.clone()].into(), i))
                     .collect(),
-            );
+            ));
         }
     }
 
