@@ -1,0 +1,133 @@
+//! The cost of one operation on each hot path, measured on the calling thread: a plain
+//! `check_or_insert`, a transaction (a dedup check, a state write, a position: issue #11's), or
+//! an item of `check_or_insert_batch` (batches of 1000). The same workload as `compare` (16-byte
+//! keys and values, 1 % re-sends, TTL 1 h), `Never` mode.
+//!
+//! ```text
+//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance]
+//! ```
+//!
+//! It prints the calling thread's CPU time and run-queue wait per operation (from
+//! `/proc/thread-self/schedstat`: time spent runnable but not running, i.e. preempted, the share
+//! background threads take on a busy machine), the wall time per operation, and the calls of
+//! 0.5 ms or more. By default the maintenance thread is off, so the figures are the path's
+//! own; `--maintenance` turns it on as `compare` runs it.
+//!
+//! For instruction counts, which unlike times do not depend on what else the machine runs, run
+//! it under valgrind: it then reads the precise clock through the standard library (the coarse
+//! clock's vDSO call is not supported under valgrind), e.g.
+//!
+//! ```text
+//! valgrind --tool=callgrind target/release/per_op tx 200000
+//! ```
+//!
+//! and subtract a run of fewer operations to remove the open and close.
+
+use std::time::{Duration, Instant};
+
+use idem_bench::{value_for, Workload};
+
+/// Calls this long or longer are counted apart: on this path they are preemptions, not work.
+const SLOW: Duration = Duration::from_micros(500);
+const TTL: Duration = Duration::from_secs(3600);
+const CUSTOMERS: u64 = 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: per_op <plain|tx|batch> [ops] [--maintenance]";
+    let mode = args.first().expect(usage).clone();
+    let ops: usize = args
+        .get(1)
+        .filter(|a| !a.starts_with("--"))
+        .map_or(2_000_000, |a| a.parse().expect(usage));
+    let maintenance = args.iter().any(|a| a == "--maintenance");
+    let under_valgrind =
+        std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("valgrind"));
+
+    let dir = std::env::temp_dir().join(format!("idem-per-op-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = idem::Config::default()
+        .durability(idem::Durability::Never)
+        .background_maintenance(maintenance);
+    if under_valgrind {
+        config = config.clock(idem::SystemClock::precise());
+    }
+    let store = idem::Store::open_with(&dir, config).expect("open");
+    let keys = Workload::new(idem_bench::SEED).keys(ops);
+    let customers: Vec<Vec<u8>> = (0..CUSTOMERS)
+        .map(|c| format!("balance/{c}").into_bytes())
+        .collect();
+
+    let (mut slow, mut slow_calls) = (Duration::ZERO, 0u64);
+    let mut timed = |started: Instant| {
+        let took = started.elapsed();
+        if took >= SLOW {
+            slow += took;
+            slow_calls += 1;
+        }
+    };
+    let (cpu_before, wait_before) = schedstat();
+    let started = Instant::now();
+    let mut duplicates = 0u64;
+    match mode.as_str() {
+        "plain" => {
+            for key in &keys {
+                let call = Instant::now();
+                let outcome = store.check_or_insert(key, TTL, &value_for(key)).unwrap();
+                duplicates += u64::from(outcome.is_duplicate());
+                timed(call);
+            }
+        }
+        "tx" => {
+            for (position, key) in keys.iter().enumerate() {
+                let call = Instant::now();
+                let value = value_for(key);
+                let mut tx = store.transaction();
+                let duplicate = tx.check_or_insert(key, TTL, &value).unwrap().is_duplicate();
+                if !duplicate {
+                    let customer = u64::from_le_bytes(key[..8].try_into().unwrap()) % CUSTOMERS;
+                    tx.put_state(&customers[customer as usize], &value).unwrap();
+                }
+                tx.set_position(b"input", position as u64).unwrap();
+                tx.commit().unwrap();
+                duplicates += u64::from(duplicate);
+                timed(call);
+            }
+        }
+        "batch" => {
+            let items: Vec<_> = keys.iter().map(|k| (*k, TTL, value_for(k))).collect();
+            for chunk in items.chunks(1000) {
+                let call = Instant::now();
+                let outcomes = store.check_or_insert_batch(chunk).unwrap();
+                duplicates += outcomes.iter().filter(|o| o.is_duplicate()).count() as u64;
+                timed(call);
+            }
+        }
+        _ => panic!("{usage}"),
+    }
+    let wall = started.elapsed();
+    let (cpu_after, wait_after) = schedstat();
+    let per_op = |nanos: f64| nanos / ops as f64;
+    println!(
+        "{mode}: {ops} ops ({duplicates} duplicates), maintenance {}: wall {:.0} ns/op, \
+         calling thread CPU {:.0} ns/op, run-queue wait {:.0} ns/op; \
+         {slow_calls} calls of 0.5 ms or more, {:.1} ms in all",
+        if maintenance { "on" } else { "off" },
+        per_op(wall.as_nanos() as f64),
+        per_op(cpu_after.saturating_sub(cpu_before) as f64),
+        per_op(wait_after.saturating_sub(wait_before) as f64),
+        slow.as_secs_f64() * 1e3,
+    );
+    store.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The calling thread's CPU time and run-queue wait so far, in nanoseconds (0 where the kernel
+/// does not say).
+fn schedstat() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0));
+    (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+}
