@@ -143,6 +143,9 @@ impl std::ops::DerefMut for Arena {
     }
 }
 
+/// Where each key of an [`Entries`] list is, once the list outgrows [`SCAN_LIMIT`].
+type KeyIndex = std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>;
+
 /// A transaction's entries of one kind, keyed by byte strings kept in the transaction's arena:
 /// no allocation per key (none at all for a few), and a lookup scans until the list outgrows
 /// [`SCAN_LIMIT`].
@@ -150,7 +153,7 @@ impl std::ops::DerefMut for Arena {
 struct Entries<T> {
     items: SmallVec<[(Span, T); INLINE_ENTRIES]>,
     /// Boxed: a transaction is moved into `commit`, and most never need the index.
-    index: Option<Box<std::collections::HashMap<Box<[u8]>, usize, ahash::RandomState>>>,
+    index: Option<Box<KeyIndex>>,
 }
 
 impl<T> Default for Entries<T> {
