@@ -4,6 +4,11 @@
 //!
 //! loom primitives exist only inside `loom::model`: a loom build may open no store outside a
 //! model, so loom runs use a test filter (see `.ci/loom.sh`).
+//!
+//! [`Futex`] is a word that threads sleep on with a bit mask and that one call wakes by mask: a
+//! Linux futex (`FUTEX_WAIT_BITSET`/`FUTEX_WAKE_BITSET`, through rustix's safe wrappers) in
+//! normal builds, and a mutex, a condition variable and per-bit wake counters under loom and on
+//! other systems, with the same contract.
 
 #[cfg(not(loom))]
 pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
@@ -26,6 +31,121 @@ pub(crate) fn spawn(
 
 #[cfg(loom)]
 pub(crate) use loom_shim::{spawn, JoinHandle};
+
+#[cfg(any(loom, not(any(target_os = "linux", target_os = "android"))))]
+pub(crate) use futex_emulated::Futex;
+#[cfg(all(not(loom), any(target_os = "linux", target_os = "android")))]
+pub(crate) use futex_linux::Futex;
+
+/// The bit of `Futex` masks that stands for `n` (any `n`: taken modulo 32).
+pub(crate) fn futex_bit(n: u64) -> u32 {
+    1 << (n % 32)
+}
+
+/// A Linux futex word. Contract (shared with the emulation): [`Futex::wait`] returns at once if
+/// the word no longer holds `expected` (checked atomically with going to sleep), else sleeps
+/// until a [`Futex::wake`] whose mask shares a bit with its own, or spuriously: callers re-check
+/// their condition in a loop. A waker changes the word (`bump`) before it wakes, so a waiter
+/// that read the old value either sees the change or is asleep when the wake comes.
+#[cfg(all(not(loom), any(target_os = "linux", target_os = "android")))]
+mod futex_linux {
+    use rustix::thread::futex;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Futex(AtomicU32);
+
+    impl Futex {
+        pub(crate) fn new() -> Futex {
+            Futex(AtomicU32::new(0))
+        }
+
+        pub(crate) fn value(&self) -> u32 {
+            self.0.load(Ordering::SeqCst)
+        }
+
+        pub(crate) fn bump(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+
+        pub(crate) fn wait(&self, expected: u32, mask: u32) {
+            let Some(mask) = NonZeroU32::new(mask) else {
+                return;
+            };
+            // EAGAIN (the word moved) and EINTR are both "re-check": nothing to report.
+            let _ = futex::wait_bitset(&self.0, futex::Flags::PRIVATE, expected, None, mask);
+        }
+
+        pub(crate) fn wake(&self, mask: u32) {
+            if let Some(mask) = NonZeroU32::new(mask) {
+                let _ = futex::wake_bitset(&self.0, futex::Flags::PRIVATE, i32::MAX as u32, mask);
+            }
+        }
+    }
+}
+
+/// The same contract as the Linux futex, over a mutex and a condition variable: each bit counts
+/// the wakes that named it, and a sleeper returns once a count of one of its bits moved.
+#[cfg(any(loom, not(any(target_os = "linux", target_os = "android"))))]
+mod futex_emulated {
+    use super::{Condvar, Mutex};
+    #[cfg(loom)]
+    use loom::sync::atomic::AtomicU32;
+    #[cfg(not(loom))]
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+
+    #[derive(Debug)]
+    pub(crate) struct Futex {
+        word: AtomicU32,
+        wakes: Mutex<[u32; 32]>,
+        woken: Condvar,
+    }
+
+    impl Futex {
+        pub(crate) fn new() -> Futex {
+            Futex {
+                word: AtomicU32::new(0),
+                wakes: Mutex::new([0; 32]),
+                woken: Condvar::new(),
+            }
+        }
+
+        pub(crate) fn value(&self) -> u32 {
+            self.word.load(Ordering::SeqCst)
+        }
+
+        pub(crate) fn bump(&self) {
+            self.word.fetch_add(1, Ordering::SeqCst);
+        }
+
+        pub(crate) fn wait(&self, expected: u32, mask: u32) {
+            let mut wakes = self.wakes.lock();
+            if self.word.load(Ordering::SeqCst) != expected {
+                return;
+            }
+            let before = *wakes;
+            let named = |wakes: &[u32; 32]| {
+                (0..32).any(|bit| mask & (1 << bit) != 0 && wakes[bit] != before[bit])
+            };
+            while !named(&wakes) {
+                self.woken.wait(&mut wakes);
+            }
+        }
+
+        pub(crate) fn wake(&self, mask: u32) {
+            let mut wakes = self.wakes.lock();
+            for (bit, count) in wakes.iter_mut().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    *count = count.wrapping_add(1);
+                }
+            }
+            drop(wakes);
+            self.woken.notify_all();
+        }
+    }
+}
 
 #[cfg(loom)]
 mod loom_shim {

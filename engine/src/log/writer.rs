@@ -184,6 +184,8 @@ fn run(log: &Log) {
         state.pending_bytes = 0;
         state.in_flight = Some(Arc::clone(&chunks));
         let target = location(state.tail_segment, state.tail_offset);
+        // Under the state lock: a caller that appended before this take waits for this round.
+        log.commits.round_started(target);
         drop(state);
 
         let outcome = write_chunks(log, &mut active, &chunks).and_then(|()| {
@@ -211,6 +213,9 @@ fn run(log: &Log) {
                 } else if !chunks.is_empty() {
                     unsynced_bytes = true;
                 }
+                // After `durable` moved: a caller that then finds no round in flight must find
+                // its record settled, or know it waits for a later round.
+                log.commits.round_ended();
                 if let Ok(chunks) = Arc::try_unwrap(chunks) {
                     for mut chunk in chunks {
                         if state.spare_buffers.len() < 4 {
@@ -233,6 +238,7 @@ fn run(log: &Log) {
             Err(error) => {
                 let cause = error.to_string();
                 log.poison(&mut state, cause);
+                log.commits.round_ended();
                 drop(state);
                 log.announce_progress();
                 return;
