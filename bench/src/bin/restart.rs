@@ -30,6 +30,45 @@ fn config() -> Config {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // For profiling one reopen at a time: `prepare-worst <dir> <keys>` leaves the worst case's
+    // files in `dir`; `open <dir> [times]` reopens them (dropped without `close` each time, so
+    // the files stay as they were).
+    match args.first().map(String::as_str) {
+        Some("prepare-worst") => {
+            let dir = std::path::Path::new(&args[1]);
+            let live: u64 = args[2].parse().expect("a key count");
+            let _ = std::fs::remove_dir_all(dir);
+            write_worst(dir, live);
+            return;
+        }
+        Some("close") => {
+            // Reopens and closes: `close` writes a checkpoint of everything.
+            let store = Store::open_with(&args[1], config()).expect("open");
+            store.close().expect("close");
+            return;
+        }
+        Some("open") => {
+            let dir = std::path::Path::new(&args[1]);
+            let times: u32 = args.get(2).map_or(1, |t| t.parse().expect("a count"));
+            for _ in 0..times {
+                let started = Instant::now();
+                let store = Store::open_with(dir, config()).expect("open");
+                let took = started.elapsed();
+                let report = store.recovery_report();
+                println!(
+                    "open {:.0} ms: {} checkpoint entries, {} records replayed, ignored: {:?}",
+                    took.as_secs_f64() * 1e3,
+                    report.checkpoint_entries_loaded,
+                    report.records_replayed,
+                    report.checkpoint_ignored
+                );
+                drop(store);
+            }
+            return;
+        }
+        _ => {}
+    }
     let sizes: Vec<u64> = {
         let given: Vec<u64> = std::env::args()
             .skip(1)
@@ -121,6 +160,20 @@ fn main() {
 /// take less), the store dropped without `close` (no checkpoint; the log flushed, as a kill
 /// after the writer's last write leaves it).
 fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
+    let since_checkpoint = write_worst(dir, live);
+    let started = Instant::now();
+    let store = Store::open_with(dir, config()).expect("open after the crash");
+    let took = started.elapsed();
+    assert_eq!(store.stats().live_keys, live);
+    assert_eq!(store.recovery_report().records_replayed, since_checkpoint);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+    took
+}
+
+/// Writes the worst case's files into `dir` (see `worst_reopen`); returns the records written
+/// after the last checkpoint.
+fn write_worst(dir: &std::path::Path, live: u64) -> u64 {
     // `Config::checkpoint_every_bytes`'s default, in records of 47 bytes (16-byte keys and
     // values, format 2).
     const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
@@ -139,12 +192,5 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
         }
         store.flush().expect("flush");
     }
-    let started = Instant::now();
-    let store = Store::open_with(dir, config()).expect("open after the crash");
-    let took = started.elapsed();
-    assert_eq!(store.stats().live_keys, live);
-    assert_eq!(store.recovery_report().records_replayed, since_checkpoint);
-    drop(store);
-    let _ = std::fs::remove_dir_all(dir);
-    took
+    since_checkpoint
 }
