@@ -155,10 +155,12 @@ fn main() {
     }
 }
 
-/// The reopen after a crash just before a checkpoint was due: `live` keys, the last checkpoint
-/// taken `checkpoint_every_bytes` (the default) of records before the end (none if the keys
-/// take less), the store dropped without `close` (no checkpoint; the log flushed, as a kill
-/// after the writer's last write leaves it).
+/// The reopen after a crash just before a checkpoint was due: `live` keys written with the
+/// default checkpoint schedule (a full checkpoint every `checkpoint_every_bytes`, a delta every
+/// `checkpoint_delta_every_bytes`, run by `maintain` every few thousand inserts), the last
+/// `checkpoint_delta_every_bytes` of records written without `maintain` (as if the delta due
+/// next was never written), the store dropped without `close` (no checkpoint; the log flushed,
+/// as a kill after the writer's last write leaves it).
 fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
     let since_checkpoint = write_worst(dir, live);
     let started = Instant::now();
@@ -174,15 +176,36 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
 /// Writes the worst case's files into `dir` (see `worst_reopen`); returns the records written
 /// after the last checkpoint.
 fn write_worst(dir: &std::path::Path, live: u64) -> u64 {
-    // `Config::checkpoint_every_bytes`'s default, in records of 47 bytes (16-byte keys and
-    // values, format 2).
-    const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
-    let since_checkpoint = (CHECKPOINT_EVERY_BYTES / 47).min(live);
+    // `Config::checkpoint_delta_every_bytes`'s default, in records of 47 bytes (16-byte keys
+    // and values, format 2).
+    const DELTA_EVERY_RECORDS: u64 = (32 << 20) / 47;
+    let since_checkpoint = DELTA_EVERY_RECORDS.min(live);
+    // The schedule's phase: a full checkpoint at `first`, so that one falls due (and is written)
+    // `since_checkpoint` records before the end, and the next would be due at the end.
+    let first = (live - since_checkpoint) % DELTA_EVERY_RECORDS;
     {
-        let store = Store::open_with(dir, config()).expect("open");
+        let config = Config::default()
+            .durability(Durability::Never)
+            .background_maintenance(false);
+        let store = Store::open_with(dir, config).expect("open");
+        let mut last = first;
         for i in 0..live {
-            if i == live - since_checkpoint && i > 0 {
+            if i == first && i > 0 {
                 store.checkpoint().expect("checkpoint");
+            }
+            // `maintain` every few thousand records, and at every record near a due
+            // checkpoint, so that each is written when due (not a few thousand records late).
+            let due = last + DELTA_EVERY_RECORDS;
+            let near = i + 64 >= due && i <= due + 64;
+            // Up to a little after the last one due (the writes' sizes vary a little).
+            let end = live - since_checkpoint + 1024;
+            if i > first && i <= end && (i % 4096 == 0 || near) {
+                if store.maintain().expect("maintain").checkpoint_written {
+                    last = i;
+                    if std::env::var("IDEM_RESTART_DEBUG").is_ok() {
+                        eprintln!("checkpoint at record {i}");
+                    }
+                }
             }
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&i.to_le_bytes());
@@ -191,6 +214,9 @@ fn write_worst(dir: &std::path::Path, live: u64) -> u64 {
                 .expect("insert");
         }
         store.flush().expect("flush");
+        if last == first && first == 0 {
+            return live;
+        }
+        live - last
     }
-    since_checkpoint
 }

@@ -96,6 +96,10 @@ pub(crate) struct ShardTable {
     /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
     /// the owner to release in the log's per-segment live counts. Drained by the owner.
     pub(crate) released: Vec<Location>,
+    /// What the shard dropped of the entries the latest checkpoint (full or delta) holds: the
+    /// locations below `checkpointed_below` released since that checkpoint's snapshot of this
+    /// shard, for the next delta checkpoint to list as removed (see `checkpoint`).
+    pub(crate) dropped: Dropped,
     /// Where the latest removal of a key of this shard ends in the log (0: none yet). A `Sync`
     /// answer of "absent" waits until this is durable: it may rest on that removal.
     pub(crate) last_removal_end: Location,
@@ -106,6 +110,39 @@ pub(crate) struct ShardTable {
 }
 
 const MIN_CAPACITY: usize = 64;
+
+/// The locations a shard dropped of those a checkpoint holds (see [`ShardTable::dropped`]).
+///
+/// Invariant: while `below` is not 0, `locations` lists every location below `below` that left
+/// the table since `below` was set, in the order they left (a location leaves once: records are
+/// never put back at an old location). Past a bound (the table's entries, at least 1 Ki) the list
+/// is given up (`overflowed`, `below` 0): the next checkpoint must then be a full one.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped {
+    pub(crate) below: Location,
+    pub(crate) locations: Vec<Location>,
+    pub(crate) overflowed: bool,
+}
+
+impl Dropped {
+    fn note(&mut self, location: Location, entries: usize) {
+        if self.locations.len() >= entries.max(1024) {
+            self.overflowed = true;
+            self.below = 0;
+            self.locations = Vec::new();
+        } else {
+            self.locations.push(location);
+        }
+    }
+
+    /// Starts tracking anew for a checkpoint of everything below `below`; returns what was
+    /// tracked for the previous one (and whether it overflowed).
+    pub(crate) fn restart(&mut self, below: Location) -> (Vec<Location>, bool) {
+        let overflowed = std::mem::take(&mut self.overflowed);
+        self.below = below;
+        (std::mem::take(&mut self.locations), overflowed)
+    }
+}
 
 /// How many wheel entries' worth of work (the maintenance slice's unit) a fired block counts
 /// for: a block scan reads 128 slots in order, about the cost of 16 random probes.
@@ -124,6 +161,7 @@ impl ShardTable {
             wheel: ExpiryWheel::new(now_millis / tick_millis),
             tick_millis,
             released: Vec::new(),
+            dropped: Dropped::default(),
             last_removal_end: 0,
             counters: ShardCounters::default(),
             late: None,
@@ -207,6 +245,16 @@ impl ShardTable {
             index = (index + 1) & mask;
         }
         memory.contains(tag, now_millis)
+    }
+
+    /// Notes that the entry at `location` left the table: for the log's live counts, and for the
+    /// next delta checkpoint if the latest checkpoint holds it.
+    #[inline]
+    fn release(&mut self, location: Location) {
+        self.released.push(location);
+        if location < self.dropped.below {
+            self.dropped.note(location, self.len);
+        }
     }
 
     /// Notes that `slot` is dropped as expired (for the late-duplicate memory).
@@ -324,7 +372,7 @@ impl ShardTable {
             if previous.is_dead(now_millis) {
                 self.expired(previous, now_millis);
             }
-            self.released.push(self.windows.location(previous));
+            self.release(self.windows.location(previous));
             self.windows.release(previous);
         }
         self.slots[index] = packed;
@@ -388,7 +436,7 @@ impl ShardTable {
     pub(crate) fn relocate(&mut self, index: usize, location: Location) {
         let slot = self.slots[index];
         assert!(!slot.is_empty(), "relocating an empty slot");
-        self.released.push(self.windows.location(slot));
+        self.release(self.windows.location(slot));
         self.slots[index] = self.windows.repack(slot, location);
     }
 
@@ -474,7 +522,7 @@ impl ShardTable {
         }
         self.slots[hole] = Packed::EMPTY;
         self.len -= 1;
-        self.released.push(self.windows.location(removed));
+        self.release(self.windows.location(removed));
         self.windows.release(removed);
     }
 
@@ -502,7 +550,7 @@ impl ShardTable {
                 continue;
             }
             if slot.is_dead(now_millis) {
-                self.released.push(self.windows.location(slot));
+                self.release(self.windows.location(slot));
                 self.expired(slot, now_millis);
                 self.windows.release(slot);
             } else {
