@@ -591,11 +591,40 @@ impl ShardTable {
     /// the shard's wheel buckets hot, instead of a wheel entry (and a cache miss or two) for every
     /// record replayed, superseded ones included.
     pub(crate) fn schedule_all(&mut self, mut each: impl FnMut(&Slot)) {
-        for index in 0..self.slots.len() {
-            let slot = self.slots[index];
-            if !slot.is_empty() {
-                self.schedule(slot);
+        // A block's entries share few deadlines (keys written close in time with like TTLs):
+        // each distinct deadline of a block is scheduled once, counted for all its entries,
+        // instead of a wheel schedule (and a division) per entry.
+        const DISTINCT: usize = 8;
+        let blocks = self.blocks();
+        let block_slots = BLOCK_SLOTS.min(self.slots.len());
+        let mut deadlines = [(0u32, 0u32); DISTINCT];
+        for block in 0..self.slots.len() / block_slots {
+            let mut distinct = 0;
+            for index in block * block_slots..(block + 1) * block_slots {
+                let slot = self.slots[index];
+                if slot.is_empty() {
+                    continue;
+                }
                 each(&self.view(slot));
+                // The home block, which may precede the slot's own (runs cross blocks).
+                let home = self.home_block(slot.tag());
+                let secs = slot.deadline_secs();
+                if home != block {
+                    self.schedule(slot);
+                    continue;
+                }
+                match deadlines[..distinct].iter_mut().find(|d| d.0 == secs) {
+                    Some(seen) => seen.1 += 1,
+                    None if distinct < DISTINCT => {
+                        deadlines[distinct] = (secs, 1);
+                        distinct += 1;
+                    }
+                    None => self.schedule(slot),
+                }
+            }
+            for &(secs, count) in &deadlines[..distinct] {
+                let tick = self.deadline_tick(secs);
+                self.wheel.schedule_many(block, blocks, tick, count);
             }
         }
     }

@@ -207,6 +207,19 @@ impl ExpiryWheel {
     /// `deadline_tick` (or the next tick, if that has passed).
     #[inline]
     pub(crate) fn schedule(&mut self, block: usize, blocks: usize, deadline_tick: u64) {
+        self.schedule_many(block, blocks, deadline_tick, 1);
+    }
+
+    /// [`ExpiryWheel::schedule`] for `count` entries of one block with one deadline tick: one
+    /// bit, counted `count` times (recovery schedules a table's entries block by block).
+    #[inline]
+    pub(crate) fn schedule_many(
+        &mut self,
+        block: usize,
+        blocks: usize,
+        deadline_tick: u64,
+        count: u32,
+    ) {
         let earliest = self.current_tick + u64::from(!self.cascading);
         let deadline = deadline_tick.max(earliest);
         // A deadline beyond the top level's reach (the clock jumped, or the wheel was not
@@ -219,8 +232,10 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        self.levels[level].buckets[index].set(block, blocks);
-        self.levels[level].entries += 1;
+        let bucket = &mut self.levels[level].buckets[index];
+        bucket.set(block, blocks);
+        bucket.scheduled = bucket.scheduled.saturating_add(count - 1);
+        self.levels[level].entries += count as usize;
     }
 
     /// Moves time forward towards `to_tick`, handing each due bucket's blocks (of a table of
