@@ -18,6 +18,19 @@
 //! - Every block is checked whole (CRC, then every entry decoded) before any entry goes into the
 //!   index. Checking and installing split the shards between two threads when the file is large
 //!   (a shard is checked and filled by one thread only).
+//!
+//! Delta checkpoints (`checkpoint-delta-NNNNNN.idem`, written every
+//! `Config::checkpoint_delta_every_bytes` between full ones) extend a full checkpoint in a chain:
+//! each holds the entries at locations from its predecessor's replay start to its own, and the
+//! locations below the former that left the index since the predecessor's snapshot (each shard
+//! notes them: `ShardTable::dropped`). Invariants of the chain:
+//! - A delta names its predecessor (header CRC, replay start, number); the first delta that fails
+//!   any check ends the chain, and replay starts at the last file that passed.
+//! - The chain in memory (`Index::checkpoint_chain`) is `Some` only while every shard notes the
+//!   drops below its last file's replay start since that file's snapshot of the shard (set by a
+//!   write that completed, or by a load); anything else makes the next checkpoint a full one.
+//! - A location names one record for good (the log never reuses one), so a removed location
+//!   drops exactly the entry written there, whatever its tag.
 
 mod blocks;
 
