@@ -452,8 +452,7 @@ fn encode_block(
         let mut table = shard.lock();
         kept.extend(
             table
-                .occupied()
-                .map(|(_, slot)| slot)
+                .occupied_from(range.start)
                 .filter(|slot| range.contains(&slot.location) && !slot.is_dead(now)),
         );
         table.dropped.restart(range.end)

@@ -641,6 +641,19 @@ impl ShardTable {
         self.len += 1;
     }
 
+    /// Every occupied slot that may lie at or after `from` (a delta checkpoint's snapshot): slots
+    /// packed against a log window wholly below `from` are skipped without being unpacked; the
+    /// caller still checks each location it gets.
+    pub(crate) fn occupied_from(&self, from: Location) -> impl Iterator<Item = Slot> + '_ {
+        let below = self.windows.wholly_below(from);
+        self.slots
+            .iter()
+            .filter(move |slot| {
+                !slot.is_empty() && !below.get(slot.window_number()).copied().unwrap_or(false)
+            })
+            .map(|&slot| self.view(slot))
+    }
+
     /// Every occupied slot with its index.
     pub(crate) fn occupied(&self) -> impl Iterator<Item = (usize, Slot)> + '_ {
         self.slots
