@@ -591,13 +591,16 @@ impl ShardTable {
     /// the shard's wheel buckets hot, instead of a wheel entry (and a cache miss or two) for every
     /// record replayed, superseded ones included.
     pub(crate) fn schedule_all(&mut self, mut each: impl FnMut(&Slot)) {
-        // A block's entries share few deadlines (keys written close in time with like TTLs):
-        // each distinct deadline of a block is scheduled once, counted for all its entries,
-        // instead of a wheel schedule (and a division) per entry.
+        // A block's entries fall in few wheel buckets (a bucket spans more ticks the farther
+        // its deadlines are): each bucket a block's entries go to is marked once, counted for
+        // all of them, instead of a schedule per entry; and a deadline's bucket is looked up in
+        // a small cache by its seconds, not computed (a division and a level search) per entry.
         const DISTINCT: usize = 8;
+        const CACHED: usize = 64;
         let blocks = self.blocks();
         let block_slots = BLOCK_SLOTS.min(self.slots.len());
-        let mut deadlines = [(0u32, 0u32); DISTINCT];
+        let mut cache = [(u32::MAX, (0usize, 0usize)); CACHED];
+        let mut buckets = [((0usize, 0usize), 0u32); DISTINCT];
         for block in 0..self.slots.len() / block_slots {
             let mut distinct = 0;
             for index in block * block_slots..(block + 1) * block_slots {
@@ -609,22 +612,26 @@ impl ShardTable {
                 // The home block, which may precede the slot's own (runs cross blocks).
                 let home = self.home_block(slot.tag());
                 let secs = slot.deadline_secs();
+                let cached = &mut cache[secs as usize % CACHED];
+                if cached.0 != secs {
+                    *cached = (secs, self.wheel.bucket_of(self.deadline_tick(secs)));
+                }
+                let bucket = cached.1;
                 if home != block {
-                    self.schedule(slot);
+                    self.wheel.schedule_in(bucket, home, blocks, 1);
                     continue;
                 }
-                match deadlines[..distinct].iter_mut().find(|d| d.0 == secs) {
+                match buckets[..distinct].iter_mut().find(|b| b.0 == bucket) {
                     Some(seen) => seen.1 += 1,
                     None if distinct < DISTINCT => {
-                        deadlines[distinct] = (secs, 1);
+                        buckets[distinct] = (bucket, 1);
                         distinct += 1;
                     }
-                    None => self.schedule(slot),
+                    None => self.wheel.schedule_in(bucket, block, blocks, 1),
                 }
             }
-            for &(secs, count) in &deadlines[..distinct] {
-                let tick = self.deadline_tick(secs);
-                self.wheel.schedule_many(block, blocks, tick, count);
+            for &(bucket, count) in &buckets[..distinct] {
+                self.wheel.schedule_in(bucket, block, blocks, count);
             }
         }
     }
