@@ -18,6 +18,19 @@
 //! - Every block is checked whole (CRC, then every entry decoded) before any entry goes into the
 //!   index. Checking and installing split the shards between two threads when the file is large
 //!   (a shard is checked and filled by one thread only).
+//!
+//! Delta checkpoints (`checkpoint-delta-NNNNNN.idem`, written every
+//! `Config::checkpoint_delta_every_bytes` between full ones) extend a full checkpoint in a chain:
+//! each holds the entries at locations from its predecessor's replay start to its own, and the
+//! locations below the former that left the index since the predecessor's snapshot (each shard
+//! notes them: `ShardTable::dropped`). Invariants of the chain:
+//! - A delta names its predecessor (header CRC, replay start, number); the first delta that fails
+//!   any check ends the chain, and replay starts at the last file that passed.
+//! - The chain in memory (`Index::checkpoint_chain`) is `Some` only while every shard notes the
+//!   drops below its last file's replay start since that file's snapshot of the shard (set by a
+//!   write that completed, or by a load); anything else makes the next checkpoint a full one.
+//! - A location names one record for good (the log never reuses one), so a removed location
+//!   drops exactly the entry written there, whatever its tag.
 
 mod blocks;
 
@@ -36,6 +49,12 @@ use blocks::{EntryLayout, FIXED_ENTRY_LEN};
 
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";
+/// Delta checkpoints are named this, then their number (from 1, six digits) and `.idem`.
+pub(crate) const DELTA_PREFIX: &str = "checkpoint-delta-";
+const DELTA_TMP_FILE_NAME: &str = "checkpoint-delta.idem.tmp";
+const DELTA_MAGIC: [u8; 8] = *b"IDEMCKDL";
+/// Delta checkpoints have their own versions, from 1.
+const DELTA_VERSION: u32 = 1;
 const CHECKPOINT_MAGIC: [u8; 8] = *b"IDEMCKPT";
 /// Version 4 is version 3's layout with the index's 24-bit tags: a build that reads 3 but not 4
 /// looks keys up by 32-bit tags, would find none of a version-4 checkpoint's entries, and so
@@ -61,6 +80,14 @@ const ENTRY_COUNT_OFFSET: usize = SEGMENT_COUNT_OFFSET + 4;
 const HEADER_CRC_OFFSET: usize = ENTRY_COUNT_OFFSET + 8;
 const HEADER_LEN: usize = HEADER_CRC_OFFSET + 4;
 const _: () = assert!(HEADER_LEN == 80);
+/// A delta's header: a full checkpoint's up to its CRC (another magic), then the predecessor's
+/// replay start (`from`) and header CRC, the delta's number, and the header CRC.
+const DELTA_FROM_OFFSET: usize = HEADER_CRC_OFFSET;
+const DELTA_PREV_CRC_OFFSET: usize = DELTA_FROM_OFFSET + 8;
+const DELTA_SEQ_OFFSET: usize = DELTA_PREV_CRC_OFFSET + 4;
+const DELTA_HEADER_CRC_OFFSET: usize = DELTA_SEQ_OFFSET + 4;
+const DELTA_HEADER_LEN: usize = DELTA_HEADER_CRC_OFFSET + 4;
+const _: () = assert!(DELTA_HEADER_LEN == 96);
 
 /// id u32, min_deadline_secs u32, records u64 (low 32 bits; the high 32 bits count tombstones),
 /// max_deadline_secs u32, tombstone_bytes u32 (both 0 in files written before they were counted:
@@ -70,6 +97,9 @@ const SEGMENT_ROW_LEN: usize = 24;
 const FIXED_BLOCK_HEADER_LEN: usize = 8;
 /// Version 3: entry count u32, body length u32, CRC of the body u32.
 const SHARD_BLOCK_HEADER_LEN: usize = 12;
+/// Deltas: entry count u32, body length u32, removed count u32, removed length u32, CRC u32 (of
+/// the four counts, the body and the removed locations).
+const DELTA_BLOCK_HEADER_LEN: usize = 20;
 
 /// A compact block's CRC: of its entry count and body length (`counts`), then its body.
 fn compact_block_crc(counts: &[u8], body: &[u8]) -> u32 {
@@ -90,6 +120,22 @@ struct Block {
     crc: u32,
     /// The CRC also covers the block's count and length (version 3).
     crc_covers_counts: bool,
+    /// A delta's removed locations (empty in a full checkpoint).
+    removed: std::ops::Range<usize>,
+    removed_count: usize,
+}
+
+/// One file of a checkpoint chain (the full checkpoint, or a delta): its bytes and where each
+/// shard's block lies in them.
+#[derive(Debug)]
+struct Part {
+    bytes: Vec<u8>,
+    layout: EntryLayout,
+    shard_blocks: Vec<Block>,
+    /// Entries lie at or after this location (the predecessor's replay start; 0 for the base).
+    from: Location,
+    /// Entries lie before this location.
+    to: Location,
 }
 
 /// A state entry of the state section: key, value, location.
@@ -97,18 +143,18 @@ pub(crate) type StateRow = (Box<[u8]>, Box<[u8]>, Location);
 /// A position of the state section: source, position, location.
 pub(crate) type PositionRow = (Box<[u8]>, u64, Location);
 
-/// A checkpoint that passed every check.
+/// A checkpoint that passed every check: the full checkpoint and the deltas that extend it.
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
     pub(crate) seeds: [u64; 4],
-    /// Replay starts at this log location.
+    /// Replay starts at this log location (the last delta's, or the full checkpoint's).
     pub(crate) replay_from: Location,
     /// Stats of the segments up to and including `replay_from`'s, counting the records before it.
     pub(crate) segments: BTreeMap<u32, SegmentStats>,
-    /// The file's bytes; each shard's entries are a block of it (`shard_blocks`).
-    bytes: Vec<u8>,
+    /// The full checkpoint's entry layout.
     layout: EntryLayout,
-    shard_blocks: Vec<Block>,
+    /// The full checkpoint, then each delta in order.
+    parts: Vec<Part>,
     /// Whether install splits the shards between two threads.
     parallel: bool,
     /// Keys that held an open claim when the checkpoint was taken (to find claims in doubt).
@@ -116,18 +162,103 @@ pub(crate) struct Checkpoint {
     /// State entries (key, value, location) and positions (source, position, location).
     pub(crate) state_entries: Vec<StateRow>,
     pub(crate) positions: Vec<PositionRow>,
+    /// The header CRC of the chain's last file (a delta written next names it).
+    crc: u32,
+    /// Deltas loaded after the full checkpoint.
+    pub(crate) deltas: u32,
+    /// Why the delta after the last one loaded was not used (`None`: no further delta file).
+    pub(crate) delta_ignored: Option<String>,
 }
 
-/// Writes a checkpoint of the store's index.
+/// The checkpoint files on disk that a delta may extend: the chain's last file. Kept in the
+/// index (`Index::checkpoint_chain`) from the checkpoint written or loaded until the next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain {
+    /// The header CRC of the chain's last file.
+    crc: u32,
+    /// Its replay start: the next delta holds the entries from here on.
+    replay_from: Location,
+    /// Its number (0: the full checkpoint).
+    seq: u32,
+    /// `Log::bytes_appended` when it was written (0 for a chain loaded on open).
+    pub(crate) at_bytes: u64,
+}
+
+/// What kind of checkpoint file is written.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Every entry before the replay start (`checkpoint.idem`).
+    Full,
+    /// The entries from the chain's last replay start on, and the locations dropped since
+    /// (`checkpoint-delta-NNNNNN.idem`).
+    Delta(Chain),
+}
+
+/// The file name of the delta checkpoint numbered `seq` (from 1).
+fn delta_file_name(seq: u32) -> String {
+    format!("{DELTA_PREFIX}{seq:06}.idem")
+}
+
+/// Writes a full checkpoint of the store's index, then deletes the deltas of the previous one.
 pub(crate) fn write(shared: &Shared) -> Result<()> {
+    write_kind(shared, Kind::Full).map(|_| ())
+}
+
+/// Writes a delta checkpoint extending the chain on disk; `Ok(false)` if there is none to extend
+/// (or the shards gave up tracking what they dropped): the caller writes a full one instead.
+pub(crate) fn write_delta(shared: &Shared) -> Result<bool> {
+    let Some(chain) = *shared.index.checkpoint_chain.lock() else {
+        return Ok(false);
+    };
+    write_kind(shared, Kind::Delta(chain))
+}
+
+/// Whether a delta checkpoint is due: `every` bytes appended since the chain's last file, or
+/// since the last full checkpoint (`full_at_bytes`) if there is no chain.
+pub(crate) fn delta_due(shared: &Shared, appended: u64, full_at_bytes: u64, every: u64) -> bool {
+    let last = shared
+        .index
+        .checkpoint_chain
+        .lock()
+        .map_or(full_at_bytes, |chain| chain.at_bytes.max(full_at_bytes));
+    every > 0 && appended.saturating_sub(last) >= every
+}
+
+fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
     // Everything before P must be durable before entries pointing there are recorded as facts.
+    let appended = shared.log.bytes_appended();
     let (replay_from, segments) = shared.log.tail_and_stats();
+    let from = match kind {
+        Kind::Full => 0,
+        Kind::Delta(chain) => chain.replay_from,
+    };
+    if replay_from <= from {
+        // Nothing was appended since the chain's last file: it is up to date.
+        return Ok(true);
+    }
+    // Until this file is in place the chain in memory no longer describes the shards' tracking:
+    // a failure leaves none, and the next checkpoint is a full one.
+    *shared.index.checkpoint_chain.lock() = None;
     shared.log.wait_durable(replay_from)?;
     let now = shared.clock.now_millis();
 
     let dir = &shared.dir;
-    let tmp_path = dir.join(CHECKPOINT_TMP_FILE_NAME);
-    let final_path = dir.join(CHECKPOINT_FILE_NAME);
+    let (tmp_name, final_name, header_len, crc_offset) = match kind {
+        Kind::Full => (
+            CHECKPOINT_TMP_FILE_NAME.to_string(),
+            CHECKPOINT_FILE_NAME.to_string(),
+            HEADER_LEN,
+            HEADER_CRC_OFFSET,
+        ),
+        Kind::Delta(chain) => (
+            DELTA_TMP_FILE_NAME.to_string(),
+            delta_file_name(chain.seq + 1),
+            DELTA_HEADER_LEN,
+            DELTA_HEADER_CRC_OFFSET,
+        ),
+    };
+    let tmp_path = dir.join(&tmp_name);
+    let final_path = dir.join(&final_name);
     let io = |what: &'static str| {
         let path = tmp_path.display().to_string();
         move |e| Error::io(format!("{what} checkpoint {path}"), e)
@@ -141,9 +272,13 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     };
 
     // The header's entry count is only known at the end: write a placeholder, patch it after.
-    let mut header = [0u8; HEADER_LEN];
-    header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&CHECKPOINT_MAGIC);
-    put_u32(&mut header, VERSION_OFFSET, CHECKPOINT_VERSION);
+    let mut header = vec![0u8; header_len];
+    let (magic, version) = match kind {
+        Kind::Full => (CHECKPOINT_MAGIC, CHECKPOINT_VERSION),
+        Kind::Delta(_) => (DELTA_MAGIC, DELTA_VERSION),
+    };
+    header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&magic);
+    put_u32(&mut header, VERSION_OFFSET, version);
     put_u32(
         &mut header,
         SHARD_COUNT_OFFSET,
@@ -155,6 +290,11 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     }
     put_u64(&mut header, REPLAY_FROM_OFFSET, replay_from);
     put_u32(&mut header, SEGMENT_COUNT_OFFSET, segments.len() as u32);
+    if let Kind::Delta(chain) = kind {
+        put_u64(&mut header, DELTA_FROM_OFFSET, chain.replay_from);
+        put_u32(&mut header, DELTA_PREV_CRC_OFFSET, chain.crc);
+        put_u32(&mut header, DELTA_SEQ_OFFSET, chain.seq + 1);
+    }
     out.write_all(&header).map_err(io("writing"))?;
 
     let mut table_bytes = Vec::with_capacity(segments.len() * SEGMENT_ROW_LEN + 4);
@@ -181,13 +321,23 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
     // helper thread encodes the odd shards while this one encodes the even shards and writes
     // every block in shard order (at most a few blocks wait in the channel).
     let shards = shared.index.shards();
+    let delta = matches!(kind, Kind::Delta(_));
     let encoder = || {
         let (mut kept, mut scratch) = (Vec::new(), Vec::new());
-        move |shard: usize| encode_block(&shards[shard], replay_from, now, &mut kept, &mut scratch)
+        move |shard: usize| {
+            encode_block(
+                &shards[shard],
+                from..replay_from,
+                delta,
+                now,
+                &mut kept,
+                &mut scratch,
+            )
+        }
     };
     let mut entry_count: u64 = 0;
-    std::thread::scope(|scope| {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(4);
+    let complete = std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Option<(u64, Vec<u8>)>>(4);
         let parallel = shards.len() >= 2;
         if parallel {
             scope.spawn(move || {
@@ -202,18 +352,27 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         }
         let mut encode = encoder();
         for shard in 0..shards.len() {
-            let (entries, block) = if parallel && shard % 2 == 1 {
+            let block = if parallel && shard % 2 == 1 {
                 receiver
                     .recv()
                     .expect("the encoding thread sends every odd shard")
             } else {
                 encode(shard)
             };
+            // A shard that gave up tracking its dropped locations: no delta can be written.
+            let Some((entries, block)) = block else {
+                return Ok(false);
+            };
             entry_count += entries;
             out.write_all(&block).map_err(io("writing"))?;
         }
-        Ok::<(), Error>(())
+        Ok::<bool, Error>(true)
     })?;
+    if !complete {
+        drop(file);
+        let _ = storage.remove(&tmp_path);
+        return Ok(false);
+    }
     // Open claims: their records may lie before P, where replay will not see them.
     let mut claims = Vec::new();
     let claim_keys = shared.claims.live_keys(now);
@@ -229,42 +388,103 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
         .map_err(io("writing"))?;
     out.flush().map_err(io("writing"))?;
     put_u64(&mut header, ENTRY_COUNT_OFFSET, entry_count);
-    let crc = crc32fast::hash(&header[..HEADER_CRC_OFFSET]);
-    put_u32(&mut header, HEADER_CRC_OFFSET, crc);
+    let crc = crc32fast::hash(&header[..crc_offset]);
+    put_u32(&mut header, crc_offset, crc);
     file.write_all_at(&header, 0).map_err(io("writing"))?;
     file.sync_data().map_err(io("fsync of"))?;
     drop(file);
     storage
         .rename(&tmp_path, &final_path)
         .map_err(io("renaming"))?;
-    sync_dir(storage, dir)
+    sync_dir(storage, dir)?;
+    let seq = match kind {
+        Kind::Full => {
+            // The deltas of the previous full checkpoint no longer extend anything: a crash
+            // before they are gone leaves them, and the load ignores them (they name another
+            // predecessor).
+            remove_deltas(storage, dir)?;
+            0
+        }
+        Kind::Delta(chain) => chain.seq + 1,
+    };
+    *shared.index.checkpoint_chain.lock() = Some(Chain {
+        crc,
+        replay_from,
+        seq,
+        at_bytes: appended,
+    });
+    Ok(true)
 }
 
-/// One shard's block: its entries with location before `replay_from` not dead at `now`, counted,
-/// in the compact encoding, behind the block header.
+/// Deletes every delta checkpoint file in `dir`.
+fn remove_deltas(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut removed = false;
+    for name in names.iter().filter(|name| name.starts_with(DELTA_PREFIX)) {
+        let path = dir.join(name);
+        storage
+            .remove(&path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        removed = true;
+    }
+    if removed {
+        sync_dir(storage, dir)?;
+    }
+    Ok(())
+}
+
+/// One shard's block: its entries with location in `range` not dead at `now`, counted, in the
+/// compact encoding, behind the block header; for a delta, also the locations the shard dropped
+/// since the previous checkpoint's snapshot of it. The shard's dropped locations restart from
+/// this snapshot either way. `None`: the shard gave up tracking them (a delta cannot be written).
 fn encode_block(
     shard: &parking_lot::Mutex<crate::index::ShardTable>,
-    replay_from: Location,
+    range: std::ops::Range<Location>,
+    delta: bool,
     now: u64,
     kept: &mut Vec<Slot>,
     scratch: &mut Vec<Slot>,
-) -> (u64, Vec<u8>) {
+) -> Option<(u64, Vec<u8>)> {
     kept.clear();
-    kept.extend(
-        shard
-            .lock()
-            .occupied()
-            .map(|(_, slot)| slot)
-            .filter(|slot| slot.location < replay_from && !slot.is_dead(now)),
-    );
-    let mut block = vec![0u8; SHARD_BLOCK_HEADER_LEN];
+    let (mut removed, overflowed) = {
+        let mut table = shard.lock();
+        kept.extend(
+            table
+                .occupied_from(range.start)
+                .filter(|slot| range.contains(&slot.location) && !slot.is_dead(now)),
+        );
+        table.dropped.restart(range.end)
+    };
+    if delta && overflowed {
+        return None;
+    }
+    let header_len = if delta {
+        DELTA_BLOCK_HEADER_LEN
+    } else {
+        SHARD_BLOCK_HEADER_LEN
+    };
+    let mut block = vec![0u8; header_len];
     blocks::encode_compact(kept, scratch, &mut block);
-    let body_len = (block.len() - SHARD_BLOCK_HEADER_LEN) as u32;
+    let body_len = (block.len() - header_len) as u32;
     put_u32(&mut block, 0, kept.len() as u32);
     put_u32(&mut block, 4, body_len);
-    let crc = compact_block_crc(&block[..8], &block[SHARD_BLOCK_HEADER_LEN..]);
-    put_u32(&mut block, 8, crc);
-    (kept.len() as u64, block)
+    if delta {
+        removed.sort_unstable();
+        removed.dedup();
+        let start = block.len();
+        blocks::encode_locations(&removed, &mut block);
+        let removed_len = (block.len() - start) as u32;
+        put_u32(&mut block, 8, removed.len() as u32);
+        put_u32(&mut block, 12, removed_len);
+        let crc = compact_block_crc(&block[..16], &block[DELTA_BLOCK_HEADER_LEN..]);
+        put_u32(&mut block, 16, crc);
+    } else {
+        let crc = compact_block_crc(&block[..8], &block[SHARD_BLOCK_HEADER_LEN..]);
+        put_u32(&mut block, 8, crc);
+    }
+    Some((kept.len() as u64, block))
 }
 
 /// The state section: rows of state entries and positions whose records lie before P, then the
@@ -376,14 +596,17 @@ impl Appender<'_> {
     }
 }
 
-/// Reads the checkpoint in `dir`: `Ok(None)` if there is none, `Err(reason)` if it must be
-/// ignored, with the reason for the recovery report.
+/// Reads the checkpoint in `dir`, with the deltas that extend it: `Ok(None)` if there is none,
+/// `Err(reason)` if it must be ignored, with the reason for the recovery report. A delta that
+/// fails a check ends the chain there (`Checkpoint::delta_ignored` says why): replay starts at
+/// the replay start of the last file that passed.
 pub(crate) fn load(
     storage: &dyn Storage,
     dir: &Path,
     config: &Config,
 ) -> std::result::Result<Option<Checkpoint>, String> {
     let _ = storage.remove(&dir.join(CHECKPOINT_TMP_FILE_NAME));
+    let _ = storage.remove(&dir.join(DELTA_TMP_FILE_NAME));
     let path = dir.join(CHECKPOINT_FILE_NAME);
     let read = |file: Box<dyn StorageFile>| {
         let mut bytes = vec![0u8; file.len()? as usize];
@@ -396,30 +619,118 @@ pub(crate) fn load(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    decode(bytes, config)
-        .map(Some)
-        .map_err(|reason| format!("{} ignored: {reason}", path.display()))
+    let mut checkpoint = decode(bytes, config, None)
+        .map_err(|reason| format!("{} ignored: {reason}", path.display()))?;
+    // Deltas extend only a full checkpoint of this version (one this build wrote).
+    if checkpoint.layout == EntryLayout::Compact
+        && get_u32(&checkpoint.parts[0].bytes, VERSION_OFFSET) == CHECKPOINT_VERSION
+    {
+        for seq in 1.. {
+            let path = dir.join(delta_file_name(seq));
+            let bytes = match storage.open(&path).and_then(read) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => {
+                    checkpoint.delta_ignored = Some(format!("reading {}: {e}", path.display()));
+                    break;
+                }
+            };
+            let prev = Prev {
+                crc: checkpoint.crc,
+                replay_from: checkpoint.replay_from,
+                seeds: checkpoint.seeds,
+                seq,
+            };
+            match decode(bytes, config, Some(prev)) {
+                Ok(delta) => checkpoint.extend(delta),
+                Err(reason) => {
+                    checkpoint.delta_ignored =
+                        Some(format!("{} ignored: {reason}", path.display()));
+                    break;
+                }
+            }
+        }
+    }
+    let bytes: usize = checkpoint.parts.iter().map(|p| p.bytes.len()).sum();
+    checkpoint.parallel = bytes >= config.parallel_replay_min_bytes;
+    Ok(Some(checkpoint))
 }
 
-/// Checks a checkpoint file's bytes whole; the shard blocks are checked by two threads when
-/// they take at least `config.parallel_replay_min_bytes`.
-fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, String> {
+impl Checkpoint {
+    /// Appends a checked delta: its entries and removed locations, and its replay start,
+    /// segment table, claims and state, which supersede the chain's.
+    fn extend(&mut self, delta: Checkpoint) {
+        self.replay_from = delta.replay_from;
+        self.segments = delta.segments;
+        self.claim_keys = delta.claim_keys;
+        self.state_entries = delta.state_entries;
+        self.positions = delta.positions;
+        self.crc = delta.crc;
+        self.deltas += 1;
+        self.parts.extend(delta.parts);
+    }
+
+    /// The chain this checkpoint continues, for the next delta (`None` if its full checkpoint
+    /// is of an older version, which deltas do not extend).
+    pub(crate) fn chain(&self) -> Option<Chain> {
+        let base = &self.parts[0];
+        (base.layout == EntryLayout::Compact
+            && get_u32(&base.bytes, VERSION_OFFSET) == CHECKPOINT_VERSION)
+            .then_some(Chain {
+                crc: self.crc,
+                replay_from: self.replay_from,
+                seq: self.deltas,
+                at_bytes: 0,
+            })
+    }
+}
+
+/// What a delta must continue: the chain's last file so far.
+#[derive(Debug, Clone, Copy)]
+struct Prev {
+    crc: u32,
+    replay_from: Location,
+    seeds: [u64; 4],
+    seq: u32,
+}
+
+/// Checks a checkpoint file's bytes whole (a full one, or with `prev` a delta extending it); the
+/// shard blocks are checked by two threads when they take at least
+/// `config.parallel_replay_min_bytes`.
+fn decode(
+    file: Vec<u8>,
+    config: &Config,
+    prev: Option<Prev>,
+) -> std::result::Result<Checkpoint, String> {
     let parallel_min_bytes = config.parallel_replay_min_bytes;
     let bytes = &file[..];
-    if bytes.len() < HEADER_LEN {
+    let (magic, header_len, crc_offset) = match prev {
+        None => (CHECKPOINT_MAGIC, HEADER_LEN, HEADER_CRC_OFFSET),
+        Some(_) => (DELTA_MAGIC, DELTA_HEADER_LEN, DELTA_HEADER_CRC_OFFSET),
+    };
+    if bytes.len() < header_len {
         return Err(format!("{} bytes, shorter than the header", bytes.len()));
     }
-    if bytes[MAGIC_OFFSET..VERSION_OFFSET] != CHECKPOINT_MAGIC {
+    if bytes[MAGIC_OFFSET..VERSION_OFFSET] != magic {
         return Err("bad magic".into());
     }
-    if get_u32(bytes, HEADER_CRC_OFFSET) != crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) {
+    let crc = get_u32(bytes, crc_offset);
+    if crc != crc32fast::hash(&bytes[..crc_offset]) {
         return Err("header checksum mismatch".into());
     }
     let version = get_u32(bytes, VERSION_OFFSET);
-    if !(CHECKPOINT_VERSION_1..=CHECKPOINT_VERSION).contains(&version) {
-        return Err(format!(
-            "version {version}, this build reads {CHECKPOINT_VERSION_1} to {CHECKPOINT_VERSION}"
-        ));
+    match prev {
+        None if !(CHECKPOINT_VERSION_1..=CHECKPOINT_VERSION).contains(&version) => {
+            return Err(format!(
+                "version {version}, this build reads {CHECKPOINT_VERSION_1} to {CHECKPOINT_VERSION}"
+            ));
+        }
+        Some(_) if version != DELTA_VERSION => {
+            return Err(format!(
+                "delta version {version}, this build reads {DELTA_VERSION}"
+            ));
+        }
+        _ => {}
     }
     let shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
     if shard_count != config.shard_count {
@@ -435,8 +746,26 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
     let replay_from = get_u64(bytes, REPLAY_FROM_OFFSET);
     let segment_count = get_u32(bytes, SEGMENT_COUNT_OFFSET) as usize;
     let entry_count = get_u64(bytes, ENTRY_COUNT_OFFSET);
+    let from = match prev {
+        None => 0,
+        Some(prev) => {
+            if get_u32(bytes, DELTA_PREV_CRC_OFFSET) != prev.crc
+                || get_u64(bytes, DELTA_FROM_OFFSET) != prev.replay_from
+                || get_u32(bytes, DELTA_SEQ_OFFSET) != prev.seq
+            {
+                return Err("it does not extend the checkpoint before it".into());
+            }
+            if seeds != prev.seeds {
+                return Err("its hash seeds differ from the checkpoint's".into());
+            }
+            if replay_from <= prev.replay_from {
+                return Err("its replay start is not after its predecessor's".into());
+            }
+            prev.replay_from
+        }
+    };
 
-    let mut at = HEADER_LEN;
+    let mut at = header_len;
     let table_len = segment_count
         .checked_mul(SEGMENT_ROW_LEN)
         .filter(|len| at + len + 4 <= bytes.len())
@@ -469,14 +798,15 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
     }
     at += table_len + 4;
 
-    let layout = if version >= CHECKPOINT_VERSION_3 {
+    let layout = if version >= CHECKPOINT_VERSION_3 || prev.is_some() {
         EntryLayout::Compact
     } else {
         EntryLayout::Fixed
     };
-    let block_header_len = match layout {
-        EntryLayout::Compact => SHARD_BLOCK_HEADER_LEN,
-        EntryLayout::Fixed => FIXED_BLOCK_HEADER_LEN,
+    let block_header_len = match (layout, prev) {
+        (_, Some(_)) => DELTA_BLOCK_HEADER_LEN,
+        (EntryLayout::Compact, None) => SHARD_BLOCK_HEADER_LEN,
+        (EntryLayout::Fixed, None) => FIXED_BLOCK_HEADER_LEN,
     };
     let mut shard_blocks = Vec::with_capacity(shard_count);
     let mut total: u64 = 0;
@@ -485,28 +815,44 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
             return Err(format!("truncated at shard {shard} (offset {at})"));
         }
         let entries = get_u32(bytes, at) as usize;
-        let (len, crc) = match layout {
-            EntryLayout::Compact => (
+        let (len, crc, removed_count, removed_len) = match (layout, prev) {
+            (_, Some(_)) => (
+                Some(get_u32(bytes, at + 4) as usize),
+                get_u32(bytes, at + 16),
+                get_u32(bytes, at + 8) as usize,
+                get_u32(bytes, at + 12) as usize,
+            ),
+            (EntryLayout::Compact, None) => (
                 Some(get_u32(bytes, at + 4) as usize),
                 get_u32(bytes, at + 8),
+                0,
+                0,
             ),
-            EntryLayout::Fixed => (entries.checked_mul(FIXED_ENTRY_LEN), get_u32(bytes, at + 4)),
+            (EntryLayout::Fixed, None) => (
+                entries.checked_mul(FIXED_ENTRY_LEN),
+                get_u32(bytes, at + 4),
+                0,
+                0,
+            ),
         };
         at += block_header_len;
         let len = len
+            .and_then(|len| len.checked_add(removed_len))
             .filter(|len| at + len <= bytes.len())
             .ok_or_else(|| format!("shard {shard} runs past the end (offset {at})"))?;
         total += entries as u64;
         shard_blocks.push(Block {
-            body: at..at + len,
+            body: at..at + len - removed_len,
             entries,
             crc,
             crc_covers_counts: layout == EntryLayout::Compact,
+            removed: at + len - removed_len..at + len,
+            removed_count,
         });
         at += len;
     }
-    let parallel = at - HEADER_LEN >= parallel_min_bytes;
-    check_blocks(bytes, layout, &shard_blocks, replay_from, parallel)?;
+    let parallel = at - header_len >= parallel_min_bytes;
+    check_blocks(bytes, layout, &shard_blocks, from..replay_from, parallel)?;
     let claims_start = at;
     let claim_count = bytes
         .get(at..at + 4)
@@ -535,7 +881,7 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
         ));
     }
     at += 4;
-    let (state_entries, positions) = if version == CHECKPOINT_VERSION_1 {
+    let (state_entries, positions) = if version == CHECKPOINT_VERSION_1 && prev.is_none() {
         (Vec::new(), Vec::new())
     } else {
         let (entries, positions, end) = decode_state_section(bytes, at, replay_from)?;
@@ -559,12 +905,20 @@ fn decode(file: Vec<u8>, config: &Config) -> std::result::Result<Checkpoint, Str
         replay_from,
         segments,
         layout,
-        shard_blocks,
+        parts: vec![Part {
+            bytes: file,
+            layout,
+            shard_blocks,
+            from,
+            to: replay_from,
+        }],
         parallel,
         claim_keys,
         state_entries,
         positions,
-        bytes: file,
+        crc,
+        deltas: 0,
+        delta_ignored: None,
     })
 }
 
@@ -584,7 +938,7 @@ pub(crate) fn check_bytes(bytes: &[u8]) -> std::result::Result<CheckpointSummary
         config.shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
         config.hash_mask_for_testing = get_u64(bytes, HASH_MASK_OFFSET);
     }
-    let checkpoint = decode(bytes.to_vec(), &config)?;
+    let checkpoint = decode(bytes.to_vec(), &config, None)?;
     Ok(CheckpointSummary {
         replay_from: checkpoint.replay_from,
         entries: get_u64(bytes, ENTRY_COUNT_OFFSET),
@@ -592,7 +946,8 @@ pub(crate) fn check_bytes(bytes: &[u8]) -> std::result::Result<CheckpointSummary
     })
 }
 
-/// Puts a loaded checkpoint's entries into the index, dropping those that are dead at
+/// Puts a loaded checkpoint's entries into the index (the full checkpoint's and each delta's,
+/// less the locations a later delta lists as removed), dropping those that are dead at
 /// `now_millis` or whose segment no longer exists.
 pub(crate) fn install(
     checkpoint: &Checkpoint,
@@ -616,19 +971,32 @@ pub(crate) fn install(
         }
     }
     let shards = index.shards();
-    let (layout, replay_from) = (checkpoint.layout, checkpoint.replay_from);
     let installed_in = |first: usize, step: usize| {
         let mut installed = 0u64;
-        for (shard, block) in shards
-            .iter()
-            .zip(&checkpoint.shard_blocks)
-            .skip(first)
-            .step_by(step)
-        {
-            let body = &checkpoint.bytes[block.body.clone()];
+        let mut removed: Vec<Location> = Vec::new();
+        for (shard_index, shard) in shards.iter().enumerate().skip(first).step_by(step) {
+            // The locations removed by the deltas, sorted: entries come in location order
+            // (each file's in order, the files in order of their disjoint ranges), so one
+            // cursor walks them.
+            removed.clear();
+            for part in &checkpoint.parts[1..] {
+                let block = &part.shard_blocks[shard_index];
+                let body = &part.bytes[block.removed.clone()];
+                blocks::decode_locations(body, block.removed_count, part.from, |location| {
+                    removed.push(location)
+                })
+                .expect("every block was checked on load");
+            }
+            removed.sort_unstable();
+            let mut next_removed = 0;
             let mut table = shard.lock();
+            let entries: usize = checkpoint
+                .parts
+                .iter()
+                .map(|part| part.shard_blocks[shard_index].entries)
+                .sum();
             // Sized once for all its entries: no table is rebuilt while loading.
-            table.reserve(block.entries, now_millis);
+            table.reserve(entries.saturating_sub(removed.len()), now_millis);
             // Entries come in location order, so each lands at a random slot: its home slot is
             // prefetched a few entries before it is installed (the table, sized above, does
             // not move meanwhile).
@@ -641,19 +1009,33 @@ pub(crate) fn install(
                 }
                 segment.1
             };
-            blocks::decode_entries(layout, body, block.entries, replay_from, |slot| {
-                if !slot.is_dead(now_millis) && exists(segment_of(slot.location)) {
-                    table.prefetch(slot.tag);
-                    if ahead.len() == INSTALL_AHEAD {
-                        let due = ahead.pop_front().expect("a full queue");
-                        table.install_unscheduled(due, now_millis);
+            for part in &checkpoint.parts {
+                let block = &part.shard_blocks[shard_index];
+                let body = &part.bytes[block.body.clone()];
+                let range = part.from.max(1)..part.to;
+                blocks::decode_entries_in(part.layout, body, block.entries, range, |slot| {
+                    if !removed.is_empty() {
+                        while next_removed < removed.len() && removed[next_removed] < slot.location
+                        {
+                            next_removed += 1;
+                        }
+                        if removed.get(next_removed) == Some(&slot.location) {
+                            return;
+                        }
                     }
-                    ahead.push_back(slot);
-                    installed += 1;
-                }
-            })
-            .expect("every block was checked on load");
-            for slot in ahead {
+                    if !slot.is_dead(now_millis) && exists(segment_of(slot.location)) {
+                        table.prefetch(slot.tag);
+                        if ahead.len() == INSTALL_AHEAD {
+                            let due = ahead.pop_front().expect("a full queue");
+                            table.install_unscheduled(due, now_millis);
+                        }
+                        ahead.push_back(slot);
+                        installed += 1;
+                    }
+                })
+                .expect("every block was checked on load");
+            }
+            for slot in ahead.drain(..) {
                 table.install_unscheduled(slot, now_millis);
             }
         }
@@ -681,18 +1063,29 @@ pub(crate) fn on_shards<T: Send>(
     })
 }
 
-/// Checks every shard block (CRC, then each entry); the first failing shard is named.
+/// Checks every shard block (CRC, then each entry and removed location); the first failing
+/// shard is named.
 fn check_blocks(
     bytes: &[u8],
     layout: EntryLayout,
     shard_blocks: &[Block],
-    replay_from: Location,
+    range: std::ops::Range<Location>,
     parallel: bool,
 ) -> std::result::Result<(), String> {
     let first_failure = |first: usize, step: usize| {
         for (shard, block) in shard_blocks.iter().enumerate().skip(first).step_by(step) {
             let body = &bytes[block.body.clone()];
-            let crc = if block.crc_covers_counts {
+            let removed = &bytes[block.removed.clone()];
+            // A delta's blocks (their entries start after 0): the CRC covers the four counts,
+            // the entries and the removed locations.
+            let crc = if range.start > 0 {
+                let start = block.body.start - DELTA_BLOCK_HEADER_LEN;
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&bytes[start..start + 16]);
+                hasher.update(body);
+                hasher.update(removed);
+                hasher.finalize()
+            } else if block.crc_covers_counts {
                 let start = block.body.start - SHARD_BLOCK_HEADER_LEN;
                 compact_block_crc(&bytes[start..start + 8], body)
             } else {
@@ -705,9 +1098,16 @@ fn check_blocks(
                     format!("shard {shard} checksum mismatch at offset {at}"),
                 ));
             }
-            if let Err(why) =
-                blocks::decode_entries(layout, body, block.entries, replay_from, |_| {})
-            {
+            let entries = blocks::decode_entries_in(
+                layout,
+                body,
+                block.entries,
+                range.start.max(1)..range.end,
+                |_| {},
+            );
+            let removed =
+                blocks::decode_locations(removed, block.removed_count, range.start, |_| {});
+            if let Err(why) = entries.and(removed) {
                 return Some((shard, format!("shard {shard} {why}")));
             }
         }
@@ -1601,5 +2001,281 @@ mod tests {
             before.len() >= 4 && before.iter().all(|&n| n == 100),
             "{outcomes:?}"
         );
+    }
+
+    /// A config writing a full checkpoint every 48 KiB of log and a delta every 6 KiB (run by
+    /// `maintain`), with 4 tags per shard: removals and overwrites meet many entries of the
+    /// same tag, so a delta must drop exactly the removed location, never "the key's tag".
+    fn delta_config(storage: &SimStorage, clock: &ManualClock) -> Config {
+        config(storage.clone(), clock)
+            .checkpoint_every_bytes(48 << 10)
+            .checkpoint_delta_every_bytes(6 << 10)
+            .compaction_live_ratio(0.9)
+            .hash_mask_for_testing(u64::MAX << 62 | 3 << 16)
+    }
+
+    type Answers = (Vec<Option<Vec<u8>>>, Vec<crate::ClaimToken>);
+
+    fn answers_of(store: &Store, keys: &[Vec<u8>]) -> Answers {
+        let values = keys
+            .iter()
+            .map(|k| store.get(k).unwrap().map(|v| v.to_vec()))
+            .collect();
+        (values, store.in_doubt().unwrap())
+    }
+
+    /// The checkpoint files (full and deltas) in the directory, by name.
+    fn checkpoint_files(storage: &SimStorage) -> Vec<(String, Vec<u8>)> {
+        let mut names: Vec<String> = storage
+            .list(dir())
+            .unwrap()
+            .into_iter()
+            .filter(|n| n == CHECKPOINT_FILE_NAME || n.starts_with(DELTA_PREFIX))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let bytes = file(storage, &n).unwrap();
+                (n, bytes)
+            })
+            .collect()
+    }
+
+    /// Opens the store with every checkpoint file set aside: the answers of a full replay. The
+    /// files are put back after.
+    fn full_replay_answers(storage: &SimStorage, config: &Config, keys: &[Vec<u8>]) -> Answers {
+        let files = checkpoint_files(storage);
+        for (name, _) in &files {
+            storage.remove(&dir().join(name)).unwrap();
+        }
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+        let answers = answers_of(&store, keys);
+        drop(store);
+        for (name, bytes) in &files {
+            put_file(storage, name, bytes);
+        }
+        answers
+    }
+
+    /// Random inserts, removals, claims (completed or left open), expiry and maintenance
+    /// (compaction, deletion, full checkpoints and deltas), dropped without `close` every few
+    /// rounds: each reopen from the checkpoint chain answers exactly as a full replay of the same
+    /// files, and the store goes on from the chain it loaded.
+    #[test]
+    fn deltas_reopen_like_a_full_replay_through_removals_expiry_compaction_and_reopens() {
+        // Without compaction too: it deletes the segments of most removed entries, which then
+        // drop out on load whether or not a delta lists them.
+        for (seed, ratio) in [(77, 0.9), (78, 0.0)] {
+            deltas_reopen_like_a_full_replay(seed, ratio);
+        }
+    }
+
+    fn deltas_reopen_like_a_full_replay(seed: u64, compaction_live_ratio: f64) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let storage = SimStorage::new(seed);
+        let clock = ManualClock::new();
+        let config = delta_config(&storage, &clock).compaction_live_ratio(compaction_live_ratio);
+        let keys: Vec<Vec<u8>> = (0..240).map(key).collect();
+        let mut store = Store::open_with(DIR, config.clone()).unwrap();
+        let (mut deltas_loaded, mut removed_in_deltas, mut reclaimed) = (0, false, 0);
+        for round in 0..60 {
+            for _ in 0..80 {
+                let k = &keys[rng.gen_range(0..keys.len())];
+                match rng.gen_range(0..10) {
+                    0..5 => {
+                        let ttl = [5, 60, 3600][rng.gen_range(0..3)];
+                        let value = format!("{round}-{}", rng.gen::<u16>()).into_bytes();
+                        let outcome = store.check_or_insert(k, Duration::from_secs(ttl), &value);
+                        // A key claimed and not completed refuses an insert.
+                        assert!(
+                            matches!(outcome, Ok(_) | Err(crate::Error::ClaimInFlight { .. })),
+                            "{outcome:?}"
+                        );
+                    }
+                    5..8 => {
+                        store.remove(k).unwrap();
+                    }
+                    _ => {
+                        if let Claim::Acquired(token) =
+                            store.claim(k, Duration::from_secs(30)).unwrap()
+                        {
+                            if rng.gen_bool(0.5) {
+                                store
+                                    .complete(token, Duration::from_secs(60), b"done")
+                                    .unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+            clock.advance(Duration::from_secs(rng.gen_range(0..8)));
+            store.maintain().unwrap();
+            if round % 6 == 5 {
+                let stats = store.stats();
+                reclaimed += stats.segments_deleted + stats.segments_compacted;
+                drop(store);
+                for (name, bytes) in checkpoint_files(&storage) {
+                    if name.starts_with(DELTA_PREFIX) {
+                        let delta = decode(bytes, &config, None);
+                        // Not a full checkpoint; read as a delta below.
+                        assert!(delta.is_err());
+                    }
+                }
+                let loaded = load(&storage, dir(), &config).unwrap();
+                if let Some(loaded) = &loaded {
+                    removed_in_deltas |= loaded.parts[1..].iter().any(|part| {
+                        part.shard_blocks
+                            .iter()
+                            .any(|block| block.removed_count > 0)
+                    });
+                }
+                let full = full_replay_answers(&storage, &config, &keys);
+                store = Store::open_with(DIR, config.clone()).unwrap();
+                let report = store.recovery_report().clone();
+                assert_eq!(report.checkpoint_ignored, None, "round {round}");
+                assert_eq!(report.checkpoint_delta_ignored, None, "round {round}");
+                deltas_loaded += report.checkpoint_deltas_loaded;
+                let with_chain = answers_of(&store, &keys);
+                for (i, k) in keys.iter().enumerate() {
+                    assert_eq!(
+                        with_chain.0[i],
+                        full.0[i],
+                        "round {round}, {}: chain + replay vs full replay ({report:?})",
+                        String::from_utf8_lossy(k)
+                    );
+                }
+                assert_eq!(with_chain.1, full.1, "round {round}: claims in doubt");
+            }
+        }
+        assert!(deltas_loaded >= 5, "{deltas_loaded} deltas loaded");
+        assert!(removed_in_deltas, "no delta listed a removed location");
+        if compaction_live_ratio > 0.0 {
+            assert!(reclaimed > 0, "no segment deleted or compacted");
+        }
+    }
+
+    /// A store whose chain is a full checkpoint and three deltas, dropped without `close`, with
+    /// records after the last delta; returns the keys and the records replayed after each file
+    /// of the chain (the full checkpoint, then each delta).
+    fn chained(storage: &SimStorage, config: &Config) -> (Vec<Vec<u8>>, Vec<u64>) {
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..2000).map(key).collect();
+        let mut written = Vec::new();
+        let mut records = 0u64;
+        for (i, k) in keys.iter().enumerate() {
+            store.check_or_insert(k, TTL, k).unwrap();
+            records += 1;
+            if i % 3 == 0 && i > 0 {
+                assert!(store.remove(&keys[i - 1]).unwrap());
+                records += 1;
+            }
+            if i % 20 == 0 {
+                if store.maintain().unwrap().checkpoint_written {
+                    written.push(records);
+                }
+                if written.len() == 4 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(written.len(), 4, "a full checkpoint and three deltas");
+        for k in keys.iter().skip(1990) {
+            store.check_or_insert(k, TTL, k).unwrap();
+            records += 1;
+        }
+        drop(store);
+        let names: Vec<String> = checkpoint_files(storage).into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            [
+                delta_file_name(1),
+                delta_file_name(2),
+                delta_file_name(3),
+                CHECKPOINT_FILE_NAME.to_string(),
+            ]
+        );
+        (keys, written.iter().map(|at| records - at).collect())
+    }
+
+    /// A damaged, cut, stale or foreign delta is never trusted: the chain ends before it (with
+    /// the reason in the report) and the log is replayed from the last file that passed, with the
+    /// answers of a full replay.
+    #[test]
+    fn a_damaged_delta_ends_the_chain_and_the_log_is_replayed_from_the_file_before() {
+        let storage = SimStorage::new(22);
+        let clock = ManualClock::new();
+        // No compaction: it would delete the segment a delta's replay starts in, and a chain
+        // cut before that delta would be ignored whole (a full replay).
+        let config = delta_config(&storage, &clock).compaction_live_ratio(0.0);
+        let (keys, replayed_after) = chained(&storage, &config);
+        let full = full_replay_answers(&storage, &config, &keys);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let report = store.recovery_report().clone();
+        assert_eq!(report.checkpoint_deltas_loaded, 3, "{report:?}");
+        assert_eq!(report.checkpoint_delta_ignored, None);
+        assert_eq!(report.records_replayed, replayed_after[3]);
+        assert_eq!(answers_of(&store, &keys), full);
+        drop(store);
+
+        let second = delta_file_name(2);
+        let valid = file(&storage, &second).unwrap();
+        let first = file(&storage, &delta_file_name(1)).unwrap();
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Damage, &str)> = vec![
+            ("cut short", Box::new(|b| b.truncate(b.len() - 5)), ""),
+            (
+                "a flipped byte in a block",
+                Box::new(|b| {
+                    let at = DELTA_HEADER_LEN + b.len() / 2 % (b.len() - DELTA_HEADER_LEN);
+                    b[at] ^= 0x10;
+                }),
+                "",
+            ),
+            (
+                "a flipped header byte",
+                Box::new(|b| b[REPLAY_FROM_OFFSET] ^= 1),
+                "header checksum mismatch",
+            ),
+            (
+                "another delta in its place (a stale one)",
+                Box::new(move |b| *b = first.clone()),
+                "does not extend the checkpoint before it",
+            ),
+            (
+                "a full checkpoint's magic",
+                Box::new(|b| b[..8].copy_from_slice(&CHECKPOINT_MAGIC)),
+                "bad magic",
+            ),
+        ];
+        for (what, damage, reason) in cases {
+            let mut bytes = valid.clone();
+            damage(&mut bytes);
+            put_file(&storage, &second, &bytes);
+            let store = Store::open_with(DIR, config.clone()).unwrap();
+            let report = store.recovery_report().clone();
+            assert_eq!(report.checkpoint_ignored, None, "{what}");
+            assert_eq!(report.checkpoint_deltas_loaded, 1, "{what}: {report:?}");
+            let ignored = report.checkpoint_delta_ignored.clone().unwrap_or_default();
+            assert!(
+                ignored.contains(&second) && ignored.contains(reason),
+                "{what}: {ignored:?}"
+            );
+            assert_eq!(report.records_replayed, replayed_after[1], "{what}");
+            assert_eq!(answers_of(&store, &keys), full, "{what}");
+            drop(store);
+        }
+        put_file(&storage, &second, &valid);
+        // A new full checkpoint: the old deltas are deleted, and none is loaded.
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        store.checkpoint().unwrap();
+        drop(store);
+        assert_eq!(checkpoint_files(&storage).len(), 1);
+        let store = Store::open_with(DIR, config).unwrap();
+        assert_eq!(store.recovery_report().checkpoint_deltas_loaded, 0);
+        assert_eq!(store.recovery_report().records_replayed, 0);
+        assert_eq!(answers_of(&store, &keys), full);
     }
 }

@@ -51,6 +51,7 @@ pub struct Config {
     pub(crate) expiry_tick: Duration,
     pub(crate) compaction_live_ratio: f64,
     pub(crate) checkpoint_every_bytes: u64,
+    pub(crate) checkpoint_delta_every_bytes: u64,
     pub(crate) background_maintenance: bool,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) late_duplicate_grace: Duration,
@@ -72,6 +73,7 @@ impl Default for Config {
             expiry_tick: Duration::from_secs(1),
             compaction_live_ratio: 0.5,
             checkpoint_every_bytes: 256 << 20,
+            checkpoint_delta_every_bytes: 32 << 20,
             background_maintenance: true,
             storage: Arc::new(FileSystem),
             late_duplicate_grace: Duration::ZERO,
@@ -159,6 +161,16 @@ impl Config {
     /// `close`. Reopening reads the checkpoint and only the log written after it.
     pub fn checkpoint_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_every_bytes = bytes;
+        self
+    }
+
+    /// Writes a delta checkpoint after this many bytes were appended to the log since the last
+    /// checkpoint of either kind (default 32 MiB; 0 turns deltas off). A delta holds only the
+    /// entries written since the previous checkpoint and the locations dropped since, so a
+    /// reopen replays at most this much log, while full checkpoints (`checkpoint_every_bytes`)
+    /// stay rare. Deltas are off when periodic checkpoints are.
+    pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_delta_every_bytes = bytes;
         self
     }
 

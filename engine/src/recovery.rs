@@ -57,6 +57,12 @@ pub struct RecoveryReport {
     pub checkpoint_entries_loaded: u64,
     /// Why a checkpoint present in the directory was not used (the log was replayed instead).
     pub checkpoint_ignored: Option<String>,
+    /// Delta checkpoints loaded after the full one (their entries count in
+    /// `checkpoint_entries_loaded`).
+    pub checkpoint_deltas_loaded: u64,
+    /// Why the delta checkpoint after the last one loaded was not used (the log was replayed
+    /// from the last one loaded instead).
+    pub checkpoint_delta_ignored: Option<String>,
 }
 
 /// Whether the bytes after a newest segment's last record are a prepared segment's unused
@@ -197,6 +203,16 @@ pub(crate) fn recover(
             |id| ids.binary_search(&id).is_ok(),
             now_millis,
         );
+        report.checkpoint_deltas_loaded = u64::from(checkpoint.deltas);
+        report.checkpoint_delta_ignored = checkpoint.delta_ignored.clone();
+        // The next delta extends this chain: from here on every shard notes the entries it
+        // drops of those the chain holds (replay drops some too).
+        if let Some(chain) = checkpoint.chain() {
+            for shard in index.shards() {
+                shard.lock().dropped.restart(checkpoint.replay_from);
+            }
+            *index.checkpoint_chain.lock() = Some(chain);
+        }
     }
     for (position, &id) in ids.iter().enumerate() {
         if id < first_replayed {

@@ -230,6 +230,7 @@ pub mod torture {
             .segment_size_bytes_for_testing(SEGMENT_BYTES)
             .compaction_live_ratio(compaction_live_ratio)
             .checkpoint_every_bytes(16 << 10)
+            .checkpoint_delta_every_bytes(4 << 10)
             .background_maintenance(background)
     }
 

@@ -337,6 +337,8 @@ impl Sim {
             .storage(storage.clone())
             .background_maintenance(false)
             .checkpoint_every_bytes(checkpoint_every)
+            // Deltas between the full checkpoints: a reopen loads the chain.
+            .checkpoint_delta_every_bytes(checkpoint_every / 4)
             .segment_size_bytes_for_testing(segment)
             .compaction_live_ratio(ratio)
             .shard_count(4);

@@ -30,6 +30,45 @@ fn config() -> Config {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // For profiling one reopen at a time: `prepare-worst <dir> <keys>` leaves the worst case's
+    // files in `dir`; `open <dir> [times]` reopens them (dropped without `close` each time, so
+    // the files stay as they were).
+    match args.first().map(String::as_str) {
+        Some("prepare-worst") => {
+            let dir = std::path::Path::new(&args[1]);
+            let live: u64 = args[2].parse().expect("a key count");
+            let _ = std::fs::remove_dir_all(dir);
+            write_worst(dir, live);
+            return;
+        }
+        Some("close") => {
+            // Reopens and closes: `close` writes a checkpoint of everything.
+            let store = Store::open_with(&args[1], config()).expect("open");
+            store.close().expect("close");
+            return;
+        }
+        Some("open") => {
+            let dir = std::path::Path::new(&args[1]);
+            let times: u32 = args.get(2).map_or(1, |t| t.parse().expect("a count"));
+            for _ in 0..times {
+                let started = Instant::now();
+                let store = Store::open_with(dir, config()).expect("open");
+                let took = started.elapsed();
+                let report = store.recovery_report();
+                println!(
+                    "open {:.0} ms: {} checkpoint entries, {} records replayed, ignored: {:?}",
+                    took.as_secs_f64() * 1e3,
+                    report.checkpoint_entries_loaded,
+                    report.records_replayed,
+                    report.checkpoint_ignored
+                );
+                drop(store);
+            }
+            return;
+        }
+        _ => {}
+    }
     let sizes: Vec<u64> = {
         let given: Vec<u64> = std::env::args()
             .skip(1)
@@ -42,7 +81,7 @@ fn main() {
         }
     };
     println!(
-        "{:>11} {:>12} {:>14} {:>13} {:>16} {:>14} {:>10} {:>13} {:>13} {:>15}",
+        "{:>11} {:>12} {:>14} {:>13} {:>16} {:>14} {:>10} {:>13} {:>13} {:>15} {:>14}",
         "live_keys",
         "log_bytes",
         "checkpoint_B",
@@ -52,7 +91,8 @@ fn main() {
         "insert_ms",
         "replay/insert",
         "ckpt_write_ms",
-        "open_worst_ms"
+        "open_worst_ms",
+        "delta_write_ms"
     );
     for live in sizes {
         let insert_time: Duration;
@@ -97,9 +137,9 @@ fn main() {
         assert_eq!(store.stats().live_keys, live);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
-        let worst = worst_reopen(&dir, live);
+        let (worst, periodic_write) = worst_reopen(&dir, live);
         println!(
-            "{:>11} {:>12} {:>14} {:>13.0} {:>16.0} {:>14} {:>10.0} {:>12.2}x {:>13.0} {:>15.0}",
+            "{:>11} {:>12} {:>14} {:>13.0} {:>16.0} {:>14} {:>10.0} {:>12.2}x {:>13.0} {:>15.0} {:>14.0}",
             live,
             log_bytes,
             checkpoint_bytes,
@@ -110,26 +150,68 @@ fn main() {
             // The replay rate over the insert rate, for the same records.
             insert_time.as_secs_f64() / by_replay.as_secs_f64(),
             checkpoint_time.as_secs_f64() * 1e3,
-            worst.as_secs_f64() * 1e3
+            worst.as_secs_f64() * 1e3,
+            periodic_write.as_secs_f64() * 1e3
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
-/// The reopen after a crash just before a checkpoint was due: `live` keys, the last checkpoint
-/// taken `checkpoint_every_bytes` (the default) of records before the end (none if the keys
-/// take less), the store dropped without `close` (no checkpoint; the log flushed, as a kill
-/// after the writer's last write leaves it).
-fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
-    // `Config::checkpoint_every_bytes`'s default, in records of 47 bytes (16-byte keys and
-    // values, format 2).
-    const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
-    let since_checkpoint = (CHECKPOINT_EVERY_BYTES / 47).min(live);
+/// The reopen after a crash just before a checkpoint was due: `live` keys written with the
+/// default checkpoint schedule (a full checkpoint every `checkpoint_every_bytes`, a delta every
+/// `checkpoint_delta_every_bytes`, run by `maintain` every few thousand inserts), the last
+/// `checkpoint_delta_every_bytes` of records written without `maintain` (as if the delta due
+/// next was never written), the store dropped without `close` (no checkpoint; the log flushed,
+/// as a kill after the writer's last write leaves it).
+fn worst_reopen(dir: &std::path::Path, live: u64) -> (Duration, Duration) {
+    let (since_checkpoint, periodic_write) = write_worst(dir, live);
+    let started = Instant::now();
+    let store = Store::open_with(dir, config()).expect("open after the crash");
+    let took = started.elapsed();
+    assert_eq!(store.stats().live_keys, live);
+    assert_eq!(store.recovery_report().records_replayed, since_checkpoint);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+    (took, periodic_write)
+}
+
+/// Writes the worst case's files into `dir` (see `worst_reopen`); returns the records written
+/// after the last checkpoint, and the median time `maintain` took to write a periodic
+/// checkpoint (most are deltas).
+fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
+    // `Config::checkpoint_delta_every_bytes`'s default, in records of 47 bytes (16-byte keys
+    // and values, format 2).
+    const DELTA_EVERY_RECORDS: u64 = (32 << 20) / 47;
+    let since_checkpoint = DELTA_EVERY_RECORDS.min(live);
+    // The schedule's phase: a full checkpoint at `first`, so that one falls due (and is written)
+    // `since_checkpoint` records before the end, and the next would be due at the end.
+    let first = (live - since_checkpoint) % DELTA_EVERY_RECORDS;
     {
-        let store = Store::open_with(dir, config()).expect("open");
+        let config = Config::default()
+            .durability(Durability::Never)
+            .background_maintenance(false);
+        let store = Store::open_with(dir, config).expect("open");
+        let mut last = first;
+        let mut writes = Vec::new();
         for i in 0..live {
-            if i == live - since_checkpoint && i > 0 {
+            if i == first && i > 0 {
                 store.checkpoint().expect("checkpoint");
+            }
+            // `maintain` every few thousand records, and at every record near a due
+            // checkpoint, so that each is written when due (not a few thousand records late).
+            let due = last + DELTA_EVERY_RECORDS;
+            let near = i + 64 >= due && i <= due + 64;
+            // Up to a little after the last one due (the writes' sizes vary a little).
+            let end = live - since_checkpoint + 1024;
+            if i > first && i <= end && (i % 4096 == 0 || near) {
+                let started = Instant::now();
+                if store.maintain().expect("maintain").checkpoint_written {
+                    writes.push(started.elapsed());
+                    last = i;
+                    if std::env::var("IDEM_RESTART_DEBUG").is_ok() {
+                        eprintln!("checkpoint at record {i}: {:?}", writes.last());
+                    }
+                }
             }
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&i.to_le_bytes());
@@ -138,13 +220,12 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> Duration {
                 .expect("insert");
         }
         store.flush().expect("flush");
+        // Most periodic checkpoints are deltas: the median is a delta's write.
+        writes.sort_unstable();
+        let median = writes.get(writes.len() / 2).copied().unwrap_or_default();
+        if last == first && first == 0 {
+            return (live, median);
+        }
+        (live - last, median)
     }
-    let started = Instant::now();
-    let store = Store::open_with(dir, config()).expect("open after the crash");
-    let took = started.elapsed();
-    assert_eq!(store.stats().live_keys, live);
-    assert_eq!(store.recovery_report().records_replayed, since_checkpoint);
-    drop(store);
-    let _ = std::fs::remove_dir_all(dir);
-    took
 }

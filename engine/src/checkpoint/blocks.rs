@@ -54,13 +54,27 @@ pub(crate) fn encode_compact(slots: &mut Vec<Slot>, scratch: &mut Vec<Slot>, out
 /// Decodes the `count` entries of a block body, handing each to `each` in block order; `Err`
 /// says what is wrong (the caller names the shard). With [`EntryLayout::Fixed`] the caller has
 /// checked that the body holds exactly `count` entries.
+#[cfg(test)]
 pub(crate) fn decode_entries(
     layout: EntryLayout,
     body: &[u8],
     count: usize,
     replay_from: Location,
+    each: impl FnMut(Slot),
+) -> Result<(), &'static str> {
+    decode_entries_in(layout, body, count, 1..replay_from, each)
+}
+
+/// [`decode_entries`] of a block whose entries must all lie in `range` (a delta checkpoint's:
+/// from its predecessor's replay start to its own).
+pub(crate) fn decode_entries_in(
+    layout: EntryLayout,
+    body: &[u8],
+    count: usize,
+    range: std::ops::Range<Location>,
     mut each: impl FnMut(Slot),
 ) -> Result<(), &'static str> {
+    let replay_from = range.end;
     const OUTSIDE: &str = "has an entry outside the checkpointed log";
     match layout {
         EntryLayout::Fixed => {
@@ -70,7 +84,7 @@ pub(crate) fn decode_entries(
                     expires_at_secs: u32::from_le_bytes(entry[4..8].try_into().expect("4 bytes")),
                     location: u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes")),
                 };
-                if slot.location == 0 || slot.location >= replay_from {
+                if slot.location == 0 || !range.contains(&slot.location) {
                     return Err(OUTSIDE);
                 }
                 each(slot);
@@ -89,7 +103,7 @@ pub(crate) fn decode_entries(
                     return Err("has entries out of location order");
                 }
                 location = location.checked_add(step).ok_or(OUTSIDE)?;
-                if location >= replay_from {
+                if location >= replay_from || location < range.start {
                     return Err(OUTSIDE);
                 }
                 let change = unzigzag(get_varint(body, &mut at).ok_or(BAD)?);
@@ -181,6 +195,46 @@ pub(crate) fn sort_by_location(slots: &mut Vec<Slot>, scratch: &mut Vec<Slot>) {
             return;
         }
     }
+}
+
+/// Appends `locations` (strictly increasing) as LEB128 steps from the previous one (the first
+/// from 0): a delta checkpoint's list of removed locations.
+pub(crate) fn encode_locations(locations: &[Location], out: &mut Vec<u8>) {
+    out.reserve(locations.len() * 10);
+    let mut previous = 0;
+    let mut step = [0u8; 10];
+    for &location in locations {
+        let len = put_varint(&mut step, location - previous);
+        out.extend_from_slice(&step[..len]);
+        previous = location;
+    }
+}
+
+/// Decodes `count` locations encoded by [`encode_locations`], each handed to `each`; they must
+/// strictly increase, lie below `below`, and use up `body` exactly.
+pub(crate) fn decode_locations(
+    body: &[u8],
+    count: usize,
+    below: Location,
+    mut each: impl FnMut(Location),
+) -> Result<(), &'static str> {
+    const BAD: &str = "has a malformed removed location";
+    let (mut at, mut location) = (0usize, 0u64);
+    for _ in 0..count {
+        let step = get_varint(body, &mut at).ok_or(BAD)?;
+        if step == 0 {
+            return Err("has removed locations out of order");
+        }
+        location = location.checked_add(step).ok_or(BAD)?;
+        if location >= below {
+            return Err("removes a location its predecessors do not cover");
+        }
+        each(location);
+    }
+    if at != body.len() {
+        return Err("has bytes after its last removed location");
+    }
+    Ok(())
 }
 
 fn zigzag(value: i64) -> u64 {

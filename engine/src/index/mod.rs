@@ -26,6 +26,8 @@ pub(crate) struct Index {
     hasher: ahash::RandomState,
     seeds: [u64; 4],
     hash_mask: u64,
+    /// The checkpoints on disk a delta checkpoint may extend (`None`: the next must be full).
+    pub(crate) checkpoint_chain: Mutex<Option<crate::checkpoint::Chain>>,
 }
 
 /// A key's hash, split into the parts the index uses.
@@ -69,6 +71,7 @@ impl Index {
             hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
             seeds,
             hash_mask,
+            checkpoint_chain: Mutex::new(None),
         }
     }
 

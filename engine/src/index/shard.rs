@@ -96,6 +96,10 @@ pub(crate) struct ShardTable {
     /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
     /// the owner to release in the log's per-segment live counts. Drained by the owner.
     pub(crate) released: Vec<Location>,
+    /// What the shard dropped of the entries the latest checkpoint (full or delta) holds: the
+    /// locations below `checkpointed_below` released since that checkpoint's snapshot of this
+    /// shard, for the next delta checkpoint to list as removed (see `checkpoint`).
+    pub(crate) dropped: Dropped,
     /// Where the latest removal of a key of this shard ends in the log (0: none yet). A `Sync`
     /// answer of "absent" waits until this is durable: it may rest on that removal.
     pub(crate) last_removal_end: Location,
@@ -110,6 +114,39 @@ pub(crate) struct ShardTable {
 }
 
 const MIN_CAPACITY: usize = 64;
+
+/// The locations a shard dropped of those a checkpoint holds (see [`ShardTable::dropped`]).
+///
+/// Invariant: while `below` is not 0, `locations` lists every location below `below` that left
+/// the table since `below` was set, in the order they left (a location leaves once: records are
+/// never put back at an old location). Past a bound (the table's entries, at least 1 Ki) the list
+/// is given up (`overflowed`, `below` 0): the next checkpoint must then be a full one.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped {
+    pub(crate) below: Location,
+    pub(crate) locations: Vec<Location>,
+    pub(crate) overflowed: bool,
+}
+
+impl Dropped {
+    fn note(&mut self, location: Location, entries: usize) {
+        if self.locations.len() >= entries.max(1024) {
+            self.overflowed = true;
+            self.below = 0;
+            self.locations = Vec::new();
+        } else {
+            self.locations.push(location);
+        }
+    }
+
+    /// Starts tracking anew for a checkpoint of everything below `below`; returns what was
+    /// tracked for the previous one (and whether it overflowed).
+    pub(crate) fn restart(&mut self, below: Location) -> (Vec<Location>, bool) {
+        let overflowed = std::mem::take(&mut self.overflowed);
+        self.below = below;
+        (std::mem::take(&mut self.locations), overflowed)
+    }
+}
 
 /// How many wheel entries' worth of work (the maintenance slice's unit) a fired block counts
 /// for: a block scan reads 128 slots in order, about the cost of 16 random probes.
@@ -128,6 +165,7 @@ impl ShardTable {
             wheel: ExpiryWheel::new(now_millis / tick_millis),
             tick_millis,
             released: Vec::new(),
+            dropped: Dropped::default(),
             last_removal_end: 0,
             counters: ShardCounters::default(),
             late: None,
@@ -212,6 +250,16 @@ impl ShardTable {
             index = (index + 1) & mask;
         }
         memory.contains(tag, now_millis)
+    }
+
+    /// Notes that the entry at `location` left the table: for the log's live counts, and for the
+    /// next delta checkpoint if the latest checkpoint holds it.
+    #[inline]
+    fn release(&mut self, location: Location) {
+        self.released.push(location);
+        if location < self.dropped.below {
+            self.dropped.note(location, self.len);
+        }
     }
 
     /// Notes that `slot` is dropped as expired (for the late-duplicate memory).
@@ -335,7 +383,7 @@ impl ShardTable {
             if previous.is_dead(now_millis) {
                 self.expired(previous, now_millis);
             }
-            self.released.push(self.windows.location(previous));
+            self.release(self.windows.location(previous));
             self.windows.release(previous);
         }
         self.slots[index] = packed;
@@ -400,7 +448,7 @@ impl ShardTable {
     pub(crate) fn relocate(&mut self, index: usize, location: Location) {
         let slot = self.slots[index];
         assert!(!slot.is_empty(), "relocating an empty slot");
-        self.released.push(self.windows.location(slot));
+        self.release(self.windows.location(slot));
         self.slots[index] = self.windows.repack(slot, location);
         self.writes += 1;
     }
@@ -487,7 +535,7 @@ impl ShardTable {
         }
         self.slots[hole] = Packed::EMPTY;
         self.len -= 1;
-        self.released.push(self.windows.location(removed));
+        self.release(self.windows.location(removed));
         self.windows.release(removed);
     }
 
@@ -515,7 +563,7 @@ impl ShardTable {
                 continue;
             }
             if slot.is_dead(now_millis) {
-                self.released.push(self.windows.location(slot));
+                self.release(self.windows.location(slot));
                 self.expired(slot, now_millis);
                 self.windows.release(slot);
             } else {
@@ -556,11 +604,47 @@ impl ShardTable {
     /// the shard's wheel buckets hot, instead of a wheel entry (and a cache miss or two) for every
     /// record replayed, superseded ones included.
     pub(crate) fn schedule_all(&mut self, mut each: impl FnMut(&Slot)) {
-        for index in 0..self.slots.len() {
-            let slot = self.slots[index];
-            if !slot.is_empty() {
-                self.schedule(slot);
+        // A block's entries fall in few wheel buckets (a bucket spans more ticks the farther
+        // its deadlines are): each bucket a block's entries go to is marked once, counted for
+        // all of them, instead of a schedule per entry; and a deadline's bucket is looked up in
+        // a small cache by its seconds, not computed (a division and a level search) per entry.
+        const DISTINCT: usize = 8;
+        const CACHED: usize = 64;
+        let blocks = self.blocks();
+        let block_slots = BLOCK_SLOTS.min(self.slots.len());
+        let mut cache = [(u32::MAX, (0usize, 0usize)); CACHED];
+        let mut buckets = [((0usize, 0usize), 0u32); DISTINCT];
+        for block in 0..self.slots.len() / block_slots {
+            let mut distinct = 0;
+            for index in block * block_slots..(block + 1) * block_slots {
+                let slot = self.slots[index];
+                if slot.is_empty() {
+                    continue;
+                }
                 each(&self.view(slot));
+                // The home block, which may precede the slot's own (runs cross blocks).
+                let home = self.home_block(slot.tag());
+                let secs = slot.deadline_secs();
+                let cached = &mut cache[secs as usize % CACHED];
+                if cached.0 != secs {
+                    *cached = (secs, self.wheel.bucket_of(self.deadline_tick(secs)));
+                }
+                let bucket = cached.1;
+                if home != block {
+                    self.wheel.schedule_in(bucket, home, blocks, 1);
+                    continue;
+                }
+                match buckets[..distinct].iter_mut().find(|b| b.0 == bucket) {
+                    Some(seen) => seen.1 += 1,
+                    None if distinct < DISTINCT => {
+                        buckets[distinct] = (bucket, 1);
+                        distinct += 1;
+                    }
+                    None => self.wheel.schedule_in(bucket, block, blocks, 1),
+                }
+            }
+            for &(bucket, count) in &buckets[..distinct] {
+                self.wheel.schedule_in(bucket, block, blocks, count);
             }
         }
     }
@@ -576,6 +660,19 @@ impl ShardTable {
         self.slots[index] = slot;
         self.len += 1;
         self.writes += 1;
+    }
+
+    /// Every occupied slot that may lie at or after `from` (a delta checkpoint's snapshot): slots
+    /// packed against a log window wholly below `from` are skipped without being unpacked; the
+    /// caller still checks each location it gets.
+    pub(crate) fn occupied_from(&self, from: Location) -> impl Iterator<Item = Slot> + '_ {
+        let below = self.windows.wholly_below(from);
+        self.slots
+            .iter()
+            .filter(move |slot| {
+                !slot.is_empty() && !below.get(slot.window_number()).copied().unwrap_or(false)
+            })
+            .map(|&slot| self.view(slot))
     }
 
     /// Every occupied slot with its index.

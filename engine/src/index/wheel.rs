@@ -207,6 +207,14 @@ impl ExpiryWheel {
     /// `deadline_tick` (or the next tick, if that has passed).
     #[inline]
     pub(crate) fn schedule(&mut self, block: usize, blocks: usize, deadline_tick: u64) {
+        let bucket = self.bucket_of(deadline_tick);
+        self.schedule_in(bucket, block, blocks, 1);
+    }
+
+    /// The bucket (level, index) a deadline tick goes to now: [`ExpiryWheel::schedule`]'s
+    /// choice, which stays the same until the wheel moves.
+    #[inline]
+    pub(crate) fn bucket_of(&self, deadline_tick: u64) -> (usize, usize) {
         let earliest = self.current_tick + u64::from(!self.cascading);
         let deadline = deadline_tick.max(earliest);
         // A deadline beyond the top level's reach (the clock jumped, or the wheel was not
@@ -219,8 +227,24 @@ impl ExpiryWheel {
             .find(|&level| delta < level_span(level))
             .expect("a clamped deadline is within the top level's reach");
         let index = ((deadline >> level_shift(level)) & level_mask(level)) as usize;
-        self.levels[level].buckets[index].set(block, blocks);
-        self.levels[level].entries += 1;
+        (level, index)
+    }
+
+    /// Schedules `count` entries of `block` in the bucket `(level, index)` (from
+    /// [`ExpiryWheel::bucket_of`], the wheel not moved since): one bit, counted `count` times
+    /// (recovery schedules a table's entries block by block).
+    #[inline]
+    pub(crate) fn schedule_in(
+        &mut self,
+        (level, index): (usize, usize),
+        block: usize,
+        blocks: usize,
+        count: u32,
+    ) {
+        let bucket = &mut self.levels[level].buckets[index];
+        bucket.set(block, blocks);
+        bucket.scheduled = bucket.scheduled.saturating_add(count - 1);
+        self.levels[level].entries += count as usize;
     }
 
     /// Moves time forward towards `to_tick`, handing each due bucket's blocks (of a table of

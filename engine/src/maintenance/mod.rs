@@ -132,6 +132,25 @@ pub(crate) fn run_once(shared: &Shared) -> Result<MaintenanceReport> {
     if every > 0 && since >= every {
         write_checkpoint_locked(shared)?;
         report.checkpoint_written = true;
+    } else if every > 0
+        && checkpoint::delta_due(
+            shared,
+            appended,
+            appended - since,
+            shared.config.checkpoint_delta_every_bytes,
+        )
+    {
+        // No chain to extend (or a shard gave up tracking): a full checkpoint instead.
+        if checkpoint::write_delta(shared)? {
+            shared
+                .maintenance
+                .totals
+                .checkpoints_written
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            write_checkpoint_locked(shared)?;
+        }
+        report.checkpoint_written = true;
     }
     let totals = &shared.maintenance.totals;
     totals
