@@ -215,6 +215,12 @@ pub(crate) fn write_delta(shared: &Shared) -> Result<bool> {
 
 /// Whether a delta checkpoint is due: `every` bytes appended since the chain's last file, or
 /// since the last full checkpoint (`full_at_bytes`) if there is no chain.
+/// Whether this store writes delta checkpoints (and so its shards track what they drop of the
+/// entries the latest checkpoint holds).
+pub(crate) fn deltas_enabled(config: &crate::config::Config) -> bool {
+    config.checkpoint_every_bytes > 0 && config.checkpoint_delta_every_bytes > 0
+}
+
 pub(crate) fn delta_due(shared: &Shared, appended: u64, full_at_bytes: u64, every: u64) -> bool {
     let last = shared
         .index
@@ -322,6 +328,7 @@ fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
     // every block in shard order (at most a few blocks wait in the channel).
     let shards = shared.index.shards();
     let delta = matches!(kind, Kind::Delta(_));
+    let track_drops = deltas_enabled(&shared.config);
     let encoder = || {
         let (mut kept, mut scratch) = (Vec::new(), Vec::new());
         move |shard: usize| {
@@ -329,6 +336,7 @@ fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
                 &shards[shard],
                 from..replay_from,
                 delta,
+                track_drops,
                 now,
                 &mut kept,
                 &mut scratch,
@@ -443,6 +451,7 @@ fn encode_block(
     shard: &parking_lot::Mutex<crate::index::ShardTable>,
     range: std::ops::Range<Location>,
     delta: bool,
+    track_drops: bool,
     now: u64,
     kept: &mut Vec<Slot>,
     scratch: &mut Vec<Slot>,
@@ -455,7 +464,10 @@ fn encode_block(
                 .occupied_from(range.start)
                 .filter(|slot| range.contains(&slot.location) && !slot.is_dead(now)),
         );
-        table.dropped.restart(range.end)
+        // Tracked only for a delta to come: without deltas nothing would ever read the list.
+        table
+            .dropped
+            .restart(if track_drops { range.end } else { 0 })
     };
     if delta && overflowed {
         return None;

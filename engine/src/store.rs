@@ -169,6 +169,14 @@ impl Store {
             checkpoint,
             config.parallel_replay_min_bytes,
         )?;
+        if !crate::checkpoint::deltas_enabled(&config) {
+            // No delta will extend the chain just loaded: the shards need not note what they
+            // drop of its entries (recovery started them noting).
+            for shard in index.shards() {
+                shard.lock().dropped.restart(0);
+            }
+            *index.checkpoint_chain.lock() = None;
+        }
         index.remember_expired(
             config.late_duplicate_grace.as_millis() as u64,
             config.late_duplicate_capacity,

@@ -158,8 +158,8 @@ fn main() {
 }
 
 /// The reopen after a crash just before a checkpoint was due: `live` keys written with the
-/// default checkpoint schedule (a full checkpoint every `checkpoint_every_bytes`, a delta every
-/// `checkpoint_delta_every_bytes`, run by `maintain` every few thousand inserts), the last
+/// default checkpoint schedule plus deltas (a full checkpoint every `checkpoint_every_bytes`, a
+/// delta every 32 MiB, run by `maintain` every few thousand inserts), the last
 /// `checkpoint_delta_every_bytes` of records written without `maintain` (as if the delta due
 /// next was never written), the store dropped without `close` (no checkpoint; the log flushed,
 /// as a kill after the writer's last write leaves it).
@@ -179,17 +179,19 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> (Duration, Duration) {
 /// after the last checkpoint, and the median time `maintain` took to write a periodic
 /// checkpoint (most are deltas).
 fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
-    // `Config::checkpoint_delta_every_bytes`'s default, in records of 47 bytes (16-byte keys
-    // and values, format 2).
-    const DELTA_EVERY_RECORDS: u64 = (32 << 20) / 47;
+    // A delta every 32 MiB, in records of 47 bytes (16-byte keys and values, format 2).
+    const DELTA_EVERY_BYTES: u64 = 32 << 20;
+    const DELTA_EVERY_RECORDS: u64 = DELTA_EVERY_BYTES / 47;
     let since_checkpoint = DELTA_EVERY_RECORDS.min(live);
     // The schedule's phase: a full checkpoint at `first`, so that one falls due (and is written)
     // `since_checkpoint` records before the end, and the next would be due at the end.
     let first = (live - since_checkpoint) % DELTA_EVERY_RECORDS;
     {
+        // Deltas are off by default; this bench measures the worst case with them on.
         let config = Config::default()
             .durability(Durability::Never)
-            .background_maintenance(false);
+            .background_maintenance(false)
+            .checkpoint_delta_every_bytes(DELTA_EVERY_BYTES);
         let store = Store::open_with(dir, config).expect("open");
         let mut last = first;
         let mut writes = Vec::new();
