@@ -518,7 +518,8 @@ impl Log {
         locations: &mut [Location],
     ) -> Result<Location> {
         encoded.clear();
-        record::encode_into(encoded, group);
+        let (body_len, count) = record::group_extent(group).expect("a group record");
+        record::encode_group(encoded, body_len, count);
         let group_len = encoded.len();
         for (record, end) in records.iter().zip(locations.iter_mut()) {
             // The record's end in `encoded` until the lock gives the group its place.
