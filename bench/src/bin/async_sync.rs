@@ -25,17 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use idem_bench::make_key;
+
 use idem::Store;
 
 const TTL: Duration = Duration::from_secs(3600);
 const VALUE: [u8; 16] = *b"result:ok-000000";
-
-fn key(worker: u64, seq: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&worker.to_be_bytes());
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
 
 struct Row {
     name: &'static str,
@@ -139,7 +134,7 @@ fn run_tasks<F, Fut>(
                 tokio::spawn(async move {
                     let mut seq = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        call(Arc::clone(&store), key(task, seq)).await;
+                        call(Arc::clone(&store), make_key(task, seq)).await;
                         seq += 1;
                         ops.fetch_add(1, Ordering::Relaxed);
                     }
@@ -214,7 +209,8 @@ fn main() {
                     scope.spawn(move || {
                         let mut seq = 0;
                         while !stop.load(Ordering::Relaxed) {
-                            let outcome = store.check_or_insert(&key(thread, seq), TTL, &VALUE);
+                            let outcome =
+                                store.check_or_insert(&make_key(thread, seq), TTL, &VALUE);
                             assert!(outcome.expect("insert") == idem::Outcome::Inserted);
                             seq += 1;
                             ops.fetch_add(1, Ordering::Relaxed);

@@ -16,17 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use idem_bench::make_key;
+
 use idem::{Durability, Store};
 
 const TTL: Duration = Duration::from_secs(3600);
 const VALUE: [u8; 16] = *b"result:ok-000000";
-
-fn key(worker: u64, seq: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&worker.to_be_bytes());
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
 
 /// CPU seconds (user + system) and context switches (voluntary, involuntary) of this process.
 #[allow(unsafe_code, reason = "getrusage(2) has no safe wrapper in std")]
@@ -92,7 +87,7 @@ fn run(scratch: &Path, threads: u64, seconds: f64, round: usize) {
             scope.spawn(move || {
                 let mut seq = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let outcome = store.check_or_insert(&key(worker, seq), TTL, &VALUE);
+                    let outcome = store.check_or_insert(&make_key(worker, seq), TTL, &VALUE);
                     assert!(outcome.expect("insert") == idem::Outcome::Inserted);
                     seq += 1;
                 }

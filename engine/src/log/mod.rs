@@ -501,7 +501,13 @@ impl Log {
             refresh_cap_millis: 0,
         };
         with_scratch(Scratch::Append, |encoded| {
-            self.append_group_encoded(&group, records, encoded, locations)
+            self.append_group_encoded(
+                &group,
+                (body as u32, records.len() as u32),
+                records,
+                encoded,
+                locations,
+            )
         })
     }
 
@@ -513,12 +519,12 @@ impl Log {
     fn append_group_encoded(
         &self,
         group: &Record<'_>,
+        (body_len, count): (u32, u32),
         records: &[Record<'_>],
         encoded: &mut Vec<u8>,
         locations: &mut [Location],
     ) -> Result<Location> {
         encoded.clear();
-        let (body_len, count) = record::group_extent(group).expect("a group record");
         record::encode_group(encoded, body_len, count);
         let group_len = encoded.len();
         for (record, end) in records.iter().zip(locations.iter_mut()) {
