@@ -319,7 +319,7 @@ pub fn encode_group(out: &mut Vec<u8>, body_len: u32, records: u32) {
     bytes[RECORD_HEADER_LEN..value].copy_from_slice(GROUP_KEY);
     bytes[value..value + 4].copy_from_slice(&body_len.to_le_bytes());
     bytes[value + 4..].copy_from_slice(&records.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[RECORD_KIND_OFFSET..]);
+    let crc = crc32(&bytes[RECORD_KIND_OFFSET..]);
     bytes[..RECORD_KIND_OFFSET].copy_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&bytes);
 }
@@ -409,8 +409,22 @@ fn finish(out: &mut Vec<u8>, start: usize, record: &Record<'_>) {
         let cap = record.refresh_cap_millis.min(NEVER_EXPIRES).to_le_bytes();
         out.extend_from_slice(&cap[..REFRESH_CAP_BYTES]);
     }
-    let crc = crc32fast::hash(&out[start + RECORD_KIND_OFFSET..]);
+    let crc = crc32(&out[start + RECORD_KIND_OFFSET..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A hasher made once, whose implementation (table or carry-less multiply) is already chosen:
+/// `crc32fast::hash` detects the CPU's features on every call, which on a record of a few dozen
+/// bytes costs a quarter as much as the checksum itself (every record is checksummed when it is
+/// encoded and again whenever it is read).
+static CRC_HASHER: std::sync::LazyLock<crc32fast::Hasher> =
+    std::sync::LazyLock::new(crc32fast::Hasher::new);
+
+/// The CRC-32 (IEEE) of `bytes`: the same value as `crc32fast::hash`.
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    let mut hasher = CRC_HASHER.clone();
+    hasher.update(bytes);
+    hasher.finalize()
 }
 
 /// A record header's fields, read without checking the CRC.
@@ -550,7 +564,7 @@ pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
         });
     }
     let stored = u32_at(bytes, RECORD_CRC_OFFSET);
-    let computed = crc32fast::hash(&bytes[RECORD_KIND_OFFSET..len]);
+    let computed = crc32(&bytes[RECORD_KIND_OFFSET..len]);
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
@@ -661,6 +675,18 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The cached hasher gives `crc32fast::hash`'s value at every length (short ones take the
+    /// table path, long ones the carry-less multiply), call after call.
+    #[test]
+    fn the_cached_hasher_computes_the_standard_crc() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for len in [0, 1, 15, 16, 28, 47, 63, 64, 127, 128, 129, 500, 1000] {
+            assert_eq!(crc32(&bytes[..len]), crc32fast::hash(&bytes[..len]), "{len} bytes");
+            assert_eq!(crc32(&bytes[..len]), crc32fast::hash(&bytes[..len]), "{len} again");
+        }
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926, "the CRC-32 check value");
+    }
 
     #[test]
     fn zero_filled_bytes_never_decode() {
