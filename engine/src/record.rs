@@ -682,8 +682,16 @@ mod tests {
     fn the_cached_hasher_computes_the_standard_crc() {
         let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
         for len in [0, 1, 15, 16, 28, 47, 63, 64, 127, 128, 129, 500, 1000] {
-            assert_eq!(crc32(&bytes[..len]), crc32fast::hash(&bytes[..len]), "{len} bytes");
-            assert_eq!(crc32(&bytes[..len]), crc32fast::hash(&bytes[..len]), "{len} again");
+            assert_eq!(
+                crc32(&bytes[..len]),
+                crc32fast::hash(&bytes[..len]),
+                "{len} bytes"
+            );
+            assert_eq!(
+                crc32(&bytes[..len]),
+                crc32fast::hash(&bytes[..len]),
+                "{len} again"
+            );
         }
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926, "the CRC-32 check value");
     }
