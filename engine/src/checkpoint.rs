@@ -22,13 +22,15 @@
 //! Delta checkpoints (`checkpoint-delta-NNNNNN.idem`, written every
 //! `Config::checkpoint_delta_every_bytes` between full ones) extend a full checkpoint in a chain:
 //! each holds the entries at locations from its predecessor's replay start to its own, and the
-//! locations below the former that left the index since the predecessor's snapshot (each shard
-//! notes them: `ShardTable::dropped`). Invariants of the chain:
+//! locations below the former that left the index since the predecessor's snapshot. Each shard
+//! notes what it changes since its last snapshot (`ShardTable::changes`: the entries it puts and
+//! the locations that leave it), so a delta is written from those notes without a scan of the
+//! tables; a full checkpoint scans them and starts the notes. Invariants of the chain:
 //! - A delta names its predecessor (header CRC, replay start, number); the first delta that fails
 //!   any check ends the chain, and replay starts at the last file that passed.
-//! - The chain in memory (`Index::checkpoint_chain`) is `Some` only while every shard notes the
-//!   drops below its last file's replay start since that file's snapshot of the shard (set by a
-//!   write that completed, or by a load); anything else makes the next checkpoint a full one.
+//! - The chain in memory (`Index::checkpoint_chain`) is `Some` only while every shard notes its
+//!   changes since its last file's snapshot of it (set by a write that completed, or by a load
+//!   of a store whose config writes deltas); anything else makes the next checkpoint a full one.
 //! - A location names one record for good (the log never reuses one), so a removed location
 //!   drops exactly the entry written there, whatever its tag.
 
@@ -205,7 +207,7 @@ pub(crate) fn write(shared: &Shared) -> Result<()> {
 }
 
 /// Writes a delta checkpoint extending the chain on disk; `Ok(false)` if there is none to extend
-/// (or the shards gave up tracking what they dropped): the caller writes a full one instead.
+/// (or a shard gave up noting its changes): the caller writes a full one instead.
 pub(crate) fn write_delta(shared: &Shared) -> Result<bool> {
     let Some(chain) = *shared.index.checkpoint_chain.lock() else {
         return Ok(false);
@@ -328,7 +330,7 @@ fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
     // every block in shard order (at most a few blocks wait in the channel).
     let shards = shared.index.shards();
     let delta = matches!(kind, Kind::Delta(_));
-    let track_drops = deltas_enabled(&shared.config);
+    let track_changes = deltas_enabled(&shared.config);
     let encoder = || {
         let (mut kept, mut scratch) = (Vec::new(), Vec::new());
         move |shard: usize| {
@@ -336,7 +338,7 @@ fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
                 &shards[shard],
                 from..replay_from,
                 delta,
-                track_drops,
+                track_changes,
                 now,
                 &mut kept,
                 &mut scratch,
@@ -367,7 +369,7 @@ fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {
             } else {
                 encode(shard)
             };
-            // A shard that gave up tracking its dropped locations: no delta can be written.
+            // A shard that gave up noting its changes: no delta can be written.
             let Some((entries, block)) = block else {
                 return Ok(false);
             };
@@ -445,33 +447,33 @@ fn remove_deltas(storage: &dyn Storage, dir: &Path) -> Result<()> {
 
 /// One shard's block: its entries with location in `range` not dead at `now`, counted, in the
 /// compact encoding, behind the block header; for a delta, also the locations the shard dropped
-/// since the previous checkpoint's snapshot of it. The shard's dropped locations restart from
-/// this snapshot either way. `None`: the shard gave up tracking them (a delta cannot be written).
+/// since the previous checkpoint's snapshot of it. A full block scans the table; a delta's comes
+/// from the shard's notes of its changes. Either way the notes restart from this snapshot (if
+/// `track_changes`). `None`: the shard gave up its notes (a delta cannot be written).
 fn encode_block(
     shard: &parking_lot::Mutex<crate::index::ShardTable>,
     range: std::ops::Range<Location>,
     delta: bool,
-    track_drops: bool,
+    track_changes: bool,
     now: u64,
     kept: &mut Vec<Slot>,
     scratch: &mut Vec<Slot>,
 ) -> Option<(u64, Vec<u8>)> {
     kept.clear();
-    let (mut removed, overflowed) = {
+    let mut removed = {
         let mut table = shard.lock();
-        kept.extend(
-            table
-                .occupied_from(range.start)
-                .filter(|slot| range.contains(&slot.location) && !slot.is_dead(now)),
-        );
-        // Tracked only for a delta to come: without deltas nothing would ever read the list.
-        table
-            .dropped
-            .restart(if track_drops { range.end } else { 0 })
+        if delta {
+            // From the shard's own lists of what changed since its last snapshot.
+            table.changes.take_delta(range.end, now, kept)?
+        } else {
+            scratch.clear();
+            table.collect_live(range.end, now, kept, scratch);
+            // Tracked only for a delta to come: without deltas nothing would ever read it.
+            let below = if track_changes { range.end } else { 0 };
+            table.changes.start(below, scratch);
+            Vec::new()
+        }
     };
-    if delta && overflowed {
-        return None;
-    }
     let header_len = if delta {
         DELTA_BLOCK_HEADER_LEN
     } else {

@@ -171,10 +171,12 @@ impl Config {
     /// rare. Deltas are off when periodic checkpoints are.
     ///
     /// The trade: at 10 M live keys, 32 MiB cut the worst reopen after a kill from about 1.2 s
-    /// to about 0.5 s here; but each delta scans every shard's table, and in the 2 M-key runs of
-    /// `compare` deltas every 32 MiB cost the two-thread single-key run about 10 % and `Sync`
-    /// batches about 5 %, and about 1 B of RAM per key. Turn them on where the time to restart
-    /// after a crash matters more than that.
+    /// to about 0.4 s here. But while deltas are on, every shard notes each entry it puts
+    /// (16 bytes, until the next delta: about 11 MB per 32 MiB of log at 16-byte keys) and
+    /// each location that leaves it, and the single-key path ran about 8 % slower on one
+    /// thread (4 M keys; the two-thread and `Sync` batch runs lost up to 10 % and 5 % in
+    /// earlier measurements). A delta's write costs about 12-23 ms at 10 M keys, whatever the
+    /// table's size. Turn them on where the time to restart after a crash matters more.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self

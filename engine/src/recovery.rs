@@ -95,6 +95,15 @@ pub(crate) struct Recovered {
     pub(crate) in_doubt: Vec<ClaimToken>,
 }
 
+/// How [`recover`] replays, from the store's config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplayOptions {
+    /// Segments with at least this many bytes to replay are shared by two threads.
+    pub(crate) parallel_min_bytes: usize,
+    /// Whether the shards note their changes for delta checkpoints (deltas are on).
+    pub(crate) track_changes: bool,
+}
+
 pub(crate) fn recover(
     storage: &dyn Storage,
     dir: &Path,
@@ -102,8 +111,12 @@ pub(crate) fn recover(
     state: &mut StateTables,
     now_millis: u64,
     checkpoint: std::result::Result<Option<Checkpoint>, String>,
-    parallel_min_bytes: usize,
+    options: ReplayOptions,
 ) -> Result<Recovered> {
+    let ReplayOptions {
+        parallel_min_bytes,
+        track_changes,
+    } = options;
     let ids = segment::list_segments(storage, dir)?;
     let mut report = RecoveryReport::default();
     let mut opened: BTreeMap<u32, SegmentFile> = BTreeMap::new();
@@ -205,11 +218,12 @@ pub(crate) fn recover(
         );
         report.checkpoint_deltas_loaded = u64::from(checkpoint.deltas);
         report.checkpoint_delta_ignored = checkpoint.delta_ignored.clone();
-        // The next delta extends this chain: from here on every shard notes the entries it
-        // drops of those the chain holds (replay drops some too).
-        if let Some(chain) = checkpoint.chain() {
+        // The next delta extends this chain: from here on every shard notes what it changes
+        // of and after what the chain holds (replay puts and drops entries too). Without
+        // deltas nothing would read those notes, and replay would pay for them.
+        if let Some(chain) = checkpoint.chain().filter(|_| track_changes) {
             for shard in index.shards() {
-                shard.lock().dropped.restart(checkpoint.replay_from);
+                shard.lock().changes.start(checkpoint.replay_from, &[]);
             }
             *index.checkpoint_chain.lock() = Some(chain);
         }
@@ -1688,7 +1702,10 @@ mod tests {
             &mut state,
             clock_now(&clock),
             Ok(None),
-            PARALLEL_REPLAY_MIN_BYTES,
+            ReplayOptions {
+                parallel_min_bytes: PARALLEL_REPLAY_MIN_BYTES,
+                track_changes: false,
+            },
         )
         .unwrap();
         assert_eq!(recovered.tail_offset as usize, newer.len());

@@ -167,16 +167,11 @@ impl Store {
             &mut state,
             now,
             checkpoint,
-            config.parallel_replay_min_bytes,
+            recovery::ReplayOptions {
+                parallel_min_bytes: config.parallel_replay_min_bytes,
+                track_changes: crate::checkpoint::deltas_enabled(&config),
+            },
         )?;
-        if !crate::checkpoint::deltas_enabled(&config) {
-            // No delta will extend the chain just loaded: the shards need not note what they
-            // drop of its entries (recovery started them noting).
-            for shard in index.shards() {
-                shard.lock().dropped.restart(0);
-            }
-            *index.checkpoint_chain.lock() = None;
-        }
         index.remember_expired(
             config.late_duplicate_grace.as_millis() as u64,
             config.late_duplicate_capacity,

@@ -91,12 +91,6 @@ impl Packed {
     }
 
     /// This entry with another packed location (same tag and deadline).
-    /// The number of the window the location is packed against.
-    #[inline]
-    pub(super) fn window_number(&self) -> usize {
-        (self.location_bits() >> WINDOW_OFFSET_BITS) as usize
-    }
-
     fn with_location_bits(self, bits: u64) -> Packed {
         Packed {
             word: (self.word & !LOCATION_MASK) | bits,
@@ -142,21 +136,6 @@ impl Windows {
     }
 
     /// Lowers the count of window numbers (tests of the overflow path).
-    /// For each window number, whether every location it can hold lies below `from` (the
-    /// overflow number, which holds any, never does): slots packed against such a window are
-    /// all below `from` without being unpacked.
-    pub(super) fn wholly_below(&self, from: Location) -> Vec<bool> {
-        let mut below: Vec<bool> = self
-            .bases
-            .iter()
-            .map(|&base| base.saturating_add(WINDOW_OFFSET_MASK) < from)
-            .collect();
-        if let Some(overflow) = below.get_mut(OVERFLOW as usize) {
-            *overflow = false;
-        }
-        below
-    }
-
     #[cfg(test)]
     pub(super) fn limit_numbers(&mut self, limit: u32) {
         self.number_limit = limit.clamp(2, OVERFLOW);
