@@ -4,14 +4,15 @@
 //! keys and values, 1 % re-sends, TTL 1 h), `Never` mode.
 //!
 //! ```text
-//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance]
+//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas]
 //! ```
 //!
 //! It prints the calling thread's CPU time and run-queue wait per operation (from
 //! `/proc/thread-self/schedstat`: time spent runnable but not running, i.e. preempted, the share
 //! background threads take on a busy machine), the wall time per operation, and the calls of
 //! 0.5 ms or more. By default the maintenance thread is off, so the figures are the path's
-//! own; `--maintenance` turns it on as `compare` runs it.
+//! own; `--maintenance` turns it on as `compare` runs it, and `--deltas` adds delta checkpoints
+//! every 32 MiB of log (`Config::checkpoint_delta_every_bytes`) to it.
 //!
 //! For instruction counts, which unlike times do not depend on what else the machine runs, run
 //! it under valgrind: it then reads the precise clock through the standard library (the coarse
@@ -34,13 +35,14 @@ const CUSTOMERS: u64 = 1024;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: per_op <plain|tx|batch> [ops] [--maintenance]";
+    let usage = "usage: per_op <plain|tx|batch> [ops] [--maintenance] [--deltas]";
     let mode = args.first().expect(usage).clone();
     let ops: usize = args
         .get(1)
         .filter(|a| !a.starts_with("--"))
         .map_or(2_000_000, |a| a.parse().expect(usage));
     let maintenance = args.iter().any(|a| a == "--maintenance");
+    let deltas = args.iter().any(|a| a == "--deltas");
     let under_valgrind =
         std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("valgrind"));
 
@@ -49,6 +51,9 @@ fn main() {
     let mut config = idem::Config::default()
         .durability(idem::Durability::Never)
         .background_maintenance(maintenance);
+    if deltas {
+        config = config.checkpoint_delta_every_bytes(32 << 20);
+    }
     if under_valgrind {
         config = config.clock(idem::SystemClock::precise());
     }
@@ -109,10 +114,11 @@ fn main() {
     let (cpu_after, wait_after) = schedstat();
     let per_op = |nanos: f64| nanos / ops as f64;
     println!(
-        "{mode}: {ops} ops ({duplicates} duplicates), maintenance {}: wall {:.0} ns/op, \
+        "{mode}: {ops} ops ({duplicates} duplicates), maintenance {}{}: wall {:.0} ns/op, \
          calling thread CPU {:.0} ns/op, run-queue wait {:.0} ns/op; \
          {slow_calls} calls of 0.5 ms or more, {:.1} ms in all",
         if maintenance { "on" } else { "off" },
+        if deltas { ", deltas" } else { "" },
         per_op(wall.as_nanos() as f64),
         per_op(cpu_after.saturating_sub(cpu_before) as f64),
         per_op(wait_after.saturating_sub(wait_before) as f64),

@@ -221,6 +221,12 @@ impl<'a> Report<'a> {
                 &never1,
                 No,
             ),
+            ratio(
+                "idem Never with delta checkpoints / idem Never 1 thread (their cost)",
+                names::IDEM_NEVER_DELTAS,
+                &never1,
+                Yes,
+            ),
             ratio("ceiling 2 threads / ceiling 1 thread", &ceil2, &ceil1, No),
             ratio(
                 "ceiling 1 thread / weak (SipHash) ceiling 1 thread",

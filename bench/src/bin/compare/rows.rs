@@ -8,6 +8,9 @@ use crate::peers::{ceiling, fjall, idem, moka, redb, redis, sled};
 
 /// Operations per commit (per pipeline for Redis) of the batched rows.
 pub const BATCH: usize = 1000;
+/// Log bytes between delta checkpoints in the row that measures what they cost (the
+/// figure `Config::checkpoint_delta_every_bytes` documents).
+pub const DELTA_EVERY_BYTES: u64 = 32 << 20;
 /// Threads of the `Sync` single-key group-commit row.
 pub const SYNC_THREADS: usize = 64;
 /// Thread counts of the scaling rows (idem `Never` single-key and the ceiling) by default.
@@ -19,6 +22,7 @@ pub const SCALING: &str = "scaling";
 pub mod names {
     pub const IDEM_NEVER_BATCH: &str = "idem-never-batch";
     pub const IDEM_NEVER_TX: &str = "idem-never-tx";
+    pub const IDEM_NEVER_DELTAS: &str = "idem-never-deltas";
     pub const IDEM_SYNC_BATCH: &str = "idem-sync-batch";
     pub const IDEM_SYNC_MANY: &str = "idem-sync-64t";
     pub const IDEM_RAM: &str = "idem-ram";
@@ -170,14 +174,22 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     let never = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
+        delta_every_bytes: 0,
+    });
+    let never_deltas = peer(idem::Idem {
+        durability: ::idem::Durability::Never,
+        transactional: false,
+        delta_every_bytes: DELTA_EVERY_BYTES,
     });
     let never_tx = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: true,
+        delta_every_bytes: 0,
     });
     let sync = peer(idem::Idem {
         durability: ::idem::Durability::Sync,
         transactional: false,
+        delta_every_bytes: 0,
     });
     let redb_none = peer(redb::Redb {
         durability: ::redb::Durability::None,
@@ -196,6 +208,12 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
         );
     }
     rows.extend([
+        RowSpec::new(
+            names::IDEM_NEVER_DELTAS,
+            "idem Never, delta checkpoints every 32 MiB",
+            NoFsync,
+            &never_deltas,
+        ),
         RowSpec::new(
             names::IDEM_NEVER_TX,
             "idem Never, transaction (dedup + state + position)",

@@ -13,6 +13,9 @@ pub struct Idem {
     /// Each single-key operation is a transaction: the dedup check, a state write and a
     /// position (issue #11's cost target), instead of a plain `check_or_insert`.
     pub transactional: bool,
+    /// Delta checkpoints every this many bytes of log (`Config::checkpoint_delta_every_bytes`;
+    /// 0: the default, off), to measure what they cost next to the default.
+    pub delta_every_bytes: u64,
 }
 
 pub struct IdemEngine {
@@ -34,7 +37,9 @@ impl Peer for Idem {
     type Engine = IdemEngine;
 
     fn open(&self, dir: &Path) -> Result<IdemEngine, BoxError> {
-        let config = idem::Config::default().durability(self.durability);
+        let config = idem::Config::default()
+            .durability(self.durability)
+            .checkpoint_delta_every_bytes(self.delta_every_bytes);
         Ok(IdemEngine {
             store: idem::Store::open_with(dir, config)?,
             transactional: self.transactional,
