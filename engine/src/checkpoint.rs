@@ -37,7 +37,7 @@
 mod blocks;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ pub(crate) const CHECKPOINT_FILE_NAME: &str = "checkpoint.idem";
 const CHECKPOINT_TMP_FILE_NAME: &str = "checkpoint.idem.tmp";
 /// Delta checkpoints are named this, then their number (from 1, six digits) and `.idem`.
 pub(crate) const DELTA_PREFIX: &str = "checkpoint-delta-";
-const DELTA_TMP_FILE_NAME: &str = "checkpoint-delta.idem.tmp";
+pub(crate) const DELTA_TMP_FILE_NAME: &str = "checkpoint-delta.idem.tmp";
 const DELTA_MAGIC: [u8; 8] = *b"IDEMCKDL";
 /// Delta checkpoints have their own versions, from 1.
 const DELTA_VERSION: u32 = 1;
@@ -153,8 +153,6 @@ pub(crate) struct Checkpoint {
     pub(crate) replay_from: Location,
     /// Stats of the segments up to and including `replay_from`'s, counting the records before it.
     pub(crate) segments: BTreeMap<u32, SegmentStats>,
-    /// The full checkpoint's entry layout.
-    layout: EntryLayout,
     /// The full checkpoint, then each delta in order.
     parts: Vec<Part>,
     /// Whether install splits the shards between two threads.
@@ -622,52 +620,63 @@ pub(crate) fn load(
     let _ = storage.remove(&dir.join(CHECKPOINT_TMP_FILE_NAME));
     let _ = storage.remove(&dir.join(DELTA_TMP_FILE_NAME));
     let path = dir.join(CHECKPOINT_FILE_NAME);
-    let read = |file: Box<dyn StorageFile>| {
-        let mut bytes = vec![0u8; file.len()? as usize];
-        let got = file.read_at(&mut bytes, 0)?;
-        bytes.truncate(got);
-        Ok::<_, std::io::Error>(bytes)
-    };
-    let bytes = match storage.open(&path).and_then(read) {
+    let bytes = match storage.open(&path).and_then(read_whole) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
     let mut checkpoint = decode(bytes, config, None)
         .map_err(|reason| format!("{} ignored: {reason}", path.display()))?;
-    // Deltas extend only a full checkpoint of this version (one this build wrote).
-    if checkpoint.layout == EntryLayout::Compact
-        && get_u32(&checkpoint.parts[0].bytes, VERSION_OFFSET) == CHECKPOINT_VERSION
-    {
-        for seq in 1.. {
-            let path = dir.join(delta_file_name(seq));
-            let bytes = match storage.open(&path).and_then(read) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) => {
-                    checkpoint.delta_ignored = Some(format!("reading {}: {e}", path.display()));
-                    break;
-                }
-            };
-            let prev = Prev {
-                crc: checkpoint.crc,
-                replay_from: checkpoint.replay_from,
-                seeds: checkpoint.seeds,
-                seq,
-            };
-            match decode(bytes, config, Some(prev)) {
-                Ok(delta) => checkpoint.extend(delta),
-                Err(reason) => {
-                    checkpoint.delta_ignored =
-                        Some(format!("{} ignored: {reason}", path.display()));
-                    break;
-                }
-            }
-        }
+    if let Some(ignored) = extend_with_deltas(storage, dir, config, &mut checkpoint) {
+        checkpoint.delta_ignored = Some(format!("{} ignored: {}", ignored.0.display(), ignored.1));
     }
     let bytes: usize = checkpoint.parts.iter().map(|p| p.bytes.len()).sum();
     checkpoint.parallel = bytes >= config.parallel_replay_min_bytes;
     Ok(Some(checkpoint))
+}
+
+fn read_whole(file: Box<dyn StorageFile>) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; file.len()? as usize];
+    let got = file.read_at(&mut bytes, 0)?;
+    bytes.truncate(got);
+    Ok(bytes)
+}
+
+/// Why a delta was not loaded when it names another chain than the one on disk: a crash after
+/// a full checkpoint was renamed into place but before the deltas of the one it replaced were
+/// deleted leaves them (the next full checkpoint deletes them; deltas of the new chain replace
+/// them by name).
+const NOT_IN_CHAIN: &str = "it does not extend the checkpoint before it";
+
+/// Extends a full checkpoint with the deltas 1, 2, ... on disk, until one is missing; returns
+/// the first that fails a check (its path and why), which ends the chain. Deltas extend only a
+/// full checkpoint of this version (one this build wrote).
+fn extend_with_deltas(
+    storage: &dyn Storage,
+    dir: &Path,
+    config: &Config,
+    checkpoint: &mut Checkpoint,
+) -> Option<(PathBuf, String)> {
+    checkpoint.chain()?;
+    for seq in 1.. {
+        let path = dir.join(delta_file_name(seq));
+        let bytes = match storage.open(&path).and_then(read_whole) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some((path, format!("reading it: {e}"))),
+        };
+        let prev = Prev {
+            crc: checkpoint.crc,
+            replay_from: checkpoint.replay_from,
+            seeds: checkpoint.seeds,
+            seq,
+        };
+        match decode(bytes, config, Some(prev)) {
+            Ok(delta) => checkpoint.extend(delta),
+            Err(reason) => return Some((path, reason)),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 impl Checkpoint {
@@ -767,7 +776,7 @@ fn decode(
                 || get_u64(bytes, DELTA_FROM_OFFSET) != prev.replay_from
                 || get_u32(bytes, DELTA_SEQ_OFFSET) != prev.seq
             {
-                return Err("it does not extend the checkpoint before it".into());
+                return Err(NOT_IN_CHAIN.into());
             }
             if seeds != prev.seeds {
                 return Err("its hash seeds differ from the checkpoint's".into());
@@ -918,7 +927,6 @@ fn decode(
         seeds,
         replay_from,
         segments,
-        layout,
         parts: vec![Part {
             bytes: file,
             layout,
@@ -944,20 +952,59 @@ pub(crate) struct CheckpointSummary {
     pub(crate) claims: u64,
 }
 
+/// What `verify` learns of the delta files after a full checkpoint that passed its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeltaSummary {
+    /// Deltas that passed every check, in chain order.
+    pub(crate) loaded: u32,
+    /// The replay start of the chain's last file (the full checkpoint's if no delta loaded).
+    pub(crate) replay_from: Location,
+    /// The first delta that failed, and why: an open ignores it and every delta after it.
+    pub(crate) failed: Option<DeltaFailure>,
+}
+
+/// A delta file an open would ignore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeltaFailure {
+    pub(crate) path: PathBuf,
+    pub(crate) reason: String,
+    /// It is sound but names another chain: one a crash left behind (not damage).
+    pub(crate) stale: bool,
+}
+
 /// Checks a checkpoint file's bytes on their own, against the shard count and hash mask the
-/// file names itself (`verify` has no config to compare with): `Err` says what is wrong.
-pub(crate) fn check_bytes(bytes: &[u8]) -> std::result::Result<CheckpointSummary, String> {
+/// file names itself (`verify` has no config to compare with), then the delta files in `dir`
+/// that extend it, as an open would load them: `Err` says what is wrong with the full one.
+pub(crate) fn check_bytes(
+    storage: &dyn Storage,
+    dir: &Path,
+    bytes: &[u8],
+) -> std::result::Result<(CheckpointSummary, DeltaSummary), String> {
     let mut config = Config::default();
     if bytes.len() >= HEADER_LEN {
         config.shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
         config.hash_mask_for_testing = get_u64(bytes, HASH_MASK_OFFSET);
     }
-    let checkpoint = decode(bytes.to_vec(), &config, None)?;
-    Ok(CheckpointSummary {
+    let mut checkpoint = decode(bytes.to_vec(), &config, None)?;
+    let summary = CheckpointSummary {
         replay_from: checkpoint.replay_from,
         entries: get_u64(bytes, ENTRY_COUNT_OFFSET),
         claims: checkpoint.claim_keys.len() as u64,
-    })
+    };
+    let failed =
+        extend_with_deltas(storage, dir, &config, &mut checkpoint).map(|(path, reason)| {
+            DeltaFailure {
+                stale: reason == NOT_IN_CHAIN,
+                path,
+                reason,
+            }
+        });
+    let deltas = DeltaSummary {
+        loaded: checkpoint.deltas,
+        replay_from: checkpoint.replay_from,
+        failed,
+    };
+    Ok((summary, deltas))
 }
 
 /// Puts a loaded checkpoint's entries into the index (the full checkpoint's and each delta's,
@@ -1452,7 +1499,7 @@ mod tests {
         let loaded = load(&storage, dir(), &config(storage.clone(), &clock))
             .unwrap()
             .expect("a version 2 checkpoint");
-        assert_eq!(loaded.layout, EntryLayout::Fixed);
+        assert_eq!(loaded.parts[0].layout, EntryLayout::Fixed);
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
         let now = crate::Clock::now_millis(&clock);
         install(&loaded, &index, &mut StateTables::default(), |_| true, now);

@@ -1,5 +1,5 @@
 //! Read-only verification of a store directory (`idem verify`): every segment file, every
-//! record in it, the checkpoint and the fence file, judged by the same decoders and checks that
+//! record in it, the checkpoint with the delta checkpoints that extend it, and the fence file, judged by the same decoders and checks that
 //! recovery uses, with every damage reported by file and byte offset.
 //!
 //! Invariants:
@@ -130,7 +130,10 @@ pub struct CheckpointSummary {
     pub entries: u64,
     /// Keys of claims open when it was taken.
     pub claims: u64,
-    /// The segment replay starts in.
+    /// Delta checkpoint files (`checkpoint-delta-NNNNNN.idem`) that extend it and passed every
+    /// check, as an open loads them.
+    pub deltas: u32,
+    /// The segment replay starts in (after the last delta loaded, if any).
     pub replay_from_segment: u32,
     /// The byte offset in that segment replay starts at.
     pub replay_from_offset: u32,
@@ -202,7 +205,11 @@ pub(crate) fn verify_in(shared_storage: Arc<dyn Storage>, dir: &Path) -> Result<
             .damage
             .push(damage_of(error, dir.join(FENCE_FILE_NAME))),
     }
-    for leftover in ["checkpoint.idem.tmp", "fence.idem.tmp"] {
+    for leftover in [
+        "checkpoint.idem.tmp",
+        checkpoint::DELTA_TMP_FILE_NAME,
+        "fence.idem.tmp",
+    ] {
         if storage
             .list(dir)
             .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
@@ -368,15 +375,37 @@ fn verify_checkpoint(storage: &dyn Storage, dir: &Path, report: &mut VerifyRepor
         Ok::<_, std::io::Error>(bytes)
     };
     let bytes = read().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    match checkpoint::check_bytes(&bytes) {
-        Ok(found) => {
+    match checkpoint::check_bytes(storage, dir, &bytes) {
+        Ok((found, deltas)) => {
+            if let Some(failed) = deltas.failed {
+                if failed.stale {
+                    report.notes.push(format!(
+                        "{} and any delta after it are left from an earlier checkpoint ({}): \
+                         open ignores them, the next full checkpoint deletes them",
+                        failed.path.display(),
+                        failed.reason
+                    ));
+                } else {
+                    // Open ignores it and every delta after it, and replays the log from the
+                    // chain's last sound file: nothing is lost, but the file is damaged.
+                    report.damage.push(Damage {
+                        offset: offset_named_in(&failed.reason),
+                        path: failed.path,
+                        reason: format!(
+                            "delta checkpoint: {} (open ignores it and any delta after it)",
+                            failed.reason
+                        ),
+                    });
+                }
+            }
             report.checkpoint = Some(CheckpointSummary {
                 path,
                 bytes: bytes.len() as u64,
                 entries: found.entries,
                 claims: found.claims,
-                replay_from_segment: segment_of(found.replay_from),
-                replay_from_offset: offset_of(found.replay_from),
+                deltas: deltas.loaded,
+                replay_from_segment: segment_of(deltas.replay_from),
+                replay_from_offset: offset_of(deltas.replay_from),
             })
         }
         Err(reason) => report.damage.push(Damage {

@@ -649,3 +649,130 @@ fn state_entries_and_positions_round_trip_and_conflict() {
     assert_eq!(other.stats().bytes_appended, appended);
     assert_eq!(other.get(b"same").unwrap(), None);
 }
+
+/// The delta checkpoint files of a store dropped without `close` (as a crash leaves them).
+fn delta_files(dir: &Path) -> Vec<PathBuf> {
+    let mut deltas: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("checkpoint-delta-") && name.ends_with(".idem")
+        })
+        .collect();
+    deltas.sort();
+    deltas
+}
+
+/// A store with a full checkpoint and at least two deltas after it, dropped without `close`.
+fn store_with_deltas(dir: &Path, clock: &ManualClock) -> Vec<PathBuf> {
+    let config = config(clock)
+        .checkpoint_every_bytes(1 << 20)
+        .checkpoint_delta_every_bytes(8 << 10);
+    let store = Store::open_with(dir, config).unwrap();
+    for i in 0..600u32 {
+        let value = format!("value-{i}-{}", "z".repeat(40));
+        store
+            .check_or_insert(&key(i), Duration::from_secs(3600), value.as_bytes())
+            .unwrap();
+        if i % 3 == 0 {
+            store.remove(&key(i / 2)).unwrap();
+        }
+        if i % 50 == 49 {
+            store.maintain().unwrap();
+        }
+    }
+    drop(store);
+    let deltas = delta_files(dir);
+    assert!(deltas.len() >= 2, "{deltas:?}");
+    deltas
+}
+
+/// Verify loads the delta chain as an open does: it counts the deltas, reports the replay
+/// start after the last, and names a damaged delta by file and offset as damage (open ignores
+/// it and every delta after it), while a delta a crash left from an earlier chain is a note.
+#[test]
+fn verify_follows_the_delta_checkpoints_and_names_a_damaged_one() {
+    let clock = ManualClock::new();
+    let dir = tempfile::tempdir().unwrap();
+    let deltas = store_with_deltas(dir.path(), &clock);
+    let before = snapshot(dir.path());
+    let report = idem::verify(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.notes.is_empty(), "{report:?}");
+    let checkpoint = report.checkpoint.clone().expect("a full checkpoint");
+    assert_eq!(checkpoint.deltas as usize, deltas.len());
+    assert_eq!(snapshot(dir.path()), before, "verify changes nothing");
+    // What an open says of the same chain.
+    let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+    assert_eq!(
+        store.recovery_report().checkpoint_deltas_loaded,
+        u64::from(checkpoint.deltas)
+    );
+    drop(store);
+    let replay_start = (
+        checkpoint.replay_from_segment,
+        checkpoint.replay_from_offset,
+    );
+
+    // Damage in the first delta's body (past its 96-byte header and the segment table).
+    let dir = tempfile::tempdir().unwrap();
+    let deltas = store_with_deltas(dir.path(), &clock);
+    let mut bytes = std::fs::read(&deltas[0]).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x55;
+    std::fs::write(&deltas[0], &bytes).unwrap();
+    let report = idem::verify(dir.path()).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    let damage = &report.damage[0];
+    assert_eq!(damage.path, deltas[0]);
+    assert!(
+        damage.offset > 96 && damage.offset < bytes.len() as u64,
+        "{damage}"
+    );
+    assert!(damage.reason.contains("delta checkpoint"), "{damage}");
+    let checkpoint = report.checkpoint.expect("the full checkpoint is sound");
+    assert_eq!(
+        checkpoint.deltas, 0,
+        "the chain ends before the damaged delta"
+    );
+    assert_ne!(
+        (
+            checkpoint.replay_from_segment,
+            checkpoint.replay_from_offset
+        ),
+        replay_start,
+        "replay starts at the full checkpoint's start"
+    );
+    let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+    let ignored = store.recovery_report().checkpoint_delta_ignored.clone();
+    assert!(
+        ignored.is_some_and(|why| why.contains("checkpoint-delta-000001")),
+        "open ignores the same delta"
+    );
+    drop(store);
+
+    // A delta of an earlier chain: a crash after a full checkpoint replaced the chain's.
+    let dir = tempfile::tempdir().unwrap();
+    let deltas = store_with_deltas(dir.path(), &clock);
+    let stale = std::fs::read(&deltas[0]).unwrap();
+    Store::open_with(dir.path(), config(&clock))
+        .unwrap()
+        .close()
+        .unwrap();
+    assert!(
+        delta_files(dir.path()).is_empty(),
+        "close writes a full one"
+    );
+    std::fs::write(&deltas[0], &stale).unwrap();
+    let report = idem::verify(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.checkpoint.clone().expect("full").deltas, 0);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|note| note.contains("checkpoint-delta-000001") && note.contains("earlier")),
+        "{report:?}"
+    );
+}

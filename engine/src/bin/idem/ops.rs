@@ -35,9 +35,9 @@ Examples:
   idem stats /var/lib/payments/dedup
   idem stats /var/lib/payments/dedup --json";
 
-pub const VERIFY_ABOUT: &str = "Check every segment, every record, the checkpoint and the fence \
-file of a store without changing anything, and report each damage with its file and byte \
-offset.
+pub const VERIFY_ABOUT: &str = "Check every segment, every record, the checkpoint (with its delta \
+checkpoints) and the fence file of a store without changing anything, and report each damage \
+with its file and byte offset.
 
 A torn write at the end of the newest segment is reported apart: it is not damage (a crash \
 during an append leaves it, nothing acknowledged in Sync mode lies there) and the next open \
@@ -273,7 +273,8 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
             "segment_bytes": report.segment_bytes(),
             "checkpoint": report.checkpoint.as_ref().map(|c| json!({
                 "file": c.path.display().to_string(), "bytes": c.bytes, "entries": c.entries,
-                "claims": c.claims, "replay_from_segment": c.replay_from_segment,
+                "claims": c.claims, "deltas": c.deltas,
+                "replay_from_segment": c.replay_from_segment,
                 "replay_from_offset": c.replay_from_offset,
             })),
             "notes": report.notes,
@@ -295,10 +296,15 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
     match &report.checkpoint {
         Some(c) => writeln!(
             out,
-            "  {}  {} entries, {} open claims, replay from segment {} offset {}",
+            "  {}  {} entries, {} open claims, {}replay from segment {} offset {}",
             file_name(&c.path),
             fmt::count(c.entries),
             c.claims,
+            match c.deltas {
+                0 => String::new(),
+                1 => "1 delta, ".to_string(),
+                n => format!("{n} deltas, "),
+            },
             c.replay_from_segment,
             c.replay_from_offset
         )?,
