@@ -623,6 +623,43 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
     fsync.extend(mixed.clone());
     mixed.extend(filler(4, ttl::MINUTE));
     mixed.push(Op::AdvanceMaintain(advance::HOUR));
+    // Delta checkpoints (a spec with frequent checkpoints and 16 KiB segments): a full
+    // checkpoint, then deltas that list removals, re-inserts with shorter TTLs, expiries and
+    // new keys, each reopen compared with a full replay; then power loss after more deltas.
+    let mut deltas: Vec<Op> = (0..5).map(|i| insert(i, ttl::HOUR, KB + i)).collect();
+    deltas.push(Op::Maintain);
+    deltas.extend([
+        Op::Remove(1),
+        insert(1, ttl::SECOND, 3),
+        insert(7, ttl::MINUTE, KB + 5),
+        Op::Maintain,
+        Op::Remove(2),
+        insert(8, ttl::HOUR, KB + 6),
+        Op::AdvanceMaintain(advance::TWO_SECONDS),
+        Op::DropReopen,
+        Op::Get(1),
+        Op::Get(2),
+        insert(2, ttl::MINUTE, 4),
+        insert(9, ttl::HOUR, KB + 7),
+        Op::Maintain,
+        Op::Remove(9),
+        insert(10, ttl::HOUR, KB + 8),
+        Op::Maintain,
+        Op::PowerLoss,
+        Op::Get(2),
+        Op::Get(9),
+        Op::AdvanceMaintain(advance::MINUTE),
+        Op::Reopen(StoreSpec {
+            frequent_checkpoints: true,
+            segment_size: 2,
+            ..plain(DurabilitySpec::Never)
+        }),
+    ]);
+    let deltas_spec = |durability| StoreSpec {
+        frequent_checkpoints: true,
+        segment_size: 2,
+        ..plain(durability)
+    };
     let (conflicts, crashes, compaction) = tx_scenarios();
     // A transaction reads a state key; maintenance compacts the segment holding it (copying the
     // live entry forward); the commit fails with Conflict although no commit wrote the key.
@@ -721,6 +758,22 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
             "mixed-periodic",
             false,
             input(spec(DurabilitySpec::Periodic, true, false), mixed),
+        ),
+        (
+            "deltas-sync",
+            false,
+            input(deltas_spec(DurabilitySpec::Sync), deltas.clone()),
+        ),
+        (
+            "deltas-never-eager",
+            false,
+            input(
+                StoreSpec {
+                    eager_compaction: true,
+                    ..deltas_spec(DurabilitySpec::Never)
+                },
+                deltas,
+            ),
         ),
         (
             "fsync-fails-sync",

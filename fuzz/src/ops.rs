@@ -88,7 +88,9 @@ pub struct StoreSpec {
     pub background_maintenance: bool,
     /// The smallest write buffer (4 KiB) instead of the default 1 MiB.
     pub small_write_buffer: bool,
-    /// Writes a checkpoint at every maintenance round that follows 4 KiB of appends.
+    /// Writes a checkpoint at every maintenance round that follows 4 KiB of appends; with the
+    /// larger segment sizes (indices 2 and 3), a delta checkpoint after every 1 KiB between
+    /// them.
     pub frequent_checkpoints: bool,
     /// Shards: 1, 2, or the default.
     pub shards: ShardSpec,
@@ -214,6 +216,11 @@ impl StoreSpec {
             .segment_size_bytes_for_testing(SEGMENT_SIZES[usize::from(self.segment_size & 3)])
             .background_maintenance(self.background_maintenance)
             .checkpoint_every_bytes(if self.frequent_checkpoints { 4096 } else { 0 });
+        if self.frequent_checkpoints && self.segment_size & 2 != 0 {
+            // Deltas without a bit of their own either: the spec's bytes keep their meaning
+            // for the other knobs, and half the checkpointing specs write chains.
+            config = config.checkpoint_delta_every_bytes(1024);
+        }
         if self.segment_size & 1 == 1 {
             // Every segment replayed by two threads (by default only long stretches are; with
             // one shard there is nothing to share): half the segment sizes, no bit of its own,
@@ -1102,6 +1109,15 @@ impl Harness {
                 ignored.is_none(),
                 "step {}: {what}: the checkpoint written at close was ignored: {ignored:?}",
                 self.step
+            );
+        }
+        if std::env::var_os("IDEM_FUZZ_TRACE").is_some() {
+            let report = with_checkpoint.recovery_report();
+            eprintln!(
+                "  reopened from a checkpoint with {} deltas (ignored: {:?}, {:?})",
+                report.checkpoint_deltas_loaded,
+                report.checkpoint_ignored,
+                report.checkpoint_delta_ignored
             );
         }
         let a = self.snapshot(&with_checkpoint, what);
