@@ -2075,6 +2075,52 @@ fn seeds() -> Vec<u64> {
     }
 }
 
+/// What one seed's run ended with: its tally, or the panic that failed it.
+type SeedOutcome = (u64, Faults, std::thread::Result<Tally>);
+
+/// Runs `seeds` on as many threads as there are cores, in seed order per outcome. Without
+/// `keep_going` the workers stop taking seeds after the first failure; the outcomes then end at
+/// the first failed seed, so it is the one reported, as a serial run would.
+fn run_seeds(seeds: &[u64], keep_going: bool) -> Vec<SeedOutcome> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut outcomes: Vec<(usize, SeedOutcome)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    while keep_going || !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else { break };
+                        let mut sim = Sim::new(seed);
+                        let result =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run(700)));
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        mine.push((i, (seed, sim.faults, result)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("a worker catches its seeds' panics"))
+            .collect()
+    });
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut outcomes: Vec<SeedOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    if let Some(first) = outcomes.iter().position(|(_, _, result)| result.is_err()) {
+        if !keep_going {
+            outcomes.truncate(first + 1);
+        }
+    }
+    outcomes
+}
+
 #[test]
 fn seeded_simulation_keeps_every_acknowledged_answer() {
     let seeds = seeds();
@@ -2086,9 +2132,10 @@ fn seeded_simulation_keeps_every_acknowledged_answer() {
     if keep_going {
         std::panic::set_hook(Box::new(|_| {}));
     }
-    for &seed in &seeds {
-        let mut sim = Sim::new(seed);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run(700)));
+    // Seeds are independent (each its own simulated disk and clock): they run on every core,
+    // each worker taking the next seed, and are judged in seed order afterwards.
+    let outcomes = run_seeds(&seeds, keep_going);
+    for (seed, faults, result) in outcomes {
         match result {
             Ok(tally) => {
                 total.add(&tally);
@@ -2097,7 +2144,7 @@ fn seeded_simulation_keeps_every_acknowledged_answer() {
                 }
             }
             Err(panic) if keep_going => {
-                let faulty = sim.faults != Faults::default();
+                let faulty = faults != Faults::default();
                 let message = panic
                     .downcast_ref::<String>()
                     .cloned()
@@ -2109,9 +2156,8 @@ fn seeded_simulation_keeps_every_acknowledged_answer() {
             }
             Err(panic) => {
                 eprintln!(
-                    "simulation failed for seed {seed} (faults {:?}): replay with \
-                     IDEM_SIM_SEED={seed}",
-                    sim.faults
+                    "simulation failed for seed {seed} (faults {faults:?}): replay with \
+                     IDEM_SIM_SEED={seed}"
                 );
                 std::panic::resume_unwind(panic);
             }
