@@ -635,7 +635,8 @@ pub(crate) fn load(
     Ok(Some(checkpoint))
 }
 
-fn read_whole(file: Box<dyn StorageFile>) -> std::io::Result<Vec<u8>> {
+/// A checkpoint file's bytes, whole (a short read keeps what was read: the checks catch it).
+pub(crate) fn read_whole(file: Box<dyn StorageFile>) -> std::io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; file.len()? as usize];
     let got = file.read_at(&mut bytes, 0)?;
     bytes.truncate(got);

@@ -368,13 +368,8 @@ fn verify_checkpoint(storage: &dyn Storage, dir: &Path, report: &mut VerifyRepor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
     };
-    let read = || {
-        let mut bytes = vec![0u8; file.len()? as usize];
-        let got = file.read_at(&mut bytes, 0)?;
-        bytes.truncate(got);
-        Ok::<_, std::io::Error>(bytes)
-    };
-    let bytes = read().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bytes = checkpoint::read_whole(file)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     match checkpoint::check_bytes(storage, dir, &bytes) {
         Ok((found, deltas)) => {
             if let Some(failed) = deltas.failed {

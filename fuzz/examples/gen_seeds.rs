@@ -626,6 +626,11 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
     // Delta checkpoints (a spec with frequent checkpoints and 16 KiB segments): a full
     // checkpoint, then deltas that list removals, re-inserts with shorter TTLs, expiries and
     // new keys, each reopen compared with a full replay; then power loss after more deltas.
+    let deltas_spec = |durability| StoreSpec {
+        frequent_checkpoints: true,
+        segment_size: 2,
+        ..plain(durability)
+    };
     let mut deltas: Vec<Op> = (0..5).map(|i| insert(i, ttl::HOUR, KB + i)).collect();
     deltas.push(Op::Maintain);
     deltas.extend([
@@ -649,17 +654,8 @@ fn ops_scenarios() -> Vec<(&'static str, bool, OpsInput)> {
         Op::Get(2),
         Op::Get(9),
         Op::AdvanceMaintain(advance::MINUTE),
-        Op::Reopen(StoreSpec {
-            frequent_checkpoints: true,
-            segment_size: 2,
-            ..plain(DurabilitySpec::Never)
-        }),
+        Op::Reopen(deltas_spec(DurabilitySpec::Never)),
     ]);
-    let deltas_spec = |durability| StoreSpec {
-        frequent_checkpoints: true,
-        segment_size: 2,
-        ..plain(durability)
-    };
     let (conflicts, crashes, compaction) = tx_scenarios();
     // A transaction reads a state key; maintenance compacts the segment holding it (copying the
     // live entry forward); the commit fails with Conflict although no commit wrote the key.
