@@ -10,7 +10,8 @@
 //! It prints the calling thread's CPU time and run-queue wait per operation (from
 //! `/proc/thread-self/schedstat`: time spent runnable but not running, i.e. preempted, the share
 //! background threads take on a busy machine), the wall time per operation, and the calls of
-//! 0.5 ms or more. By default the maintenance thread is off, so the figures are the path's
+//! 0.5 ms or more, then the log bytes appended per operation (compaction's copies included), the
+//! segments compacted and the disk bytes per live key. By default the maintenance thread is off, so the figures are the path's
 //! own; `--maintenance` turns it on as `compare` runs it, and `--deltas` adds delta checkpoints
 //! every 32 MiB of log (`Config::checkpoint_delta_every_bytes`) to it.
 //!
@@ -123,6 +124,13 @@ fn main() {
         per_op(cpu_after.saturating_sub(cpu_before) as f64),
         per_op(wait_after.saturating_sub(wait_before) as f64),
         slow.as_secs_f64() * 1e3,
+    );
+    let stats = store.stats();
+    println!(
+        "log: {:.1} B appended per op, {} segments compacted, {:.1} B on disk per live key",
+        stats.bytes_appended as f64 / ops as f64,
+        stats.segments_compacted,
+        stats.disk_bytes as f64 / stats.live_keys.max(1) as f64,
     );
     store.close().expect("close");
     let _ = std::fs::remove_dir_all(&dir);
