@@ -7,6 +7,10 @@
 //! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas]
 //! ```
 //!
+//! `tx-dedup` (a transaction of the dedup check alone) and `tx-dedup-position` (and the
+//! position) split a transaction's cost: the transaction's own against a plain call, then each
+//! further record.
+//!
 //! It prints the calling thread's CPU time and run-queue wait per operation (from
 //! `/proc/thread-self/schedstat`: time spent runnable but not running, i.e. preempted, the share
 //! background threads take on a busy machine), the wall time per operation, and the calls of
@@ -36,7 +40,8 @@ const CUSTOMERS: u64 = 1024;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: per_op <plain|tx|batch> [ops] [--maintenance] [--deltas]";
+    let usage = "usage: per_op <plain|tx|tx-dedup|tx-dedup-position|batch> [ops] [--maintenance] \
+                 [--deltas]";
     let mode = args.first().expect(usage).clone();
     let ops: usize = args
         .get(1)
@@ -84,17 +89,20 @@ fn main() {
                 timed(call);
             }
         }
-        "tx" => {
+        "tx" | "tx-dedup" | "tx-dedup-position" => {
+            let (state, positions) = (mode == "tx", mode != "tx-dedup");
             for (position, key) in keys.iter().enumerate() {
                 let call = Instant::now();
                 let value = value_for(key);
                 let mut tx = store.transaction();
                 let duplicate = tx.check_or_insert(key, TTL, &value).unwrap().is_duplicate();
-                if !duplicate {
+                if !duplicate && state {
                     let customer = u64::from_le_bytes(key[..8].try_into().unwrap()) % CUSTOMERS;
                     tx.put_state(&customers[customer as usize], &value).unwrap();
                 }
-                tx.set_position(b"input", position as u64).unwrap();
+                if positions {
+                    tx.set_position(b"input", position as u64).unwrap();
+                }
                 tx.commit().unwrap();
                 duplicates += u64::from(duplicate);
                 timed(call);
