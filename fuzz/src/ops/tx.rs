@@ -948,6 +948,7 @@ impl Harness {
 
     fn tx_set_position(&mut self, s: usize, source: &[u8], position: u64, txs: &mut Slots<'_>) {
         let max = max_bytes(self.spec.segment_size);
+        let faulted = self.faulted;
         let slot = self.slots[s].as_mut().expect("an open slot");
         let got = txs[s]
             .as_mut()
@@ -979,6 +980,9 @@ impl Harness {
                 Err(Some(expected)),
             ) => *source_len == source.len() && *stored == expected && *requested == position,
             (Err(Error::TransactionTooLarge { .. }), Err(None)) => true,
+            // A refusal rests on the stored position's record: in `Sync` it waits until that
+            // record is durable, and fails instead once fsyncs fail (an injected fault only).
+            (Err(Error::Poisoned { .. }), Err(Some(_))) => faulted,
             _ => false,
         };
         assert!(
