@@ -159,6 +159,8 @@ impl Store {
             tick_millis,
             now,
         );
+        // Before recovery: replay and the checkpoint's entries go into tables of their size.
+        index.expect_keys(config.expected_keys, now);
         let mut state = crate::state::StateTables::default();
         let recovered = recovery::recover(
             &*storage,

@@ -4,7 +4,7 @@
 //! keys and values, 1 % re-sends, TTL 1 h), `Never` mode.
 //!
 //! ```text
-//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas]
+//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas] [--presize]
 //! ```
 //!
 //! `tx-dedup` (a transaction of the dedup check alone) and `tx-dedup-position` (and the
@@ -17,7 +17,8 @@
 //! 0.5 ms or more, then the log bytes appended per operation (compaction's copies included), the
 //! segments compacted and the disk bytes per live key. By default the maintenance thread is off, so the figures are the path's
 //! own; `--maintenance` turns it on as `compare` runs it, and `--deltas` adds delta checkpoints
-//! every 32 MiB of log (`Config::checkpoint_delta_every_bytes`) to it.
+//! every 32 MiB of log (`Config::checkpoint_delta_every_bytes`) to it; `--presize` sets
+//! `Config::expected_keys` to the operation count (no table grows during the run).
 //!
 //! For instruction counts, which unlike times do not depend on what else the machine runs, run
 //! it under valgrind: it then reads the precise clock through the standard library (the coarse
@@ -41,7 +42,7 @@ const CUSTOMERS: u64 = 1024;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: per_op <plain|tx|tx-dedup|tx-dedup-position|batch> [ops] [--maintenance] \
-                 [--deltas]";
+                 [--deltas] [--presize]";
     let mode = args.first().expect(usage).clone();
     let ops: usize = args
         .get(1)
@@ -49,6 +50,7 @@ fn main() {
         .map_or(2_000_000, |a| a.parse().expect(usage));
     let maintenance = args.iter().any(|a| a == "--maintenance");
     let deltas = args.iter().any(|a| a == "--deltas");
+    let presize = args.iter().any(|a| a == "--presize");
     let under_valgrind =
         std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("valgrind"));
 
@@ -60,6 +62,9 @@ fn main() {
     if deltas {
         config = config.checkpoint_delta_every_bytes(32 << 20);
     }
+    if presize {
+        config = config.expected_keys(ops as u64);
+    }
     if under_valgrind {
         config = config.clock(idem::SystemClock::precise());
     }
@@ -69,9 +74,10 @@ fn main() {
         .map(|c| format!("balance/{c}").into_bytes())
         .collect();
 
-    let (mut slow, mut slow_calls) = (Duration::ZERO, 0u64);
+    let (mut slow, mut slow_calls, mut longest) = (Duration::ZERO, 0u64, Duration::ZERO);
     let mut timed = |started: Instant| {
         let took = started.elapsed();
+        longest = longest.max(took);
         if took >= SLOW {
             slow += took;
             slow_calls += 1;
@@ -123,15 +129,17 @@ fn main() {
     let (cpu_after, wait_after) = schedstat();
     let per_op = |nanos: f64| nanos / ops as f64;
     println!(
-        "{mode}: {ops} ops ({duplicates} duplicates), maintenance {}{}: wall {:.0} ns/op, \
+        "{mode}: {ops} ops ({duplicates} duplicates), maintenance {}{}{}: wall {:.0} ns/op, \
          calling thread CPU {:.0} ns/op, run-queue wait {:.0} ns/op; \
-         {slow_calls} calls of 0.5 ms or more, {:.1} ms in all",
+         {slow_calls} calls of 0.5 ms or more, {:.1} ms in all, the longest {:.2} ms",
         if maintenance { "on" } else { "off" },
         if deltas { ", deltas" } else { "" },
+        if presize { ", presized" } else { "" },
         per_op(wall.as_nanos() as f64),
         per_op(cpu_after.saturating_sub(cpu_before) as f64),
         per_op(wait_after.saturating_sub(wait_before) as f64),
         slow.as_secs_f64() * 1e3,
+        longest.as_secs_f64() * 1e3,
     );
     let stats = store.stats();
     println!(

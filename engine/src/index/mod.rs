@@ -88,6 +88,22 @@ impl Index {
         KeyHash { shard, tag }
     }
 
+    /// Lays every shard's table out for its share of `keys` live keys and keeps it at least
+    /// that large from now on ([`crate::Config::expected_keys`]).
+    pub(crate) fn expect_keys(&self, keys: u64, now_millis: u64) {
+        if keys == 0 {
+            return;
+        }
+        // Hashing spreads the keys binomially: a shard's count exceeds the mean by four
+        // standard deviations (about its square root) with a probability below 1 in 30,000.
+        // A flat margin (a quarter more) would double some tables for nothing.
+        let mean = keys.div_ceil(self.shards.len() as u64);
+        let per_shard = mean + 4 * mean.isqrt() + 16;
+        for shard in self.shards.iter() {
+            shard.lock().presize(per_shard as usize, now_millis);
+        }
+    }
+
     /// Turns on every shard's late-duplicate memory for `grace_millis` (0: off), remembering
     /// `capacity` expired keys over the whole index per epoch (a third of the grace period).
     pub(crate) fn remember_expired(&self, grace_millis: u64, capacity: usize) {

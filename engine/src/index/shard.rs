@@ -106,6 +106,9 @@ pub(crate) struct ShardTable {
     pub(crate) counters: ShardCounters,
     /// Recently expired tags (see `late`); `None` unless a grace period is configured.
     late: Option<Box<LateMemory>>,
+    /// The table never shrinks below this many slots (a power of two; [`MIN_CAPACITY`] unless
+    /// [`ShardTable::presize`] set it).
+    floor_capacity: usize,
     /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
     /// relocation). Only such a write can give a key an entry, so a key found without a live
     /// entry under one count still has none under the same count, at the same time or later.
@@ -256,7 +259,21 @@ impl ShardTable {
             last_removal_end: 0,
             counters: ShardCounters::default(),
             late: None,
+            floor_capacity: MIN_CAPACITY,
             writes: 0,
+        }
+    }
+
+    /// Lays the table out for `entries` entries under the load limit and keeps it at least
+    /// that large from now on (a rebuild that drops dead entries does not shrink it below).
+    pub(crate) fn presize(&mut self, entries: usize, now_millis: u64) {
+        // The capacity a table that grew entry by entry reaches for them: past 3/4 it doubles.
+        let capacity = ((entries * 4).div_ceil(3) + 1)
+            .next_power_of_two()
+            .max(MIN_CAPACITY);
+        self.floor_capacity = capacity;
+        if capacity > self.slots.len() {
+            self.rebuild_to(capacity, now_millis);
         }
     }
 
@@ -642,12 +659,9 @@ impl ShardTable {
     /// order, so the new array is written in two nearly sequential streams); when many were
     /// dead, the table is laid again at the size of what is left.
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
-        let capacity_for = |live: usize| {
-            (live * 2)
-                .max(min_capacity)
-                .next_power_of_two()
-                .max(MIN_CAPACITY)
-        };
+        let floor = self.floor_capacity;
+        let capacity_for =
+            |live: usize| (live * 2).max(min_capacity).next_power_of_two().max(floor);
         let old = std::mem::replace(&mut self.slots, empty_slots(capacity_for(self.len)));
         self.len = 0;
         for &slot in old.iter() {
@@ -843,6 +857,62 @@ mod tests {
         let mut expected: Vec<u64> = model.keys().copied().collect();
         expected.sort_unstable();
         assert_eq!(seen, expected);
+    }
+
+    /// A presized table holds its expected entries without growing, and a rebuild that sheds
+    /// dead entries leaves it at its floor; a table left to grow doubles its way there and
+    /// shrinks back.
+    #[test]
+    fn a_presized_table_neither_grows_to_its_size_nor_shrinks_below_it() {
+        let fill = |table: &mut ShardTable, entries: u64| -> Vec<usize> {
+            let mut capacities = vec![table.capacity()];
+            for key in 1..=entries {
+                let tag = (key as u32).wrapping_mul(0x9e37_79b9) & TAG_MASK;
+                let Probe::Vacant(index) =
+                    table.probe::<()>(tag, 0, |_| Ok(KeyCheck::Other)).unwrap()
+                else {
+                    panic!("fresh key found")
+                };
+                let slot = Slot {
+                    tag,
+                    expires_at_secs: 10,
+                    location: key,
+                };
+                table.put(index, slot, 0);
+                if *capacities.last().unwrap() != table.capacity() {
+                    capacities.push(table.capacity());
+                }
+            }
+            capacities
+        };
+        let mut presized = ShardTable::new(1000, 0);
+        presized.presize(1000, 0);
+        assert_eq!(presized.capacity(), 2048);
+        assert_eq!(
+            fill(&mut presized, 1500),
+            vec![2048],
+            "no growth on the way"
+        );
+        let mut growing = ShardTable::new(1000, 0);
+        assert_eq!(
+            fill(&mut growing, 1500),
+            vec![64, 128, 256, 512, 1024, 2048],
+            "doubles its way there"
+        );
+        // At 10 s every entry is dead: a rebuild sheds them all.
+        presized.rebuild(10_000);
+        growing.rebuild(10_000);
+        assert_eq!((presized.len(), growing.len()), (0, 0));
+        assert_eq!(presized.capacity(), 2048, "the floor holds");
+        assert_eq!(growing.capacity(), MIN_CAPACITY);
+        // A larger expectation later raises the floor; a smaller one lowers it without a
+        // rebuild.
+        presized.presize(3000, 10_000);
+        assert_eq!(presized.capacity(), 4096);
+        presized.presize(10, 10_000);
+        assert_eq!(presized.capacity(), 4096);
+        presized.rebuild(10_000);
+        assert_eq!(presized.capacity(), MIN_CAPACITY);
     }
 
     #[test]
