@@ -34,6 +34,13 @@ pub trait Peer: Send + Sync {
 
     /// Opens a fresh instance in `dir`, which exists and is empty.
     fn open(&self, dir: &Path) -> Result<Self::Engine, BoxError>;
+
+    /// Opens the peer for a run of `keys` keys: a peer told to size itself for its run (the
+    /// "presized" rows) does so; the others open as [`Peer::open`].
+    fn open_for(&self, dir: &Path, keys: usize) -> Result<Self::Engine, BoxError> {
+        let _ = keys;
+        self.open(dir)
+    }
 }
 
 /// An open instance of a peer.
@@ -128,7 +135,7 @@ pub fn measure<P: Peer>(
     );
     let own_rss_before = rss();
     let cpu_before = process_cpu_seconds();
-    let mut engine = peer.open(dir)?;
+    let mut engine = peer.open_for(dir, keys.len())?;
     let server = engine.server_pid().map(|pid| pid.to_string());
     let rss_of = |server: &Option<String>| match server {
         Some(pid) => rss_bytes_of(pid).unwrap_or(0),

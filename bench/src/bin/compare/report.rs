@@ -227,6 +227,18 @@ impl<'a> Report<'a> {
                 &never1,
                 Yes,
             ),
+            ratio(
+                "idem Never 1 thread, presized / ceiling 1 thread, presized (neither grows)",
+                names::IDEM_NEVER_PRESIZED,
+                names::CEILING_PRESIZED,
+                Yes,
+            ),
+            ratio(
+                "idem Never batch, presized / ceiling 1 thread, presized (neither grows)",
+                names::IDEM_NEVER_BATCH_PRESIZED,
+                names::CEILING_PRESIZED,
+                Yes,
+            ),
             ratio("ceiling 2 threads / ceiling 1 thread", &ceil2, &ceil1, No),
             ratio(
                 "ceiling 1 thread / weak (SipHash) ceiling 1 thread",

@@ -23,6 +23,9 @@ pub mod names {
     pub const IDEM_NEVER_BATCH: &str = "idem-never-batch";
     pub const IDEM_NEVER_TX: &str = "idem-never-tx";
     pub const IDEM_NEVER_DELTAS: &str = "idem-never-deltas";
+    pub const IDEM_NEVER_PRESIZED: &str = "idem-never-presized";
+    pub const IDEM_NEVER_BATCH_PRESIZED: &str = "idem-never-batch-presized";
+    pub const CEILING_PRESIZED: &str = "hashbrown-1t-presized";
     pub const IDEM_SYNC_BATCH: &str = "idem-sync-batch";
     pub const IDEM_SYNC_MANY: &str = "idem-sync-64t";
     pub const IDEM_RAM: &str = "idem-ram";
@@ -175,21 +178,25 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
         durability: ::idem::Durability::Never,
         transactional: false,
         delta_every_bytes: 0,
+        presized: false,
     });
     let never_deltas = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
         delta_every_bytes: DELTA_EVERY_BYTES,
+        presized: false,
     });
     let never_tx = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: true,
         delta_every_bytes: 0,
+        presized: false,
     });
     let sync = peer(idem::Idem {
         durability: ::idem::Durability::Sync,
         transactional: false,
         delta_every_bytes: 0,
+        presized: false,
     });
     let redb_none = peer(redb::Redb {
         durability: ::redb::Durability::None,
@@ -197,7 +204,14 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     let redb_durable = peer(redb::Redb {
         durability: ::redb::Durability::Immediate,
     });
-    let hashbrown = peer(ceiling::Hashbrown);
+    let never_presized = peer(idem::Idem {
+        durability: ::idem::Durability::Never,
+        transactional: false,
+        delta_every_bytes: 0,
+        presized: true,
+    });
+    let hashbrown = peer(ceiling::Hashbrown { presized: false });
+    let hashbrown_presized = peer(ceiling::Hashbrown { presized: true });
     let siphash = peer(ceiling::StdSipHash);
     let mut rows = Vec::new();
     for &t in threads {
@@ -225,6 +239,19 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
             "idem Never, batch",
             NoFsync,
             &never,
+        )
+        .batch(BATCH),
+        RowSpec::new(
+            names::IDEM_NEVER_PRESIZED,
+            "idem Never, Config::expected_keys set",
+            NoFsync,
+            &never_presized,
+        ),
+        RowSpec::new(
+            names::IDEM_NEVER_BATCH_PRESIZED,
+            "idem Never, batch, Config::expected_keys set",
+            NoFsync,
+            &never_presized,
         )
         .batch(BATCH),
         RowSpec::new(
@@ -302,6 +329,12 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
             .scaling(),
         );
     }
+    rows.push(RowSpec::new(
+        names::CEILING_PRESIZED,
+        "sharded hashbrown, with_capacity (ceiling)",
+        Memory,
+        &hashbrown_presized,
+    ));
     for t in [1, 2] {
         rows.push(
             RowSpec::new(

@@ -16,6 +16,8 @@ pub struct Idem {
     /// Delta checkpoints every this many bytes of log (`Config::checkpoint_delta_every_bytes`;
     /// 0: the default, off), to measure what they cost next to the default.
     pub delta_every_bytes: u64,
+    /// `Config::expected_keys` set to the run's key count (its tables never grow in the run).
+    pub presized: bool,
 }
 
 pub struct IdemEngine {
@@ -37,9 +39,16 @@ impl Peer for Idem {
     type Engine = IdemEngine;
 
     fn open(&self, dir: &Path) -> Result<IdemEngine, BoxError> {
-        let config = idem::Config::default()
+        self.open_for(dir, 0)
+    }
+
+    fn open_for(&self, dir: &Path, keys: usize) -> Result<IdemEngine, BoxError> {
+        let mut config = idem::Config::default()
             .durability(self.durability)
             .checkpoint_delta_every_bytes(self.delta_every_bytes);
+        if self.presized {
+            config = config.expected_keys(keys as u64);
+        }
         Ok(IdemEngine {
             store: idem::Store::open_with(dir, config)?,
             transactional: self.transactional,
