@@ -242,6 +242,11 @@ impl CheckpointChanges {
 /// for: a block scan reads 128 slots in order, about the cost of 16 random probes.
 const BLOCK_COST: usize = 16;
 
+/// The fewest slots that hold `entries` under the load limit (at most 3/4 full).
+fn slots_holding(entries: usize) -> usize {
+    (entries * 4).div_ceil(3) + 1
+}
+
 fn empty_slots(capacity: usize) -> Box<[Packed]> {
     vec![Packed::EMPTY; capacity].into_boxed_slice()
 }
@@ -268,9 +273,7 @@ impl ShardTable {
     /// that large from now on (a rebuild that drops dead entries does not shrink it below).
     pub(crate) fn presize(&mut self, entries: usize, now_millis: u64) {
         // The capacity a table that grew entry by entry reaches for them: past 3/4 it doubles.
-        let capacity = ((entries * 4).div_ceil(3) + 1)
-            .next_power_of_two()
-            .max(MIN_CAPACITY);
+        let capacity = slots_holding(entries).next_power_of_two().max(MIN_CAPACITY);
         self.floor_capacity = capacity;
         if capacity > self.slots.len() {
             self.rebuild_to(capacity, now_millis);
@@ -689,7 +692,7 @@ impl ShardTable {
         if wanted * 4 > self.slots.len() * 3 {
             // The smallest table that holds them under the load limit: as dense as one that
             // grew to this size entry by entry.
-            self.rebuild_to((wanted * 4).div_ceil(3) + 1, now_millis);
+            self.rebuild_to(slots_holding(wanted), now_millis);
         }
     }
 
