@@ -72,6 +72,44 @@ pub(crate) fn is_prepared_space(rest: &[u8]) -> bool {
     rest.iter().all(|&b| b == 0)
 }
 
+/// Where the records of a segment file end, as far as sizing the index needs to know: its
+/// length less a trailing run of zero blocks (a prepared segment's unused space; a sealed
+/// segment has none), found by a binary search over 4 KiB blocks: a dozen small reads, not the
+/// segment's 64 MiB. A block of zeros amid the records (a long value of zeros) can only make
+/// the estimate low, which costs a table doubling, never a wrong answer. 0 if unreadable.
+fn records_end(file: &SegmentFile) -> u64 {
+    const BLOCK: u64 = 4096;
+    let Ok(len) = file.len() else {
+        return 0;
+    };
+    let mut block = [0u8; BLOCK as usize];
+    let mut zeros = |from: u64| -> bool {
+        match file.read_at(&mut block, from) {
+            Ok(read) => block[..read].iter().fold(0u8, |any, &b| any | b) == 0,
+            Err(_) => true,
+        }
+    };
+    // The first block from which on every block is zeros, assuming records, then zeros.
+    let (mut low, mut high) = (0, len.div_ceil(BLOCK));
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if zeros(middle * BLOCK) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    (low * BLOCK).min(len)
+}
+
+/// The fewest index records a chunk must hold to size the index from its density (fewer say
+/// too little about the rest of the log).
+const SIZING_MIN_RECORDS: usize = if CHUNK_RECORDS < 4096 {
+    CHUNK_RECORDS
+} else {
+    4096
+};
+
 /// A torn tail that recovery cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruncatedTail {
@@ -186,6 +224,16 @@ pub(crate) fn recover(
         .map(|c| c.claim_keys.clone())
         .unwrap_or_default();
     let first_replayed = segment_of(replay_from);
+    // Where the records of each segment replayed end, to size the index for the whole replay
+    // at its start (see `Chunk::size_the_index_for`).
+    let records_ends: BTreeMap<u32, u64> = ids
+        .iter()
+        .filter(|&&id| id >= first_replayed)
+        .map(|&id| {
+            let end = SegmentFile::open(storage, dir, id).map_or(0, |file| records_end(&file));
+            (id, end)
+        })
+        .collect();
     let mut newest_sealed = false;
     // One buffer for every segment read: fresh memory for each would be page-faulted and
     // cleared by the kernel all over again.
@@ -322,6 +370,21 @@ pub(crate) fn recover(
             // Without an applier this thread applies its chunks itself.
             let mut own = (!parallel).then(|| (Tables::lock(index), Applied::default()));
             let mut chunk = Chunk::with_capacity(CHUNK_RECORDS);
+            // The first chunk big enough sizes the index for the rest of the replay: this
+            // segment's records from it on and the later segments'.
+            let records_end = records_ends.get(&id).map_or(0, |&end| end as usize);
+            let later_bytes: u64 = records_ends.range(id + 1..).map(|(_, end)| end).sum();
+            let mut sized = false;
+            let mut size_the_index = |chunk: &mut Chunk| {
+                if sized || chunk.len() < SIZING_MIN_RECORDS {
+                    return;
+                }
+                if let Some(first) = chunk.first_offset() {
+                    chunk
+                        .size_the_index_for(records_end.saturating_sub(first) as u64 + later_bytes);
+                    sized = true;
+                }
+            };
             let mut hand_over = |chunk: &mut Chunk| match &mut own {
                 Some((tables, applied)) => {
                     apply_chunk(index, tables, chunk, (opened, current), now_millis, applied);
@@ -383,6 +446,7 @@ pub(crate) fn recover(
                                 _ => {
                                     chunk.push(bytes, (at, offset), &record);
                                     if chunk.len() == CHUNK_RECORDS {
+                                        size_the_index(&mut chunk);
                                         hand_over(&mut chunk);
                                     }
                                 }
@@ -415,6 +479,7 @@ pub(crate) fn recover(
             })();
             // Whatever happened, the records checked before it are applied: one of them may
             // hold an earlier error, which a replay in log order would have met first.
+            size_the_index(&mut chunk);
             hand_over(&mut chunk);
             drop(full);
             let applied = match applier {
@@ -1869,6 +1934,85 @@ mod tests {
         assert_eq!(with_checkpoint.1, full.1, "claims in doubt");
         assert_eq!(full.1, in_doubt);
         assert!(full.0.iter().any(Option::is_some) && full.0.iter().any(Option::is_none));
+    }
+
+    /// Where a segment's records end for sizing: its length, less a trailing run of zero
+    /// blocks (a prepared segment's unused space), to the next 4 KiB block.
+    #[test]
+    fn records_end_skips_a_prepared_segments_zeros() {
+        let storage = SimStorage::new(31);
+        storage.create_dir_all(dir()).unwrap();
+        let cases: [(usize, usize, u64); 4] = [
+            (10_000, 100_000, 12_288),
+            (10_000, 0, 10_000),
+            (0, 50_000, 0),
+            (4_096, 4_096, 4_096),
+        ];
+        for (id, (records, zeros, end)) in (1..).zip(cases) {
+            let mut bytes = vec![0x5a; records];
+            bytes.resize(records + zeros, 0);
+            write(&storage, &seg(id), &bytes);
+            let file = SegmentFile::open(&storage, dir(), id).unwrap();
+            assert_eq!(
+                records_end(&file),
+                end,
+                "{records} bytes then {zeros} zeros"
+            );
+        }
+    }
+
+    /// A full replay lays each shard's table out once for the entries the whole log will put
+    /// (estimated from the first chunk's density and the segments' lengths), not doubling on
+    /// the way, and no larger than the table that grew to them entry by entry.
+    #[test]
+    fn a_full_replay_sizes_the_index_once_and_no_larger_than_growth_made_it() {
+        let storage = SimStorage::new(29);
+        let clock = ManualClock::new();
+        let config = config(&storage, &clock).shard_count(4);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..10_000).map(key).collect();
+        for k in &keys {
+            store.check_or_insert(k, TTL, k).unwrap();
+        }
+        let grown = store.stats().index_bytes;
+        let grown_relayouts: u64 = store
+            .shared
+            .index
+            .shards()
+            .iter()
+            .map(|shard| shard.lock().relayouts)
+            .sum();
+        assert!(ids(&storage).len() > 20, "the log spans many segments");
+        drop(store);
+        let _ = storage.remove(&dir().join(checkpoint::CHECKPOINT_FILE_NAME));
+
+        let store = Store::open_with(DIR, config).unwrap();
+        assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+        assert_eq!(store.recovery_report().records_replayed, keys.len() as u64);
+        let relayouts: Vec<u64> = store
+            .shared
+            .index
+            .shards()
+            .iter()
+            .map(|shard| shard.lock().relayouts)
+            .collect();
+        // About 2,500 entries a shard: grown from 64 slots to 4,096, 6 doublings each.
+        assert!(grown_relayouts >= 4 * 6, "growth: {grown_relayouts}");
+        assert!(
+            relayouts.iter().all(|&n| n <= 2),
+            "relayouts per shard in replay: {relayouts:?}"
+        );
+        assert!(
+            store.stats().index_bytes <= grown,
+            "replayed index {} B, grown {grown} B",
+            store.stats().index_bytes
+        );
+        for k in &keys {
+            assert!(store
+                .check_or_insert(k, TTL, b"again")
+                .unwrap()
+                .is_duplicate());
+        }
     }
 
     /// Appends `n` filler keys `{prefix}-{i}` with `ttl`.

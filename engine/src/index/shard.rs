@@ -109,6 +109,9 @@ pub(crate) struct ShardTable {
     /// The table never shrinks below this many slots (a power of two; [`MIN_CAPACITY`] unless
     /// [`ShardTable::presize`] set it).
     floor_capacity: usize,
+    /// How many times the table was laid out anew (grown, shrunk or cleaned of dead entries):
+    /// what sizing ahead of a replay saves, for its tests.
+    pub(crate) relayouts: u64,
     /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
     /// relocation). Only such a write can give a key an entry, so a key found without a live
     /// entry under one count still has none under the same count, at the same time or later.
@@ -265,6 +268,7 @@ impl ShardTable {
             counters: ShardCounters::default(),
             late: None,
             floor_capacity: MIN_CAPACITY,
+            relayouts: 0,
             writes: 0,
         }
     }
@@ -662,6 +666,7 @@ impl ShardTable {
     /// order, so the new array is written in two nearly sequential streams); when many were
     /// dead, the table is laid again at the size of what is left.
     fn rebuild_to(&mut self, min_capacity: usize, now_millis: u64) {
+        self.relayouts += 1;
         let floor = self.floor_capacity;
         let capacity_for =
             |live: usize| (live * 2).max(min_capacity).next_power_of_two().max(floor);

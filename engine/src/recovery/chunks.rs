@@ -6,7 +6,10 @@
 //! an applier thread while the checker fills the next one (or by the checker itself when the
 //! segment is short). Applying groups the chunk's records by shard, so that consecutive records
 //! land in one shard's table: its pages stay in the TLB and its lines in cache, where records in
-//! log order would miss both once each (replay was bound by that miss).
+//! log order would miss both once each (replay was bound by that miss). Before the first big
+//! chunk of each segment is applied, every table is laid out for the live entries the rest of
+//! the replay will put (that chunk's density of live entries per byte, times the bytes left),
+//! so tables do not double on the way to their final size.
 //!
 //! Invariants:
 //! - A chunk holds records in log order, all judged intact by the checker before it is handed
@@ -16,6 +19,9 @@
 //!   decode), the one reported is the first in log order: each shard stops at its first error,
 //!   and the lowest offset of those wins, as a replay in log order would have found it. No later
 //!   chunk is applied after an error.
+//! - Sizing changes only table sizes, never an answer: it aims at nine tenths of the estimate,
+//!   so a table is never laid out larger than growth entry by entry would have made it unless
+//!   the first chunk is denser in live entries than the rest of the log.
 
 use std::collections::BTreeMap;
 
@@ -69,6 +75,9 @@ pub(super) struct Chunk {
     by_shard: Vec<Pending>,
     /// Per shard, where its records start in `by_shard` (one more entry: the end).
     starts: Vec<usize>,
+    /// Set on the chunk that sizes the index (see [`Chunk::size_the_index_for`]): the bytes of
+    /// log the replay has left from this chunk's first record on, this one's included.
+    sizes_for_bytes: Option<u64>,
 }
 
 impl Chunk {
@@ -81,6 +90,49 @@ impl Chunk {
 
     pub(super) fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// The offset in its segment of the chunk's first record, if it has one.
+    pub(super) fn first_offset(&self) -> Option<usize> {
+        self.records.first().map(|record| record.offset as usize)
+    }
+
+    /// Makes applying this chunk lay the tables out first for the live entries the rest of the
+    /// replay will put, `bytes` of log from this chunk's first record on, at this chunk's
+    /// density of live entries per byte. Replay into tables of their final size skips every
+    /// doubling on the way (a tenth of a full replay's time, and the largest doubling is the
+    /// last), and a worst-case reopen does not double tables already laid out for the
+    /// checkpoint's entries.
+    pub(super) fn size_the_index_for(&mut self, bytes: u64) {
+        self.sizes_for_bytes = Some(bytes);
+    }
+
+    /// The live entries the replay will add, estimated from this chunk (see
+    /// [`Chunk::size_the_index_for`]); 0 when the chunk does not size the index.
+    fn expected_new_entries(&mut self, now_millis: u64) -> u64 {
+        let Some(bytes) = self.sizes_for_bytes.take() else {
+            return 0;
+        };
+        let (Some(first), Some(last)) = (self.records.first(), self.records.last()) else {
+            return 0;
+        };
+        let span = u64::from(last.offset - first.offset);
+        if span == 0 {
+            return 0;
+        }
+        // An insert (or claim, or failure) whose deadline has not passed takes an entry; a
+        // removal or an expired insert does not. A key inserted twice is counted twice, which
+        // only overestimates a log of re-inserts.
+        let live = self
+            .records
+            .iter()
+            .filter(|r| r.kind != RecordKind::Remove && r.bound > now_millis)
+            .count() as u64;
+        let expected = u128::from(live) * u128::from(bytes) / u128::from(span);
+        // Nine tenths: an estimate a little high near a power of two would double every table
+        // for nothing (a table of n entries is sized as one that grew to n); a little low
+        // costs the shards above the mean one doubling at the end.
+        u64::try_from(expected * 9 / 10).unwrap_or(u64::MAX)
     }
 
     /// Adds `record`, found at log location `at` (offset `offset` of the segment whose bytes
@@ -158,6 +210,14 @@ pub(super) fn apply_chunk(
         return;
     }
     let shards = tables.len();
+    // Clamped as `Config::expected_keys` is: a damaged length cannot ask for the moon.
+    let expected = chunk.expected_new_entries(now_millis).min(1 << 30);
+    if expected > 0 {
+        let per_shard = usize::try_from(expected / shards as u64).unwrap_or(usize::MAX);
+        for shard in 0..shards {
+            tables.shard(shard).reserve(per_shard, now_millis);
+        }
+    }
     chunk.group_by_shard(index, current.bytes);
     let mut buf = Vec::new();
     for shard in 0..shards {
