@@ -27,6 +27,7 @@
 mod chunks;
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Checkpoint};
@@ -373,7 +374,11 @@ pub(crate) fn recover(
             // The first chunk big enough sizes the index for the rest of the replay: this
             // segment's records from it on and the later segments'.
             let records_end = records_ends.get(&id).map_or(0, |&end| end as usize);
-            let later_bytes: u64 = records_ends.range(id + 1..).map(|(_, end)| end).sum();
+            // Excluded, not `id + 1..`: the last possible segment id has no successor.
+            let later_bytes: u64 = records_ends
+                .range((Excluded(id), Unbounded))
+                .map(|(_, end)| end)
+                .sum();
             let mut sized = false;
             let mut size_the_index = |chunk: &mut Chunk| {
                 if sized || chunk.len() < SIZING_MIN_RECORDS {
