@@ -377,16 +377,16 @@ pub(crate) fn recover(
             // Excluded, not `id + 1..`: the last possible segment id has no successor.
             let later_bytes: u64 = records_ends
                 .range((Excluded(id), Unbounded))
-                .map(|(_, end)| end)
-                .sum();
+                .fold(0, |sum, (_, &end)| sum.saturating_add(end));
             let mut sized = false;
             let mut size_the_index = |chunk: &mut Chunk| {
                 if sized || chunk.len() < SIZING_MIN_RECORDS {
                     return;
                 }
                 if let Some(first) = chunk.first_offset() {
-                    chunk
-                        .size_the_index_for(records_end.saturating_sub(first) as u64 + later_bytes);
+                    chunk.size_the_index_for(
+                        (records_end.saturating_sub(first) as u64).saturating_add(later_bytes),
+                    );
                     sized = true;
                 }
             };
