@@ -6,19 +6,22 @@
 //! removals become durable only at `sync_dir`. [`SimStorage::crash`] models power loss: names go
 //! back to their durable set, each file to its durable content plus, at random, a torn prefix of
 //! what was written after its last sync, and every handle opened before the crash fails from then
-//! on (the process that held them is gone). Faults come from a seeded generator, so a seed
-//! replays the same run.
+//! on (the process that held them is gone). A store should be given [`SimStorage::process`], a
+//! view that dies at the next crash as the handles do, so that nothing the crashed process's
+//! store still does (if something keeps it alive) reaches the disk the next process opens.
+//! Faults come from a seeded generator, so a seed replays the same run.
 //!
 //! ```
 //! use idem::sim::{Faults, SimStorage};
 //! use std::time::Duration;
 //! let storage = SimStorage::new(42);
-//! let config = idem::Config::default().storage(storage.clone()).background_maintenance(false);
-//! let store = idem::Store::open_with("/sim/store", config.clone())?;
+//! // A new view for each process.
+//! let config = || idem::Config::default().storage(storage.process()).background_maintenance(false);
+//! let store = idem::Store::open_with("/sim/store", config())?;
 //! store.check_or_insert(b"k", Duration::from_secs(60), b"v")?; // Sync: durable when it returns
 //! storage.crash();
 //! drop(store);
-//! let store = idem::Store::open_with("/sim/store", config)?;
+//! let store = idem::Store::open_with("/sim/store", config())?;
 //! assert!(store.get(b"k")?.is_some());
 //! # Ok::<(), idem::Error>(())
 //! ```
@@ -113,6 +116,9 @@ impl SimState {
 #[derive(Debug, Clone)]
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    /// `Some(generation)`: a process's view ([`SimStorage::process`]), dead once a crash ended
+    /// that generation.
+    process: Option<u64>,
 }
 
 impl SimStorage {
@@ -130,6 +136,30 @@ impl SimStorage {
                 faults: Faults::default(),
                 injected: HashMap::new(),
             })),
+            process: None,
+        }
+    }
+
+    /// The disk as the process running now sees it: give this to a store's config. Every call
+    /// through it fails once [`SimStorage::crash`] ends the process, like the calls through the
+    /// files it opened: a process that died in a power loss renames, creates and syncs nothing
+    /// more, even if a test keeps its store alive (a transaction holding it, say) past the
+    /// crash and the reopen. Without it, such a store's threads would change the disk the next
+    /// process runs on, which no real crash allows.
+    pub fn process(&self) -> SimStorage {
+        SimStorage {
+            state: Arc::clone(&self.state),
+            process: Some(self.state.lock().generation),
+        }
+    }
+
+    /// Fails if this is the view of a process a crash ended.
+    fn check_process(&self, state: &SimState) -> io::Result<()> {
+        match self.process {
+            Some(generation) if generation != state.generation => {
+                Err(io::Error::other("simulated process died in a crash"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -192,7 +222,9 @@ impl SimStorage {
     }
 
     fn handle(&self, data: SharedFile) -> Box<dyn StorageFile> {
-        let generation = self.state.lock().generation;
+        // A process's view hands out files of its own generation, even if a crash came in
+        // between the check and this.
+        let generation = self.process.unwrap_or_else(|| self.state.lock().generation);
         Box::new(SimFile {
             storage: self.clone(),
             data,
@@ -211,6 +243,7 @@ impl SimStorage {
 impl Storage for SimStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        self.check_process(&state)?;
         for ancestor in dir.ancestors() {
             if ancestor.parent().is_some() && !ancestor.as_os_str().is_empty() {
                 state.dirs.insert(ancestor.to_path_buf());
@@ -220,11 +253,14 @@ impl Storage for SimStorage {
     }
 
     fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
-        Ok(dir.parent().is_none() || self.state.lock().dirs.contains(dir))
+        let state = self.state.lock();
+        self.check_process(&state)?;
+        Ok(dir.parent().is_none() || state.dirs.contains(dir))
     }
 
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
         let mut state = self.state.lock();
+        self.check_process(&state)?;
         if !state.locked.insert(dir.to_path_buf()) {
             return Ok(None);
         }
@@ -237,6 +273,7 @@ impl Storage for SimStorage {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let state = self.state.lock();
+        self.check_process(&state)?;
         Ok(state
             .names
             .keys()
@@ -248,6 +285,7 @@ impl Storage for SimStorage {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let data = {
             let mut state = self.state.lock();
+            self.check_process(&state)?;
             if state.names.contains_key(path) {
                 return Err(io::Error::from(io::ErrorKind::AlreadyExists));
             }
@@ -261,6 +299,7 @@ impl Storage for SimStorage {
     fn create_truncate(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let data = {
             let mut state = self.state.lock();
+            self.check_process(&state)?;
             let data = state.names.entry(path.to_path_buf()).or_default().clone();
             data.lock().volatile.clear();
             data
@@ -269,7 +308,11 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let data = self.state.lock().names.get(path).cloned();
+        let data = {
+            let state = self.state.lock();
+            self.check_process(&state)?;
+            state.names.get(path).cloned()
+        };
         match data {
             Some(data) => Ok(self.handle(data)),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
@@ -277,7 +320,9 @@ impl Storage for SimStorage {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        match self.state.lock().names.remove(path) {
+        let mut state = self.state.lock();
+        self.check_process(&state)?;
+        match state.names.remove(path) {
             Some(_) => Ok(()),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
@@ -285,6 +330,7 @@ impl Storage for SimStorage {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        self.check_process(&state)?;
         let data = state
             .names
             .remove(from)
@@ -295,6 +341,7 @@ impl Storage for SimStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
+        self.check_process(&state)?;
         let chance = state.faults.sync_error_per_million;
         if state.chance(chance) {
             return Err(state.inject(InjectedFault::SyncError));
@@ -410,5 +457,40 @@ impl StorageFile for SimFile {
         self.storage.check_alive(self.generation)?;
         self.data.lock().volatile.resize(len as usize, 0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a crash ends: a process's view of the disk ([`SimStorage::process`]).
+
+    use super::*;
+
+    const DIR: &str = "/sim/store";
+
+    /// Every call through a view fails once a crash ended its process; a new view works.
+    #[test]
+    fn a_process_view_dies_with_its_process() {
+        let storage = SimStorage::new(7);
+        let dir = Path::new(DIR);
+        let view = storage.process();
+        view.create_dir_all(dir).unwrap();
+        view.create_new(&dir.join("a")).unwrap();
+        for durable in ["/", "/sim", DIR] {
+            view.sync_dir(Path::new(durable)).unwrap();
+        }
+        storage.crash();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        assert!(view.create_new(&b).is_err());
+        assert!(view.create_truncate(&a).is_err());
+        assert!(view.open(&a).is_err());
+        assert!(view.rename(&a, &b).is_err());
+        assert!(view.remove(&a).is_err());
+        assert!(view.sync_dir(dir).is_err());
+        assert!(view.list(dir).is_err());
+        assert!(view.lock_dir(dir).is_err());
+        let next = storage.process();
+        assert_eq!(next.list(dir).unwrap(), vec!["a".to_string()]);
+        next.create_new(&b).unwrap();
     }
 }

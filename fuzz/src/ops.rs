@@ -203,7 +203,9 @@ impl StoreSpec {
         self.durability == DurabilitySpec::Sync
     }
 
-    /// The config this spec stands for, with `clock` and `storage`.
+    /// The config this spec stands for, with `clock` and the view of `storage` of the process
+    /// running now ([`SimStorage::process`]: a store kept alive past a crash, by a transaction
+    /// session say, changes nothing on the disk after it).
     pub fn config(&self, clock: &ManualClock, storage: &SimStorage) -> Config {
         let mut config = Config::default()
             .durability(match self.durability {
@@ -212,7 +214,7 @@ impl StoreSpec {
                 DurabilitySpec::Periodic => Durability::Periodic(Duration::from_millis(1)),
             })
             .clock(clock.clone())
-            .storage(storage.clone())
+            .storage(storage.process())
             .segment_size_bytes_for_testing(SEGMENT_SIZES[usize::from(self.segment_size & 3)])
             .background_maintenance(self.background_maintenance)
             .checkpoint_every_bytes(if self.frequent_checkpoints { 4096 } else { 0 });

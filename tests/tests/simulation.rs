@@ -413,7 +413,10 @@ impl Sim {
     fn open_store(&mut self, what: &str) -> Store {
         // Faults off while opening: a failed open is not what this test studies.
         self.storage.set_faults(Faults::default());
-        Store::open_with(Path::new(DIR), self.config.clone())
+        // The process's own view of the disk: if anything keeps this store alive past the next
+        // crash, it can no longer change the disk the next process opens.
+        let config = self.config.clone().storage(self.storage.process());
+        Store::open_with(Path::new(DIR), config)
             .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"))
     }
 
