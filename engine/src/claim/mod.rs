@@ -299,23 +299,30 @@ impl Store {
                         0
                     },
                 };
-                let (at, mut end) = shared.log.append(&completion)?;
-                if completion.expires_at_millis < claim_until {
+                let (at, end) = if completion.expires_at_millis < claim_until {
                     // The result's segment may be deleted (all expired) while the Claim record
                     // still lives: this shadow, which lives as long as the claim, keeps replay
-                    // from making the claim the key's entry again. It hides only records before
-                    // the completion, so it never removes the completion itself.
-                    let origin = at.to_le_bytes();
+                    // from making the claim the key's entry again. Without an origin it hides
+                    // only the key's records before itself, so it goes first and the
+                    // completion after it stays. The two are one group: a crash that kept the
+                    // completion without its shadow would let the claim come back in doubt
+                    // once the completion's segment is reclaimed.
                     let shadow = Record {
                         kind: RecordKind::Remove,
                         key: &token.key,
-                        value: &origin,
+                        value: &[],
                         expires_at_millis: claim_until,
                         fingerprint: &[],
                         refresh_cap_millis: 0,
                     };
-                    end = shared.log.append(&shadow)?.1;
-                }
+                    let mut locations = [0; 2];
+                    let end = shared
+                        .log
+                        .append_group_of_any_size(&[shadow, completion], &mut locations)?;
+                    (locations[1], end)
+                } else {
+                    shared.log.append(&completion)?
+                };
                 let entry = Slot {
                     tag: hash.tag,
                     expires_at_secs: Slot::deadline_secs(completion.expires_at_millis),
@@ -668,5 +675,144 @@ mod tests {
             store.claim_fingerprinted(b"k", LEASE, b"fp").unwrap(),
             Claim::Duplicate(_)
         ));
+    }
+
+    /// Reopens after a power loss that kept any prefix of what a short-lived completion wrote,
+    /// then lets the completion expire and maintenance reclaim its segments, then reopens
+    /// again: the key must end where the first reopen left it. A completion kept without the
+    /// shadow that outlives it (they used to be two appends, a segment roll apart here) was
+    /// served, and after its segment was deleted the claim came back in doubt.
+    #[test]
+    fn a_completion_cut_short_by_a_power_loss_never_brings_its_claim_back() {
+        use crate::io::Storage;
+        use crate::log::segment::{list_segments, segment_file_name};
+        use crate::sim::SimStorage;
+        use std::path::Path;
+
+        const DIR: &str = "/store";
+        const HOUR: Duration = Duration::from_secs(3600);
+        // Larger than a test segment, so the completion opens a segment of its own.
+        let result = vec![0xAB; u16::MAX as usize];
+        let config = |storage: &SimStorage, clock: &ManualClock| {
+            Config::default()
+                .storage(storage.process())
+                .clock(clock.clone())
+                .durability(Durability::Never)
+                .background_maintenance(false)
+                .checkpoint_every_bytes(0)
+                .segment_size_bytes_for_testing(4096)
+        };
+        let len = |storage: &SimStorage, id: u32| {
+            let path = Path::new(DIR).join(segment_file_name(id));
+            storage.open(&path).unwrap().len().unwrap()
+        };
+        // Claim in segment 1, then the completion (1 ms) and whatever follows it.
+        let written = |storage: &SimStorage, clock: &ManualClock| {
+            let store = Store::open_with(DIR, config(storage, clock)).unwrap();
+            // Long-lived keys beside the claim keep its segment too full to compact, so the
+            // Claim record stays on disk after the completion supersedes it.
+            for kept in 0..3u8 {
+                store
+                    .check_or_insert(&[b'l', kept], 24 * HOUR, &[kept; 1000])
+                    .unwrap();
+            }
+            let token = acquired(store.claim(b"k", 24 * HOUR).unwrap());
+            store.flush().unwrap();
+            let claim_segment = *list_segments(storage, Path::new(DIR))
+                .unwrap()
+                .last()
+                .unwrap();
+            let claim_end = len(storage, claim_segment);
+            store
+                .complete(token, Duration::from_millis(1), &result)
+                .unwrap();
+            store.flush().unwrap();
+            drop(store);
+            storage.crash();
+            // Each segment from the claim's on, with where the bytes after the claim start.
+            let after: Vec<(u32, u64)> = list_segments(storage, Path::new(DIR))
+                .unwrap()
+                .into_iter()
+                .filter(|&id| id >= claim_segment)
+                .map(|id| (id, if id == claim_segment { claim_end } else { 0 }))
+                .collect();
+            after
+        };
+
+        let mut cuts = Vec::new();
+        {
+            let (storage, clock) = (SimStorage::new(1), ManualClock::new());
+            for (id, start) in written(&storage, &clock) {
+                let end = len(&storage, id);
+                // Every cut near a segment's ends, where the records around the big result
+                // start and stop (headers, group record, shadow, seal), and a few inside it.
+                const EDGE: u64 = 160;
+                let edges =
+                    (start..end.min(start + EDGE)).chain(end.saturating_sub(EDGE).max(start)..=end);
+                let mut offsets: Vec<u64> = edges.chain((start..end).step_by(4093)).collect();
+                offsets.sort_unstable();
+                offsets.dedup();
+                cuts.extend(offsets.into_iter().map(|offset| (id, offset)));
+            }
+        }
+        let (mut completed, mut in_doubt) = (0, 0);
+        for (cut_id, offset) in cuts {
+            let (storage, clock) = (SimStorage::new(1), ManualClock::new());
+            for (id, _) in written(&storage, &clock) {
+                let path = Path::new(DIR).join(segment_file_name(id));
+                if id > cut_id {
+                    storage.remove(&path).unwrap();
+                } else if id == cut_id {
+                    storage.open(&path).unwrap().set_len(offset).unwrap();
+                    storage.open(&path).unwrap().sync_data().unwrap();
+                }
+            }
+            storage.sync_dir(Path::new(DIR)).unwrap();
+            let store = Store::open_with(DIR, config(&storage, &clock)).unwrap();
+            let served = store.get(b"k").unwrap();
+            let doubt = store.in_doubt().unwrap();
+            match &served {
+                Some(value) => {
+                    assert_eq!(value.as_ref(), &result[..], "cut {cut_id}:{offset}");
+                    assert!(
+                        doubt.is_empty(),
+                        "cut {cut_id}:{offset}: served and in doubt"
+                    );
+                    completed += 1;
+                }
+                None => {
+                    assert_eq!(doubt.len(), 1, "cut {cut_id}:{offset}: the claim is lost");
+                    in_doubt += 1;
+                }
+            }
+            // The completion expires; filler fills segments past it, and maintenance reclaims
+            // everything expired.
+            clock.advance(Duration::from_millis(2));
+            for filler in 0..4u8 {
+                store
+                    .check_or_insert(&[b'f', filler], Duration::from_millis(1), &[0; 3000])
+                    .unwrap();
+            }
+            clock.advance(HOUR);
+            store.maintain().unwrap();
+            store.flush().unwrap();
+            drop(store);
+            storage.crash();
+            let store = Store::open_with(DIR, config(&storage, &clock)).unwrap();
+            let doubt = store.in_doubt().unwrap();
+            if served.is_some() {
+                assert!(
+                    doubt.is_empty(),
+                    "cut {cut_id}:{offset}: a completed claim came back in doubt"
+                );
+                assert!(
+                    matches!(store.claim(b"k", LEASE).unwrap(), Claim::Acquired(_)),
+                    "cut {cut_id}:{offset}: the expired result frees the key"
+                );
+            } else {
+                assert_eq!(doubt.len(), 1, "cut {cut_id}:{offset}: the claim is lost");
+            }
+        }
+        assert!(completed > 0 && in_doubt > 0, "{completed} {in_doubt}");
     }
 }

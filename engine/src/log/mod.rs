@@ -482,6 +482,25 @@ impl Log {
                 max_bytes: self.max_group_bytes(),
             });
         }
+        self.append_group_of_any_size(records, locations)
+    }
+
+    /// [`Log::append_group`] without its size limit, for the engine's own small groups (a
+    /// completion and its shadow): like a single record larger than a segment, a group larger
+    /// than one goes into a segment of its own, which it overfills. Replay reads a segment to its
+    /// end whatever its configured size, so such a group is applied whole or not at all like any
+    /// other.
+    pub(crate) fn append_group_of_any_size(
+        &self,
+        records: &[Record<'_>],
+        locations: &mut [Location],
+    ) -> Result<Location> {
+        assert_eq!(locations.len(), records.len(), "a location per record");
+        let body: usize = records.iter().map(Record::encoded_len).sum();
+        assert!(
+            u32::try_from(body).is_ok() && u32::try_from(records.len()).is_ok(),
+            "a group's extent fits its group record"
+        );
         if let ([record], [location]) = (records, &mut *locations) {
             // One record is whole or absent by itself (a torn record is cut like any torn
             // tail): it needs no group record around it.
