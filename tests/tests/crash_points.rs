@@ -1,0 +1,407 @@
+//! Every crash point of a mixed workload. A power loss that keeps any prefix of what was written
+//! since the last flush must reopen to the state after some prefix of the operations (never part
+//! of one, never anything else), and what that reopen serves must then stay: maintenance (expiry,
+//! compaction, segment deletion), a checkpoint and later reopens, from the checkpoint or by a full
+//! replay, may change it only by expiry.
+//!
+//! The workload mixes what interacts: a removal and a re-insert with another TTL, claims completed
+//! with short TTLs (one with a result larger than a segment), a definite failure with a short
+//! back-off, a release, an ambiguous outcome, transactions that write dedup keys, state and
+//! positions, and records that roll segments. The expected states come from a store that ran
+//! each prefix of the operations, flushed and was dropped with nothing cut; the cut store is
+//! compared with them.
+//!
+//! Every cut is made at, or one byte around, a record boundary of the bytes written after the
+//! last flush (records are found with the public `idem::record` decoder), plus the inside of each
+//! new segment's header.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idem::record::{decode_sized, SEGMENT_HEADER_LEN};
+use idem::sim::{SimStorage, Storage};
+use idem::{Claim, ClaimToken, Clock, Completion, Config, Durability, ManualClock, Store};
+
+const DIR: &str = "/sim/store";
+const MS: Duration = Duration::from_millis(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn config(storage: &SimStorage, clock: &ManualClock) -> Config {
+    Config::default()
+        .durability(Durability::Never)
+        .storage(storage.process())
+        .clock(clock.clone())
+        .background_maintenance(false)
+        .checkpoint_every_bytes(0)
+        .segment_size_bytes_for_testing(4096)
+}
+
+fn open(storage: &SimStorage, clock: &ManualClock) -> Store {
+    Store::open_with(DIR, config(storage, clock)).unwrap()
+}
+
+/// One operation of the window the crash may cut.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Insert(&'static str, Duration, usize),
+    Remove(&'static str),
+    Claim(&'static str),
+    Complete(&'static str, Duration, usize),
+    Fail(&'static str, Duration),
+    Release(&'static str),
+    Ambiguous(&'static str),
+    /// A dedup key (and its TTL), a state key put, a state key deleted, a position.
+    Transaction(&'static str, Duration, &'static str, &'static str, u64),
+}
+
+/// Keys every answer is read for.
+const KEYS: [&str; 14] = [
+    "a",
+    "b",
+    "e",
+    "t1",
+    "t2",
+    "keep-0",
+    "keep-1",
+    "c-short",
+    "c-long",
+    "c-big",
+    "c-fail",
+    "c-release",
+    "c-doubt",
+    "c-new",
+];
+const STATE_KEYS: [&str; 3] = ["s1", "s2", "s3"];
+
+/// Before the window (flushed, checkpointed): long-lived keys, open claims, state, a position.
+fn before_window(store: &Store, tokens: &mut BTreeMap<&'static str, ClaimToken>) {
+    for i in 0..8 {
+        let key = format!("keep-{i}");
+        store
+            .check_or_insert(key.as_bytes(), DAY, &[1; 300])
+            .unwrap();
+    }
+    store.check_or_insert(b"a", HOUR, b"a-first").unwrap();
+    for key in [
+        "c-short",
+        "c-long",
+        "c-big",
+        "c-fail",
+        "c-release",
+        "c-doubt",
+    ] {
+        run(store, tokens, Op::Claim(key));
+    }
+    let mut tx = store.transaction();
+    tx.put_state(b"s1", b"s1-first").unwrap();
+    tx.put_state(b"s2", b"s2-first").unwrap();
+    tx.set_position(b"p", 1).unwrap();
+    tx.commit().unwrap();
+    store.flush().unwrap();
+    store.checkpoint().unwrap();
+}
+
+/// The window: each operation 1 ms after the one before. An hour's TTL is served on the first
+/// reopen and gone after [`later`]; a millisecond's is gone already.
+const WINDOW: [Op; 14] = [
+    Op::Remove("a"),
+    Op::Insert("a", HOUR, 40),
+    Op::Complete("c-short", HOUR, 40),
+    Op::Complete("c-big", MS, 5000),
+    Op::Complete("c-long", DAY, 40),
+    Op::Fail("c-fail", HOUR),
+    Op::Release("c-release"),
+    Op::Transaction("t1", HOUR, "s1", "s2", 7),
+    Op::Insert("b", DAY, 3000),
+    Op::Ambiguous("c-doubt"),
+    Op::Transaction("t2", DAY, "s3", "s1", 9),
+    Op::Remove("keep-0"),
+    Op::Claim("c-new"),
+    Op::Insert("e", MS, 2000),
+];
+
+fn value(key: &str, len: usize) -> Vec<u8> {
+    key.bytes().cycle().take(len).collect()
+}
+
+fn run(store: &Store, tokens: &mut BTreeMap<&'static str, ClaimToken>, op: Op) {
+    match op {
+        Op::Insert(key, ttl, len) => {
+            store
+                .check_or_insert(key.as_bytes(), ttl, &value(key, len))
+                .unwrap();
+        }
+        Op::Remove(key) => {
+            assert!(store.remove(key.as_bytes()).unwrap());
+        }
+        Op::Claim(key) => match store.claim(key.as_bytes(), DAY).unwrap() {
+            Claim::Acquired(token) => {
+                tokens.insert(key, token);
+            }
+            other => panic!("claim of {key}: {other:?}"),
+        },
+        Op::Complete(key, ttl, len) => {
+            let token = tokens.remove(key).unwrap();
+            store.complete(token, ttl, &value(key, len)).unwrap();
+        }
+        Op::Fail(key, backoff) => {
+            let token = tokens.remove(key).unwrap();
+            let failure = Completion::Failure {
+                backoff,
+                failure: b"declined",
+            };
+            store.finish(token, failure).unwrap();
+        }
+        Op::Release(key) => store.release(tokens.remove(key).unwrap()).unwrap(),
+        Op::Ambiguous(key) => {
+            let token = tokens[key].clone();
+            store.finish(token, Completion::Ambiguous).unwrap();
+        }
+        Op::Transaction(dedup, ttl, put, delete, position) => {
+            let mut tx = store.transaction();
+            assert!(!tx
+                .check_or_insert(dedup.as_bytes(), ttl, &value(dedup, 30))
+                .unwrap()
+                .is_duplicate());
+            tx.put_state(put.as_bytes(), &value(dedup, 20)).unwrap();
+            tx.delete_state(delete.as_bytes()).unwrap();
+            tx.set_position(b"p", position).unwrap();
+            tx.commit().unwrap();
+        }
+    }
+}
+
+/// Everything a reader can see, without writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answers {
+    entries: Vec<(&'static str, Option<String>)>,
+    in_doubt: Vec<String>,
+    state: Vec<(&'static str, Option<String>)>,
+    positions: Vec<(String, u64)>,
+}
+
+fn answers(store: &Store) -> Answers {
+    // Values are ASCII (a key's name repeated), so a failure prints them readably.
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut in_doubt: Vec<String> = store
+        .in_doubt()
+        .unwrap()
+        .iter()
+        .map(|token| text(token.key()))
+        .collect();
+    in_doubt.sort();
+    let entry = |key: &str| store.get(key.as_bytes()).unwrap().map(|v| text(&v));
+    let state = |key: &str| store.get_state(key.as_bytes()).unwrap().map(|v| text(&v));
+    Answers {
+        entries: KEYS.iter().map(|&key| (key, entry(key))).collect(),
+        in_doubt,
+        state: STATE_KEYS.iter().map(|&key| (key, state(key))).collect(),
+        positions: store
+            .positions()
+            .unwrap()
+            .into_iter()
+            .map(|(source, position)| (text(&source), position))
+            .collect(),
+    }
+}
+
+/// After the first reopen: two hours on, records that roll segments, maintenance, a checkpoint.
+fn later(store: &Store, clock: &ManualClock) {
+    clock.advance(2 * HOUR);
+    for i in 0..4 {
+        let key = format!("later-{i}");
+        store
+            .check_or_insert(key.as_bytes(), MS, &[2; 3000])
+            .unwrap();
+    }
+    clock.advance(MS * 2);
+    store.maintain().unwrap();
+    store.checkpoint().unwrap();
+    store.flush().unwrap();
+}
+
+/// Answers after the crash or close: on reopen, after [`later`] and a crash (reopened from the
+/// checkpoint), and again by a full replay (checkpoint removed).
+fn reopened_answers(storage: &SimStorage, clock: &ManualClock) -> [Answers; 3] {
+    let store = open(storage, clock);
+    let first = answers(&store);
+    later(&store, clock);
+    drop(store);
+    storage.crash();
+    let store = open(storage, clock);
+    let from_checkpoint = answers(&store);
+    drop(store);
+    storage
+        .remove(&Path::new(DIR).join("checkpoint.idem"))
+        .unwrap();
+    let store = open(storage, clock);
+    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+    [first, from_checkpoint, answers(&store)]
+}
+
+/// Runs the workload up to `ops` operations of the window on a new disk; returns the disk, the
+/// clock, and where the window starts (the newest segment and its length after the flush).
+fn workload(ops: usize) -> (SimStorage, ManualClock, (u32, u64)) {
+    let storage = SimStorage::new(1);
+    let clock = ManualClock::new();
+    let store = open(&storage, &clock);
+    let mut tokens = BTreeMap::new();
+    before_window(&store, &mut tokens);
+    let start = *segments(&storage).last().unwrap();
+    for op in &WINDOW[..ops] {
+        clock.advance(MS);
+        run(&store, &mut tokens, *op);
+    }
+    store.flush().unwrap();
+    drop(store);
+    // Every run reopens at the same time, however many operations it ran.
+    clock.advance(MS * (WINDOW.len() - ops + 1) as u32);
+    (storage, clock, start)
+}
+
+/// The log's segments, oldest first, with their lengths.
+fn segments(storage: &SimStorage) -> Vec<(u32, u64)> {
+    let mut found: Vec<(u32, u64)> = storage
+        .list(Path::new(DIR))
+        .unwrap()
+        .iter()
+        .filter_map(|name| {
+            let id = name.strip_prefix("segment-")?.strip_suffix(".idem")?;
+            let len = storage.open(&path(name)).unwrap().len().unwrap();
+            Some((id.parse().ok()?, len))
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+fn path(name: &str) -> PathBuf {
+    Path::new(DIR).join(name)
+}
+
+fn read(storage: &SimStorage, name: &str) -> Vec<u8> {
+    let file = storage.open(&path(name)).unwrap();
+    let mut bytes = vec![0; file.len().unwrap() as usize];
+    file.read_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
+/// A new disk holding `files` (name, bytes), all durable.
+fn disk_of(files: &[(String, Vec<u8>)]) -> SimStorage {
+    let storage = SimStorage::new(2);
+    storage.create_dir_all(Path::new(DIR)).unwrap();
+    for dir in ["/", "/sim", DIR] {
+        storage.sync_dir(Path::new(dir)).unwrap();
+    }
+    for (name, bytes) in files {
+        let file = storage.create_truncate(&path(name)).unwrap();
+        file.write_all_at(bytes, 0).unwrap();
+        file.sync_data().unwrap();
+    }
+    storage.sync_dir(Path::new(DIR)).unwrap();
+    storage
+}
+
+/// The offsets to cut segment `bytes` at, from `start` on: each record boundary and a byte to
+/// either side of it, and a few inside the header of a new segment.
+fn cuts_of(bytes: &[u8], start: usize) -> Vec<usize> {
+    let mut at = start.max(SEGMENT_HEADER_LEN);
+    let mut cuts = vec![at.saturating_sub(1), at, at + 1];
+    if start == 0 {
+        cuts.extend([0, 1, SEGMENT_HEADER_LEN / 2]);
+    }
+    while let Ok((_, len)) = decode_sized(&bytes[at..]) {
+        at += len;
+        cuts.extend([at - 1, at, at + 1]);
+    }
+    cuts.retain(|&cut| cut >= start && cut <= bytes.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+#[test]
+fn every_crash_point_reopens_to_a_prefix_and_what_it_serves_stays() {
+    // What each prefix of the window leaves, by a clean close and reopen.
+    let expected: Vec<[Answers; 3]> = (0..=WINDOW.len())
+        .map(|ops| {
+            let (storage, clock, _) = workload(ops);
+            reopened_answers(&storage, &clock)
+        })
+        .collect();
+    for (ops, [_, from_checkpoint, full_replay]) in expected.iter().enumerate() {
+        assert_eq!(
+            from_checkpoint, full_replay,
+            "uncut run of {ops} operations"
+        );
+    }
+    let [served, later_on, _] = &expected[WINDOW.len()];
+    assert_ne!(served, later_on, "the hour-long entries expire");
+
+    let (storage, clock, (start_id, start_len)) = workload(WINDOW.len());
+    let files: Vec<(String, Vec<u8>)> = storage
+        .list(Path::new(DIR))
+        .unwrap()
+        .into_iter()
+        .map(|name| {
+            let bytes = read(&storage, &name);
+            (name, bytes)
+        })
+        .collect();
+    let mut cuts: Vec<(u32, usize)> = Vec::new();
+    for (id, _) in segments(&storage) {
+        if id < start_id {
+            continue;
+        }
+        let bytes = read(&storage, &format!("segment-{id:08}.idem"));
+        let start = if id == start_id {
+            start_len as usize
+        } else {
+            0
+        };
+        cuts.extend(cuts_of(&bytes, start).into_iter().map(|cut| (id, cut)));
+    }
+    assert!(cuts.len() > 60, "the window spans records: {}", cuts.len());
+
+    let mut matched = vec![false; expected.len()];
+    let mut lowest = 0;
+    for &(cut_id, cut) in &cuts {
+        let kept: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .filter_map(|(name, bytes)| {
+                let id = name
+                    .strip_prefix("segment-")
+                    .and_then(|rest| rest.strip_suffix(".idem"))
+                    .and_then(|id| id.parse::<u32>().ok());
+                match id {
+                    Some(id) if id > cut_id => None,
+                    Some(id) if id == cut_id => Some((name.clone(), bytes[..cut].to_vec())),
+                    _ => Some((name.clone(), bytes.clone())),
+                }
+            })
+            .collect();
+        let disk = disk_of(&kept);
+        let clock = ManualClock::starting_at(clock.now_millis());
+        let got = reopened_answers(&disk, &clock);
+        let prefixes: Vec<usize> = (lowest..expected.len())
+            .filter(|&ops| expected[ops] == got)
+            .collect();
+        assert!(
+            !prefixes.is_empty(),
+            "cut segment {cut_id} at {cut}: no prefix of at least {lowest} operations \
+             gives these answers:\n{got:#?}"
+        );
+        lowest = prefixes[0];
+        for ops in prefixes {
+            matched[ops] = true;
+        }
+    }
+    assert!(
+        matched[0]
+            && matched[WINDOW.len()]
+            && matched.iter().filter(|&&m| m).count() > WINDOW.len() / 2,
+        "the cuts reach from none of the window to all of it: {matched:?}"
+    );
+}
