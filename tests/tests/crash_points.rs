@@ -362,7 +362,8 @@ fn check_every_cut(window: &[Op]) -> Vec<bool> {
         };
         cuts.extend(cuts_of(&bytes, start).into_iter().map(|cut| (id, cut)));
     }
-    assert!(cuts.len() >= 3, "the window spans records: {}", cuts.len());
+    // A random window whose operations were all refused wrote nothing: one cut, at its start.
+    assert!(!cuts.is_empty());
 
     let mut matched = vec![false; expected.len()];
     let mut lowest = 0;
@@ -424,14 +425,16 @@ fn every_crash_point_reopens_to_a_prefix_and_what_it_serves_stays() {
 }
 
 /// The same check over random windows of the same kinds of operations on the same keys,
-/// refused ones included. `IDEM_CRASH_POINT_SEEDS` sets how many (default 12).
+/// refused ones included. `IDEM_CRASH_POINT_SEEDS` sets how many (default 12),
+/// `IDEM_CRASH_POINT_SEED` runs one.
 #[test]
 fn random_windows_reopen_to_a_prefix_at_every_crash_point() {
-    let seeds: u64 = std::env::var("IDEM_CRASH_POINT_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(12);
-    for seed in 0..seeds {
+    let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
+    let seeds = match var("IDEM_CRASH_POINT_SEED") {
+        Some(seed) => seed..seed + 1,
+        None => 0..var("IDEM_CRASH_POINT_SEEDS").unwrap_or(12),
+    };
+    for seed in seeds {
         let window = random_window(seed);
         let matched = std::panic::catch_unwind(|| check_every_cut(&window)).unwrap_or_else(|_| {
             panic!(
