@@ -1,19 +1,21 @@
 //! Every crash point of a mixed workload. A power loss that keeps any prefix of what was written
-//! since the last flush must reopen to the state after some prefix of the operations (never part
-//! of one, never anything else), and what that reopen serves must then stay: maintenance (expiry,
-//! compaction, segment deletion), a checkpoint and later reopens, from the checkpoint or by a full
-//! replay, may change it only by expiry.
+//! since the last sync point (a flush, a maintenance round, a checkpoint) must reopen to the
+//! state after some prefix of the operations (never part of one, never anything else, never less
+//! than the sync point made durable), and what that reopen serves must then stay: maintenance
+//! (expiry, compaction, segment deletion), a checkpoint and later reopens, from the checkpoint or
+//! by a full replay, may change it only by expiry.
 //!
 //! The workload mixes what interacts: a removal and a re-insert with another TTL, claims completed
 //! with short TTLs (one with a result larger than a segment), a definite failure with a short
 //! back-off, a release, an ambiguous outcome, transactions that write dedup keys, state and
-//! positions, and records that roll segments. The expected states come from a store that ran
-//! each prefix of the operations, flushed and was dropped with nothing cut; the cut store is
-//! compared with them.
+//! positions, records that roll segments, and in the random windows clock jumps, maintenance and
+//! checkpoints too. The expected states come from a store that ran each prefix of the operations,
+//! flushed and was dropped with nothing cut; the cut store is compared with them (and each
+//! uncut run's reopen from its checkpoint with its full replay).
 //!
 //! Every cut is made at, or one byte around, a record boundary of the bytes written after the
-//! last flush (records are found with the public `idem::record` decoder), plus the inside of each
-//! new segment's header.
+//! last sync point (records are found with the public `idem::record` decoder), plus the inside
+//! of each new segment's header.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,28 @@ enum Op {
     Ambiguous(&'static str),
     /// A dedup key (and its TTL), a state key put, a state key deleted, a position.
     Transaction(&'static str, Duration, &'static str, &'static str, u64),
+    /// The clock jumps forward.
+    Advance(Duration),
+    /// A round of maintenance (expiry, compaction, segment deletion), then a flush.
+    Maintain,
+    /// A checkpoint, then a flush.
+    Checkpoint,
+}
+
+impl Op {
+    /// Whether the operation ends with everything before it durable: a crash keeps all of it,
+    /// so cuts are made only after the window's last one.
+    fn syncs(self) -> bool {
+        matches!(self, Op::Maintain | Op::Checkpoint)
+    }
+
+    /// How far the operation moves the clock (every operation runs 1 ms after the one before).
+    fn takes(self) -> Duration {
+        match self {
+            Op::Advance(by) => by,
+            _ => MS,
+        }
+    }
 }
 
 /// Keys every answer is read for.
@@ -169,6 +193,17 @@ fn run(store: &Store, tokens: &mut BTreeMap<&'static str, ClaimToken>, op: Op) -
                 && tx.set_position(b"p", position).is_ok()
                 && tx.commit().is_ok()
         }
+        Op::Advance(_) => true,
+        Op::Maintain => {
+            store.maintain().unwrap();
+            store.flush().unwrap();
+            true
+        }
+        Op::Checkpoint => {
+            store.checkpoint().unwrap();
+            store.flush().unwrap();
+            true
+        }
     }
 }
 
@@ -241,23 +276,30 @@ fn reopened_answers(storage: &SimStorage, clock: &ManualClock) -> [Answers; 3] {
 }
 
 /// Runs the workload up to `ops` operations of the window on a new disk; returns the disk, the
-/// clock, and where the window starts (the newest segment and its length after the flush).
+/// clock, and where the crash may start cutting (the newest segment and its length after the
+/// last operation that made everything durable: the window's start, or a later maintenance or
+/// checkpoint).
 fn workload(window: &[Op], ops: usize) -> (SimStorage, ManualClock, (u32, u64)) {
     let storage = SimStorage::new(1);
     let clock = ManualClock::new();
     let store = open(&storage, &clock);
     let mut tokens = BTreeMap::new();
     before_window(&store, &mut tokens);
-    let start = *segments(&storage).last().unwrap();
+    let window_starts = clock.now_millis();
+    let mut cuts_start = *segments(&storage).last().unwrap();
     for op in &window[..ops] {
-        clock.advance(MS);
+        clock.advance(op.takes());
         run(&store, &mut tokens, *op);
+        if op.syncs() {
+            cuts_start = *segments(&storage).last().unwrap();
+        }
     }
     store.flush().unwrap();
     drop(store);
     // Every run reopens at the same time, however many operations it ran.
-    clock.advance(MS * (window.len() - ops + 1) as u32);
-    (storage, clock, start)
+    let window_takes: Duration = window.iter().map(|op| op.takes()).sum();
+    clock.set_millis(window_starts + (window_takes + MS).as_millis() as u64);
+    (storage, clock, cuts_start)
 }
 
 /// The log's segments, oldest first, with their lengths.
@@ -366,7 +408,11 @@ fn check_every_cut(window: &[Op]) -> Vec<bool> {
     assert!(!cuts.is_empty());
 
     let mut matched = vec![false; expected.len()];
-    let mut lowest = 0;
+    // What a maintenance or checkpoint made durable, no cut may lose.
+    let mut lowest = window
+        .iter()
+        .rposition(|op| op.syncs())
+        .map_or(0, |i| i + 1);
     for &(cut_id, cut) in &cuts {
         let kept: Vec<(String, Vec<u8>)> = files
             .iter()
@@ -425,26 +471,27 @@ fn every_crash_point_reopens_to_a_prefix_and_what_it_serves_stays() {
 }
 
 /// The same check over random windows of the same kinds of operations on the same keys,
-/// refused ones included. `IDEM_CRASH_POINT_SEEDS` sets how many (default 12),
+/// refused ones included. `IDEM_CRASH_POINT_SEEDS` sets how many (default 32),
 /// `IDEM_CRASH_POINT_SEED` runs one.
 #[test]
 fn random_windows_reopen_to_a_prefix_at_every_crash_point() {
     let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
     let seeds = match var("IDEM_CRASH_POINT_SEED") {
         Some(seed) => seed..seed + 1,
-        None => 0..var("IDEM_CRASH_POINT_SEEDS").unwrap_or(12),
+        None => 0..var("IDEM_CRASH_POINT_SEEDS").unwrap_or(32),
     };
     for seed in seeds {
         let window = random_window(seed);
         let matched = std::panic::catch_unwind(|| check_every_cut(&window)).unwrap_or_else(|_| {
-            panic!(
-                "seed {seed} failed (IDEM_CRASH_POINT_SEEDS={}): {window:#?}",
-                seed + 1
-            )
+            panic!("seed {seed} failed (replay: IDEM_CRASH_POINT_SEED={seed}): {window:#?}")
         });
+        let durable = window
+            .iter()
+            .rposition(|op| op.syncs())
+            .map_or(0, |i| i + 1);
         assert!(
-            matched[0] && matched[window.len()],
-            "seed {seed}: {matched:?}"
+            matched[durable] && matched[window.len()],
+            "seed {seed}: the cuts reach from the last sync to the end: {matched:?}"
         );
     }
 }
@@ -455,12 +502,12 @@ fn random_window(seed: u64) -> Vec<Op> {
     let mut rng = StdRng::seed_from_u64(seed);
     let ttls = [MS, HOUR, DAY];
     let lens = [20, 300, 3000, 5000];
-    let mut position = 1;
+    let mut position = 1u64;
     (0..rng.gen_range(10..20))
         .map(|_| {
             let key = KEYS[rng.gen_range(0..KEYS.len())];
             let ttl = ttls[rng.gen_range(0..ttls.len())];
-            match rng.gen_range(0..9) {
+            match rng.gen_range(0..11) {
                 0 | 1 => Op::Insert(key, ttl, lens[rng.gen_range(0..lens.len())]),
                 2 => Op::Remove(key),
                 3 => Op::Claim(key, if rng.gen_bool(0.5) { HOUR } else { DAY }),
@@ -470,10 +517,14 @@ fn random_window(seed: u64) -> Vec<Op> {
                     1 => Op::Release(key),
                     _ => Op::Ambiguous(key),
                 },
+                // Clock jumps past the short TTLs, the hour-long ones, or leases; maintenance
+                // and checkpoints in the window, the cuts after the last of them.
+                6 => Op::Advance([2 * MS, HOUR + MS, 2 * HOUR][rng.gen_range(0..3)]),
+                7 => [Op::Maintain, Op::Checkpoint][rng.gen_range(0..2)],
                 _ => {
                     // Now and then a position moved back: the commit is refused.
                     position = if rng.gen_bool(0.15) {
-                        position - 1
+                        position.saturating_sub(1)
                     } else {
                         position + 2
                     };
