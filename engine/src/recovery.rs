@@ -990,9 +990,11 @@ mod tests {
         Path::new(DIR)
     }
 
+    /// For the process running now: a store opened with it cannot touch the disk after the
+    /// next `crash()` (see `SimStorage::process`).
     fn config(storage: &SimStorage, clock: &ManualClock) -> Config {
         Config::default()
-            .storage(storage.clone())
+            .storage(storage.process())
             .clock(clock.clone())
             .background_maintenance(false)
             .checkpoint_every_bytes(0)

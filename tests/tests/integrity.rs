@@ -19,10 +19,12 @@ const SECS_30: Duration = Duration::from_secs(30);
 const SECS_60: Duration = Duration::from_secs(60);
 const SEGMENT_BYTES: u32 = 4096;
 
+/// A config for the process running now: after `storage.crash()` a store opened with it would
+/// find its view of the disk dead, so each process (each reopen after a crash) makes its own.
 fn config(storage: &SimStorage, clock: &ManualClock, durability: Durability) -> Config {
     Config::default()
         .durability(durability)
-        .storage(storage.clone())
+        .storage(storage.process())
         .clock(clock.clone())
         .background_maintenance(false)
         .checkpoint_every_bytes(0)
@@ -139,6 +141,7 @@ fn an_acknowledged_removal_survives_compaction_and_power_loss() {
         assert!(compacted > 0, "seed {seed}: nothing was compacted");
         storage.crash();
         drop(store);
+        let config = self::config(&storage, &clock, Durability::Never);
         let store = Store::open_with(DIR, config).unwrap();
         let got = store.get(b"K").unwrap();
         assert_ne!(
@@ -643,10 +646,10 @@ fn a_damaged_segment_does_not_stop_maintenance() {
 fn fencing_tokens_grow_across_reopens_and_power_loss() {
     let storage = SimStorage::new(10);
     let clock = ManualClock::new();
-    let config = config(&storage, &clock, Durability::Sync);
     let mut last = 0;
     for round in 0..6u32 {
-        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let config = config(&storage, &clock, Durability::Sync);
+        let store = Store::open_with(DIR, config).unwrap();
         for i in 0..5 {
             let key = format!("{round}-{i}");
             let token = acquired(store.claim(key.as_bytes(), SECS_60).unwrap());
@@ -679,6 +682,7 @@ fn a_new_store_directory_survives_power_loss() {
     store.check_or_insert(b"K", HOURS_10, b"v").unwrap();
     storage.crash();
     drop(store);
+    let config = self::config(&storage, &clock, Durability::Sync);
     let store = Store::open_with(dir, config).unwrap();
     assert_eq!(store.get(b"K").unwrap().unwrap(), b"v");
 }

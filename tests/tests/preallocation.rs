@@ -43,7 +43,7 @@ fn open_sim_default(storage: &SimStorage) -> Store {
     Store::open_with(
         "/sim",
         Config::default()
-            .storage(storage.clone())
+            .storage(storage.process())
             .durability(Durability::Sync),
     )
     .unwrap()
@@ -159,7 +159,7 @@ fn a_power_loss_with_a_prepared_tail_keeps_every_acknowledged_key_and_cuts_nothi
     for seed in 0..8 {
         let storage = SimStorage::new(seed);
         let config = Config::default()
-            .storage(storage.clone())
+            .storage(storage.process())
             .preallocate_segments(true)
             .durability(Durability::Sync)
             .background_maintenance(false)
@@ -185,7 +185,7 @@ fn a_power_loss_with_a_prepared_tail_keeps_every_acknowledged_key_and_cuts_nothi
         // round may come before it, so not every seed leaves a prepared tail.)
         prepared_tails += usize::from(newest.len().unwrap() == 16 << 10);
         drop(newest);
-        let store = Store::open_with("/sim", config).unwrap();
+        let store = Store::open_with("/sim", config.storage(storage.process())).unwrap();
         for i in 0..acknowledged {
             let key = format!("key-{i:08}");
             assert!(

@@ -636,7 +636,7 @@ fn a_sync_extension_is_durable_when_the_duplicate_is_answered() {
         let clock = ManualClock::new();
         let config = sliding_config(&clock)
             .durability(durability)
-            .storage(storage.clone());
+            .storage(storage.process());
         let dir = std::path::Path::new("/sim/store");
         let store = Store::open_with(dir, config.clone()).unwrap();
         store.check_or_insert(b"k", SLIDE_TTL, b"v").unwrap();
@@ -648,7 +648,7 @@ fn a_sync_extension_is_durable_when_the_duplicate_is_answered() {
             .is_duplicate());
         storage.crash();
         drop(store);
-        let store = Store::open_with(dir, config).unwrap();
+        let store = Store::open_with(dir, config.storage(storage.process())).unwrap();
         clock.advance(Duration::from_secs(5));
         if durability == Durability::Sync {
             assert!(live(&store, b"k"), "the acknowledged extension survived");

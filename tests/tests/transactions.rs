@@ -400,7 +400,7 @@ fn transactions_are_whole_or_absent_after_power_loss() {
         let clock = ManualClock::new();
         let config = Config::default()
             .durability(Durability::Never)
-            .storage(storage.clone())
+            .storage(storage.process())
             .clock(clock.clone())
             .background_maintenance(false)
             // Small buffers: the writer hands bytes to the (simulated) OS often, unsynced, so
@@ -435,6 +435,8 @@ fn transactions_are_whole_or_absent_after_power_loss() {
         }
         storage.crash();
         drop(store);
+        // A view of the disk for the process after the crash (the dropped store's died with it).
+        let config = config.storage(storage.process());
         let store = Store::open_with("/sim/tx", config.clone()).unwrap();
         torn += u32::from(store.recovery_report().truncated_tail.is_some());
         let present = check_whole(&store, txs, round);

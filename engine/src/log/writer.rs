@@ -334,7 +334,10 @@ mod tests {
 
     #[derive(Clone)]
     struct Hooked {
+        /// The disk as the process that made this storage sees it: dead after a crash.
         sim: SimStorage,
+        /// The disk itself, for crashing it and for the next process's view.
+        root: SimStorage,
         hook: Arc<Mutex<Option<Arc<Hook>>>>,
     }
 
@@ -347,7 +350,8 @@ mod tests {
     impl Hooked {
         fn new(sim: &SimStorage) -> Self {
             Hooked {
-                sim: sim.clone(),
+                sim: sim.process(),
+                root: sim.clone(),
                 hook: Arc::default(),
             }
         }
@@ -560,9 +564,9 @@ mod tests {
             "one commit for the first caller, one for the eight that queued behind it"
         );
         // Acknowledged means durable.
-        storage.sim.crash();
+        storage.root.crash();
         drop(store);
-        let store = open(storage.sim.clone(), Durability::Sync);
+        let store = open(storage.root.process(), Durability::Sync);
         for i in 0..9 {
             assert_eq!(store.get(&key(i)).unwrap().unwrap(), &key(i)[..]);
         }
