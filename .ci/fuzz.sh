@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short fuzz run of every cargo-fuzz target in fuzz/ (record, recover, ops), from the repo root:
 #
-#   bash .ci/fuzz.sh                     # 15 s per target; about 3 min in all with the build
+#   bash .ci/fuzz.sh                     # 10 s per target; about 3 min in all with the build
 #   FUZZ_SECONDS=600 bash .ci/fuzz.sh    # longer
 #   FUZZ_TARGETS="ops recover" bash .ci/fuzz.sh
 #
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=${FUZZ_SECONDS:-15}
+seconds=${FUZZ_SECONDS:-10}
 targets=${FUZZ_TARGETS:-record recover ops}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 

@@ -337,6 +337,11 @@ pub(crate) struct LogOptions {
     pub(crate) preallocate: bool,
 }
 
+/// The bytes of a group's body: its records, without the group record.
+fn group_body_len(records: &[Record<'_>]) -> usize {
+    records.iter().map(Record::encoded_len).sum()
+}
+
 impl Log {
     /// A log over already-recovered segments; appends continue in `tail` at `tail_offset`.
     ///
@@ -464,17 +469,16 @@ impl Log {
 
     /// Appends `records` as one group (a transaction): a group record announcing them, then the
     /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
-    /// them or none. A single record is appended alone, without a group record. `locations[i]` gets the location of `records[i]` (not the group record's;
-    /// `locations` is as long as `records`); returns the end of the last. Fails with nothing
-    /// appended if the group exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in
-    /// [`Log::append_many`].
+    /// them or none. A single record is appended alone, without a group record. `locations[i]`
+    /// gets the location of `records[i]` (not the group record's; `locations` is as long as
+    /// `records`); returns the end of the last. Fails with nothing appended if the group
+    /// exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in [`Log::append_many`].
     pub(crate) fn append_group(
         &self,
         records: &[Record<'_>],
         locations: &mut [Location],
     ) -> Result<Location> {
-        assert_eq!(locations.len(), records.len(), "a location per record");
-        let body: usize = records.iter().map(Record::encoded_len).sum();
+        let body = group_body_len(records);
         if body > self.max_group_bytes() || records.len() > u32::MAX as usize {
             return Err(Error::TransactionTooLarge {
                 records: records.len(),
@@ -482,7 +486,7 @@ impl Log {
                 max_bytes: self.max_group_bytes(),
             });
         }
-        self.append_group_of_any_size(records, locations)
+        self.append_group_with_body(records, locations, body)
     }
 
     /// [`Log::append_group`] without its size limit, for the engine's own small groups (a
@@ -495,8 +499,17 @@ impl Log {
         records: &[Record<'_>],
         locations: &mut [Location],
     ) -> Result<Location> {
+        self.append_group_with_body(records, locations, group_body_len(records))
+    }
+
+    /// The two above once the group's body length (`body`, its records' bytes) is known.
+    fn append_group_with_body(
+        &self,
+        records: &[Record<'_>],
+        locations: &mut [Location],
+        body: usize,
+    ) -> Result<Location> {
         assert_eq!(locations.len(), records.len(), "a location per record");
-        let body: usize = records.iter().map(Record::encoded_len).sum();
         assert!(
             u32::try_from(body).is_ok() && u32::try_from(records.len()).is_ok(),
             "a group's extent fits its group record"
