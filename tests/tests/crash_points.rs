@@ -299,6 +299,23 @@ fn workload(window: &[Op], ops: usize) -> (SimStorage, ManualClock, (u32, u64)) 
     (storage, clock, cuts_start)
 }
 
+/// The id of a segment file's name (`None` for the store's other files).
+fn segment_id(name: &str) -> Option<u32> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".idem")?
+        .parse()
+        .ok()
+}
+
+/// How many operations of `window` a crash can no longer take back: those up to its last
+/// maintenance or checkpoint, which make everything before them durable.
+fn durable_prefix(window: &[Op]) -> usize {
+    window
+        .iter()
+        .rposition(|op| op.syncs())
+        .map_or(0, |i| i + 1)
+}
+
 /// The log's segments, oldest first, with their lengths.
 fn segments(storage: &SimStorage) -> Vec<(u32, u64)> {
     let mut found: Vec<(u32, u64)> = storage
@@ -306,9 +323,8 @@ fn segments(storage: &SimStorage) -> Vec<(u32, u64)> {
         .unwrap()
         .iter()
         .filter_map(|name| {
-            let id = name.strip_prefix("segment-")?.strip_suffix(".idem")?;
-            let len = storage.open(&path(name)).unwrap().len().unwrap();
-            Some((id.parse().ok()?, len))
+            let id = segment_id(name)?;
+            Some((id, storage.open(&path(name)).unwrap().len().unwrap()))
         })
         .collect();
     found.sort_unstable();
@@ -364,7 +380,7 @@ fn cuts_of(bytes: &[u8], start: usize) -> Vec<usize> {
 /// checks each reopen against the uncut runs of the window's prefixes (see the module doc).
 /// Returns which prefixes some cut reopened to.
 fn check_every_cut(window: &[Op]) -> Vec<bool> {
-    // What each prefix of the window leaves, by a clean close and reopen.
+    // What each prefix of the window leaves, flushed and reopened with nothing cut.
     let expected: Vec<[Answers; 3]> = (0..=window.len())
         .map(|ops| {
             let (storage, clock, _) = workload(window, ops);
@@ -389,35 +405,30 @@ fn check_every_cut(window: &[Op]) -> Vec<bool> {
         })
         .collect();
     let mut cuts: Vec<(u32, usize)> = Vec::new();
-    for (id, _) in segments(&storage) {
-        if id < start_id {
+    for (name, bytes) in &files {
+        let Some(id) = segment_id(name).filter(|&id| id >= start_id) else {
             continue;
-        }
-        let bytes = read(&storage, &format!("segment-{id:08}.idem"));
+        };
         let start = if id == start_id {
             start_len as usize
         } else {
             0
         };
-        cuts.extend(cuts_of(&bytes, start).into_iter().map(|cut| (id, cut)));
+        cuts.extend(cuts_of(bytes, start).into_iter().map(|cut| (id, cut)));
     }
+    // In log order, from the window's start to its end (a listing promises no order).
+    cuts.sort_unstable();
     // A random window whose operations were all refused wrote nothing: one cut, at its start.
     assert!(!cuts.is_empty());
 
     let mut matched = vec![false; expected.len()];
     // What a maintenance or checkpoint made durable, no cut may lose.
-    let mut lowest = window
-        .iter()
-        .rposition(|op| op.syncs())
-        .map_or(0, |i| i + 1);
+    let mut lowest = durable_prefix(window);
     for &(cut_id, cut) in &cuts {
         let kept: Vec<(String, Vec<u8>)> = files
             .iter()
             .filter_map(|(name, bytes)| {
-                let id = name
-                    .strip_prefix("segment-")
-                    .and_then(|rest| rest.strip_suffix(".idem"))
-                    .and_then(|id| id.parse::<u32>().ok());
+                let id = segment_id(name);
                 match id {
                     Some(id) if id > cut_id => None,
                     Some(id) if id == cut_id => Some((name.clone(), bytes[..cut].to_vec())),
@@ -482,10 +493,7 @@ fn random_windows_reopen_to_a_prefix_at_every_crash_point() {
         let matched = std::panic::catch_unwind(|| check_every_cut(&window)).unwrap_or_else(|_| {
             panic!("seed {seed} failed (replay: IDEM_CRASH_POINT_SEED={seed}): {window:#?}")
         });
-        let durable = window
-            .iter()
-            .rposition(|op| op.syncs())
-            .map_or(0, |i| i + 1);
+        let durable = durable_prefix(&window);
         assert!(
             matched[durable] && matched[window.len()],
             "seed {seed}: the cuts reach from the last sync to the end: {matched:?}"
