@@ -262,6 +262,13 @@ impl Histogram {
     }
 }
 
+/// Whether this process runs under valgrind, whose tools do not support the vDSO call of the
+/// store's default (coarse) clock: a bench run for instruction counts must then give the store
+/// `idem::SystemClock::precise()`.
+pub fn under_valgrind() -> bool {
+    std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("valgrind"))
+}
+
 /// A process's resident set size in bytes (`VmRSS` of `/proc/<pid>/status`); `None` if it
 /// cannot be read (not Linux, or the process is gone).
 pub fn rss_bytes_of(pid: &str) -> Option<u64> {

@@ -625,7 +625,9 @@ pub(crate) fn load(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let mut checkpoint = decode(bytes, config, None)
+    // The full checkpoint's entries are checked as they are installed (`install`), not here
+    // too: decoding 10 M entries twice cost about 5 % of an open.
+    let mut checkpoint = decode(bytes, config, None, Entries::AtInstall)
         .map_err(|reason| format!("{} ignored: {reason}", path.display()))?;
     if let Some(ignored) = extend_with_deltas(storage, dir, config, &mut checkpoint) {
         checkpoint.delta_ignored = Some(format!("{} ignored: {}", ignored.0.display(), ignored.1));
@@ -672,7 +674,7 @@ fn extend_with_deltas(
             seeds: checkpoint.seeds,
             seq,
         };
-        match decode(bytes, config, Some(prev)) {
+        match decode(bytes, config, Some(prev), Entries::Checked) {
             Ok(delta) => checkpoint.extend(delta),
             Err(reason) => return Some((path, reason)),
         }
@@ -718,6 +720,17 @@ struct Prev {
     seq: u32,
 }
 
+/// When the entries of a checkpoint's shard blocks are checked (their CRCs always are on load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entries {
+    /// On load, each entry and removed location decoded once (deltas, whose failure ends the
+    /// chain at the file before; and `verify`).
+    Checked,
+    /// By [`install`], which decodes them anyway (a full checkpoint on open): a failure there
+    /// ignores the whole checkpoint, as one on load would.
+    AtInstall,
+}
+
 /// Checks a checkpoint file's bytes whole (a full one, or with `prev` a delta extending it); the
 /// shard blocks are checked by two threads when they take at least
 /// `config.parallel_replay_min_bytes`.
@@ -725,7 +738,9 @@ fn decode(
     file: Vec<u8>,
     config: &Config,
     prev: Option<Prev>,
+    entries: Entries,
 ) -> std::result::Result<Checkpoint, String> {
+    debug_assert!(prev.is_none() || entries == Entries::Checked);
     let parallel_min_bytes = config.parallel_replay_min_bytes;
     let bytes = &file[..];
     let (magic, header_len, crc_offset) = match prev {
@@ -860,6 +875,15 @@ fn decode(
             ),
         };
         at += block_header_len;
+        // Install sizes a table for the count before decoding the entries: a count the body
+        // cannot hold would ask for memory the file does not justify.
+        if layout == EntryLayout::Compact
+            && len.is_some_and(|len| entries.saturating_mul(blocks::MIN_COMPACT_ENTRY_LEN) > len)
+        {
+            return Err(format!(
+                "shard {shard} announces {entries} entries, more than its body holds (offset {at})"
+            ));
+        }
         let len = len
             .and_then(|len| len.checked_add(removed_len))
             .filter(|len| at + len <= bytes.len())
@@ -876,7 +900,14 @@ fn decode(
         at += len;
     }
     let parallel = at - header_len >= parallel_min_bytes;
-    check_blocks(bytes, layout, &shard_blocks, from..replay_from, parallel)?;
+    check_blocks(
+        bytes,
+        layout,
+        &shard_blocks,
+        from..replay_from,
+        parallel,
+        entries,
+    )?;
     let claims_start = at;
     let claim_count = bytes
         .get(at..at + 4)
@@ -986,7 +1017,7 @@ pub(crate) fn check_bytes(
         config.shard_count = get_u32(bytes, SHARD_COUNT_OFFSET) as usize;
         config.hash_mask_for_testing = get_u64(bytes, HASH_MASK_OFFSET);
     }
-    let mut checkpoint = decode(bytes.to_vec(), &config, None)?;
+    let mut checkpoint = decode(bytes.to_vec(), &config, None, Entries::Checked)?;
     let summary = CheckpointSummary {
         replay_from: checkpoint.replay_from,
         entries: get_u64(bytes, ENTRY_COUNT_OFFSET),
@@ -1010,14 +1041,18 @@ pub(crate) fn check_bytes(
 
 /// Puts a loaded checkpoint's entries into the index (the full checkpoint's and each delta's,
 /// less the locations a later delta lists as removed), dropping those that are dead at
-/// `now_millis` or whose segment no longer exists.
+/// `now_millis` or whose segment no longer exists; returns how many it put.
+///
+/// The full checkpoint's entries are checked here, as they are decoded (see
+/// [`Entries::AtInstall`]): `Err` names the first bad shard, and the caller must then empty the
+/// index and the state tables of what was put and ignore the checkpoint.
 pub(crate) fn install(
     checkpoint: &Checkpoint,
     index: &Index,
     state: &mut StateTables,
     segment_exists: impl Fn(u32) -> bool + Sync,
     now_millis: u64,
-) -> u64 {
+) -> std::result::Result<u64, String> {
     let mut installed = 0;
     // State records never expire; those in deleted segments were copied after P.
     for (key, value, location) in &checkpoint.state_entries {
@@ -1033,10 +1068,11 @@ pub(crate) fn install(
         }
     }
     let shards = index.shards();
-    let installed_in = |first: usize, step: usize| {
+    let installed_in = |first: usize, step: usize| -> std::result::Result<u64, (usize, String)> {
         let mut installed = 0u64;
         let mut removed: Vec<Location> = Vec::new();
         for (shard_index, shard) in shards.iter().enumerate().skip(first).step_by(step) {
+            let bad = |why: &str| (shard_index, format!("shard {shard_index} {why}"));
             // The locations removed by the deltas, sorted: entries come in location order
             // (each file's in order, the files in order of their disjoint ranges), so one
             // cursor walks them.
@@ -1047,7 +1083,7 @@ pub(crate) fn install(
                 blocks::decode_locations(body, block.removed_count, part.from, |location| {
                     removed.push(location)
                 })
-                .expect("every block was checked on load");
+                .map_err(bad)?;
             }
             removed.sort_unstable();
             let mut next_removed = 0;
@@ -1095,18 +1131,23 @@ pub(crate) fn install(
                         installed += 1;
                     }
                 })
-                .expect("every block was checked on load");
+                .map_err(bad)?;
             }
             for slot in ahead.drain(..) {
                 table.install_unscheduled(slot, now_millis);
             }
         }
-        installed
+        Ok(installed)
     };
-    installed
-        + on_shards(checkpoint.parallel, installed_in)
-            .into_iter()
-            .sum::<u64>()
+    let mut failures = Vec::new();
+    for part in on_shards(checkpoint.parallel, installed_in) {
+        match part {
+            Ok(count) => installed += count,
+            Err(failure) => failures.push(Some(failure)),
+        }
+    }
+    first_in_file_order(failures)?;
+    Ok(installed)
 }
 
 /// Runs `work(first, step)` over the shards: `(0, 1)` on this thread, or `(0, 2)` here and
@@ -1125,14 +1166,15 @@ pub(crate) fn on_shards<T: Send>(
     })
 }
 
-/// Checks every shard block (CRC, then each entry and removed location); the first failing
-/// shard is named.
+/// Checks every shard block (CRC, then, if `entries` says so, each entry and removed location);
+/// the first failing shard is named.
 fn check_blocks(
     bytes: &[u8],
     layout: EntryLayout,
     shard_blocks: &[Block],
     range: std::ops::Range<Location>,
     parallel: bool,
+    entries: Entries,
 ) -> std::result::Result<(), String> {
     let first_failure = |first: usize, step: usize| {
         for (shard, block) in shard_blocks.iter().enumerate().skip(first).step_by(step) {
@@ -1160,6 +1202,9 @@ fn check_blocks(
                     format!("shard {shard} checksum mismatch at offset {at}"),
                 ));
             }
+            if entries == Entries::AtInstall {
+                continue;
+            }
             let entries = blocks::decode_entries_in(
                 layout,
                 body,
@@ -1175,12 +1220,13 @@ fn check_blocks(
         }
         None
     };
-    // Of a failure on each thread, the one in the lower shard is the first in file order.
-    match on_shards(parallel, first_failure)
-        .into_iter()
-        .flatten()
-        .min_by_key(|f| f.0)
-    {
+    first_in_file_order(on_shards(parallel, first_failure))
+}
+
+/// Of a failure on each thread (the shard and why), the one in the lower shard: the first in
+/// file order.
+fn first_in_file_order(failures: Vec<Option<(usize, String)>>) -> std::result::Result<(), String> {
+    match failures.into_iter().flatten().min_by_key(|f| f.0) {
         Some((_, reason)) => Err(reason),
         None => Ok(()),
     }
@@ -1388,7 +1434,8 @@ mod tests {
             &mut StateTables::default(),
             |_| true,
             crate::Clock::now_millis(&clock),
-        );
+        )
+        .unwrap();
         assert_eq!(installed as usize, written.len());
         assert_eq!(entries(&index), written);
         assert_eq!(written.len(), 300 - 40 + 1, "live keys and the claim");
@@ -1403,6 +1450,9 @@ mod tests {
         damage: Damage,
         reason: &'static str,
         config: fn(Config) -> Config,
+        /// Found while the entries are installed, not on load: damage to a full checkpoint's
+        /// entries under a valid CRC (see `Entries::AtInstall`).
+        at_install: bool,
     }
 
     fn reseal_header(bytes: &mut [u8]) {
@@ -1447,6 +1497,11 @@ mod tests {
             (slots.len(), new_body)
         });
         bytes.splice(entry..entry + len, new_body.iter().copied());
+        // The header's total follows, so that the damage is found in the block itself.
+        let total =
+            get_u64(bytes, ENTRY_COUNT_OFFSET) + count as u64 - get_u32(bytes, block) as u64;
+        put_u64(bytes, ENTRY_COUNT_OFFSET, total);
+        reseal_header(bytes);
         put_u32(bytes, block, count as u32);
         put_u32(bytes, block + 4, new_body.len() as u32);
         let crc = compact_block_crc(&bytes[block..block + 8], &new_body);
@@ -1503,7 +1558,7 @@ mod tests {
         assert_eq!(loaded.parts[0].layout, EntryLayout::Fixed);
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
         let now = crate::Clock::now_millis(&clock);
-        install(&loaded, &index, &mut StateTables::default(), |_| true, now);
+        install(&loaded, &index, &mut StateTables::default(), |_| true, now).unwrap();
         assert_eq!(entries(&index), written);
         let store = open_from_checkpoint_alone(&storage, &clock, &keys, written.len());
         // The next checkpoint is written in the current version.
@@ -1552,6 +1607,7 @@ mod tests {
                 damage: Box::new(|b| b[0] ^= 1),
                 reason: "bad magic",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "version",
@@ -1561,18 +1617,21 @@ mod tests {
                 }),
                 reason: "version 5",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "header CRC",
                 damage: Box::new(|b| b[SEEDS_OFFSET + 3] ^= 1),
                 reason: "header checksum",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "table CRC",
                 damage: Box::new(|b| b[HEADER_LEN + 9] ^= 1),
                 reason: "segment table checksum",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "shard block CRC",
@@ -1582,6 +1641,7 @@ mod tests {
                 }),
                 reason: "checksum mismatch at offset",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "claims CRC",
@@ -1592,24 +1652,28 @@ mod tests {
                 }),
                 reason: "claims section checksum",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "state CRC",
                 damage: Box::new(|b| *b.last_mut().unwrap() ^= 1),
                 reason: "state section checksum",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "truncated inside the header",
                 damage: Box::new(|b| b.truncate(50)),
                 reason: "shorter than the header",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "truncated inside the table",
                 damage: Box::new(|b| b.truncate(HEADER_LEN + 30)),
                 reason: "runs past the end",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "truncated inside a shard block",
@@ -1619,6 +1683,7 @@ mod tests {
                 }),
                 reason: "past the end",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "truncated by one byte",
@@ -1627,12 +1692,14 @@ mod tests {
                 }),
                 reason: "truncated in the state section",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "a byte too many",
                 damage: Box::new(|b| b.push(0)),
                 reason: "unexpected bytes",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "entry count",
@@ -1643,6 +1710,7 @@ mod tests {
                 }),
                 reason: "the header says",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "an entry at the replay start",
@@ -1655,6 +1723,7 @@ mod tests {
                 }),
                 reason: "outside the checkpointed log",
                 config: same,
+                at_install: true,
             },
             Case {
                 what: "a compact block out of location order, its CRC valid",
@@ -1669,6 +1738,7 @@ mod tests {
                 }),
                 reason: "out of location order",
                 config: same,
+                at_install: true,
             },
             Case {
                 what: "a compact block with a byte after its entries, its CRC valid",
@@ -1681,6 +1751,7 @@ mod tests {
                 }),
                 reason: "has bytes after its last entry",
                 config: same,
+                at_install: true,
             },
             Case {
                 what: "a compact block announcing one entry more, its CRC valid",
@@ -1689,6 +1760,31 @@ mod tests {
                 }),
                 reason: "malformed compact entry",
                 config: same,
+                at_install: true,
+            },
+            Case {
+                what: "an entry with another key's tag, then a malformed one, its CRC valid",
+                damage: Box::new(|b| {
+                    rewrite_first_block(b, |slots, _| {
+                        // Installed before the malformed one is found: it must not stay.
+                        slots[0].tag ^= 1;
+                        let mut body = Vec::new();
+                        blocks::encode_compact(slots, &mut Vec::new(), &mut body);
+                        Some((slots.len() + 1, body))
+                    });
+                }),
+                reason: "malformed compact entry",
+                config: same,
+                at_install: true,
+            },
+            Case {
+                what: "a compact block announcing more entries than its body holds, its CRC valid",
+                damage: Box::new(|b| {
+                    rewrite_first_block(b, |_, body| Some((body.len(), body.to_vec())));
+                }),
+                reason: "more than its body holds",
+                config: same,
+                at_install: false,
             },
             Case {
                 what: "a segment listed past the replay start",
@@ -1702,18 +1798,21 @@ mod tests {
                 }),
                 reason: "lies after the replay start",
                 config: same,
+                at_install: false,
             },
             Case {
                 what: "shard count",
                 damage: Box::new(|_| {}),
                 reason: "4 shards, the config has 8",
                 config: |c| c.shard_count(SHARDS * 2),
+                at_install: false,
             },
             Case {
                 what: "hash mask",
                 damage: Box::new(|_| {}),
                 reason: "hash mask differs",
                 config: |c| c.hash_mask_for_testing(0xFFFF),
+                at_install: false,
             },
         ]
     }
@@ -1742,7 +1841,21 @@ mod tests {
             }
             assert_eq!(store.in_doubt().unwrap().len(), 1);
         };
+        // The records a full replay indexes (each once): what an ignored checkpoint must leave.
+        // Not the tags: a checkpoint ignored on load leaves the seeds to chance.
+        let records_indexed = |store: &Store| {
+            let mut records: Vec<_> = entries(&store.shared.index)
+                .into_iter()
+                .map(|(_, deadline, at)| (at, deadline))
+                .collect();
+            records.sort_unstable();
+            records
+        };
+        storage.remove(&dir().join(CHECKPOINT_FILE_NAME)).unwrap();
+        let replayed =
+            records_indexed(&Store::open_with(DIR, config(storage.clone(), &clock)).unwrap());
         // The valid file is used.
+        put_file(&storage, CHECKPOINT_FILE_NAME, &valid);
         let store = Store::open_with(DIR, config(storage.clone(), &clock)).unwrap();
         let report = store.recovery_report().clone();
         assert_eq!(report.checkpoint_ignored, None);
@@ -1755,21 +1868,26 @@ mod tests {
             (case.damage)(&mut bytes);
             put_file(&storage, CHECKPOINT_FILE_NAME, &bytes);
             let config = (case.config)(config(storage.clone(), &clock));
-            let reason = load(&storage, dir(), &config).expect_err(case.what);
+            let store = Store::open_with(DIR, config.clone()).unwrap();
+            let report = store.recovery_report();
+            let reason = report
+                .checkpoint_ignored
+                .clone()
+                .unwrap_or_else(|| panic!("{}: the checkpoint was used", case.what));
             assert!(
                 reason.contains(case.reason) && reason.contains(CHECKPOINT_FILE_NAME),
                 "{}: {reason:?} lacks {:?}",
                 case.what,
                 case.reason
             );
-            let store = Store::open_with(DIR, config).unwrap();
-            let report = store.recovery_report();
-            assert_eq!(
-                report.checkpoint_ignored.as_ref(),
-                Some(&reason),
-                "{}",
-                case.what
-            );
+            // The same reason whether found on load or while the entries were installed.
+            match load(&storage, dir(), &config) {
+                Err(on_load) => {
+                    assert!(!case.at_install, "{}: found on load", case.what);
+                    assert_eq!(on_load, reason, "{}", case.what);
+                }
+                Ok(_) => assert!(case.at_install, "{}: loaded", case.what),
+            }
             assert_eq!(report.checkpoint_entries_loaded, 0, "{}", case.what);
             assert_eq!(
                 report.records_replayed, records,
@@ -1777,6 +1895,7 @@ mod tests {
                 case.what
             );
             answers(&store);
+            assert_eq!(records_indexed(&store), replayed, "{}", case.what);
             drop(store);
         }
     }
@@ -1797,7 +1916,8 @@ mod tests {
             &mut StateTables::default(),
             |_| true,
             now,
-        );
+        )
+        .unwrap();
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
         let without_first = install(
             &loaded,
@@ -1805,7 +1925,8 @@ mod tests {
             &mut StateTables::default(),
             |id| id != 1,
             now,
-        );
+        )
+        .unwrap();
         let in_first = entries(&index);
         assert!(in_first.iter().all(|&(_, _, at)| segment_of(at) != 1));
         assert!(
@@ -1841,7 +1962,8 @@ mod tests {
             &mut StateTables::default(),
             |id| on_disk.contains(&id),
             now,
-        );
+        )
+        .unwrap();
         drop(store);
         let store = Store::open_with(DIR, config).unwrap();
         let report = store.recovery_report();
@@ -2181,7 +2303,7 @@ mod tests {
                 drop(store);
                 for (name, bytes) in checkpoint_files(&storage) {
                     if name.starts_with(DELTA_PREFIX) {
-                        let delta = decode(bytes, &config, None);
+                        let delta = decode(bytes, &config, None, Entries::Checked);
                         // Not a full checkpoint; read as a delta below.
                         assert!(delta.is_err());
                     }

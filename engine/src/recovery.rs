@@ -224,6 +224,29 @@ pub(crate) fn recover(
             reason: "segment id 0 is not a valid segment id".into(),
         });
     }
+    // The checkpoint's entries before anything rests on it: the full checkpoint's are checked
+    // as they are put (see `checkpoint::install`), and a bad one ignores the checkpoint, as a
+    // failed check on load does, with nothing of it left in the index or the state tables.
+    let checkpoint = match checkpoint {
+        Some(c) => {
+            let exists = |id| ids.binary_search(&id).is_ok();
+            match checkpoint::install(&c, index, state, exists, now_millis) {
+                Ok(installed) => {
+                    report.checkpoint_entries_loaded = installed;
+                    Some(c)
+                }
+                Err(reason) => {
+                    index.clear(now_millis);
+                    *state = StateTables::default();
+                    let path = dir.join(checkpoint::CHECKPOINT_FILE_NAME);
+                    report.checkpoint_ignored =
+                        Some(format!("{} ignored: {reason}", path.display()));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let replay_from = checkpoint.as_ref().map_or(0, |c| c.replay_from);
     let mut claim_keys: Vec<Box<[u8]>> = checkpoint
         .as_ref()
@@ -263,13 +286,6 @@ pub(crate) fn recover(
         if ids.binary_search(&first_replayed).is_ok() {
             segment_stats.insert(first_replayed, checkpoint.segments[&first_replayed]);
         }
-        report.checkpoint_entries_loaded = checkpoint::install(
-            checkpoint,
-            index,
-            state,
-            |id| ids.binary_search(&id).is_ok(),
-            now_millis,
-        );
         report.checkpoint_deltas_loaded = u64::from(checkpoint.deltas);
         report.checkpoint_delta_ignored = checkpoint.delta_ignored.clone();
         // The next delta extends this chain: from here on every shard notes what it changes

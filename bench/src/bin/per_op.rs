@@ -51,8 +51,7 @@ fn main() {
     let maintenance = args.iter().any(|a| a == "--maintenance");
     let deltas = args.iter().any(|a| a == "--deltas");
     let presize = args.iter().any(|a| a == "--presize");
-    let under_valgrind =
-        std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("valgrind"));
+    let under_valgrind = idem_bench::under_valgrind();
 
     let dir = std::env::temp_dir().join(format!("idem-per-op-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,10 +18,15 @@ use idem::{Config, Durability, Store};
 /// `IDEM_REPLAY_THREADS=1` replays with one thread (by default long segments are replayed by two),
 /// for an A/B of the shared replay on the same machine.
 fn config() -> Config {
-    let config = Config::default()
+    let mut config = Config::default()
         .durability(Durability::Never)
         .background_maintenance(false)
         .checkpoint_every_bytes(0);
+    if idem_bench::under_valgrind() {
+        // For instruction counts of one reopen (`open`), e.g.
+        // `valgrind --tool=callgrind target/release/restart open DIR`.
+        config = config.clock(idem::SystemClock::precise());
+    }
     if std::env::var("IDEM_REPLAY_THREADS").as_deref() == Ok("1") {
         config.parallel_replay_min_bytes_for_testing(usize::MAX)
     } else {

@@ -20,6 +20,11 @@ use crate::log::{offset_of, segment_of, Location};
 /// Bytes of a fixed entry (versions 1 and 2): tag u32, expires_at_secs u32, location u64.
 pub(crate) const FIXED_ENTRY_LEN: usize = 16;
 
+/// The fewest bytes a compact entry takes (a tag and two one-byte varints): a block announcing
+/// more entries than its body holds at this size is refused on load, before anything is sized
+/// for its count.
+pub(crate) const MIN_COMPACT_ENTRY_LEN: usize = 6;
+
 /// How a block's entries are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EntryLayout {

@@ -104,6 +104,13 @@ impl Index {
         }
     }
 
+    /// Empties every shard (see [`ShardTable::clear`]).
+    pub(crate) fn clear(&self, now_millis: u64) {
+        for shard in self.shards.iter() {
+            shard.lock().clear(now_millis);
+        }
+    }
+
     /// Turns on every shard's late-duplicate memory for `grace_millis` (0: off), remembering
     /// `capacity` expired keys over the whole index per epoch (a third of the grace period).
     pub(crate) fn remember_expired(&self, grace_millis: u64, capacity: usize) {

@@ -284,6 +284,15 @@ impl ShardTable {
         }
     }
 
+    /// Empties the table and its wheel, keeping its floor ([`ShardTable::presize`]): a
+    /// checkpoint found bad while it was being installed leaves nothing behind.
+    pub(crate) fn clear(&mut self, now_millis: u64) {
+        let floor = self.floor_capacity;
+        *self = ShardTable::new(self.tick_millis, now_millis);
+        self.floor_capacity = floor;
+        self.slots = empty_slots(floor);
+    }
+
     /// Turns on the late-duplicate memory: `grace_millis` (0: off), `capacity` keys per epoch.
     pub(crate) fn remember_expired(&mut self, grace_millis: u64, capacity: usize) {
         self.late = (grace_millis > 0).then(|| Box::new(LateMemory::new(grace_millis, capacity)));
