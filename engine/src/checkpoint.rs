@@ -1044,8 +1044,8 @@ pub(crate) fn check_bytes(
 /// `now_millis` or whose segment no longer exists; returns how many it put.
 ///
 /// The full checkpoint's entries are checked here, as they are decoded (see
-/// [`Entries::AtInstall`]): `Err` names the first bad shard, and the caller must then empty the
-/// index and the state tables of what was put and ignore the checkpoint.
+/// [`Entries::AtInstall`]). All or nothing: on `Err`, which names the first bad shard, the index
+/// and the state tables are emptied of what was put, and the caller ignores the checkpoint.
 pub(crate) fn install(
     checkpoint: &Checkpoint,
     index: &Index,
@@ -1143,10 +1143,14 @@ pub(crate) fn install(
     for part in on_shards(checkpoint.parallel, installed_in) {
         match part {
             Ok(count) => installed += count,
-            Err(failure) => failures.push(Some(failure)),
+            Err(failure) => failures.push(failure),
         }
     }
-    first_in_file_order(failures)?;
+    if let Err(reason) = first_in_file_order(failures) {
+        index.clear(now_millis);
+        *state = StateTables::default();
+        return Err(reason);
+    }
     Ok(installed)
 }
 
@@ -1220,13 +1224,15 @@ fn check_blocks(
         }
         None
     };
-    first_in_file_order(on_shards(parallel, first_failure))
+    first_in_file_order(on_shards(parallel, first_failure).into_iter().flatten())
 }
 
 /// Of a failure on each thread (the shard and why), the one in the lower shard: the first in
 /// file order.
-fn first_in_file_order(failures: Vec<Option<(usize, String)>>) -> std::result::Result<(), String> {
-    match failures.into_iter().flatten().min_by_key(|f| f.0) {
+fn first_in_file_order(
+    failures: impl IntoIterator<Item = (usize, String)>,
+) -> std::result::Result<(), String> {
+    match failures.into_iter().min_by_key(|f| f.0) {
         Some((_, reason)) => Err(reason),
         None => Ok(()),
     }

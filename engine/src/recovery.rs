@@ -225,8 +225,8 @@ pub(crate) fn recover(
         });
     }
     // The checkpoint's entries before anything rests on it: the full checkpoint's are checked
-    // as they are put (see `checkpoint::install`), and a bad one ignores the checkpoint, as a
-    // failed check on load does, with nothing of it left in the index or the state tables.
+    // as they are put (see `checkpoint::install`, which leaves nothing behind when one is bad),
+    // and a bad one ignores the checkpoint, as a failed check on load does.
     let checkpoint = match checkpoint {
         Some(c) => {
             let exists = |id| ids.binary_search(&id).is_ok();
@@ -236,8 +236,6 @@ pub(crate) fn recover(
                     Some(c)
                 }
                 Err(reason) => {
-                    index.clear(now_millis);
-                    *state = StateTables::default();
                     let path = dir.join(checkpoint::CHECKPOINT_FILE_NAME);
                     report.checkpoint_ignored =
                         Some(format!("{} ignored: {reason}", path.display()));
