@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem_bench::make_key;
+use idem_bench::{make_key, process_cpu_seconds};
 
 use idem::Store;
 
@@ -39,22 +39,6 @@ struct Row {
     fsyncs: u64,
     elapsed: Duration,
     cpu_seconds: f64,
-}
-
-/// CPU time (user + system, all threads) this process has used so far, from `getrusage(2)`.
-#[allow(unsafe_code, reason = "getrusage(2) has no safe wrapper in std")]
-fn process_cpu_seconds() -> f64 {
-    // SAFETY: `usage` is a plain C struct for which all-zero bytes are a valid value, and
-    // getrusage writes only into the struct it is given a pointer to.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return 0.0;
-        }
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 impl Row {
