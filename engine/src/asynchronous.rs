@@ -22,7 +22,7 @@
 //!   part (validation, the shard lock, the append to the write buffer) synchronously and asks
 //!   the writer for a commit; later polls only check the durable position.
 //!
-//! What still holds a thread: the shard lock and the log lock (held for microseconds); reading
+//! What still holds a thread: the shard lock and the append lane (held for microseconds); reading
 //! an older record from its segment file during a probe (a `pread`, normally served from the page
 //! cache); the write buffer's back-pressure when 16 MiB or more wait for the writer; and the
 //! durable reservation of a block of fencing tokens (an fsync'd file) by the first claim after

@@ -1,6 +1,6 @@
 //! [`crate::Store::check_or_insert_batch`] as a pipeline: every shard the batch touches is locked
 //! once, each key's index slot is prefetched several keys ahead of its probe, and the new records
-//! go into the log under one hold of the log lock.
+//! go into the log as one reserved piece (`Log::append_many`).
 //!
 //! Phases, all under the batch's shard locks (taken in ascending order; no other path holds two):
 //! 1. Probe every key in order, prefetching ahead: a live record answers `Duplicate` (its end
@@ -108,7 +108,7 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         }
     }
 
-    // Phase 2: the new records, in item order, under one hold of the log lock.
+    // Phase 2: the new records, in item order, reserved in the log as one piece.
     let new_items: Vec<usize> = (0..items.len())
         .filter(|&i| outcomes[i].is_none())
         .collect();

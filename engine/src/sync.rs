@@ -11,12 +11,12 @@
 //! other systems, with the same contract.
 
 #[cfg(not(loom))]
-pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
+pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
 
 #[cfg(loom)]
-pub(crate) use loom_shim::{AtomicBool, AtomicU64, Condvar, Mutex, RwLock};
+pub(crate) use loom_shim::{AtomicBool, AtomicU64, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Spawns a named background thread (a loom thread under `--cfg loom`).
 #[cfg(not(loom))]

@@ -702,8 +702,9 @@ impl Transaction<'_> {
             };
             guards[guard_of(&check.hash)].put_new(entry, now);
         }
-        // Handing released locations to the log's live counts takes the log lock, which the
-        // writer and maintenance contend for: once per batch of commits, not per commit.
+        // Handing released locations to the log's live counts takes the log's state lock (and
+        // its lanes, whose counts it merges first), which the writer and maintenance contend
+        // for: once per batch of commits, not per commit.
         // Counts that lag by a few records only make compaction a little later, and
         // maintenance settles them before it reads them.
         if state.released.len() >= RELEASE_BATCH {

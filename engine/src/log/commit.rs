@@ -17,7 +17,7 @@
 //! woken ones then wait for that fsync and the next; the wake acts as a batching delay.
 //!
 //! Invariants:
-//! - A round is numbered when the writer takes the pending buffer, under the log's state lock
+//! - A round is numbered when the writer takes the appended records, under the log's state lock
 //!   ([`CommitQueue::round_started`], with the end of what it took), and ends, after the durable
 //!   position it reached is published, with [`CommitQueue::round_ended`]. A caller appended
 //!   before it waits, so under the queue's lock its round is: the one in flight if that took
@@ -71,8 +71,10 @@ impl CommitQueue {
         }
     }
 
-    /// The writer took the pending records, up to `target`, for a new round (called under the
-    /// log's state lock, so that no append falls between the take and this).
+    /// The writer took the appended records, up to `target`, for a new round (called under the
+    /// log's state lock, right after the take). Appends do not take that lock: one placed
+    /// between the take and this ends past `target`, so its caller's round is a later one (a
+    /// wake of this round that reaches it is early, and it waits again).
     pub(crate) fn round_started(&self, target: Location) {
         let mut rounds = self.rounds.lock();
         rounds.in_flight = Some((rounds.started, target));

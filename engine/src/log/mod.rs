@@ -1,9 +1,18 @@
-//! The log: one append-only stream of records laid over numbered segment files, with an
-//! in-memory write buffer and a single background writer that writes and fsyncs for everyone.
+//! The log: one append-only stream of records laid over numbered segment files, with in-memory
+//! append lanes and a single background writer that writes and fsyncs for everyone.
+//!
+//! An append reserves its bytes by moving the tail (`segment_id << 32 | offset`, one atomic
+//! compare-and-swap; a record that does not fit the tail segment beside its seal goes to the
+//! start of the next) and copies them into its thread's lane ([`Lane`]), holding the lane's lock
+//! from before the reservation until the copy is done. No lock is shared by every append: on
+//! several cores, appends share only the tail's cache line. The writer takes all lanes' records
+//! at once (all lanes locked, then the tail read): everything below that tail was reserved and
+//! copied, so the records it merges in location order follow each other with no gap, as one
+//! lock's buffer would have laid them. The bytes on disk are the same either way.
 //!
 //! Callers waiting for durability sleep in the commit queue (`commit`), each woken only once the
-//! fsync covering its records returned. A batch's records are appended under one hold of the
-//! log lock (`append_many`).
+//! fsync covering its records returned. A batch's records are reserved as one piece where they
+//! fit in the tail segment, a group's (a transaction's) always (`append_many`, `append_group`).
 //!
 //! A record's *location* is `segment_id << 32 | byte_offset`. Locations only grow, so "everything
 //! before location L" is well defined across segments.
@@ -11,12 +20,17 @@
 //! Invariants:
 //! - `durable <= written <= tail`: every byte before `written` is in the file (the OS has it),
 //!   every byte before `durable` was covered by a completed fsync.
-//! - A location handed out by [`Log::append`] is readable at once (from the pending buffer, the
-//!   buffer being written, or the file) and never changes meaning.
+//! - Per key, location order is operation order: callers append a key's record while they hold
+//!   its index shard's lock, and a later reservation gets a later location.
+//! - A location handed out by [`Log::append`] is readable at once (from its lane, the buffer
+//!   being written, or the file) and never changes meaning.
 //! - A segment is fsynced before the log moves on to the next one, so only the newest segment can
 //!   hold bytes that a crash may tear.
 //! - After a failed write or fsync the log is poisoned: `durable` never moves again, every waiter
-//!   and every later append gets [`Error::Poisoned`].
+//!   and every later append gets [`Error::Poisoned`] (an append racing with the poisoning may
+//!   still be placed; it is never written, and no `Sync` caller is told it is durable).
+//! - Lock order: a shard's lock, then the state lock, then lanes in index order; an append holds
+//!   only its lane (under its shard's lock).
 
 mod commit;
 mod prepare;
@@ -30,7 +44,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, RwLock};
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -190,6 +204,21 @@ impl SegmentStats {
         }
     }
 
+    /// Adds the stats of more records of the segment (a lane's, see `Lane::stats`).
+    fn absorb(&mut self, more: &SegmentStats) {
+        self.records += more.records;
+        self.tombstones += more.tombstones;
+        self.tombstone_bytes += more.tombstone_bytes;
+        self.bytes = self.bytes.max(more.bytes);
+        self.live += more.live;
+        self.state_live += more.state_live;
+        self.max_deadline_secs = self.max_deadline_secs.max(more.max_deadline_secs);
+        self.max_deadline_but_state_secs = self
+            .max_deadline_but_state_secs
+            .max(more.max_deadline_but_state_secs);
+        self.min_deadline_secs = self.min_deadline_secs.min(more.min_deadline_secs);
+    }
+
     /// Counts a record just appended: as [`SegmentStats::add_record`], and live too if it is
     /// one the caller puts into the index (an insert, claim or failure, under its shard lock) or
     /// into the state tables (a state entry or position).
@@ -269,13 +298,8 @@ pub(crate) struct SealedSegment {
 
 #[derive(Debug)]
 struct LogState {
-    /// Appended bytes not yet taken by the writer, oldest first.
-    pending: Vec<Chunk>,
-    pending_bytes: usize,
     /// Bytes the writer is writing now; readable until `written` passes them.
     in_flight: Option<Arc<Vec<Chunk>>>,
-    tail_segment: u32,
-    tail_offset: u32,
     written: Location,
     durable: Location,
     /// A `flush` asks the writer to make everything before this location durable.
@@ -283,11 +307,113 @@ struct LogState {
     poisoned: Option<String>,
     shutting_down: bool,
     spare_buffers: Vec<Vec<u8>>,
-    /// Stats of every segment but the tail.
+    /// Stats of every segment, the lanes' merged in (see [`Lane::stats`]).
     segment_stats: BTreeMap<u32, SegmentStats>,
-    /// Stats of the tail segment, kept apart so an append touches no map.
-    tail_stats: SegmentStats,
+    /// Bytes appended since the log was opened, the lanes' merged in.
     bytes_appended: u64,
+}
+
+/// One append lane: records appended through it that the writer has not taken yet, in the
+/// order of their locations (an append reserves its place at the tail and copies its bytes here
+/// under the lane's lock, so a lane's reservations are in order).
+///
+/// Threads append through a lane of their own (see [`Log::lane`]): appends on different threads
+/// share no lock and, but for the tail they reserve from, no cache line. The writer takes every
+/// lane's records at once, all lanes locked, so what it takes ends at the tail it read then
+/// with no gap: every reservation below it was made, and its bytes copied, under a lane lock.
+#[derive(Debug, Default)]
+struct Lane {
+    runs: Vec<Run>,
+    bytes: Vec<u8>,
+    /// Emptied buffers for `runs` and `bytes`, swapped in when the writer takes them (so that
+    /// the lane's lock is held only for the swap, and its next appends fill memory already
+    /// mapped).
+    spare_runs: Vec<Run>,
+    spare_bytes: Vec<u8>,
+    /// The stats of the records appended through the lane since the writer last took them, per
+    /// segment (the tail's, and the next after a roll): merged into [`LogState::segment_stats`]
+    /// with all lanes locked, so a merged count never misses an append that a release after
+    /// it already subtracted.
+    stats: Vec<(u32, SegmentStats)>,
+    appended: u64,
+    /// Bytes placed since the back-pressure was last checked (see [`Log::lock_lane`]).
+    unchecked: usize,
+}
+
+/// Records placed back to back at `at` in the log, held at `start..start + len` of a lane's
+/// bytes.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: Location,
+    start: usize,
+    len: usize,
+}
+
+impl Lane {
+    /// Copies `bytes` (records back to back) that were reserved at `at`.
+    fn place(&mut self, at: Location, bytes: &[u8]) {
+        self.runs.push(Run {
+            at,
+            start: self.bytes.len(),
+            len: bytes.len(),
+        });
+        self.bytes.extend_from_slice(bytes);
+        self.appended += bytes.len() as u64;
+        self.unchecked += bytes.len();
+    }
+
+    /// Counts `record`, placed at `at..end`, in its segment's stats.
+    #[inline]
+    fn count(&mut self, record: &Record<'_>, at: Location, end: Location) {
+        let segment = segment_of(at);
+        if self.stats.last().is_none_or(|(id, _)| *id != segment) {
+            self.stats.push((segment, SegmentStats::default()));
+        }
+        let stats = &mut self.stats.last_mut().expect("ensured above").1;
+        stats.add_appended(record);
+        // Appends through one lane come in location order: the last is the furthest.
+        stats.bytes = u64::from(offset_of(end));
+    }
+
+    /// The bytes of the record at `at`, if this lane holds it.
+    fn find(&self, at: Location) -> Option<&[u8]> {
+        let after = self.runs.partition_point(|run| run.at <= at);
+        let run = self.runs.get(after.checked_sub(1)?)?;
+        if segment_of(run.at) != segment_of(at) || at - run.at >= run.len as u64 {
+            return None;
+        }
+        let from = run.start + (at - run.at) as usize;
+        Some(&self.bytes[from..run.start + run.len])
+    }
+}
+
+#[cfg(not(loom))]
+static NEXT_LANE_TICKET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(not(loom))]
+thread_local! {
+    /// This thread's lane number (modulo a log's lane count): threads take numbers in turn.
+    static LANE_TICKET: usize = NEXT_LANE_TICKET.fetch_add(1, Ordering::Relaxed);
+}
+
+/// This thread's lane number, before the modulo.
+fn lane_ticket() -> usize {
+    #[cfg(not(loom))]
+    {
+        LANE_TICKET.with(|ticket| *ticket)
+    }
+    #[cfg(loom)]
+    {
+        // Each loom thread of a model takes the next number, as threads do outside loom: the
+        // models' appenders use different lanes.
+        loom::lazy_static! {
+            static ref NEXT: loom::sync::atomic::AtomicUsize = loom::sync::atomic::AtomicUsize::new(0);
+        }
+        loom::thread_local! {
+            static TICKET: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        TICKET.with(|ticket| *ticket)
+    }
 }
 
 /// Counters the log keeps for [`crate::Stats`].
@@ -307,9 +433,17 @@ pub(crate) struct Log {
     segment_size_bytes: u32,
     write_buffer_bytes: usize,
     max_pending_bytes: usize,
-    /// On a cache line of its own, as are the hints below: every append takes this lock, and
-    /// the hints are read on every call; neither may share a line with the other.
+    /// The writer's side, durability, poison and segment stats. Appends do not take it (they
+    /// take a lane and reserve from `tail`); the writer, reads of records not yet written and
+    /// the stats take it, and then lanes: lock order state, then lanes in index order.
     state: CachePadded<Mutex<LogState>>,
+    /// Where the next record goes (`segment_id << 32 | offset`); appends reserve their bytes by
+    /// moving it. Only grows.
+    tail: CachePadded<AtomicU64>,
+    /// The append lanes (a power of two of them; see [`Lane`]).
+    lanes: Box<[CachePadded<Mutex<Lane>>]>,
+    /// A copy of `state.written`, for the appenders' back-pressure check without the lock.
+    written_hint: CachePadded<AtomicU64>,
     /// The writer sleeps on this until there is work.
     work_ready: Condvar,
     /// Appenders held back by a full buffer sleep on this (with `state`) until the writer
@@ -340,6 +474,44 @@ pub(crate) struct LogOptions {
 /// The bytes of a group's body: its records, without the group record.
 fn group_body_len(records: &[Record<'_>]) -> usize {
     records.iter().map(Record::encoded_len).sum()
+}
+
+/// How many bytes a lane places between two back-pressure checks (see [`Log::lock_lane`]): the
+/// limit may be overrun by this much per lane.
+const BACK_PRESSURE_CHECK_BYTES: usize = 64 << 10;
+
+/// How many lanes a log has: a power of two, twice the cores (few threads share one).
+fn lane_count() -> usize {
+    #[cfg(not(loom))]
+    let cores = std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get);
+    #[cfg(loom)]
+    let cores: usize = 1;
+    (2 * cores).clamp(2, 256).next_power_of_two()
+}
+
+/// About how many bytes lie between locations `from` and `to`: exact within a segment; across
+/// a boundary, the older segment's remainder counts as if it ended at the configured size (a
+/// segment overfilled by a record larger than that counts short). 0 if `to <= from`.
+fn bytes_between(from: Location, to: Location, segment_size: u32) -> usize {
+    if to <= from {
+        return 0;
+    }
+    let segments = u64::from(segment_of(to) - segment_of(from));
+    let bytes = (segments * u64::from(segment_size) + u64::from(offset_of(to)))
+        .saturating_sub(u64::from(offset_of(from)));
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Moves a lane's stats and appended bytes into the state's.
+fn merge_lane_stats(state: &mut LogState, lane: &mut Lane) {
+    for (segment, stats) in lane.stats.drain(..) {
+        state
+            .segment_stats
+            .entry(segment)
+            .or_default()
+            .absorb(&stats);
+    }
+    state.bytes_appended += std::mem::take(&mut lane.appended);
 }
 
 impl Log {
@@ -373,21 +545,24 @@ impl Log {
             write_buffer_bytes: options.write_buffer_bytes,
             max_pending_bytes: (options.write_buffer_bytes * 16).max(16 << 20),
             state: CachePadded::new(Mutex::new(LogState {
-                pending: Vec::new(),
-                pending_bytes: 0,
                 in_flight: None,
-                tail_segment,
-                tail_offset,
                 written: tail,
                 durable: tail,
                 flush_target: 0,
                 poisoned: None,
                 shutting_down: false,
                 spare_buffers: Vec::new(),
-                tail_stats: segment_stats.remove(&tail_segment).unwrap_or_default(),
-                segment_stats,
+                segment_stats: {
+                    segment_stats.entry(tail_segment).or_default();
+                    segment_stats
+                },
                 bytes_appended: 0,
             })),
+            tail: CachePadded::new(AtomicU64::new(tail)),
+            lanes: (0..lane_count())
+                .map(|_| CachePadded::new(Mutex::new(Lane::default())))
+                .collect(),
+            written_hint: CachePadded::new(AtomicU64::new(tail)),
             work_ready: Condvar::new(),
             drained: Condvar::new(),
             commits: commit::CommitQueue::new(),
@@ -409,7 +584,7 @@ impl Log {
     /// the buffer is over its limit (back-pressure) .
     pub(crate) fn append(&self, record: &Record<'_>) -> Result<(Location, Location)> {
         // Encoding and the checksum do not depend on where the record goes: do them before
-        // taking the log lock, which every appending thread needs, so it covers only a copy.
+        // taking the lane, so that it covers only the reservation and a copy.
         with_scratch(Scratch::Append, |encoded| {
             encoded.clear();
             record::encode_into(encoded, record);
@@ -424,26 +599,21 @@ impl Log {
         encoded: &[u8],
     ) -> Result<(Location, Location)> {
         debug_assert_eq!(encoded.len(), record.encoded_len());
-        let mut state = self.state.lock();
-        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
-            self.work_ready.notify_one();
-            self.drained.wait(&mut state);
-        }
-        let appended = self.append_locked(&mut state, record, encoded, encoded.len() as u32);
-        // In `Sync` mode the caller wakes the writer when it starts to wait (`wait_durable`),
-        // so that a batch appended record by record is committed by one fsync, not several.
-        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
-        drop(state);
-        if wake_writer {
-            self.work_ready.notify_one();
-        }
-        appended
+        let len = encoded.len() as u32;
+        let mut lane = self.lock_lane()?;
+        let at = self.reserve(len, len)?;
+        let end = at + u64::from(len);
+        lane.place(at, encoded);
+        lane.count(record, at, end);
+        drop(lane);
+        self.wake_writer_if_full(end);
+        Ok((at, end))
     }
 
-    /// Appends many records under one hold of the log lock (a batch's records), putting each
-    /// one's location into `locations` and returning the end of the last. All or nothing: an
-    /// error before the first record appends nothing; one after it poisons the log, so the
-    /// records already in the buffer are never written and nothing more is acknowledged.
+    /// Appends many records (a batch's), putting each one's location into `locations` and
+    /// returning the end of the last. All or nothing: an error before the first record appends
+    /// nothing; one after it poisons the log, so the records already placed are never written
+    /// and nothing more is acknowledged.
     pub(crate) fn append_many(
         &self,
         records: &[Record<'_>],
@@ -454,7 +624,14 @@ impl Log {
             return Ok(None);
         }
         with_scratch(Scratch::Append, |encoded| {
-            self.append_many_encoded(records, encoded, locations, None)
+            // Encoded (and checksummed) before any lock, back to back; `locations` holds each
+            // record's end offset in `encoded` until the records get their places in the log.
+            encoded.clear();
+            for record in records {
+                record::encode_into(encoded, record);
+                locations.push(encoded.len() as u64);
+            }
+            self.place_many_encoded(records, encoded, locations)
         })
     }
 
@@ -468,11 +645,11 @@ impl Log {
     }
 
     /// Appends `records` as one group (a transaction): a group record announcing them, then the
-    /// records, contiguous in one segment, under one hold of the log lock; replay applies all of
-    /// them or none. A single record is appended alone, without a group record. `locations[i]`
-    /// gets the location of `records[i]` (not the group record's; `locations` is as long as
-    /// `records`); returns the end of the last. Fails with nothing appended if the group
-    /// exceeds [`Log::max_group_bytes`]; a failure midway poisons, as in [`Log::append_many`].
+    /// records, contiguous in one segment, reserved as one piece; replay applies all of them or
+    /// none. A single record is appended alone, without a group record. `locations[i]` gets the
+    /// location of `records[i]` (not the group record's; `locations` is as long as `records`);
+    /// returns the end of the last. Fails with nothing appended if the group exceeds
+    /// [`Log::max_group_bytes`].
     pub(crate) fn append_group(
         &self,
         records: &[Record<'_>],
@@ -502,7 +679,9 @@ impl Log {
         self.append_group_with_body(records, locations, group_body_len(records))
     }
 
-    /// The two above once the group's body length (`body`, its records' bytes) is known.
+    /// The two above once the group's body length (`body`, its records' bytes) is known:
+    /// encodes (and checksums) the group record and the records before any lock, then reserves
+    /// and places them as one piece.
     fn append_group_with_body(
         &self,
         records: &[Record<'_>],
@@ -533,81 +712,31 @@ impl Log {
             refresh_cap_millis: 0,
         };
         with_scratch(Scratch::Append, |encoded| {
-            self.append_group_encoded(
-                &group,
-                (body as u32, records.len() as u32),
-                records,
-                encoded,
-                locations,
-            )
+            encoded.clear();
+            record::encode_group(encoded, body as u32, records.len() as u32);
+            let group_len = encoded.len();
+            for (record, end) in records.iter().zip(locations.iter_mut()) {
+                // The record's end in `encoded` until the group gets its place.
+                record::encode_into(encoded, record);
+                *end = encoded.len() as u64;
+            }
+            let whole = encoded.len() as u32;
+            let mut lane = self.lock_lane()?;
+            let at = self.reserve(whole, whole)?;
+            lane.place(at, encoded);
+            let mut start = at + group_len as u64;
+            lane.count(&group, at, start);
+            for (record, location) in records.iter().zip(locations.iter_mut()) {
+                let next = at + *location;
+                lane.count(record, start, next);
+                *location = start;
+                start = next;
+            }
+            drop(lane);
+            let end = at + u64::from(whole);
+            self.wake_writer_if_full(end);
+            Ok(end)
         })
-    }
-
-    /// [`Log::append_group`] once its group record is made: encodes (and checksums) everything
-    /// before the log lock, then places the group record through [`Log::append_locked`] (which
-    /// opens a new segment unless the whole group fits) and the body right after it in the
-    /// same chunk with one copy, under one hold of the lock. Nothing can fail after the group
-    /// record is in the buffer, so no failure leaves part of a group there.
-    fn append_group_encoded(
-        &self,
-        group: &Record<'_>,
-        (body_len, count): (u32, u32),
-        records: &[Record<'_>],
-        encoded: &mut Vec<u8>,
-        locations: &mut [Location],
-    ) -> Result<Location> {
-        encoded.clear();
-        record::encode_group(encoded, body_len, count);
-        let group_len = encoded.len();
-        for (record, end) in records.iter().zip(locations.iter_mut()) {
-            // The record's end in `encoded` until the lock gives the group its place.
-            record::encode_into(encoded, record);
-            *end = encoded.len() as u64;
-        }
-        let mut state = self.state.lock();
-        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
-            self.work_ready.notify_one();
-            self.drained.wait(&mut state);
-        }
-        let whole = encoded.len() as u32;
-        self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
-        // The body right after its group record: `append_locked` made room for all of it.
-        let end = self.append_rest_locked(
-            &mut state,
-            records,
-            &encoded[group_len..],
-            locations,
-            group_len as u64,
-        );
-        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
-        drop(state);
-        if wake_writer {
-            self.work_ready.notify_one();
-        }
-        Ok(end)
-    }
-
-    /// With a `group` record, it goes first, placed where it and all the records fit in one
-    /// segment; its location is not reported.
-    fn append_many_encoded(
-        &self,
-        records: &[Record<'_>],
-        encoded: &mut Vec<u8>,
-        locations: &mut Vec<Location>,
-        group: Option<&Record<'_>>,
-    ) -> Result<Option<Location>> {
-        // Encoded (and checksummed) before the lock, back to back; `locations` holds each
-        // record's end offset in `encoded` until the lock gives them their places in the log.
-        encoded.clear();
-        if let Some(group) = group {
-            record::encode_into(encoded, group);
-        }
-        let group_len = encoded.len();
-        for record in records {
-            record::encode_into(encoded, record);
-            locations.push(encoded.len() as u64);
-        }
-        self.place_many_encoded(records, encoded, locations, group, group_len)
     }
 
     /// Appends records already encoded in the current format, their bytes taken as they are
@@ -625,188 +754,303 @@ impl Log {
         if records.is_empty() {
             return Ok(None);
         }
-        self.place_many_encoded(records, encoded, locations, None, 0)
+        self.place_many_encoded(records, encoded, locations)
     }
 
-    /// The locked half of [`Log::append_many_encoded`]: `encoded` holds the group record (its
-    /// first `group_len` bytes, if any) and then `records`, whose end offsets are in `locations`.
+    /// Places `records`, encoded back to back in `encoded` with their end offsets in
+    /// `locations`, through this thread's lane: as many as fit in the tail segment as one piece,
+    /// the record that does not fit opening the next segment, and so on. Each end offset becomes
+    /// the record's location; returns the end of the last.
     fn place_many_encoded(
         &self,
         records: &[Record<'_>],
         encoded: &[u8],
         locations: &mut [Location],
-        group: Option<&Record<'_>>,
-        group_len: usize,
     ) -> Result<Option<Location>> {
-        let mut state = self.state.lock();
-        while state.pending_bytes > self.max_pending_bytes && state.poisoned.is_none() {
-            self.work_ready.notify_one();
-            self.drained.wait(&mut state);
-        }
-        if let Some(group) = group {
-            let whole = encoded.len() as u32;
-            self.append_locked(&mut state, group, &encoded[..group_len], whole)?;
-        }
-        let mut start = group_len;
+        let mut lane = self.lock_lane()?;
+        let mut start = 0usize;
+        let mut n = 0;
         let mut end = 0;
-        for (n, (record, location)) in records.iter().zip(locations.iter_mut()).enumerate() {
-            if n > 0 && self.fits_in_tail(&state, encoded.len() - start) {
-                // The rest fits in the tail segment, right after the record just placed in the
-                // last chunk: one copy, then each record's place and stats.
-                end = self.append_rest_locked(
-                    &mut state,
-                    &records[n..],
-                    &encoded[start..],
-                    &mut locations[n..],
-                    start as u64,
-                );
-                break;
-            }
-            let stop = *location as usize;
-            let room = (stop - start) as u32;
-            let (at, after) =
-                match self.append_locked(&mut state, record, &encoded[start..stop], room) {
-                    Ok(appended) => appended,
-                    Err(error) => {
-                        if n > 0 || group.is_some() {
-                            // Part of the batch is in the buffer: it must never be written (nor
-                            // anything after it acknowledged), so the batch stays all or nothing.
-                            self.poison(
-                                &mut state,
-                                format!("a batch append failed midway: {error}"),
-                            );
-                            drop(state);
-                            self.announce_progress();
-                        }
-                        return Err(error);
+        while n < records.len() {
+            let rest = &encoded[start..];
+            let reserved = match self.reserve_in_tail_segment(rest.len() as u32) {
+                Some(at) => Ok((at, records.len())),
+                // The next record alone, in the next segment if it does not fit this one.
+                None => {
+                    let len = (locations[n] as usize - start) as u32;
+                    self.reserve(len, len).map(|at| (at, n + 1))
+                }
+            };
+            let (at, upto) = match reserved {
+                Ok(reserved) => reserved,
+                Err(error) => {
+                    if n > 0 {
+                        // Part of the batch is placed: it must never be written (nor anything
+                        // after it acknowledged), so the batch stays all or nothing.
+                        drop(lane);
+                        let mut state = self.state.lock();
+                        self.poison(&mut state, format!("a batch append failed midway: {error}"));
+                        drop(state);
+                        self.announce_progress();
                     }
-                };
-            *location = at;
-            end = after;
+                    return Err(error);
+                }
+            };
+            let stop = locations[upto - 1] as usize;
+            lane.place(at, &encoded[start..stop]);
+            let mut record_start = at;
+            for (record, location) in records[n..upto].iter().zip(&mut locations[n..upto]) {
+                let next = at + (*location - start as u64);
+                lane.count(record, record_start, next);
+                *location = record_start;
+                record_start = next;
+            }
+            end = record_start;
             start = stop;
+            n = upto;
         }
-        let wake_writer = state.pending_bytes >= self.write_buffer_bytes;
-        drop(state);
-        if wake_writer {
-            self.work_ready.notify_one();
-        }
+        drop(lane);
+        self.wake_writer_if_full(end);
         Ok(Some(end))
     }
 
-    /// Whether `bytes` more fit in the tail segment, leaving room for its seal.
-    fn fits_in_tail(&self, state: &LogState, bytes: usize) -> bool {
-        u64::from(state.tail_offset) + bytes as u64 + SEAL_RECORD_LEN as u64
-            <= u64::from(self.segment_size_bytes)
+    /// This thread's append lane.
+    fn lane(&self) -> &Mutex<Lane> {
+        &self.lanes[lane_ticket() & (self.lanes.len() - 1)]
     }
 
-    /// Appends `encoded`, the records `records` back to back, to the last pending chunk, which
-    /// must end at the tail (a record was just placed there: a batch's first, or a group's
-    /// group record) with room in the segment for all of them. `ends` holds each record's end offset in the caller's
-    /// buffer, whose part `encoded` starts at `base`; each becomes the record's location.
-    /// Returns the end of the last.
-    fn append_rest_locked(
-        &self,
-        state: &mut LogState,
-        records: &[Record<'_>],
-        encoded: &[u8],
-        ends: &mut [Location],
-        base: u64,
-    ) -> Location {
-        let tail = location(state.tail_segment, state.tail_offset);
-        let chunk = state
-            .pending
-            .last_mut()
-            .expect("a record was just appended");
-        debug_assert_eq!(
-            location(
-                chunk.segment_id,
-                chunk.start_offset + chunk.bytes.len() as u32
-            ),
-            tail,
-            "the rest follows the record just appended"
-        );
-        chunk.bytes.extend_from_slice(encoded);
-        let mut start = tail;
-        for (record, at) in records.iter().zip(ends.iter_mut()) {
-            let next = tail + (*at - base);
-            *at = start;
-            start = next;
-            state.tail_stats.add_appended(record);
+    /// Locks this thread's lane for an append, after the back-pressure check (which waits while
+    /// too much is unwritten) if the lane placed [`BACK_PRESSURE_CHECK_BYTES`] since its last
+    /// one, or if the log is poisoned (which fails). Checking every append would read the tail,
+    /// which the other appenders' reservations keep moving, once more per record.
+    fn lock_lane(&self) -> Result<MutexGuard<'_, Lane>> {
+        let lane = self.lane().lock();
+        if lane.unchecked < BACK_PRESSURE_CHECK_BYTES && !self.poisoned_hint.load(Ordering::Relaxed)
+        {
+            return Ok(lane);
         }
-        let len = encoded.len() as u32;
-        state.tail_offset += len;
-        state.tail_stats.bytes = u64::from(state.tail_offset);
-        state.pending_bytes += len as usize;
-        state.bytes_appended += u64::from(len);
-        tail + u64::from(len)
+        drop(lane);
+        self.hold_back_while_full()?;
+        let mut lane = self.lane().lock();
+        lane.unchecked = 0;
+        Ok(lane)
     }
 
-    /// Appends one encoded record with the log lock held; it opens a new segment unless `room`
-    /// bytes (the record's, or a whole group's) fit in the current one.
-    fn append_locked(
-        &self,
-        state: &mut LogState,
-        record: &Record<'_>,
-        encoded: &[u8],
-        room: u32,
-    ) -> Result<(Location, Location)> {
-        let len = encoded.len() as u32;
-        if let Some(cause) = &state.poisoned {
-            return Err(Error::Poisoned {
-                cause: cause.clone(),
-            });
-        }
-        // Room is always left for the seal that ends the segment when the log moves on.
-        let opens_segment = u64::from(state.tail_offset) + u64::from(room) + SEAL_RECORD_LEN as u64
-            > u64::from(self.segment_size_bytes);
-        if opens_segment {
-            let sealed = std::mem::take(&mut state.tail_stats);
-            let old_tail = state.tail_segment;
-            let Some(next) = state.tail_segment.checked_add(1) else {
-                state.tail_stats = sealed;
-                return Err(self.corrupt(
-                    state.tail_segment,
-                    state.tail_offset,
-                    "the last possible segment id is full: the log cannot go on",
-                ));
+    /// Reserves `len` bytes at the tail: in the tail segment if `room` bytes (the record's, or a
+    /// whole group's) fit there beside the seal that will end it, else at the start of the next
+    /// segment (the writer seals the old one when it gets there). Returns where they start.
+    /// The caller holds its lane's lock and places the bytes before it lets go.
+    fn reserve(&self, len: u32, room: u32) -> Result<Location> {
+        // No poison check here: it would take the state lock under the lane's (see
+        // `hold_back_while_full`, which every append calls first).
+        let mut current = self.tail.load(Ordering::Relaxed);
+        loop {
+            let (segment, offset) = (segment_of(current), offset_of(current));
+            let fits = u64::from(offset) + u64::from(room) + SEAL_RECORD_LEN as u64
+                <= u64::from(self.segment_size_bytes);
+            let at = if fits {
+                current
+            } else {
+                let Some(next) = segment.checked_add(1) else {
+                    return Err(self.corrupt(
+                        segment,
+                        offset,
+                        "the last possible segment id is full: the log cannot go on",
+                    ));
+                };
+                location(next, SEGMENT_HEADER_LEN as u32)
             };
-            state.segment_stats.insert(old_tail, sealed);
-            state.tail_segment = next;
-            state.tail_offset = SEGMENT_HEADER_LEN as u32;
+            match self.tail.compare_exchange_weak(
+                current,
+                at + u64::from(len),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(at),
+                Err(actual) => current = actual,
+            }
         }
-        let (segment_id, offset) = (state.tail_segment, state.tail_offset);
-        let contiguous = !opens_segment
-            && state.pending.last().is_some_and(|chunk| {
-                chunk.segment_id == segment_id
-                    && chunk.start_offset as usize + chunk.bytes.len() == offset as usize
-            });
-        if !contiguous {
-            let bytes = state
-                .spare_buffers
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.write_buffer_bytes));
-            state.pending.push(Chunk {
-                segment_id,
-                start_offset: offset,
-                bytes,
-                opens_segment,
+    }
+
+    /// [`Log::reserve`] of `len` bytes only if they fit in the tail segment; `None` otherwise.
+    fn reserve_in_tail_segment(&self, len: u32) -> Option<Location> {
+        let mut current = self.tail.load(Ordering::Relaxed);
+        loop {
+            let fits = u64::from(offset_of(current)) + u64::from(len) + SEAL_RECORD_LEN as u64
+                <= u64::from(self.segment_size_bytes);
+            if !fits {
+                return None;
+            }
+            match self.tail.compare_exchange_weak(
+                current,
+                current + u64::from(len),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(current),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Bytes appended but not yet written, about (across a segment boundary it counts the
+    /// older segment's remainder as if full).
+    fn pending_bytes(&self) -> usize {
+        let tail = self.tail.load(Ordering::Acquire);
+        let written = self.written_hint.load(Ordering::Acquire);
+        bytes_between(written, tail, self.segment_size_bytes)
+    }
+
+    /// Back-pressure: waits while the bytes not yet written are over their limit. Fails if
+    /// the log is poisoned.
+    fn hold_back_while_full(&self) -> Result<()> {
+        if self.pending_bytes() > self.max_pending_bytes {
+            let mut state = self.state.lock();
+            while self.pending_bytes() > self.max_pending_bytes && state.poisoned.is_none() {
+                self.work_ready.notify_one();
+                self.drained.wait(&mut state);
+            }
+        }
+        if self.poisoned_hint.load(Ordering::Acquire) {
+            return Err(Error::Poisoned {
+                cause: self.poisoned().unwrap_or_default(),
             });
         }
-        let chunk = state.pending.last_mut().expect("a chunk was just ensured");
-        chunk.bytes.extend_from_slice(encoded);
-        state.bytes_appended += u64::from(len);
-        let stats = &mut state.tail_stats;
-        stats.add_appended(record);
-        stats.bytes = u64::from(offset) + u64::from(len);
-        state.tail_offset += len;
-        state.pending_bytes += len as usize;
-        let at = location(segment_id, offset);
-        Ok((at, at + u64::from(len)))
+        Ok(())
+    }
+
+    /// Wakes the writer once a write buffer's worth is pending. In `Sync` mode the caller wakes
+    /// it when it starts to wait (`wait_durable`), so that a batch appended record by record is
+    /// committed by one fsync, not several.
+    fn wake_writer_if_full(&self, end: Location) {
+        let written = self.written_hint.load(Ordering::Acquire);
+        if bytes_between(written, end, self.segment_size_bytes) >= self.write_buffer_bytes {
+            self.work_ready.notify_one();
+        }
+    }
+
+    /// Takes every record appended so far out of the lanes (all locked at once, so that the
+    /// records end at the tail read meanwhile, with no gap), merges their stats, and returns
+    /// them as chunks in location order with the tail they end at. Called by the writer with
+    /// the state lock held.
+    fn take_appended(&self, state: &mut LogState) -> (Vec<Chunk>, Location) {
+        let mut taken: Vec<(Vec<Run>, Vec<u8>)> = Vec::with_capacity(self.lanes.len());
+        let tail = {
+            let mut lanes: Vec<_> = self.lanes.iter().map(|lane| lane.lock()).collect();
+            let tail = self.tail.load(Ordering::Acquire);
+            for lane in &mut lanes {
+                merge_lane_stats(state, lane);
+                let lane = &mut **lane;
+                let runs = std::mem::replace(&mut lane.runs, std::mem::take(&mut lane.spare_runs));
+                let bytes =
+                    std::mem::replace(&mut lane.bytes, std::mem::take(&mut lane.spare_bytes));
+                taken.push((runs, bytes));
+            }
+            tail
+        };
+        // Each lane's runs are in location order: merge them, a streak at a time (the runs of
+        // the lane with the lowest next run, up to the next run of any other lane), copying
+        // each streak's records that follow each other in one piece. With one appending thread
+        // there is one streak per segment.
+        let mut next = vec![0usize; taken.len()];
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut previous_end = state.written;
+        loop {
+            let mut lowest: Option<(Location, usize)> = None;
+            let mut second = Location::MAX;
+            for (index, (runs, _)) in taken.iter().enumerate() {
+                if let Some(run) = runs.get(next[index]) {
+                    match lowest {
+                        Some((at, _)) if at <= run.at => second = second.min(run.at),
+                        _ => {
+                            if let Some((at, _)) = lowest {
+                                second = second.min(at);
+                            }
+                            lowest = Some((run.at, index));
+                        }
+                    }
+                }
+            }
+            let Some((_, index)) = lowest else {
+                break;
+            };
+            let (runs, bytes) = &taken[index];
+            while let Some(&run) = runs.get(next[index]).filter(|run| run.at < second) {
+                // This run and those right after it in the lane and in the log: one copy.
+                let mut streak_end = next[index] + 1;
+                let mut end = run.at + run.len as u64;
+                while let Some(more) = runs.get(streak_end).filter(|more| more.at == end) {
+                    if more.at >= second {
+                        break;
+                    }
+                    end += more.len as u64;
+                    streak_end += 1;
+                }
+                let last = runs[streak_end - 1];
+                let piece = &bytes[run.start..last.start + last.len];
+                debug_assert_eq!(piece.len() as u64, end - run.at);
+                let (segment_id, offset) = (segment_of(run.at), offset_of(run.at));
+                let follows = run.at == previous_end;
+                let opens_segment = !follows && segment_id == segment_of(previous_end) + 1;
+                assert!(
+                    follows || (opens_segment && offset as usize == SEGMENT_HEADER_LEN),
+                    "appended records must follow each other: {:#x} after {previous_end:#x}",
+                    run.at
+                );
+                match chunks.last_mut() {
+                    Some(chunk) if follows => chunk.bytes.extend_from_slice(piece),
+                    _ => {
+                        let mut buffer = state
+                            .spare_buffers
+                            .pop()
+                            .unwrap_or_else(|| Vec::with_capacity(self.write_buffer_bytes));
+                        buffer.extend_from_slice(piece);
+                        chunks.push(Chunk {
+                            segment_id,
+                            start_offset: offset,
+                            bytes: buffer,
+                            opens_segment,
+                        });
+                    }
+                }
+                previous_end = end;
+                next[index] = streak_end;
+            }
+        }
+        assert_eq!(
+            previous_end, tail,
+            "the lanes hold everything up to the tail"
+        );
+        // The emptied buffers go back as the lanes' spares.
+        for (lane, (mut runs, mut bytes)) in self.lanes.iter().zip(taken) {
+            runs.clear();
+            bytes.clear();
+            let mut lane = lane.lock();
+            if lane.spare_bytes.capacity() == 0 {
+                lane.spare_runs = runs;
+                lane.spare_bytes = bytes;
+            }
+        }
+        (chunks, tail)
+    }
+
+    /// Merges every lane's stats into the state's (all lanes locked at once: see
+    /// [`Lane::stats`]).
+    fn merge_stats(&self, state: &mut LogState) {
+        for lane in self.lanes.iter() {
+            merge_lane_stats(state, &mut lane.lock());
+        }
     }
 
     /// Bytes appended since the log was opened.
     pub(crate) fn bytes_appended(&self) -> u64 {
-        self.state.lock().bytes_appended
+        let state = self.state.lock();
+        state.bytes_appended
+            + self
+                .lanes
+                .iter()
+                .map(|lane| lane.lock().appended)
+                .sum::<u64>()
     }
 
     /// Whether every byte before `end` is durable.
@@ -895,8 +1139,7 @@ impl Log {
 
     /// The location just past the last appended record.
     pub(crate) fn tail(&self) -> Location {
-        let state = self.state.lock();
-        location(state.tail_segment, state.tail_offset)
+        self.tail.load(Ordering::Acquire)
     }
 
     /// Wakes every caller waiting for durability (after `durable` moved or the log was
@@ -910,11 +1153,7 @@ impl Log {
 
     /// Makes everything appended so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
-        let tail = {
-            let state = self.state.lock();
-            location(state.tail_segment, state.tail_offset)
-        };
-        self.wait_durable(tail)
+        self.wait_durable(self.tail())
     }
 
     /// Reads and checks the record at `at` into `buf`, returning it decoded, or `None` if its
@@ -929,21 +1168,38 @@ impl Log {
         let (segment_id, offset) = (segment_of(at), offset_of(at));
         buf.clear();
         let in_memory = {
+            // The writer moves records from the lanes to `in_flight` and on to the file under
+            // the state lock: held, a record not yet written is in one of the two.
             let state = self.state.lock();
             if at >= state.written {
-                let chunk = state
+                let copied = |buf: &mut Vec<u8>, bytes: &[u8]| {
+                    let len = record::peek_len(bytes)
+                        .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))?;
+                    buf.extend_from_slice(&bytes[..len.min(bytes.len())]);
+                    Ok::<(), Error>(())
+                };
+                let in_flight = state
                     .in_flight
                     .iter()
                     .flat_map(|chunks| chunks.iter())
-                    .chain(state.pending.iter())
                     .find(|chunk| chunk.holds(segment_id, offset));
-                let Some(chunk) = chunk else {
+                let mut found = false;
+                if let Some(chunk) = in_flight {
+                    copied(buf, &chunk.bytes[(offset - chunk.start_offset) as usize..])?;
+                    found = true;
+                } else {
+                    for lane in self.lanes.iter() {
+                        let lane = lane.lock();
+                        if let Some(bytes) = lane.find(at) {
+                            copied(buf, bytes)?;
+                            found = true;
+                            break;
+                        }
+                    }
+                }
+                if !found {
                     return Err(self.corrupt(segment_id, offset, "location is past the log's end"));
-                };
-                let bytes = &chunk.bytes[(offset - chunk.start_offset) as usize..];
-                let len = record::peek_len(bytes)
-                    .map_err(|e| self.corrupt(segment_id, offset, &e.to_string()))?;
-                buf.extend_from_slice(&bytes[..len.min(bytes.len())]);
+                }
                 true
             } else {
                 false
@@ -978,14 +1234,11 @@ impl Log {
             return;
         }
         let mut state = self.state.lock();
+        // The records' own counts first: each was appended before it was released.
+        self.merge_stats(&mut state);
         for &at in locations {
             let segment = segment_of(at);
-            let stats = if segment == state.tail_segment {
-                Some(&mut state.tail_stats)
-            } else {
-                state.segment_stats.get_mut(&segment)
-            };
-            if let Some(stats) = stats {
+            if let Some(stats) = state.segment_stats.get_mut(&segment) {
                 debug_assert!(
                     stats.live > 0,
                     "live count of segment {} underflows",
@@ -1002,7 +1255,8 @@ impl Log {
 
     /// Segments that are complete on disk (fsynced whole, never written again), oldest first.
     pub(crate) fn sealed_segments(&self) -> Vec<SealedSegment> {
-        let state = self.state.lock();
+        let mut state = self.state.lock();
+        self.merge_stats(&mut state);
         let first_open = segment_of(state.written);
         state
             .segment_stats
@@ -1014,10 +1268,16 @@ impl Log {
     /// The tail location and every segment's stats, taken together: the stats count exactly the
     /// records before the tail (for checkpoints).
     pub(crate) fn tail_and_stats(&self) -> (Location, BTreeMap<u32, SegmentStats>) {
-        let state = self.state.lock();
-        let tail = location(state.tail_segment, state.tail_offset);
+        let mut state = self.state.lock();
+        // All lanes held: no record is reserved meanwhile, so the tail and the stats agree.
+        let mut lanes: Vec<_> = self.lanes.iter().map(|lane| lane.lock()).collect();
+        let tail = self.tail.load(Ordering::Acquire);
+        for lane in &mut lanes {
+            merge_lane_stats(&mut state, lane);
+        }
+        drop(lanes);
         let mut stats = state.segment_stats.clone();
-        stats.insert(state.tail_segment, state.tail_stats);
+        stats.entry(segment_of(tail)).or_default();
         (tail, stats)
     }
 
@@ -1065,18 +1325,21 @@ impl Log {
     /// Total bytes of all segment files, and how many there are.
     pub(crate) fn disk_usage(&self) -> (u64, u64) {
         let segments = self.segments.read();
-        let state = self.state.lock();
+        let (tail_segment, tail_offset) = {
+            let tail = self.tail();
+            (segment_of(tail), offset_of(tail))
+        };
         // File lengths (a prepared tail's zeros take disk space too); the tail at least as far
         // as it is appended (its pending bytes may still go past the file's end).
         let older: u64 = segments
-            .range(..state.tail_segment)
+            .range(..tail_segment)
             .filter_map(|(_, s)| s.len().ok())
             .sum();
         let tail = segments
-            .get(&state.tail_segment)
+            .get(&tail_segment)
             .and_then(|s| s.len().ok())
             .unwrap_or(0)
-            .max(u64::from(state.tail_offset));
+            .max(u64::from(tail_offset));
         (older + tail, segments.len() as u64)
     }
 
@@ -1107,6 +1370,29 @@ impl Log {
 /// loom models of the group-commit hand-off between callers and the writer, run with
 /// `RUSTFLAGS="--cfg loom" cargo test -p idem --lib --release loom_group_commit -- --nocapture`
 /// (see `.ci/loom.sh`). They drive the real `Log` and writer thread over the simulated disk.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{bytes_between, location};
+
+    #[test]
+    fn bytes_between_counts_within_and_across_segments_and_past_an_overfilled_one() {
+        let size = 4096;
+        assert_eq!(bytes_between(location(3, 100), location(3, 400), size), 300);
+        assert_eq!(bytes_between(location(3, 400), location(3, 100), size), 0);
+        assert_eq!(
+            bytes_between(location(3, 4000), location(4, 132), size),
+            228
+        );
+        // A record larger than the segment overfilled segment 3 past its configured size.
+        assert_eq!(bytes_between(location(3, 70_000), location(4, 32), size), 0);
+        assert_eq!(bytes_between(location(3, 70_000), location(5, 32), size), 0);
+        assert_eq!(
+            bytes_between(location(3, 70_000), location(30, 32), size),
+            40_624
+        );
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
@@ -1191,6 +1477,44 @@ mod loom_models {
             }
             log.begin_shutdown();
             writer.join().unwrap();
+        });
+    }
+
+    /// Two threads append through different lanes while the writer takes them (a flush on the
+    /// main thread makes it): every record reaches the segment file whole, in location order,
+    /// with no gap between them, and reads back from the log as what was appended.
+    #[test]
+    fn loom_group_commit_lanes_reach_the_file_in_order_without_gaps() {
+        explore("append lanes, two appenders and the writer", || {
+            let storage = SimStorage::new(7);
+            let log = open_log(&storage);
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let appenders: Vec<_> = [&b"a"[..], &b"bb"[..]]
+                .into_iter()
+                .map(|key| {
+                    let log = Arc::clone(&log);
+                    loom::thread::spawn(move || (key, log.append(&record(key)).unwrap()))
+                })
+                .collect();
+            log.flush().unwrap();
+            let appended: Vec<_> = appenders.into_iter().map(|a| a.join().unwrap()).collect();
+            log.flush().unwrap();
+            log.begin_shutdown();
+            writer.join().unwrap();
+            let mut ends: Vec<(Location, Location)> =
+                appended.iter().map(|&(_, placed)| placed).collect();
+            ends.sort_unstable();
+            assert_eq!(ends[0].0, location(1, SEGMENT_HEADER_LEN as u32));
+            assert_eq!(ends[0].1, ends[1].0, "a gap between the two records");
+            let file = log.segment_file(1).unwrap();
+            for (key, (at, _)) in appended {
+                let mut buf = Vec::new();
+                file.read_record(u64::from(offset_of(at)), &mut buf)
+                    .unwrap();
+                assert_eq!(record::decode(&buf).unwrap().key, key);
+                let read = log.read(at, &mut buf).unwrap().unwrap();
+                assert_eq!(read.key, key);
+            }
         });
     }
 

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::segment::SegmentFile;
-use super::{location, Chunk, Log};
+use super::{Chunk, Log};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::record::{self, SEGMENT_HEADER_LEN};
@@ -138,9 +138,9 @@ fn run(log: &Log) {
             if state.poisoned.is_some() {
                 return;
             }
-            let has_pending = !state.pending.is_empty();
+            let has_pending = log.tail() > state.written;
             let flush_wanted = state.flush_target > state.durable;
-            let buffer_full = state.pending_bytes >= log.write_buffer_bytes;
+            let buffer_full = log.pending_bytes() >= log.write_buffer_bytes;
             if state.shutting_down {
                 if !has_pending && !unsynced_bytes {
                     drop(state);
@@ -180,10 +180,9 @@ fn run(log: &Log) {
             }
             log.work_ready.wait_for(&mut state, wait);
         };
-        let chunks = Arc::new(std::mem::take(&mut state.pending));
-        state.pending_bytes = 0;
+        let (chunks, target) = log.take_appended(&mut state);
+        let chunks = Arc::new(chunks);
         state.in_flight = Some(Arc::clone(&chunks));
-        let target = location(state.tail_segment, state.tail_offset);
         // Under the state lock: a caller that appended before this take waits for this round.
         log.commits.round_started(target);
         drop(state);
@@ -206,6 +205,7 @@ fn run(log: &Log) {
         match outcome {
             Ok(()) => {
                 state.written = target;
+                log.written_hint.store(target, Ordering::Release);
                 if sync_now {
                     log.set_durable(&mut state, target);
                     last_sync = Instant::now();
