@@ -318,3 +318,124 @@ fn sync_duplicates_are_answered_only_once_durable() {
         "answers were given for records not yet durable"
     );
 }
+
+/// Threads appending every way at once (single records, batches, transactions with state and a
+/// position, records of several sizes) through a log of 16 KiB segments, so that appends from
+/// different threads meet at every roll: the log they leave reads back clean record by record,
+/// holds every record, and a reopen serves what each thread wrote.
+fn threads_appending_every_way_leave_a_whole_log(durability: Durability, per_thread: usize) {
+    const APPENDERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        Config::default()
+            .durability(durability)
+            .segment_size_bytes_for_testing(16 << 10)
+            .background_maintenance(false)
+    };
+    let key = |thread: usize, i: usize| format!("lanes/{thread}/{i:06}").into_bytes();
+    let value = |thread: usize, i: usize| {
+        // 16 to 300 bytes: records of many sizes, so that rolls fall at many offsets.
+        vec![b'a' + (thread as u8); 16 + (i * 37) % 285]
+    };
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    let start = Barrier::new(APPENDERS);
+    let mut last_txs = Vec::new();
+    let records: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..APPENDERS)
+            .map(|thread| {
+                let (store, start) = (&store, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let mut records = 0u64;
+                    let mut last_tx = None;
+                    let (mut i, mut op) = (0, 0);
+                    while i < per_thread {
+                        op += 1;
+                        match op % 4 {
+                            0 | 3 => {
+                                let outcome = store
+                                    .check_or_insert(&key(thread, i), LONG_TTL, &value(thread, i))
+                                    .unwrap();
+                                assert_eq!(outcome, Outcome::Inserted);
+                                records += 1;
+                                i += 1;
+                            }
+                            1 => {
+                                let batch: Vec<_> = (i..(i + 8).min(per_thread))
+                                    .map(|j| (key(thread, j), LONG_TTL, value(thread, j)))
+                                    .collect();
+                                let outcomes = store.check_or_insert_batch(&batch).unwrap();
+                                assert!(outcomes.iter().all(|o| *o == Outcome::Inserted));
+                                records += batch.len() as u64;
+                                i += batch.len();
+                            }
+                            _ => {
+                                let mut tx = store.transaction();
+                                let outcome = tx
+                                    .check_or_insert(&key(thread, i), LONG_TTL, &value(thread, i))
+                                    .unwrap();
+                                assert_eq!(outcome, Outcome::Inserted);
+                                let state_key = format!("lanes/state/{thread}").into_bytes();
+                                tx.put_state(&state_key, &(i as u64).to_le_bytes()).unwrap();
+                                let source = format!("lanes/source/{thread}").into_bytes();
+                                tx.set_position(&source, i as u64).unwrap();
+                                tx.commit().unwrap();
+                                // The group record, the insert, the state entry, the position.
+                                records += 4;
+                                last_tx = Some(i);
+                                i += 1;
+                            }
+                        }
+                    }
+                    (records, last_tx.expect("a transaction per four operations"))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .fold(0, |sum, (records, last_tx)| {
+        last_txs.push(last_tx);
+        sum + records
+    });
+    assert!(
+        idem_tests::segment_files(dir.path()).len() > 10,
+        "the appends rolled the log many times"
+    );
+    store.close().unwrap();
+    let report = idem::verify(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.records(), records, "every record is in the log once");
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    assert_eq!(store.stats().live_keys, (APPENDERS * per_thread) as u64);
+    for thread in 0..APPENDERS {
+        for i in 0..per_thread {
+            assert_eq!(
+                store.get(&key(thread, i)).unwrap().as_deref(),
+                Some(&value(thread, i)[..]),
+                "thread {thread}, key {i} after reopen"
+            );
+        }
+        let source = format!("lanes/source/{thread}").into_bytes();
+        let last_tx = last_txs[thread] as u64;
+        assert_eq!(store.position(&source).unwrap(), Some(last_tx));
+        let state_key = format!("lanes/state/{thread}").into_bytes();
+        assert_eq!(
+            store.get_state(&state_key).unwrap().as_deref(),
+            Some(&last_tx.to_le_bytes()[..])
+        );
+    }
+}
+
+#[test]
+fn threads_appending_every_way_leave_a_whole_log_never() {
+    threads_appending_every_way_leave_a_whole_log(Durability::Never, 4_000);
+}
+
+#[test]
+fn threads_appending_every_way_leave_a_whole_log_sync() {
+    threads_appending_every_way_leave_a_whole_log(Durability::Sync, 400);
+}
