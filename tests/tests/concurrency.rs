@@ -411,7 +411,8 @@ fn threads_appending_every_way_leave_a_whole_log(durability: Durability, per_thr
     assert_eq!(report.records(), records, "every record is in the log once");
     let store = Store::open_with(dir.path(), config()).unwrap();
     assert_eq!(store.stats().live_keys, (APPENDERS * per_thread) as u64);
-    for thread in 0..APPENDERS {
+    assert_eq!(last_txs.len(), APPENDERS);
+    for (thread, &last_tx) in last_txs.iter().enumerate() {
         for i in 0..per_thread {
             assert_eq!(
                 store.get(&key(thread, i)).unwrap().as_deref(),
@@ -420,7 +421,7 @@ fn threads_appending_every_way_leave_a_whole_log(durability: Durability, per_thr
             );
         }
         let source = format!("lanes/source/{thread}").into_bytes();
-        let last_tx = last_txs[thread] as u64;
+        let last_tx = last_tx as u64;
         assert_eq!(store.position(&source).unwrap(), Some(last_tx));
         let state_key = format!("lanes/state/{thread}").into_bytes();
         assert_eq!(
