@@ -183,6 +183,7 @@ impl Store {
             segment_size_bytes: config.segment_size_bytes,
             write_buffer_bytes: config.write_buffer_bytes,
             preallocate: config.preallocate_segments,
+            lanes: 0,
         };
         let log = Arc::new(Log::new(
             storage,
