@@ -13,7 +13,10 @@ use crate::histogram::Histogram;
 use crate::store::{Stats, Store};
 
 /// Per-shard counters (see the module doc). Plain integers: written under the shard lock.
+/// `repr(C)` with `first` first: every insert writes it, and it shares a cache line with the
+/// shard's lock and lengths (see `ShardTable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
 pub(crate) struct ShardCounters {
     pub(crate) first: u64,
     pub(crate) late: u64,

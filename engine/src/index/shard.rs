@@ -86,36 +86,40 @@ pub(crate) enum Probe {
 }
 
 #[derive(Debug)]
+// `repr(C)`, in this order: an insert writes `len`, `writes` and `counters.first`, which share
+// the cache line of the shard's lock (the table follows the lock's byte in its `Mutex`), so that
+// with several threads an insert moves as few of the shard's lines between cores as it can.
+#[repr(C)]
 pub(crate) struct ShardTable {
     slots: Box<[Packed]>,
     len: usize,
+    /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
+    /// relocation). Only such a write can give a key an entry, so a key found without a live
+    /// entry under one count still has none under the same count, at the same time or later.
+    writes: u64,
+    /// What the calls on this shard's keys decided (written under the shard lock: no atomics).
+    pub(crate) counters: ShardCounters,
+    tick_millis: u64,
+    /// Recently expired tags (see `late`); `None` unless a grace period is configured.
+    late: Option<Box<LateMemory>>,
+    wheel: ExpiryWheel,
     /// The log windows the slots' locations are packed against.
     windows: Windows,
-    wheel: ExpiryWheel,
-    tick_millis: u64,
-    /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
-    /// the owner to release in the log's per-segment live counts. Drained by the owner.
-    pub(crate) released: Vec<Location>,
     /// What the shard changed since the latest checkpoint's snapshot of it, for the next delta
     /// checkpoint: the entries it dropped of those the chain holds, and those it put since.
     pub(crate) changes: CheckpointChanges,
+    /// Locations of entries dropped from the table (removed, reaped, overwritten, shed), for
+    /// the owner to release in the log's per-segment live counts. Drained by the owner.
+    pub(crate) released: Vec<Location>,
     /// Where the latest removal of a key of this shard ends in the log (0: none yet). A `Sync`
     /// answer of "absent" waits until this is durable: it may rest on that removal.
     pub(crate) last_removal_end: Location,
-    /// What the calls on this shard's keys decided (written under the shard lock: no atomics).
-    pub(crate) counters: ShardCounters,
-    /// Recently expired tags (see `late`); `None` unless a grace period is configured.
-    late: Option<Box<LateMemory>>,
     /// The table never shrinks below this many slots (a power of two; [`MIN_CAPACITY`] unless
     /// [`ShardTable::presize`] set it).
     floor_capacity: usize,
     /// How many times the table was laid out anew (grown, shrunk or cleaned of dead entries):
     /// what sizing ahead of a replay saves, for its tests.
     pub(crate) relayouts: u64,
-    /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
-    /// relocation). Only such a write can give a key an entry, so a key found without a live
-    /// entry under one count still has none under the same count, at the same time or later.
-    writes: u64,
 }
 
 const MIN_CAPACITY: usize = 64;

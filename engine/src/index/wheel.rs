@@ -79,7 +79,12 @@ impl Bucket {
             self.fit(blocks);
         }
         let bit = block & (self.blocks as usize - 1);
-        self.bits[bit / 64] |= 1 << (bit % 64);
+        let word = &mut self.bits[bit / 64];
+        // Mostly set already (a block's keys share it): a write only when it changes keeps the
+        // line shared between the cores of threads inserting into the shard.
+        if *word & (1 << (bit % 64)) == 0 {
+            *word |= 1 << (bit % 64);
+        }
         self.scheduled = self.scheduled.saturating_add(1);
     }
 
