@@ -1591,6 +1591,7 @@ mod tests {
     /// test binary running only this test with the consumer's arguments in the environment.
     #[test]
     fn consumer_child_process() {
+        let _fork = crate::fork_guard();
         serve_as_child(CHILD_ENV, |args: ConsumerArgs| {
             let stdin = std::io::stdin();
             crate::consumer::run(&args, &mut stdin.lock(), &mut std::io::stdout().lock())
@@ -1627,6 +1628,7 @@ mod tests {
     /// are charged again, and idem's late-duplicate signal names the cause.
     #[test]
     fn a_ttl_shorter_than_the_retry_delay_shows_late_duplicates() {
+        let _fork = crate::fork_guard();
         let launcher = test_launcher();
         let dir = tempfile::tempdir().unwrap();
         let mut args = tiny(&dir.path().join("run"), DedupMode::Batch, None);
@@ -1663,6 +1665,7 @@ mod tests {
     /// and the run without idem must show the overcharged balances.
     #[test]
     fn tiny_state_demo_end_to_end() {
+        let _fork = crate::fork_guard();
         let launcher = test_launcher();
         for (durability, seed) in [(None, 7), (Some("sync"), 8), (Some("never"), 9)] {
             let dir = tempfile::tempdir().unwrap();
@@ -1736,6 +1739,7 @@ mod tests {
 
     #[test]
     fn balance_check_counts_wrong_double_and_lost() {
+        let _fork = crate::fork_guard();
         let b = |cents, charges| Balance { cents, charges };
         let expected = [b(300, 2), b(50, 1), b(0, 0), b(70, 1)];
         let exact = check_balances(&expected, &expected);
@@ -1777,6 +1781,7 @@ mod tests {
     /// ledger must hold every event exactly once.
     #[test]
     fn tiny_demo_end_to_end() {
+        let _fork = crate::fork_guard();
         let launcher = test_launcher();
         for (mode, durability) in [
             (DedupMode::Claims, None),
@@ -1846,6 +1851,7 @@ mod tests {
 
     #[test]
     fn verify_counts_double_lost_and_wrong() {
+        let _fork = crate::fork_guard();
         let amounts = [100, 200, 300, 400];
         let entry = |event, amount_cents| LedgerEntry {
             event,
@@ -1880,6 +1886,7 @@ mod tests {
 
     #[test]
     fn render_shows_a_failure() {
+        let _fork = crate::fork_guard();
         let mut dedup = RunResult {
             wall: Duration::from_secs(2),
             sent_deliveries: 10,

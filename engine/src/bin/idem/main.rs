@@ -122,6 +122,21 @@ enum Command {
     NatsDedup(nats_dedup::NatsDedupArgs),
 }
 
+/// Serializes the tests that spawn child processes with the tests that open a store directory
+/// again: a child forked while a store is open holds a copy of the store's lock file until it
+/// execs, so a reopen in that window finds the directory locked (`Error::Locked`; seen once in
+/// CI, `ops::tests::stats_and_get_report_what_the_store_holds` beside the demo's children).
+#[cfg(test)]
+static FORK_GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`FORK_GUARD`] for the rest of a test.
+#[cfg(test)]
+fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    FORK_GUARD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -527,6 +527,7 @@ mod tests {
     /// this test binary running only this test with the consumer's arguments in the environment.
     #[test]
     fn nats_consumer_child_process() {
+        let _fork = crate::fork_guard();
         serve_as_child(CHILD_ENV, |args: NatsConsumerArgs| {
             serve(&args, &mut std::io::stdout().lock())
         });
@@ -538,6 +539,7 @@ mod tests {
     /// again. Skipped (and says so) where nats-server is not installed.
     #[test]
     fn tiny_nats_demo_end_to_end() {
+        let _fork = crate::fork_guard();
         if !nats_server::available() {
             eprintln!(
                 "skipped tiny_nats_demo_end_to_end: nats-server is not on the PATH ({})",
@@ -617,6 +619,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_nats_url_is_a_clear_error() {
+        let _fork = crate::fork_guard();
         // A URL nothing listens on: the demo says where it tried.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -637,6 +637,7 @@ mod tests {
 
     #[test]
     fn verify_exits_0_when_clean_1_on_damage_and_2_when_locked() {
+        let _fork = crate::fork_guard();
         let dir = store_dir();
         let args = |json| VerifyArgs {
             dir: dir.path().to_path_buf(),
@@ -687,6 +688,7 @@ mod tests {
 
     #[test]
     fn stats_and_get_report_what_the_store_holds() {
+        let _fork = crate::fork_guard();
         let dir = store_dir();
         let mut out = Vec::new();
         let stats_args = StatsArgs {
@@ -750,6 +752,7 @@ mod tests {
 
     #[test]
     fn export_then_import_reproduces_the_store_and_refuses_conflicts() {
+        let _fork = crate::fork_guard();
         let dir = store_dir();
         let work = tempfile::tempdir().unwrap();
         let file = work.path().join("window.idemx");
@@ -819,6 +822,7 @@ mod tests {
 
     #[test]
     fn keys_parse_as_text_or_hex() {
+        let _fork = crate::fork_guard();
         assert_eq!(parse_key("order-17").unwrap(), b"order-17");
         assert_eq!(parse_key("0x00ff10").unwrap(), vec![0, 0xff, 0x10]);
         assert_eq!(parse_key("0XAB").unwrap(), vec![0xab]);
@@ -829,12 +833,14 @@ mod tests {
 
     #[test]
     fn values_print_as_text_or_hex() {
+        let _fork = crate::fork_guard();
         assert_eq!(printable(b"charged 5 EUR"), "charged 5 EUR");
         assert_eq!(printable(&[0, 1, 0xff]), "0x0001ff");
     }
 
     #[test]
     fn utc_dates() {
+        let _fork = crate::fork_guard();
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
     }
