@@ -332,8 +332,9 @@ struct Lane {
     spare_bytes: Vec<u8>,
     /// The stats of the records appended through the lane since the writer last took them, per
     /// segment (the tail's, and the next after a roll): merged into [`LogState::segment_stats`]
-    /// with all lanes locked, so a merged count never misses an append that a release after
-    /// it already subtracted.
+    /// by the writer's take and before any read or release of the stats, every lane visited, so
+    /// a release never subtracts from a count that misses its record's append (the append
+    /// finished, in some lane, before the record could be released).
     stats: Vec<(u32, SegmentStats)>,
     appended: u64,
     /// Bytes placed since the back-pressure was last checked (see [`Log::lock_lane`]).
@@ -1041,8 +1042,8 @@ impl Log {
         (chunks, tail)
     }
 
-    /// Merges every lane's stats into the state's (all lanes locked at once: see
-    /// [`Lane::stats`]).
+    /// Merges every lane's stats into the state's, one lane at a time: every append finished
+    /// before this call is in a lane it visits (see [`Lane::stats`]).
     fn merge_stats(&self, state: &mut LogState) {
         for lane in self.lanes.iter() {
             merge_lane_stats(state, &mut lane.lock());
