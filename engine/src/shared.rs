@@ -29,6 +29,11 @@ use crate::record::{self, Record, RecordKind};
 use crate::state::StateTables;
 use crate::validate::check_fingerprint;
 
+/// Released state locations past which a commit settles them even if it must wait for the
+/// log's state lock: bounds the list (and how far the live counts lag) when the lock is
+/// always busy.
+const MAX_UNSETTLED_STATE: usize = 16 << 10;
+
 /// The parts of a store that its background threads share with callers.
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
@@ -56,6 +61,21 @@ impl Shared {
     pub(crate) fn settle_state(&self, state: &mut StateTables) {
         if !state.released.is_empty() {
             self.log.release_state(&state.released);
+            state.released.clear();
+        }
+    }
+
+    /// [`Shared::settle_state`] once `state` holds at least `batch` released locations, unless
+    /// the log's state lock is busy (the writer or maintenance holds it) and fewer than
+    /// `MAX_UNSETTLED_STATE` wait: a commit does not queue behind them for a count that may lag.
+    pub(crate) fn settle_state_when(&self, state: &mut StateTables, batch: usize) {
+        let waiting = state.released.len();
+        if waiting < batch {
+            return;
+        }
+        if waiting >= MAX_UNSETTLED_STATE {
+            self.settle_state(state);
+        } else if self.log.try_release_state(&state.released) {
             state.released.clear();
         }
     }

@@ -189,6 +189,14 @@ mod loom_shim {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             MutexGuard(Some(self.0.lock().expect("loom mutex poisoned")))
         }
+
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            match self.0.try_lock() {
+                Ok(guard) => Some(MutexGuard(Some(guard))),
+                Err(loom::sync::TryLockError::WouldBlock) => None,
+                Err(loom::sync::TryLockError::Poisoned(_)) => panic!("loom mutex poisoned"),
+            }
+        }
     }
 
     impl<T> fmt::Debug for Mutex<T> {

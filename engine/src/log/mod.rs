@@ -366,14 +366,21 @@ impl Lane {
     /// Counts `record`, placed at `at..end`, in its segment's stats.
     #[inline]
     fn count(&mut self, record: &Record<'_>, at: Location, end: Location) {
+        self.stats_of(at, end).add_appended(record);
+    }
+
+    /// The stats of the segment of records placed at `at..end` (one segment), their bytes
+    /// counted, for the caller to count each record.
+    #[inline]
+    fn stats_of(&mut self, at: Location, end: Location) -> &mut SegmentStats {
         let segment = segment_of(at);
         if self.stats.last().is_none_or(|(id, _)| *id != segment) {
             self.stats.push((segment, SegmentStats::default()));
         }
         let stats = &mut self.stats.last_mut().expect("ensured above").1;
-        stats.add_appended(record);
         // Appends through one lane come in location order: the last is the furthest.
         stats.bytes = u64::from(offset_of(end));
+        stats
     }
 
     /// The bytes of the record at `at`, if this lane holds it.
@@ -732,11 +739,13 @@ impl Log {
             let mut lane = self.lock_lane()?;
             let at = self.reserve(whole, whole)?;
             lane.place(at, encoded);
+            // One segment holds the whole group: its stats are looked up once.
+            let stats = lane.stats_of(at, at + u64::from(whole));
+            stats.add_appended(&group);
             let mut start = at + group_len as u64;
-            lane.count(&group, at, start);
             for (record, location) in records.iter().zip(locations.iter_mut()) {
+                stats.add_appended(record);
                 let next = at + *location;
-                lane.count(record, start, next);
                 *location = start;
                 start = next;
             }
@@ -1175,7 +1184,11 @@ impl Log {
     ) -> Result<Option<Record<'b>>> {
         let (segment_id, offset) = (segment_of(at), offset_of(at));
         buf.clear();
-        let in_memory = {
+        // A record below the written hint is in its file (the writer publishes the hint after
+        // the write, and `written` only grows): read it without the state lock, which the
+        // writer holds while it takes the lanes and which a preempted writer would hold for
+        // milliseconds.
+        let in_memory = at >= self.written_hint.load(Ordering::Acquire) && {
             // The writer moves records from the lanes to `in_flight` and on to the file under
             // the state lock: held, a record not yet written is in one of the two.
             let state = self.state.lock();
@@ -1237,16 +1250,42 @@ impl Log {
         self.release_counts(locations, true);
     }
 
+    /// As [`Log::release_state`] if the log's state lock is free now; if the writer or
+    /// maintenance holds it, nothing, and `false`: the caller keeps the locations for a later
+    /// try (a count that lags is only ever too high, see `SegmentStats::live`).
+    pub(crate) fn try_release_state(&self, locations: &[Location]) -> bool {
+        match self.state.try_lock() {
+            Some(mut state) => {
+                self.release_counts_locked(&mut state, locations, true);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn release_counts(&self, locations: &[Location], state_entries: bool) {
         if locations.is_empty() {
             return;
         }
-        let mut state = self.state.lock();
+        self.release_counts_locked(&mut self.state.lock(), locations, state_entries);
+    }
+
+    fn release_counts_locked(
+        &self,
+        state: &mut LogState,
+        locations: &[Location],
+        state_entries: bool,
+    ) {
         // The records' own counts first: each was appended before it was released.
-        self.merge_stats(&mut state);
+        self.merge_stats(state);
+        // Released locations come mostly in runs of one segment: look each run's stats up once.
+        let mut current: Option<(u32, Option<&mut SegmentStats>)> = None;
         for &at in locations {
             let segment = segment_of(at);
-            if let Some(stats) = state.segment_stats.get_mut(&segment) {
+            if current.as_ref().is_none_or(|(id, _)| *id != segment) {
+                current = Some((segment, state.segment_stats.get_mut(&segment)));
+            }
+            if let Some((_, Some(stats))) = current.as_mut() {
                 debug_assert!(
                     stats.live > 0,
                     "live count of segment {} underflows",
@@ -1380,7 +1419,65 @@ impl Log {
 /// (see `.ci/loom.sh`). They drive the real `Log` and writer thread over the simulated disk.
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{bytes_between, location};
+    use super::*;
+    use crate::io::Storage;
+    use crate::record::RecordKind;
+    use crate::sim::SimStorage;
+
+    /// A log over simulated storage that never syncs (nothing here waits for the writer).
+    fn open_log(storage: &SimStorage) -> Arc<Log> {
+        let dir = Path::new("/log");
+        storage.create_dir_all(dir).unwrap();
+        let segment = SegmentFile::create(storage, dir, 1).unwrap();
+        let options = LogOptions {
+            durability: Durability::Never,
+            segment_size_bytes: 1 << 20,
+            write_buffer_bytes: 4096,
+            preallocate: false,
+            lanes: 2,
+        };
+        let stats = BTreeMap::from([(1, SegmentStats::default())]);
+        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+        Arc::new(Log::new(
+            storage,
+            dir,
+            options,
+            vec![segment],
+            stats,
+            SEGMENT_HEADER_LEN as u32,
+        ))
+    }
+
+    /// A commit's non-blocking release does nothing while the log's state lock is held (and
+    /// says so, so the caller keeps the locations), and lowers the live counts of the records'
+    /// segment, appended through a lane and not yet merged, once it is free.
+    #[test]
+    fn try_release_state_waits_for_nothing_and_counts_when_the_lock_is_free() {
+        let storage = SimStorage::new(3);
+        let log = open_log(&storage);
+        let put = |key: &'static [u8]| Record {
+            kind: RecordKind::StatePut,
+            key,
+            value: b"balance",
+            expires_at_millis: crate::record::NEVER_EXPIRES,
+            fingerprint: &[],
+            refresh_cap_millis: 0,
+        };
+        let (first, _) = log.append(&put(b"a")).unwrap();
+        log.append(&put(b"b")).unwrap();
+        let live = |log: &Log| {
+            let (_, stats) = log.tail_and_stats();
+            (stats[&1].live, stats[&1].state_live)
+        };
+        assert_eq!(live(&log), (2, 2));
+        {
+            let _busy = log.state.lock();
+            assert!(!log.try_release_state(&[first]), "the lock is held");
+        }
+        assert_eq!(live(&log), (2, 2), "a refused release changes nothing");
+        assert!(log.try_release_state(&[first]));
+        assert_eq!(live(&log), (1, 1));
+    }
 
     #[test]
     fn bytes_between_counts_within_and_across_segments_and_past_an_overfilled_one() {
