@@ -23,7 +23,10 @@
 //! - Per key, location order is operation order: callers append a key's record while they hold
 //!   its index shard's lock, and a later reservation gets a later location.
 //! - A location handed out by [`Log::append`] is readable at once (from its lane, the buffer
-//!   being written, or the file) and never changes meaning.
+//!   being written, or the file) and never changes meaning. The written hint (a copy of
+//!   `written` for checks without the state lock) is published after the write it stands for,
+//!   so a read below it goes to the file without the state lock; above it, the state lock
+//!   decides where the record is.
 //! - A segment is fsynced before the log moves on to the next one, so only the newest segment can
 //!   hold bytes that a crash may tear.
 //! - After a failed write or fsync the log is poisoned: `durable` never moves again, every waiter
