@@ -193,8 +193,8 @@ mod loom_shim {
         pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             match self.0.try_lock() {
                 Ok(guard) => Some(MutexGuard(Some(guard))),
-                Err(loom::sync::TryLockError::WouldBlock) => None,
-                Err(loom::sync::TryLockError::Poisoned(_)) => panic!("loom mutex poisoned"),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+                Err(std::sync::TryLockError::Poisoned(_)) => panic!("loom mutex poisoned"),
             }
         }
     }
