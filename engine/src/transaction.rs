@@ -243,6 +243,10 @@ pub struct Transaction<'s> {
     positions: Entries<Span>,
     /// Log bytes of the records the commit will write.
     bytes: usize,
+    /// Records the commit will write (dedup inserts, state writes, positions): counted as
+    /// they are added, so the limit check does not walk the lists (quadratic in a large
+    /// transaction).
+    records: usize,
 }
 
 impl std::fmt::Debug for Transaction<'_> {
@@ -267,6 +271,7 @@ impl Store {
             writes: Entries::default(),
             positions: Entries::default(),
             bytes: 0,
+            records: 0,
         }
     }
 
@@ -509,16 +514,18 @@ impl Transaction<'_> {
 
     /// Room for one more record of `len` bytes, within the limits.
     fn grow(&mut self, len: usize) -> Result<()> {
-        let records = self.records() + 1;
+        let records = self.records + 1;
         if records > MAX_TRANSACTION_RECORDS {
             return Err(self.too_large(records, self.bytes + len));
         }
-        self.grow_bytes(len)
+        self.grow_bytes(len)?;
+        self.records = records;
+        Ok(())
     }
 
     fn grow_bytes(&mut self, len: usize) -> Result<()> {
         if self.bytes + len > self.max_bytes() {
-            return Err(self.too_large(self.records() + 1, self.bytes + len));
+            return Err(self.too_large(self.records + 1, self.bytes + len));
         }
         self.bytes += len;
         Ok(())
@@ -526,16 +533,6 @@ impl Transaction<'_> {
 
     fn max_bytes(&self) -> usize {
         MAX_TRANSACTION_BYTES.min(self.store.shared.log.max_group_bytes())
-    }
-
-    fn records(&self) -> usize {
-        self.checks
-            .items
-            .iter()
-            .filter(|(_, c)| c.insert.is_some())
-            .count()
-            + self.writes.len()
-            + self.positions.len()
     }
 
     fn too_large(&self, records: usize, bytes: usize) -> Error {
@@ -569,6 +566,11 @@ impl Transaction<'_> {
                 Some((&arena[key.clone()], check, check.insert.as_ref()?))
             })
         };
+        debug_assert_eq!(
+            self.records,
+            inserts().count() + writes.len() + positions.len(),
+            "the record count follows the lists"
+        );
         if inserts().next().is_none() && writes.is_empty() && positions.is_empty() {
             // Read-only: its answers were given (and waited for) as it went.
             return Ok(());
