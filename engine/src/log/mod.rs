@@ -1417,39 +1417,41 @@ impl Log {
     }
 }
 
-/// loom models of the group-commit hand-off between callers and the writer, run with
-/// `RUSTFLAGS="--cfg loom" cargo test -p idem --lib --release loom_group_commit -- --nocapture`
-/// (see `.ci/loom.sh`). They drive the real `Log` and writer thread over the simulated disk.
+/// A log of one empty segment over simulated storage (1 MiB segments, a 4 KiB write buffer, no
+/// preallocation), for the unit tests and the loom models; no writer is started.
+#[cfg(test)]
+fn open_test_log(
+    storage: &crate::sim::SimStorage,
+    durability: Durability,
+    lanes: usize,
+) -> Arc<Log> {
+    let dir = Path::new("/log");
+    storage.create_dir_all(dir).unwrap();
+    let segment = SegmentFile::create(storage, dir, 1).unwrap();
+    let options = LogOptions {
+        durability,
+        segment_size_bytes: 1 << 20,
+        write_buffer_bytes: 4096,
+        preallocate: false,
+        lanes,
+    };
+    let stats = BTreeMap::from([(1, SegmentStats::default())]);
+    let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+    Arc::new(Log::new(
+        storage,
+        dir,
+        options,
+        vec![segment],
+        stats,
+        SEGMENT_HEADER_LEN as u32,
+    ))
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::io::Storage;
     use crate::record::RecordKind;
     use crate::sim::SimStorage;
-
-    /// A log over simulated storage that never syncs (nothing here waits for the writer).
-    fn open_log(storage: &SimStorage) -> Arc<Log> {
-        let dir = Path::new("/log");
-        storage.create_dir_all(dir).unwrap();
-        let segment = SegmentFile::create(storage, dir, 1).unwrap();
-        let options = LogOptions {
-            durability: Durability::Never,
-            segment_size_bytes: 1 << 20,
-            write_buffer_bytes: 4096,
-            preallocate: false,
-            lanes: 2,
-        };
-        let stats = BTreeMap::from([(1, SegmentStats::default())]);
-        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
-        Arc::new(Log::new(
-            storage,
-            dir,
-            options,
-            vec![segment],
-            stats,
-            SEGMENT_HEADER_LEN as u32,
-        ))
-    }
 
     /// A commit's non-blocking release does nothing while the log's state lock is held (and
     /// says so, so the caller keeps the locations), and lowers the live counts of the records'
@@ -1457,7 +1459,8 @@ mod tests {
     #[test]
     fn try_release_state_waits_for_nothing_and_counts_when_the_lock_is_free() {
         let storage = SimStorage::new(3);
-        let log = open_log(&storage);
+        // Never syncs: nothing here waits for the writer (none is started).
+        let log = open_test_log(&storage, Durability::Never, 2);
         let put = |key: &'static [u8]| Record {
             kind: RecordKind::StatePut,
             key,
@@ -1501,10 +1504,12 @@ mod tests {
     }
 }
 
+/// loom models of the group-commit hand-off between callers and the writer, run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p idem --lib --release loom_group_commit -- --nocapture`
+/// (see `.ci/loom.sh`). They drive the real `Log` and writer thread over the simulated disk.
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
-    use crate::io::Storage;
     use crate::record::RecordKind;
     use crate::sim::{Faults, SimStorage};
     use std::sync::atomic::AtomicUsize;
@@ -1514,26 +1519,7 @@ mod loom_models {
     }
 
     fn open_log_with_lanes(storage: &SimStorage, lanes: usize) -> Arc<Log> {
-        let dir = Path::new("/loom");
-        storage.create_dir_all(dir).unwrap();
-        let segment = SegmentFile::create(storage, dir, 1).unwrap();
-        let options = LogOptions {
-            durability: Durability::Sync,
-            segment_size_bytes: 1 << 20,
-            write_buffer_bytes: 4096,
-            preallocate: false,
-            lanes,
-        };
-        let stats = BTreeMap::from([(1, SegmentStats::default())]);
-        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
-        Arc::new(Log::new(
-            storage,
-            dir,
-            options,
-            vec![segment],
-            stats,
-            SEGMENT_HEADER_LEN as u32,
-        ))
+        open_test_log(storage, Durability::Sync, lanes)
     }
 
     fn record(key: &[u8]) -> Record<'_> {
