@@ -10,6 +10,11 @@
 //! one segment of zeros, and the writer got a whole segment's worth of appends of head start), a
 //! request not yet started is cancelled and the writer creates the segment itself.
 //!
+//! The zeros go in fsynced steps with rests between them (`SegmentFile::prepare`), so that the
+//! commits' fsyncs meanwhile wait behind one small step, not a whole segment: a writer waiting
+//! for the file ends the rests (`hurry`), and [`Preparer::stop`] ends the preparation after its
+//! current step.
+//!
 //! Invariants:
 //! - At most one prepared file exists, for the newest id requested; a file for any other id is
 //!   removed by the preparer before it works on the next request.
@@ -22,7 +27,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::segment::{prepared_file_name, SegmentFile};
+use super::segment::{prepared_file_name, PrepareStep, SegmentFile};
 use crate::io::Storage;
 use crate::sync::{Condvar, Mutex};
 
@@ -36,6 +41,8 @@ struct Hand {
     ready: Option<u32>,
     stopping: bool,
     stopped: bool,
+    /// The writer waits for the preparation under way: no more rests.
+    hurry: bool,
 }
 
 /// The writer's side of the preparer thread (see the module doc).
@@ -76,6 +83,7 @@ impl Preparer {
             hand.wanted = None;
         }
         while hand.busy == Some(id) {
+            hand.hurry = true;
             self.changed.wait(&mut hand);
         }
         if hand.ready == Some(id) {
@@ -85,8 +93,8 @@ impl Preparer {
         false
     }
 
-    /// Ends the preparer thread: waits for a preparation under way, and removes the file of a
-    /// preparation nobody installed.
+    /// Ends the preparer thread: a preparation under way stops after its current step, and the
+    /// file of a preparation nobody installed is removed.
     pub(crate) fn stop(&self) {
         let mut hand = self.hand.lock();
         hand.stopping = true;
@@ -124,18 +132,79 @@ impl Preparer {
                 }
             }
             hand.busy = Some(id);
+            hand.hurry = false;
             drop(hand);
-            let prepared =
-                SegmentFile::prepare(&*self.storage, &self.dir, id, self.segment_size_bytes);
-            if prepared.is_err() {
+            let next = || {
+                let hand = self.hand.lock();
+                if hand.stopping {
+                    PrepareStep::Stop
+                } else if hand.hurry {
+                    PrepareStep::Hurry
+                } else {
+                    PrepareStep::Pace
+                }
+            };
+            let complete = matches!(
+                SegmentFile::prepare(
+                    &*self.storage,
+                    &self.dir,
+                    id,
+                    self.segment_size_bytes,
+                    &next
+                ),
+                Ok(true)
+            );
+            if !complete {
                 self.remove(id);
             }
             hand = self.hand.lock();
             hand.busy = None;
-            if prepared.is_ok() {
+            if complete {
                 hand.ready = Some(id);
             }
             self.changed.notify_all();
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sim::SimStorage;
+    use std::path::Path;
+
+    /// The writer's take of a segment under preparation waits for it and gets it whole (the
+    /// wait ends the rests between steps); a stop while a later one may be under way returns
+    /// and leaves no prepared file of it.
+    #[test]
+    fn take_waits_for_a_whole_file_and_stop_leaves_none() {
+        let storage = SimStorage::new(11);
+        let dir = Path::new("/prep");
+        storage.create_dir_all(dir).unwrap();
+        let size = 8 << 20;
+        let shared: Arc<dyn Storage> = Arc::new(storage.clone());
+        let preparer = Arc::new(Preparer::new(shared, dir.to_path_buf(), size));
+        let thread = {
+            let preparer = Arc::clone(&preparer);
+            std::thread::spawn(move || preparer.run())
+        };
+        preparer.request(2);
+        loop {
+            let hand = preparer.hand.lock();
+            if hand.busy.is_some() || hand.ready.is_some() {
+                break;
+            }
+            drop(hand);
+            std::thread::yield_now();
+        }
+        assert!(preparer.take(2), "a preparation under way is waited for");
+        let file = storage.open(&dir.join(prepared_file_name(2))).unwrap();
+        assert_eq!(file.len().unwrap(), size);
+
+        preparer.request(3);
+        preparer.stop();
+        thread.join().unwrap();
+        let names = storage.list(dir).unwrap();
+        assert!(!names.contains(&prepared_file_name(3)), "{names:?}");
     }
 }
