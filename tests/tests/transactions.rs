@@ -351,6 +351,49 @@ fn bad_input_and_oversized_transactions_are_typed_errors_that_write_nothing() {
     );
 }
 
+/// The record limit counts exactly the records a commit would write, of every kind: dedup
+/// inserts, state writes and positions, but not a duplicate answer, a key checked twice, a state
+/// key written again or a position moved again. Segments large enough that the byte limit is
+/// not what refuses.
+#[test]
+fn the_record_limit_counts_each_record_the_commit_would_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.check_or_insert(b"seen", LONG_TTL, b"first").unwrap();
+    let mut tx = store.transaction();
+    assert!(tx
+        .check_or_insert(b"seen", LONG_TTL, b"v")
+        .unwrap()
+        .is_duplicate());
+    let max = idem::MAX_TRANSACTION_RECORDS;
+    let mut written = 0;
+    for i in 0..max {
+        let key = format!("k{i}");
+        match i % 3 {
+            0 => {
+                tx.check_or_insert(key.as_bytes(), LONG_TTL, b"v").unwrap();
+                tx.check_or_insert(key.as_bytes(), LONG_TTL, b"v").unwrap();
+            }
+            1 => {
+                tx.put_state(key.as_bytes(), b"1").unwrap();
+                tx.put_state(key.as_bytes(), b"a longer value").unwrap();
+            }
+            _ => {
+                tx.set_position(key.as_bytes(), 1).unwrap();
+                tx.set_position(key.as_bytes(), 2).unwrap();
+            }
+        }
+        written += 1;
+    }
+    assert_eq!(written, max);
+    match tx.set_position(b"one-too-many", 1) {
+        Err(Error::TransactionTooLarge { records, .. }) => assert_eq!(records, max + 1),
+        other => panic!("{other:?}"),
+    }
+    tx.commit().unwrap();
+    assert_eq!(store.position(b"k2").unwrap(), Some(2));
+}
+
 /// The model of the state written by the power-loss test: what each committed transaction set.
 fn check_whole(store: &Store, txs: u64, round: u64) -> u64 {
     // Transaction n inserted `ev-n`, set `a-n` and `b-n`, bumped both counters and set the

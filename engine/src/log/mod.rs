@@ -1476,10 +1476,16 @@ mod tests {
             (stats[&1].live, stats[&1].state_live)
         };
         assert_eq!(live(&log), (2, 2));
-        {
-            let _busy = log.state.lock();
-            assert!(!log.try_release_state(&[first]), "the lock is held");
-        }
+        // On another thread, so that a release that waited for the lock fails the test instead
+        // of hanging it (the failed assertion drops the guard, then the scope joins).
+        let (sent, answer) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let busy = log.state.lock();
+            scope.spawn(|| sent.send(log.try_release_state(&[first])).unwrap());
+            let released = answer.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(released, Ok(false), "the lock is held: no wait, no release");
+            drop(busy);
+        });
         assert_eq!(live(&log), (2, 2), "a refused release changes nothing");
         assert!(log.try_release_state(&[first]));
         assert_eq!(live(&log), (1, 1));
