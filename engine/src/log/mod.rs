@@ -1041,10 +1041,15 @@ impl Log {
             previous_end, tail,
             "the lanes hold everything up to the tail"
         );
-        // The emptied buffers go back as the lanes' spares.
+        // The emptied buffers go back as the lanes' spares, cut back to the write buffer's size:
+        // a burst (the writer held up by a checkpoint or a slow write) grows a lane's buffer to
+        // megabytes, which it would otherwise keep for the store's life (measured: 1.6 B of RSS
+        // per live key at 10 M keys in lanes and spares).
         for (lane, (mut runs, mut bytes)) in self.lanes.iter().zip(taken) {
             runs.clear();
             bytes.clear();
+            bytes.shrink_to(self.write_buffer_bytes);
+            runs.shrink_to(self.write_buffer_bytes / 32);
             let mut lane = lane.lock();
             if lane.spare_bytes.capacity() == 0 {
                 lane.spare_runs = runs;
@@ -1489,6 +1494,47 @@ mod tests {
         assert_eq!(live(&log), (2, 2), "a refused release changes nothing");
         assert!(log.try_release_state(&[first]));
         assert_eq!(live(&log), (1, 1));
+    }
+
+    /// A burst grows a lane's buffer past the write buffer's size; once the writer took it, the
+    /// lane keeps it as its spare cut back to that size (not at the burst's size for the store's
+    /// life), and the take still holds every byte of the burst.
+    #[test]
+    fn a_lane_keeps_its_spare_buffers_at_the_write_buffer_size_after_a_burst() {
+        let storage = SimStorage::new(4);
+        let log = open_test_log(&storage, Durability::Never, 1);
+        let key = [7u8; 16];
+        let record = Record {
+            kind: RecordKind::Insert,
+            key: &key,
+            value: &[1u8; 200],
+            expires_at_millis: 1 << 40,
+            fingerprint: &[],
+            refresh_cap_millis: 0,
+        };
+        let mut end = 0;
+        for _ in 0..400 {
+            end = log.append(&record).unwrap().1;
+        }
+        let burst = {
+            let lane = log.lanes[0].lock();
+            (lane.bytes.capacity(), lane.runs.capacity())
+        };
+        assert!(burst.0 > 16 * log.write_buffer_bytes, "a burst: {burst:?}");
+        let (chunks, tail) = log.take_appended(&mut log.state.lock());
+        assert_eq!(tail, end);
+        let taken: usize = chunks.iter().map(|chunk| chunk.bytes.len()).sum();
+        assert_eq!(
+            taken as u64,
+            u64::from(offset_of(end)) - SEGMENT_HEADER_LEN as u64
+        );
+        let lane = log.lanes[0].lock();
+        assert!(
+            lane.spare_bytes.capacity() > 0,
+            "the emptied buffer is kept as the spare"
+        );
+        assert!(lane.spare_bytes.capacity() <= log.write_buffer_bytes);
+        assert!(lane.spare_runs.capacity() <= log.write_buffer_bytes / 32);
     }
 
     #[test]

@@ -220,6 +220,9 @@ fn run(log: &Log) {
                     for mut chunk in chunks {
                         if state.spare_buffers.len() < 4 {
                             chunk.bytes.clear();
+                            // A chunk grows past the write buffer's size when a long streak
+                            // of records is copied into it: not kept at that size.
+                            chunk.bytes.shrink_to(log.write_buffer_bytes);
                             state.spare_buffers.push(chunk.bytes);
                         }
                     }
