@@ -590,17 +590,32 @@ struct Appender<'f> {
 }
 
 impl Appender<'_> {
-    const BUFFER_BYTES: usize = 1 << 20;
+    /// Below glibc's initial `mmap` threshold (128 KiB), and never grown past it: freeing an
+    /// `mmap`ed buffer raises the threshold to its size, after which the index's shard tables
+    /// (up to about 1 MiB each at 10 M keys) come from the main heap, where each growth leaves
+    /// the old table's hole. The 1 MiB buffer this replaced (grown to 2 MiB by a block that
+    /// crossed it) cost 1.0-1.6 B of RSS per live key at 10 M keys with a delta checkpoint
+    /// every 16 MiB of log (`rss_breakdown`: 25.2-25.9 B/key before, 24.1-24.2 after).
+    const BUFFER_BYTES: usize = 64 << 10;
 
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= Self::BUFFER_BYTES {
+        if self.buffer.len() + bytes.len() > Self::BUFFER_BYTES {
             self.flush()?;
+            if bytes.len() > Self::BUFFER_BYTES {
+                // Written where it is: copying it would only split it into more writes.
+                self.file.write_all_at(bytes, self.offset)?;
+                self.offset += bytes.len() as u64;
+                return Ok(());
+            }
         }
+        self.buffer.extend_from_slice(bytes);
         Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
         self.file.write_all_at(&self.buffer, self.offset)?;
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
@@ -1268,6 +1283,40 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
+
+    /// The checkpoint writer's buffer: small and large writes, in any mix, land back to back,
+    /// and the buffer never grows past its size (a larger slice is written where it is).
+    #[test]
+    fn the_appender_writes_every_slice_in_order_and_keeps_its_buffer_small() {
+        let storage = SimStorage::new(5);
+        storage.create_dir_all(Path::new("/a")).unwrap();
+        let file = storage.create_new(Path::new("/a/f")).unwrap();
+        let mut out = Appender {
+            file: &*file,
+            offset: 0,
+            buffer: Vec::with_capacity(Appender::BUFFER_BYTES),
+        };
+        let mut expected = Vec::new();
+        for (i, len) in [
+            10,
+            Appender::BUFFER_BYTES - 5,
+            7,
+            3 * Appender::BUFFER_BYTES,
+            1,
+            0,
+            99,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let slice: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+            out.write_all(&slice).unwrap();
+            expected.extend_from_slice(&slice);
+            assert!(out.buffer.capacity() <= Appender::BUFFER_BYTES);
+        }
+        out.flush().unwrap();
+        assert_eq!(read_whole(file).unwrap(), expected);
+    }
 
     const DIR: &str = "/checkpoint";
     const TTL: Duration = Duration::from_secs(3600);

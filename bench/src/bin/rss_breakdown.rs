@@ -1,7 +1,8 @@
 //! Where idem's RAM goes at N keys (default 10 M): the `idem-ram` row's workload (16-byte keys
 //! and values, 1 % re-sends, TTL 1 h, `Never`), then RSS against the index's own sizes and
 //! glibc's heap figures. Run:
-//! `cargo run --release -p idem-bench --bin rss_breakdown -- [N]`.
+//! `cargo run --release -p idem-bench --bin rss_breakdown -- [N] [--deltas MIB]`
+//! (`--deltas`: a delta checkpoint every MIB MiB of log, `Config::checkpoint_delta_every_bytes`).
 use std::time::Duration;
 
 #[allow(unsafe_code)]
@@ -17,15 +18,23 @@ fn mallinfo() -> (u64, u64, u64, u64) {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().unwrap())
-        .unwrap_or(10_000_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .map_or(10_000_000, |s| s.parse().expect("a key count"));
+    let deltas_mib: Option<u64> = args
+        .iter()
+        .position(|a| a == "--deltas")
+        .map(|i| args[i + 1].parse().expect("--deltas MIB"));
     let keys = idem_bench::Workload::new(idem_bench::SEED).keys(n);
     let dir = tempfile_dir();
     let before = idem_bench::rss_bytes().unwrap();
     let m0 = mallinfo();
-    let config = idem::Config::default().durability(idem::Durability::Never);
+    let mut config = idem::Config::default().durability(idem::Durability::Never);
+    if let Some(mib) = deltas_mib {
+        config = config.checkpoint_delta_every_bytes(mib << 20);
+    }
     let store = idem::Store::open_with(&dir, config).unwrap();
     let ttl = Duration::from_secs(3600);
     for key in &keys {
