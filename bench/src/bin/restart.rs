@@ -164,7 +164,7 @@ fn main() {
 
 /// The reopen after a crash just before a checkpoint was due: `live` keys written with the
 /// default checkpoint schedule plus deltas (a full checkpoint every `checkpoint_every_bytes`, a
-/// delta every 32 MiB, run by `maintain` every few thousand inserts), the last
+/// delta every 32 MiB or `IDEM_DELTA_MIB`, run by `maintain` every few thousand inserts), the last
 /// `checkpoint_delta_every_bytes` of records written without `maintain` (as if the delta due
 /// next was never written), the store dropped without `close` (no checkpoint; the log flushed,
 /// as a kill after the writer's last write leaves it).
@@ -184,19 +184,22 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> (Duration, Duration) {
 /// after the last checkpoint, and the median time `maintain` took to write a periodic
 /// checkpoint (most are deltas).
 fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
-    // A delta every 32 MiB, in records of 47 bytes (16-byte keys and values, format 2).
-    const DELTA_EVERY_BYTES: u64 = 32 << 20;
-    const DELTA_EVERY_RECORDS: u64 = DELTA_EVERY_BYTES / 47;
-    let since_checkpoint = DELTA_EVERY_RECORDS.min(live);
+    // A delta every `IDEM_DELTA_MIB` MiB (default 32), in records of 47 bytes (16-byte keys and
+    // values, format 2).
+    let delta_every_bytes: u64 = std::env::var("IDEM_DELTA_MIB")
+        .map_or(32, |mib| mib.parse().expect("IDEM_DELTA_MIB: a number of MiB"))
+        << 20;
+    let delta_every_records: u64 = delta_every_bytes / 47;
+    let since_checkpoint = delta_every_records.min(live);
     // The schedule's phase: a full checkpoint at `first`, so that one falls due (and is written)
     // `since_checkpoint` records before the end, and the next would be due at the end.
-    let first = (live - since_checkpoint) % DELTA_EVERY_RECORDS;
+    let first = (live - since_checkpoint) % delta_every_records;
     {
         // Deltas are off by default; this bench measures the worst case with them on.
         let config = Config::default()
             .durability(Durability::Never)
             .background_maintenance(false)
-            .checkpoint_delta_every_bytes(DELTA_EVERY_BYTES);
+            .checkpoint_delta_every_bytes(delta_every_bytes);
         let store = Store::open_with(dir, config).expect("open");
         let mut last = first;
         let mut writes = Vec::new();
@@ -206,7 +209,7 @@ fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
             }
             // `maintain` every few thousand records, and at every record near a due
             // checkpoint, so that each is written when due (not a few thousand records late).
-            let due = last + DELTA_EVERY_RECORDS;
+            let due = last + delta_every_records;
             let near = i + 64 >= due && i <= due + 64;
             // Up to a little after the last one due (the writes' sizes vary a little).
             let end = live - since_checkpoint + 1024;

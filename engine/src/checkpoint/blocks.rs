@@ -136,6 +136,9 @@ pub(crate) fn decode_entries_in(
 /// which gives up for a comparison sort when it has too much to do (locations bunched in a
 /// narrow range far from the others). Comparison sorting alone made the write twice as slow.
 pub(crate) fn sort_by_location(slots: &mut Vec<Slot>, scratch: &mut Vec<Slot>) {
+    if slots.is_sorted_by_key(|slot| slot.location) {
+        return;
+    }
     if slots.len() <= 256 {
         slots.sort_unstable_by_key(|slot| slot.location);
         return;
