@@ -197,13 +197,16 @@ impl Config {
     /// rare. Deltas are off when periodic checkpoints are.
     ///
     /// The trade: at 10 M live keys, 32 MiB cut the worst reopen after a kill from about 1.2 s
-    /// to about 0.4 s here. But while deltas are on, every shard lists each entry it puts (16
-    /// bytes, until the next delta: about 11 MB per 32 MiB of log at 16-byte keys, up to
-    /// twice that with the lists' spare capacity) and each location that leaves it, and the
-    /// maintenance thread writes a delta every 32 MiB (12-23 ms at 10 M keys, whatever the
-    /// table's size). Measured side by side (`compare --peers idem-never-1t,idem-never-deltas`,
-    /// 4 M single-key calls on one thread): 0.91x the throughput and 29 MiB more RSS at the
-    /// end. Turn them on where the time to restart after a crash matters more.
+    /// to 0.4-0.55 s here (most of it loading the full checkpoint, so 16 or 8 MiB do no
+    /// better). But while deltas are on, every shard lists each entry it puts (16 bytes, until
+    /// the next delta: about 11 MB per 32 MiB of log at 16-byte keys, up to twice that with
+    /// the lists' spare capacity) and each location that leaves it, and the maintenance thread
+    /// writes a delta every 32 MiB (about 35 ms at 10 M keys, whatever the table's size).
+    /// Measured side by side (`compare --peers idem-never-1t,idem-never-deltas`, 4 M
+    /// single-key calls on one thread): 0.91x the throughput and 29 MiB more RSS at the end;
+    /// at 10 M keys with a delta every 16 MiB, 24.1-24.2 B of RSS per key against 22.2-22.3
+    /// without (`rss_breakdown --deltas 16`). Turn them on where the time to restart after a
+    /// crash matters more.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self
