@@ -52,6 +52,16 @@ impl Row {
         self.num("live")
     }
 
+    /// Each round's ops/s, in round order (`None` for a round that measured nothing), when the
+    /// row ran more than once (see [`best_run`]).
+    pub fn round_rates(&self) -> Vec<Option<f64>> {
+        self.fields
+            .get("round_rates")
+            .map_or_else(Vec::new, |rates| {
+                rates.split(' ').map(|rate| rate.parse().ok()).collect()
+            })
+    }
+
     pub fn rss_per_key(&self) -> Option<f64> {
         let live = self.live();
         (self.skipped().is_none() && live > 0.0)
@@ -85,8 +95,39 @@ pub fn best_run(runs: Vec<Row>) -> Row {
         .expect("at least one run per row");
     if runs.len() > 1 {
         best.fields.insert("runs".into(), rates.join(" / "));
+        let round_rates: Vec<String> = runs
+            .iter()
+            .map(|run| {
+                run.ops_per_sec()
+                    .map_or("-".into(), |rate| format!("{rate:.0}"))
+            })
+            .collect();
+        best.fields
+            .insert("round_rates".into(), round_rates.join(" "));
     }
     best
+}
+
+/// The ratio of `a` to `b` in each round where both measured something: the rounds run every
+/// row once in turn, so a round's two runs are minutes apart at most, where the fastest runs of
+/// two rows may come from rounds in different phases of a noisy machine.
+fn round_ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| Some((*a)? / (*b)?))
+        .collect()
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|x, y| x.partial_cmp(y).expect("finite ratios"));
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
 }
 
 /// How a ratio may also be read by CPU time per operation.
@@ -171,6 +212,21 @@ impl<'a> Report<'a> {
     /// for `a`). Independent of other load on the machine, blind to time spent waiting for disk.
     fn cpu_ratio(&self, a: &str, b: &str) -> Option<f64> {
         Some(self.row(b)?.cpu_per_op()? / self.row(a)?.cpu_per_op()?)
+    }
+
+    /// `a / b` in each round and their median, for the targets table ("" with one round).
+    fn per_round(&self, a: &str, b: &str) -> String {
+        let (Some(a), Some(b)) = (self.row(a), self.row(b)) else {
+            return String::new();
+        };
+        let ratios = round_ratios(&a.round_rates(), &b.round_rates());
+        match median(&ratios) {
+            Some(median) if ratios.len() > 1 => {
+                let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+                format!("; by round {}, median **{median:.2}x**", each.join(" / "))
+            }
+            _ => String::new(),
+        }
     }
 
     /// Thread counts of the scaling rows in this run, ascending.
@@ -292,7 +348,12 @@ impl<'a> Report<'a> {
                 let meets = |r: f64| if strict { r > want } else { r >= want };
                 let (measured, verdict) = match (self.ratio(a, b), self.rate(a), self.rate(b)) {
                     (Some(r), Some(ra), Some(rb)) => (
-                        format!("{r:.2}x ({} vs {} ops/s)", fmt_int(ra), fmt_int(rb)),
+                        format!(
+                            "{r:.2}x ({} vs {} ops/s){}",
+                            fmt_int(ra),
+                            fmt_int(rb),
+                            self.per_round(a, b)
+                        ),
                         verdict(meets(r)),
                     ),
                     _ => ("not measured (row skipped or not run)".to_string(), "N/A"),
@@ -673,7 +734,9 @@ impl<'a> Report<'a> {
     fn targets_table(&self, md: &mut String) {
         md.push_str(
             "\n## Targets (issue #10)\n\nEach ratio is against the hashbrown ceiling measured in this run. \
-             The verdict is by throughput; *by CPU/op* says what the same ratio is by CPU time per operation.\n\n\
+             The verdict is by throughput, fastest run against fastest run; *by round* gives the same ratio within each round \
+             (the rounds run every row once in turn, so a round's two runs are closest in time) and their median, which a \
+             fast or slow phase of a noisy machine in one round moves less; *by CPU/op* says what the ratio is by CPU time per operation.\n\n\
              | target | measured | verdict | by CPU/op |\n|---|---|:-:|---|\n",
         );
         for t in self.targets() {
@@ -728,3 +791,24 @@ fn fmt_cpu_us(secs_per_op: Option<f64>) -> String {
 
 /// `BATCH` is named in the group descriptions; keep them in step.
 const _: () = assert!(BATCH == 1000);
+
+#[cfg(test)]
+mod tests {
+    use super::{median, round_ratios};
+
+    #[test]
+    fn round_ratios_pair_the_rounds_and_skip_one_that_measured_nothing() {
+        let a = [Some(2.0), None, Some(3.0), Some(1.0)];
+        let b = [Some(4.0), Some(1.0), Some(2.0), None];
+        assert_eq!(round_ratios(&a, &b), vec![0.5, 1.5]);
+        assert!(round_ratios(&[], &b).is_empty());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[0.9, 0.5, 0.7]), Some(0.7));
+        let even = median(&[0.8, 0.5, 0.7, 0.6]).expect("four values");
+        assert!((even - 0.65).abs() < 1e-12, "{even}");
+        assert_eq!(median(&[]), None);
+    }
+}
