@@ -23,10 +23,10 @@ fn main() {
         .first()
         .filter(|a| !a.starts_with("--"))
         .map_or(10_000_000, |s| s.parse().expect("a key count"));
-    let deltas_mib: Option<u64> = args
-        .iter()
-        .position(|a| a == "--deltas")
-        .map(|i| args[i + 1].parse().expect("--deltas MIB"));
+    let deltas_mib: Option<u64> = args.iter().position(|a| a == "--deltas").map(|i| {
+        let mib = args.get(i + 1).expect("--deltas MIB: a number of MiB");
+        mib.parse().expect("--deltas MIB: a number of MiB")
+    });
     let keys = idem_bench::Workload::new(idem_bench::SEED).keys(n);
     let dir = tempfile_dir();
     let before = idem_bench::rss_bytes().unwrap();

@@ -75,13 +75,9 @@ impl Row {
     }
 }
 
-/// The fastest of a row's runs, with every run's ops/s noted in field `runs`.
+/// The fastest of a row's runs, with every run's ops/s noted in field `round_rates` (in round
+/// order, `-` for a run that measured nothing; see [`Row::round_rates`]).
 pub fn best_run(runs: Vec<Row>) -> Row {
-    let rates: Vec<String> = runs
-        .iter()
-        .filter_map(Row::ops_per_sec)
-        .map(fmt_int)
-        .collect();
     let mut best = runs
         .iter()
         .filter(|r| r.ops_per_sec().is_some())
@@ -94,7 +90,6 @@ pub fn best_run(runs: Vec<Row>) -> Row {
         .cloned()
         .expect("at least one run per row");
     if runs.len() > 1 {
-        best.fields.insert("runs".into(), rates.join(" / "));
         let round_rates: Vec<String> = runs
             .iter()
             .map(|run| {
@@ -769,11 +764,20 @@ impl<'a> Report<'a> {
                     fmt_bytes(row.num("disk_apparent")),
                 ),
             };
-            let runs = row
-                .fields
-                .get("runs")
-                .map(|r| format!(". Runs (ops/s): {r}; the fastest is reported"))
-                .unwrap_or_default();
+            let rates: Vec<String> = row
+                .round_rates()
+                .into_iter()
+                .flatten()
+                .map(fmt_int)
+                .collect();
+            let runs = if rates.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ". Runs (ops/s): {}; the fastest is reported",
+                    rates.join(" / ")
+                )
+            };
             md.push_str(&format!("- `{}`: {}{}\n", row.spec.name, note, runs));
         }
     }
