@@ -59,6 +59,7 @@ mod decision;
 mod error;
 mod export;
 mod fence;
+mod hint;
 mod histogram;
 mod index;
 mod io;

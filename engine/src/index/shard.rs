@@ -534,18 +534,8 @@ impl ShardTable {
 
     /// Asks the CPU to start loading the home slot of `tag`, so that a probe of it a little
     /// later finds it in cache (the batch pipeline issues this several keys ahead).
-    #[allow(unsafe_code)] // reason: the prefetch intrinsic; see SAFETY
     pub(crate) fn prefetch(&self, tag: u32) {
-        let home: *const Packed = &self.slots[self.home(tag & TAG_MASK)];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint to the cache: it never dereferences the pointer and
-        // cannot fault (the pointer is into `self.slots` anyway). SSE, which provides it, is in
-        // the x86_64 baseline. Exercised by every batch test (tests/tests/*, `ops` fuzz target).
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(home.cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = home;
+        crate::hint::prefetch_read(&self.slots[self.home(tag & TAG_MASK)]);
     }
 
     /// Removes the entry that points at `location`, if one does (whether live or dead): before
