@@ -11,8 +11,14 @@
 //! - A slot is empty iff its word is 0: window number 0 is never handed out, so an occupied
 //!   slot's word is never 0.
 //! - Every occupied slot holds one reference on its window number (or on its overflow entry):
-//!   a number's reference count is the count of slots that use it, and a number whose count
-//!   drops to 0 is free again (and forgotten by the base-to-number map).
+//!   a number's reference count (for the last number handed out, plus the owner's
+//!   [`PendingRefs`]) is the count of slots that use it, and a number whose count drops to 0 is
+//!   free again (and forgotten by the base-to-number map).
+//! - Nearly every insert takes a reference on the last number handed out (the log's tail
+//!   window). It is counted in the owner's [`PendingRefs`], which the owner keeps on the cache
+//!   line it writes anyway (the shard's lock's), not in `refs`, whose line would move between
+//!   the cores of threads inserting into the shard on every insert; every method that reads or
+//!   lowers a count, or moves the last number on, folds the pending ones in first.
 //! - Numbers `1..OVERFLOW` name windows. Once they are all in use (a shard with entries in more
 //!   than 65,534 windows: about 1 TiB of log holding its live entries), a new location is kept
 //!   whole in an overflow table and the slot holds `OVERFLOW` and the overflow entry's index in
@@ -99,6 +105,12 @@ impl Packed {
     }
 }
 
+/// References taken on the last window number handed out and not yet added to its count (see
+/// the module doc). Kept by the owner of a [`Windows`] and handed to every call that takes or
+/// drops a reference; only [`Windows`] changes it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PendingRefs(u32);
+
 /// One shard's window numbers (see the module doc).
 #[derive(Debug)]
 pub(super) struct Windows {
@@ -144,19 +156,38 @@ impl Windows {
     /// Packs an entry of `tag`, `deadline_secs` at `location` (not 0), taking a reference on
     /// its window.
     #[inline]
-    pub(super) fn pack(&mut self, tag: u32, deadline_secs: u32, location: Location) -> Packed {
+    pub(super) fn pack(
+        &mut self,
+        pending: &mut PendingRefs,
+        tag: u32,
+        deadline_secs: u32,
+        location: Location,
+    ) -> Packed {
         debug_assert!(location != 0, "no record lives at location 0");
         Packed {
-            word: u64::from(tag & TAG_MASK) << LOCATION_BITS | self.acquire(location),
+            word: u64::from(tag & TAG_MASK) << LOCATION_BITS | self.acquire(pending, location),
             deadline_secs,
         }
     }
 
     /// `slot` moved to `location`: takes a reference on the new window, drops the old one.
-    pub(super) fn repack(&mut self, slot: Packed, location: Location) -> Packed {
-        let bits = self.acquire(location);
-        self.release(slot);
+    pub(super) fn repack(
+        &mut self,
+        pending: &mut PendingRefs,
+        slot: Packed,
+        location: Location,
+    ) -> Packed {
+        let bits = self.acquire(pending, location);
+        self.release(pending, slot);
         slot.with_location_bits(bits)
+    }
+
+    /// Adds the pending references to the last number's count.
+    fn settle(&mut self, pending: &mut PendingRefs) {
+        if pending.0 > 0 {
+            debug_assert!(self.last_number != 0, "references pending on no number");
+            self.refs[self.last_number as usize] += std::mem::take(&mut pending.0);
+        }
     }
 
     /// The location of an occupied slot.
@@ -173,18 +204,20 @@ impl Windows {
     }
 
     #[inline]
-    fn acquire(&mut self, location: Location) -> u64 {
+    fn acquire(&mut self, pending: &mut PendingRefs, location: Location) -> u64 {
         let base = location & !WINDOW_OFFSET_MASK;
         let offset = location & WINDOW_OFFSET_MASK;
-        if self.last_number != 0 && base == self.last_base {
-            self.refs[self.last_number as usize] += 1;
+        if self.last_number != 0 && base == self.last_base && pending.0 < u32::MAX {
+            pending.0 += 1;
             return u64::from(self.last_number) << WINDOW_OFFSET_BITS | offset;
         }
-        self.acquire_other(base, offset)
+        self.acquire_other(pending, base, offset)
     }
 
     #[inline(never)]
-    fn acquire_other(&mut self, base: Location, offset: u64) -> u64 {
+    fn acquire_other(&mut self, pending: &mut PendingRefs, base: Location, offset: u64) -> u64 {
+        // The last number may change below (and a fresh one may reuse a freed slot of `refs`).
+        self.settle(pending);
         let number = match self.by_base.get(&base) {
             Some(&number) => number,
             None => match self.new_number(base) {
@@ -235,12 +268,15 @@ impl Windows {
 
     /// Drops the reference of an occupied slot that leaves the table.
     #[inline]
-    pub(super) fn release(&mut self, slot: Packed) {
+    pub(super) fn release(&mut self, pending: &mut PendingRefs, slot: Packed) {
         let bits = slot.location_bits();
         let number = (bits >> WINDOW_OFFSET_BITS) as u32;
         if number == OVERFLOW {
             self.overflow_free.push((bits & WINDOW_OFFSET_MASK) as u32);
             return;
+        }
+        if number == self.last_number {
+            self.settle(pending);
         }
         let refs = &mut self.refs[number as usize];
         *refs -= 1;
@@ -284,6 +320,7 @@ mod tests {
     #[test]
     fn locations_round_trip_and_numbers_are_reused() {
         let mut windows = Windows::new();
+        let mut pending = PendingRefs::default();
         let spots = [
             location(1, 32),
             location(1, (1 << 24) - 1),
@@ -294,7 +331,7 @@ mod tests {
         let packed: Vec<Packed> = spots
             .iter()
             .enumerate()
-            .map(|(i, &at)| windows.pack(TAG_MASK - i as u32, 9, at))
+            .map(|(i, &at)| windows.pack(&mut pending, TAG_MASK - i as u32, 9, at))
             .collect();
         for (i, (p, &at)) in packed.iter().zip(&spots).enumerate() {
             assert!(!p.is_empty());
@@ -304,10 +341,10 @@ mod tests {
         }
         assert_eq!(windows.numbers_in_use(), 4, "two spots share a window");
         for p in &packed {
-            windows.release(*p);
+            windows.release(&mut pending, *p);
         }
         assert_eq!(windows.numbers_in_use(), 0);
-        let again = windows.pack(0, 1, location(3, 100));
+        let again = windows.pack(&mut pending, 0, 1, location(3, 100));
         assert_eq!(windows.location(again), location(3, 100));
         assert!(windows.bases.len() <= 5, "freed numbers are reused");
         assert!(
@@ -316,14 +353,79 @@ mod tests {
         );
     }
 
+    /// Random packs, repacks and releases against a model of the live slots, most on the
+    /// latest window (as inserts are, so most references wait in `PendingRefs`): every live
+    /// slot keeps its location, and a number is in use exactly while a live slot uses it. A
+    /// reference lost or counted twice frees a number early (a live slot's location changes
+    /// once it is reused) or never.
+    #[test]
+    fn pending_references_keep_every_count_exact() {
+        for limit in [OVERFLOW, 4] {
+            let mut windows = Windows::new();
+            windows.limit_numbers(limit);
+            let mut pending = PendingRefs::default();
+            let mut live: Vec<(Packed, Location)> = Vec::new();
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut tail_segment = 1u32;
+            for step in 0..20_000 {
+                let roll = next() % 100;
+                if roll < 55 || live.is_empty() {
+                    // Mostly the tail window; sometimes an older one, or a new tail.
+                    if next() % 50 == 0 {
+                        tail_segment += 1;
+                    }
+                    let segment = if next() % 10 == 0 {
+                        1 + (next() % u64::from(tail_segment)) as u32
+                    } else {
+                        tail_segment
+                    };
+                    let at = location(segment, 32 + (next() % (1 << 20)) as u32);
+                    live.push((windows.pack(&mut pending, 7, 1, at), at));
+                } else if roll < 90 {
+                    let (slot, _) = live.swap_remove((next() % live.len() as u64) as usize);
+                    windows.release(&mut pending, slot);
+                } else {
+                    let i = (next() % live.len() as u64) as usize;
+                    let at = location(tail_segment, 32 + (next() % (1 << 20)) as u32);
+                    live[i] = (windows.repack(&mut pending, live[i].0, at), at);
+                }
+                if step % 97 == 0 || live.len() < 3 {
+                    for (slot, at) in &live {
+                        assert_eq!(windows.location(*slot), *at, "step {step}");
+                    }
+                    let mut numbers: Vec<u64> = live
+                        .iter()
+                        .map(|(slot, _)| slot.location_bits() >> WINDOW_OFFSET_BITS)
+                        .filter(|&number| number != u64::from(OVERFLOW))
+                        .collect();
+                    numbers.sort_unstable();
+                    numbers.dedup();
+                    assert_eq!(windows.numbers_in_use(), numbers.len(), "step {step}");
+                }
+            }
+            for (slot, _) in live.drain(..) {
+                windows.release(&mut pending, slot);
+            }
+            assert_eq!(windows.numbers_in_use(), 0);
+            assert_eq!(windows.overflow_in_use(), 0);
+        }
+    }
+
     #[test]
     fn past_the_window_numbers_locations_overflow_and_stay_exact() {
         let mut windows = Windows::new();
+        let mut pending = PendingRefs::default();
         windows.limit_numbers(3); // numbers 1 and 2
         let mut packed = Vec::new();
         for segment in 1..=6u32 {
             let at = location(segment, 40);
-            packed.push((windows.pack(5, 1, at), at));
+            packed.push((windows.pack(&mut pending, 5, 1, at), at));
         }
         assert_eq!(windows.numbers_in_use(), 2);
         assert_eq!(windows.overflow_in_use(), 4);
@@ -331,12 +433,12 @@ mod tests {
             assert_eq!(windows.location(*p), *at);
         }
         let (moved, _) = packed[4];
-        let moved = windows.repack(moved, location(1, 80));
+        let moved = windows.repack(&mut pending, moved, location(1, 80));
         assert_eq!(windows.location(moved), location(1, 80));
         assert_eq!(windows.overflow_in_use(), 3);
         packed[4] = (moved, location(1, 80));
         for (p, _) in packed {
-            windows.release(p);
+            windows.release(&mut pending, p);
         }
         assert_eq!(windows.numbers_in_use(), 0);
         assert_eq!(windows.overflow_in_use(), 0);

@@ -26,8 +26,8 @@
 //!   for stores that large).
 
 use super::late::LateMemory;
-use super::packed::{Packed, Windows, TAG_MASK};
-use super::wheel::{BucketWork, ExpiryWheel, BLOCK_BITS, BLOCK_SLOTS};
+use super::packed::{Packed, PendingRefs, Windows, TAG_MASK};
+use super::wheel::{BucketWork, ExpiryWheel, WheelTally, BLOCK_BITS, BLOCK_SLOTS};
 use crate::log::Location;
 use crate::metrics::ShardCounters;
 
@@ -86,9 +86,11 @@ pub(crate) enum Probe {
 }
 
 #[derive(Debug)]
-// `repr(C)`, in this order: an insert writes `len`, `writes` and `counters.first`, which share
-// the cache line of the shard's lock (the table follows the lock's byte in its `Mutex`), so that
-// with several threads an insert moves as few of the shard's lines between cores as it can.
+// `repr(C)`, in this order: an insert writes `len`, `writes`, `pending` and `counters.first`,
+// which share the cache line of the shard's lock (the table follows the lock's byte in its
+// `Mutex`; see the test `an_insert_writes_only_the_lock_s_cache_line_of_the_shard`), so that with
+// several threads an insert moves as few of the shard's lines between cores as it can: the
+// slot's, and this one.
 #[repr(C)]
 pub(crate) struct ShardTable {
     slots: Box<[Packed]>,
@@ -97,6 +99,9 @@ pub(crate) struct ShardTable {
     /// relocation). Only such a write can give a key an entry, so a key found without a live
     /// entry under one count still has none under the same count, at the same time or later.
     writes: u64,
+    /// What inserts counted here instead of in `windows` and `wheel`, whose counts sit on
+    /// lines of their own (see `packed` and `wheel`).
+    pending: PendingCounts,
     /// What the calls on this shard's keys decided (written under the shard lock: no atomics).
     pub(crate) counters: ShardCounters,
     tick_millis: u64,
@@ -123,6 +128,13 @@ pub(crate) struct ShardTable {
 }
 
 const MIN_CAPACITY: usize = 64;
+
+/// Counts an insert adds to, kept with the shard's lock (see [`ShardTable`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct PendingCounts {
+    refs: PendingRefs,
+    schedules: WheelTally,
+}
 
 /// What a shard changed since the latest checkpoint's snapshot of it (full or delta), for the
 /// next delta checkpoint (see [`ShardTable::changes`] and `checkpoint`). Tracked only while
@@ -263,6 +275,7 @@ impl ShardTable {
         ShardTable {
             slots: empty_slots(MIN_CAPACITY),
             len: 0,
+            pending: PendingCounts::default(),
             windows: Windows::new(),
             wheel: ExpiryWheel::new(now_millis / tick_millis),
             tick_millis,
@@ -410,12 +423,13 @@ impl ShardTable {
     fn schedule(&mut self, slot: Packed) {
         let deadline_tick = self.deadline_tick(slot.deadline_secs());
         let (block, blocks) = (self.home_block(slot.tag()), self.blocks());
-        self.wheel.schedule(block, blocks, deadline_tick);
+        self.wheel
+            .schedule_tallied(&mut self.pending.schedules, block, blocks, deadline_tick);
     }
 
     /// Expiry schedules waiting in the wheel (stale ones included).
     pub(crate) fn wheel_entries(&self) -> usize {
-        self.wheel.entries()
+        self.wheel.entries(&self.pending.schedules)
     }
 
     /// Bytes of memory held by the slots, the window numbers and the wheel.
@@ -495,9 +509,12 @@ impl ShardTable {
     #[inline]
     fn store(&mut self, index: usize, slot: Slot, now_millis: u64) -> Packed {
         debug_assert!(!slot.is_empty());
-        let packed = self
-            .windows
-            .pack(slot.tag, slot.expires_at_secs, slot.location);
+        let packed = self.windows.pack(
+            &mut self.pending.refs,
+            slot.tag,
+            slot.expires_at_secs,
+            slot.location,
+        );
         let previous = self.slots[index];
         if previous.is_empty() {
             self.len += 1;
@@ -506,7 +523,7 @@ impl ShardTable {
                 self.expired(previous, now_millis);
             }
             self.release(self.windows.location(previous));
-            self.windows.release(previous);
+            self.windows.release(&mut self.pending.refs, previous);
         }
         self.slots[index] = packed;
         self.writes += 1;
@@ -562,7 +579,7 @@ impl ShardTable {
         let slot = self.slots[index];
         assert!(!slot.is_empty(), "relocating an empty slot");
         self.release(self.windows.location(slot));
-        self.slots[index] = self.windows.repack(slot, location);
+        self.slots[index] = self.windows.repack(&mut self.pending.refs, slot, location);
         self.writes += 1;
         let moved = Slot {
             tag: slot.tag(),
@@ -581,7 +598,8 @@ impl ShardTable {
         let mut wheel = std::mem::replace(&mut self.wheel, ExpiryWheel::new(0));
         let mut removed = 0;
         let budget = budget.div_ceil(BLOCK_COST);
-        let done = wheel.advance(to_tick, budget, blocks, |wheel, block, work| {
+        let pending = std::mem::take(&mut self.pending.schedules);
+        let done = wheel.advance(pending, to_tick, budget, blocks, |wheel, block, work| {
             removed += self.sweep_block(wheel, block, work, now_millis);
         });
         self.wheel = wheel;
@@ -655,7 +673,7 @@ impl ShardTable {
         self.slots[hole] = Packed::EMPTY;
         self.len -= 1;
         self.release(self.windows.location(removed));
-        self.windows.release(removed);
+        self.windows.release(&mut self.pending.refs, removed);
     }
 
     /// Re-lays the table at a size fit for its live entries (dropping dead ones): doubles when
@@ -682,7 +700,7 @@ impl ShardTable {
             if slot.is_dead(now_millis) {
                 self.release(self.windows.location(slot));
                 self.expired(slot, now_millis);
-                self.windows.release(slot);
+                self.windows.release(&mut self.pending.refs, slot);
             } else {
                 self.insert_unchecked(slot);
             }
@@ -710,9 +728,12 @@ impl ShardTable {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.rebuild(now_millis);
         }
-        let packed = self
-            .windows
-            .pack(slot.tag, slot.expires_at_secs, slot.location);
+        let packed = self.windows.pack(
+            &mut self.pending.refs,
+            slot.tag,
+            slot.expires_at_secs,
+            slot.location,
+        );
         self.insert_unchecked(packed);
     }
 
@@ -1163,6 +1184,35 @@ mod tests {
             }
         }
         assert!(shrank, "the test must see a table shrink");
+    }
+
+    /// What an insert writes in the shard (besides its slot) lies in the first cache line of
+    /// the shard's lock and table, the one the lock's acquisition brings in: a field moved past
+    /// it costs every insert one more line taken from the other core when threads share a shard.
+    #[test]
+    fn an_insert_writes_only_the_lock_s_cache_line_of_the_shard() {
+        use std::mem::offset_of;
+        let shard =
+            crossbeam_utils::CachePadded::new(parking_lot::Mutex::new(ShardTable::new(1000, 0)));
+        assert!(std::mem::align_of_val(&shard) >= 64);
+        let start = &*shard as *const parking_lot::Mutex<ShardTable> as usize;
+        let table = &*shard.lock() as *const ShardTable as usize - start;
+        let ends = [
+            ("len", offset_of!(ShardTable, len) + 8),
+            ("writes", offset_of!(ShardTable, writes) + 8),
+            (
+                "pending",
+                offset_of!(ShardTable, pending) + std::mem::size_of::<PendingCounts>(),
+            ),
+            ("counters.first", offset_of!(ShardTable, counters.first) + 8),
+        ];
+        for (field, end) in ends {
+            assert!(
+                table + end <= 64,
+                "{field} ends at byte {} of the shard, past its first cache line",
+                table + end
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //! A schedule made while the table has fewer blocks than the bitmap has bits first folds the
 //! bitmap down to that many (an OR of its halves), which keeps that condition.
 //!
+//! Schedules made by inserts are counted in the owner's [`WheelTally`] while they go to one
+//! bucket (with a TTL of an hour, every insert for minutes goes to the same one), and added to
+//! the bucket's and level's counts when they go elsewhere or the wheel is read: the tally sits
+//! on the cache line the shard writes anyway (its lock's), where the counts' own lines moved
+//! between the cores of threads inserting into the shard on every insert.
+//!
 //! Invariants:
 //! - Every occupied, non-dead slot's home block is covered by a bit of a bucket that will be
 //!   reached no later than the slot's deadline tick (stale extra bits are allowed), or, for a
@@ -61,6 +67,15 @@ fn level_span(level: usize) -> u64 {
     1 << (level_shift(level) + if level == 0 { LEVEL0_BITS } else { LEVEL_BITS })
 }
 
+/// Schedules into one bucket not yet added to its count (see the module doc). Kept by the
+/// wheel's owner, handed to [`ExpiryWheel::schedule_tallied`] and [`ExpiryWheel::advance`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WheelTally {
+    /// The bucket: `level << 8 | index`.
+    bucket: u32,
+    count: u32,
+}
+
 /// One bucket: a bitmap of home blocks (see the module doc), empty until first used.
 #[derive(Debug, Default)]
 struct Bucket {
@@ -72,9 +87,16 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Marks `block` of a table of `blocks` blocks.
+    /// Marks `block` of a table of `blocks` blocks, and counts the schedule.
     #[inline]
     fn set(&mut self, block: usize, blocks: usize) {
+        self.mark(block, blocks);
+        self.scheduled = self.scheduled.saturating_add(1);
+    }
+
+    /// Marks `block` of a table of `blocks` blocks (no count).
+    #[inline]
+    fn mark(&mut self, block: usize, blocks: usize) {
         if blocks < self.blocks as usize || self.blocks == 0 {
             self.fit(blocks);
         }
@@ -85,7 +107,6 @@ impl Bucket {
         if *word & (1 << (bit % 64)) == 0 {
             *word |= 1 << (bit % 64);
         }
-        self.scheduled = self.scheduled.saturating_add(1);
     }
 
     /// Gives an empty bucket a bitmap for `blocks` blocks, or folds a larger one down to them.
@@ -194,9 +215,49 @@ impl ExpiryWheel {
         self.current_tick
     }
 
-    /// Schedules taken and not yet fired (stale ones included).
-    pub(crate) fn entries(&self) -> usize {
+    /// Schedules taken and not yet fired (stale ones included), `pending` the owner's tally.
+    pub(crate) fn entries(&self, pending: &WheelTally) -> usize {
+        self.counted_entries() + pending.count as usize
+    }
+
+    fn counted_entries(&self) -> usize {
         self.levels.iter().map(|level| level.entries).sum()
+    }
+
+    /// [`ExpiryWheel::schedule`] for the insert path: the schedule is counted in `pending`
+    /// while it goes to the same bucket as the one before (see the module doc).
+    #[inline]
+    pub(crate) fn schedule_tallied(
+        &mut self,
+        pending: &mut WheelTally,
+        block: usize,
+        blocks: usize,
+        deadline_tick: u64,
+    ) {
+        let (level, index) = self.bucket_of(deadline_tick);
+        self.levels[level].buckets[index].mark(block, blocks);
+        debug_assert!(index < 256, "a level has at most 256 buckets");
+        let bucket = (level << 8 | index) as u32;
+        if pending.bucket == bucket && pending.count > 0 && pending.count < u32::MAX {
+            pending.count += 1;
+        } else {
+            self.settle(pending);
+            *pending = WheelTally { bucket, count: 1 };
+        }
+    }
+
+    /// Adds the tallied schedules to their bucket's and level's counts.
+    fn settle(&mut self, pending: &mut WheelTally) {
+        let count = std::mem::take(&mut pending.count);
+        if count > 0 {
+            let (level, index) = (
+                (pending.bucket >> 8) as usize,
+                (pending.bucket & 0xff) as usize,
+            );
+            let bucket = &mut self.levels[level].buckets[index];
+            bucket.scheduled = bucket.scheduled.saturating_add(count);
+            self.levels[level].entries += count as usize;
+        }
     }
 
     /// Bytes of memory held by the buckets and their bitmaps.
@@ -256,19 +317,23 @@ impl ExpiryWheel {
     /// `blocks` blocks) to `work`, until `to_tick` is reached or about `budget` blocks were handed
     /// out. Returns whether `to_tick` was reached (a bucket is always finished whole, so a slice
     /// may run over `budget`).
+    /// `pending` is the owner's tally, which the wheel takes in first: the buckets about to
+    /// be drained must hold their whole counts.
     pub(crate) fn advance(
         &mut self,
+        mut pending: WheelTally,
         to_tick: u64,
         budget: usize,
         blocks: usize,
         mut work: impl FnMut(&mut ExpiryWheel, usize, BucketWork),
     ) -> bool {
+        self.settle(&mut pending);
         let mut handed = 0;
         while self.current_tick < to_tick {
             if handed >= budget {
                 return false;
             }
-            if self.entries() == 0 {
+            if self.counted_entries() == 0 {
                 self.current_tick = to_tick;
                 break;
             }
@@ -378,28 +443,37 @@ mod tests {
                     .or_default()
                     .push(id);
             }
-            wheel.advance(now, usize::MAX, blocks, |wheel, block, work| {
-                let tick = wheel.current_tick();
-                for &id in by_block.get(&block).into_iter().flatten() {
-                    let Some(&(_, deadline)) = entries.get(&id) else {
-                        continue; // fired earlier in this advance
-                    };
-                    match work {
-                        BucketWork::Fire => {
-                            assert!(deadline >= tick, "entry {id} (deadline {deadline}) missed");
-                            if deadline == tick {
-                                entries.remove(&id);
-                                fired += 1;
+            wheel.advance(
+                WheelTally::default(),
+                now,
+                usize::MAX,
+                blocks,
+                |wheel, block, work| {
+                    let tick = wheel.current_tick();
+                    for &id in by_block.get(&block).into_iter().flatten() {
+                        let Some(&(_, deadline)) = entries.get(&id) else {
+                            continue; // fired earlier in this advance
+                        };
+                        match work {
+                            BucketWork::Fire => {
+                                assert!(
+                                    deadline >= tick,
+                                    "entry {id} (deadline {deadline}) missed"
+                                );
+                                if deadline == tick {
+                                    entries.remove(&id);
+                                    fired += 1;
+                                }
                             }
-                        }
-                        BucketWork::Cascade { from, to } => {
-                            if (from..to).contains(&deadline) {
-                                wheel.schedule(block, blocks, deadline);
+                            BucketWork::Cascade { from, to } => {
+                                if (from..to).contains(&deadline) {
+                                    wheel.schedule(block, blocks, deadline);
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
         }
         assert!(
             entries.is_empty(),
@@ -417,12 +491,72 @@ mod tests {
         }
         let mut seen = 0;
         let mut slices = 0;
-        while !wheel.advance(10, 150, 1024, |_, _, _| seen += 1) {
+        while !wheel.advance(WheelTally::default(), 10, 150, 1024, |_, _, _| seen += 1) {
             slices += 1;
         }
         assert_eq!(seen, 1000);
         assert!(slices >= 4, "work was cut into slices");
-        assert_eq!(wheel.entries(), 0);
+        assert_eq!(wheel.entries(&WheelTally::default()), 0);
+    }
+
+    /// Inserts' schedules wait in the tally while they go to one bucket: the counts include
+    /// them, and an advance takes them in before it drains, so that when everything has fired
+    /// the wheel counts nothing (a tally dropped or counted twice leaves a count behind: the
+    /// wheel would never again skip an idle stretch).
+    #[test]
+    fn tallied_schedules_are_counted_once_and_fire() {
+        let mut wheel = ExpiryWheel::new(0);
+        let mut pending = WheelTally::default();
+        let mut scheduled = 0;
+        for round in 0..3u64 {
+            for block in 0..600 {
+                // Runs to one bucket, broken by others now and then.
+                let deadline = if block % 97 == 0 {
+                    5 + round
+                } else {
+                    3_000 + round * 300
+                };
+                wheel.schedule_tallied(&mut pending, block % 64, 64, deadline);
+                scheduled += 1;
+                assert_eq!(wheel.entries(&pending), scheduled);
+            }
+        }
+        assert!(pending.count > 0, "the last run is still tallied");
+        let mut fired = 0;
+        assert!(
+            wheel.advance(pending, 10_000, usize::MAX, 64, |_, _, work| {
+                if work == BucketWork::Fire {
+                    fired += 1;
+                }
+            })
+        );
+        assert!(fired > 0);
+        assert_eq!(wheel.entries(&WheelTally::default()), 0);
+
+        // Every schedule still in the tally: the wheel's own counts say nothing is due.
+        let mut pending = WheelTally::default();
+        for block in 0..64 {
+            wheel.schedule_tallied(&mut pending, block, 64, 20_000);
+        }
+        assert_eq!(wheel.entries(&pending), 64);
+        let mut fired = Vec::new();
+        wheel.advance(
+            pending,
+            30_000,
+            usize::MAX,
+            64,
+            |wheel, block, work| match work {
+                BucketWork::Fire => fired.push((block, wheel.current_tick())),
+                BucketWork::Cascade { from, to } => {
+                    if (from..to).contains(&20_000) {
+                        wheel.schedule(block, 64, 20_000);
+                    }
+                }
+            },
+        );
+        assert_eq!(fired.len(), 64, "each block fired once, on its deadline");
+        assert!(fired.iter().all(|&(_, tick)| tick == 20_000));
+        assert_eq!(wheel.entries(&WheelTally::default()), 0);
     }
 
     #[test]
@@ -430,9 +564,13 @@ mod tests {
         let mut wheel = ExpiryWheel::new(100);
         wheel.schedule(7, 8, 3);
         let mut fired = vec![];
-        wheel.advance(101, usize::MAX, 8, |wheel, block, _| {
-            fired.push((block, wheel.current_tick()))
-        });
+        wheel.advance(
+            WheelTally::default(),
+            101,
+            usize::MAX,
+            8,
+            |wheel, block, _| fired.push((block, wheel.current_tick())),
+        );
         assert_eq!(fired, vec![(7, 101)]);
     }
 
