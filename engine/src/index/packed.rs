@@ -360,39 +360,34 @@ mod tests {
     /// once it is reused) or never.
     #[test]
     fn pending_references_keep_every_count_exact() {
+        use rand::{Rng, SeedableRng};
         for limit in [OVERFLOW, 4] {
             let mut windows = Windows::new();
             windows.limit_numbers(limit);
             let mut pending = PendingRefs::default();
             let mut live: Vec<(Packed, Location)> = Vec::new();
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(limit));
             let mut tail_segment = 1u32;
             for step in 0..20_000 {
-                let roll = next() % 100;
+                let roll = rng.gen_range(0..100);
                 if roll < 55 || live.is_empty() {
                     // Mostly the tail window; sometimes an older one, or a new tail.
-                    if next() % 50 == 0 {
+                    if rng.gen_ratio(1, 50) {
                         tail_segment += 1;
                     }
-                    let segment = if next() % 10 == 0 {
-                        1 + (next() % u64::from(tail_segment)) as u32
+                    let segment = if rng.gen_ratio(1, 10) {
+                        rng.gen_range(1..=tail_segment)
                     } else {
                         tail_segment
                     };
-                    let at = location(segment, 32 + (next() % (1 << 20)) as u32);
+                    let at = location(segment, rng.gen_range(32..32 + (1 << 20)));
                     live.push((windows.pack(&mut pending, 7, 1, at), at));
                 } else if roll < 90 {
-                    let (slot, _) = live.swap_remove((next() % live.len() as u64) as usize);
+                    let (slot, _) = live.swap_remove(rng.gen_range(0..live.len()));
                     windows.release(&mut pending, slot);
                 } else {
-                    let i = (next() % live.len() as u64) as usize;
-                    let at = location(tail_segment, 32 + (next() % (1 << 20)) as u32);
+                    let i = rng.gen_range(0..live.len());
+                    let at = location(tail_segment, rng.gen_range(32..32 + (1 << 20)));
                     live[i] = (windows.repack(&mut pending, live[i].0, at), at);
                 }
                 if step % 97 == 0 || live.len() < 3 {
