@@ -316,9 +316,14 @@ struct LogState {
     bytes_appended: u64,
 }
 
-/// How far past a lane's last placed byte [`Lane::place`] claims the line of the next appends
-/// (about five single-key records: far enough that the line is there when they come).
+/// How far past a lane's last placed byte [`Lane::place`] claims the lines of the next appends
+/// (about five single-key records: far enough that the lines are there when they come).
 const CLAIM_AHEAD_BYTES: usize = 256;
+/// The most bytes one append claims ahead (a transaction's group spans several lines; a batch's
+/// records, copied in one piece, need none: the copy streams).
+const CLAIM_MAX_BYTES: usize = 512;
+/// The cache line's size, the unit of a claim.
+const LINE_BYTES: usize = 64;
 /// The same for the lane's runs (one per append).
 const CLAIM_AHEAD_RUNS: usize = 6;
 
@@ -372,9 +377,25 @@ impl Lane {
         // The next appends' lines, claimed for writing now (see `hint::prefetch_write`: the
         // buffers were last read by the writer, on the other core). Within the capacity only:
         // the buffers keep theirs from one fill to the next.
-        let next_bytes = self.bytes.len() + CLAIM_AHEAD_BYTES;
-        if next_bytes < self.bytes.capacity() {
-            crate::hint::prefetch_write(self.bytes.as_ptr().wrapping_add(next_bytes));
+        // Each append claims as many bytes as it placed, `CLAIM_AHEAD_BYTES` on: appends of one
+        // size claim, between them, every line the later ones fill. A record within a line
+        // (a single-key append) claims the one line its end falls in.
+        let claim_end = (self.bytes.len() + CLAIM_AHEAD_BYTES).min(self.bytes.capacity());
+        let base = self.bytes.as_ptr();
+        if bytes.len() <= LINE_BYTES {
+            if claim_end < self.bytes.capacity() {
+                crate::hint::prefetch_write(base.wrapping_add(claim_end));
+            }
+        } else {
+            let claim_from = claim_end.saturating_sub(bytes.len().min(CLAIM_MAX_BYTES));
+            // From the start of `claim_from`'s line (by address: the buffer need not be
+            // aligned).
+            let misaligned = (base as usize).wrapping_add(claim_from) % LINE_BYTES;
+            let mut line = claim_from.wrapping_sub(misaligned);
+            while line < claim_end {
+                crate::hint::prefetch_write(base.wrapping_add(line));
+                line = line.wrapping_add(LINE_BYTES);
+            }
         }
         let next_run = self.runs.len() + CLAIM_AHEAD_RUNS;
         if next_run < self.runs.capacity() {
