@@ -107,8 +107,9 @@ impl Packed {
 
 /// References taken on the last window number handed out and not yet added to its count (see
 /// the module doc). Kept by the owner of a [`Windows`] and handed to every call that takes or
-/// drops a reference; only [`Windows`] changes it.
-#[derive(Debug, Default, Clone, Copy)]
+/// drops a reference; only [`Windows`] changes it. Not `Copy`: a copy would hold the same
+/// references twice.
+#[derive(Debug, Default)]
 pub(super) struct PendingRefs(u32);
 
 /// One shard's window numbers (see the module doc).

@@ -130,7 +130,7 @@ pub(crate) struct ShardTable {
 const MIN_CAPACITY: usize = 64;
 
 /// Counts an insert adds to, kept with the shard's lock (see [`ShardTable`]).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct PendingCounts {
     refs: PendingRefs,
     schedules: WheelTally,

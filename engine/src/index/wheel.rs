@@ -69,7 +69,8 @@ fn level_span(level: usize) -> u64 {
 
 /// Schedules into one bucket not yet added to its count (see the module doc). Kept by the
 /// wheel's owner, handed to [`ExpiryWheel::schedule_tallied`] and [`ExpiryWheel::advance`].
-#[derive(Debug, Default, Clone, Copy)]
+/// Not `Copy`: a copy would count the same schedules twice.
+#[derive(Debug, Default)]
 pub(crate) struct WheelTally {
     /// The bucket: `level << 8 | index`.
     bucket: u32,
