@@ -319,13 +319,14 @@ struct LogState {
 /// How far past a lane's last placed byte [`Lane::place`] claims the lines of the next appends
 /// (about five single-key records: far enough that the lines are there when they come).
 const CLAIM_AHEAD_BYTES: usize = 256;
+/// How far past a lane's last run [`Lane::place`] claims the line of the next (one run per
+/// append).
+const CLAIM_AHEAD_RUNS: usize = 6;
 /// The most bytes one append claims ahead (a transaction's group spans several lines; a batch's
 /// records, copied in one piece, need none: the copy streams).
 const CLAIM_MAX_BYTES: usize = 512;
 /// The cache line's size, the unit of a claim.
 const LINE_BYTES: usize = 64;
-/// The same for the lane's runs (one per append).
-const CLAIM_AHEAD_RUNS: usize = 6;
 
 /// One append lane: records appended through it that the writer has not taken yet, in the
 /// order of their locations (an append reserves its place at the tail and copies its bytes here
@@ -375,11 +376,11 @@ impl Lane {
         });
         self.bytes.extend_from_slice(bytes);
         // The next appends' lines, claimed for writing now (see `hint::prefetch_write`: the
-        // buffers were last read by the writer, on the other core). Within the capacity only:
-        // the buffers keep theirs from one fill to the next.
-        // Each append claims as many bytes as it placed, `CLAIM_AHEAD_BYTES` on: appends of one
-        // size claim, between them, every line the later ones fill. A record within a line
-        // (a single-key append) claims the one line its end falls in.
+        // buffers were last read by the writer, on the other core), within the capacity (the
+        // buffers keep theirs from one fill to the next). Each append claims as many bytes as
+        // it placed, `CLAIM_AHEAD_BYTES` on, so appends of one size claim between them every
+        // line the later ones fill; a record within a line (a single-key append) claims just
+        // the line its end falls in, without the loop.
         let claim_end = (self.bytes.len() + CLAIM_AHEAD_BYTES).min(self.bytes.capacity());
         let base = self.bytes.as_ptr();
         if bytes.len() <= LINE_BYTES {
