@@ -194,12 +194,12 @@ fn write_checkpoint_locked(shared: &Shared) -> Result<()> {
 fn reap(shared: &Shared) -> u64 {
     let now = shared.clock.now_millis();
     let mut removed_total = 0;
+    let mut released = Vec::new();
     for shard in shared.index.shards() {
         loop {
             let mut table = shard.lock();
             let (done, removed) = table.reap(now, REAP_SLICE);
-            shared.settle(&mut table);
-            drop(table);
+            shared.settle_after_unlock(table, &mut released);
             removed_total += removed as u64;
             if done {
                 break;
@@ -599,6 +599,7 @@ fn copy_entries(
     let mut live: Vec<usize> = Vec::with_capacity(COPY_BATCH);
     let mut forget: Vec<usize> = Vec::with_capacity(COPY_BATCH);
     let mut copies: Vec<Record<'_>> = Vec::with_capacity(COPY_BATCH);
+    let mut released = Vec::new();
     for shard in 0..shards {
         let run = &order[starts[shard] as usize..starts[shard + 1] as usize];
         for batch in run.chunks(COPY_BATCH) {
@@ -653,7 +654,7 @@ fn copy_entries(
                 let &(hash, at, _) = entry(i);
                 table.forget_location(hash.tag, at);
             }
-            shared.settle(&mut table);
+            shared.settle_after_unlock(table, &mut released);
             copied += live.len() as u64;
         }
     }
