@@ -19,6 +19,9 @@
 //! - Damage found in a sealed segment does not stop maintenance: the segment is set aside (no
 //!   more compaction of it), counted, and reported once; expiry, deletion and checkpoints go on.
 //! - One round runs at a time (`round_lock`).
+//! - Reaping and compaction hand the locations they drop to the log's live counts after the
+//!   shard lock is released (`Shared::settle_after_unlock`): the log's state lock, which the
+//!   writer holds while it takes the lanes, is not waited for with a caller's shard locked.
 
 pub(crate) mod state;
 
