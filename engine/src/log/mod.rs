@@ -689,7 +689,11 @@ impl Log {
                 record::encode_into(encoded, record);
                 locations.push(encoded.len() as u64);
             }
-            self.place_many_encoded(records, encoded, locations)
+            let end = self.place_many_encoded(records, encoded, locations)?;
+            if let Some(end) = end {
+                self.wake_writer_if_full(end);
+            }
+            Ok(end)
         })
     }
 
@@ -803,7 +807,10 @@ impl Log {
     /// (compaction's copies of records it read and checked: a record's checksum does not cover
     /// its location, so its bytes are valid anywhere). `encoded` holds `records` back to back
     /// and `locations` each one's end offset in it; each becomes the record's location. As
-    /// [`Log::append_many`] otherwise.
+    /// [`Log::append_many`] otherwise, except that it does not wake the writer: compaction
+    /// appends with a shard lock or the state lock held, and calls
+    /// [`Log::wake_writer_if_full`] once it has dropped it (a woken writer that preempts the
+    /// waker on a busy machine would otherwise keep that lock from the callers meanwhile).
     pub(crate) fn append_many_preencoded(
         &self,
         records: &[Record<'_>],
@@ -820,7 +827,7 @@ impl Log {
     /// Places `records`, encoded back to back in `encoded` with their end offsets in
     /// `locations`, through this thread's lane: as many as fit in the tail segment as one piece,
     /// the record that does not fit opening the next segment, and so on. Each end offset becomes
-    /// the record's location; returns the end of the last.
+    /// the record's location; returns the end of the last. The caller wakes the writer.
     fn place_many_encoded(
         &self,
         records: &[Record<'_>],
@@ -870,7 +877,6 @@ impl Log {
             n = upto;
         }
         drop(lane);
-        self.wake_writer_if_full(end);
         Ok(Some(end))
     }
 
@@ -982,7 +988,7 @@ impl Log {
     /// Wakes the writer once a write buffer's worth is pending. In `Sync` mode the caller wakes
     /// it when it starts to wait (`wait_durable`), so that a batch appended record by record is
     /// committed by one fsync, not several.
-    fn wake_writer_if_full(&self, end: Location) {
+    pub(crate) fn wake_writer_if_full(&self, end: Location) {
         let written = self.written_hint.load(Ordering::Acquire);
         if bytes_between(written, end, self.segment_size_bytes) >= self.write_buffer_bytes {
             self.work_ready.notify_one();

@@ -20,8 +20,10 @@
 //!   more compaction of it), counted, and reported once; expiry, deletion and checkpoints go on.
 //! - One round runs at a time (`round_lock`).
 //! - Reaping and compaction hand the locations they drop to the log's live counts after the
-//!   shard lock is released (`Shared::settle_after_unlock`): the log's state lock, which the
-//!   writer holds while it takes the lanes, is not waited for with a caller's shard locked.
+//!   shard lock is released (`Shared::settle_after_unlock`), and compaction wakes the writer for
+//!   its copies after the shard or state lock is released: the log's state lock, which the writer
+//!   holds while it takes the lanes, is not waited for, and the writer is not woken (it would
+//!   preempt the waker on a busy machine), with a lock callers wait for held.
 
 pub(crate) mod state;
 
@@ -507,11 +509,12 @@ impl Out {
     }
 
     /// Appends the batch (`records`, in the order pushed); `ends` become their locations.
-    fn append(&mut self, shared: &Shared, records: &[Record<'_>]) -> Result<()> {
+    /// Returns the end of the last, for the caller to wake the writer with once it has
+    /// dropped the lock it holds ([`crate::log::Log::wake_writer_if_full`]).
+    fn append(&mut self, shared: &Shared, records: &[Record<'_>]) -> Result<Option<Location>> {
         shared
             .log
-            .append_many_preencoded(records, &self.encoded, &mut self.ends)?;
-        Ok(())
+            .append_many_preencoded(records, &self.encoded, &mut self.ends)
     }
 }
 
@@ -648,7 +651,7 @@ fn copy_entries(
             // Nothing changes the table between the probes and the switches (its lock is
             // held), so the slots found are still the entries'. Each copy is written (to the
             // buffer, ahead of anything that could make it durable) before its entry moves.
-            out.append(shared, &copies)?;
+            let end = out.append(shared, &copies)?;
             for (&slot, &copy) in live.iter().zip(&out.ends) {
                 table.relocate(slot, copy);
             }
@@ -658,6 +661,9 @@ fn copy_entries(
                 table.forget_location(hash.tag, at);
             }
             shared.settle_after_unlock(table, &mut released);
+            if let Some(end) = end {
+                shared.log.wake_writer_if_full(end);
+            }
             copied += live.len() as u64;
         }
     }
@@ -690,7 +696,7 @@ fn copy_state(shared: &Shared, records: &[(Location, Scanned<'_>)], out: &mut Ou
         for (_, copy) in &live {
             out.push(copy);
         }
-        out.append(shared, &copies)?;
+        let appended = out.append(shared, &copies)?;
         for (&&(at, Scanned { record, .. }), &copy) in live.iter().zip(&out.ends) {
             let end = copy + record.encoded_len() as u64;
             if record.kind == RecordKind::StatePut {
@@ -698,6 +704,10 @@ fn copy_state(shared: &Shared, records: &[(Location, Scanned<'_>)], out: &mut Ou
             } else {
                 state.relocate_position(record.key, at, (copy, end));
             }
+        }
+        drop(state);
+        if let Some(end) = appended {
+            shared.log.wake_writer_if_full(end);
         }
         copied += live.len() as u64;
     }
