@@ -105,19 +105,27 @@ impl Default for Arena {
 }
 
 impl Arena {
+    /// Inlined into each caller (five per typical transaction), the heap path out of line.
+    #[inline(always)]
     fn keep(&mut self, bytes: &[u8]) -> Span {
         let (start, end) = (self.len, self.len + bytes.len());
         if end <= INLINE_ARENA {
             self.inline[start..end].copy_from_slice(bytes);
         } else {
-            if self.heap.is_empty() {
-                self.heap.reserve(end.max(2 * INLINE_ARENA));
-                self.heap.extend_from_slice(&self.inline[..start]);
-            }
-            self.heap.extend_from_slice(bytes);
+            self.keep_on_heap(bytes, start, end);
         }
         self.len = end;
         start..end
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn keep_on_heap(&mut self, bytes: &[u8], start: usize, end: usize) {
+        if self.heap.is_empty() {
+            self.heap.reserve(end.max(2 * INLINE_ARENA));
+            self.heap.extend_from_slice(&self.inline[..start]);
+        }
+        self.heap.extend_from_slice(bytes);
     }
 }
 
@@ -461,6 +469,7 @@ impl Transaction<'_> {
     }
 
     /// Copies `bytes` into the arena.
+    #[inline]
     fn keep(&mut self, bytes: &[u8]) -> Span {
         self.arena.keep(bytes)
     }
