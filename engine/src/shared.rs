@@ -92,13 +92,11 @@ impl Shared {
 
     /// [`Shared::settle`] after the shard lock is dropped, for maintenance: the table's released
     /// locations are swapped into `spare` (empty; the table keeps its allocation instead) under
-    /// the lock, and handed to the log once `table` is unlocked. The log's state lock, which
-    /// the writer holds while it takes the lanes, is then never waited for with a shard lock
-    /// held: a compaction preempted there kept every caller of its shard waiting for
-    /// milliseconds (`perf` of context switches in a transaction workload: the callers'
-    /// longest waits were for the shard lock, the maintenance thread preempted in
-    /// `Log::release` while holding it). Counts settled a little later are only ever too high
-    /// meanwhile, which delays a compaction or deletion, never makes one wrong.
+    /// the lock, and handed to the log once `table` is unlocked, so the log's state lock (which
+    /// the writer holds while it takes the lanes) is not waited for with a shard lock held: a
+    /// maintenance thread preempted there kept the shard from its callers (seen in `perf` of
+    /// context switches). Counts settled a little later are only ever too high meanwhile,
+    /// which delays a compaction or deletion, never makes one wrong.
     pub(crate) fn settle_after_unlock(
         &self,
         mut table: MutexGuard<'_, ShardTable>,
