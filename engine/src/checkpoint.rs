@@ -213,21 +213,42 @@ pub(crate) fn write_delta(shared: &Shared) -> Result<bool> {
     write_kind(shared, Kind::Delta(chain))
 }
 
-/// Whether a delta checkpoint is due: `every` bytes appended since the chain's last file, or
-/// since the last full checkpoint (`full_at_bytes`) if there is no chain.
 /// Whether this store writes delta checkpoints (and so its shards track what they drop of the
 /// entries the latest checkpoint holds).
 pub(crate) fn deltas_enabled(config: &crate::config::Config) -> bool {
     config.checkpoint_every_bytes > 0 && config.checkpoint_delta_every_bytes > 0
 }
 
+/// Whether a delta checkpoint is due: `every` bytes appended since the chain's last file, or
+/// since the last full checkpoint (`full_at_bytes`) if there is no chain.
 pub(crate) fn delta_due(shared: &Shared, appended: u64, full_at_bytes: u64, every: u64) -> bool {
-    let last = shared
+    every > 0 && appended.saturating_sub(last_checkpoint_bytes(shared, full_at_bytes)) >= every
+}
+
+/// `Log::bytes_appended` when the latest checkpoint file (full or delta) was written.
+fn last_checkpoint_bytes(shared: &Shared, full_at_bytes: u64) -> u64 {
+    shared
         .index
         .checkpoint_chain
         .lock()
-        .map_or(full_at_bytes, |chain| chain.at_bytes.max(full_at_bytes));
-    every > 0 && appended.saturating_sub(last) >= every
+        .map_or(full_at_bytes, |chain| chain.at_bytes.max(full_at_bytes))
+}
+
+/// Bytes the log may still append before the next checkpoint (full or delta) is due, with
+/// `appended` appended so far and the last full one at `full_at_bytes` (0: one is due now);
+/// `None` if checkpoints are off.
+pub(crate) fn bytes_until_due(shared: &Shared, appended: u64, full_at_bytes: u64) -> Option<u64> {
+    let config = &shared.config;
+    if config.checkpoint_every_bytes == 0 {
+        return None;
+    }
+    let mut due = full_at_bytes.saturating_add(config.checkpoint_every_bytes);
+    if deltas_enabled(config) {
+        let delta = last_checkpoint_bytes(shared, full_at_bytes)
+            .saturating_add(config.checkpoint_delta_every_bytes);
+        due = due.min(delta);
+    }
+    Some(due.saturating_sub(appended))
 }
 
 fn write_kind(shared: &Shared, kind: Kind) -> Result<bool> {

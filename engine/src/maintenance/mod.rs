@@ -61,13 +61,15 @@ pub struct MaintenanceReport {
 
 pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
     let interval = (shared.config.expiry_tick / 4).min(Duration::from_millis(250));
+    let mut pace = CheckpointPace::default();
     std::thread::Builder::new()
         .name("idem-maintenance".into())
         .spawn(move || loop {
             {
+                let wait = pace.next_wait(&shared, interval);
                 let mut stopping = shared.maintenance.stopping.lock();
                 if !*stopping {
-                    shared.maintenance.wake.wait_for(&mut stopping, interval);
+                    shared.maintenance.wake.wait_for(&mut stopping, wait);
                 }
                 if *stopping {
                     return;
@@ -84,6 +86,56 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
             }
         })
         .map_err(|e| Error::io("spawning the idem maintenance thread", e))
+}
+
+/// The shortest sleep between two rounds of the maintenance thread.
+const MIN_ROUND_WAIT: Duration = Duration::from_millis(5);
+
+/// How fast the log grew between the maintenance thread's rounds, to time its next round for
+/// the next checkpoint: at a fixed interval a delta due every `checkpoint_delta_every_bytes`
+/// would be written that plus whatever a busy store appends in the interval (at 100 MB/s and
+/// 250 ms, 25 MB: a delta every 33 MiB instead of 8), and the shards' lists of changes, 16
+/// bytes per put until the next delta, would hold four times the entries.
+#[derive(Debug, Default)]
+struct CheckpointPace {
+    /// `Log::bytes_appended` and the time at the previous call.
+    last: Option<(u64, std::time::Instant)>,
+}
+
+impl CheckpointPace {
+    /// How long to sleep before the next round: `interval`, or less if the log, growing as fast
+    /// as since the previous call, reaches the next checkpoint's threshold sooner (at least
+    /// [`MIN_ROUND_WAIT`]).
+    fn next_wait(&mut self, shared: &Shared, interval: Duration) -> Duration {
+        let appended = shared.log.bytes_appended();
+        let now = std::time::Instant::now();
+        let Some((before, then)) = self.last.replace((appended, now)) else {
+            return interval;
+        };
+        let full_at = shared
+            .maintenance
+            .checkpointed_at_bytes
+            .load(Ordering::Relaxed);
+        let Some(left) = checkpoint::bytes_until_due(shared, appended, full_at) else {
+            return interval;
+        };
+        wait_until_due(
+            left,
+            appended.saturating_sub(before),
+            now.duration_since(then),
+            interval,
+        )
+    }
+}
+
+/// The time the log takes to grow by `left` bytes if it goes on growing `grown` bytes per
+/// `elapsed`, within [`MIN_ROUND_WAIT`] ..= `interval` (`interval` if it did not grow).
+fn wait_until_due(left: u64, grown: u64, elapsed: Duration, interval: Duration) -> Duration {
+    if grown == 0 || elapsed.is_zero() {
+        return interval;
+    }
+    let until_due = left as f64 * elapsed.as_secs_f64() / grown as f64;
+    Duration::from_secs_f64(until_due.min(interval.as_secs_f64())).max(MIN_ROUND_WAIT)
 }
 
 /// One round: reap, delete expired segments, compact one sparse segment, checkpoint if due.
@@ -744,6 +796,97 @@ mod tests {
             .background_maintenance(false)
             .segment_size_bytes(1 << 20)
             .checkpoint_every_bytes(0)
+    }
+
+    #[test]
+    fn rounds_are_timed_for_the_next_checkpoint_at_the_rate_the_log_grows() {
+        use super::{wait_until_due, MIN_ROUND_WAIT};
+        let interval = Duration::from_millis(250);
+        let ms = Duration::from_millis;
+        // 25 MiB in the last 250 ms, 8 MiB to go: the round comes when they are appended.
+        assert_eq!(
+            wait_until_due(8 << 20, 25 << 20, interval, interval),
+            ms(80)
+        );
+        // Growing slowly, or not at all: the interval.
+        assert_eq!(
+            wait_until_due(8 << 20, 1 << 20, ms(100), interval),
+            interval
+        );
+        assert_eq!(wait_until_due(8 << 20, 0, ms(100), interval), interval);
+        assert_eq!(
+            wait_until_due(8 << 20, 1 << 20, Duration::ZERO, interval),
+            interval
+        );
+        // Due already (or nearly): soon, but not a spin.
+        assert_eq!(
+            wait_until_due(0, 25 << 20, ms(250), interval),
+            MIN_ROUND_WAIT
+        );
+        assert_eq!(
+            wait_until_due(1, 25 << 20, ms(250), interval),
+            MIN_ROUND_WAIT
+        );
+    }
+
+    #[test]
+    fn the_next_checkpoint_is_due_a_delta_interval_after_the_last_one_or_a_full_one() {
+        use crate::checkpoint::bytes_until_due;
+        use std::sync::atomic::Ordering;
+        let clock = ManualClock::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (full, delta) = (4u64 << 20, 1u64 << 20);
+        let store = Store::open_with(
+            dir.path(),
+            config(&clock)
+                .checkpoint_every_bytes(full)
+                .checkpoint_delta_every_bytes(delta),
+        )
+        .unwrap();
+        let shared = &*store.shared;
+        let appended = || shared.log.bytes_appended();
+        let until = || {
+            let full_at = shared
+                .maintenance
+                .checkpointed_at_bytes
+                .load(Ordering::Relaxed);
+            bytes_until_due(shared, appended(), full_at).unwrap()
+        };
+        let ttl = Duration::from_secs(3600);
+        let mut next = 0;
+        let mut insert_until = |bytes: u64| {
+            while appended() < bytes {
+                store.check_or_insert(&key(next), ttl, b"v").unwrap();
+                next += 1;
+            }
+        };
+        // No checkpoint yet: the first is due a delta interval in (a full one, as no chain
+        // exists to extend).
+        insert_until(delta / 2);
+        assert_eq!(until(), delta - appended());
+        insert_until(delta);
+        assert!(store.maintain().unwrap().checkpoint_written);
+        let full_at = appended();
+        assert_eq!(until(), delta);
+        // Then a delta interval after each delta.
+        insert_until(full_at + delta);
+        assert!(store.maintain().unwrap().checkpoint_written);
+        let delta_at = appended();
+        assert_eq!(until(), delta);
+        insert_until(delta_at + delta / 4);
+        assert_eq!(until(), delta_at + delta - appended());
+        drop(store);
+
+        // Without deltas, the full interval; without checkpoints, never.
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_with(dir.path(), config(&clock).checkpoint_every_bytes(full)).unwrap();
+        let shared = &*store.shared;
+        assert_eq!(bytes_until_due(shared, 1000, 0), Some(full - 1000));
+        drop(store);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), config(&clock)).unwrap();
+        assert_eq!(bytes_until_due(&store.shared, 1000, 0), None);
     }
 
     fn key(i: u64) -> [u8; 16] {
