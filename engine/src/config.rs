@@ -196,17 +196,18 @@ impl Config {
     /// replays at most this much log, while full checkpoints (`checkpoint_every_bytes`) stay
     /// rare. Deltas are off when periodic checkpoints are.
     ///
-    /// The trade: at 10 M live keys, 32 MiB cut the worst reopen after a kill from about 1.2 s
-    /// to 0.4-0.55 s here (most of it loading the full checkpoint, so 16 or 8 MiB do no
-    /// better). But while deltas are on, every shard lists each entry it puts (16 bytes, until
-    /// the next delta: about 11 MB per 32 MiB of log at 16-byte keys, up to twice that with
-    /// the lists' spare capacity) and each location that leaves it, and the maintenance thread
-    /// writes a delta every 32 MiB (about 35 ms at 10 M keys, whatever the table's size).
-    /// Measured side by side (`compare --peers idem-never-1t,idem-never-deltas`, 4 M
-    /// single-key calls on one thread): 0.91x the throughput and 29 MiB more RSS at the end;
-    /// at 10 M keys with a delta every 16 MiB, 24.1-24.2 B of RSS per key against 22.2-22.3
-    /// without (`rss_breakdown --deltas 16`). Turn them on where the time to restart after a
-    /// crash matters more.
+    /// The trade: at 10 M live keys, a delta every 8 or 32 MiB cut the worst reopen after a
+    /// kill from about 1.2 s to 0.4-0.52 s here (most of it loading the full checkpoint, so a
+    /// shorter interval does little better). But while deltas are on, every shard lists each
+    /// entry it puts (16 bytes, until the next delta: about 2.8 MB per 8 MiB of log at 16-byte
+    /// keys, up to twice that with the lists' spare capacity) and each location that leaves it,
+    /// and the maintenance thread writes the deltas (it times its rounds for them from the rate
+    /// the log grows, so a delta comes close to every interval however busy the store is).
+    /// At 10 M keys, RSS per key is 23.2 B with a delta every 8 MiB, 23.8 B every 16 MiB and
+    /// 22.2 B without (`rss_breakdown --deltas N`); on two cores the maintenance thread's work
+    /// cost single-key calls 0.77x-1.2x their throughput without deltas, median 0.89x (six
+    /// alternating pairs of `per_op plain 4000000 --maintenance [--deltas 8]`). Turn them on
+    /// where the time to restart after a crash matters more.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self
