@@ -74,7 +74,7 @@ impl Default for Config {
             expiry_tick: Duration::from_secs(1),
             compaction_live_ratio: 0.5,
             checkpoint_every_bytes: 256 << 20,
-            checkpoint_delta_every_bytes: 0,
+            checkpoint_delta_every_bytes: Config::DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES,
             background_maintenance: true,
             storage: Arc::new(FileSystem),
             late_duplicate_grace: Duration::ZERO,
@@ -90,6 +90,10 @@ impl Default for Config {
 impl Config {
     /// The smallest segment size accepted: it must hold the largest record.
     pub const MIN_SEGMENT_SIZE_BYTES: u32 = 1 << 20;
+
+    /// Log bytes between delta checkpoints by default (see
+    /// [`Config::checkpoint_delta_every_bytes`]).
+    pub const DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES: u64 = 8 << 20;
 
     /// Sets the durability mode (default [`Durability::Sync`]).
     pub fn durability(mut self, durability: Durability) -> Self {
@@ -191,23 +195,26 @@ impl Config {
     }
 
     /// Writes a delta checkpoint after this many bytes were appended to the log since the last
-    /// checkpoint of either kind (default 0: off). A delta holds only the entries written since
-    /// the previous checkpoint and the locations dropped since, so a reopen after a crash
-    /// replays at most this much log, while full checkpoints (`checkpoint_every_bytes`) stay
-    /// rare. Deltas are off when periodic checkpoints are.
+    /// checkpoint of either kind (default [`Config::DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES`],
+    /// 8 MiB; 0 turns deltas off). A delta holds only the entries written since the previous
+    /// checkpoint and the locations dropped since, so a reopen after a crash loads the full
+    /// checkpoint and its deltas and replays at most about this much log, while full
+    /// checkpoints (`checkpoint_every_bytes`) stay rare. Deltas are off when periodic
+    /// checkpoints are.
     ///
-    /// The trade: at 10 M live keys, a delta every 8 or 32 MiB cut the worst reopen after a
-    /// kill from about 1.2 s to 0.4-0.52 s here (most of it loading the full checkpoint, so a
-    /// shorter interval does little better). But while deltas are on, every shard lists each
-    /// entry it puts (16 bytes, until the next delta: about 2.8 MB per 8 MiB of log at 16-byte
-    /// keys, up to twice that with the lists' spare capacity) and each location that leaves it,
-    /// and the maintenance thread writes the deltas (it times its rounds for them from the rate
-    /// the log grows, so a delta comes close to every interval however busy the store is).
-    /// At 10 M keys, RSS per key is 23.2 B with a delta every 8 MiB, 23.8 B every 16 MiB and
-    /// 22.2 B without (`rss_breakdown --deltas N`); on two cores the maintenance thread's work
-    /// cost single-key calls 0.77x-1.2x their throughput without deltas, median 0.89x (six
-    /// alternating pairs of `per_op plain 4000000 --maintenance [--deltas 8]`). Turn them on
-    /// where the time to restart after a crash matters more.
+    /// The trade: at 10 M live keys, deltas every 8 MiB cut the worst reopen after a kill (just
+    /// before a checkpoint was due) from about 1.2 s to 0.4-0.52 s here; most of that is
+    /// loading the full checkpoint, so a shorter interval does little better. While deltas are
+    /// on, every shard lists each entry it puts (16 bytes until the next delta: about 2.8 MB
+    /// per 8 MiB of log at 16-byte keys, up to twice that with the lists' spare capacity) and
+    /// each location that leaves it, and the maintenance thread writes the deltas (it times
+    /// its rounds for them from the rate the log grows, so a delta comes close to every
+    /// interval however busy the store is). At 10 M keys, RSS per key is 23.2 B with a delta
+    /// every 8 MiB and 22.2 B without (`rss_breakdown --deltas N`); single-key throughput with
+    /// and without deltas differed by less than this machine's noise (14 alternating pairs of
+    /// `per_op plain 4000000 --maintenance --deltas 8|0`: ratios 0.77x-1.26x, median 1.03x;
+    /// the maintenance thread took about 4 % of the CPU samples). Turn them off (0) to save the
+    /// memory where restart time does not matter.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self
