@@ -203,18 +203,21 @@ impl Config {
     /// checkpoints are.
     ///
     /// The trade: at 10 M live keys, deltas every 8 MiB cut the worst reopen after a kill (just
-    /// before a checkpoint was due) from about 1.2 s to 0.4-0.52 s here; most of that is
+    /// before a checkpoint was due) from about 1.2 s to 0.39-0.69 s here (median about 0.48
+    /// s, twelve opens); most of that is
     /// loading the full checkpoint, so a shorter interval does little better. While deltas are
     /// on, every shard lists each entry it puts (16 bytes until the next delta: about 2.8 MB
     /// per 8 MiB of log at 16-byte keys, up to twice that with the lists' spare capacity) and
     /// each location that leaves it, and the maintenance thread writes the deltas (it times
     /// its rounds for them from the rate the log grows, so a delta comes close to every
     /// interval however busy the store is). At 10 M keys, RSS per key is 23.2 B with a delta
-    /// every 8 MiB and 22.2 B without (`rss_breakdown --deltas N`); single-key throughput with
-    /// and without deltas differed by less than this machine's noise (14 alternating pairs of
-    /// `per_op plain 4000000 --maintenance --deltas 8|0`: ratios 0.77x-1.26x, median 1.03x;
-    /// the maintenance thread took about 4 % of the CPU samples). Turn them off (0) to save the
-    /// memory where restart time does not matter.
+    /// every 8 MiB and 22.2 B without (`rss_breakdown --deltas N`). On one thread, single-key
+    /// throughput with and without deltas differed by less than this machine's noise (14
+    /// alternating pairs of `per_op plain 4000000 --maintenance --deltas 8|0`: ratios
+    /// 0.77x-1.26x, median 1.03x; the maintenance thread took about 4 % of the CPU samples);
+    /// on two threads of a two-CPU machine, where the maintenance thread is a third busy one,
+    /// they cost about a tenth (`compare`). Turn them off (0) to save that, and the memory,
+    /// where restart time matters less.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self
