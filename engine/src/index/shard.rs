@@ -595,7 +595,10 @@ impl ShardTable {
     pub(crate) fn reap(&mut self, now_millis: u64, budget: usize) -> (bool, usize) {
         let to_tick = now_millis / self.tick_millis;
         let blocks = self.blocks();
-        let mut wheel = std::mem::replace(&mut self.wheel, ExpiryWheel::new(0));
+        // Out of the table while it advances (the sweeps borrow the table); the placeholder
+        // left behind allocates nothing: a full wheel built and dropped here, per shard per
+        // round, cost more than the round's reaping.
+        let mut wheel = std::mem::replace(&mut self.wheel, ExpiryWheel::placeholder());
         let mut removed = 0;
         let budget = budget.div_ceil(BLOCK_COST);
         let pending = std::mem::take(&mut self.pending.schedules);

@@ -211,6 +211,20 @@ impl ExpiryWheel {
         }
     }
 
+    /// A wheel with no buckets, which allocates nothing: what a shard holds in place of its
+    /// wheel while the wheel is out advancing (`ShardTable::reap`). Every schedule into it
+    /// panics (it has no bucket to index), so nothing can be put there and lost.
+    pub(crate) fn placeholder() -> ExpiryWheel {
+        ExpiryWheel {
+            levels: std::array::from_fn(|_| Level {
+                buckets: Box::default(),
+                entries: 0,
+            }),
+            current_tick: 0,
+            cascading: false,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn current_tick(&self) -> u64 {
         self.current_tick
@@ -482,6 +496,24 @@ mod tests {
             entries.len()
         );
         assert_eq!(fired, 5_000);
+    }
+
+    #[test]
+    fn the_placeholder_holds_nothing_and_refuses_schedules() {
+        let placeholder = ExpiryWheel::placeholder();
+        assert!(placeholder
+            .levels
+            .iter()
+            .all(|level| level.buckets.is_empty()));
+        assert_eq!(placeholder.counted_entries(), 0);
+        let refused = std::panic::catch_unwind(|| {
+            let mut placeholder = ExpiryWheel::placeholder();
+            placeholder.schedule(0, 1024, 5);
+        });
+        assert!(
+            refused.is_err(),
+            "a schedule into the placeholder would be lost"
+        );
     }
 
     #[test]
