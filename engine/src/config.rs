@@ -74,7 +74,7 @@ impl Default for Config {
             expiry_tick: Duration::from_secs(1),
             compaction_live_ratio: 0.5,
             checkpoint_every_bytes: 256 << 20,
-            checkpoint_delta_every_bytes: Config::DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES,
+            checkpoint_delta_every_bytes: 0,
             background_maintenance: true,
             storage: Arc::new(FileSystem),
             late_duplicate_grace: Duration::ZERO,
@@ -90,10 +90,6 @@ impl Default for Config {
 impl Config {
     /// The smallest segment size accepted: it must hold the largest record.
     pub const MIN_SEGMENT_SIZE_BYTES: u32 = 1 << 20;
-
-    /// Log bytes between delta checkpoints by default (see
-    /// [`Config::checkpoint_delta_every_bytes`]).
-    pub const DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES: u64 = 8 << 20;
 
     /// Sets the durability mode (default [`Durability::Sync`]).
     pub fn durability(mut self, durability: Durability) -> Self {
@@ -195,29 +191,28 @@ impl Config {
     }
 
     /// Writes a delta checkpoint after this many bytes were appended to the log since the last
-    /// checkpoint of either kind (default [`Config::DEFAULT_CHECKPOINT_DELTA_EVERY_BYTES`],
-    /// 8 MiB; 0 turns deltas off). A delta holds only the entries written since the previous
-    /// checkpoint and the locations dropped since, so a reopen after a crash loads the full
-    /// checkpoint and its deltas and replays at most about this much log, while full
-    /// checkpoints (`checkpoint_every_bytes`) stay rare. Deltas are off when periodic
-    /// checkpoints are.
+    /// checkpoint of either kind (default 0: off). A delta holds only the entries written since
+    /// the previous checkpoint and the locations dropped since, so a reopen after a crash
+    /// replays at most this much log, while full checkpoints (`checkpoint_every_bytes`) stay
+    /// rare. Deltas are off when periodic checkpoints are.
     ///
     /// The trade: at 10 M live keys, deltas every 8 MiB cut the worst reopen after a kill (just
-    /// before a checkpoint was due) from about 1.2 s to 0.39-0.69 s here (median about 0.48
-    /// s, twelve opens); most of that is
-    /// loading the full checkpoint, so a shorter interval does little better. While deltas are
-    /// on, every shard lists each entry it puts (16 bytes until the next delta: about 2.8 MB
-    /// per 8 MiB of log at 16-byte keys, up to twice that with the lists' spare capacity) and
-    /// each location that leaves it, and the maintenance thread writes the deltas (it times
-    /// its rounds for them from the rate the log grows, so a delta comes close to every
-    /// interval however busy the store is). At 10 M keys, RSS per key is 23.2 B with a delta
-    /// every 8 MiB and 22.2 B without (`rss_breakdown --deltas N`). On one thread, single-key
-    /// throughput with and without deltas differed by less than this machine's noise (14
-    /// alternating pairs of `per_op plain 4000000 --maintenance --deltas 8|0`: ratios
-    /// 0.77x-1.26x, median 1.03x; the maintenance thread took about 4 % of the CPU samples);
-    /// on two threads of a two-CPU machine, where the maintenance thread is a third busy one,
-    /// they cost about a tenth (`compare`). Turn them off (0) to save that, and the memory,
-    /// where restart time matters less.
+    /// before a checkpoint was due) from about 1.2 s to 0.39-0.69 s here (median about 0.48 s,
+    /// twelve opens); most of that is loading the full checkpoint, so a shorter interval does
+    /// little better. While deltas are on, every shard lists each entry it puts (16 bytes
+    /// until the next delta: about 2.8 MB per 8 MiB of log at 16-byte keys, up to twice that
+    /// with the lists' spare capacity) and each location that leaves it, and the maintenance
+    /// thread writes the deltas (it times its rounds for them from the rate the log grows, so
+    /// a delta comes close to every interval however busy the store is). At 10 M keys, RSS
+    /// per key is 23.2 B with a delta every 8 MiB and 22.2 B without (`rss_breakdown --deltas
+    /// N`). On one thread, single-key throughput with and without deltas every 8 MiB differed
+    /// by less than this machine's noise (14 alternating pairs of `per_op plain 4000000
+    /// --maintenance [--deltas 8]`: ratios 0.77x-1.26x, median 1.03x). On two threads sharing
+    /// a store on a two-CPU machine they cost about a sixth (`compare`, 2 M operations, four
+    /// alternations: 0.72x-0.82x the in-memory ceiling with them, 0.90x-0.95x without): each
+    /// put's entry in its shard's list is a cache line the two cores pass back and forth, and
+    /// the maintenance thread is a third busy thread. Turn them on where the time to restart
+    /// after a crash matters more than that.
     pub fn checkpoint_delta_every_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_delta_every_bytes = bytes;
         self

@@ -4,7 +4,7 @@
 //! keys and values, 1 % re-sends, TTL 1 h), `Never` mode.
 //!
 //! ```text
-//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas MIB] [--presize]
+//! cargo run --release -p idem-bench --bin per_op -- <plain|tx|batch> [ops] [--maintenance] [--deltas [MIB]] [--presize]
 //! ```
 //!
 //! `tx-dedup` (a transaction of the dedup check alone) and `tx-dedup-position` (and the
@@ -16,8 +16,8 @@
 //! background threads take on a busy machine), the wall time per operation, and the calls of
 //! 0.5 ms or more, then the log bytes appended per operation (compaction's copies included), the
 //! segments compacted and the disk bytes per live key. By default the maintenance thread is off, so the figures are the path's
-//! own; `--maintenance` turns it on as `compare` runs it, and `--deltas MIB` sets the interval
-//! of its delta checkpoints (`Config::checkpoint_delta_every_bytes`; default 8 MiB, 0: off);
+//! own; `--maintenance` turns it on as `compare` runs it, and `--deltas [MIB]` adds delta
+//! checkpoints every MIB (default 8) MiB of log (`Config::checkpoint_delta_every_bytes`) to it;
 //! `--presize` sets
 //! `Config::expected_keys` to the operation count (no table grows during the run).
 //!
@@ -43,7 +43,7 @@ const CUSTOMERS: u64 = 1024;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: per_op <plain|tx|tx-dedup|tx-dedup-position|batch> [ops] [--maintenance] \
-                 [--deltas MIB] [--presize]";
+                 [--deltas [MIB]] [--presize]";
     let mode = args.first().expect(usage).clone();
     let ops: usize = args
         .get(1)
@@ -52,8 +52,8 @@ fn main() {
     let maintenance = args.iter().any(|a| a == "--maintenance");
     let deltas_mib: Option<u64> = args.iter().position(|a| a == "--deltas").map(|i| {
         args.get(i + 1)
-            .and_then(|mib| mib.parse().ok())
-            .expect("--deltas MIB: a number of MiB")
+            .filter(|a| !a.starts_with("--"))
+            .map_or(8, |mib| mib.parse().expect("--deltas MIB: a number of MiB"))
     });
     let presize = args.iter().any(|a| a == "--presize");
     let under_valgrind = idem_bench::under_valgrind();
@@ -137,9 +137,7 @@ fn main() {
          calling thread CPU {:.0} ns/op, run-queue wait {:.0} ns/op; \
          {slow_calls} calls of 0.5 ms or more, {:.1} ms in all, the longest {:.2} ms",
         if maintenance { "on" } else { "off" },
-        deltas_mib.map_or(String::new(), |mib| format!(
-            ", deltas every {mib} MiB (0: off)"
-        )),
+        deltas_mib.map_or(String::new(), |mib| format!(", deltas every {mib} MiB")),
         if presize { ", presized" } else { "" },
         per_op(wall.as_nanos() as f64),
         per_op(cpu_after.saturating_sub(cpu_before) as f64),

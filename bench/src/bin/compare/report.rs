@@ -273,9 +273,9 @@ impl<'a> Report<'a> {
                 No,
             ),
             ratio(
-                "idem Never 1 thread / idem Never without delta checkpoints (their cost)",
+                "idem Never with delta checkpoints / idem Never 1 thread (their cost)",
+                names::IDEM_NEVER_DELTAS,
                 &never1,
-                names::IDEM_NEVER_NO_DELTAS,
                 Yes,
             ),
             ratio(

@@ -8,6 +8,9 @@ use crate::peers::{ceiling, fjall, idem, moka, redb, redis, sled};
 
 /// Operations per commit (per pipeline for Redis) of the batched rows.
 pub const BATCH: usize = 1000;
+/// Log bytes between delta checkpoints in the row that measures what they cost (the
+/// figure `Config::checkpoint_delta_every_bytes` documents).
+pub const DELTA_EVERY_BYTES: u64 = 8 << 20;
 /// Threads of the `Sync` single-key group-commit row.
 pub const SYNC_THREADS: usize = 64;
 /// Thread counts of the scaling rows (idem `Never` single-key and the ceiling) by default.
@@ -19,7 +22,7 @@ pub const SCALING: &str = "scaling";
 pub mod names {
     pub const IDEM_NEVER_BATCH: &str = "idem-never-batch";
     pub const IDEM_NEVER_TX: &str = "idem-never-tx";
-    pub const IDEM_NEVER_NO_DELTAS: &str = "idem-never-no-deltas";
+    pub const IDEM_NEVER_DELTAS: &str = "idem-never-deltas";
     pub const IDEM_NEVER_PRESIZED: &str = "idem-never-presized";
     pub const IDEM_NEVER_BATCH_PRESIZED: &str = "idem-never-batch-presized";
     pub const CEILING_PRESIZED: &str = "hashbrown-1t-presized";
@@ -174,25 +177,25 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     let never = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
-        delta_every_bytes: None,
+        delta_every_bytes: 0,
         presized: false,
     });
-    let never_no_deltas = peer(idem::Idem {
+    let never_deltas = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
-        delta_every_bytes: Some(0),
+        delta_every_bytes: DELTA_EVERY_BYTES,
         presized: false,
     });
     let never_tx = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: true,
-        delta_every_bytes: None,
+        delta_every_bytes: 0,
         presized: false,
     });
     let sync = peer(idem::Idem {
         durability: ::idem::Durability::Sync,
         transactional: false,
-        delta_every_bytes: None,
+        delta_every_bytes: 0,
         presized: false,
     });
     let redb_none = peer(redb::Redb {
@@ -204,7 +207,7 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     let never_presized = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
-        delta_every_bytes: None,
+        delta_every_bytes: 0,
         presized: true,
     });
     let hashbrown = peer(ceiling::Hashbrown { presized: false });
@@ -220,10 +223,10 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     }
     rows.extend([
         RowSpec::new(
-            names::IDEM_NEVER_NO_DELTAS,
-            "idem Never, without delta checkpoints",
+            names::IDEM_NEVER_DELTAS,
+            "idem Never, delta checkpoints every 8 MiB",
             NoFsync,
-            &never_no_deltas,
+            &never_deltas,
         ),
         RowSpec::new(
             names::IDEM_NEVER_TX,

@@ -14,8 +14,8 @@ pub struct Idem {
     /// position (issue #11's cost target), instead of a plain `check_or_insert`.
     pub transactional: bool,
     /// Delta checkpoints every this many bytes of log (`Config::checkpoint_delta_every_bytes`;
-    /// `None`: the default, `Some(0)`: off, to measure what they cost next to the default).
-    pub delta_every_bytes: Option<u64>,
+    /// 0: the default, off), to measure what they cost next to the default.
+    pub delta_every_bytes: u64,
     /// `Config::expected_keys` set to the run's key count (its tables never grow in the run).
     pub presized: bool,
 }
@@ -43,10 +43,9 @@ impl Peer for Idem {
     }
 
     fn open_for(&self, dir: &Path, keys: usize) -> Result<IdemEngine, BoxError> {
-        let mut config = idem::Config::default().durability(self.durability);
-        if let Some(bytes) = self.delta_every_bytes {
-            config = config.checkpoint_delta_every_bytes(bytes);
-        }
+        let mut config = idem::Config::default()
+            .durability(self.durability)
+            .checkpoint_delta_every_bytes(self.delta_every_bytes);
         if self.presized {
             config = config.expected_keys(keys as u64);
         }
