@@ -24,6 +24,10 @@
 //!   its copies after the shard or state lock is released: the log's state lock, which the writer
 //!   holds while it takes the lanes, is not waited for, and the writer is not woken (it would
 //!   preempt the waker on a busy machine), with a lock callers wait for held.
+//! - The thread's rounds come every quarter expiry tick (at most 250 ms), or sooner when the log,
+//!   growing as fast as since the last round, will reach the next checkpoint's threshold first
+//!   (`CheckpointPace`; never more often than every 5 ms): checkpoints, deltas above all, are
+//!   written close to their interval however busy the store is.
 
 pub(crate) mod state;
 
