@@ -15,7 +15,10 @@
 //! of a fraction of them. At 25 % of the events it SIGKILLs one nats-server, at 50 % the last
 //! consumer node; the parent then tells the surviving nodes to take the dead node's partitions
 //! (the rebalance): each stops its standby, takes the next epoch through the changelog, catches
-//! up and serves, and JetStream redelivers what the dead node had not acked. At the end each
+//! up and serves, and JetStream redelivers what the dead node had not acked. Binding to a taken
+//! partition's input consumer waits out the cluster's leader elections (each attempt longer than
+//! the last); a consumer that does not answer for 30 s is created again, and the events it
+//! delivers again from the start are answered by the partition's dedup records. At the end each
 //! partition is restored cold from the changelog into an empty store and every customer's
 //! charge count and balance is checked against the events: `double_charges`, `lost_charges`.
 //!
@@ -67,8 +70,12 @@ pub struct ScaleNodeArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 200)]
     pub snapshot_every: u64,
+    /// The input consumers' ack wait (a consumer the node re-creates gets the same).
+    #[arg(long, default_value = "2s", value_parser = crate::args::parse_duration)]
+    pub ack_wait: Duration,
 }
 
+#[derive(Clone)]
 struct Names {
     input_stream: String,
     input_prefix: String,
@@ -92,6 +99,88 @@ fn names(tag: &str) -> Names {
 
 fn durable(p: PartitionId) -> String {
     format!("in-{p}")
+}
+
+/// Partition `p`'s durable input consumer: the parent creates it, and a node that cannot bind
+/// to it creates it again ([`bind_input`]).
+fn input_consumer(names: &Names, p: PartitionId, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(durable(p)),
+        filter_subject: format!("{}.{p}", names.input_prefix),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 4000,
+        ..Default::default()
+    }
+}
+
+/// How long a node tries to bind to a partition's input consumer before it re-creates it, and
+/// before it gives up.
+const BIND_RECREATE_AFTER: Duration = Duration::from_secs(30);
+const BIND_GIVE_UP_AFTER: Duration = Duration::from_secs(150);
+
+/// Binds to partition `p`'s input consumer, for a node taking the partition over.
+///
+/// JetStream answers a consumer's requests from the consumer's leader. After a server is lost,
+/// requests time out until the cluster has elected another one; on a loaded machine an answer
+/// can also take longer than a short timeout. So each attempt waits longer than the one before
+/// (1 s doubling up to 8 s). A consumer that has still not answered after
+/// [`BIND_RECREATE_AFTER`] is deleted and created again (the cluster's metadata leader does
+/// both), which also gives it a new leader. The new consumer delivers the partition's events
+/// again from the stream's start; the partition's dedup records answer every one already
+/// charged as a duplicate, which is the guarantee the demo checks.
+async fn bind_input(
+    js: &jetstream::Context,
+    names: &Names,
+    p: PartitionId,
+    ack_wait: Duration,
+    started: Instant,
+) -> CliResult<jetstream::consumer::Consumer<pull::Config>> {
+    let mut attempt_timeout = Duration::from_secs(1);
+    let mut deleted = false;
+    loop {
+        let mut attempt = js.clone();
+        attempt.set_timeout(attempt_timeout);
+        // Once deleted, every attempt creates it: creating a durable consumer that exists with
+        // the same configuration binds to it (a create that timed out may have landed).
+        let bound = if deleted {
+            attempt
+                .create_consumer_on_stream(input_consumer(names, p, ack_wait), &names.input_stream)
+                .await
+        } else {
+            attempt
+                .get_consumer_from_stream(durable(p), &names.input_stream)
+                .await
+        };
+        let e = match bound {
+            Ok(consumer) => return Ok(consumer),
+            Err(e) => e,
+        };
+        if started.elapsed() >= BIND_GIVE_UP_AFTER {
+            return Err(CliError::new(format!(
+                "binding to partition {p}'s input consumer: {e} (for {} s)",
+                BIND_GIVE_UP_AFTER.as_secs()
+            )));
+        }
+        if !deleted && started.elapsed() >= BIND_RECREATE_AFTER {
+            eprintln!(
+                "node: partition {p}'s input consumer has not answered for {} s ({e}): creating it again",
+                BIND_RECREATE_AFTER.as_secs()
+            );
+            // Not found is fine: the create below is what counts, and it is retried.
+            let _ = attempt
+                .delete_consumer_from_stream(durable(p), &names.input_stream)
+                .await;
+            deleted = true;
+            continue;
+        }
+        eprintln!(
+            "node: binding to partition {p}'s input: {e} (waited {} ms); retrying",
+            attempt_timeout.as_millis()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(8));
+    }
 }
 
 /// A balance entry: charge count and cents, little-endian.
@@ -136,20 +225,16 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
     let client = async_nats::connect(urls)
         .await
         .context("connecting to NATS")?;
-    let mut js = jetstream::new(client);
-    // Requests to a consumer whose leader was on the killed server time out until it has
-    // another: short timeouts, retried, bind faster than the 5 s default.
-    js.set_timeout(Duration::from_secs(1));
+    let js = jetstream::new(client);
+    // The parent created the input stream; a request can still time out while the cluster
+    // settles.
     let begun = Instant::now();
-    let input = loop {
-        match js.get_stream(&names.input_stream).await {
-            Ok(stream) => break stream,
-            Err(_) if begun.elapsed() < Duration::from_secs(60) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(CliError::new(format!("binding to the input stream: {e}"))),
+    while let Err(e) = js.get_stream(&names.input_stream).await {
+        if begun.elapsed() >= Duration::from_secs(60) {
+            return Err(CliError::new(format!("binding to the input stream: {e}")));
         }
-    };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let partitions = Arc::new(
         Partitions::open(&args.dir, Config::default().durability(Durability::Sync))
             .map_err(|e| CliError::new(e.to_string()))?,
@@ -171,14 +256,15 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
     }
     let own = |p: PartitionId, standbys: &mut HashMap<PartitionId, Standby>| {
         let standby = standbys.remove(&p);
-        let (changelog, partitions, input, acked, counters) = (
+        let (changelog, partitions, js, names, acked, counters) = (
             changelog.clone(),
             partitions.clone(),
-            input.clone(),
+            js.clone(),
+            names.clone(),
             acked.clone(),
             counters.clone(),
         );
-        let (batch, ttl) = (args.batch, args.ttl);
+        let (batch, ttl, ack_wait) = (args.batch, args.ttl, args.ack_wait);
         async move {
             let started = Instant::now();
             if let Some(standby) = standby {
@@ -199,22 +285,7 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                     Err(e) => return Err(CliError::new(e.to_string())),
                 }
             };
-            // JetStream API requests time out while the cluster elects a leader (a server
-            // lost): retry for a while.
-            let consumer: jetstream::consumer::Consumer<pull::Config> = loop {
-                match input.get_consumer(&durable(p)).await {
-                    Ok(consumer) => break consumer,
-                    Err(e) if started.elapsed() < Duration::from_secs(60) => {
-                        eprintln!("node: binding to partition {p}'s input: {e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => {
-                        return Err(CliError::new(format!(
-                            "binding to partition {p}'s input consumer: {e}"
-                        )))
-                    }
-                }
-            };
+            let consumer = bind_input(&js, &names, p, ack_wait, started).await?;
             // Serving from here: the partition is ours and its input is bound.
             say(&format!(
                 "owned {p} {} {}",
@@ -541,9 +612,7 @@ pub struct ScaleReport {
 }
 
 pub fn run(args: &DemoArgs) -> CliResult<ScaleReport> {
-    let partitions = args.partitions;
-    let nodes = args.nodes;
-    if nodes < 2 {
+    if args.nodes < 2 {
         return Err(CliError::new(
             "--replicate needs --nodes 2 or more (one is killed)",
         ));
@@ -559,6 +628,39 @@ pub fn run(args: &DemoArgs) -> CliResult<ScaleReport> {
         }
         None => scratch.path().to_path_buf(),
     };
+    let ran = run_in(args, &dir);
+    if ran.is_err() {
+        print_server_log_tails(&dir);
+    }
+    ran
+}
+
+/// What a failed run leaves for its diagnosis: the last warnings and errors of each server's
+/// log (the scratch directory holding them is removed).
+fn print_server_log_tails(dir: &Path) {
+    for i in 0..3 {
+        let Ok(log) = std::fs::read_to_string(dir.join(format!("server-{i}.log"))) else {
+            continue;
+        };
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                (line.contains("[WRN]") || line.contains("[ERR]") || line.contains("leader"))
+                    && !line.contains("connect to route")
+            })
+            .collect();
+        eprintln!(
+            "nats-server n{i}: the last of its {} notable log lines:",
+            notable.len()
+        );
+        for line in &notable[notable.len().saturating_sub(25)..] {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+fn run_in(args: &DemoArgs, dir: &Path) -> CliResult<ScaleReport> {
+    let (partitions, nodes) = (args.partitions, args.nodes);
     let quiet = args.quiet || args.json;
     let note = |text: &str| {
         if !quiet {
@@ -566,7 +668,7 @@ pub fn run(args: &DemoArgs) -> CliResult<ScaleReport> {
         }
     };
     let started = Instant::now();
-    let mut servers = start_cluster(&dir)?;
+    let mut servers = start_cluster(dir)?;
     let urls = servers
         .iter()
         .map(|s| format!("nats://127.0.0.1:{}", s.port))
@@ -632,14 +734,7 @@ pub fn run(args: &DemoArgs) -> CliResult<ScaleReport> {
         };
         for p in 0..partitions {
             input
-                .create_consumer(pull::Config {
-                    durable_name: Some(durable(p)),
-                    filter_subject: format!("{}.{p}", names.input_prefix),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: args.ack_wait,
-                    max_ack_pending: 4000,
-                    ..Default::default()
-                })
+                .create_consumer(input_consumer(&names, p, args.ack_wait))
                 .await
                 .context("creating a partition's durable consumer")?;
         }
@@ -667,6 +762,7 @@ pub fn run(args: &DemoArgs) -> CliResult<ScaleReport> {
             .arg("--dir")
             .arg(&node_dir)
             .args(["--ttl", &format!("{}ms", args.ttl.as_millis())])
+            .args(["--ack-wait", &format!("{}ms", args.ack_wait.as_millis())])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
