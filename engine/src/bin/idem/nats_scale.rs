@@ -283,11 +283,12 @@ async fn node(args: &ScaleNodeArgs) -> CliResult<()> {
                     eprintln!("node: the standby of partition {p} had stopped: {e}");
                 }
             }
+            // The changelog's leader elections too: as patient as binding the input.
             let partition = loop {
                 match changelog.take_ownership(&partitions, p).await {
                     Ok(partition) => break Arc::new(partition),
                     Err(idem::Error::Replication { reason, .. })
-                        if started.elapsed() < Duration::from_secs(60) =>
+                        if started.elapsed() < TAKE_OVER_PATIENCE.give_up_after =>
                     {
                         eprintln!("node: taking partition {p}: {reason}; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
