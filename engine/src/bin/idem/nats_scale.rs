@@ -1415,31 +1415,54 @@ mod tests {
     use super::*;
     use crate::nats_server::{self, NatsServer};
 
-    /// A single server with the scale demo's input stream and `published` events on partition
-    /// 0's subject, and no consumer.
-    async fn input_without_consumer(
-        server: &NatsServer,
-        names: &Names,
-        published: u32,
-    ) -> jetstream::Context {
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = jetstream::new(client);
-        js.create_stream(stream::Config {
-            name: names.input_stream.clone(),
-            subjects: vec![format!("{}.*", names.input_prefix)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        for event in 0..published {
-            let subject = format!("{}.0", names.input_prefix);
-            js.publish(subject, format!("{event} 100 0").into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+    /// A scratch nats-server with the scale demo's input stream holding `published` events on
+    /// partition 0's subject, and no consumer. Fields drop in order: the server stops before its
+    /// directory goes (so hold the whole of it for the test).
+    struct ScratchInput {
+        js: jetstream::Context,
+        names: Names,
+        runtime: tokio::runtime::Runtime,
+        _server: NatsServer,
+        _dir: tempfile::TempDir,
+    }
+
+    /// `None` (and says so) where nats-server is not installed.
+    fn scratch_input(tag: &str, published: u32) -> Option<ScratchInput> {
+        if !nats_server::available() {
+            eprintln!("skipped: nats-server is not on the PATH");
+            return None;
         }
-        js
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(dir.path()).unwrap();
+        let names = names(tag);
+        let runtime = crate::nats_demo::runtime().unwrap();
+        let js = runtime.block_on(async {
+            let client = async_nats::connect(server.url()).await.unwrap();
+            let js = jetstream::new(client);
+            js.create_stream(stream::Config {
+                name: names.input_stream.clone(),
+                subjects: vec![format!("{}.*", names.input_prefix)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            for event in 0..published {
+                let subject = format!("{}.0", names.input_prefix);
+                js.publish(subject, format!("{event} 100 0").into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            js
+        });
+        Some(ScratchInput {
+            js,
+            names,
+            runtime,
+            _server: server,
+            _dir: dir,
+        })
     }
 
     /// The re-creation path of a take-over, which the demo takes only when the cluster leaves a
@@ -1448,22 +1471,17 @@ mod tests {
     #[test]
     fn binding_re_creates_a_consumer_that_does_not_answer_and_it_delivers_from_the_start() {
         let _fork = crate::fork_guard();
-        if !nats_server::available() {
-            eprintln!("skipped: nats-server is not on the PATH");
+        let Some(scratch) = scratch_input("bindtest", 7) else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let server = NatsServer::start(dir.path()).unwrap();
-        let names = names("bindtest");
-        let runtime = crate::nats_demo::runtime().unwrap();
-        runtime.block_on(async {
-            let js = input_without_consumer(&server, &names, 7).await;
+        };
+        let (js, names) = (&scratch.js, &scratch.names);
+        scratch.runtime.block_on(async {
             let patience = BindPatience {
                 recreate_after: Duration::ZERO,
                 give_up_after: Duration::from_secs(30),
             };
             let ack_wait = Duration::from_secs(3);
-            let mut consumer = bind_input(&js, &names, 0, ack_wait, Instant::now(), patience)
+            let mut consumer = bind_input(js, names, 0, ack_wait, Instant::now(), patience)
                 .await
                 .unwrap();
             let info = consumer.info().await.unwrap().clone();
@@ -1492,22 +1510,17 @@ mod tests {
     #[test]
     fn binding_gives_up_with_the_partition_named_when_its_patience_runs_out() {
         let _fork = crate::fork_guard();
-        if !nats_server::available() {
-            eprintln!("skipped: nats-server is not on the PATH");
+        let Some(scratch) = scratch_input("giveup", 1) else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let server = NatsServer::start(dir.path()).unwrap();
-        let names = names("giveup");
-        let runtime = crate::nats_demo::runtime().unwrap();
-        runtime.block_on(async {
-            let js = input_without_consumer(&server, &names, 1).await;
+        };
+        let (js, names) = (&scratch.js, &scratch.names);
+        scratch.runtime.block_on(async {
             let patience = BindPatience {
                 recreate_after: Duration::from_secs(3600),
                 give_up_after: Duration::from_secs(2),
             };
             let started = Instant::now();
-            let e = bind_input(&js, &names, 0, Duration::from_secs(3), started, patience)
+            let e = bind_input(js, names, 0, Duration::from_secs(3), started, patience)
                 .await
                 .expect_err("no consumer, and not re-created");
             assert!(started.elapsed() >= Duration::from_secs(2));
