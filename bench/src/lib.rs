@@ -25,6 +25,9 @@ pub const TTL: Duration = Duration::from_secs(3600);
 pub const KEY_BYTES: usize = 16;
 /// Bytes of a value.
 pub const VALUE_BYTES: usize = 16;
+/// Log bytes between delta checkpoints where a benchmark turns them on (they are off by
+/// default): the interval `Config::checkpoint_delta_every_bytes` documents its measurements at.
+pub const DELTA_EVERY_BYTES: u64 = 8 << 20;
 
 /// A 16-byte key: source id and sequence number, both big-endian.
 pub type Key = [u8; KEY_BYTES];

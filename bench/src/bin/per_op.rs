@@ -53,7 +53,9 @@ fn main() {
     let deltas_mib: Option<u64> = args.iter().position(|a| a == "--deltas").map(|i| {
         args.get(i + 1)
             .filter(|a| !a.starts_with("--"))
-            .map_or(8, |mib| mib.parse().expect("--deltas MIB: a number of MiB"))
+            .map_or(idem_bench::DELTA_EVERY_BYTES >> 20, |mib| {
+                mib.parse().expect("--deltas MIB: a number of MiB")
+            })
     });
     let presize = args.iter().any(|a| a == "--presize");
     let under_valgrind = idem_bench::under_valgrind();

@@ -184,11 +184,12 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> (Duration, Duration) {
 /// after the last checkpoint, and the median time `maintain` took to write a periodic
 /// checkpoint (most are deltas).
 fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
-    // A delta every `IDEM_DELTA_MIB` MiB (default 8), in records of 47 bytes (16-byte keys and
-    // values, format 2).
-    let delta_every_bytes: u64 = std::env::var("IDEM_DELTA_MIB").map_or(8, |mib| {
-        mib.parse().expect("IDEM_DELTA_MIB: a number of MiB")
-    }) << 20;
+    // A delta every `IDEM_DELTA_MIB` MiB (default `idem_bench::DELTA_EVERY_BYTES`), in
+    // records of 47 bytes (16-byte keys and values, format 2).
+    let delta_every_bytes: u64 = std::env::var("IDEM_DELTA_MIB")
+        .map_or(idem_bench::DELTA_EVERY_BYTES, |mib| {
+            mib.parse::<u64>().expect("IDEM_DELTA_MIB: a number of MiB") << 20
+        });
     let delta_every_records: u64 = delta_every_bytes / 47;
     let since_checkpoint = delta_every_records.min(live);
     // The schedule's phase: a full checkpoint at `first`, so that one falls due (and is written)

@@ -8,9 +8,6 @@ use crate::peers::{ceiling, fjall, idem, moka, redb, redis, sled};
 
 /// Operations per commit (per pipeline for Redis) of the batched rows.
 pub const BATCH: usize = 1000;
-/// Log bytes between delta checkpoints in the row that measures what they cost (the
-/// figure `Config::checkpoint_delta_every_bytes` documents).
-pub const DELTA_EVERY_BYTES: u64 = 8 << 20;
 /// Threads of the `Sync` single-key group-commit row.
 pub const SYNC_THREADS: usize = 64;
 /// Thread counts of the scaling rows (idem `Never` single-key and the ceiling) by default.
@@ -183,7 +180,7 @@ pub fn catalog(threads: &[usize]) -> Vec<RowSpec> {
     let never_deltas = peer(idem::Idem {
         durability: ::idem::Durability::Never,
         transactional: false,
-        delta_every_bytes: DELTA_EVERY_BYTES,
+        delta_every_bytes: idem_bench::DELTA_EVERY_BYTES,
         presized: false,
     });
     let never_tx = peer(idem::Idem {
