@@ -72,6 +72,9 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     let mut planned = PlannedKeys::with_capacity(items.len());
     let mut wait_for: Option<Location> = None;
     let mut slides: Vec<PlannedSlide> = Vec::new();
+    // The planned items whose key has an expired entry for phase 3 to replace, in item order
+    // (few: a key re-sent after its record expired, within its slot's rounded-up second).
+    let mut expired_entries: Vec<(usize, Location)> = Vec::new();
     let mut buf = Vec::new();
     for (i, ((key, _, _), hash)) in items.iter().zip(&hashes).enumerate() {
         if let Some(ahead) = hashes.get(i + PREFETCH_DISTANCE) {
@@ -98,11 +101,14 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 }
                 outcomes[i] = Some(Outcome::Duplicate(Value::from(record.value)));
             }
-            Probe::Vacant(_) => {
+            Probe::Vacant(slot) => {
                 if let Some(first) = planned.find(hash, |j| items[j].0.as_ref() == key) {
                     outcomes[i] = Some(Outcome::Duplicate(Value::from(items[first].2.as_ref())));
                 } else {
                     planned.insert(hash, i);
+                    if let Some(expired) = table.expired_entry_at(slot, now) {
+                        expired_entries.push((i, expired));
+                    }
                 }
             }
         }
@@ -149,7 +155,11 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         };
         let table = &mut guards[guard_of[i]];
         let late = table.late_duplicate(entry.tag, now);
-        table.put_new(entry, now);
+        let replacing = match expired_entries.binary_search_by_key(&i, |&(item, _)| item) {
+            Ok(at) => Some(expired_entries[at].1),
+            Err(_) => None,
+        };
+        table.put_new(entry, replacing, now);
         table.counters.inserted(late);
         outcomes[i] = Some(Outcome::Inserted);
     }

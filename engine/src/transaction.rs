@@ -68,6 +68,9 @@ struct Insert {
     /// found vacant: if the count is the same at commit (and the clock did not run back), no
     /// entry was written into the shard since, so the key is still vacant without a probe.
     vacant_under: (u64, u64),
+    /// The key's expired entry the probe found (see [`ShardTable::expired_entry_at`]): the
+    /// commit's put replaces it.
+    replacing: Option<Location>,
 }
 
 /// Past this many entries a list of the transaction gets a hash index; below it a scan is
@@ -391,8 +394,9 @@ impl Transaction<'_> {
                 self.checks.push(&self.arena[..], key, check);
                 Ok(answer)
             }
-            Probe::Vacant(_) => {
+            Probe::Vacant(slot) => {
                 let vacant_under = (table.writes(), now);
+                let replacing = table.expired_entry_at(slot, now);
                 drop(table);
                 self.grow(record::encoded_len(key.len(), value.len(), 0))?;
                 let (key, value) = (self.keep(key), self.keep(value));
@@ -402,6 +406,7 @@ impl Transaction<'_> {
                         ttl_millis,
                         value,
                         vacant_under,
+                        replacing,
                     }),
                     answer: Outcome::Inserted,
                 };
@@ -611,17 +616,23 @@ impl Transaction<'_> {
 
         // 2. Validate.
         let mut buf = Vec::new();
+        // Each insert's expired entry to replace, as of now.
+        let mut replacing: SmallVec<[Option<Location>; INLINE_RECORDS]> = SmallVec::new();
         for (key, check, insert) in inserts() {
             let table = &guards[guard_of(&check.hash)];
             let (writes, checked_at) = insert.vacant_under;
             if table.writes() == writes && now >= checked_at {
+                replacing.push(insert.replacing);
                 continue;
             }
-            if let Probe::Found(_) = shared.probe(table, check.hash, key, now, &mut buf)? {
-                return Err(conflict(format!(
-                    "dedup key ({} bytes) was recorded or claimed by another caller first",
-                    key.len()
-                )));
+            match shared.probe(table, check.hash, key, now, &mut buf)? {
+                Probe::Found(_) => {
+                    return Err(conflict(format!(
+                        "dedup key ({} bytes) was recorded or claimed by another caller first",
+                        key.len()
+                    )))
+                }
+                Probe::Vacant(slot) => replacing.push(table.expired_entry_at(slot, now)),
             }
         }
         for (key, observed) in reads {
@@ -703,13 +714,16 @@ impl Transaction<'_> {
         }
         // Two keys of one shard may have probed the same vacant slot: each entry finds its
         // own place.
-        for ((_, check, _), (record, &at)) in inserts().zip(records.iter().zip(&locations)) {
+        for (((_, check, _), (record, &at)), &replacing) in inserts()
+            .zip(records.iter().zip(&locations))
+            .zip(&replacing)
+        {
             let entry = Slot {
                 tag: check.hash.tag,
                 expires_at_secs: Slot::deadline_secs(record.expires_at_millis),
                 location: at,
             };
-            guards[guard_of(&check.hash)].put_new(entry, now);
+            guards[guard_of(&check.hash)].put_new(entry, replacing, now);
         }
         // Handing released locations to the log's live counts takes the log's state lock (and
         // its lanes, whose counts it merges first), which the writer and maintenance contend

@@ -837,3 +837,82 @@ fn sync_transaction_answers_wait_for_the_records_they_rest_on() {
         );
     }
 }
+
+/// Found by seed 7325274 of the simulator: a key sent again after its record expired, but within
+/// its index slot's rounded-up second, could get its new entry at a dead slot earlier in its
+/// run, with the expired entry left beside it. A checkpoint then kept both: a reopen held more
+/// entries than a full replay, and once the key was removed, the stale entry answered for it in
+/// a process whose clock stood earlier (a restart after the clock was stepped back). Each way of
+/// inserting (a single call, a batch, a transaction) must replace the expired entry.
+#[test]
+fn a_key_sent_again_after_its_record_expired_keeps_one_entry() {
+    const KEYS: usize = 24;
+    let second = ManualClock::DEFAULT_START_MILLIS; // a whole second
+    let ms = |n: u64| Duration::from_millis(n);
+    type Insert = fn(&Store, &[Vec<u8>], &[u8]);
+    let ways: [(&str, Insert); 3] = [
+        ("a single call", |store, keys, value| {
+            for key in keys {
+                assert_eq!(
+                    store.check_or_insert(key, HOURS_10, value).unwrap(),
+                    Outcome::Inserted
+                );
+            }
+        }),
+        ("a batch", |store, keys, value| {
+            let items: Vec<_> = keys.iter().map(|k| (k.clone(), HOURS_10, value)).collect();
+            let outcomes = store.check_or_insert_batch(&items).unwrap();
+            assert!(outcomes.iter().all(|o| *o == Outcome::Inserted));
+        }),
+        ("a transaction", |store, keys, value| {
+            let mut tx = store.transaction();
+            for key in keys {
+                assert_eq!(
+                    tx.check_or_insert(key, HOURS_10, value).unwrap(),
+                    Outcome::Inserted
+                );
+            }
+            tx.commit().unwrap();
+        }),
+    ];
+    for (way, insert_again) in ways {
+        let storage = SimStorage::new(1);
+        let clock = ManualClock::starting_at(second);
+        // One shard: the keys share one table, dense enough for long runs.
+        let config = config(&storage, &clock, Durability::Never).shard_count(1);
+        let store = Store::open_with(DIR, config.clone()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("key-{i}").into_bytes()).collect();
+        // Entries whose slots are dead from the next second on, spread over the runs.
+        for i in 0..KEYS {
+            let filler = format!("filler-{i}");
+            store
+                .check_or_insert(filler.as_bytes(), ms(100), b"f")
+                .unwrap();
+        }
+        // The keys, just before that second: their records expire at +49 ms, their slots (rounded
+        // up) a second later; they come after the fillers in any run they share.
+        clock.set_millis(second + 999);
+        for key in &keys {
+            store.check_or_insert(key, ms(50), b"first").unwrap();
+        }
+        clock.set_millis(second + 1_100);
+        insert_again(&store, &keys, b"again");
+        for key in &keys {
+            assert!(store.remove(key).unwrap(), "{way}");
+        }
+        store.checkpoint().unwrap();
+        drop(store);
+        // A later process whose clock stands where the first records were still live.
+        let earlier = ManualClock::starting_at(second + 1_010);
+        let config = config.clone().clock(earlier);
+        let (from_checkpoint, full_replay) = both_reopens(&storage, &config, |s| {
+            let answers: Vec<_> = keys.iter().map(|k| s.get(k).unwrap()).collect();
+            (answers, s.stats().live_keys)
+        });
+        assert_eq!(full_replay, (vec![None; KEYS], 0), "{way}");
+        assert_eq!(
+            from_checkpoint, full_replay,
+            "{way}: a removed key came back from a stale entry in the checkpoint"
+        );
+    }
+}

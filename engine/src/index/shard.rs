@@ -19,6 +19,11 @@
 //!   slot; removal uses backward-shift deletion, so there are no tombstones (and an entry never
 //!   changes its home block by moving, which the wheel relies on).
 //! - A tag match is only a candidate: the caller compares the full key from the log.
+//! - A key has at most one entry that is not dead by its slot: a put for a key whose record
+//!   expired while its rounded-up slot deadline has not passed replaces that entry (the probe
+//!   offers its slot; `put_new` finds it again by location). Two such entries would both be
+//!   checkpointed, and a reopen would hold the stale one as well: more entries than a full
+//!   replay, and one that would answer for the key if a later process's clock stood earlier.
 //! - `len` counts occupied slots and stays at most 3/4 of the capacity.
 //! - Every occupied slot holds one reference on its log window in `windows` (see `packed`).
 //! - Past 2^24 slots in one shard (about 12 M keys), homes stop spreading over the upper slots
@@ -461,6 +466,11 @@ impl ShardTable {
 
     /// Finds the live entry for a key with this `tag`, asking `check` to compare the full key of
     /// each candidate's record. Dead entries are never read.
+    ///
+    /// A vacant key's slot is its own expired entry if it has one (its record's deadline passed,
+    /// its slot's rounded-up one not yet), else the first dead or empty slot of its run: a put
+    /// there replaces the expired entry instead of leaving it beside the new one, so a key never
+    /// has two entries (see the module invariants).
     pub(crate) fn probe<E>(
         &self,
         tag: u32,
@@ -481,9 +491,7 @@ impl ShardTable {
             } else if slot.tag() == tag {
                 match check(&self.view(slot))? {
                     KeyCheck::Live => return Ok(Probe::Found(index)),
-                    KeyCheck::Expired => {
-                        reusable.get_or_insert(index);
-                    }
+                    KeyCheck::Expired => reusable = Some(index),
                     KeyCheck::Other => {}
                 }
             }
@@ -535,18 +543,44 @@ impl ShardTable {
     }
 
     /// Puts `slot` for a key known to have no live entry (decided under this shard's lock by an
-    /// earlier probe): at the first empty or dead slot of its run, with no key comparisons.
-    pub(crate) fn put_new(&mut self, slot: Slot, now_millis: u64) {
+    /// earlier probe), with no key comparisons: over the key's expired entry at `replacing` (see
+    /// [`ShardTable::expired_entry_at`]) if it is still in the table, else at the first empty or
+    /// dead slot of its run. Slots may have moved since the probe (other puts, a rebuild), so
+    /// the expired entry is found again by its location, which no other entry has.
+    pub(crate) fn put_new(&mut self, slot: Slot, replacing: Option<Location>, now_millis: u64) {
+        let tag = slot.tag & TAG_MASK;
         let mask = self.mask();
-        let mut index = self.home(slot.tag & TAG_MASK);
+        let mut index = self.home(tag);
+        let mut free = None;
         loop {
             let current = self.slots[index];
-            if current.is_empty() || current.is_dead(now_millis) {
+            if current.is_empty() {
                 break;
+            }
+            if replacing.is_some_and(|stale| {
+                current.tag() == tag && self.windows.location(current) == stale
+            }) {
+                free = Some(index);
+                break;
+            }
+            if free.is_none() && current.is_dead(now_millis) {
+                free = Some(index);
+                if replacing.is_none() {
+                    break;
+                }
             }
             index = (index + 1) & mask;
         }
-        self.put(index, slot, now_millis);
+        self.put(free.unwrap_or(index), slot, now_millis);
+    }
+
+    /// The location of the entry at `index`, where a probe found its key vacant, if that entry
+    /// is the key's own expired one (occupied and not dead by its slot: a probe offers such a
+    /// slot only for the key's own entry whose record expired): what [`ShardTable::put_new`]
+    /// must replace. `None` for an empty or dead slot.
+    pub(crate) fn expired_entry_at(&self, index: usize, now_millis: u64) -> Option<Location> {
+        let slot = self.slots[index];
+        (!slot.is_empty() && !slot.is_dead(now_millis)).then(|| self.windows.location(slot))
     }
 
     /// Asks the CPU to start loading the home slot of `tag`, so that a probe of it a little
@@ -998,6 +1032,62 @@ mod tests {
             table.capacity() <= 256,
             "dead entries shed instead of growing forever"
         );
+    }
+
+    /// A key whose record expired while its slot's rounded-up deadline has not passed gets its
+    /// new entry over the expired one: the probe offers that slot even when a dead one comes
+    /// first in the run, and `put_new` finds the entry again by its location after it moved, or
+    /// falls back to the first dead slot once it is gone. A key never has two entries.
+    #[test]
+    fn a_key_s_new_entry_replaces_its_own_expired_one() {
+        // Tags 5, 69 and 133 share home 5 in a 64-slot table.
+        let fresh = |secs: u32| -> ShardTable {
+            let mut table = ShardTable::new(1000, 0);
+            put_at(&mut table, 5, 100, 2); // dead from 2 s on
+            put_at(&mut table, 69, 200, secs); // the key: its record expired, its slot not
+            table
+        };
+        let expired_key = |slot: &Slot| {
+            Ok::<_, ()>(match slot.location {
+                200 => KeyCheck::Expired,
+                _ => KeyCheck::Other,
+            })
+        };
+        let new_entry = |location| Slot {
+            tag: 69,
+            expires_at_secs: 99,
+            location,
+        };
+
+        let mut table = fresh(9);
+        let Probe::Vacant(index) = table.probe(69, 3_000, expired_key).unwrap() else {
+            panic!("an expired key is vacant")
+        };
+        assert_eq!(
+            index,
+            index_of(&table, 200),
+            "the key's own slot, not the dead one"
+        );
+        assert_eq!(table.expired_entry_at(index, 3_000), Some(200));
+        assert_eq!(table.expired_entry_at(index_of(&table, 100), 3_000), None);
+        table.put(index, new_entry(300), 3_000);
+        let locations: Vec<Location> = table.occupied().map(|(_, s)| s.location).collect();
+        assert_eq!(locations, vec![100, 300]);
+
+        // Found again by location after a backward shift moved it.
+        let mut table = fresh(9);
+        table.remove(index_of(&table, 100));
+        table.put_new(new_entry(300), Some(200), 3_000);
+        let locations: Vec<Location> = table.occupied().map(|(_, s)| s.location).collect();
+        assert_eq!(locations, vec![300]);
+
+        // Gone since the probe (reaped, or replaced by another put): the first dead slot.
+        let mut table = fresh(9);
+        table.put_new(new_entry(300), Some(12_345), 3_000);
+        let mut locations: Vec<Location> = table.occupied().map(|(_, s)| s.location).collect();
+        locations.sort_unstable();
+        assert_eq!(locations, vec![200, 300], "the dead entry's slot reused");
+        assert_eq!(table.len(), 2);
     }
 
     /// Puts an entry of `tag` at `location` (deadline `secs`), as a fresh key.
