@@ -26,7 +26,7 @@
 //! of an unacknowledged commit are present exactly when the rest of it is.
 //!
 //! A failing seed is printed; replay it with `IDEM_SIM_SEED=<seed> cargo test --release -p
-//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 1000 in
+//! idem-tests --test simulation`. `IDEM_SIM_SEEDS=<n>` sets how many seeds run (default 3000 in
 //! release), plus the seeds beyond them that once failed (`FAILED_ONCE`);
 //! `IDEM_SIM_FIRST_SEED=<s>` runs the `<n>` seeds from `<s>` on instead (a sweep of new seeds);
 //! `IDEM_SIM_TRACE=1` prints every step; `IDEM_SIM_KEEP_GOING=1` runs every seed and lists each
@@ -2114,7 +2114,7 @@ fn seeds() -> Vec<u64> {
             let count = std::env::var("IDEM_SIM_SEEDS")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(if cfg!(debug_assertions) { 200 } else { 1000 });
+                .unwrap_or(if cfg!(debug_assertions) { 200 } else { 3000 });
             // A sweep of seeds not run before starts further on; the seeds that once failed
             // are run only with the default range.
             match std::env::var("IDEM_SIM_FIRST_SEED") {
