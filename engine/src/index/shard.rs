@@ -1041,10 +1041,10 @@ mod tests {
     #[test]
     fn a_key_s_new_entry_replaces_its_own_expired_one() {
         // Tags 5, 69 and 133 share home 5 in a 64-slot table.
-        let fresh = |secs: u32| -> ShardTable {
+        let fresh = || -> ShardTable {
             let mut table = ShardTable::new(1000, 0);
             put_at(&mut table, 5, 100, 2); // dead from 2 s on
-            put_at(&mut table, 69, 200, secs); // the key: its record expired, its slot not
+            put_at(&mut table, 69, 200, 9); // the key: its record expired, its slot not
             table
         };
         let expired_key = |slot: &Slot| {
@@ -1059,7 +1059,7 @@ mod tests {
             location,
         };
 
-        let mut table = fresh(9);
+        let mut table = fresh();
         let Probe::Vacant(index) = table.probe(69, 3_000, expired_key).unwrap() else {
             panic!("an expired key is vacant")
         };
@@ -1075,14 +1075,14 @@ mod tests {
         assert_eq!(locations, vec![100, 300]);
 
         // Found again by location after a backward shift moved it.
-        let mut table = fresh(9);
+        let mut table = fresh();
         table.remove(index_of(&table, 100));
         table.put_new(new_entry(300), Some(200), 3_000);
         let locations: Vec<Location> = table.occupied().map(|(_, s)| s.location).collect();
         assert_eq!(locations, vec![300]);
 
         // Gone since the probe (reaped, or replaced by another put): the first dead slot.
-        let mut table = fresh(9);
+        let mut table = fresh();
         table.put_new(new_entry(300), Some(12_345), 3_000);
         let mut locations: Vec<Location> = table.occupied().map(|(_, s)| s.location).collect();
         locations.sort_unstable();
