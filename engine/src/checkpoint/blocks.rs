@@ -472,7 +472,7 @@ mod tests {
         // 256 shards, 47-byte records, deadlines a second apart every 100,000 records.
         let mut slots: Vec<Slot> = (0..20_000u64)
             .map(|i| Slot {
-                tag: i as u32 * 2_654_435_761,
+                tag: (i as u32).wrapping_mul(2_654_435_761),
                 expires_at_secs: 1_800_000_000 + (i * 256 / 100_000) as u32,
                 location: 1 << 32 | (32 + i * 256 * 47),
             })
