@@ -12,8 +12,12 @@ use std::ops::Range;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// The magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"IDEMLOG\0";
-/// The segment format version this build writes. It reads this one and version 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// The segment format version this build writes. It reads this one and versions 1 and 2.
+pub const FORMAT_VERSION: u32 = 3;
+/// Format 2, still read: the record layout of format 3, but a group of records (a transaction,
+/// a completion with its shadow) opens with a Group record instead of its records carrying the
+/// continuation flag.
+pub const FORMAT_VERSION_2: u32 = 2;
 /// The first format version, still read (its records have a 20-byte header).
 pub const FORMAT_VERSION_1: u32 = 1;
 
@@ -25,10 +29,11 @@ const HEADER_RESERVED2_OFFSET: usize = HEADER_SEGMENT_ID_OFFSET + 8;
 const HEADER_CRC_OFFSET: usize = HEADER_RESERVED2_OFFSET + 4;
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN);
 
-/// Bytes of a record header (format 2), before the key.
+/// Bytes of a record header (formats 2 and 3), before the key.
 pub const RECORD_HEADER_LEN: usize = 15;
 const RECORD_CRC_OFFSET: usize = 0;
-/// Format 2: one byte holds the layout mark (bit 7), the flags (bits 4..=6) and the kind (0..=3).
+/// Layout 2 (formats 2 and 3): one byte holds the layout mark (bit 7), the flags (bits 4..=6)
+/// and the kind (bits 0..=3).
 const RECORD_KIND_OFFSET: usize = RECORD_CRC_OFFSET + 4;
 const RECORD_KEY_LEN_OFFSET: usize = RECORD_KIND_OFFSET + 1;
 const RECORD_VALUE_LEN_OFFSET: usize = RECORD_KEY_LEN_OFFSET + 2;
@@ -69,7 +74,11 @@ const FLAG_FINGERPRINT: u8 = 0x01;
 /// Flag bit (format 2 only): a refresh cap (6 bytes, a deadline in milliseconds, not 0) ends the
 /// record, after the fingerprint: the entry slides (see [`Record::refresh_cap_millis`]).
 const FLAG_REFRESH_CAP: u8 = 0x02;
-const KNOWN_FLAGS: u8 = FLAG_FINGERPRINT | FLAG_REFRESH_CAP;
+/// Flag bit (format 3 only): the next record belongs to the same group (a transaction): a group
+/// is a run of records carrying this flag closed by one that does not, and replay applies it
+/// whole or not at all.
+const FLAG_CONTINUES: u8 = 0x04;
+const KNOWN_FLAGS: u8 = FLAG_FINGERPRINT | FLAG_REFRESH_CAP | FLAG_CONTINUES;
 /// Bytes of the refresh cap field.
 const REFRESH_CAP_BYTES: usize = 6;
 
@@ -208,7 +217,7 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Bytes this record occupies when this build encodes it (format 2). A record decoded from a
+    /// Bytes this record occupies when this build encodes it (format 3). A record decoded from a
     /// format-1 segment occupied more: scans step by [`decode_sized`]'s length.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
@@ -241,7 +250,7 @@ pub(crate) fn deadline_secs(expires_at_millis: u64) -> u32 {
 
 /// The key of every seal record.
 pub const SEAL_KEY: &[u8] = b"seal";
-/// Bytes of a seal record (format 2).
+/// Bytes of a seal record (formats 2 and 3).
 pub const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
 /// Bytes of a seal record in a format-1 segment.
 pub const V1_SEAL_RECORD_LEN: usize = V1_RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
@@ -300,14 +309,14 @@ pub fn position_value(record: &Record<'_>) -> Option<u64> {
     Some(u64::from_le_bytes(record.value.try_into().ok()?))
 }
 
-/// The key of every group record.
+/// The key of every group record (format 2).
 pub const GROUP_KEY: &[u8] = b"group";
-/// Bytes of a group record.
+/// Bytes of a group record (format 2).
 pub const GROUP_RECORD_LEN: usize = RECORD_HEADER_LEN + GROUP_KEY.len() + 8;
 
-/// Encodes the record that opens a group of `records` records occupying `body_len` bytes: the
-/// bytes [`encode_into`] gives for it, put together in one fixed-size array (every commit of a
-/// transaction writes one; the general path costs about twice as much).
+/// Encodes the format-2 record that opened a group of `records` records occupying `body_len`
+/// bytes. This build writes groups with the continuation flag instead ([`encode_group_member`]);
+/// this is for tests and fuzzers that write format-2 segments.
 pub fn encode_group(out: &mut Vec<u8>, body_len: u32, records: u32) {
     let mut bytes = [0u8; GROUP_RECORD_LEN];
     bytes[RECORD_KIND_OFFSET] = LAYOUT_V2 | RecordKind::Group as u8;
@@ -332,7 +341,7 @@ pub fn group_extent(record: &Record<'_>) -> Option<(u32, u32)> {
     Some((u32_at(record.value, 0), u32_at(record.value, 4)))
 }
 
-/// Bytes a record with these lengths occupies when this build encodes it (format 2).
+/// Bytes a record with these lengths occupies when this build encodes it (format 3).
 pub fn encoded_len(key_len: usize, value_len: usize, fingerprint_len: usize) -> usize {
     RECORD_HEADER_LEN + key_len + value_len + fingerprint_bytes(fingerprint_len)
 }
@@ -345,12 +354,18 @@ fn fingerprint_bytes(fingerprint_len: usize) -> usize {
     }
 }
 
-/// Appends the encoding of `record` to `out` (format 2). A deadline past [`NEVER_EXPIRES`] is
-/// stored as it.
+/// Appends the encoding of `record` to `out` (format 3, the layout of format 2). A deadline past
+/// [`NEVER_EXPIRES`] is stored as it.
 ///
 /// # Panics
 /// If the key is empty or a length is over its limit: callers validate input first.
 pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
+    encode_group_member(out, record, false);
+}
+
+/// As [`encode_into`], for a record of a group: `continues` for every record of the group but
+/// its last (which closes it).
+pub fn encode_group_member(out: &mut Vec<u8>, record: &Record<'_>, continues: bool) {
     assert!(!record.key.is_empty() && record.key.len() <= MAX_KEY_BYTES);
     assert!(record.value.len() <= MAX_VALUE_BYTES);
     assert!(record.fingerprint.len() <= MAX_FINGERPRINT_BYTES);
@@ -362,6 +377,9 @@ pub fn encode_into(out: &mut Vec<u8>, record: &Record<'_>) {
     };
     if record.refresh_cap_millis != 0 {
         flags |= FLAG_REFRESH_CAP;
+    }
+    if continues {
+        flags |= FLAG_CONTINUES;
     }
     // The header is put together on the stack and copied once, after one reservation for the
     // whole record: a transaction encodes several records per commit.
@@ -491,6 +509,8 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             V1_MAX_VALUE_BYTES,
         )
     };
+    // Whether the continuation flag may appear (format 3, not 2) is the segment's to judge: the
+    // two share a layout.
     let known = if v2 { KNOWN_FLAGS } else { FLAG_FINGERPRINT };
     if flags & !known != 0 {
         return Err(DecodeError::BadFlags(flags));
@@ -541,14 +561,28 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     decode_sized(bytes).map(|(record, _)| record)
 }
 
-/// The format (1 or 2) of the record layout at the start of `bytes`, judged by its kind byte
-/// alone (`None` if there is none). A segment holds records of its own format only.
+/// The record layout (1, or 2: that of formats 2 and 3) at the start of `bytes`, judged by its
+/// kind byte alone (`None` if there is none). A segment holds records of its own layout only
+/// ([`layout_of_format`]).
 pub fn layout_of(bytes: &[u8]) -> Option<u32> {
     let kind_byte = *bytes.get(RECORD_KIND_OFFSET)?;
     Some(if kind_byte & LAYOUT_V2 != 0 {
-        FORMAT_VERSION
+        FORMAT_VERSION_2
     } else {
         FORMAT_VERSION_1
+    })
+}
+
+/// The record layout of a segment of format `version` (see [`layout_of`]).
+pub fn layout_of_format(version: u32) -> u32 {
+    version.min(FORMAT_VERSION_2)
+}
+
+/// Whether the record at the start of `bytes` (of layout 2) carries the continuation flag: the
+/// next record belongs to its group. Read from the kind byte alone; decode the record first.
+pub fn continues_group(bytes: &[u8]) -> bool {
+    bytes.get(RECORD_KIND_OFFSET).is_some_and(|&kind_byte| {
+        kind_byte & LAYOUT_V2 != 0 && kind_byte & (FLAG_CONTINUES << FLAGS_SHIFT) != 0
     })
 }
 
@@ -650,7 +684,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError>
         return Err(HeaderError::BadChecksum);
     }
     let version = u32_at(bytes, HEADER_VERSION_OFFSET);
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
+    if !(FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::UnsupportedVersion(version));
     }
     Ok(SegmentHeader {

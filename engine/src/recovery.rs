@@ -14,6 +14,10 @@
 //!   [`Error::UnsupportedVersion`].
 //! - Zeros from a record boundary to the end of the newest segment (a prepared segment's unused
 //!   space, `log::prepare`) are no damage: they stay, and appends overwrite them.
+//! - A group (a transaction) is applied whole or not at all: [`ReplayDecoder`] checks all of it
+//!   at its first record, and a group not all there and intact is damage at that record.
+//! - A store of an older format (1 or 2) is read as written; its newest segment, unless sealed,
+//!   is sealed in its own format and the log goes on in a new segment of the current one.
 //!
 //! Replay by two threads: a long stretch of a segment (`PARALLEL_REPLAY_MIN_BYTES`) is shared.
 //! The checking thread decodes and judges every record (checksums, whole groups, seals, the torn
@@ -422,10 +426,11 @@ pub(crate) fn recover(
                 }
             };
             let checked = (|| -> std::result::Result<(), (usize, Error)> {
+                let mut decoder = ReplayDecoder::new(version);
                 while offset < bytes.len() {
                     let at_offset = offset;
                     let fail = |error: Error| (at_offset, error);
-                    match decode_replayed(&bytes[offset..], version) {
+                    match decoder.decode(bytes, offset) {
                         Ok((record, len)) if record.kind == RecordKind::Seal => {
                             let corrupt = |reason: String| Error::Corrupt {
                                 path: file.path.clone(),
@@ -540,16 +545,20 @@ pub(crate) fn recover(
     // A store written by an older build goes on in a segment of the current format: its newest
     // segment is sealed in its own format (as the writer seals a full one) and left alone.
     if let Some((&id, file)) = opened.iter().next_back() {
-        if !newest_sealed && versions.get(&id) == Some(&record::FORMAT_VERSION_1) {
+        let version = versions.get(&id).copied();
+        if !newest_sealed && version.is_some_and(|v| v != record::FORMAT_VERSION) {
             // Zeros after its records (prepared space, or zero-filled pages a crash left) go
             // first: the seal must end the file.
             if file.len()? > u64::from(tail_offset) {
                 file.truncate(u64::from(tail_offset))?;
             }
-            file.write_at(
-                &record::encode_seal_v1(u64::from(tail_offset)),
-                u64::from(tail_offset),
-            )?;
+            let seal = if version == Some(record::FORMAT_VERSION_1) {
+                record::encode_seal_v1(u64::from(tail_offset))
+            } else {
+                // Format 2's seal is format 3's.
+                record::encode_seal(u64::from(tail_offset))
+            };
+            file.write_at(&seal, u64::from(tail_offset))?;
             file.sync()?;
             newest_sealed = true;
         }
@@ -663,7 +672,8 @@ fn check_seal(file: &SegmentFile, version: u32) -> Result<()> {
     let at = len.saturating_sub(seal_len as u64);
     let mut seal = [0u8; record::V1_SEAL_RECORD_LEN];
     let got = file.read_at(&mut seal[..seal_len], at)?;
-    let vouched = decode_replayed(&seal[..got.min(seal_len)], version)
+    let vouched = ReplayDecoder::new(version)
+        .decode(&seal[..got.min(seal_len)], 0)
         .ok()
         .and_then(|(record, _)| record::seal_length(&record));
     if vouched == Some(at) && at >= SEGMENT_HEADER_LEN as u64 {
@@ -671,8 +681,9 @@ fn check_seal(file: &SegmentFile, version: u32) -> Result<()> {
     }
     let bytes = read_whole(file)?;
     let mut offset = SEGMENT_HEADER_LEN;
+    let mut decoder = ReplayDecoder::new(version);
     while offset < bytes.len() {
-        match decode_replayed(&bytes[offset..], version) {
+        match decoder.decode(&bytes, offset) {
             Ok((_, len)) => offset += len,
             Err(error) => {
                 return Err(Error::Corrupt {
@@ -878,46 +889,144 @@ fn apply_state(
     Ok(())
 }
 
-/// Decodes the record at the start of `bytes`; a group record must be followed by its whole body
-/// (every record intact, as many as it announces), or it fails to decode like a torn record, so
-/// that a group is applied entirely or not at all.
-pub(crate) fn decode_replayed(
-    bytes: &[u8],
+/// Decodes a segment's records in order, checking each group whole before its first record is
+/// applied, so that a group is applied entirely or not at all: a group cut short or damaged
+/// anywhere fails to decode at its first record, like a torn record there.
+///
+/// A group is a run of records carrying the continuation flag closed by one that does not
+/// (format 3), or a Group record followed by the records it announces (format 2). Each format's
+/// segments hold only its own kind of group.
+pub(crate) struct ReplayDecoder {
     version: u32,
-) -> std::result::Result<(Record<'_>, usize), String> {
-    let (record, len) = record::decode_sized(bytes).map_err(|e| e.to_string())?;
-    let layout = record::layout_of(bytes).expect("a record was decoded");
-    if layout != version {
-        return Err(format!(
-            "a record of format {layout} in a segment of format {version}"
-        ));
+    /// Where the group being replayed ends: the records before it were checked with it.
+    group_end: usize,
+}
+
+impl ReplayDecoder {
+    /// A decoder of the records of a segment of format `version`.
+    pub(crate) fn new(version: u32) -> Self {
+        ReplayDecoder {
+            version,
+            group_end: 0,
+        }
     }
-    if record.kind == RecordKind::Group {
-        let (body_len, count) = record::group_extent(&record).ok_or("a malformed group record")?;
-        let body = bytes
-            .get(len..len + body_len as usize)
-            .ok_or("a group cut short: its body is not all there")?;
-        let mut offset = 0;
-        let mut found = 0u32;
-        while offset < body.len() {
-            let (inner, inner_len) = record::decode_sized(&body[offset..])
-                .map_err(|e| format!("a group whose record at +{offset} is damaged: {e}"))?;
-            if record::layout_of(&body[offset..]) != Some(version) {
+
+    /// Decodes the record at `offset` of `bytes` (a segment's bytes from any start, decoded in
+    /// order from it), with its length.
+    pub(crate) fn decode<'b>(
+        &mut self,
+        bytes: &'b [u8],
+        offset: usize,
+    ) -> std::result::Result<(Record<'b>, usize), String> {
+        let (record, len) = self.decode_one(&bytes[offset..])?;
+        let continues = record::continues_group(&bytes[offset..]);
+        if self.version == record::FORMAT_VERSION_2 {
+            if record.kind == RecordKind::Group {
+                check_v2_group(&bytes[offset..], len, &record, self.version)?;
+            }
+        } else if continues && offset >= self.group_end {
+            self.group_end = self.group_end_from(bytes, offset, len)?;
+        }
+        Ok((record, len))
+    }
+
+    /// A record on its own: intact, of the segment's layout, with what its format allows.
+    fn decode_one<'b>(&self, bytes: &'b [u8]) -> std::result::Result<(Record<'b>, usize), String> {
+        let (record, len) = record::decode_sized(bytes).map_err(|e| e.to_string())?;
+        let layout = record::layout_of(bytes).expect("a record was decoded");
+        if layout != record::layout_of_format(self.version) {
+            return Err(format!(
+                "a record of layout {layout} in a segment of format {}",
+                self.version
+            ));
+        }
+        if self.version != record::FORMAT_VERSION_2 && record.kind == RecordKind::Group {
+            return Err(format!(
+                "a group record in a segment of format {}",
+                self.version
+            ));
+        }
+        if self.version < record::FORMAT_VERSION && record::continues_group(bytes) {
+            return Err(format!(
+                "the continuation flag in a segment of format {}",
+                self.version
+            ));
+        }
+        Ok((record, len))
+    }
+
+    /// Where the format-3 group whose first record (of `len` bytes) is at `start` ends: every
+    /// record up to and including the first without the continuation flag must be there and
+    /// intact, and none may be a seal.
+    fn group_end_from(
+        &self,
+        bytes: &[u8],
+        start: usize,
+        len: usize,
+    ) -> std::result::Result<usize, String> {
+        let mut offset = start + len;
+        loop {
+            if offset >= bytes.len() {
                 return Err(format!(
-                    "a group whose record at +{offset} has another format"
+                    "a group cut short: it ends past its segment's end ({} bytes on)",
+                    offset - start
                 ));
             }
-            if matches!(inner.kind, RecordKind::Group | RecordKind::Seal) {
-                return Err("a group containing a group or a seal".into());
+            let (inner, inner_len) = self.decode_one(&bytes[offset..]).map_err(|e| {
+                format!(
+                    "a group whose record at +{} is damaged: {e}",
+                    offset - start
+                )
+            })?;
+            if inner.kind == RecordKind::Seal {
+                return Err(format!(
+                    "a group cut short by a seal at +{}",
+                    offset - start
+                ));
             }
+            let continues = record::continues_group(&bytes[offset..]);
             offset += inner_len;
-            found += 1;
-        }
-        if found != count {
-            return Err(format!("a group announcing {count} records holds {found}"));
+            if !continues {
+                return Ok(offset);
+            }
         }
     }
-    Ok((record, len))
+}
+
+/// Checks that a format-2 Group record (`len` bytes at the start of `bytes`) is followed by its
+/// whole body: every record intact, as many as it announces.
+fn check_v2_group(
+    bytes: &[u8],
+    len: usize,
+    record: &Record<'_>,
+    version: u32,
+) -> std::result::Result<(), String> {
+    let (body_len, count) = record::group_extent(record).ok_or("a malformed group record")?;
+    let body = bytes
+        .get(len..len + body_len as usize)
+        .ok_or("a group cut short: its body is not all there")?;
+    let mut offset = 0;
+    let mut found = 0u32;
+    while offset < body.len() {
+        let (inner, inner_len) = record::decode_sized(&body[offset..])
+            .map_err(|e| format!("a group whose record at +{offset} is damaged: {e}"))?;
+        if record::layout_of(&body[offset..]) != Some(record::layout_of_format(version))
+            || record::continues_group(&body[offset..])
+        {
+            return Err(format!(
+                "a group whose record at +{offset} has another format"
+            ));
+        }
+        if matches!(inner.kind, RecordKind::Group | RecordKind::Seal) {
+            return Err("a group containing a group or a seal".into());
+        }
+        offset += inner_len;
+        found += 1;
+    }
+    if found != count {
+        return Err(format!("a group announcing {count} records holds {found}"));
+    }
+    Ok(())
 }
 
 fn corrupt_at(
@@ -987,7 +1096,9 @@ mod tests {
     //! Segment files are damaged or written by hand on the simulated disk, then the store opened.
 
     use super::*;
-    use crate::record::{encode_into, encode_seal, encode_segment_header, SEAL_RECORD_LEN};
+    use crate::record::{
+        encode_into, encode_seal, encode_segment_header, RECORD_HEADER_LEN, SEAL_RECORD_LEN,
+    };
     use crate::sim::SimStorage;
     use crate::{Claim, Config, ManualClock, Store};
     use std::sync::Arc;
@@ -1698,13 +1809,14 @@ mod tests {
 
     #[test]
     fn another_format_version_is_unsupported() {
+        let next = record::FORMAT_VERSION + 1;
         let mut header = encode_segment_header(1);
-        header[8..12].copy_from_slice(&3u32.to_le_bytes());
+        header[8..12].copy_from_slice(&next.to_le_bytes());
         let crc = crc32fast::hash(&header[..28]);
         header[28..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             record::decode_segment_header(&header),
-            Err(HeaderError::UnsupportedVersion(3))
+            Err(HeaderError::UnsupportedVersion(next))
         );
         for with_newer_segment in [false, true] {
             let storage = SimStorage::new(10);
@@ -1723,11 +1835,116 @@ mod tests {
                 }) => {
                     assert_eq!(
                         (path, found, supported),
-                        (seg(1), 3, record::FORMAT_VERSION)
+                        (seg(1), next, record::FORMAT_VERSION)
                     )
                 }
                 other => panic!("expected UnsupportedVersion, got {other:?}"),
             }
+        }
+    }
+
+    /// Segment 1's bytes (unsealed): an insert of `a`, then a group of three records (insert `b`,
+    /// remove `a`, insert `c`) in format 3 (the continuation flag) or 2 (a Group record ahead).
+    /// Returns the bytes and the group's offset.
+    fn segment_with_group(version: u32) -> (Vec<u8>, usize) {
+        let mut bytes = record::encode_segment_header_version(1, version).to_vec();
+        encode_into(&mut bytes, &insert(b"a", b"1"));
+        let at = bytes.len();
+        let records = [insert(b"b", b"2"), remove(b"a", b""), insert(b"c", b"3")];
+        let mut body = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            if version == record::FORMAT_VERSION {
+                record::encode_group_member(&mut body, record, i + 1 < records.len());
+            } else {
+                encode_into(&mut body, record);
+            }
+        }
+        if version == record::FORMAT_VERSION_2 {
+            record::encode_group(&mut bytes, body.len() as u32, records.len() as u32);
+        }
+        bytes.extend_from_slice(&body);
+        (bytes, at)
+    }
+
+    #[test]
+    fn a_group_is_applied_whole_or_cut_at_its_start_in_either_format() {
+        for version in [record::FORMAT_VERSION, record::FORMAT_VERSION_2] {
+            let (bytes, at) = segment_with_group(version);
+            for keep in at + 1..=bytes.len() {
+                let storage = SimStorage::new(10);
+                let clock = ManualClock::new();
+                write(&storage, &seg(1), &bytes[..keep]);
+                let store = open(&storage, &clock).unwrap();
+                let whole = keep == bytes.len();
+                let what = format!("format {version}, {keep} of {} bytes", bytes.len());
+                assert_eq!(store.get(b"a").unwrap().is_none(), whole, "{what}");
+                assert_eq!(store.get(b"b").unwrap().is_some(), whole, "{what}");
+                assert_eq!(store.get(b"c").unwrap().is_some(), whole, "{what}");
+                let cut = store.recovery_report().truncated_tail.clone();
+                if whole {
+                    assert_eq!(cut, None, "{what}");
+                } else {
+                    let cut = cut.unwrap_or_else(|| panic!("{what}: no cut"));
+                    assert_eq!((cut.offset, cut.bytes_cut), (at as u64, (keep - at) as u64));
+                }
+                drop(store);
+                // An unsealed newest segment of format 2 is sealed and followed by format 3.
+                let expected = if version == record::FORMAT_VERSION {
+                    vec![1]
+                } else {
+                    vec![1, 2]
+                };
+                assert_eq!(ids(&storage), expected, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_broken_in_an_older_segment_or_of_the_other_format_is_corrupt_at_its_start() {
+        let newer = segment_bytes(2, &[], false).0;
+        let seal = |bytes: &mut Vec<u8>| {
+            let len = bytes.len() as u64;
+            bytes.extend_from_slice(&encode_seal(len));
+        };
+        // (the bytes of an older segment, where the damage is named, what the reason says)
+        let mut cases: Vec<(Vec<u8>, usize, &str)> = Vec::new();
+        // Its last record lost: the seal follows a record that says the group goes on.
+        let (mut bytes, at) = segment_with_group(record::FORMAT_VERSION);
+        bytes.truncate(bytes.len() - (RECORD_HEADER_LEN + 2));
+        seal(&mut bytes);
+        cases.push((bytes, at, "cut short by a seal"));
+        // A flipped bit in its last record.
+        let (mut bytes, at) = segment_with_group(record::FORMAT_VERSION);
+        *bytes.last_mut().unwrap() ^= 0x01;
+        seal(&mut bytes);
+        cases.push((bytes, at, "damaged"));
+        // A format-2 group record in a format-3 segment.
+        let (v2, at) = segment_with_group(record::FORMAT_VERSION_2);
+        let mut bytes = encode_segment_header(1).to_vec();
+        bytes.extend_from_slice(&v2[SEGMENT_HEADER_LEN..]);
+        seal(&mut bytes);
+        cases.push((bytes, at, "a group record in a segment of format 3"));
+        // The continuation flag in a format-2 segment.
+        let (v3, at) = segment_with_group(record::FORMAT_VERSION);
+        let mut bytes = record::encode_segment_header_version(1, record::FORMAT_VERSION_2).to_vec();
+        bytes.extend_from_slice(&v3[SEGMENT_HEADER_LEN..]);
+        seal(&mut bytes);
+        cases.push((bytes, at, "continuation flag in a segment of format 2"));
+        for (older, at, reason) in cases {
+            let storage = SimStorage::new(10);
+            let clock = ManualClock::new();
+            write(&storage, &seg(1), &older);
+            write(&storage, &seg(2), &newer);
+            // `verify` names the same damage before open does.
+            let report = crate::verify::verify_in(Arc::new(storage.process()), dir()).unwrap();
+            let damage = &report.damage[0];
+            assert_eq!(
+                (&damage.path, damage.offset),
+                (&seg(1), at as u64),
+                "{reason}"
+            );
+            assert!(damage.reason.contains(reason), "{damage}");
+            expect_corrupt(open(&storage, &clock), &seg(1), at as u64, reason);
         }
     }
 

@@ -10,8 +10,8 @@
 //! 2. validate: each such dedup key is still absent, each state key read still at the version it
 //!    was read at, each position not moved past the new one; otherwise `Error::Conflict` and
 //!    nothing is written;
-//! 3. append all the records as one group ([`crate::log::Log::append_group`]): a group record
-//!    announcing the body, then the records, contiguous in one segment; replay applies the group
+//! 3. append all the records as one group ([`crate::log::Log::append_group`]): contiguous in
+//!    one segment, each but the last carrying the continuation flag; replay applies the group
 //!    only if all of it is there (a transaction that writes one record writes it alone: one
 //!    record is whole or absent by itself);
 //! 4. apply them to the index and the state tables, unlock, and in `Sync` wait for the group.

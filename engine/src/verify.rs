@@ -25,7 +25,7 @@ use crate::io::{FileSystem, Storage};
 use crate::log::segment::{self, SegmentFile};
 use crate::log::{offset_of, segment_of};
 use crate::record::{self, DecodeError, RecordKind, SEGMENT_HEADER_LEN};
-use crate::recovery::{check_header, decode_replayed, HeaderVerdict};
+use crate::recovery::{check_header, HeaderVerdict, ReplayDecoder};
 
 /// What [`verify`] found. The store is sound when [`VerifyReport::is_clean`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -276,8 +276,9 @@ fn verify_segment(
     }
     let mut offset = SEGMENT_HEADER_LEN;
     let mut damaged = false;
+    let mut decoder = ReplayDecoder::new(summary.version);
     while offset < bytes.len() {
-        match decode_replayed(&bytes[offset..], summary.version) {
+        match decoder.decode(&bytes, offset) {
             Ok((found, len)) if found.kind == RecordKind::Seal => {
                 if record::seal_length(&found) != Some(offset as u64) {
                     damaged = true;

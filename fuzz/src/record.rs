@@ -1,9 +1,11 @@
 //! The `record` target: the codec of `idem::record`, both record layouts.
 //!
-//! Format 2 (written by this build) has a 15-byte record header: crc u32, one byte packing the
-//! layout mark (bit 7), the flags (bits 4..=6) and the kind (bits 0..=3: 1..=8), key_len u16,
-//! value_len u16, expires_at_ms u48; after key, value and fingerprint, flag bit 1 (byte 4's bit 5)
-//! announces a 6-byte refresh cap (a deadline, never 0). Format 1 (written by older builds, still read) has a 20-byte
+//! Layout 2 (of formats 2 and 3; this build writes format 3) has a 15-byte record header: crc
+//! u32, one byte packing the layout mark (bit 7), the flags (bits 4..=6) and the kind (bits
+//! 0..=3: 1..=9), key_len u16, value_len u16, expires_at_ms u48; after key, value and
+//! fingerprint, flag bit 1 (byte 4's bit 5) announces a 6-byte refresh cap (a deadline, never
+//! 0); flag bit 2 (byte 4's bit 6) is the continuation flag of format 3's groups (the record
+//! decoder accepts it; whether a segment may hold it is recovery's to judge). Format 1 (written by older builds, still read) has a 20-byte
 //! header: crc u32, kind u8 (1..=4, bit 7 clear), flags u8, key_len u16, value_len u32 (at most
 //! 64 KiB), expires_at_ms u64. The same decoder reads both, told apart by bit 7 of byte 4.
 //!
@@ -11,8 +13,9 @@
 //! 1. Decoding arbitrary bytes (at the start and at a few offsets) never panics, and every answer
 //!    is exactly what an independent reading of the layout ([`expected_decode`]) says: the same
 //!    error with the same fields, or the same record and length. A decoded record re-encodes to
-//!    exactly the bytes it was decoded from with the encoder of its layout (`encode_into` or
-//!    `encode_v1_into`); `decode`, `decode_sized` and `peek_len` agree.
+//!    exactly the bytes it was decoded from with the encoder of its layout (`encode_group_member`
+//!    with its continuation flag, or `encode_v1_into`); `decode`, `decode_sized` and `peek_len`
+//!    agree, and `continues_group` reads the flag.
 //! 2. An arbitrary valid record of either layout (every kind of it, lengths up to every limit,
 //!    deadlines around the 48-bit limit) encodes and decodes back to itself (format 2 storing a
 //!    deadline past `NEVER_EXPIRES` as it) amid junk; every truncation fails as `Truncated`; a
@@ -22,17 +25,17 @@
 //!    `encode_group`/`group_extent`, and `group_extent`/`position_value`/`seal_length` answer only
 //!    for well-formed records of their kind.
 //! 4. Segment headers: decoding arbitrary bytes never panics and agrees with the layout; headers
-//!    of versions 1 and 2 round-trip, every other version is `UnsupportedVersion`.
+//!    of versions 1 to 3 round-trip, every other version is `UnsupportedVersion`.
 
 use arbitrary::Unstructured;
 use idem::record::{
-    decode, decode_segment_header, decode_sized, encode_group, encode_into, encode_seal,
-    encode_seal_v1, encode_segment_header, encode_segment_header_version, encode_v1_into,
-    encoded_len, group_extent, peek_len, position_value, seal_length, seal_record_len, DecodeError,
-    HeaderError, Record, RecordKind, SegmentHeader, FORMAT_VERSION, FORMAT_VERSION_1, GROUP_KEY,
-    GROUP_RECORD_LEN, MAX_FINGERPRINT_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, NEVER_EXPIRES,
-    RECORD_HEADER_LEN, SEAL_KEY, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
-    V1_SEAL_RECORD_LEN,
+    continues_group, decode, decode_segment_header, decode_sized, encode_group,
+    encode_group_member, encode_into, encode_seal, encode_seal_v1, encode_segment_header,
+    encode_segment_header_version, encode_v1_into, encoded_len, group_extent, peek_len,
+    position_value, seal_length, seal_record_len, DecodeError, HeaderError, Record, RecordKind,
+    SegmentHeader, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, GROUP_KEY, GROUP_RECORD_LEN,
+    MAX_FINGERPRINT_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, NEVER_EXPIRES, RECORD_HEADER_LEN,
+    SEAL_KEY, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, V1_SEAL_RECORD_LEN,
 };
 
 /// Bytes of a format-1 record header.
@@ -41,8 +44,10 @@ pub const V1_HEADER_LEN: usize = 20;
 pub const V1_MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Flags bit 0: a fingerprint (length byte, then bytes) follows the value.
 const FLAG_FINGERPRINT: u8 = 0x01;
-/// Flags bit 1 (format 2 only): a 6-byte refresh cap ends the record.
+/// Flags bit 1 (layout 2 only): a 6-byte refresh cap ends the record.
 const FLAG_REFRESH_CAP: u8 = 0x02;
+/// Flags bit 2 (layout 2 only): the next record belongs to the same group (format 3).
+const FLAG_CONTINUES: u8 = 0x04;
 /// Bit 7 of byte 4: the format-2 layout.
 const LAYOUT_V2: u8 = 0x80;
 
@@ -160,7 +165,7 @@ pub fn expected_decode(data: &[u8]) -> Result<Expected, DecodeError> {
         )
     };
     let known = if v2 {
-        FLAG_FINGERPRINT | FLAG_REFRESH_CAP
+        FLAG_FINGERPRINT | FLAG_REFRESH_CAP | FLAG_CONTINUES
     } else {
         FLAG_FINGERPRINT
     };
@@ -272,8 +277,10 @@ pub fn check_raw_decode(data: &[u8]) {
                 assert!(record.expires_at_millis <= NEVER_EXPIRES);
             }
             let mut again = Vec::with_capacity(*len);
+            let continues = want.v2 && data[4] & (FLAG_CONTINUES << 4) != 0;
+            assert_eq!(continues_group(data), continues, "continues_group");
             if want.v2 {
-                encode_into(&mut again, record);
+                encode_group_member(&mut again, record, continues);
             } else {
                 encode_v1_into(&mut again, record);
             }
@@ -317,7 +324,7 @@ pub fn check_raw_header(data: &[u8]) {
         Err(HeaderError::BadChecksum)
     } else {
         match u32_at(data, 8) {
-            version @ (FORMAT_VERSION_1 | FORMAT_VERSION) => Ok(SegmentHeader {
+            version @ FORMAT_VERSION_1..=FORMAT_VERSION => Ok(SegmentHeader {
                 segment_id: u64::from_le_bytes(data[16..24].try_into().expect("8 bytes")),
                 version,
             }),
@@ -345,10 +352,17 @@ fn check_headers(id: u64, version: u32) {
             version: FORMAT_VERSION
         })
     );
-    for version in [FORMAT_VERSION_1, FORMAT_VERSION, 0, 3, version] {
+    for version in [
+        FORMAT_VERSION_1,
+        FORMAT_VERSION_2,
+        FORMAT_VERSION,
+        0,
+        FORMAT_VERSION + 1,
+        version,
+    ] {
         let header = encode_segment_header_version(id, version);
         check_raw_header(&header);
-        let want = if version == FORMAT_VERSION_1 || version == FORMAT_VERSION {
+        let want = if (FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
             Ok(SegmentHeader {
                 segment_id: id,
                 version,
@@ -455,8 +469,11 @@ pub struct RecordSpec {
     pub expires_at_millis: u64,
     /// 0..=MAX_FINGERPRINT_BYTES bytes (none: no fingerprint).
     pub fingerprint: Vec<u8>,
-    /// The refresh cap (0: none; format 2 only).
+    /// The refresh cap (0: none; layout 2 only).
     pub refresh_cap_millis: u64,
+    /// Encoded with the continuation flag (layout 2 only: a record of a format-3 group that is
+    /// not its last).
+    pub continues: bool,
 }
 
 impl RecordSpec {
@@ -514,6 +531,8 @@ impl RecordSpec {
             195 => u64::MAX,
             _ => u.arbitrary::<u64>().unwrap_or(1).max(1),
         };
+        // Drawn after it, for the same reason.
+        let continues = !v1 && u.arbitrary::<u8>().unwrap_or(0) >= 160;
         Ok(RecordSpec {
             v1,
             kind,
@@ -522,6 +541,7 @@ impl RecordSpec {
             expires_at_millis,
             fingerprint,
             refresh_cap_millis,
+            continues,
         })
     }
 
@@ -541,6 +561,8 @@ impl RecordSpec {
     pub fn encode(&self, out: &mut Vec<u8>) {
         if self.v1 {
             encode_v1_into(out, &self.record());
+        } else if self.continues {
+            encode_group_member(out, &self.record(), true);
         } else {
             encode_into(out, &self.record());
         }
@@ -597,7 +619,10 @@ fn check_round_trip(spec: &RecordSpec, u: &mut Unstructured<'_>) {
                 + 6 * usize::from(refresh_cap)
         );
         assert_eq!(len, record.encoded_len());
-        let flags = (u8::from(!spec.fingerprint.is_empty()) | refresh_cap << 1) << 4;
+        let flags = (u8::from(!spec.fingerprint.is_empty())
+            | refresh_cap << 1
+            | u8::from(spec.continues) << 2)
+            << 4;
         assert_eq!(bytes[prefix + 4], LAYOUT_V2 | flags | spec.kind as u8);
     } else {
         assert_eq!(bytes[prefix + 4], spec.kind as u8);

@@ -30,15 +30,17 @@
 //! offset), or succeed with an exact set of live keys and an exact recovery report, leaving an
 //! exact set of files.
 //!
-//! Segments of both formats are modelled: a format-1 segment (records of the 20-byte header, a
-//! format-1 seal) as an older build wrote it; when the newest segment kept is of format 1 and not
-//! sealed, open seals it in format 1 and the log goes on in a new format-2 segment. Atomic groups
-//! (a Group record announcing the length and record count of the records that follow it) are
-//! applied only whole: a group whose body is not all there and intact is a torn tail at the group
-//! record's offset in the newest segment, `Corrupt` there in an older one. Structured inputs
-//! build groups of Insert, Claim and Remove records, whole or damaged on purpose (cut anywhere in
-//! the body, a bit flipped in it, a wrong length or count, a seal or a group nested in it), and
-//! the model is checked against that intent ([`GroupFact`]). State records (StatePut,
+//! Segments of all three formats are modelled: a format-1 segment (records of the 20-byte header,
+//! a format-1 seal) and a format-2 one as older builds wrote them; when the newest segment kept
+//! is of an older format and not sealed, open seals it in its own format and the log goes on in a
+//! new format-3 segment. Atomic groups are applied only whole: in format 3 a run of records
+//! carrying the continuation flag closed by one that does not, in format 2 a Group record
+//! announcing the length and record count of the records that follow it (each format refuses the
+//! other's kind of group). A group that is not all there and intact is a torn tail at its first
+//! record (format 3) or its group record (format 2) in the newest segment, `Corrupt` there in an
+//! older one. Structured inputs build groups of Insert, Claim and Remove records, whole or damaged
+//! on purpose (cut anywhere, a bit flipped, a wrong length or count or a flag that runs on, a seal
+//! or a group nested in it), and the model is checked against that intent ([`GroupFact`]). State records (StatePut,
 //! StateRemove, Position) are replayed by the model only for what the public API shows of them
 //! today: they count as replayed records, never touch the dedup entries of the same key, and a
 //! Position without an 8-byte value is `Corrupt`; their values are not compared until the store
@@ -53,9 +55,10 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use idem::record::{
-    self, decode, decode_segment_header, decode_sized, encode_group, encode_into,
-    encode_segment_header, encode_segment_header_version, encode_v1_into, group_extent, peek_len,
-    HeaderError, Record, RecordKind, FORMAT_VERSION, FORMAT_VERSION_1, GROUP_RECORD_LEN,
+    self, continues_group, decode, decode_segment_header, decode_sized, encode_group,
+    encode_group_member, encode_into, encode_segment_header, encode_segment_header_version,
+    encode_v1_into, group_extent, layout_of, layout_of_format, peek_len, HeaderError, Record,
+    RecordKind, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, GROUP_RECORD_LEN,
     NEVER_EXPIRES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use idem::{Config, Durability, Error, ManualClock, Outcome, Store};
@@ -108,6 +111,9 @@ pub struct FileSpec {
     /// Written in format 1 (header version 1, `encode_v1_into`, format-1 seals), as an older
     /// build did; such a file has no groups (their records are written plainly).
     pub v1: bool,
+    /// Written in format 2 (unless `v1`): groups open with a Group record, as the build before
+    /// format 3 wrote them.
+    pub v2: bool,
     /// Its header.
     pub header: HeaderSpec,
     /// Its body.
@@ -176,7 +182,7 @@ pub enum RecordSpec {
     },
     /// A seal: vouching for its own offset (`true`), or for another one.
     Seal(bool),
-    /// A record of the state namespace (format 2 only; none in a format-1 file).
+    /// A record of the state namespace (formats 2 and 3; none in a format-1 file).
     State {
         /// One of a few keys (the dedup entries' keys too: the namespaces must not meet).
         key: u8,
@@ -228,7 +234,11 @@ pub enum GroupItem {
     },
 }
 
-/// How a structured group is damaged.
+/// How a structured group is damaged. In format 3, which has no group record, `Cut` and `Flip`
+/// apply to the group's records, `Count(true)` and `BodyLen` make the last record say the group
+/// goes on (into whatever follows: not necessarily damage), `Count(false)` takes the flag off
+/// the first record (two groups: no damage), and the nested seal or group record follows a
+/// record that says the group goes on.
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupDamage {
     /// Whole and intact.
@@ -254,8 +264,10 @@ pub enum GroupDamage {
 pub struct GroupFact {
     /// The position of its file among the input's files.
     pub file: usize,
-    /// The group record's offset.
+    /// The group's offset: its group record's (format 2) or its first record's (format 3).
     pub offset: usize,
+    /// Where its records start (after the group record in format 2).
+    pub body: usize,
     /// Where its body ends (as announced when whole).
     pub end: usize,
     /// Left whole by the generator (and not cut by the file's cut).
@@ -334,6 +346,19 @@ fn encode(
     expires_at_millis: u64,
     fingerprint: &[u8],
 ) -> Vec<u8> {
+    encode_flagged(v1, false, kind, key, value, expires_at_millis, fingerprint)
+}
+
+/// As [`encode`], with the continuation flag if `continues` (format 3's groups).
+fn encode_flagged(
+    v1: bool,
+    continues: bool,
+    kind: RecordKind,
+    key: &[u8],
+    value: &[u8],
+    expires_at_millis: u64,
+    fingerprint: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     let record = Record {
         kind,
@@ -346,20 +371,35 @@ fn encode(
     if v1 {
         encode_v1_into(&mut out, &record);
     } else {
-        encode_into(&mut out, &record);
+        encode_group_member(&mut out, &record, continues);
     }
     out
 }
 
 impl GroupItem {
     fn encode(&self, v1: bool) -> Vec<u8> {
+        self.encode_as(v1, false)
+    }
+
+    /// Encoded with the continuation flag if `continues`.
+    fn encode_as(&self, v1: bool, continues: bool) -> Vec<u8> {
+        let encode = |kind, key: &[u8], value: &[u8], expires_at_millis, fingerprint: &[u8]| {
+            encode_flagged(
+                v1,
+                continues,
+                kind,
+                key,
+                value,
+                expires_at_millis,
+                fingerprint,
+            )
+        };
         match self {
             GroupItem::Insert {
                 key,
                 value,
                 expires,
             } => encode(
-                v1,
                 RecordKind::Insert,
                 &structured_key(*key),
                 &value[..value.len().min(16)],
@@ -367,7 +407,6 @@ impl GroupItem {
                 &[],
             ),
             GroupItem::Claim { key, id, expires } => encode(
-                v1,
                 RecordKind::Claim,
                 &structured_key(*key),
                 &id.to_le_bytes(),
@@ -375,7 +414,6 @@ impl GroupItem {
                 &[],
             ),
             GroupItem::Remove { key, expires } => encode(
-                v1,
                 RecordKind::Remove,
                 &structured_key(*key),
                 &[],
@@ -388,7 +426,7 @@ impl GroupItem {
 
 /// Appends a group of `items` to `bytes` (a format-2 file) damaged as `damage` says. Returns the
 /// group's fact (its file position left for the caller) and whether the file ends here (a cut).
-fn encode_structured_group(
+fn encode_v2_group(
     bytes: &mut Vec<u8>,
     items: &[GroupItem],
     damage: GroupDamage,
@@ -454,8 +492,67 @@ fn encode_structured_group(
     let fact = GroupFact {
         file: 0,
         offset,
+        body: offset + GROUP_RECORD_LEN,
         end,
         whole: damage == GroupDamage::None,
+    };
+    (fact, ends_file)
+}
+
+/// Appends a group of `items` to `bytes` (a format-3 file: the continuation flag) damaged as
+/// `damage` says (see [`GroupDamage`]). Returns the group's fact, if its damage leaves one to
+/// check (a flag that runs on into what follows, or one taken off, makes no promise of its
+/// own: the model judges it), and whether the file ends here (a cut).
+fn encode_v3_group(
+    bytes: &mut Vec<u8>,
+    items: &[GroupItem],
+    damage: GroupDamage,
+) -> (Option<GroupFact>, bool) {
+    let items = &items[..items.len().min(8)];
+    let nested = matches!(damage, GroupDamage::NestedSeal | GroupDamage::NestedGroup);
+    let runs_on = matches!(damage, GroupDamage::Count(true) | GroupDamage::BodyLen(_));
+    let mut body: Vec<u8> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let last = i + 1 == items.len();
+        let continues = match damage {
+            GroupDamage::Count(false) if i == 0 => false,
+            _ => !last || runs_on || nested,
+        };
+        body.extend(item.encode_as(false, continues));
+    }
+    let offset = bytes.len();
+    match damage {
+        GroupDamage::NestedSeal => body.extend(record::encode_seal(offset as u64)),
+        GroupDamage::NestedGroup => encode_group(&mut body, 0, 0),
+        _ => {}
+    }
+    bytes.extend(&body);
+    let end = bytes.len();
+    let mut ends_file = false;
+    match damage {
+        GroupDamage::Cut(n) if !body.is_empty() => {
+            bytes.truncate(offset + usize::from(n) % body.len());
+            ends_file = true;
+        }
+        GroupDamage::Flip(bit) if !body.is_empty() => {
+            let bit = usize::from(bit) % (body.len() * 8);
+            bytes[offset + bit / 8] ^= 1 << (bit % 8);
+        }
+        _ => {}
+    }
+    // A group needs a record that says it goes on; a lone seal or group record is other damage.
+    let is_group = !items.is_empty() && (items.len() > 1 || runs_on || nested);
+    let fact = match damage {
+        _ if !is_group && !matches!(damage, GroupDamage::Cut(_) | GroupDamage::Flip(_)) => None,
+        _ if items.is_empty() => None,
+        GroupDamage::Count(_) | GroupDamage::BodyLen(_) => None,
+        _ => Some(GroupFact {
+            file: 0,
+            offset,
+            body: offset,
+            end,
+            whole: damage == GroupDamage::None,
+        }),
     };
     (fact, ends_file)
 }
@@ -471,7 +568,13 @@ impl Structured {
             .enumerate()
             .map(|(position, (file, &id))| {
                 let v1 = file.v1;
-                let version = if v1 { FORMAT_VERSION_1 } else { FORMAT_VERSION };
+                let version = if v1 {
+                    FORMAT_VERSION_1
+                } else if file.v2 {
+                    FORMAT_VERSION_2
+                } else {
+                    FORMAT_VERSION
+                };
                 let mut bytes = header_bytes(file.header, id, version);
                 let mut file_facts = Vec::new();
                 for spec in file.records.iter().take(64) {
@@ -569,12 +672,19 @@ impl Structured {
                             }
                         }
                         RecordSpec::Group { records, damage } => {
-                            let (fact, ends_file) =
-                                encode_structured_group(&mut bytes, records, *damage);
-                            file_facts.push(GroupFact {
-                                file: position,
-                                ..fact
-                            });
+                            let (fact, ends_file) = if version == FORMAT_VERSION_2 {
+                                let (fact, ends_file) =
+                                    encode_v2_group(&mut bytes, records, *damage);
+                                (Some(fact), ends_file)
+                            } else {
+                                encode_v3_group(&mut bytes, records, *damage)
+                            };
+                            if let Some(fact) = fact {
+                                file_facts.push(GroupFact {
+                                    file: position,
+                                    ..fact
+                                });
+                            }
                             if ends_file {
                                 break;
                             }
@@ -761,8 +871,9 @@ impl Input {
         bodies.resize(count, Vec::new());
         for (body, &id) in bodies.iter_mut().zip(&ids) {
             if flags & 0x08 != 0 && body.len() >= SEGMENT_HEADER_LEN {
-                let version = if body[8..12] == FORMAT_VERSION_1.to_le_bytes() {
-                    FORMAT_VERSION_1
+                let named = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+                let version = if (FORMAT_VERSION_1..FORMAT_VERSION).contains(&named) {
+                    named
                 } else {
                     FORMAT_VERSION
                 };
@@ -968,11 +1079,43 @@ impl Replayed {
     }
 }
 
+/// Whether `bytes` start with a record that decodes in a segment of format `version`: intact, of
+/// the segment's layout, neither a group record outside format 2 nor carrying the continuation
+/// flag outside format 3.
+fn decodes_in(bytes: &[u8], version: u32) -> Option<(Record<'_>, usize)> {
+    let (record, len) = decode_sized(bytes).ok()?;
+    if layout_of(bytes) != Some(layout_of_format(version))
+        || (record.kind == RecordKind::Group && version != FORMAT_VERSION_2)
+        || (continues_group(bytes) && version != FORMAT_VERSION)
+    {
+        return None;
+    }
+    Some((record, len))
+}
+
+/// Where the format-3 group whose first record (`len` bytes, carrying the continuation flag) is
+/// at the start of `bytes` ends, if all of it is there: records that decode, none a seal, up to
+/// and including the first without the flag.
+fn v3_group_len(bytes: &[u8], len: usize) -> Option<usize> {
+    let mut offset = len;
+    loop {
+        let (record, inner_len) = decodes_in(bytes.get(offset..)?, FORMAT_VERSION)?;
+        if record.kind == RecordKind::Seal {
+            return None;
+        }
+        let continues = continues_group(&bytes[offset..]);
+        offset += inner_len;
+        if !continues {
+            return Some(offset);
+        }
+    }
+}
+
 /// Whether the record decoded at the start of `bytes` (`len` bytes) may be applied as far as
-/// groups go: anything but a group record may; a group record only if it is well formed (key
-/// `group`, an 8-byte value) and the body it announces follows whole: exactly `body_len` bytes of
-/// intact records of the segment's format, neither a seal nor a group among them, as many as it
-/// announces.
+/// format-2 groups go: anything but a group record may; a group record only if it is well formed
+/// (key `group`, an 8-byte value) and the body it announces follows whole: exactly `body_len`
+/// bytes of intact records of the segment's format, neither a seal nor a group among them, as
+/// many as it announces.
 fn group_whole(record: &Record<'_>, bytes: &[u8], len: usize, version: u32) -> bool {
     if record.kind != RecordKind::Group {
         return true;
@@ -989,10 +1132,9 @@ fn group_whole(record: &Record<'_>, bytes: &[u8], len: usize, version: u32) -> b
     let mut offset = 0;
     let mut found = 0u64;
     while offset < body.len() {
-        match decode_sized(&body[offset..]) {
-            Ok((inner, inner_len))
-                if !matches!(inner.kind, RecordKind::Seal | RecordKind::Group)
-                    && record::layout_of(&body[offset..]) == Some(version) =>
+        match decodes_in(&body[offset..], version) {
+            Some((inner, inner_len))
+                if !matches!(inner.kind, RecordKind::Seal | RecordKind::Group) =>
             {
                 offset += inner_len;
                 found += 1;
@@ -1068,13 +1210,25 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
         let mut sealed = false;
         // A newest segment's zeros after its last record stay on disk (prepared space).
         let mut zeros_kept = false;
+        // Where the format-3 group being replayed ends (checked whole at its first record).
+        let mut group_end = 0;
         while offset < bytes.len() {
-            // A segment holds records of its own format only: a record of the other layout
+            // A segment holds records of its own format only: a record of another layout
             // (intact as it may be) does not decode there. Scans step by the decoded length.
-            let decoded = decode_sized(&bytes[offset..])
-                .ok()
-                .filter(|_| record::layout_of(&bytes[offset..]) == Some(version))
-                .filter(|(record, len)| group_whole(record, &bytes[offset..], *len, version));
+            let decoded = decodes_in(&bytes[offset..], version)
+                .filter(|(record, len)| group_whole(record, &bytes[offset..], *len, version))
+                .filter(|(_, len)| {
+                    if offset < group_end || !continues_group(&bytes[offset..]) {
+                        return true;
+                    }
+                    match v3_group_len(&bytes[offset..], *len) {
+                        Some(group_len) => {
+                            group_end = offset + group_len;
+                            true
+                        }
+                        None => false,
+                    }
+                });
             let Some((record, len)) = decoded else {
                 if !newest {
                     return Err(corrupt_at(offset));
@@ -1164,12 +1318,16 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
     }
     // A store of an older format goes on in the current one: its newest segment is sealed in its
     // own format where its records end.
-    if !last_sealed && last_version == FORMAT_VERSION_1 {
+    if !last_sealed && last_version != FORMAT_VERSION {
         if let Some((_, tail)) = out.files.iter_mut().next_back() {
             // Zeros after the records are cut: the seal ends the file.
             tail.truncate(last_records_end);
             out.zeros_from = None;
-            let seal = record::encode_seal_v1(tail.len() as u64);
+            let seal = if last_version == FORMAT_VERSION_1 {
+                record::encode_seal_v1(tail.len() as u64)
+            } else {
+                record::encode_seal(tail.len() as u64)
+            };
             tail.extend(seal);
             last_sealed = true;
         }
@@ -1488,7 +1646,7 @@ fn check_group_facts(input: &Input, expected: &Result<Replayed, ExpectedError>) 
                 model.truncated_tail
             );
         } else if model.files.contains_key(&id) && cut_at.is_none_or(|at| at >= fact.end) {
-            let body = &input.files[&id][fact.offset + GROUP_RECORD_LEN..fact.end];
+            let body = &input.files[&id][fact.body..fact.end];
             let mut offset = 0;
             while offset < body.len() {
                 let (record, len) = decode_sized(&body[offset..]).expect("a whole group's record");
@@ -1749,19 +1907,25 @@ mod tests {
         encode(v1, RecordKind::Insert, key, b"v", NOW + 60_000, &[])
     }
 
-    /// Segment 1: an insert of key-0, then a group (insert key-1, remove key-0, insert key-2).
-    /// Returns the file and the group record's offset.
-    fn segment_with_group() -> (Vec<u8>, usize) {
-        let mut file = encode_segment_header(1).to_vec();
+    /// Segment 1 of format `version` (2 or 3): an insert of key-0, then a group (insert key-1,
+    /// remove key-0, insert key-2). Returns the file and the group's offset.
+    fn segment_with_group(version: u32) -> (Vec<u8>, usize) {
+        let mut file = encode_segment_header_version(1, version).to_vec();
         file.extend(insert(false, b"key-0"));
         let at = file.len();
+        let v3 = version == FORMAT_VERSION;
+        let member = |continues: bool, kind, key: &[u8], value: &[u8]| {
+            encode_flagged(false, continues && v3, kind, key, value, NOW + 60_000, &[])
+        };
         let body = [
-            insert(false, b"key-1"),
-            encode(false, RecordKind::Remove, b"key-0", &[], NOW + 60_000, &[]),
-            insert(false, b"key-2"),
+            member(true, RecordKind::Insert, b"key-1", b"v"),
+            member(true, RecordKind::Remove, b"key-0", b""),
+            member(false, RecordKind::Insert, b"key-2", b"v"),
         ]
         .concat();
-        encode_group(&mut file, body.len() as u32, 3);
+        if !v3 {
+            encode_group(&mut file, body.len() as u32, 3);
+        }
         file.extend(body);
         (file, at)
     }
@@ -1772,52 +1936,93 @@ mod tests {
 
     #[test]
     fn a_whole_group_is_applied_entirely() {
-        let (file, _) = segment_with_group();
-        let model = replay(&files(&[&file]), NOW).expect("opens");
-        assert_eq!(model.truncated_tail, None);
-        assert_eq!(model.records_replayed, 5);
-        assert!(model.get(b"key-0", NOW).is_none());
-        assert!(model.get(b"key-1", NOW).is_some() && model.get(b"key-2", NOW).is_some());
-        run(&raw_input(0, &[&file]));
+        for version in [FORMAT_VERSION, FORMAT_VERSION_2] {
+            let (file, _) = segment_with_group(version);
+            let model = replay(&files(&[&file]), NOW).expect("opens");
+            assert_eq!(model.truncated_tail, None);
+            let group_records = if version == FORMAT_VERSION { 3 } else { 4 };
+            assert_eq!(model.records_replayed, 1 + group_records);
+            assert!(model.get(b"key-0", NOW).is_none());
+            assert!(model.get(b"key-1", NOW).is_some() && model.get(b"key-2", NOW).is_some());
+            run(&raw_input(0, &[&file]));
+        }
     }
 
     #[test]
     fn a_group_cut_anywhere_in_the_newest_segment_is_a_torn_tail_at_its_record() {
-        let (file, at) = segment_with_group();
-        for keep in at + 1..file.len() {
-            let cut = &file[..keep];
-            let model = replay(&files(&[cut]), NOW).expect("opens");
-            assert_eq!(
-                model.truncated_tail,
-                Some((1, at as u64, (keep - at) as u64)),
-                "kept {keep}"
-            );
-            assert_eq!(model.records_replayed, 1);
-            assert!(model.get(b"key-0", NOW).is_some(), "kept {keep}");
-            assert!(model.get(b"key-1", NOW).is_none(), "kept {keep}");
-            run(&raw_input(0, &[cut]));
+        for version in [FORMAT_VERSION, FORMAT_VERSION_2] {
+            let (file, at) = segment_with_group(version);
+            for keep in at + 1..file.len() {
+                let cut = &file[..keep];
+                let model = replay(&files(&[cut]), NOW).expect("opens");
+                assert_eq!(
+                    model.truncated_tail,
+                    Some((1, at as u64, (keep - at) as u64)),
+                    "format {version}, kept {keep}"
+                );
+                assert_eq!(model.records_replayed, 1);
+                assert!(model.get(b"key-0", NOW).is_some(), "kept {keep}");
+                assert!(model.get(b"key-1", NOW).is_none(), "kept {keep}");
+                run(&raw_input(0, &[cut]));
+            }
         }
     }
 
     #[test]
     fn a_damaged_group_in_an_older_segment_is_corrupt_at_its_offset() {
-        let (file, at) = segment_with_group();
-        let mut older = file[..file.len() - 3].to_vec();
-        older.extend(record::encode_seal(older.len() as u64));
-        let newer = encode_segment_header(2).to_vec();
-        let files = files(&[&older, &newer]);
-        assert_eq!(
-            replay(&files, NOW).map(|_| ()),
-            Err(ExpectedError::CorruptAt {
-                id: 1,
-                offset: at as u64
-            })
-        );
-        run(&raw_input(0, &[&older, &newer]));
+        for version in [FORMAT_VERSION, FORMAT_VERSION_2] {
+            let (file, at) = segment_with_group(version);
+            let mut older = file[..file.len() - 3].to_vec();
+            older.extend(record::encode_seal(older.len() as u64));
+            let newer = encode_segment_header(2).to_vec();
+            let files = files(&[&older, &newer]);
+            assert_eq!(
+                replay(&files, NOW).map(|_| ()),
+                Err(ExpectedError::CorruptAt {
+                    id: 1,
+                    offset: at as u64
+                })
+            );
+            run(&raw_input(0, &[&older, &newer]));
+        }
     }
 
     #[test]
-    fn a_newest_format_1_segment_is_sealed_in_format_1_and_followed_by_format_2() {
+    fn each_format_refuses_the_other_s_groups() {
+        for (written, named) in [
+            (FORMAT_VERSION, FORMAT_VERSION_2),
+            (FORMAT_VERSION_2, FORMAT_VERSION),
+        ] {
+            let (file, at) = segment_with_group(written);
+            let mut older = encode_segment_header_version(1, named).to_vec();
+            older.extend(&file[SEGMENT_HEADER_LEN..]);
+            older.extend(record::encode_seal(older.len() as u64));
+            let newer = encode_segment_header(2).to_vec();
+            assert_eq!(
+                replay(&files(&[&older, &newer]), NOW).map(|_| ()),
+                Err(ExpectedError::CorruptAt {
+                    id: 1,
+                    offset: at as u64
+                }),
+                "format-{written} group in a format-{named} segment"
+            );
+            run(&raw_input(0, &[&older, &newer]));
+        }
+    }
+
+    #[test]
+    fn a_newest_format_2_segment_is_sealed_in_place_and_followed_by_format_3() {
+        let (file, _) = segment_with_group(FORMAT_VERSION_2);
+        let model = replay(&files(&[&file]), NOW).expect("opens");
+        let mut sealed = file.clone();
+        sealed.extend(record::encode_seal(file.len() as u64));
+        assert_eq!(model.files[&1], sealed);
+        assert_eq!(model.files[&2], encode_segment_header(2).to_vec());
+        run(&raw_input(0, &[&file]));
+    }
+
+    #[test]
+    fn a_newest_format_1_segment_is_sealed_in_format_1_and_followed_by_format_3() {
         let mut older = encode_segment_header_version(1, FORMAT_VERSION_1).to_vec();
         older.extend(insert(true, b"key-0"));
         older.extend(record::encode_seal_v1(older.len() as u64));

@@ -1,6 +1,7 @@
-//! A store written in on-disk format version 1 (`tests/fixtures/v1-store`, made by idem 0.1) opens
-//! with every answer it gave, takes new writes in the current format, and keeps every answer across
-//! reopens, from the checkpoint and by a full replay.
+//! Stores written in older on-disk formats open with every answer they gave, take new writes in
+//! the current format, and keep every answer across reopens, from the checkpoint and by a full
+//! replay, and across compaction: version 1 (`tests/fixtures/v1-store`, made by idem 0.1) and
+//! version 2 (`tests/fixtures/v2-store`, whose transactions open with a Group record).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,10 @@ use idem_tests::{copy_dir, segment_files};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v1-store")
+}
+
+fn fixture_v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v2-store")
 }
 
 /// The fixture was written at `ManualClock::new()`; open it at the same time.
@@ -202,4 +207,158 @@ fn compacting_version_1_segments_encodes_their_records_in_the_current_format() {
     let store = Store::open_with(&dir, config(&clock)).unwrap();
     assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
     assert_v1_answers(&store);
+}
+
+/// Every answer the v2 store gave when it was written (see `tests/fixtures/README.md`).
+fn assert_v2_answers(store: &Store) {
+    for i in 0..160u32 {
+        let key = format!("v2-key-{i:04}");
+        let expected = if i == 10 {
+            Some(b"again".to_vec())
+        } else if i < 120 && i % 10 == 0 {
+            None
+        } else {
+            Some(format!("result-{i}").into_bytes())
+        };
+        let got = store.get(key.as_bytes()).unwrap();
+        assert_eq!(got.as_deref(), expected.as_deref(), "{key}");
+        let tx_key = format!("v2-tx-{i:04}");
+        let expected = (i < 120 && i % 4 == 0).then_some(&b"tx-result"[..]);
+        assert_eq!(
+            store.get(tx_key.as_bytes()).unwrap().as_deref(),
+            expected,
+            "{tx_key}"
+        );
+    }
+    assert_eq!(store.get_state(b"balance/cust-1").unwrap(), None);
+    assert_eq!(
+        store.get_state(b"balance/cust-2").unwrap().as_deref(),
+        Some(&77u64.to_le_bytes()[..])
+    );
+    assert_eq!(store.position(b"orders/0").unwrap(), Some(1000));
+    assert_eq!(
+        store.get(b"v2-completed").unwrap().as_deref(),
+        Some(&b"completed-result"[..])
+    );
+    let in_doubt = store.in_doubt().unwrap();
+    assert_eq!(in_doubt.len(), 1);
+    assert_eq!(in_doubt[0].key(), b"v2-claimed");
+}
+
+/// A transaction of the current format on top of the v2 store: a dedup record, a state write
+/// and a position, one group.
+fn commit_v3_transaction(store: &Store, i: u32) {
+    let hour = Duration::from_secs(3600);
+    let mut tx = store.transaction();
+    let key = format!("v3-tx-{i:04}");
+    assert_eq!(
+        tx.check_or_insert(key.as_bytes(), hour, b"v3").unwrap(),
+        Outcome::Inserted
+    );
+    tx.put_state(b"balance/cust-3", &u64::from(i).to_le_bytes())
+        .unwrap();
+    tx.set_position(b"orders/1", u64::from(i)).unwrap();
+    tx.commit().unwrap();
+}
+
+fn assert_v3_transactions(store: &Store, count: u32) {
+    for i in 0..count {
+        let key = format!("v3-tx-{i:04}");
+        assert_eq!(
+            store.get(key.as_bytes()).unwrap().as_deref(),
+            Some(&b"v3"[..]),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        store.get_state(b"balance/cust-3").unwrap().as_deref(),
+        Some(&u64::from(count - 1).to_le_bytes()[..])
+    );
+    assert_eq!(
+        store.position(b"orders/1").unwrap(),
+        Some(u64::from(count - 1))
+    );
+}
+
+/// The v2 store's segments stay version 2 (the newest one sealed in place), new transactions go
+/// into version-3 segments, and compaction of both (version-3 records that say their group goes
+/// on are copied without the flag) keeps every answer, from the checkpoint and by a full replay.
+#[test]
+fn a_version_2_store_opens_with_every_answer_and_goes_on_in_version_3() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    copy_dir(&fixture_v2(), &dir);
+    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
+    assert_eq!(before, vec![1, 2, 3]);
+    for path in segment_files(&dir).values() {
+        assert_eq!(segment_version(path), 2, "{}", path.display());
+    }
+    let clock = ManualClock::new();
+    const TRANSACTIONS: u32 = 200;
+    {
+        let store = Store::open_with(&dir, config(&clock)).unwrap();
+        assert_v2_answers(&store);
+        for i in 0..TRANSACTIONS {
+            commit_v3_transaction(&store, i);
+        }
+        store.close().unwrap();
+    }
+    let after = segment_files(&dir);
+    assert!(after.len() > 4, "transactions filled new segments");
+    for (id, path) in &after {
+        let expected = if *id <= 3 {
+            2
+        } else {
+            idem::record::FORMAT_VERSION
+        };
+        assert_eq!(segment_version(path), expected, "{}", path.display());
+    }
+    assert!(idem::verify(&dir).unwrap().is_clean());
+    let check = |store: &Store| {
+        assert_v2_answers(store);
+        assert_v3_transactions(store, TRANSACTIONS);
+    };
+    {
+        let store = Store::open_with(&dir, config(&clock)).unwrap();
+        check(&store);
+    }
+    // Compaction of every segment, both formats.
+    {
+        let store = Store::open_with(&dir, config(&clock).compaction_live_ratio(1.0)).unwrap();
+        let mut compacted = 0;
+        for _ in 0..16 {
+            compacted += store.maintain().unwrap().segments_compacted;
+        }
+        assert!(compacted >= 4, "{compacted} segments compacted");
+        check(&store);
+        store.close().unwrap();
+    }
+    let compacted = segment_files(&dir);
+    assert!(
+        (1..=3).all(|id| !compacted.contains_key(&id)),
+        "the version-2 segments were compacted away: {:?}",
+        compacted.keys().collect::<Vec<_>>()
+    );
+    let report = idem::verify(&dir).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    {
+        let store = Store::open_with(&dir, config(&clock)).unwrap();
+        check(&store);
+    }
+    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
+    let store = Store::open_with(&dir, config(&clock)).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+    check(&store);
+}
+
+#[test]
+fn a_version_2_store_replays_without_its_checkpoint() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    copy_dir(&fixture_v2(), &dir);
+    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(&dir, config(&clock)).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+    assert_v2_answers(&store);
 }

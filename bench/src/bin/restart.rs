@@ -185,7 +185,7 @@ fn worst_reopen(dir: &std::path::Path, live: u64) -> (Duration, Duration) {
 /// checkpoint (most are deltas).
 fn write_worst(dir: &std::path::Path, live: u64) -> (u64, Duration) {
     // A delta every `IDEM_DELTA_MIB` MiB (default `idem_bench::DELTA_EVERY_BYTES`), in
-    // records of 47 bytes (16-byte keys and values, format 2).
+    // records of 47 bytes (16-byte keys and values, format 3).
     let delta_every_bytes: u64 = std::env::var("IDEM_DELTA_MIB")
         .map_or(idem_bench::DELTA_EVERY_BYTES, |mib| {
             mib.parse::<u64>().expect("IDEM_DELTA_MIB: a number of MiB") << 20

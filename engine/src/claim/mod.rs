@@ -745,7 +745,7 @@ mod tests {
             for (id, start) in written(&storage, &clock) {
                 let end = len(&storage, id);
                 // Every cut near a segment's ends, where the records around the big result
-                // start and stop (headers, group record, shadow, seal), and a few inside it.
+                // start and stop (headers, shadow, seal), and a few inside it.
                 const EDGE: u64 = 160;
                 let edges =
                     (start..end.min(start + EDGE)).chain(end.saturating_sub(EDGE).max(start)..=end);

@@ -526,7 +526,7 @@ pub(crate) struct LogOptions {
     pub(crate) lanes: usize,
 }
 
-/// The bytes of a group's body: its records, without the group record.
+/// The bytes of a group: its records.
 fn group_body_len(records: &[Record<'_>]) -> usize {
     records.iter().map(Record::encoded_len).sum()
 }
@@ -697,20 +697,17 @@ impl Log {
         })
     }
 
-    /// The largest group [`Log::append_group`] takes: its records (and the group record) must
-    /// fit in one segment beside the header and the seal.
+    /// The largest group [`Log::append_group`] takes: its records must fit in one segment beside
+    /// the header and the seal.
     pub(crate) fn max_group_bytes(&self) -> usize {
-        self.segment_size_bytes as usize
-            - SEGMENT_HEADER_LEN
-            - SEAL_RECORD_LEN
-            - record::GROUP_RECORD_LEN
+        self.segment_size_bytes as usize - SEGMENT_HEADER_LEN - SEAL_RECORD_LEN
     }
 
-    /// Appends `records` as one group (a transaction): a group record announcing them, then the
-    /// records, contiguous in one segment, reserved as one piece; replay applies all of them or
-    /// none. A single record is appended alone, without a group record. `locations[i]` gets the
-    /// location of `records[i]` (not the group record's; `locations` is as long as `records`);
-    /// returns the end of the last. Fails with nothing appended if the group exceeds
+    /// Appends `records` as one group (a transaction): contiguous in one segment, reserved as one
+    /// piece, every record but the last carrying the continuation flag; replay applies all of
+    /// them or none. A single record is appended alone, without the flag (one record is whole or
+    /// absent by itself). `locations[i]` gets the location of `records[i]`; returns the end of
+    /// the last. Fails with nothing appended if the group exceeds
     /// [`Log::max_group_bytes`].
     pub(crate) fn append_group(
         &self,
@@ -741,9 +738,8 @@ impl Log {
         self.append_group_with_body(records, locations, group_body_len(records))
     }
 
-    /// The two above once the group's body length (`body`, its records' bytes) is known:
-    /// encodes (and checksums) the group record and the records before any lock, then reserves
-    /// and places them as one piece.
+    /// The two above once the group's length (`body`, its records' bytes) is known: encodes (and
+    /// checksums) the records before any lock, then reserves and places them as one piece.
     fn append_group_with_body(
         &self,
         records: &[Record<'_>],
@@ -753,43 +749,32 @@ impl Log {
         assert_eq!(locations.len(), records.len(), "a location per record");
         assert!(
             u32::try_from(body).is_ok() && u32::try_from(records.len()).is_ok(),
-            "a group's extent fits its group record"
+            "a group's length and record count fit in 32 bits"
         );
         if let ([record], [location]) = (records, &mut *locations) {
             // One record is whole or absent by itself (a torn record is cut like any torn
-            // tail): it needs no group record around it.
+            // tail): it needs no continuation flag.
             let (at, end) = self.append(record)?;
             *location = at;
             return Ok(end);
         }
-        let mut value = [0u8; 8];
-        value[..4].copy_from_slice(&(body as u32).to_le_bytes());
-        value[4..].copy_from_slice(&(records.len() as u32).to_le_bytes());
-        let group = Record {
-            kind: record::RecordKind::Group,
-            key: record::GROUP_KEY,
-            value: &value,
-            expires_at_millis: 0,
-            fingerprint: &[],
-            refresh_cap_millis: 0,
-        };
         with_scratch(Scratch::Append, |encoded| {
             encoded.clear();
-            record::encode_group(encoded, body as u32, records.len() as u32);
-            let group_len = encoded.len();
-            for (record, end) in records.iter().zip(locations.iter_mut()) {
+            let last = records.len() - 1;
+            for (i, (record, end)) in records.iter().zip(locations.iter_mut()).enumerate() {
+                // Every record but the last says the group goes on after it.
+                record::encode_group_member(encoded, record, i < last);
                 // The record's end in `encoded` until the group gets its place.
-                record::encode_into(encoded, record);
                 *end = encoded.len() as u64;
             }
+            debug_assert_eq!(encoded.len(), body, "the group's length was announced");
             let whole = encoded.len() as u32;
             let mut lane = self.lock_lane()?;
             let at = self.reserve(whole, whole)?;
             lane.place(at, encoded);
             // One segment holds the whole group: its stats are looked up once.
             let stats = lane.stats_of(at, at + u64::from(whole));
-            stats.add_appended(&group);
-            let mut start = at + group_len as u64;
+            let mut start = at;
             for (record, location) in records.iter().zip(locations.iter_mut()) {
                 stats.add_appended(record);
                 let next = at + *location;

@@ -345,7 +345,7 @@ fn compact_sparsest(shared: &Shared) -> std::result::Result<Option<u64>, (u32, E
 /// Copies the records of sealed segment `id` that are still needed to the log's tail, switches
 /// their index entries (dropping those of records not copied), waits until the log is durable up
 /// to its tail, and deletes the segment. `None`: the segment holds a format-1 record whose value
-/// (65536 bytes) format 2 cannot hold, so it cannot be copied; it is left as it is.
+/// (65536 bytes) the current format cannot hold, so it cannot be copied; it is left as it is.
 ///
 /// `live_state`: whether a state entry or position may point into the segment (its settled live
 /// count is not 0); if not, its state records are not even looked up.
@@ -521,20 +521,24 @@ const COPY_BATCH: usize = 128;
 const PREFETCH_AHEAD: usize = 8;
 
 /// A record compaction may copy unchanged: decoded (its key, deadline and kind) and, if it is
-/// in the current format, the bytes it was read as. Those are copied as they are, not encoded
-/// again: the checksum that decoding checked covers every byte of the record but not its
-/// location, so the same bytes are the same record anywhere in the log (an older format's
-/// record is encoded again: a segment holds records of its own format only).
+/// in the current layout and stands alone, the bytes it was read as. Those are copied as they
+/// are, not encoded again: the checksum that decoding checked covers every byte of the record
+/// but not its location, so the same bytes are the same record anywhere in the log. A format-1
+/// record is encoded again (a segment holds records of its own layout only), and so is a
+/// group's record that carries the continuation flag: a copy stands alone, and a flag copied
+/// with it would join it to whatever record follows it in the log.
 #[derive(Clone, Copy)]
 struct Scanned<'a> {
     record: Record<'a>,
-    /// Empty: the record is in an older format and is encoded again.
+    /// Empty: the record is encoded again (an older layout, or the continuation flag).
     bytes: &'a [u8],
 }
 
 impl<'a> Scanned<'a> {
     fn new(record: Record<'a>, bytes: &'a [u8]) -> Self {
-        let current = record::layout_of(bytes) == Some(record::FORMAT_VERSION);
+        let current = record::layout_of(bytes)
+            == Some(record::layout_of_format(record::FORMAT_VERSION))
+            && !record::continues_group(bytes);
         debug_assert!(!current || bytes.len() == record.encoded_len());
         let bytes = if current { bytes } else { &[] };
         Scanned { record, bytes }
@@ -770,7 +774,7 @@ fn copy_state(shared: &Shared, records: &[(Location, Scanned<'_>)], out: &mut Ou
     Ok(copied)
 }
 
-/// Whether a segment holds a record with a value longer than format 2 allows (format 1 allowed
+/// Whether a segment holds a record with a value longer than layout 2 allows (format 1 allowed
 /// one byte more). Damage is left for the copy loop to report.
 fn holds_uncopyable_value(bytes: &[u8]) -> bool {
     let format_1 = record::decode_segment_header(bytes)

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use idem::record::{encoded_len, GROUP_RECORD_LEN, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
+use idem::record::{encoded_len, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
 use idem::{MAX_TRANSACTION_BYTES, MAX_TRANSACTION_RECORDS, MAX_VALUE_BYTES};
 
 use super::{show_value, value_of, Item, KeyId, SEGMENT_SIZES};
@@ -623,7 +623,7 @@ pub fn check_recovered(
 /// The byte limit of one transaction with `segment_size` index (see [`SEGMENT_SIZES`]).
 pub fn max_bytes(segment_size: u8) -> usize {
     let segment = SEGMENT_SIZES[usize::from(segment_size & 3)] as usize;
-    MAX_TRANSACTION_BYTES.min(segment - SEGMENT_HEADER_LEN - SEAL_RECORD_LEN - GROUP_RECORD_LEN)
+    MAX_TRANSACTION_BYTES.min(segment - SEGMENT_HEADER_LEN - SEAL_RECORD_LEN)
 }
 
 /// A dedup key a transaction checked: `Ok((ttl ms, value))` to insert at commit, `Err(value)` a
