@@ -418,6 +418,8 @@ pub(crate) fn recover(
                     apply_chunk(index, tables, chunk, (opened, current), now_millis, applied);
                 }
                 None => {
+                    // Grouped here: the applier is the slower half (see `group_by_shard`).
+                    chunk.group_by_shard(index, bytes);
                     let next = to_fill
                         .try_recv()
                         .unwrap_or_else(|_| Chunk::with_capacity(CHUNK_RECORDS));
