@@ -180,12 +180,13 @@ fn check_or_insert_new(c: &mut Criterion) {
 }
 
 /// Issue #11's cost target: a transaction of one `check_or_insert`, one `put_state` and one
-/// `set_position` beside a plain `check_or_insert` of a new key, 1 thread, `Never`.
+/// `set_position` beside a plain `check_or_insert` of a new key, 1 thread, `Never`. Each runs on
+/// a store of its own: one shared would give the second the larger index the first left.
 fn transaction(c: &mut Criterion) {
     let mut group = c.benchmark_group("transaction/never");
     group.throughput(Throughput::Elements(1));
-    let dir = scratch();
-    let store = open(&dir, Durability::Never);
+    let (plain_dir, tx_dir) = (scratch(), scratch());
+    let store = open(&plain_dir, Durability::Never);
     let fresh = Fresh::new(2);
     group.bench_function("plain_check_or_insert", |b| {
         b.iter_custom(|iters| {
@@ -198,6 +199,8 @@ fn transaction(c: &mut Criterion) {
             })
         })
     });
+    drop(store);
+    let store = open(&tx_dir, Durability::Never);
     let position = AtomicU64::new(0);
     group.bench_function("dedup_state_position", |b| {
         b.iter_custom(|iters| {
