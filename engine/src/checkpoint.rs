@@ -1087,6 +1087,7 @@ pub(crate) fn install(
     index: &Index,
     state: &mut StateTables,
     segment_exists: impl Fn(u32) -> bool + Sync,
+    replay_entries: u64,
     now_millis: u64,
 ) -> std::result::Result<u64, String> {
     let mut installed = 0;
@@ -1104,6 +1105,7 @@ pub(crate) fn install(
         }
     }
     let shards = index.shards();
+    let replay_per_shard = usize::try_from(replay_entries / shards.len() as u64).unwrap_or(0);
     let installed_in = |first: usize, step: usize| -> std::result::Result<u64, (usize, String)> {
         let mut installed = 0u64;
         let mut removed: Vec<Location> = Vec::new();
@@ -1129,8 +1131,13 @@ pub(crate) fn install(
                 .iter()
                 .map(|part| part.shard_blocks[shard_index].entries)
                 .sum();
-            // Sized once for all its entries: no table is rebuilt while loading.
-            table.reserve(entries.saturating_sub(removed.len()), now_millis);
+            // Sized once for all its entries and its share of those the replay after the
+            // checkpoint is estimated to add: no table is rebuilt while loading, nor laid out
+            // again by the replay.
+            table.reserve(
+                entries.saturating_sub(removed.len()) + replay_per_shard,
+                now_millis,
+            );
             // Entries come in location order, so each lands at a random slot: its home slot is
             // prefetched a few entries before it is installed (the table, sized above, does
             // not move meanwhile).
@@ -1509,6 +1516,7 @@ mod tests {
             &index,
             &mut StateTables::default(),
             |_| true,
+            0,
             crate::Clock::now_millis(&clock),
         )
         .unwrap();
@@ -1634,7 +1642,15 @@ mod tests {
         assert_eq!(loaded.parts[0].layout, EntryLayout::Fixed);
         let index = Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0);
         let now = crate::Clock::now_millis(&clock);
-        install(&loaded, &index, &mut StateTables::default(), |_| true, now).unwrap();
+        install(
+            &loaded,
+            &index,
+            &mut StateTables::default(),
+            |_| true,
+            0,
+            now,
+        )
+        .unwrap();
         assert_eq!(entries(&index), written);
         let store = open_from_checkpoint_alone(&storage, &clock, &keys, written.len());
         // The next checkpoint is written in the current version.
@@ -1991,6 +2007,7 @@ mod tests {
             &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
             &mut StateTables::default(),
             |_| true,
+            0,
             now,
         )
         .unwrap();
@@ -2000,6 +2017,7 @@ mod tests {
             &index,
             &mut StateTables::default(),
             |id| id != 1,
+            0,
             now,
         )
         .unwrap();
@@ -2037,6 +2055,7 @@ mod tests {
             &Index::new(SHARDS, u64::MAX, loaded.seeds, 1000, 0),
             &mut StateTables::default(),
             |id| on_disk.contains(&id),
+            0,
             now,
         )
         .unwrap();

@@ -10,7 +10,9 @@
 //! log order would miss both once each (replay was bound by that miss). Before the first big
 //! chunk of each segment is applied, every table is laid out for the live entries the rest of
 //! the replay will put (that chunk's density of live entries per byte, times the bytes left),
-//! so tables do not double on the way to their final size.
+//! so tables do not double on the way to their final size. (After a checkpoint the tables were
+//! already laid out by its install for its entries and the same estimate, made from the first
+//! records to replay, and the first chunk finds them large enough.)
 //!
 //! Invariants:
 //! - A chunk holds records in log order, all judged intact by the checker before it is handed
