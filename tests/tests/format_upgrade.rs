@@ -149,16 +149,22 @@ fn a_version_1_store_opens_with_every_answer_and_upgrades_as_it_writes() {
     check(&store);
 }
 
-#[test]
-fn a_version_1_store_replays_without_its_checkpoint() {
+/// Opens a copy of `fixture` without its checkpoint (a full replay of its segments) and checks
+/// it with `answers`.
+fn replays_without_its_checkpoint(fixture: &Path, answers: fn(&Store)) {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("store");
-    copy_dir(&fixture(), &dir);
+    copy_dir(fixture, &dir);
     std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
     let clock = ManualClock::new();
     let store = Store::open_with(&dir, config(&clock)).unwrap();
     assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
-    assert_v1_answers(&store);
+    answers(&store);
+}
+
+#[test]
+fn a_version_1_store_replays_without_its_checkpoint() {
+    replays_without_its_checkpoint(&fixture(), assert_v1_answers);
 }
 
 /// Compaction copies the live records of version-1 segments into segments of the current format,
@@ -353,12 +359,5 @@ fn a_version_2_store_opens_with_every_answer_and_goes_on_in_version_3() {
 
 #[test]
 fn a_version_2_store_replays_without_its_checkpoint() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("store");
-    copy_dir(&fixture_v2(), &dir);
-    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
-    let clock = ManualClock::new();
-    let store = Store::open_with(&dir, config(&clock)).unwrap();
-    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
-    assert_v2_answers(&store);
+    replays_without_its_checkpoint(&fixture_v2(), assert_v2_answers);
 }
