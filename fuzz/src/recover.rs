@@ -576,6 +576,10 @@ impl Structured {
                     FORMAT_VERSION
                 };
                 let mut bytes = header_bytes(file.header, id, version);
+                // A header cut short shifts every record off the boundaries the store reads
+                // records at (one that still checks out by chance is followed by junk): no fact
+                // about this file's groups would hold.
+                let aligned = bytes.len() == SEGMENT_HEADER_LEN;
                 let mut file_facts = Vec::new();
                 for spec in file.records.iter().take(64) {
                     match spec {
@@ -698,7 +702,7 @@ impl Structured {
                 let cut = usize::from(file.cut).min(bytes.len());
                 bytes.truncate(bytes.len() - cut);
                 // A cut into a whole group damages it; one that removes it leaves no fact.
-                for fact in file_facts {
+                for fact in file_facts.into_iter().filter(|_| aligned) {
                     if fact.offset < bytes.len() {
                         facts.push(GroupFact {
                             whole: fact.whole && fact.end <= bytes.len(),
