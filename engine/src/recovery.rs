@@ -231,14 +231,19 @@ pub(crate) fn recover(
     // The checkpoint's entries before anything rests on it: the full checkpoint's are checked
     // as they are put (see `checkpoint::install`, which leaves nothing behind when one is bad),
     // and a bad one ignores the checkpoint, as a failed check on load does.
+    // Where the records of each segment replayed end (see below), when a checkpoint's replay
+    // start is known before its install.
+    let mut records_ends = None;
     let checkpoint = match checkpoint {
         Some(c) => {
             let exists = |id| ids.binary_search(&id).is_ok();
             // Tables laid out at once for the checkpoint's entries and those the replay after
             // it will add: otherwise replay lays them out again before its first big chunk,
             // moving every installed entry (about a sixth of a worst-case reopen at 10 M keys).
+            let ends = records_ends_from(storage, dir, &ids, segment_of(c.replay_from));
             let replay_entries =
-                estimate_replay_entries(storage, dir, &ids, c.replay_from, now_millis);
+                estimate_replay_entries(storage, dir, &ends, c.replay_from, now_millis);
+            records_ends = Some(ends);
             match checkpoint::install(&c, index, state, exists, replay_entries, now_millis) {
                 Ok(installed) => {
                     report.checkpoint_entries_loaded = installed;
@@ -261,15 +266,12 @@ pub(crate) fn recover(
         .unwrap_or_default();
     let first_replayed = segment_of(replay_from);
     // Where the records of each segment replayed end, to size the index for the whole replay
-    // at its start (see `Chunk::size_the_index_for`).
-    let records_ends: BTreeMap<u32, u64> = ids
-        .iter()
-        .filter(|&&id| id >= first_replayed)
-        .map(|&id| {
-            let end = SegmentFile::open(storage, dir, id).map_or(0, |file| records_end(&file));
-            (id, end)
-        })
-        .collect();
+    // at its start (see `Chunk::size_the_index_for`): already known from the checkpoint's
+    // replay start unless the checkpoint was ignored.
+    let records_ends: BTreeMap<u32, u64> = match records_ends {
+        Some(ends) if checkpoint.is_some() => ends,
+        _ => records_ends_from(storage, dir, &ids, first_replayed),
+    };
     let mut newest_sealed = false;
     // One buffer for every segment read: fresh memory for each would be page-faulted and
     // cleared by the kernel all over again.
@@ -869,6 +871,25 @@ fn read_whole(file: &SegmentFile) -> Result<Vec<u8>> {
 
 /// Records sampled from the replay's start to estimate how many index entries the replay adds.
 const ESTIMATE_SAMPLE_RECORDS: usize = chunks::CHUNK_RECORDS;
+/// The bytes read for the sample: room for that many records of up to 64 bytes (a typical
+/// dedup record is 47); fewer are sampled where records are longer.
+const ESTIMATE_SAMPLE_BYTES: usize = ESTIMATE_SAMPLE_RECORDS * 64;
+
+/// Where the records of each segment from `first` on end (`records_end`).
+fn records_ends_from(
+    storage: &dyn Storage,
+    dir: &Path,
+    ids: &[u32],
+    first: u32,
+) -> BTreeMap<u32, u64> {
+    ids.iter()
+        .filter(|&&id| id >= first)
+        .map(|&id| {
+            let end = SegmentFile::open(storage, dir, id).map_or(0, |file| records_end(&file));
+            (id, end)
+        })
+        .collect()
+}
 
 /// The index entries a replay from `replay_from` will add, estimated as replay's first big
 /// chunk estimates them (see `Chunk::size_the_index_for`): the live inserts, claims and
@@ -877,23 +898,15 @@ const ESTIMATE_SAMPLE_RECORDS: usize = chunks::CHUNK_RECORDS;
 fn estimate_replay_entries(
     storage: &dyn Storage,
     dir: &Path,
-    ids: &[u32],
+    ends: &BTreeMap<u32, u64>,
     replay_from: Location,
     now_millis: u64,
 ) -> u64 {
     let first = segment_of(replay_from);
     let start = (offset_of(replay_from) as usize).max(SEGMENT_HEADER_LEN);
-    let ends: Vec<(u32, u64)> = ids
-        .iter()
-        .filter(|&&id| id >= first)
-        .map(|&id| {
-            let end = SegmentFile::open(storage, dir, id).map_or(0, |file| records_end(&file));
-            (id, end)
-        })
-        .collect();
     let left: u64 = ends
         .iter()
-        .map(|&(id, end)| {
+        .map(|(&id, &end)| {
             if id == first {
                 end.saturating_sub(start as u64)
             } else {
@@ -901,7 +914,7 @@ fn estimate_replay_entries(
             }
         })
         .sum();
-    let Some(&(_, first_end)) = ends.first().filter(|(id, _)| *id == first) else {
+    let Some(&first_end) = ends.get(&first) else {
         return 0;
     };
     let Ok(file) = SegmentFile::open(storage, dir, first) else {
@@ -909,7 +922,7 @@ fn estimate_replay_entries(
     };
     let sample_len = (first_end as usize)
         .saturating_sub(start)
-        .min(ESTIMATE_SAMPLE_RECORDS * 64);
+        .min(ESTIMATE_SAMPLE_BYTES);
     let mut bytes = vec![0u8; sample_len];
     let Ok(got) = file.read_at(&mut bytes, start as u64) else {
         return 0;
@@ -1002,7 +1015,7 @@ impl ReplayDecoder {
         let continues = record::continues_group(&bytes[offset..]);
         if self.version == record::FORMAT_VERSION_2 {
             if record.kind == RecordKind::Group {
-                check_v2_group(&bytes[offset..], len, &record, self.version)?;
+                check_v2_group(&bytes[offset..], len, &record)?;
             }
         } else if continues && offset >= self.group_end {
             self.group_end = self.group_end_from(bytes, offset, len)?;
@@ -1079,7 +1092,6 @@ fn check_v2_group(
     bytes: &[u8],
     len: usize,
     record: &Record<'_>,
-    version: u32,
 ) -> std::result::Result<(), String> {
     let (body_len, count) = record::group_extent(record).ok_or("a malformed group record")?;
     let body = bytes
@@ -1090,7 +1102,8 @@ fn check_v2_group(
     while offset < body.len() {
         let (inner, inner_len) = record::decode_sized(&body[offset..])
             .map_err(|e| format!("a group whose record at +{offset} is damaged: {e}"))?;
-        if record::layout_of(&body[offset..]) != Some(record::layout_of_format(version))
+        if record::layout_of(&body[offset..])
+            != Some(record::layout_of_format(record::FORMAT_VERSION_2))
             || record::continues_group(&body[offset..])
         {
             return Err(format!(
