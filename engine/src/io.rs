@@ -81,9 +81,31 @@ pub trait StorageFile: Send + Sync + Debug {
     }
     /// Cuts or extends the file to `len` bytes (durable after the next `sync_data`).
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's bytes, mapped read-only, if this storage can map files (`Ok(None)`: it
+    /// cannot, and the caller reads them with [`StorageFile::read_at`]). The engine maps a file
+    /// only while nothing writes or cuts it: recovery maps each segment it replays, under the
+    /// directory's lock and before the log's writer starts, and cuts a segment's torn tail
+    /// only after dropping its map. An implementation must return bytes that do not change
+    /// while the map lives.
+    fn map_readonly(&self) -> io::Result<Option<ReadOnlyMap>> {
+        Ok(None)
+    }
 }
 
-/// The operating system's file system.
+/// A read-only view of a whole file's bytes ([`StorageFile::map_readonly`]).
+pub type ReadOnlyMap = Box<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A memory map of a file, as its bytes.
+struct MappedFile(memmap2::Mmap);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The operating system's file system: the default [`crate::Config::storage`]. Wrap it to observe or
+/// change what the engine asks of the files (tests wrap it to turn off maps, say).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FileSystem;
 
@@ -195,5 +217,19 @@ impl StorageFile for OsFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+
+    #[allow(unsafe_code)] // reason: mapping a file; see SAFETY
+    fn map_readonly(&self) -> io::Result<Option<ReadOnlyMap>> {
+        // SAFETY: a map's bytes change if the file is written or cut while it lives (a cut
+        // under a read of the cut pages even raises SIGBUS). The engine maps only a segment
+        // that recovery replays, while it holds the store directory's lock (no other idem
+        // process opens the directory) and before its own writer thread exists, and it cuts a
+        // mapped segment only after dropping the map (see `recovery`). A process that writes
+        // the files of a store open elsewhere breaks the store's contract whatever the reads.
+        let map = unsafe { memmap2::MmapOptions::new().map(&self.0)? };
+        // Replay reads the file front to back, once.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(Some(Box::new(MappedFile(map))))
     }
 }

@@ -27,6 +27,15 @@
 //! key's records (one shard) are applied in log order; keys of different shards, and state
 //! against index records, never interact in replay; of two errors the one earlier in the log is
 //! reported, as a replay in log order would have.
+//!
+//! A replayed segment is read through a read-only map of the file where the storage maps files
+//! (the operating system's does; [`crate::sim::SimStorage`] does not, and its segments are read
+//! into one reused buffer): the checker reads the page cache in place, where a copy of up to a
+//! segment ran first on one thread while the other waited. Invariant: a file is never cut while
+//! it is mapped (a read of cut pages through a map raises SIGBUS): a torn tail or a sealed
+//! segment's unused zeros found during replay are cut once the segment's map is dropped, and
+//! not at all when that segment's replay finds an error (the open fails, leaving the files as
+//! they were).
 
 mod chunks;
 
@@ -318,10 +327,19 @@ pub(crate) fn recover(
         } else {
             0
         };
-        // Only the bytes from the replay start on are read; the zeroed prefix below it is
-        // never touched (its header was checked above).
-        read_from(&file, start, &mut buffer)?;
-        let bytes = &buffer[..];
+        // The segment's bytes: mapped where the storage maps files (replay then reads the page
+        // cache in place), else read into the one buffer from the replay start on (the zeroed
+        // prefix below it is never touched; its header was checked above). The file is not
+        // cut while it is mapped: a cut found below waits in `cut_to` until the map is gone.
+        let mapped = file.map_readonly()?;
+        if mapped.is_none() {
+            read_from(&file, start, &mut buffer)?;
+        }
+        let bytes: &[u8] = match &mapped {
+            Some(map) => (**map).as_ref(),
+            None => &buffer[..],
+        };
+        let mut cut_to: Option<u64> = None;
         let verdict = if start == 0 {
             check_header(&file, bytes, newest)?
         } else {
@@ -460,7 +478,7 @@ pub(crate) fn recover(
                                         "bytes follow the segment's seal".into(),
                                     )));
                                 }
-                                file.truncate((offset + len) as u64).map_err(fail)?;
+                                cut_to = Some((offset + len) as u64);
                             }
                             sealed = true;
                             break;
@@ -495,7 +513,7 @@ pub(crate) fn recover(
                         // record, no damage. They stay, and the log appends over them.
                         Err(_) if newest && is_prepared_space(&bytes[offset..]) => break,
                         Err(error) if newest => {
-                            file.truncate(offset as u64).map_err(fail)?;
+                            cut_to = Some(offset as u64);
                             report.truncated_tail = Some(TruncatedTail {
                                 path: file.path.clone(),
                                 offset: offset as u64,
@@ -544,6 +562,11 @@ pub(crate) fn recover(
                 offset: bytes.len() as u64,
                 reason: "an older segment ends without its seal: it was cut short".into(),
             });
+        }
+        // A torn tail, or the unused zeros after a seal, go now that nothing reads the map.
+        drop(mapped);
+        if let Some(len) = cut_to {
+            file.truncate(len)?;
         }
         // The last segment opened decides whether the log can go on in it.
         newest_sealed = sealed;

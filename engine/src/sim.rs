@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-pub use crate::io::{DirLock, Storage, StorageFile};
+pub use crate::io::{DirLock, FileSystem, ReadOnlyMap, Storage, StorageFile};
 
 /// Which faults to inject, as chances per million operations of the kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

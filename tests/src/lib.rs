@@ -286,3 +286,68 @@ pub mod torture {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 }
+
+/// The operating system's file system with file maps turned off: recovery then reads every
+/// segment into a buffer (as it does on a storage that cannot map files) instead of reading the
+/// page cache through a map. Tests open copies of one store with and without maps and compare.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnmappedFileSystem;
+
+/// A file of [`UnmappedFileSystem`]: every call but `map_readonly` (left at its default, no
+/// map) goes to the operating system's file.
+#[derive(Debug)]
+struct UnmappedFile(Box<dyn idem::sim::StorageFile>);
+
+impl idem::sim::StorageFile for UnmappedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+impl idem::sim::Storage for UnmappedFileSystem {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        idem::sim::FileSystem.create_dir_all(dir)
+    }
+    fn dir_exists(&self, dir: &Path) -> std::io::Result<bool> {
+        idem::sim::FileSystem.dir_exists(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> std::io::Result<Option<idem::sim::DirLock>> {
+        idem::sim::FileSystem.lock_dir(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        idem::sim::FileSystem.list(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
+        let file = idem::sim::FileSystem.create_new(path)?;
+        Ok(Box::new(UnmappedFile(file)))
+    }
+    fn create_truncate(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
+        let file = idem::sim::FileSystem.create_truncate(path)?;
+        Ok(Box::new(UnmappedFile(file)))
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
+        let file = idem::sim::FileSystem.open(path)?;
+        Ok(Box::new(UnmappedFile(file)))
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        idem::sim::FileSystem.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        idem::sim::FileSystem.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        idem::sim::FileSystem.sync_dir(dir)
+    }
+}

@@ -249,6 +249,15 @@ impl SegmentFile {
         Ok(filled)
     }
 
+    /// The file's bytes mapped read-only, if its storage maps files (see
+    /// [`crate::io::StorageFile::map_readonly`]: nothing may write or cut the file while the map
+    /// lives).
+    pub(crate) fn map_readonly(&self) -> Result<Option<crate::io::ReadOnlyMap>> {
+        self.file
+            .map_readonly()
+            .map_err(|e| Error::io(format!("mapping {}", self.path.display()), e))
+    }
+
     /// Reads the bytes of the record at `offset` into `buf` (not yet checked: decode it). Reads a
     /// short prefix first and the rest once the header says how long the record is.
     pub(crate) fn read_record(&self, offset: u64, buf: &mut Vec<u8>) -> Result<()> {
