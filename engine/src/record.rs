@@ -470,6 +470,7 @@ impl Header {
 }
 
 /// Reads and range-checks the header at the start of `bytes`, in either layout.
+#[inline(always)]
 fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let Some(&kind_byte) = bytes.get(RECORD_KIND_OFFSET) else {
         return Err(DecodeError::Truncated {
@@ -588,6 +589,10 @@ pub fn continues_group(bytes: &[u8]) -> bool {
 
 /// Like [`decode`], also returning the record's encoded length (which depends on its format, so
 /// scans step with this, not with [`Record::encoded_len`]).
+// Inlined into its callers (replay's checking loop above all): returned through memory, the
+// result's tail (the kind byte and the padding after it) was copied with overlapping 4-byte
+// moves that defeat store-to-load forwarding, a stall per record on each move.
+#[inline(always)]
 pub fn decode_sized(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     let header = read_header(bytes)?;
     let len = header.len;

@@ -5,7 +5,8 @@
 //! [`Pending`] entry in a [`Chunk`]; state records it applies itself. A full chunk is applied by
 //! an applier thread while the checker fills the next one (or by the checker itself when the
 //! segment is short). The chunk's records are grouped by shard (by the checker before it hands
-//! the chunk over, the applier being the slower of the two), so that consecutive records land in
+//! the chunk over while the applier is busy, by the applier when it was waiting for the chunk:
+//! whichever has time), so that consecutive records land in
 //! one shard's table: its pages stay in the TLB and its lines in cache, where records in
 //! log order would miss both once each (replay was bound by that miss). Before the first big
 //! chunk of each segment is applied, every table is laid out for the live entries the rest of
@@ -167,8 +168,10 @@ impl Chunk {
 
     /// Hashes the records' keys (their bytes are `bytes`) and orders the records by shard,
     /// keeping log order within each shard (a counting sort). A replay shared by two threads
-    /// does this on the checking thread before it hands the chunk over: applying is the slower
-    /// of the two halves (a cache miss per record), and this takes about a fifth of it.
+    /// does this on the checking thread before it hands the chunk over while the applier is
+    /// busy (with a large index, applying is the slower half: a cache miss per record), and
+    /// leaves it to the applier when the applier waits for the chunk (with a small index,
+    /// checking is the slower half).
     pub(super) fn group_by_shard(&mut self, index: &Index, bytes: &[u8]) {
         self.grouped = true;
         let shards = index.shards().len();
