@@ -543,7 +543,9 @@ fn a_torn_creation_of_the_newest_segment_file_is_removed() {
         let store = Store::open_with(dir.path(), config()).unwrap();
         let mut i = 0;
         while store.stats().segments < 2 {
-            store.check_or_insert(&key(i), LONG_TTL, &[7; 1000]).unwrap();
+            store
+                .check_or_insert(&key(i), LONG_TTL, &[7; 1000])
+                .unwrap();
             store.flush().unwrap();
             i += 1;
         }
@@ -554,11 +556,13 @@ fn a_torn_creation_of_the_newest_segment_file_is_removed() {
         std::fs::write(&newest, content).unwrap();
         let store = Store::open_with(dir.path(), config()).unwrap();
         let removed = store.recovery_report().removed_empty_segment.clone();
-        assert_eq!(removed.as_deref(), Some(newest.as_path()), "{} bytes", content.len());
-        assert!(!newest.exists());
         assert_eq!(
-            store.get(&key(0)).unwrap().as_deref(),
-            Some(&[7; 1000][..])
+            removed.as_deref(),
+            Some(newest.as_path()),
+            "{} bytes",
+            content.len()
         );
+        assert!(!newest.exists());
+        assert_eq!(store.get(&key(0)).unwrap().as_deref(), Some(&[7; 1000][..]));
     }
 }
