@@ -29,6 +29,8 @@ pub const VALUE_BYTES: usize = 16;
 /// default): the interval `Config::checkpoint_delta_every_bytes` documents its measurements at.
 pub const DELTA_EVERY_BYTES: u64 = 8 << 20;
 
+pub mod restart;
+
 /// A 16-byte key: source id and sequence number, both big-endian.
 pub type Key = [u8; KEY_BYTES];
 /// A 16-byte value.

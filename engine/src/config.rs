@@ -73,7 +73,7 @@ impl Default for Config {
             write_buffer_bytes: 1 << 20,
             expiry_tick: Duration::from_secs(1),
             compaction_live_ratio: 0.5,
-            checkpoint_every_bytes: 256 << 20,
+            checkpoint_every_bytes: Self::DEFAULT_CHECKPOINT_EVERY_BYTES,
             checkpoint_delta_every_bytes: 0,
             background_maintenance: true,
             storage: Arc::new(FileSystem),
@@ -181,6 +181,9 @@ impl Config {
         self.compaction_live_ratio = ratio.clamp(0.0, 1.0);
         self
     }
+
+    /// The default of [`Config::checkpoint_every_bytes`]: 256 MiB.
+    pub const DEFAULT_CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
 
     /// Writes an index checkpoint after this many bytes were appended to the log since the last
     /// one (default 256 MiB; 0 turns periodic checkpoints off). A checkpoint is also written on

@@ -20,12 +20,14 @@
 //! Layout: `compare/peer.rs` (the `Peer` / `Engine` traits and the timing harness),
 //! `compare/peers/` (one module per peer), `compare/rows.rs` (the catalog of rows),
 //! `compare/report.rs` (compare.md), `compare/svg.rs` (compare.svg), `compare/facts.rs`
-//! (formatting, machine facts). This file: arguments, and the parent/child processes.
+//! (formatting, machine facts), `compare/restart.rs` (the restart targets, measured after the
+//! rows). This file: arguments, and the parent/child processes.
 
 mod facts;
 mod peer;
 mod peers;
 mod report;
+mod restart;
 mod rows;
 mod svg;
 
@@ -67,6 +69,8 @@ struct Args {
     keep: bool,
     /// Runs per row (in rounds over all rows); the fastest run is reported.
     repeat: usize,
+    /// Child side of the restart measurements: the step, its directory and its key count.
+    restart_step: Option<(String, PathBuf, u64)>,
 }
 
 const USAGE: &str = "\
@@ -82,7 +86,8 @@ USAGE: compare [--ops N] [--sync-ops N] [--ram-keys N] [--threads LIST] [--quick
                   ceiling, e.g. 1,2,4,8,16 (default 1,2; the targets need 1 and 2); the report's
                   \"Thread scaling\" table gives ops/s and CPU time per op at each
   --quick         smoke-test sizes; writes to results/tmp/ unless --out-dir is given
-  --peers LIST    run only these rows (names from --list; `scaling` = every scaling row)
+  --peers LIST    run only these rows (names from --list; `scaling` = every scaling row;
+                  `restart` = the restart measurements, run after the rows)
   --out-dir DIR   where compare.md and compare.svg go (default results/, or results/tmp/ with --quick)
   --scratch DIR   where data directories are created (default results/tmp/; must be a real disk:
                   fsync on tmpfs is free and would flatter the durable modes)
@@ -111,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
     let mut scratch = None;
     let mut keep = false;
     let mut repeat = 1;
+    let mut restart_step = None;
     fn number(v: Option<String>, flag: &str) -> Result<usize, String> {
         let v = v.ok_or(format!("{flag} needs a value"))?;
         let v = v.replace('_', "");
@@ -144,6 +150,13 @@ fn parse_args() -> Result<Args, String> {
             "--repeat" => repeat = number(args.next(), "--repeat")?,
             "--peers" => peers = Some(list(args.next(), "--peers")?),
             "--peer" => child_peer = Some(args.next().ok_or("--peer needs a value")?),
+            "--restart-step" => {
+                let missing = "--restart-step needs STEP DIR N";
+                let step = args.next().ok_or(missing)?;
+                let dir = PathBuf::from(args.next().ok_or(missing)?);
+                let n = args.next().and_then(|n| n.parse().ok()).ok_or(missing)?;
+                restart_step = Some((step, dir, n));
+            }
             "--out-dir" => {
                 out_dir = Some(PathBuf::from(args.next().ok_or("--out-dir needs a value")?))
             }
@@ -161,6 +174,11 @@ fn parse_args() -> Result<Args, String> {
                         if row.scaling { " [scaling]" } else { "" }
                     );
                 }
+                println!(
+                    "{:<20} the worst reopen after a kill at --ram-keys live keys, and replay \
+                     against insert at --ops keys (run after the rows)",
+                    restart::RESTART
+                );
                 std::process::exit(0);
             }
             "-h" | "--help" => {
@@ -175,7 +193,7 @@ fn parse_args() -> Result<Args, String> {
     if let Some(names) = &peers {
         let rows = catalog(&threads);
         for n in names {
-            if n != SCALING && !rows.iter().any(|r| &r.name == n) {
+            if n != SCALING && n != restart::RESTART && !rows.iter().any(|r| &r.name == n) {
                 return Err(format!(
                     "unknown peer {n:?} (see --list; scaling rows exist at the --threads counts)"
                 ));
@@ -208,6 +226,7 @@ fn parse_args() -> Result<Args, String> {
         scratch: scratch.unwrap_or(results.join("tmp")),
         keep,
         repeat,
+        restart_step,
     })
 }
 
@@ -256,9 +275,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = match &args.child_peer {
-        Some(name) => run_child(&args, name),
-        None => run_parent(&args),
+    let outcome = match (&args.child_peer, &args.restart_step) {
+        (_, Some((step, dir, n))) => restart::run_step(step, dir, *n),
+        (Some(name), None) => run_child(&args, name),
+        (None, None) => run_parent(&args),
     };
     if let Err(message) = outcome {
         eprintln!("compare: {message}");
@@ -373,8 +393,18 @@ fn run_parent(args: &Args) -> Result<(), String> {
         }
     }
     let rows: Vec<Row> = runs.into_iter().map(best_run).collect();
+    let restarted = match &args.peers {
+        Some(names) if !names.iter().any(|n| n == restart::RESTART) => None,
+        _ => Some(restart::measure(
+            &exe,
+            &args.scratch,
+            args.ram_keys as u64,
+            args.ops as u64,
+            args.keep,
+        )?),
+    };
     let load = (load_before, read_trim("/proc/loadavg"));
-    let report = Report::new(args, rows, load);
+    let report = Report::new(args, rows, restarted, load);
     let markdown = report.markdown();
     print!("{markdown}");
     std::fs::create_dir_all(&args.out_dir)

@@ -12,6 +12,7 @@ use crate::facts::{
     cpu_model, crate_versions, display_path, fmt_bytes, fmt_int, fmt_nanos, fs_type_of, git_commit,
     mem_total, nproc, read_trim, utc_now,
 };
+use crate::restart::{median_of, RestartResult};
 use crate::rows::{names, Group, RowSpec, BATCH, SYNC_THREADS};
 use crate::Args;
 
@@ -114,7 +115,7 @@ fn round_ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` if empty.
-fn median(values: &[f64]) -> Option<f64> {
+pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(|x, y| x.partial_cmp(y).expect("finite ratios"));
     let mid = sorted.len() / 2;
@@ -176,13 +177,25 @@ fn verdict(pass: bool) -> &'static str {
 pub struct Report<'a> {
     args: &'a Args,
     rows: Vec<Row>,
+    /// The restart measurements, if this run made them.
+    restart: Option<RestartResult>,
     /// `/proc/loadavg` before the first row and after the last.
     load: (String, String),
 }
 
 impl<'a> Report<'a> {
-    pub fn new(args: &'a Args, rows: Vec<Row>, load: (String, String)) -> Self {
-        Report { args, rows, load }
+    pub fn new(
+        args: &'a Args,
+        rows: Vec<Row>,
+        restart: Option<RestartResult>,
+        load: (String, String),
+    ) -> Self {
+        Report {
+            args,
+            rows,
+            restart,
+            load,
+        }
     }
 
     pub fn rows(&self) -> &[Row] {
@@ -472,6 +485,46 @@ impl<'a> Report<'a> {
             verdict: verdict_text,
             by_cpu: "-".into(),
         });
+        if let Some(restart) = &self.restart {
+            let worst = median_of(&restart.worst_opens);
+            let indicative = if restart.live < 9_000_000 {
+                format!(
+                    " (at {} keys, not 10M: indicative only)",
+                    fmt_int(restart.live as f64)
+                )
+            } else {
+                String::new()
+            };
+            targets.push(Target {
+                text: "restart: reopen after a kill just before a full checkpoint was due, \
+                       10M live keys, default configuration <= 0.5 s (median of the reopens)"
+                    .into(),
+                measured: format!(
+                    "median **{:.0} ms** of {} reopens ({}){indicative}",
+                    worst * 1e3,
+                    restart.worst_opens.len(),
+                    ms_list(&restart.worst_opens)
+                ),
+                verdict: verdict(worst <= 0.5),
+                by_cpu: "-".into(),
+            });
+            let replay = median_of(&restart.replay_opens);
+            let rate = restart.insert_secs / replay;
+            targets.push(Target {
+                text: format!(
+                    "restart: replay of {} keys never checkpointed >= 3x the rate they were \
+                     inserted at (median of the reopens)",
+                    fmt_int(restart.replay_keys as f64)
+                ),
+                measured: format!(
+                    "**{rate:.2}x** (insert {:.0} ms, reopens {})",
+                    restart.insert_secs * 1e3,
+                    ms_list(&restart.replay_opens)
+                ),
+                verdict: verdict(rate >= 3.0),
+                by_cpu: "-".into(),
+            });
+        }
         targets
     }
 
@@ -482,6 +535,7 @@ impl<'a> Report<'a> {
         self.summary(&mut md);
         self.scaling(&mut md);
         self.ratios(&mut md);
+        self.restart_section(&mut md);
         self.targets_table(&mut md);
         self.notes(&mut md);
         md
@@ -726,6 +780,50 @@ impl<'a> Report<'a> {
         }
     }
 
+    fn restart_section(&self, md: &mut String) {
+        let Some(restart) = &self.restart else {
+            return;
+        };
+        md.push_str(&format!(
+            "\n## Restart\n\n\
+             Each reopen is `Store::open` timed in a fresh process, the files in the page cache \
+             (they were just written), dropped without `close` so that the next reopen meets the \
+             same files. *Worst case*: {} keys written in the default configuration (a full \
+             checkpoint every {} MiB of log, no deltas), the store killed (dropped, flushed, no \
+             checkpoint) just before its next checkpoint was due: {} entries come from the \
+             checkpoint and {} records are replayed. *Replay*: {} keys inserted on one thread \
+             into a store that never checkpoints, then reopened: every record is replayed.\n\n\
+             | measurement | reopens | median | fastest | slowest |\n|---|---|--:|--:|--:|\n",
+            fmt_int(restart.live as f64),
+            idem::Config::DEFAULT_CHECKPOINT_EVERY_BYTES >> 20,
+            fmt_int(restart.checkpoint_entries as f64),
+            fmt_int(restart.replayed as f64),
+            fmt_int(restart.replay_keys as f64),
+        ));
+        let stats = |opens: &[f64]| {
+            let fastest = opens.iter().copied().fold(f64::INFINITY, f64::min);
+            let slowest = opens.iter().copied().fold(0.0, f64::max);
+            format!(
+                "{} | {:.0} ms | {:.0} ms | {:.0} ms",
+                ms_list(opens),
+                median_of(opens) * 1e3,
+                fastest * 1e3,
+                slowest * 1e3
+            )
+        };
+        md.push_str(&format!(
+            "| worst case, {} live keys | {} |\n",
+            fmt_int(restart.live as f64),
+            stats(&restart.worst_opens)
+        ));
+        md.push_str(&format!(
+            "| replay of {} keys (inserted in {:.0} ms) | {} |\n",
+            fmt_int(restart.replay_keys as f64),
+            restart.insert_secs * 1e3,
+            stats(&restart.replay_opens)
+        ));
+    }
+
     fn targets_table(&self, md: &mut String) {
         md.push_str(
             "\n## Targets (issue #10)\n\nEach ratio is against the hashbrown ceiling measured in this run. \
@@ -781,6 +879,12 @@ impl<'a> Report<'a> {
             md.push_str(&format!("- `{}`: {}{}\n", row.spec.name, note, runs));
         }
     }
+}
+
+/// Seconds as a list of whole milliseconds: "512 / 498 / 530 ms".
+fn ms_list(secs: &[f64]) -> String {
+    let each: Vec<String> = secs.iter().map(|s| format!("{:.0}", s * 1e3)).collect();
+    format!("{} ms", each.join(" / "))
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
