@@ -332,7 +332,7 @@ pub(crate) fn recover(
         // cache in place), else read into the one buffer from the replay start on (the zeroed
         // prefix below it is never touched; its header was checked above). The file is not
         // cut while it is mapped: a cut found below waits in `cut_to` until the map is gone.
-        let mapped = file.map_readonly()?;
+        let mapped = file.map_readonly();
         if mapped.is_none() {
             read_from(&file, start, &mut buffer)?;
         }

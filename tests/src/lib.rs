@@ -287,14 +287,14 @@ pub mod torture {
     }
 }
 
-/// The operating system's file system with file maps turned off: recovery then reads every
-/// segment into a buffer (as it does on a storage that cannot map files) instead of reading the
+/// The operating system's file system on which every file map fails (as on a file system that
+/// cannot map files): recovery then reads every segment into a buffer instead of reading the
 /// page cache through a map. Tests open copies of one store with and without maps and compare.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UnmappedFileSystem;
 
-/// A file of [`UnmappedFileSystem`]: every call but `map_readonly` (left at its default, no
-/// map) goes to the operating system's file.
+/// A file of [`UnmappedFileSystem`]: every call goes to the operating system's file, but
+/// `map_readonly` fails.
 #[derive(Debug)]
 struct UnmappedFile(Box<dyn idem::sim::StorageFile>);
 
@@ -313,6 +313,9 @@ impl idem::sim::StorageFile for UnmappedFile {
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.0.set_len(len)
+    }
+    fn map_readonly(&self) -> std::io::Result<Option<idem::sim::ReadOnlyMap>> {
+        Err(std::io::Error::other("this file system cannot map files"))
     }
 }
 

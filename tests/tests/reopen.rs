@@ -410,7 +410,8 @@ fn files_of(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Replay reads a segment through a map of the file where the storage maps files (the
-/// operating system's file system), and into a buffer where it cannot: the two must recover
+/// operating system's file system), and into a buffer where it cannot (here: every map fails,
+/// which must not fail the open): the two must recover
 /// the same store and cut the same torn tail. Copies of one store (several segments; inserts,
 /// removals and re-inserts with other TTLs, open, completed and failed claims, transactions
 /// with state and positions) are opened both ways, from a full replay and from a checkpoint

@@ -251,11 +251,10 @@ impl SegmentFile {
 
     /// The file's bytes mapped read-only, if its storage maps files (see
     /// [`crate::io::StorageFile::map_readonly`]: nothing may write or cut the file while the map
-    /// lives).
-    pub(crate) fn map_readonly(&self) -> Result<Option<crate::io::ReadOnlyMap>> {
-        self.file
-            .map_readonly()
-            .map_err(|e| Error::io(format!("mapping {}", self.path.display()), e))
+    /// lives). `None` also when the map fails (a file system that cannot map files, the address
+    /// space exhausted): the caller reads the file instead, and a real I/O error shows there.
+    pub(crate) fn map_readonly(&self) -> Option<crate::io::ReadOnlyMap> {
+        self.file.map_readonly().ok().flatten()
     }
 
     /// Reads the bytes of the record at `offset` into `buf` (not yet checked: decode it). Reads a
