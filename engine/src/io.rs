@@ -82,12 +82,11 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Cuts or extends the file to `len` bytes (durable after the next `sync_data`).
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's bytes, mapped read-only, if this storage can map files (`Ok(None)`: it
-    /// cannot, and the caller reads them with [`StorageFile::read_at`]; the engine reads them
-    /// so after an error too). The engine maps a file
-    /// only while nothing writes or cuts it: recovery maps each segment it replays, under the
-    /// directory's lock and before the log's writer starts, and cuts a segment's torn tail
-    /// only after dropping its map. An implementation must return bytes that do not change
-    /// while the map lives.
+    /// cannot, and the caller reads them with [`StorageFile::read_at`], as the engine also does
+    /// after an error). The engine maps a file only while nothing writes or cuts it: recovery
+    /// maps each segment it replays, under the directory's lock and before the log's writer
+    /// starts, and cuts a segment's torn tail only after dropping its map. An implementation
+    /// must return bytes that do not change while the map lives.
     fn map_readonly(&self) -> io::Result<Option<ReadOnlyMap>> {
         Ok(None)
     }
@@ -105,8 +104,8 @@ impl AsRef<[u8]> for MappedFile {
     }
 }
 
-/// The operating system's file system: the default [`crate::Config::storage`]. Wrap it to observe or
-/// change what the engine asks of the files (tests wrap it to turn off maps, say).
+/// The operating system's file system: the default [`crate::Config::storage`]. Wrap it to
+/// observe or change what the engine asks of the files (tests wrap it to turn off maps, say).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FileSystem;
 
