@@ -43,6 +43,17 @@ pub fn key_of(i: u64) -> [u8; 16] {
 /// The TTL of every key: longer than any run.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Inserts the keys `keys` (see [`key_of`]), one call each; returns the time the calls took.
+pub fn insert_keys(store: &Store, keys: std::ops::Range<u64>) -> Duration {
+    let started = Instant::now();
+    for i in keys {
+        store
+            .check_or_insert(&key_of(i), TTL, &[1u8; 16])
+            .expect("insert");
+    }
+    started.elapsed()
+}
+
 /// What [`write_worst`] left.
 #[derive(Debug, Clone, Copy)]
 pub struct Worst {
@@ -116,12 +127,14 @@ pub fn write_worst(dir: &Path, live: u64, deltas_every_bytes: Option<u64>) -> Wo
 
 /// One timed reopen of `dir` with [`reopen_config`], dropped without `close` (the files stay
 /// as they were).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Reopen {
     pub took: Duration,
     pub checkpoint_entries_loaded: u64,
     pub records_replayed: u64,
     pub live_keys: u64,
+    /// Why the checkpoint was not used, if it was not (the case is then not the one asked for).
+    pub checkpoint_ignored: Option<String>,
 }
 
 /// Reopens `dir` and times `Store::open`.
@@ -135,6 +148,7 @@ pub fn timed_reopen(dir: &Path) -> Reopen {
         checkpoint_entries_loaded: report.checkpoint_entries_loaded,
         records_replayed: report.records_replayed,
         live_keys: store.stats().live_keys,
+        checkpoint_ignored: report.checkpoint_ignored.clone(),
     };
     drop(store);
     reopen

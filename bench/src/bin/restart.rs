@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use idem::Store;
-use idem_bench::restart::{key_of, reopen_config, timed_reopen, write_worst, TTL};
+use idem_bench::restart::{insert_keys, reopen_config, timed_reopen, write_worst};
 
 /// The delta checkpoints of the worst case: `IDEM_DELTA_MIB=N`, a delta every N MiB; unset, the
 /// default configuration (none).
@@ -52,10 +52,11 @@ fn main() {
             for _ in 0..times {
                 let reopen = timed_reopen(dir);
                 println!(
-                    "open {:.0} ms: {} checkpoint entries, {} records replayed",
+                    "open {:.0} ms: {} checkpoint entries, {} records replayed, ignored: {:?}",
                     reopen.took.as_secs_f64() * 1e3,
                     reopen.checkpoint_entries_loaded,
                     reopen.records_replayed,
+                    reopen.checkpoint_ignored,
                 );
             }
             return;
@@ -94,13 +95,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let store = Store::open_with(&dir, reopen_config()).expect("open");
-            let inserting = Instant::now();
-            for i in 0..live {
-                store
-                    .check_or_insert(&key_of(i), TTL, &[1u8; 16])
-                    .expect("insert");
-            }
-            insert_time = inserting.elapsed();
+            insert_time = insert_keys(&store, 0..live);
             let writing = Instant::now();
             store.checkpoint().expect("checkpoint");
             checkpoint_time = writing.elapsed();

@@ -445,13 +445,8 @@ fn run_peer_child(exe: &Path, args: &Args, spec: &RowSpec) -> Result<Row, String
         .output()
         .map_err(|e| format!("running {} --peer {}: {e}", exe.display(), spec.name))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let fields: HashMap<String, String> = match stdout.lines().find(|l| l.starts_with("RESULT\t")) {
-        Some(line) => line
-            .split('\t')
-            .skip(1)
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+    let fields: HashMap<String, String> = match result_fields(&stdout, "RESULT") {
+        Some(fields) => fields,
         None => HashMap::from([(
             "skipped".to_string(),
             format!("child failed ({})", output.status),
@@ -474,4 +469,19 @@ fn run_peer_child(exe: &Path, args: &Args, spec: &RowSpec) -> Result<Row, String
         (None, None) => eprintln!("no result"),
     }
     Ok(row)
+}
+
+/// The `key=value` fields of a child's output line that starts with `tag` and a tab.
+fn result_fields(stdout: &str, tag: &str) -> Option<HashMap<String, String>> {
+    let line = stdout.lines().find(|l| {
+        l.strip_prefix(tag)
+            .is_some_and(|rest| rest.starts_with('\t'))
+    })?;
+    Some(
+        line.split('\t')
+            .skip(1)
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }

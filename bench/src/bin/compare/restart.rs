@@ -8,12 +8,13 @@
 //! restart after a kill does: each reopen starts from a fresh process's memory, and the
 //! writing process's memory is gone. The page cache is warm (the files were just written).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use idem::Store;
-use idem_bench::restart::{key_of, reopen_config, timed_reopen, write_worst, TTL};
+use idem_bench::restart::{insert_keys, reopen_config, timed_reopen, write_worst};
 
 /// `--peers` name of the restart measurements.
 pub const RESTART: &str = "restart";
@@ -52,13 +53,7 @@ pub fn run_step(step: &str, dir: &Path, n: u64) -> Result<(), String> {
         }
         "prepare-replay" => {
             let store = Store::open_with(dir, reopen_config()).map_err(|e| e.to_string())?;
-            let started = Instant::now();
-            for i in 0..n {
-                store
-                    .check_or_insert(&key_of(i), TTL, &[1u8; 16])
-                    .map_err(|e| e.to_string())?;
-            }
-            let insert = started.elapsed();
+            let insert = insert_keys(&store, 0..n);
             // Dropped without `close`: flushed, no checkpoint; the reopen replays every record.
             drop(store);
             format!("insert_secs={:.6}", insert.as_secs_f64())
@@ -101,13 +96,20 @@ pub fn measure(
     };
     eprint!("compare: {RESTART:<20} ");
     let started = Instant::now();
-    step(exe, "prepare-worst", &worst_dir, live)?;
+    let since = field(&step(exe, "prepare-worst", &worst_dir, live)?, "since")? as u64;
     for _ in 0..WORST_OPENS {
         let fields = step(exe, "open", &worst_dir, 0)?;
         check_live(&fields, live)?;
         result.worst_opens.push(field(&fields, "secs")?);
         result.checkpoint_entries = field(&fields, "entries")? as u64;
         result.replayed = field(&fields, "replayed")? as u64;
+        if result.replayed != since {
+            // The checkpoint was not where the schedule put it: not the worst case.
+            return Err(format!(
+                "the worst case replayed {} records, not the {since} written after its checkpoint",
+                result.replayed
+            ));
+        }
     }
     let fields = step(exe, "prepare-replay", &replay_dir, replay_keys)?;
     result.insert_secs = field(&fields, "insert_secs")?;
@@ -131,7 +133,7 @@ pub fn measure(
 }
 
 /// The `RESTART` line's fields.
-type Fields = Vec<(String, String)>;
+type Fields = HashMap<String, String>;
 
 fn step(exe: &Path, name: &str, dir: &Path, n: u64) -> Result<Fields, String> {
     let output = Command::new(exe)
@@ -143,24 +145,14 @@ fn step(exe: &Path, name: &str, dir: &Path, n: u64) -> Result<Fields, String> {
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("running {} --restart-step {name}: {e}", exe.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESTART\t"))
-        .ok_or(format!("restart step {name} failed ({})", output.status))?;
-    Ok(line
-        .split('\t')
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
+    crate::result_fields(&String::from_utf8_lossy(&output.stdout), "RESTART")
+        .ok_or(format!("restart step {name} failed ({})", output.status))
 }
 
 fn field(fields: &Fields, key: &str) -> Result<f64, String> {
     fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.parse().ok())
+        .get(key)
+        .and_then(|v| v.parse().ok())
         .ok_or(format!("restart step: no {key} in {fields:?}"))
 }
 
