@@ -15,12 +15,14 @@ pub const RECORD_BYTES: u64 = 47;
 /// The configuration a reopen is timed with: `Never`, no background thread, no periodic
 /// checkpoint (so the files stay as they were and the next reopen meets the same worst case).
 /// `IDEM_REPLAY_THREADS=1` replays with one thread (by default long segments are replayed by
-/// two), for an A/B of the shared replay.
+/// two), for an A/B of the shared replay; `IDEM_MAP_SEGMENTS=0` reads the segments instead of
+/// mapping them (`Config::map_segments_at_open(false)`).
 pub fn reopen_config() -> Config {
     let mut config = Config::default()
         .durability(Durability::Never)
         .background_maintenance(false)
-        .checkpoint_every_bytes(0);
+        .checkpoint_every_bytes(0)
+        .map_segments_at_open(std::env::var("IDEM_MAP_SEGMENTS").as_deref() != Ok("0"));
     if crate::under_valgrind() {
         // For instruction counts of one reopen, e.g.
         // `valgrind --tool=callgrind target/release/restart open DIR`.

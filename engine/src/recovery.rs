@@ -35,7 +35,8 @@
 //! it is mapped (a read of cut pages through a map raises SIGBUS): a torn tail or a sealed
 //! segment's unused zeros found during replay are cut once the segment's map is dropped, and
 //! not at all when that segment's replay finds an error (the open fails, leaving the files as
-//! they were).
+//! they were). A device's read error under a map is a `SIGBUS`, not an error return:
+//! [`crate::Config::map_segments_at_open`] turns the maps off for such a device.
 
 mod chunks;
 
@@ -160,6 +161,9 @@ pub(crate) struct ReplayOptions {
     pub(crate) parallel_min_bytes: usize,
     /// Whether the shards note their changes for delta checkpoints (deltas are on).
     pub(crate) track_changes: bool,
+    /// Whether replayed segments are read through maps where the storage maps files
+    /// ([`crate::Config::map_segments_at_open`]).
+    pub(crate) map_segments: bool,
 }
 
 pub(crate) fn recover(
@@ -174,6 +178,7 @@ pub(crate) fn recover(
     let ReplayOptions {
         parallel_min_bytes,
         track_changes,
+        map_segments,
     } = options;
     let ids = segment::list_segments(storage, dir)?;
     let mut report = RecoveryReport::default();
@@ -332,7 +337,11 @@ pub(crate) fn recover(
         // cache in place), else read into the one buffer from the replay start on (the zeroed
         // prefix below it is never touched; its header was checked above). The file is not
         // cut while it is mapped: a cut found below waits in `cut_to` until the map is gone.
-        let mapped = file.map_readonly();
+        let mapped = if map_segments {
+            file.map_readonly()
+        } else {
+            None
+        };
         if mapped.is_none() {
             read_from(&file, start, &mut buffer)?;
         }
@@ -2148,6 +2157,7 @@ mod tests {
             ReplayOptions {
                 parallel_min_bytes: PARALLEL_REPLAY_MIN_BYTES,
                 track_changes: false,
+                map_segments: true,
             },
         )
         .unwrap();

@@ -172,6 +172,7 @@ impl Store {
             recovery::ReplayOptions {
                 parallel_min_bytes: config.parallel_replay_min_bytes,
                 track_changes: crate::checkpoint::deltas_enabled(&config),
+                map_segments: config.map_segments_at_open,
             },
         )?;
         index.remember_expired(

@@ -290,31 +290,53 @@ pub mod torture {
 /// The operating system's file system on which every file map fails (as on a file system that
 /// cannot map files): recovery then reads every segment into a buffer instead of reading the
 /// page cache through a map. Tests open copies of one store with and without maps and compare.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UnmappedFileSystem;
+/// It counts the maps asked of its files (clones share the count).
+#[derive(Debug, Default, Clone)]
+pub struct UnmappedFileSystem {
+    maps_asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl UnmappedFileSystem {
+    /// How many times a file of this file system (or of a clone) was asked for a map.
+    pub fn maps_asked(&self) -> usize {
+        self.maps_asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wrap(&self, file: Box<dyn idem::sim::StorageFile>) -> Box<dyn idem::sim::StorageFile> {
+        Box::new(UnmappedFile {
+            file,
+            maps_asked: self.maps_asked.clone(),
+        })
+    }
+}
 
 /// A file of [`UnmappedFileSystem`]: every call goes to the operating system's file, but
 /// `map_readonly` fails.
 #[derive(Debug)]
-struct UnmappedFile(Box<dyn idem::sim::StorageFile>);
+struct UnmappedFile {
+    file: Box<dyn idem::sim::StorageFile>,
+    maps_asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl idem::sim::StorageFile for UnmappedFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.0.read_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
     fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
+        self.file.len()
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
     fn map_readonly(&self) -> std::io::Result<Option<idem::sim::ReadOnlyMap>> {
+        self.maps_asked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(std::io::Error::other("this file system cannot map files"))
     }
 }
@@ -333,16 +355,13 @@ impl idem::sim::Storage for UnmappedFileSystem {
         idem::sim::FileSystem.list(dir)
     }
     fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
-        let file = idem::sim::FileSystem.create_new(path)?;
-        Ok(Box::new(UnmappedFile(file)))
+        Ok(self.wrap(idem::sim::FileSystem.create_new(path)?))
     }
     fn create_truncate(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
-        let file = idem::sim::FileSystem.create_truncate(path)?;
-        Ok(Box::new(UnmappedFile(file)))
+        Ok(self.wrap(idem::sim::FileSystem.create_truncate(path)?))
     }
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn idem::sim::StorageFile>> {
-        let file = idem::sim::FileSystem.open(path)?;
-        Ok(Box::new(UnmappedFile(file)))
+        Ok(self.wrap(idem::sim::FileSystem.open(path)?))
     }
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         idem::sim::FileSystem.remove(path)

@@ -510,8 +510,11 @@ fn a_replay_through_file_maps_and_one_through_reads_recover_the_same_store() {
         idem_tests::copy_dir(&base, &read_dir);
         let mapped =
             Store::open_with(&mapped_dir, config().storage(idem::sim::FileSystem)).unwrap();
-        let read =
-            Store::open_with(&read_dir, config().storage(idem_tests::UnmappedFileSystem)).unwrap();
+        let read = Store::open_with(
+            &read_dir,
+            config().storage(idem_tests::UnmappedFileSystem::default()),
+        )
+        .unwrap();
         let case = format!("seed {seed}, checkpoint {checkpoint}, torn {torn}");
         assert!(mapped.recovery_report().records_replayed > 1_000, "{case}");
         assert_eq!(
@@ -565,5 +568,48 @@ fn a_torn_creation_of_the_newest_segment_file_is_removed() {
         );
         assert!(!newest.exists());
         assert_eq!(store.get(&key(0)).unwrap().as_deref(), Some(&[7; 1000][..]));
+    }
+}
+
+/// `Config::map_segments_at_open(false)` replays every segment through reads (no map is asked
+/// of any file: a device's read error is then an error, not a `SIGBUS`), and recovers the same
+/// keys as the default, which asks a map of each replayed segment.
+#[test]
+fn an_open_told_not_to_map_segments_reads_them_and_recovers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let store = Store::open_with(dir.path(), config(&clock, Durability::Never)).unwrap();
+    for i in 0..3_000 {
+        store.check_or_insert(&key(i), LONG_TTL, &[3; 400]).unwrap();
+    }
+    for i in (0..3_000).step_by(7) {
+        store.remove(&key(i)).unwrap();
+    }
+    store.flush().unwrap();
+    // Dropped without close: no checkpoint, every segment is replayed.
+    drop(store);
+    for map in [false, true] {
+        let storage = idem_tests::UnmappedFileSystem::default();
+        let config = config(&clock, Durability::Never)
+            .background_maintenance(false)
+            .storage(storage.clone())
+            .map_segments_at_open(map);
+        let store = Store::open_with(dir.path(), config).unwrap();
+        assert!(store.recovery_report().records_replayed >= 3_000);
+        assert!(
+            store.stats().segments >= 2,
+            "the case needs several segments"
+        );
+        let asked = storage.maps_asked();
+        if map {
+            assert!(asked >= 2, "maps asked: {asked}");
+        } else {
+            assert_eq!(asked, 0, "an open told not to map asked for a map");
+        }
+        for i in 0..3_000 {
+            let expected = (i % 7 != 0).then_some(&[3u8; 400][..]);
+            assert_eq!(store.get(&key(i)).unwrap().as_deref(), expected, "key {i}");
+        }
+        drop(store);
     }
 }
