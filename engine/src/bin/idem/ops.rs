@@ -137,7 +137,9 @@ pub struct ImportArgs {
 }
 
 /// Opens an existing store for an operator command, with no background maintenance (nothing is
-/// reclaimed or compacted behind the operator's back).
+/// reclaimed or compacted behind the operator's back) and its segments read, not mapped: an
+/// operator looking into a suspect device gets its read errors reported, naming the file, not a
+/// `SIGBUS` (see `Config::map_segments_at_open`).
 fn open_existing(dir: &Path) -> CliResult<Store> {
     if !dir.is_dir() {
         return Err(CliError::new(format!(
@@ -149,8 +151,10 @@ fn open_existing(dir: &Path) -> CliResult<Store> {
 }
 
 fn open(dir: &Path) -> CliResult<Store> {
-    Store::open_with(dir, Config::default().background_maintenance(false))
-        .context(format!("opening the store {}", dir.display()))
+    let config = Config::default()
+        .background_maintenance(false)
+        .map_segments_at_open(false);
+    Store::open_with(dir, config).context(format!("opening the store {}", dir.display()))
 }
 
 pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
