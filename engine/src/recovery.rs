@@ -29,9 +29,11 @@
 //! reported, as a replay in log order would have.
 //!
 //! A replayed segment is read through a read-only map of the file where the storage maps files
-//! (the operating system's does; [`crate::sim::SimStorage`] does not, and its segments are read
-//! into one reused buffer): the checker reads the page cache in place, where a copy of up to a
-//! segment ran first on one thread while the other waited. Invariant: a file is never cut while
+//! (the operating system's does; [`crate::sim::SimStorage`] maps a copy and panics if a mapped
+//! file is written or cut; a storage that does not map, or
+//! [`crate::Config::map_segments_at_open`] `(false)`, has the segment read into one reused
+//! buffer): the checker reads the page cache in place, where a copy of up to a segment ran
+//! first on one thread while the other waited. Invariant: a file is never written or cut while
 //! it is mapped (a read of cut pages through a map raises SIGBUS): a torn tail or a sealed
 //! segment's unused zeros found during replay are cut once the segment's map is dropped, and
 //! not at all when that segment's replay finds an error (the open fails, leaving the files as

@@ -9,7 +9,11 @@
 //! on (the process that held them is gone). A store should be given [`SimStorage::process`], a
 //! view that dies at the next crash as the handles do, so that nothing the crashed process's
 //! store still does (if something keeps it alive) reaches the disk the next process opens.
-//! Faults come from a seeded generator, so a seed replays the same run.
+//! Faults come from a seeded generator, so a seed replays the same run. A file's read-only map
+//! ([`StorageFile::map_readonly`], what recovery reads segments through) is a copy of its bytes,
+//! and writing or cutting a file while a map of it lives panics: on a real disk the map's bytes
+//! would change under the reader, or a read of cut pages raise SIGBUS, so the engine must never
+//! do it, and every simulated run checks that it does not.
 //!
 //! ```
 //! use idem::sim::{Faults, SimStorage};
@@ -65,6 +69,40 @@ pub enum InjectedFault {
 struct FileData {
     volatile: Vec<u8>,
     durable: Vec<u8>,
+    /// Read-only maps of the file alive now ([`StorageFile::map_readonly`]). A real map's bytes
+    /// would change under a write, and a cut under it raises SIGBUS: writing or cutting a
+    /// mapped file panics here, so that the simulator and the fuzzers check that the engine
+    /// never does.
+    live_maps: usize,
+}
+
+impl FileData {
+    fn assert_unmapped(&self, what: &str) {
+        assert_eq!(
+            self.live_maps, 0,
+            "{what} a file while it is mapped (a real map would change under it, or a read of \
+             its cut pages raise SIGBUS)"
+        );
+    }
+}
+
+/// A read-only map of a simulated file: a copy of its bytes when mapped, which stays right
+/// because nothing may write or cut the file while the map lives (asserted by the file).
+struct SimMap {
+    bytes: Vec<u8>,
+    data: SharedFile,
+}
+
+impl AsRef<[u8]> for SimMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for SimMap {
+    fn drop(&mut self) {
+        self.data.lock().live_maps -= 1;
+    }
 }
 
 type SharedFile = Arc<Mutex<FileData>>;
@@ -301,7 +339,10 @@ impl Storage for SimStorage {
             let mut state = self.state.lock();
             self.check_process(&state)?;
             let data = state.names.entry(path.to_path_buf()).or_default().clone();
-            data.lock().volatile.clear();
+            let mut file = data.lock();
+            file.assert_unmapped("truncated");
+            file.volatile.clear();
+            drop(file);
             data
         };
         Ok(self.handle(data))
@@ -423,6 +464,7 @@ impl StorageFile for SimFile {
         }
         drop(state);
         let mut data = self.data.lock();
+        data.assert_unmapped("wrote to");
         let start = offset as usize;
         if data.volatile.len() < start + written {
             data.volatile.resize(start + written, 0);
@@ -455,8 +497,20 @@ impl StorageFile for SimFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.storage.check_alive(self.generation)?;
-        self.data.lock().volatile.resize(len as usize, 0);
+        let mut data = self.data.lock();
+        data.assert_unmapped("cut or extended");
+        data.volatile.resize(len as usize, 0);
         Ok(())
+    }
+
+    fn map_readonly(&self) -> io::Result<Option<ReadOnlyMap>> {
+        self.storage.check_alive(self.generation)?;
+        let mut data = self.data.lock();
+        data.live_maps += 1;
+        Ok(Some(Box::new(SimMap {
+            bytes: data.volatile.clone(),
+            data: self.data.clone(),
+        })))
     }
 }
 
@@ -492,5 +546,44 @@ mod tests {
         let next = storage.process();
         assert_eq!(next.list(dir).unwrap(), vec!["a".to_string()]);
         next.create_new(&b).unwrap();
+    }
+
+    /// A map shows the file's bytes; writing or cutting the file while a map of it lives panics
+    /// (the engine must never do either), and both work again once the map is gone.
+    #[test]
+    fn a_mapped_file_shows_its_bytes_and_may_not_change_while_mapped() {
+        let storage = SimStorage::new(7);
+        let view = storage.process();
+        view.create_dir_all(Path::new(DIR)).unwrap();
+        let path = Path::new(DIR).join("f");
+        let file = view.create_new(&path).unwrap();
+        file.write_all_at(b"hello", 0).unwrap();
+        let map = file
+            .map_readonly()
+            .unwrap()
+            .expect("the simulated disk maps files");
+        assert_eq!((*map).as_ref(), b"hello");
+        type Change = fn(&dyn StorageFile) -> io::Result<()>;
+        let changes: [(&str, Change); 3] = [
+            ("cut", |file| file.set_len(2)),
+            ("write", |file| file.write_all_at(b"j", 0)),
+            ("extend", |file| file.write_all_at(b"!", 5)),
+        ];
+        for (what, change) in changes {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change(&*file)));
+            assert!(outcome.is_err(), "a {what} of a mapped file went through");
+        }
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| view.create_truncate(&path)))
+                .is_err(),
+            "a truncating create of a mapped file went through"
+        );
+        assert_eq!(file.len().unwrap(), 5, "a refused change changed the file");
+        drop(map);
+        file.set_len(2).unwrap();
+        file.write_all_at(b"j", 0).unwrap();
+        let mut bytes = [0u8; 8];
+        let n = file.read_at(&mut bytes, 0).unwrap();
+        assert_eq!(&bytes[..n], b"je");
     }
 }
