@@ -268,9 +268,9 @@ impl Config {
     /// (default: true), or copies them into a buffer with reads. Maps are faster (the replay
     /// reads the page cache in place; reopens of 10 M keys replaying 5.7 M records took
     /// 0.41-0.44 s mapped against 0.46-0.49 s read, page cache warm), but a read error of the
-    /// device under a mapped page is a
-    /// `SIGBUS`, which ends the process, where a read returns [`crate::Error::Io`] naming the
-    /// file. On a device that reports read errors, open with `false` to get the error.
+    /// device under a mapped page is a `SIGBUS`, which ends the process, where a read returns
+    /// [`crate::Error::Io`] naming the file. On a device that reports read errors, open with
+    /// `false` to get the error. (`idem`'s operator commands open with `false`.)
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
