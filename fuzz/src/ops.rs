@@ -229,6 +229,11 @@ impl StoreSpec {
             // so the spec's two bytes stay as they are.
             config = config.parallel_replay_min_bytes_for_testing(0);
         }
+        if self.small_write_buffer {
+            // Segments replayed through reads, not maps (the simulated disk maps files): the
+            // answers must not depend on it. No bit of its own either: half the specs.
+            config = config.map_segments_at_open(false);
+        }
         if self.eager_compaction {
             config = config.compaction_live_ratio(0.9);
         }
