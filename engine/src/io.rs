@@ -84,7 +84,7 @@ pub trait StorageFile: Send + Sync + Debug {
     /// The file's bytes, mapped read-only, if this storage can map files (`Ok(None)`: it
     /// cannot, and the caller reads them with [`StorageFile::read_at`], as the engine also does
     /// after an error). The engine maps a file only while nothing writes or cuts it: recovery
-    /// maps each segment it replays, under the directory's lock and before the log's writer
+    /// maps each segment it replays (unless `Config::map_segments_at_open(false)`), under the directory's lock and before the log's writer
     /// starts, and cuts a segment's torn tail only after dropping its map. An implementation
     /// must return bytes that do not change while the map lives.
     fn map_readonly(&self) -> io::Result<Option<ReadOnlyMap>> {

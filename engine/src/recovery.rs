@@ -335,8 +335,8 @@ pub(crate) fn recover(
         } else {
             0
         };
-        // The segment's bytes: mapped where the storage maps files (replay then reads the page
-        // cache in place), else read into the one buffer from the replay start on (the zeroed
+        // The segment's bytes: mapped where the storage maps files and the config allows it
+        // (replay then reads the page cache in place), else read into the one buffer from the replay start on (the zeroed
         // prefix below it is never touched; its header was checked above). The file is not
         // cut while it is mapped: a cut found below waits in `cut_to` until the map is gone.
         let mapped = if map_segments {
