@@ -60,6 +60,7 @@ pub struct Config {
     pub(crate) map_segments_at_open: bool,
     pub(crate) refresh: Refresh,
     pub(crate) parallel_replay_min_bytes: usize,
+    pub(crate) rotate_append_lanes: bool,
     pub(crate) expected_keys: u64,
 }
 
@@ -85,6 +86,7 @@ impl Default for Config {
             map_segments_at_open: true,
             refresh: Refresh::Keep,
             parallel_replay_min_bytes: crate::recovery::PARALLEL_REPLAY_MIN_BYTES,
+            rotate_append_lanes: false,
         }
     }
 }
@@ -238,6 +240,17 @@ impl Config {
         // from a background thread it did not ask for; `preallocate_segments(true)` after this
         // turns preparation back on.
         self.preallocate_segments = false;
+        self
+    }
+
+    /// Sends each append through the next of the log's append lanes in turn, instead of the
+    /// calling thread's own, and lets lanes reserve space ahead for single-key inserts in every
+    /// durability mode (`Sync` too): one thread then drives the appends of several, chunks,
+    /// padding and fences included (see the `log` module), which a single-threaded simulation
+    /// would otherwise never reach. The answers must be the same; only disk use differs.
+    #[doc(hidden)]
+    pub fn rotate_append_lanes_for_testing(mut self, on: bool) -> Self {
+        self.rotate_append_lanes = on;
         self
     }
 

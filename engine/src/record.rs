@@ -12,8 +12,10 @@ use std::ops::Range;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// The magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"IDEMLOG\0";
-/// The segment format version this build writes. It reads this one and versions 1 and 2.
-pub const FORMAT_VERSION: u32 = 3;
+/// The segment format version this build writes. It reads this one and versions 1 to 3.
+pub const FORMAT_VERSION: u32 = 4;
+/// Format 3, still read: the records of format 4 but Padding (kind 10), which it never holds.
+pub const FORMAT_VERSION_3: u32 = 3;
 /// Format 2, still read: the record layout of format 3, but a group of records (a transaction,
 /// a completion with its shadow) opens with a Group record instead of its records carrying the
 /// continuation flag.
@@ -29,10 +31,10 @@ const HEADER_RESERVED2_OFFSET: usize = HEADER_SEGMENT_ID_OFFSET + 8;
 const HEADER_CRC_OFFSET: usize = HEADER_RESERVED2_OFFSET + 4;
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN);
 
-/// Bytes of a record header (formats 2 and 3), before the key.
+/// Bytes of a record header (formats 2 to 4), before the key.
 pub const RECORD_HEADER_LEN: usize = 15;
 const RECORD_CRC_OFFSET: usize = 0;
-/// Layout 2 (formats 2 and 3): one byte holds the layout mark (bit 7), the flags (bits 4..=6)
+/// Layout 2 (formats 2 to 4): one byte holds the layout mark (bit 7), the flags (bits 4..=6)
 /// and the kind (bits 0..=3).
 const RECORD_KIND_OFFSET: usize = RECORD_CRC_OFFSET + 4;
 const RECORD_KEY_LEN_OFFSET: usize = RECORD_KIND_OFFSET + 1;
@@ -74,7 +76,7 @@ const FLAG_FINGERPRINT: u8 = 0x01;
 /// Flag bit (format 2 only): a refresh cap (6 bytes, a deadline in milliseconds, not 0) ends the
 /// record, after the fingerprint: the entry slides (see [`Record::refresh_cap_millis`]).
 const FLAG_REFRESH_CAP: u8 = 0x02;
-/// Flag bit (format 3 only): the next record belongs to the same group (a transaction): a group
+/// Flag bit (formats 3 and 4): the next record belongs to the same group (a transaction): a group
 /// is a run of records carrying this flag closed by one that does not, and replay applies it
 /// whole or not at all.
 const FLAG_CONTINUES: u8 = 0x04;
@@ -114,6 +116,10 @@ pub enum RecordKind {
     /// check-or-inserts of the key are refused with the failure until then; after it the key
     /// is free. Replay, compaction and checkpoints treat it as an Insert.
     Failure = 9,
+    /// Bytes an append lane reserved and did not fill (format 4, kind 10; see `log`): key
+    /// [`PADDING_KEY`], a value of zeros as long as the gap needs, deadline 0. Nothing reads it
+    /// but scans, which step over it; it is never a key's entry and never inside a group.
+    Padding = 10,
 }
 
 impl RecordKind {
@@ -128,6 +134,7 @@ impl RecordKind {
             7 => Some(RecordKind::Position),
             8 => Some(RecordKind::Group),
             9 => Some(RecordKind::Failure),
+            10 => Some(RecordKind::Padding),
             _ => None,
         }
     }
@@ -217,7 +224,7 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// Bytes this record occupies when this build encodes it (format 3). A record decoded from a
+    /// Bytes this record occupies when this build encodes it (format 4). A record decoded from a
     /// format-1 segment occupied more: scans step by [`decode_sized`]'s length.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len(), self.fingerprint.len())
@@ -250,7 +257,7 @@ pub(crate) fn deadline_secs(expires_at_millis: u64) -> u32 {
 
 /// The key of every seal record.
 pub const SEAL_KEY: &[u8] = b"seal";
-/// Bytes of a seal record (formats 2 and 3).
+/// Bytes of a seal record (formats 2 to 4).
 pub const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
 /// Bytes of a seal record in a format-1 segment.
 pub const V1_SEAL_RECORD_LEN: usize = V1_RECORD_HEADER_LEN + SEAL_KEY.len() + 8;
@@ -273,6 +280,40 @@ fn seal_record(value: &[u8; 8]) -> Record<'_> {
         fingerprint: &[],
         refresh_cap_millis: 0,
     }
+}
+
+/// The key of every padding record.
+pub const PADDING_KEY: &[u8] = b"p";
+/// The shortest padding record: as short as the shortest record (a 1-byte key, no value), so
+/// that a gap left where some record would not fit can always be padded.
+pub const MIN_PADDING_LEN: usize = RECORD_HEADER_LEN + PADDING_KEY.len();
+/// The longest padding record.
+pub const MAX_PADDING_LEN: usize = MIN_PADDING_LEN + MAX_VALUE_BYTES;
+const _: () = assert!(MIN_PADDING_LEN == encoded_len(1, 0, 0));
+
+/// Appends a padding record exactly `len` bytes long (format 4).
+///
+/// # Panics
+/// If `len` is outside `MIN_PADDING_LEN..=MAX_PADDING_LEN`.
+pub fn encode_padding(out: &mut Vec<u8>, len: usize) {
+    assert!(
+        (MIN_PADDING_LEN..=MAX_PADDING_LEN).contains(&len),
+        "a padding record of {len} bytes"
+    );
+    static ZEROS: [u8; MAX_VALUE_BYTES] = [0; MAX_VALUE_BYTES];
+    let start = out.len();
+    encode_into(
+        out,
+        &Record {
+            kind: RecordKind::Padding,
+            key: PADDING_KEY,
+            value: &ZEROS[..len - MIN_PADDING_LEN],
+            expires_at_millis: 0,
+            fingerprint: &[],
+            refresh_cap_millis: 0,
+        },
+    );
+    debug_assert_eq!(out.len() - start, len);
 }
 
 /// Encodes the seal of a segment whose records end at `data_len` (where the seal goes).
@@ -341,12 +382,12 @@ pub fn group_extent(record: &Record<'_>) -> Option<(u32, u32)> {
     Some((u32_at(record.value, 0), u32_at(record.value, 4)))
 }
 
-/// Bytes a record with these lengths occupies when this build encodes it (format 3).
-pub fn encoded_len(key_len: usize, value_len: usize, fingerprint_len: usize) -> usize {
+/// Bytes a record with these lengths occupies when this build encodes it (format 4).
+pub const fn encoded_len(key_len: usize, value_len: usize, fingerprint_len: usize) -> usize {
     RECORD_HEADER_LEN + key_len + value_len + fingerprint_bytes(fingerprint_len)
 }
 
-fn fingerprint_bytes(fingerprint_len: usize) -> usize {
+const fn fingerprint_bytes(fingerprint_len: usize) -> usize {
     if fingerprint_len == 0 {
         0
     } else {
@@ -354,7 +395,7 @@ fn fingerprint_bytes(fingerprint_len: usize) -> usize {
     }
 }
 
-/// Appends the encoding of `record` to `out` (format 3, the layout of format 2). A deadline past
+/// Appends the encoding of `record` to `out` (format 4, the layout of format 2). A deadline past
 /// [`NEVER_EXPIRES`] is stored as it.
 ///
 /// # Panics
@@ -510,8 +551,8 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             V1_MAX_VALUE_BYTES,
         )
     };
-    // Whether the continuation flag may appear (format 3, not 2) is the segment's to judge: the
-    // two share a layout.
+    // Whether the continuation flag (formats 3 and 4, not 2) or a padding record (format 4) may
+    // appear is the segment's to judge: they share a layout.
     let known = if v2 { KNOWN_FLAGS } else { FLAG_FINGERPRINT };
     if flags & !known != 0 {
         return Err(DecodeError::BadFlags(flags));
@@ -562,7 +603,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     decode_sized(bytes).map(|(record, _)| record)
 }
 
-/// The record layout (1, or 2: that of formats 2 and 3) at the start of `bytes`, judged by its
+/// The record layout (1, or 2: that of formats 2 to 4) at the start of `bytes`, judged by its
 /// kind byte alone (`None` if there is none). A segment holds records of its own layout only
 /// ([`layout_of_format`]).
 pub fn layout_of(bytes: &[u8]) -> Option<u32> {

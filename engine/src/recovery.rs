@@ -508,6 +508,8 @@ pub(crate) fn recover(
                             sealed = true;
                             break;
                         }
+                        // A chunk's unfilled end (format 4): no record's, nothing to apply.
+                        Ok((record, len)) if record.kind == RecordKind::Padding => offset += len,
                         Ok((record, len)) => {
                             let at = location(id, offset as u32);
                             stats.add_record(&record);
@@ -1092,9 +1094,15 @@ impl ReplayDecoder {
                 self.version
             ));
         }
-        if self.version < record::FORMAT_VERSION && record::continues_group(bytes) {
+        if self.version < record::FORMAT_VERSION_3 && record::continues_group(bytes) {
             return Err(format!(
                 "the continuation flag in a segment of format {}",
+                self.version
+            ));
+        }
+        if self.version < record::FORMAT_VERSION && record.kind == RecordKind::Padding {
+            return Err(format!(
+                "a padding record in a segment of format {}",
                 self.version
             ));
         }
@@ -1129,6 +1137,9 @@ impl ReplayDecoder {
                     "a group cut short by a seal at +{}",
                     offset - start
                 ));
+            }
+            if inner.kind == RecordKind::Padding {
+                return Err(format!("a group holding padding at +{}", offset - start));
             }
             let continues = record::continues_group(&bytes[offset..]);
             offset += inner_len;
@@ -2064,12 +2075,12 @@ mod tests {
         *bytes.last_mut().unwrap() ^= 0x01;
         seal(&mut bytes);
         cases.push((bytes, at, "damaged"));
-        // A format-2 group record in a format-3 segment.
+        // A format-2 group record in a format-4 segment.
         let (v2, at) = segment_with_group(record::FORMAT_VERSION_2);
         let mut bytes = encode_segment_header(1).to_vec();
         bytes.extend_from_slice(&v2[SEGMENT_HEADER_LEN..]);
         seal(&mut bytes);
-        cases.push((bytes, at, "a group record in a segment of format 3"));
+        cases.push((bytes, at, "a group record in a segment of format 4"));
         // The continuation flag in a format-2 segment.
         let (v3, at) = segment_with_group(record::FORMAT_VERSION);
         let mut bytes = record::encode_segment_header_version(1, record::FORMAT_VERSION_2).to_vec();
@@ -2092,6 +2103,73 @@ mod tests {
             assert!(damage.reason.contains(reason), "{damage}");
             expect_corrupt(open(&storage, &clock), &seg(1), at as u64, reason);
         }
+    }
+
+    /// Format 4: the padding that closes a chunk a lane did not fill replays as nothing,
+    /// between records of a sealed segment and at the end of the newest; in a segment of format
+    /// 3, which never holds any, it is damage, named at its offset by `verify` and by open.
+    #[test]
+    fn padding_replays_as_nothing_in_format_4_and_is_damage_in_format_3() {
+        let padded = |version: u32| {
+            let mut bytes = record::encode_segment_header_version(1, version).to_vec();
+            encode_into(&mut bytes, &insert(b"a", b"1"));
+            let at = bytes.len();
+            record::encode_padding(&mut bytes, record::MIN_PADDING_LEN);
+            encode_into(&mut bytes, &insert(b"b", b"2"));
+            record::encode_padding(&mut bytes, 300);
+            let len = bytes.len() as u64;
+            bytes.extend_from_slice(&encode_seal(len));
+            (bytes, at)
+        };
+        let mut newest = encode_segment_header(2).to_vec();
+        encode_into(&mut newest, &insert(b"c", b"3"));
+        record::encode_padding(&mut newest, 100);
+
+        let storage = SimStorage::new(12);
+        let clock = ManualClock::new();
+        write(&storage, &seg(1), &padded(record::FORMAT_VERSION).0);
+        write(&storage, &seg(2), &newest);
+        assert!(crate::verify::verify_in(Arc::new(storage.process()), dir())
+            .unwrap()
+            .is_clean());
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(
+            store.recovery_report().records_replayed,
+            3,
+            "padding is no record"
+        );
+        for (key, value) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] {
+            assert_eq!(store.get(key).unwrap().unwrap(), &value[..]);
+        }
+        assert_eq!(store.stats().live_keys, 3);
+        // The log goes on after the newest segment's padding.
+        assert_eq!(
+            store
+                .check_or_insert(b"d", Duration::from_secs(60), b"4")
+                .unwrap(),
+            crate::Outcome::Inserted
+        );
+        drop(store);
+        let store = open(&storage, &clock).unwrap();
+        assert_eq!(store.get(b"d").unwrap().unwrap(), &b"4"[..]);
+        drop(store);
+
+        let storage = SimStorage::new(13);
+        let (older, at) = padded(record::FORMAT_VERSION_3);
+        write(&storage, &seg(1), &older);
+        write(&storage, &seg(2), &newest);
+        let reason = "a padding record in a segment of format 3";
+        let report = crate::verify::verify_in(Arc::new(storage.process()), dir()).unwrap();
+        assert_eq!(
+            (&report.damage[0].path, report.damage[0].offset),
+            (&seg(1), at as u64)
+        );
+        assert!(
+            report.damage[0].reason.contains(reason),
+            "{}",
+            report.damage[0]
+        );
+        expect_corrupt(open(&storage, &clock), &seg(1), at as u64, reason);
     }
 
     #[test]

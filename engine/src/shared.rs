@@ -157,7 +157,9 @@ impl Shared {
             }
             Probe::Vacant(slot) => {
                 let late = table.late_duplicate(hash.tag, now);
-                let (at, end) = self.log.append_encoded(insert, encoded)?;
+                let (at, end) = self
+                    .log
+                    .append_fenced(insert, encoded, &mut table.insert_fence)?;
                 let entry = Slot {
                     tag: hash.tag,
                     expires_at_secs: Slot::deadline_secs(expires_at_millis),

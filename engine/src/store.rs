@@ -185,6 +185,7 @@ impl Store {
             write_buffer_bytes: config.write_buffer_bytes,
             preallocate: config.preallocate_segments,
             lanes: 0,
+            rotate_lanes: config.rotate_append_lanes,
         };
         let log = Arc::new(Log::new(
             storage,

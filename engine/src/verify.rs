@@ -72,8 +72,11 @@ pub struct SegmentSummary {
     pub id: u32,
     /// Its length.
     pub bytes: u64,
-    /// Records that decoded (seals not counted).
+    /// Records that decoded (seals and padding not counted).
     pub records: u64,
+    /// Padding records (format 4: the unused ends of chunks append lanes reserved ahead) and
+    /// the bytes they take.
+    pub padding: (u64, u64),
     /// Whether it ends with a seal vouching for its own length.
     pub sealed: bool,
     /// The format version its header names (0 if the header did not decode).
@@ -243,6 +246,7 @@ fn verify_segment(
         id,
         bytes: bytes.len() as u64,
         records: 0,
+        padding: (0, 0),
         sealed: false,
         version: 0,
     };
@@ -299,8 +303,13 @@ fn verify_segment(
                 }
                 break;
             }
-            Ok((_, len)) => {
-                summary.records += 1;
+            Ok((found, len)) => {
+                if found.kind == RecordKind::Padding {
+                    summary.padding.0 += 1;
+                    summary.padding.1 += len as u64;
+                } else {
+                    summary.records += 1;
+                }
                 offset += len;
             }
             // A prepared segment's unused zeros (see FORMAT.md): neither damage nor a torn tail.

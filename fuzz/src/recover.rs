@@ -58,8 +58,8 @@ use idem::record::{
     self, continues_group, decode, decode_segment_header, decode_sized, encode_group,
     encode_group_member, encode_into, encode_segment_header, encode_segment_header_version,
     encode_v1_into, group_extent, layout_of, layout_of_format, peek_len, HeaderError, Record,
-    RecordKind, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, GROUP_RECORD_LEN,
-    NEVER_EXPIRES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    RecordKind, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3,
+    GROUP_RECORD_LEN, NEVER_EXPIRES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use idem::{Config, Durability, Error, ManualClock, Outcome, Store};
 
@@ -1084,27 +1084,28 @@ impl Replayed {
 }
 
 /// Whether `bytes` start with a record that decodes in a segment of format `version`: intact, of
-/// the segment's layout, neither a group record outside format 2 nor carrying the continuation
-/// flag outside format 3.
+/// the segment's layout, neither a group record outside format 2, nor carrying the continuation
+/// flag before format 3, nor a padding record before format 4.
 fn decodes_in(bytes: &[u8], version: u32) -> Option<(Record<'_>, usize)> {
     let (record, len) = decode_sized(bytes).ok()?;
     if layout_of(bytes) != Some(layout_of_format(version))
         || (record.kind == RecordKind::Group && version != FORMAT_VERSION_2)
-        || (continues_group(bytes) && version != FORMAT_VERSION)
+        || (continues_group(bytes) && version < FORMAT_VERSION_3)
+        || (record.kind == RecordKind::Padding && version < FORMAT_VERSION)
     {
         return None;
     }
     Some((record, len))
 }
 
-/// Where the format-3 group whose first record (`len` bytes, carrying the continuation flag) is
-/// at the start of `bytes` ends, if all of it is there: records that decode, none a seal, up to
-/// and including the first without the flag.
+/// Where the format-3 (or 4) group whose first record (`len` bytes, carrying the continuation
+/// flag) is at the start of `bytes` ends, if all of it is there: records that decode, none a
+/// seal or padding, up to and including the first without the flag.
 fn v3_group_len(bytes: &[u8], len: usize) -> Option<usize> {
     let mut offset = len;
     loop {
         let (record, inner_len) = decodes_in(bytes.get(offset..)?, FORMAT_VERSION)?;
-        if record.kind == RecordKind::Seal {
+        if matches!(record.kind, RecordKind::Seal | RecordKind::Padding) {
             return None;
         }
         let continues = continues_group(&bytes[offset..]);
@@ -1260,6 +1261,11 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 offset += len;
                 break;
             }
+            // The unused end of an append lane's chunk (format 4): nobody's record.
+            if record.kind == RecordKind::Padding {
+                offset += len;
+                continue;
+            }
             out.records_replayed += 1;
             out.keys.insert(record.key.to_vec());
             let live = now < record.expires_at_millis;
@@ -1303,7 +1309,7 @@ pub fn replay(files: &BTreeMap<u32, Vec<u8>>, now: u64) -> Result<Replayed, Expe
                 }
                 // Its body, checked whole above, is replayed record by record after it.
                 RecordKind::Group => {}
-                RecordKind::Seal => unreachable!("handled above"),
+                RecordKind::Seal | RecordKind::Padding => unreachable!("handled above"),
             }
             offset += len;
         }

@@ -1,7 +1,8 @@
 //! Stores written in older on-disk formats open with every answer they gave, take new writes in
 //! the current format, and keep every answer across reopens, from the checkpoint and by a full
-//! replay, and across compaction: version 1 (`tests/fixtures/v1-store`, made by idem 0.1) and
-//! version 2 (`tests/fixtures/v2-store`, whose transactions open with a Group record).
+//! replay, and across compaction: version 1 (`tests/fixtures/v1-store`, made by idem 0.1),
+//! version 2 (`tests/fixtures/v2-store`, whose transactions open with a Group record) and
+//! version 3 (`tests/fixtures/v3-store`, which holds no Padding record).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,10 @@ fn fixture() -> PathBuf {
 
 fn fixture_v2() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v2-store")
+}
+
+fn fixture_v3() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v3-store")
 }
 
 /// The fixture was written at `ManualClock::new()`; open it at the same time.
@@ -217,8 +222,19 @@ fn compacting_version_1_segments_encodes_their_records_in_the_current_format() {
 
 /// Every answer the v2 store gave when it was written (see `tests/fixtures/README.md`).
 fn assert_v2_answers(store: &Store) {
+    assert_answers_of(store, "v2");
+}
+
+/// Every answer the v3 store gave when it was written: the v2 store's program, its keys named
+/// `v3-` (see `tests/fixtures/README.md`).
+fn assert_v3_answers(store: &Store) {
+    assert_answers_of(store, "v3");
+}
+
+/// The answers of the v2 and v3 fixtures, whose keys start with `prefix`.
+fn assert_answers_of(store: &Store, prefix: &str) {
     for i in 0..160u32 {
-        let key = format!("v2-key-{i:04}");
+        let key = format!("{prefix}-key-{i:04}");
         let expected = if i == 10 {
             Some(b"again".to_vec())
         } else if i < 120 && i % 10 == 0 {
@@ -228,7 +244,7 @@ fn assert_v2_answers(store: &Store) {
         };
         let got = store.get(key.as_bytes()).unwrap();
         assert_eq!(got.as_deref(), expected.as_deref(), "{key}");
-        let tx_key = format!("v2-tx-{i:04}");
+        let tx_key = format!("{prefix}-tx-{i:04}");
         let expected = (i < 120 && i % 4 == 0).then_some(&b"tx-result"[..]);
         assert_eq!(
             store.get(tx_key.as_bytes()).unwrap().as_deref(),
@@ -243,12 +259,15 @@ fn assert_v2_answers(store: &Store) {
     );
     assert_eq!(store.position(b"orders/0").unwrap(), Some(1000));
     assert_eq!(
-        store.get(b"v2-completed").unwrap().as_deref(),
+        store
+            .get(format!("{prefix}-completed").as_bytes())
+            .unwrap()
+            .as_deref(),
         Some(&b"completed-result"[..])
     );
     let in_doubt = store.in_doubt().unwrap();
     assert_eq!(in_doubt.len(), 1);
-    assert_eq!(in_doubt[0].key(), b"v2-claimed");
+    assert_eq!(in_doubt[0].key(), format!("{prefix}-claimed").as_bytes());
 }
 
 /// A transaction of the current format on top of the v2 store: a dedup record, a state write
@@ -360,4 +379,112 @@ fn a_version_2_store_opens_with_every_answer_and_goes_on_in_version_3() {
 #[test]
 fn a_version_2_store_replays_without_its_checkpoint() {
     replays_without_its_checkpoint(&fixture_v2(), assert_v2_answers);
+}
+
+#[test]
+fn a_version_3_store_replays_without_its_checkpoint() {
+    replays_without_its_checkpoint(&fixture_v3(), assert_v3_answers);
+}
+
+/// Whether any segment of `dir` of the current format holds a Padding record.
+fn holds_padding(dir: &Path) -> bool {
+    segment_files(dir).values().any(|path| {
+        let bytes = std::fs::read(path).unwrap();
+        if segment_version(path) != idem::record::FORMAT_VERSION {
+            return false;
+        }
+        let mut offset = idem::record::SEGMENT_HEADER_LEN;
+        while let Ok((record, len)) = idem::record::decode_sized(&bytes[offset..]) {
+            if record.kind == idem::record::RecordKind::Padding {
+                return true;
+            }
+            offset += len;
+        }
+        false
+    })
+}
+
+/// The v3 store's segments stay version 3 (the newest one sealed in place); new writes go into
+/// version-4 segments, where inserts through lanes that reserve ahead leave Padding records;
+/// compaction of both keeps every answer, from the checkpoint and by a full replay.
+#[test]
+fn a_version_3_store_opens_with_every_answer_and_goes_on_in_version_4() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    copy_dir(&fixture_v3(), &dir);
+    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
+    assert_eq!(before, vec![1, 2, 3]);
+    for path in segment_files(&dir).values() {
+        assert_eq!(segment_version(path), 3, "{}", path.display());
+    }
+    let clock = ManualClock::new();
+    // One thread driving the lanes in turn, as several threads would: chunks, padding.
+    let config = || config(&clock).rotate_append_lanes_for_testing(true);
+    const INSERTS: u32 = 400;
+    let check = |store: &Store| {
+        assert_v3_answers(store);
+        for i in 0..INSERTS {
+            let key = format!("v4-key-{i:04}");
+            let expected = format!("v4-{i}");
+            assert_eq!(
+                store.get(key.as_bytes()).unwrap().as_deref(),
+                Some(expected.as_bytes()),
+                "{key}"
+            );
+        }
+    };
+    {
+        let store = Store::open_with(&dir, config()).unwrap();
+        assert_v3_answers(&store);
+        for i in 0..INSERTS {
+            let key = format!("v4-key-{i:04}");
+            let outcome = store
+                .check_or_insert(
+                    key.as_bytes(),
+                    Duration::from_secs(3600),
+                    format!("v4-{i}").as_bytes(),
+                )
+                .unwrap();
+            assert_eq!(outcome, Outcome::Inserted, "{key}");
+        }
+        store.close().unwrap();
+    }
+    let after = segment_files(&dir);
+    assert!(after.len() > 4, "the inserts filled new segments");
+    for (id, path) in &after {
+        let expected = if *id <= 3 {
+            3
+        } else {
+            idem::record::FORMAT_VERSION
+        };
+        assert_eq!(segment_version(path), expected, "{}", path.display());
+    }
+    assert!(holds_padding(&dir), "no chunk was padded");
+    assert!(idem::verify(&dir).unwrap().is_clean());
+    {
+        let store = Store::open_with(&dir, config()).unwrap();
+        check(&store);
+    }
+    {
+        let store = Store::open_with(&dir, config().compaction_live_ratio(1.0)).unwrap();
+        let mut compacted = 0;
+        for _ in 0..16 {
+            compacted += store.maintain().unwrap().segments_compacted;
+        }
+        assert!(compacted >= 3, "{compacted} segments compacted");
+        check(&store);
+        store.close().unwrap();
+    }
+    let compacted = segment_files(&dir);
+    assert!(
+        (1..=3).all(|id| !compacted.contains_key(&id)),
+        "the version-3 segments were compacted away: {:?}",
+        compacted.keys().collect::<Vec<_>>()
+    );
+    let report = idem::verify(&dir).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
+    let store = Store::open_with(&dir, config()).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
+    check(&store);
 }

@@ -362,6 +362,13 @@ impl Sim {
             // it is mapped): the answers must not depend on it. No draw from `rng` either.
             config = config.map_segments_at_open(false);
         }
+        if seed % 7 == 3 {
+            // Every seventh seed sends each append through the next append lane in turn, with
+            // chunks reserved ahead even in `Sync` mode (`log`'s fenced inserts): one thread
+            // then interleaves lanes as several would, so chunks are fenced, padded at every
+            // commit and checkpoint, replayed and compacted over. No draw from `rng` either.
+            config = config.rotate_append_lanes_for_testing(true);
+        }
         if rng.gen_bool(0.3) {
             // Few hash bits: many keys share a tag, so the full-key check is exercised.
             config = config.hash_mask_for_testing(0xF000_0000_000F_0000);

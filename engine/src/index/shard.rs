@@ -91,24 +91,29 @@ pub(crate) enum Probe {
 }
 
 #[derive(Debug)]
-// `repr(C)`, in this order: an insert writes `len`, `writes`, `pending` and `counters.first`,
-// which share the cache line of the shard's lock (the table follows the lock's byte in its
+// `repr(C)`, in this order: an insert writes `len`, `writes`, `insert_fence`, `pending` and
+// `counters.first`, which share the cache line of the shard's lock (the table follows the lock's byte in its
 // `Mutex`; see the test `an_insert_writes_only_the_lock_s_cache_line_of_the_shard`), so that with
 // several threads an insert moves as few of the shard's lines between cores as it can: the
 // slot's, and this one.
 #[repr(C)]
 pub(crate) struct ShardTable {
-    slots: Box<[Packed]>,
     len: usize,
     /// Counts every write of an entry into a slot (a put, a re-insert by a rebuild, a
     /// relocation). Only such a write can give a key an entry, so a key found without a live
     /// entry under one count still has none under the same count, at the same time or later.
     writes: u64,
+    /// Where the latest single-key insert of the shard ends in the log: the next goes at or
+    /// after it (see [`crate::log::Log::append_fenced`]). 0: none yet in this process.
+    pub(crate) insert_fence: Location,
     /// What inserts counted here instead of in `windows` and `wheel`, whose counts sit on
     /// lines of their own (see `packed` and `wheel`).
     pending: PendingCounts,
     /// What the calls on this shard's keys decided (written under the shard lock: no atomics).
     pub(crate) counters: ShardCounters,
+    /// Read by every call, written only when the table is laid out anew: after the fields
+    /// an insert writes.
+    slots: Box<[Packed]>,
     tick_millis: u64,
     /// Recently expired tags (see `late`); `None` unless a grace period is configured.
     late: Option<Box<LateMemory>>,
@@ -292,6 +297,7 @@ impl ShardTable {
             floor_capacity: MIN_CAPACITY,
             relayouts: 0,
             writes: 0,
+            insert_fence: 0,
         }
     }
 
@@ -1293,6 +1299,7 @@ mod tests {
         let ends = [
             ("len", offset_of!(ShardTable, len) + 8),
             ("writes", offset_of!(ShardTable, writes) + 8),
+            ("insert_fence", offset_of!(ShardTable, insert_fence) + 8),
             (
                 "pending",
                 offset_of!(ShardTable, pending) + std::mem::size_of::<PendingCounts>(),

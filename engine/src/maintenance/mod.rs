@@ -483,6 +483,8 @@ fn copy_piece<'p>(
             }
             // Its records were written whole; a copy of one of them stands on its own.
             RecordKind::Group => {}
+            // A gap a lane left: nothing to copy.
+            RecordKind::Padding => {}
             // Dead for good once the record it removed would have expired.
             RecordKind::Remove | RecordKind::StateRemove => {
                 if !oldest && record.expires_at_millis > now {

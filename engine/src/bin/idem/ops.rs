@@ -263,7 +263,7 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
         let segments: Vec<Json> = report
             .segments
             .iter()
-            .map(|s| json!({"file": s.path.display().to_string(), "id": s.id, "bytes": s.bytes, "records": s.records, "sealed": s.sealed}))
+            .map(|s| json!({"file": s.path.display().to_string(), "id": s.id, "bytes": s.bytes, "records": s.records, "padding_records": s.padding.0, "padding_bytes": s.padding.1, "sealed": s.sealed}))
             .collect();
         let json = json!({
             "dir": args.dir.display().to_string(),
@@ -290,10 +290,18 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> CliResult<ExitCode> {
     for segment in &report.segments {
         writeln!(
             out,
-            "  {}  {} records, {}{}",
+            "  {}  {} records, {}{}{}",
             file_name(&segment.path),
             fmt::count(segment.records),
             fmt::bytes(segment.bytes as f64),
+            if segment.padding.0 > 0 {
+                format!(
+                    " ({} of them padding)",
+                    fmt::bytes(segment.padding.1 as f64)
+                )
+            } else {
+                String::new()
+            },
             if segment.sealed { ", sealed" } else { "" }
         )?;
     }
