@@ -30,12 +30,13 @@
 use arbitrary::Unstructured;
 use idem::record::{
     continues_group, decode, decode_segment_header, decode_sized, encode_group,
-    encode_group_member, encode_into, encode_seal, encode_seal_v1, encode_segment_header,
-    encode_segment_header_version, encode_v1_into, encoded_len, group_extent, peek_len,
-    position_value, seal_length, seal_record_len, DecodeError, HeaderError, Record, RecordKind,
-    SegmentHeader, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, GROUP_KEY, GROUP_RECORD_LEN,
-    MAX_FINGERPRINT_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, NEVER_EXPIRES, RECORD_HEADER_LEN,
-    SEAL_KEY, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, V1_SEAL_RECORD_LEN,
+    encode_group_member, encode_into, encode_padding, encode_seal, encode_seal_v1,
+    encode_segment_header, encode_segment_header_version, encode_v1_into, encoded_len,
+    group_extent, peek_len, position_value, seal_length, seal_record_len, DecodeError, HeaderError,
+    Record, RecordKind, SegmentHeader, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2,
+    GROUP_KEY, GROUP_RECORD_LEN, MAX_FINGERPRINT_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    MIN_PADDING_LEN, NEVER_EXPIRES, PADDING_KEY, RECORD_HEADER_LEN, SEAL_KEY, SEAL_RECORD_LEN,
+    SEGMENT_HEADER_LEN, SEGMENT_MAGIC, V1_SEAL_RECORD_LEN,
 };
 
 /// Bytes of a format-1 record header.
@@ -52,7 +53,7 @@ const FLAG_CONTINUES: u8 = 0x04;
 const LAYOUT_V2: u8 = 0x80;
 
 /// Every kind, by its number.
-pub const KINDS: [RecordKind; 9] = [
+pub const KINDS: [RecordKind; 10] = [
     RecordKind::Insert,
     RecordKind::Remove,
     RecordKind::Claim,
@@ -62,9 +63,10 @@ pub const KINDS: [RecordKind; 9] = [
     RecordKind::Position,
     RecordKind::Group,
     RecordKind::Failure,
+    RecordKind::Padding,
 ];
 
-/// The kind numbered `n` (1..=9).
+/// The kind numbered `n` (1..=10).
 fn kind_of(n: u8) -> Option<RecordKind> {
     KINDS.get(usize::from(n).checked_sub(1)?).copied()
 }
@@ -410,6 +412,22 @@ fn check_seals_and_groups(id: u64, u: &mut Unstructured<'_>) {
     assert_eq!(group_extent(&record), Some((body_len, count)));
     assert_eq!(seal_length(&record), None);
     assert_eq!(position_value(&record), None);
+
+    // A padding record of any length in its range is exactly that long and decodes as
+    // padding: key `p`, a value of zeros, no deadline.
+    let padding_len = MIN_PADDING_LEN + usize::from(u.arbitrary::<u16>().unwrap_or(0)) % 600;
+    let mut padding = Vec::new();
+    encode_padding(&mut padding, padding_len);
+    assert_eq!(padding.len(), padding_len);
+    check_raw_decode(&padding);
+    let (record, len) = decode_sized(&padding).expect("a padding record decodes");
+    assert_eq!(len, padding_len);
+    assert_eq!(
+        (record.kind, record.key),
+        (RecordKind::Padding, PADDING_KEY)
+    );
+    assert!(record.value.iter().all(|&b| b == 0));
+    assert_eq!(record.expires_at_millis, 0);
 
     // The helpers answer for well-formed records of their kind only.
     let key_choice = u.arbitrary::<u8>().unwrap_or(0);
