@@ -22,7 +22,9 @@
 //! and the insert goes to the tail. Anything else a lane appends closes its chunk first (a
 //! lane's records stay in location order), and so do the writer's take and a checkpoint's
 //! reading of the tail (every byte below the tail is then placed, and nothing is placed below
-//! it later). `Sync` mode does not chunk: every commit would pad every open chunk.
+//! it later). `Sync` mode does not chunk: every commit would pad every open chunk. A lane
+//! whose chunks the takes keep closing mostly unused (it appends rarely) pauses reserving
+//! ahead for a number of inserts that doubles each time, so rare appenders pad next to nothing.
 //!
 //! Callers waiting for durability sleep in the commit queue (`commit`), each woken only once the
 //! fsync covering its records returned. A batch's records are reserved as one piece where they
@@ -384,6 +386,13 @@ struct Lane {
     chunk_target: u32,
     /// Where the lane's latest reservation ended: the tail, unless another lane reserved since.
     reserved_end: Location,
+    /// Inserts the lane reserves one by one before it may reserve ahead again, after a chunk
+    /// that the writer's take (or a checkpoint) closed mostly unused: the lane appends too
+    /// rarely for chunks to fill between two takes.
+    chunk_cooldown: u32,
+    /// The next such pause: doubled by each chunk a take closes mostly unused, halved by each
+    /// chunk that fills (between [`MIN_CHUNK_COOLDOWN`] and [`MAX_CHUNK_COOLDOWN`]).
+    chunk_backoff: u32,
 }
 
 /// A lane's open chunk: `next..end` is reserved and not yet filled. Invariant: `end - next` is 0
@@ -409,6 +418,23 @@ enum ChunkMiss {
 
 /// The smallest chunk a lane reserves (about three 16-byte-key inserts).
 const MIN_CHUNK_BYTES: u32 = 128;
+/// The shortest and longest pause in reserving ahead (in inserts) after a take closed a chunk
+/// mostly unused. Two threads each inserting a few hundred keys a second would otherwise
+/// reserve a chunk, fill part of it, and pad the rest at the writer's next take, over and over:
+/// half the log padding. With the pause doubling, such a lane ends up reserving ahead once in
+/// thousands of inserts.
+const MIN_CHUNK_COOLDOWN: u32 = 64;
+const MAX_CHUNK_COOLDOWN: u32 = 4096;
+
+/// Why a lane's open chunk is closed (see [`Lane::close_chunk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkClose {
+    /// An insert did not fit, or met its fence, or the lane appends outside a chunk.
+    Append,
+    /// The writer takes the lanes, or a checkpoint reads the tail: a matter of time, not of
+    /// the lane's appends.
+    Take,
+}
 /// The largest chunk a lane reserves (about eleven 16-byte-key inserts). Larger chunks met their
 /// fence more often than they filled in a model of two to eight threads over 256 shards (a
 /// fenced chunk is padded: disk spent for nothing), and the tail they spare is already touched
@@ -497,8 +523,9 @@ impl Lane {
     }
 
     /// Closes the open chunk, if any: what is left of it becomes a padding record, so that the
-    /// log has no gap. A chunk left mostly unused halves the lane's next one.
-    fn close_chunk(&mut self) {
+    /// log has no gap. A chunk left at least half unused halves the lane's next one; if a take
+    /// closed it, the lane also pauses reserving ahead (see [`MIN_CHUNK_COOLDOWN`]).
+    fn close_chunk(&mut self, why: ChunkClose) {
         let chunk = std::mem::take(&mut self.chunk);
         let left = chunk.end - chunk.next;
         if left == 0 {
@@ -513,10 +540,15 @@ impl Lane {
         record::encode_padding(&mut self.bytes, left as usize);
         self.appended += left;
         self.stats_of(chunk.next, chunk.end);
-        if left * 2 > u64::from(chunk.size) {
+        if left * 2 >= u64::from(chunk.size) {
             self.chunk_target /= 2;
-            if self.chunk_target < MIN_CHUNK_BYTES {
+            if self.chunk_target < MIN_CHUNK_BYTES || why == ChunkClose::Take {
                 self.chunk_target = 0;
+            }
+            if why == ChunkClose::Take {
+                self.chunk_backoff =
+                    (self.chunk_backoff * 2).clamp(MIN_CHUNK_COOLDOWN, MAX_CHUNK_COOLDOWN);
+                self.chunk_cooldown = self.chunk_backoff;
             }
         }
     }
@@ -821,10 +853,12 @@ impl Log {
             Ok(at) => at,
             Err(miss) => {
                 if miss == ChunkMiss::Full {
+                    // The lane appends often enough to fill its chunks.
                     lane.chunk_target =
                         (lane.chunk_target * 2).clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
+                    lane.chunk_backoff = (lane.chunk_backoff / 2).max(MIN_CHUNK_COOLDOWN);
                 }
-                lane.close_chunk();
+                lane.close_chunk(ChunkClose::Append);
                 self.reserve_for_insert(&mut lane, len)?
             }
         };
@@ -862,7 +896,11 @@ impl Log {
             && at != lane.reserved_end
             && segment_of(at) == segment_of(lane.reserved_end)
         {
-            lane.chunk_target = MIN_CHUNK_BYTES;
+            if lane.chunk_cooldown > 0 {
+                lane.chunk_cooldown -= 1;
+            } else {
+                lane.chunk_target = MIN_CHUNK_BYTES;
+            }
         }
         lane.reserved_end = at + u64::from(reserved);
         Ok(at)
@@ -873,7 +911,7 @@ impl Log {
     /// in location order (a chunk below this append is then never filled any more).
     fn lock_lane_direct(&self) -> Result<MutexGuard<'_, Lane>> {
         let mut lane = self.lock_lane()?;
-        lane.close_chunk();
+        lane.close_chunk(ChunkClose::Append);
         Ok(lane)
     }
 
@@ -1214,7 +1252,7 @@ impl Log {
             let mut lanes: Vec<_> = self.lanes.iter().map(|lane| lane.lock()).collect();
             // Open chunks are padded: every byte up to the tail is then placed.
             for lane in &mut lanes {
-                lane.close_chunk();
+                lane.close_chunk(ChunkClose::Take);
             }
             let tail = self.tail.load(Ordering::Acquire);
             for lane in &mut lanes {
@@ -1588,7 +1626,7 @@ impl Log {
         // Open chunks are padded, so that no record appended after this goes below the tail
         // (a checkpoint replays the log from it).
         for lane in &mut lanes {
-            lane.close_chunk();
+            lane.close_chunk(ChunkClose::Take);
         }
         let tail = self.tail.load(Ordering::Acquire);
         for lane in &mut lanes {
@@ -1855,6 +1893,59 @@ mod tests {
         }
     }
 
+    /// Lanes that append rarely between the writer's takes (two threads each inserting now and
+    /// then) stop reserving ahead after a few chunks the takes closed mostly unused, instead of
+    /// padding half of every chunk for ever; lanes appending fast between takes keep their
+    /// chunks.
+    #[test]
+    fn lanes_appending_rarely_between_takes_stop_reserving_ahead() {
+        let storage = SimStorage::new(6);
+        let log = open_test_log_with(&storage, Durability::Never, 2, true);
+        let start = log.tail();
+        let insert = |i: u32, fence: &mut Location| {
+            let key = format!("key-{i:05}").into_bytes();
+            let record = Record {
+                kind: RecordKind::Insert,
+                key: &key,
+                value: &[3u8; 16],
+                expires_at_millis: 1 << 40,
+                fingerprint: &[],
+                refresh_cap_millis: 0,
+            };
+            let (at, end) = with_encoded(&record, |encoded| {
+                log.append_fenced(&record, encoded, fence)
+            })
+            .unwrap();
+            (at, end - at)
+        };
+        let mut fences = [0 as Location; 64];
+        // Fast: no take for a thousand inserts; the lanes chunk.
+        let mut placed = Vec::new();
+        for i in 0..1000u32 {
+            placed.push(insert(i, &mut fences[i as usize % 64]).0);
+        }
+        assert!(
+            placed.windows(2).any(|w| w[1] < w[0]),
+            "no lane reserved ahead"
+        );
+        // Slow: a take after every three inserts.
+        let slow_start = log.tail_and_stats().0;
+        let mut slow_records = 0;
+        for i in 1000..7000u32 {
+            slow_records += insert(i, &mut fences[i as usize % 64]).1;
+            if i % 3 == 0 {
+                log.tail_and_stats();
+            }
+        }
+        let tail = log.tail_and_stats().0;
+        let slow_padding = u64::from(offset_of(tail) - offset_of(slow_start)) - slow_records;
+        assert!(
+            slow_padding * 50 < slow_records,
+            "{slow_padding} bytes of padding for {slow_records} of records"
+        );
+        assert_eq!(segment_of(tail), segment_of(start));
+    }
+
     /// A burst grows a lane's buffer past the write buffer's size; once the writer took it, the
     /// lane keeps it as its spare cut back to that size (not at the burst's size for the store's
     /// life), and the take still holds every byte of the burst.
@@ -2047,6 +2138,72 @@ mod loom_models {
                 SEGMENT_HEADER_LEN + bytes,
                 offset_of(tail) as usize,
                 "a gap before the tail"
+            );
+        });
+    }
+
+    /// As above, with the writer running (`Sync`, the lanes rotating so that chunks are on):
+    /// each caller then waits for its records to be durable, so the writer's take (the other
+    /// caller's commit) may close the inserter's chunk between its two inserts, or not. The
+    /// file then holds the three records in the lock's order, with padding and no gap between
+    /// them.
+    #[test]
+    fn loom_fenced_inserts_keep_the_lock_s_order_while_the_writer_takes() {
+        explore_bounded("fenced inserts across lanes, with the writer", 2, || {
+            let storage = SimStorage::new(7);
+            let log = open_test_log_with(&storage, Durability::Sync, 2, true);
+            for lane in log.lanes.iter() {
+                lane.lock().chunk_target = MAX_CHUNK_BYTES;
+            }
+            let writer = spawn_writer(Arc::clone(&log)).unwrap();
+            let shard = Arc::new(Mutex::new((0 as Location, Vec::<(u8, Location)>::new())));
+            let inserter = {
+                let (log, shard) = (Arc::clone(&log), Arc::clone(&shard));
+                loom::thread::spawn(move || {
+                    let mut end = 0;
+                    for key in [&b"a"[..], &b"c"[..]] {
+                        let mut shard = shard.lock();
+                        let record = record(key);
+                        let at;
+                        (at, end) = with_encoded(&record, |encoded| {
+                            log.append_fenced(&record, encoded, &mut shard.0).unwrap()
+                        });
+                        shard.1.push((key[0], at));
+                    }
+                    log.wait_durable(end).unwrap();
+                })
+            };
+            let end = {
+                let mut shard = shard.lock();
+                let (at, end) = log.append(&record(b"b")).unwrap();
+                shard.1.push((b'b', at));
+                end
+            };
+            log.wait_durable(end).unwrap();
+            inserter.join().unwrap();
+            log.flush().unwrap();
+            log.begin_shutdown();
+            writer.join().unwrap();
+            let order = shard.lock().1.clone();
+            assert!(
+                order.windows(2).all(|w| w[0].1 < w[1].1),
+                "records out of the lock's order: {order:?}"
+            );
+            let file = log.segment_file(1).unwrap();
+            let mut bytes = vec![0; file.len().unwrap() as usize];
+            file.read_at(&mut bytes, 0).unwrap();
+            let mut offset = SEGMENT_HEADER_LEN;
+            let mut keys = Vec::new();
+            while offset < bytes.len() {
+                let (record, len) = record::decode_sized(&bytes[offset..]).unwrap();
+                if record.kind != RecordKind::Padding {
+                    keys.push((record.key[0], location(1, offset as u32)));
+                }
+                offset += len;
+            }
+            assert_eq!(
+                keys, order,
+                "the file holds the records where they were placed"
             );
         });
     }
