@@ -347,31 +347,42 @@ fn a_version_2_store_opens_with_every_answer_and_goes_on_in_version_3() {
         let store = Store::open_with(&dir, config(&clock)).unwrap();
         check(&store);
     }
-    // Compaction of every segment, both formats.
+    compacts_the_fixture_away(&dir, || config(&clock), check, 4);
+}
+
+/// Compacts every segment of the store in `dir` (the fixture's three and those written since):
+/// at least `at_least` go, the fixture's among them, and every answer (`check`) holds, then
+/// from the checkpoint and by a full replay.
+fn compacts_the_fixture_away(
+    dir: &Path,
+    config: impl Fn() -> Config,
+    check: impl Fn(&Store),
+    at_least: u64,
+) {
     {
-        let store = Store::open_with(&dir, config(&clock).compaction_live_ratio(1.0)).unwrap();
+        let store = Store::open_with(dir, config().compaction_live_ratio(1.0)).unwrap();
         let mut compacted = 0;
         for _ in 0..16 {
             compacted += store.maintain().unwrap().segments_compacted;
         }
-        assert!(compacted >= 4, "{compacted} segments compacted");
+        assert!(compacted >= at_least, "{compacted} segments compacted");
         check(&store);
         store.close().unwrap();
     }
-    let compacted = segment_files(&dir);
+    let compacted = segment_files(dir);
     assert!(
         (1..=3).all(|id| !compacted.contains_key(&id)),
-        "the version-2 segments were compacted away: {:?}",
+        "the fixture's segments were compacted away: {:?}",
         compacted.keys().collect::<Vec<_>>()
     );
-    let report = idem::verify(&dir).unwrap();
+    let report = idem::verify(dir).unwrap();
     assert!(report.is_clean(), "{report:?}");
     {
-        let store = Store::open_with(&dir, config(&clock)).unwrap();
+        let store = Store::open_with(dir, config()).unwrap();
         check(&store);
     }
     std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
-    let store = Store::open_with(&dir, config(&clock)).unwrap();
+    let store = Store::open_with(dir, config()).unwrap();
     assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
     check(&store);
 }
@@ -465,26 +476,5 @@ fn a_version_3_store_opens_with_every_answer_and_goes_on_in_version_4() {
         let store = Store::open_with(&dir, config()).unwrap();
         check(&store);
     }
-    {
-        let store = Store::open_with(&dir, config().compaction_live_ratio(1.0)).unwrap();
-        let mut compacted = 0;
-        for _ in 0..16 {
-            compacted += store.maintain().unwrap().segments_compacted;
-        }
-        assert!(compacted >= 3, "{compacted} segments compacted");
-        check(&store);
-        store.close().unwrap();
-    }
-    let compacted = segment_files(&dir);
-    assert!(
-        (1..=3).all(|id| !compacted.contains_key(&id)),
-        "the version-3 segments were compacted away: {:?}",
-        compacted.keys().collect::<Vec<_>>()
-    );
-    let report = idem::verify(&dir).unwrap();
-    assert!(report.is_clean(), "{report:?}");
-    std::fs::remove_file(dir.join("checkpoint.idem")).unwrap();
-    let store = Store::open_with(&dir, config()).unwrap();
-    assert_eq!(store.recovery_report().checkpoint_entries_loaded, 0);
-    check(&store);
+    compacts_the_fixture_away(&dir, config, check, 3);
 }
