@@ -36,6 +36,20 @@ fn segment_version(path: &Path) -> u32 {
     u32::from_le_bytes(bytes[8..12].try_into().unwrap())
 }
 
+/// A copy of `fixture` in a scratch directory (kept while the first value lives): its three
+/// segments, each of format `version`.
+fn copy_of(fixture: PathBuf, version: u32) -> (tempfile::TempDir, PathBuf) {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("store");
+    copy_dir(&fixture, &dir);
+    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
+    assert_eq!(before, vec![1, 2, 3]);
+    for path in segment_files(&dir).values() {
+        assert_eq!(segment_version(path), version, "{}", path.display());
+    }
+    (scratch, dir)
+}
+
 /// Every answer the v1 store gave when it was written.
 fn assert_v1_answers(store: &Store) {
     let hour = Duration::from_secs(3600);
@@ -84,14 +98,7 @@ fn assert_v1_answers(store: &Store) {
 
 #[test]
 fn a_version_1_store_opens_with_every_answer_and_upgrades_as_it_writes() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("store");
-    copy_dir(&fixture(), &dir);
-    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
-    assert_eq!(before, vec![1, 2, 3]);
-    for path in segment_files(&dir).values() {
-        assert_eq!(segment_version(path), 1, "{}", path.display());
-    }
+    let (_scratch, dir) = copy_of(fixture(), 1);
 
     let clock = ManualClock::new();
     let hour = Duration::from_secs(3600);
@@ -310,14 +317,7 @@ fn assert_v3_transactions(store: &Store, count: u32) {
 /// on are copied without the flag) keeps every answer, from the checkpoint and by a full replay.
 #[test]
 fn a_version_2_store_opens_with_every_answer_and_goes_on_in_version_3() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("store");
-    copy_dir(&fixture_v2(), &dir);
-    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
-    assert_eq!(before, vec![1, 2, 3]);
-    for path in segment_files(&dir).values() {
-        assert_eq!(segment_version(path), 2, "{}", path.display());
-    }
+    let (_scratch, dir) = copy_of(fixture_v2(), 2);
     let clock = ManualClock::new();
     const TRANSACTIONS: u32 = 200;
     {
@@ -420,14 +420,7 @@ fn holds_padding(dir: &Path) -> bool {
 /// compaction of both keeps every answer, from the checkpoint and by a full replay.
 #[test]
 fn a_version_3_store_opens_with_every_answer_and_goes_on_in_version_4() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("store");
-    copy_dir(&fixture_v3(), &dir);
-    let before: Vec<u32> = segment_files(&dir).keys().copied().collect();
-    assert_eq!(before, vec![1, 2, 3]);
-    for path in segment_files(&dir).values() {
-        assert_eq!(segment_version(path), 3, "{}", path.display());
-    }
+    let (_scratch, dir) = copy_of(fixture_v3(), 3);
     let clock = ManualClock::new();
     // One thread driving the lanes in turn, as several threads would: chunks, padding.
     let config = || config(&clock).rotate_append_lanes_for_testing(true);

@@ -2092,6 +2092,22 @@ mod loom_models {
         });
     }
 
+    /// A log of two lanes (rotating per append if `rotate`) whose lanes reserve chunks from
+    /// their first insert, and a shard: its fence, and each record placed under its lock (the
+    /// key's first byte and the record's location), in the order the lock was taken.
+    #[allow(clippy::type_complexity)] // reason: a model's shared state, used in two models
+    fn chunking_log_and_shard(
+        storage: &SimStorage,
+        durability: Durability,
+        rotate: bool,
+    ) -> (Arc<Log>, Arc<Mutex<(Location, Vec<(u8, Location)>)>>) {
+        let log = open_test_log_with(storage, durability, 2, rotate);
+        for lane in log.lanes.iter() {
+            lane.lock().chunk_target = MAX_CHUNK_BYTES;
+        }
+        (log, Arc::new(Mutex::new((0, Vec::new()))))
+    }
+
     /// Two threads append under one shard's lock through lanes that reserve chunks (each lane
     /// has one open from the start): one makes two fenced inserts, the other a direct append
     /// (a removal's) between or around them. Whatever the interleaving, the three records lie
@@ -2101,12 +2117,7 @@ mod loom_models {
     fn loom_fenced_inserts_and_a_direct_append_keep_the_lock_s_order() {
         explore_bounded("fenced inserts across lanes", 2, || {
             let storage = SimStorage::new(7);
-            let log = open_test_log_with(&storage, Durability::Never, 2, false);
-            for lane in log.lanes.iter() {
-                lane.lock().chunk_target = MAX_CHUNK_BYTES;
-            }
-            // The shard: its fence, and the order in which the lock was taken.
-            let shard = Arc::new(Mutex::new((0 as Location, Vec::<(u32, Location)>::new())));
+            let (log, shard) = chunking_log_and_shard(&storage, Durability::Never, false);
             let inserter = {
                 let (log, shard) = (Arc::clone(&log), Arc::clone(&shard));
                 loom::thread::spawn(move || {
@@ -2116,14 +2127,14 @@ mod loom_models {
                         let (at, _) = with_encoded(&record, |encoded| {
                             log.append_fenced(&record, encoded, &mut shard.0).unwrap()
                         });
-                        shard.1.push((u32::from(key[0]), at));
+                        shard.1.push((key[0], at));
                     }
                 })
             };
             {
                 let mut shard = shard.lock();
                 let (at, _) = log.append(&record(b"b")).unwrap();
-                shard.1.push((u32::from(b'b'), at));
+                shard.1.push((b'b', at));
             }
             inserter.join().unwrap();
             let order = shard.lock().1.clone();
@@ -2151,12 +2162,8 @@ mod loom_models {
     fn loom_fenced_inserts_keep_the_lock_s_order_while_the_writer_takes() {
         explore_bounded("fenced inserts across lanes, with the writer", 2, || {
             let storage = SimStorage::new(7);
-            let log = open_test_log_with(&storage, Durability::Sync, 2, true);
-            for lane in log.lanes.iter() {
-                lane.lock().chunk_target = MAX_CHUNK_BYTES;
-            }
+            let (log, shard) = chunking_log_and_shard(&storage, Durability::Sync, true);
             let writer = spawn_writer(Arc::clone(&log)).unwrap();
-            let shard = Arc::new(Mutex::new((0 as Location, Vec::<(u8, Location)>::new())));
             let inserter = {
                 let (log, shard) = (Arc::clone(&log), Arc::clone(&shard));
                 loom::thread::spawn(move || {
