@@ -92,10 +92,11 @@ pub(crate) enum Probe {
 
 #[derive(Debug)]
 // `repr(C)`, in this order: an insert writes `len`, `writes`, `insert_fence`, `pending` and
-// `counters.first`, which share the cache line of the shard's lock (the table follows the lock's byte in its
-// `Mutex`; see the test `an_insert_writes_only_the_lock_s_cache_line_of_the_shard`), so that with
-// several threads an insert moves as few of the shard's lines between cores as it can: the
-// slot's, and this one.
+// `counters.first`, which share the cache line of the shard's lock (the table follows the lock's
+// byte in its `Mutex`; see the test `an_insert_writes_only_the_lock_s_cache_line_of_the_shard`),
+// so that with several threads an insert moves as few of the shard's lines between cores as it
+// can: the slot's, and this one. (`slots`, read by every call but written only by a relayout,
+// comes after them.)
 #[repr(C)]
 pub(crate) struct ShardTable {
     len: usize,
