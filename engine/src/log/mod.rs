@@ -497,9 +497,14 @@ impl Lane {
         self.stats_of(at, end).add_appended(record);
     }
 
-    /// Takes `len` bytes from the open chunk for a record that must lie at or after `fence`.
+    /// Takes `len` bytes from the open chunk for a record that must lie at or after `fence()`
+    /// (asked only if a chunk is open: a lane that does not chunk reads no shared line for it).
     #[inline]
-    fn take_from_chunk(&mut self, len: u32, fence: Location) -> Result<Location, ChunkMiss> {
+    fn take_from_chunk(
+        &mut self,
+        len: u32,
+        fence: impl FnOnce() -> Location,
+    ) -> Result<Location, ChunkMiss> {
         let chunk = &mut self.chunk;
         if chunk.next == chunk.end {
             // Filled to its end (and not closed since), or none.
@@ -509,7 +514,7 @@ impl Lane {
                 ChunkMiss::None
             });
         }
-        if chunk.next < fence {
+        if chunk.next < fence() {
             return Err(ChunkMiss::Fenced);
         }
         let left = chunk.end - chunk.next;
@@ -848,7 +853,7 @@ impl Log {
         let mut lane = self.lock_lane()?;
         // Every record of the shard (its fenced inserts, and the others, which all end by
         // `direct_end`: they were appended under the shard's lock, held now) must come first.
-        let floor = (*fence).max(self.direct_end.load(Ordering::Acquire));
+        let floor = || (*fence).max(self.direct_end.load(Ordering::Acquire));
         let at = match lane.take_from_chunk(len, floor) {
             Ok(at) => at,
             Err(miss) => {
@@ -862,7 +867,7 @@ impl Log {
                 self.reserve_for_insert(&mut lane, len)?
             }
         };
-        debug_assert!(at >= floor, "a fenced insert at {at:#x}, below {floor:#x}");
+        debug_assert!(at >= *fence, "a fenced insert at {at:#x}, below its fence");
         let end = at + u64::from(len);
         lane.place(at, encoded);
         lane.count(record, at, end);
