@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use idem::{Config, Durability, Store};
 
-/// Bytes of one record of this module's stores (16-byte key and value, format 3).
+/// Bytes of one record of this module's stores (16-byte key and value, formats 3 and 4).
 pub const RECORD_BYTES: u64 = 47;
 
 /// The configuration a reopen is timed with: `Never`, no background thread, no periodic

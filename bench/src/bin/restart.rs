@@ -10,7 +10,7 @@
 //! `cargo run --release -p idem-bench --bin restart -- [live_keys ...]` (default: 1,000,000 and
 //! 10,000,000). 16-byte keys and values, `Never` mode while loading, page cache warm (the
 //! figures are CPU + memory bound; a cold cache adds the read time of the files). The worst
-//! case is written in the default configuration (a full checkpoint every 256 MiB of log, no
+//! case is written in the default configuration (a full checkpoint every 128 MiB of log, no
 //! deltas); `IDEM_DELTA_MIB=N` writes it with a delta checkpoint every N MiB instead.
 //! `compare` measures the same worst case (see `idem_bench::restart`).
 
