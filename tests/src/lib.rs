@@ -130,6 +130,9 @@ pub fn value_of(outcome: &idem::Outcome, own: &[u8]) -> Vec<u8> {
 pub mod crash {
     /// The mode that inserts until killed: `crash_child insert <dir> <round> <threads>`.
     pub const MODE_INSERT: &str = "insert";
+    /// [`MODE_INSERT`] with `Durability::Never` (answers before the records are written):
+    /// `crash_child insert-never <dir> <round> <threads>`.
+    pub const MODE_INSERT_NEVER: &str = "insert-never";
     /// The mode that only tries to open: `crash_child open <dir>`; prints one of the
     /// `OPEN_*` answers below.
     pub const MODE_OPEN: &str = "open";
