@@ -193,35 +193,9 @@ fn acknowledged_keys_survive_kill_9() {
             }
         }
 
-        // Every key that must be present is a duplicate with its exact value (one batch: it
-        // writes nothing if the store is right).
-        let items: Vec<(&[u8], Duration, &[u8])> = must
-            .keys()
-            .map(|k| (k.as_bytes(), LONG_TTL, &b"probe"[..]))
-            .collect();
-        let bytes_before = store.stats().bytes_appended;
-        let outcomes = store.check_or_insert_batch(&items).unwrap();
-        for ((key, expected), outcome) in must.iter().zip(&outcomes) {
-            assert_eq!(
-                *outcome,
-                Outcome::Duplicate(Value::from(expected.as_bytes())),
-                "{context}: key {key} was acknowledged or recovered before"
-            );
-        }
-        assert_eq!(store.stats().bytes_appended, bytes_before, "{context}");
-
-        // Keys never attempted are absent: the next ones of every family, and another round's.
-        let mut never_attempted = Vec::new();
-        for thread in 0..THREADS {
-            let key_of = |i| own_key(round, thread, i);
-            let next = highest_attempted(&report.attempted, key_of).map_or(0, |h| h + 1);
-            never_attempted.extend((next..next + 20).map(key_of));
-        }
-        let key_of = |j| shared_key(round, j);
-        let next = highest_attempted(&report.attempted, key_of).map_or(0, |h| h + 1);
-        never_attempted.extend((next..next + 20).map(key_of));
-        never_attempted.extend((0..20).map(|i| own_key(round + 1_000, 0, i)));
-        for key in &never_attempted {
+        assert_present(&store, &must, &context);
+        // Keys never attempted are absent.
+        for key in &never_attempted(round, &report.attempted) {
             assert_eq!(
                 store.get(key.as_bytes()).unwrap(),
                 None,
@@ -254,6 +228,25 @@ fn acknowledged_keys_survive_kill_9() {
         "seed {seed}: no round acknowledged anything"
     );
     eprintln!("{truncated_tails} of {ROUNDS} reopens cut a torn tail");
+}
+
+/// Every key of `must` (acknowledged, or recovered in an earlier round) is a duplicate with its
+/// exact value: asked in one batch, which writes nothing if the store is right.
+fn assert_present(store: &Store, must: &BTreeMap<String, String>, context: &str) {
+    let items: Vec<(&[u8], Duration, &[u8])> = must
+        .keys()
+        .map(|k| (k.as_bytes(), LONG_TTL, &b"probe"[..]))
+        .collect();
+    let bytes_before = store.stats().bytes_appended;
+    let outcomes = store.check_or_insert_batch(&items).unwrap();
+    for ((key, expected), outcome) in must.iter().zip(&outcomes) {
+        assert_eq!(
+            *outcome,
+            Outcome::Duplicate(Value::from(expected.as_bytes())),
+            "{context}: key {key} was acknowledged or recovered before"
+        );
+    }
+    assert_eq!(store.stats().bytes_appended, bytes_before, "{context}");
 }
 
 /// The keys never attempted in `round`: the next ones of every family after the highest
@@ -339,22 +332,7 @@ fn never_mode_keeps_a_prefix_of_each_thread_s_records_across_kill_9() {
             }
         }
 
-        // Every key recovered, in this round or before, is a duplicate with its exact value
-        // (one batch: it writes nothing if the store is right).
-        let items: Vec<(&[u8], Duration, &[u8])> = must
-            .keys()
-            .map(|k| (k.as_bytes(), LONG_TTL, &b"probe"[..]))
-            .collect();
-        let bytes_before = store.stats().bytes_appended;
-        let outcomes = store.check_or_insert_batch(&items).unwrap();
-        for ((key, expected), outcome) in must.iter().zip(&outcomes) {
-            assert_eq!(
-                *outcome,
-                Outcome::Duplicate(Value::from(expected.as_bytes())),
-                "{context}: key {key} was recovered before"
-            );
-        }
-        assert_eq!(store.stats().bytes_appended, bytes_before, "{context}");
+        assert_present(&store, &must, &context);
         for key in never_attempted(round, &report.attempted) {
             assert_eq!(
                 store.get(key.as_bytes()).unwrap(),
