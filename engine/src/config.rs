@@ -196,8 +196,9 @@ impl Config {
     /// The interval bounds the replay after a crash: a kill just before a checkpoint was due
     /// leaves up to this much log to replay on top of loading the checkpoint. Here, at 10 M
     /// live keys of 16 bytes (47-byte records), a checkpoint entry loads in about 15 ns and a
-    /// replayed record in about 60 ns (two threads each): the worst reopen took 0.36-0.38 s at
-    /// 128 MiB (2.9 M records replayed) and 0.49-0.58 s at 256 MiB (5.7 M). Each full
+    /// replayed record in about 60 ns (two threads each): the worst reopen took 0.34-0.50 s at
+    /// 128 MiB (2.9 M records replayed; medians of 0.37-0.49 s in four `compare` runs) and
+    /// 0.49-0.67 s at 256 MiB (5.7 M), depending on the machine's phase. Each full
     /// checkpoint encodes every live key on the maintenance thread (about 0.37 s at 10 M keys),
     /// so a shorter interval costs that thread's time more often: on this two-CPU machine, 20 M
     /// single-key inserts on one thread went 7 % slower at 128 MiB than at 256 MiB (three
@@ -220,11 +221,11 @@ impl Config {
     /// before a checkpoint was due) of 0.31-0.38 s here, against 0.36-0.50 s with full
     /// checkpoints alone every 128 MiB (the default) and 0.49-0.67 s every 256 MiB (the same
     /// files reopened alternately, 2026-12-03); most of it is loading the full checkpoint, so a
-    /// shorter interval does little better. While deltas are on, every shard lists each entry it puts (16 bytes
-    /// until the next delta: about 2.8 MB per 8 MiB of log at 16-byte keys, up to twice that
-    /// with the lists' spare capacity) and each location that leaves it, and the maintenance
-    /// thread writes the deltas (it times its rounds for them from the rate the log grows, so
-    /// a delta comes close to every interval however busy the store is). At 10 M keys, RSS
+    /// shorter interval does little better. While deltas are on, every shard lists each entry
+    /// it puts (16 bytes until the next delta: about 2.8 MB per 8 MiB of log at 16-byte keys,
+    /// up to twice that with the lists' spare capacity) and each location that leaves it, and
+    /// the maintenance thread writes the deltas (it times its rounds for them from the rate the
+    /// log grows, so a delta comes close to every interval however busy the store is). At 10 M keys, RSS
     /// per key is 23.2 B with a delta every 8 MiB and 22.2 B without (`rss_breakdown --deltas
     /// N`). On one thread, single-key throughput with and without deltas every 8 MiB differed
     /// by less than this machine's noise (14 alternating pairs of `per_op plain 4000000
