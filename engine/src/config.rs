@@ -197,7 +197,7 @@ impl Config {
     /// leaves up to this much log to replay on top of loading the checkpoint. Here, at 10 M
     /// live keys of 16 bytes (47-byte records), a checkpoint entry loads in about 15 ns and a
     /// replayed record in about 60 ns (two threads each): the worst reopen took 0.34-0.50 s at
-    /// 128 MiB (2.9 M records replayed; medians of 0.37-0.49 s in four `compare` runs) and
+    /// 128 MiB (2.9 M records replayed; medians of 0.37-0.49 s in seven `compare` runs) and
     /// 0.49-0.67 s at 256 MiB (5.7 M), depending on the machine's phase. Each full
     /// checkpoint encodes every live key on the maintenance thread (about 0.37 s at 10 M keys),
     /// so a shorter interval costs that thread's time more often: on this two-CPU machine, 20 M
