@@ -14,6 +14,23 @@ use rand::SeedableRng;
 /// A TTL long enough that nothing expires during a test that uses the system clock.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// A configuration for a store on simulated storage whose time is `clock`: no background
+/// thread, no periodic checkpoint (a test calls `maintain` and `checkpoint` itself). The config
+/// is for the process running now: after `storage.crash()` a store opened with it would find its
+/// view of the disk dead, so each process (each reopen after a crash) makes its own.
+pub fn sim_config(
+    storage: &idem::sim::SimStorage,
+    clock: &idem::ManualClock,
+    durability: idem::Durability,
+) -> idem::Config {
+    idem::Config::default()
+        .durability(durability)
+        .storage(storage.process())
+        .clock(clock.clone())
+        .background_maintenance(false)
+        .checkpoint_every_bytes(0)
+}
+
 /// The environment variable that replays a seed.
 pub const SEED_VARIABLE: &str = "IDEM_TEST_SEED";
 

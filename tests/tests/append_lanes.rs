@@ -20,12 +20,7 @@ use rand::{Rng, SeedableRng};
 const DIR: &str = "/sim/lanes";
 
 fn config(storage: &SimStorage, clock: &ManualClock) -> Config {
-    Config::default()
-        .durability(Durability::Never)
-        .storage(storage.process())
-        .clock(clock.clone())
-        .background_maintenance(false)
-        .checkpoint_every_bytes(0)
+    idem_tests::sim_config(storage, clock, Durability::Never)
         .segment_size_bytes_for_testing(16 << 10)
         .shard_count(4)
 }

@@ -31,13 +31,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn config(storage: &SimStorage, clock: &ManualClock) -> Config {
-    Config::default()
-        .durability(Durability::Never)
-        .storage(storage.process())
-        .clock(clock.clone())
-        .background_maintenance(false)
-        .checkpoint_every_bytes(0)
-        .segment_size_bytes_for_testing(4096)
+    idem_tests::sim_config(storage, clock, Durability::Never).segment_size_bytes_for_testing(4096)
 }
 
 fn open(storage: &SimStorage, clock: &ManualClock) -> Store {

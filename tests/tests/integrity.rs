@@ -19,16 +19,9 @@ const SECS_30: Duration = Duration::from_secs(30);
 const SECS_60: Duration = Duration::from_secs(60);
 const SEGMENT_BYTES: u32 = 4096;
 
-/// A config for the process running now: after `storage.crash()` a store opened with it would
-/// find its view of the disk dead, so each process (each reopen after a crash) makes its own.
+/// A config for the process running now (see [`idem_tests::sim_config`]).
 fn config(storage: &SimStorage, clock: &ManualClock, durability: Durability) -> Config {
-    Config::default()
-        .durability(durability)
-        .storage(storage.process())
-        .clock(clock.clone())
-        .background_maintenance(false)
-        .checkpoint_every_bytes(0)
-        .segment_size_bytes_for_testing(SEGMENT_BYTES)
+    idem_tests::sim_config(storage, clock, durability).segment_size_bytes_for_testing(SEGMENT_BYTES)
 }
 
 /// Writes `count` filler records of 100-byte values with `ttl`: about 30 fill a 4 KiB segment.
