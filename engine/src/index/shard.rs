@@ -590,10 +590,17 @@ impl ShardTable {
         (!slot.is_empty() && !slot.is_dead(now_millis)).then(|| self.windows.location(slot))
     }
 
-    /// Asks the CPU to start loading the home slot of `tag`, so that a probe of it a little
-    /// later finds it in cache (the batch pipeline issues this several keys ahead).
+    /// Asks the CPU to start loading the home slot of `tag` and the line after it, so that a
+    /// probe of them a little later finds them in cache (the batch pipeline issues this several
+    /// keys ahead). The second line because a vacant key's probe, 3-4 slots of 12 bytes on
+    /// average, crosses into it more often than not: prefetching it cut the batch's probing
+    /// from 56-63 to 48-58 ns per key at 2 M keys (a third line gained nothing).
+    #[inline]
     pub(crate) fn prefetch(&self, tag: u32) {
-        crate::hint::prefetch_read(&self.slots[self.home(tag & TAG_MASK)]);
+        let home: *const Packed = &self.slots[self.home(tag & TAG_MASK)];
+        crate::hint::prefetch_read(home);
+        // Past the table's end for its last slots: harmless, a prefetch never faults.
+        crate::hint::prefetch_read(home.cast::<u8>().wrapping_add(64));
     }
 
     /// Removes the entry that points at `location`, if one does (whether live or dead): before
