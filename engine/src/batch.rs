@@ -102,7 +102,11 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 outcomes[i] = Some(Outcome::Duplicate(Value::from(record.value)));
             }
             Probe::Vacant(slot) => {
-                if let Some(first) = planned.find(hash, |j| items[j].0.as_ref() == key) {
+                if let Some(first) = planned.find(hash, |j| {
+                    hashes[j].tag == hash.tag
+                        && hashes[j].shard == hash.shard
+                        && items[j].0.as_ref() == key
+                }) {
                     outcomes[i] = Some(Outcome::Duplicate(Value::from(items[first].2.as_ref())));
                 } else {
                     planned.insert(hash, i);
@@ -200,10 +204,10 @@ fn order_by_shard(len: usize, groups: usize, group_of: impl Fn(usize) -> usize) 
 }
 
 /// The items the batch will insert, by hash: finds a key planned earlier in the same batch. An
-/// open-addressing table of item indices (a key's full bytes are compared on a hash match).
+/// open-addressing table of item indices; the caller compares an item's hash and key bytes
+/// (kept in the batch, not here: a smaller table to clear for every batch).
 struct PlannedKeys {
     slots: Vec<u32>,
-    hashes: Vec<u64>,
 }
 
 const NO_ITEM: u32 = u32::MAX;
@@ -213,29 +217,25 @@ impl PlannedKeys {
         let len = (items * 2).next_power_of_two().max(16);
         PlannedKeys {
             slots: vec![NO_ITEM; len],
-            hashes: vec![0; len],
         }
     }
 
-    fn mixed(hash: &KeyHash) -> u64 {
-        (hash.shard as u64) << 32 | u64::from(hash.tag)
-    }
-
-    /// Where `mixed` starts probing.
-    fn home(&self, mixed: u64) -> usize {
+    /// Where `hash` starts probing.
+    fn home(&self, hash: &KeyHash) -> usize {
+        let mixed = (hash.shard as u64) << 32 | u64::from(hash.tag);
         (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & (self.slots.len() - 1)
     }
 
-    fn find(&self, hash: &KeyHash, same_key: impl Fn(usize) -> bool) -> Option<usize> {
-        let mixed = Self::mixed(hash);
+    /// The planned item `same` accepts (same hash and key) among those of `hash`'s probe.
+    fn find(&self, hash: &KeyHash, same: impl Fn(usize) -> bool) -> Option<usize> {
         let mask = self.slots.len() - 1;
-        let mut index = self.home(mixed);
+        let mut index = self.home(hash);
         loop {
             let item = self.slots[index];
             if item == NO_ITEM {
                 return None;
             }
-            if self.hashes[index] == mixed && same_key(item as usize) {
+            if same(item as usize) {
                 return Some(item as usize);
             }
             index = (index + 1) & mask;
@@ -243,14 +243,12 @@ impl PlannedKeys {
     }
 
     fn insert(&mut self, hash: &KeyHash, item: usize) {
-        let mixed = Self::mixed(hash);
         let mask = self.slots.len() - 1;
-        let mut index = self.home(mixed);
+        let mut index = self.home(hash);
         while self.slots[index] != NO_ITEM {
             index = (index + 1) & mask;
         }
         self.slots[index] = u32::try_from(item).expect("a batch has fewer than 2^32 items");
-        self.hashes[index] = mixed;
     }
 }
 
