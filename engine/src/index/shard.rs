@@ -427,16 +427,20 @@ impl ShardTable {
 
     /// The wheel tick on which an entry with this slot deadline is dead.
     fn deadline_tick(&self, deadline_secs: u32) -> u64 {
-        (u64::from(deadline_secs) * 1000).div_ceil(self.tick_millis)
+        super::wheel::deadline_tick(deadline_secs, self.tick_millis)
     }
 
     /// Schedules the expiry of a stored slot.
     #[inline]
     fn schedule(&mut self, slot: Packed) {
-        let deadline_tick = self.deadline_tick(slot.deadline_secs());
         let (block, blocks) = (self.home_block(slot.tag()), self.blocks());
-        self.wheel
-            .schedule_tallied(&mut self.pending.schedules, block, blocks, deadline_tick);
+        self.wheel.schedule_secs_tallied(
+            &mut self.pending.schedules,
+            block,
+            blocks,
+            slot.deadline_secs(),
+            self.tick_millis,
+        );
     }
 
     /// Expiry schedules waiting in the wheel (stale ones included).

@@ -180,6 +180,28 @@ pub(crate) struct ExpiryWheel {
     /// True while a bucket is being cascaded at `current_tick`, whose level-0 bucket has not
     /// fired yet: a deadline equal to `current_tick` may still go there.
     cascading: bool,
+    /// The bucket of the latest deadline scheduled by its seconds, while the wheel has not
+    /// moved since (see [`ExpiryWheel::schedule_secs_tallied`]).
+    memo: BucketMemo,
+}
+
+/// A deadline's bucket as found at one tick of the wheel: inserts with the same TTL share their
+/// deadline's second, so the insert path finds its bucket here instead of dividing the deadline
+/// into ticks and searching the levels for every entry.
+#[derive(Debug, Clone, Copy)]
+struct BucketMemo {
+    deadline_secs: u32,
+    /// The wheel's `current_tick` when the bucket was found (`u64::MAX`: nothing memoised).
+    at_tick: u64,
+    bucket: (usize, usize),
+}
+
+impl BucketMemo {
+    const NONE: BucketMemo = BucketMemo {
+        deadline_secs: 0,
+        at_tick: u64::MAX,
+        bucket: (0, 0),
+    };
 }
 
 /// What the wheel asks of its owner for one fired or cascaded block.
@@ -198,6 +220,13 @@ pub(crate) enum BucketWork {
     },
 }
 
+/// The wheel tick on which an entry with this slot deadline (whole seconds) is dead, on a
+/// wheel of `tick_millis` ticks.
+#[inline]
+pub(crate) fn deadline_tick(deadline_secs: u32, tick_millis: u64) -> u64 {
+    (u64::from(deadline_secs) * 1000).div_ceil(tick_millis)
+}
+
 impl ExpiryWheel {
     pub(crate) fn new(current_tick: u64) -> ExpiryWheel {
         let level = |level: usize| Level {
@@ -208,6 +237,7 @@ impl ExpiryWheel {
             levels: [level(0), level(1), level(2), level(3), level(4)],
             current_tick,
             cascading: false,
+            memo: BucketMemo::NONE,
         }
     }
 
@@ -222,6 +252,7 @@ impl ExpiryWheel {
             }),
             current_tick: 0,
             cascading: false,
+            memo: BucketMemo::NONE,
         }
     }
 
@@ -239,9 +270,43 @@ impl ExpiryWheel {
         self.levels.iter().map(|level| level.entries).sum()
     }
 
-    /// [`ExpiryWheel::schedule`] for the insert path: the schedule is counted in `pending`
-    /// while it goes to the same bucket as the one before (see the module doc).
+    /// [`ExpiryWheel::schedule_tallied`] for a deadline in whole seconds, on a wheel of
+    /// `tick_millis` ticks: its bucket is memoised while the wheel stands at the same tick.
     #[inline]
+    pub(crate) fn schedule_secs_tallied(
+        &mut self,
+        pending: &mut WheelTally,
+        block: usize,
+        blocks: usize,
+        deadline_secs: u32,
+        tick_millis: u64,
+    ) {
+        let memo = self.memo;
+        let bucket = if memo.deadline_secs == deadline_secs
+            && memo.at_tick == self.current_tick
+            && !self.cascading
+        {
+            memo.bucket
+        } else {
+            let bucket = self.bucket_of(deadline_tick(deadline_secs, tick_millis));
+            if !self.cascading {
+                self.memo = BucketMemo {
+                    deadline_secs,
+                    at_tick: self.current_tick,
+                    bucket,
+                };
+            }
+            bucket
+        };
+        debug_assert_eq!(
+            bucket,
+            self.bucket_of(deadline_tick(deadline_secs, tick_millis))
+        );
+        self.schedule_in_bucket_tallied(pending, block, blocks, bucket);
+    }
+
+    /// [`ExpiryWheel::schedule_secs_tallied`] for a deadline in ticks (the tests').
+    #[cfg(test)]
     pub(crate) fn schedule_tallied(
         &mut self,
         pending: &mut WheelTally,
@@ -249,7 +314,20 @@ impl ExpiryWheel {
         blocks: usize,
         deadline_tick: u64,
     ) {
-        let (level, index) = self.bucket_of(deadline_tick);
+        let bucket = self.bucket_of(deadline_tick);
+        self.schedule_in_bucket_tallied(pending, block, blocks, bucket);
+    }
+
+    /// Schedules in `bucket`: the schedule is counted in `pending` while it goes to the same
+    /// bucket as the one before (see the module doc).
+    #[inline]
+    fn schedule_in_bucket_tallied(
+        &mut self,
+        pending: &mut WheelTally,
+        block: usize,
+        blocks: usize,
+        (level, index): (usize, usize),
+    ) {
         self.levels[level].buckets[index].mark(block, blocks);
         debug_assert!(index < 256, "a level has at most 256 buckets");
         let bucket = (level << 8 | index) as u32;
@@ -590,6 +668,47 @@ mod tests {
         assert_eq!(fired.len(), 64, "each block fired once, on its deadline");
         assert!(fired.iter().all(|&(_, tick)| tick == 20_000));
         assert_eq!(wheel.entries(&WheelTally::default()), 0);
+    }
+
+    /// The insert path's memoised bucket is only reused while the wheel stands still: the same
+    /// deadline scheduled before and after the wheel moved on (from a far level into a near one)
+    /// fires on its tick both times.
+    #[test]
+    fn a_memoised_bucket_is_not_reused_once_the_wheel_moved() {
+        // Ticks of a second, so a deadline's seconds are its tick.
+        for (deadline, moved_to) in [(1_000u64, 900u64), (70_000, 65_600), (300, 299)] {
+            let mut wheel = ExpiryWheel::new(0);
+            let mut pending = WheelTally::default();
+            let secs = deadline as u32;
+            wheel.schedule_secs_tallied(&mut pending, 1, 64, secs, 1000);
+            let mut fired = Vec::new();
+            let mut drive = |wheel: &mut ExpiryWheel, pending: WheelTally, to: u64| {
+                wheel.advance(
+                    pending,
+                    to,
+                    usize::MAX,
+                    64,
+                    |wheel, block, work| match work {
+                        BucketWork::Fire => fired.push((block, wheel.current_tick())),
+                        BucketWork::Cascade { from, to } => {
+                            if (from..to).contains(&deadline) {
+                                wheel.schedule(block, 64, deadline);
+                            }
+                        }
+                    },
+                );
+            };
+            drive(&mut wheel, pending, moved_to);
+            let mut pending = WheelTally::default();
+            wheel.schedule_secs_tallied(&mut pending, 2, 64, secs, 1000);
+            drive(&mut wheel, pending, deadline + 100_000);
+            fired.sort_unstable();
+            assert_eq!(
+                fired,
+                vec![(1, deadline), (2, deadline)],
+                "deadline {deadline}, the wheel moved to {moved_to}"
+            );
+        }
     }
 
     #[test]
