@@ -75,6 +75,9 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     // The planned items whose key has an expired entry for phase 3 to replace, in item order
     // (few: a key re-sent after its record expired, within its slot's rounded-up second).
     let mut expired_entries: Vec<(usize, Location)> = Vec::new();
+    // The slot each planned item's probe found vacant, for phase 3 to put it in without a
+    // second probe where the table is as it was (see `ShardTable::put_new_at`).
+    let mut vacancies = vec![0usize; items.len()];
     let mut buf = Vec::new();
     for (i, ((key, _, _), hash)) in items.iter().zip(&hashes).enumerate() {
         if let Some(ahead) = hashes.get(i + PREFETCH_DISTANCE) {
@@ -110,6 +113,7 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                     outcomes[i] = Some(Outcome::Duplicate(Value::from(items[first].2.as_ref())));
                 } else {
                     planned.insert(hash, i);
+                    vacancies[i] = slot;
                     if let Some(expired) = table.expired_entry_at(slot, now) {
                         expired_entries.push((i, expired));
                     }
@@ -117,6 +121,8 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             }
         }
     }
+    // The tables' layouts under which the vacancies were found (before anything is put).
+    let layouts: Vec<u64> = guards.iter().map(|table| table.relayouts).collect();
 
     // Phase 2: the new records, in item order, reserved in the log as one piece.
     let new_items: Vec<usize> = (0..items.len())
@@ -157,13 +163,14 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             expires_at_secs: Slot::deadline_secs(records[n].expires_at_millis),
             location: locations[n],
         };
-        let table = &mut guards[guard_of[i]];
+        let guard = guard_of[i];
+        let table = &mut guards[guard];
         let late = table.late_duplicate(entry.tag, now);
         let replacing = match expired_entries.binary_search_by_key(&i, |&(item, _)| item) {
             Ok(at) => Some(expired_entries[at].1),
             Err(_) => None,
         };
-        table.put_new(entry, replacing, now);
+        table.put_new_at(vacancies[i], layouts[guard], entry, replacing, now);
         table.counters.inserted(late);
         outcomes[i] = Some(Outcome::Inserted);
     }

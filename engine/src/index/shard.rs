@@ -585,6 +585,39 @@ impl ShardTable {
         self.put(free.unwrap_or(index), slot, now_millis);
     }
 
+    /// [`ShardTable::put_new`] given the slot a probe found vacant for the key (`vacancy`) while
+    /// the table had the layout numbered `layout` (its `relayouts`): put there without probing
+    /// again if it still is the key's slot, else probed for anew. It still is if the table was
+    /// not laid out anew since (no entry moved) and the slot still holds what the probe saw
+    /// there: the key's own expired entry (`replacing`), or an empty or dead slot. Puts since
+    /// only filled empty or dead slots, so the live entries before it in its run are all still
+    /// there and it is still the first slot a put may take.
+    pub(crate) fn put_new_at(
+        &mut self,
+        vacancy: usize,
+        layout: u64,
+        slot: Slot,
+        replacing: Option<Location>,
+        now_millis: u64,
+    ) {
+        if layout == self.relayouts {
+            let current = self.slots[vacancy];
+            let still_vacant = match replacing {
+                Some(stale) => {
+                    !current.is_empty()
+                        && current.tag() == slot.tag & TAG_MASK
+                        && self.windows.location(current) == stale
+                }
+                None => current.is_empty() || current.is_dead(now_millis),
+            };
+            if still_vacant {
+                self.put(vacancy, slot, now_millis);
+                return;
+            }
+        }
+        self.put_new(slot, replacing, now_millis);
+    }
+
     /// The location of the entry at `index`, where a probe found its key vacant, if that entry
     /// is the key's own expired one (occupied and not dead by its slot: a probe offers such a
     /// slot only for the key's own entry whose record expired): what [`ShardTable::put_new`]
