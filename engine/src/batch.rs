@@ -156,7 +156,7 @@ pub(crate) fn check_or_insert_batch<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         // Phase 1 loaded these slots, but a large batch has evicted the early ones since.
         if let Some(&ahead) = by_shard.get(k + PREFETCH_DISTANCE) {
             let ahead = new_items[ahead];
-            guards[guard_of[ahead]].prefetch(hashes[ahead].tag);
+            guards[guard_of[ahead]].prefetch_slot_for_write(vacancies[ahead]);
         }
         let entry = Slot {
             tag: hashes[i].tag,

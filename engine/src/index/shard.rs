@@ -640,6 +640,12 @@ impl ShardTable {
         crate::hint::prefetch_read(home.cast::<u8>().wrapping_add(64));
     }
 
+    /// Asks the CPU to fetch slot `index` for writing it (a put into a vacancy found earlier).
+    #[inline]
+    pub(crate) fn prefetch_slot_for_write(&self, index: usize) {
+        crate::hint::prefetch_write(&self.slots[index & self.mask()]);
+    }
+
     /// Removes the entry that points at `location`, if one does (whether live or dead): before
     /// its segment goes, compaction drops the entries of records it did not copy.
     pub(crate) fn forget_location(&mut self, tag: u32, location: Location) -> bool {
