@@ -3,12 +3,15 @@
 //! go into the log as one reserved piece (`Log::append_many`).
 //!
 //! Phases, all under the batch's shard locks (taken in ascending order; no other path holds two):
-//! 1. Probe every key in order, prefetching ahead: a live record answers `Duplicate` (its end
-//!    noted for `Sync`), a claim fails the whole batch before anything is written, a key already
-//!    planned earlier in the batch answers `Duplicate` of that item's value.
+//! 1. Probe every key in order, prefetching ahead (a key's home line and the next): a live
+//!    record answers `Duplicate` (its end noted for `Sync`), a claim fails the whole batch before
+//!    anything is written, a key already planned earlier in the batch answers `Duplicate` of that
+//!    item's value; a new key's vacant slot is noted with its table's layout number.
 //! 2. Append the planned records in one call ([`crate::log::Log::append_many`]); then extend the
 //!    sliding duplicates of phase 1 (see `refresh`), before any slot moves.
-//! 3. Put their index entries, shard by shard, and settle the shards' released locations.
+//! 3. Put their index entries, shard by shard, each into the slot phase 1 found while its table
+//!    has not been laid out anew and the slot still is what the probe saw (else probed for
+//!    again: `ShardTable::put_new_at`), and settle the shards' released locations.
 //!
 //! Invariants:
 //! - All or nothing in the process: an error in phase 1 or 2 leaves the index untouched, and no

@@ -25,7 +25,9 @@
 //! bucket (with a TTL of an hour, every insert for minutes goes to the same one), and added to
 //! the bucket's and level's counts when they go elsewhere or the wheel is read: the tally sits
 //! on the cache line the shard writes anyway (its lock's), where the counts' own lines moved
-//! between the cores of threads inserting into the shard on every insert.
+//! between the cores of threads inserting into the shard on every insert. The bucket of the
+//! latest such deadline is memoised with the tick the wheel stood at, so inserts sharing a
+//! deadline's second find it without dividing the deadline into ticks and searching the levels.
 //!
 //! Invariants:
 //! - Every occupied, non-dead slot's home block is covered by a bit of a bucket that will be
@@ -35,6 +37,8 @@
 //! - A fired block removes only slots that are *dead* (deadline passed), so a stale bit (key
 //!   removed, or re-inserted with a later deadline) can never drop a live entry.
 //! - `current_tick` only grows; every deadline at or before it has been fired.
+//! - The memoised bucket is used only at the tick it was found at, and never while cascading:
+//!   it is then exactly what `bucket_of` would compute.
 
 /// log2 of [`BLOCK_SLOTS`].
 pub(crate) const BLOCK_BITS: u32 = 7;
